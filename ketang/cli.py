@@ -1,0 +1,77 @@
+"""`ketang serve` and `ketang token`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import DEFAULT_HOST, DEFAULT_PORT, Config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from sfu.seams import SeamError, disable_decoding
+    from signaling.app import run_server
+    from signaling.tokens import load_or_create_secret
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        disable_decoding()  # also the start-up self-test of the aiortc seams
+    except SeamError as exc:
+        print(f"ketang: {exc}", file=sys.stderr)
+        return 2
+    data_dir = Config.data_dir_from(args.data_dir)
+    config = Config(host=args.host, port=args.port, redis_url=Config.redis_url_from(args.redis_url),
+                    data_dir=data_dir, secret=load_or_create_secret(data_dir),
+                    ice_servers=Config.ice_servers_from(args.ice_servers))
+    uvloop.run(run_server(config))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from signaling.tokens import issue_token, load_or_create_secret
+
+    secret = load_or_create_secret(Config.data_dir_from(args.data_dir))
+    try:
+        print(issue_token(secret, args.role, args.lesson, name=args.name, ttl_s=args.ttl))
+    except ValueError as exc:
+        print(f"ketang token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ketang", description="ketang live-lesson server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (in-process room state unless a Redis URL is given)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")
+    serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
+    serve.add_argument("--ice-servers", default=None,
+                       help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="print a signed role token for a lesson")
+    token.add_argument("--role", required=True, choices=["teacher", "classroom", "observer"])
+    token.add_argument("--lesson", required=True)
+    token.add_argument("--name", default=None)
+    token.add_argument("--ttl", type=int, default=6 * 3600, help="seconds (default 6 h)")
+    token.add_argument("--data-dir", default=None)
+    token.set_defaults(func=_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""One typed configuration object, built from CLI flags and the environment, passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_DATA_DIR = "data"
+PARTICIPANT_TTL_S = 30.0  # a participant not heard of for this long (crashed node) disappears from state
+HEARTBEAT_INTERVAL_S = 10.0  # how often a node refreshes its participants' TTL
+MESSAGES_PER_S = 20.0  # per websocket connection, sustained
+MESSAGE_BURST = 40
+SEND_QUEUE_MAX = 256  # messages queued to one slow client before it is disconnected
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    redis_url: str | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    secret: str = ""
+    node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    ice_servers: tuple[str, ...] = ()
+    participant_ttl_s: float = PARTICIPANT_TTL_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    messages_per_s: float = MESSAGES_PER_S
+    message_burst: int = MESSAGE_BURST
+    send_queue_max: int = SEND_QUEUE_MAX
+
+    @staticmethod
+    def data_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path:
+        return Path(flag or env.get("KETANG_DATA_DIR") or DEFAULT_DATA_DIR)
+
+    @staticmethod
+    def redis_url_from(flag: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+        return flag or env.get("KETANG_REDIS_URL") or None
+
+    @staticmethod
+    def ice_servers_from(flag: str | None, env: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+        raw = flag or env.get("KETANG_ICE_SERVERS") or ""
+        return tuple(u.strip() for u in raw.split(",") if u.strip())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv with Python >= 3.11 and install ketang (plus extras given as $1, e.g. "test") into it.
+# Installs Debian packages only when something is missing (needs root or sudo then).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  PY=python3.11; command -v python3.11 >/dev/null || need_apt+=(python3 python3-venv)
+fi
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ "${1:-}" = "test" ] && ! command -v redis-server >/dev/null; then need_apt+=(redis-server); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "installing Debian packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
+if [ -n "${1:-}" ]; then spec=".[$1]"; else spec="."; fi
+.venv/bin/python -m pip install -q -e "$spec"

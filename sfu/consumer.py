@@ -1,0 +1,230 @@
+"""A Consumer sends one Producer's packets to one subscriber, rewritten into the subscriber's stream.
+
+Per packet it rewrites SSRC, sequence number, timestamp, payload type and the header-extension block, then
+SRTP-protects and sends on the subscriber's ICE socket. It answers the subscriber's NACKs from the
+producer's cache (as RTX when negotiated), turns its PLI/FIR into throttled keyframe requests to the teacher,
+records its REMB, and keeps the figures the stock sender puts in its sender reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
+                        RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket, unpack_remb_fci)
+
+from .producer import Packet, Producer
+from .rtp import RTP_HEADER, ExtensionLayout, abs_send_time_bytes, ntp_from_unix
+from .seams import datagram_sender, sender_set_report_counters
+from .seqmap import SeqMap, TsMap
+
+log = logging.getLogger("ketang.sfu.rtp")
+
+FIRST_BYTE_WITH_EXT = 0x90  # V=2, no padding, extension present, no CSRC
+FIRST_BYTE_NO_EXT = 0x80
+OUTPUT_SEQ_START_MAX = 32768  # start low so the 16-bit counter cannot roll over early (SRTP index safety)
+# a subscriber may ask for at most this many retransmissions a second: a broken or hostile client asking
+# for everything again and again must not turn the server into an amplifier at the others' expense
+NACK_RETRANSMIT_PER_S = 400
+# a retransmission of the same packet is not repeated sooner than this (the first may still be in flight)
+NACK_REPEAT_MIN_S = 0.03
+_U16 = struct.Struct("!H")
+
+
+class Consumer:
+    """One subscriber's copy of one producer's stream."""
+
+    def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
+                 extensions: ExtensionLayout, clock: Callable[[], float] = time.monotonic) -> None:
+        self.producer = producer
+        self.sender = sender
+        self.kind = producer.kind
+        self.ssrc: int = sender._ssrc
+        self.rtx_ssrc: int = sender._rtx_ssrc
+        self.payload_type = payload_type
+        self.rtx_payload_type = rtx_payload_type
+        self.closed = False
+        self.remb_bps: int | None = None
+        self.remb_at: float | None = None
+        self.fraction_lost = 0
+        self.packets_out = 0
+        self.octets_out = 0
+        self.retransmits = 0
+        self.nack_unanswered = 0
+        self.keyframe_requests = 0
+        self.errors = 0
+        self._clock = clock
+        self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
+        self._ts = TsMap(random.getrandbits(32))
+        self._rtx_seq = random.randrange(1, OUTPUT_SEQ_START_MAX)
+        self._ext = extensions
+        self._hdr = bytearray(12) + extensions.block
+        self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
+        self._ast_at = extensions.abs_send_time_at
+        self._level_at = extensions.audio_level_at if self.kind == "audio" else -1
+        self._protect: Any = None
+        self._send: Any = None
+        self._waiting_keyframe = self.kind == "video"
+        self._started = False
+        self._nack_window_start = 0.0
+        self._nack_budget = NACK_RETRANSMIT_PER_S
+        self._last_retransmit: dict[int, float] = {}
+        self._original_rtcp = sender._handle_rtcp_packet
+        # seam: feedback from the subscriber for this sender is routed here (instance attribute wins)
+        sender._handle_rtcp_packet = self.handle_rtcp  # type: ignore[method-assign]
+        producer.attach(self)
+
+    # -- media ---------------------------------------------------------------------------------------------
+
+    def forward(self, packet: Packet, ast: bytes) -> None:
+        """Hot path: called by the producer for every new packet (`ast`: this instant's abs-send-time)."""
+        if self._send is None and not self._start():
+            return
+        if self._waiting_keyframe:
+            if not packet.keyframe:
+                self.producer.request_keyframe()
+                return
+            self._waiting_keyframe = False
+        out = self._seq.forward(packet.ext_seq)
+        if out is not None:
+            self._write(packet, out, ast)
+
+    def skip(self, ext_seq: int) -> None:
+        """The producer got a packet that is not forwarded (padding): keep this subscriber's sequence gapless."""
+        if self._started:
+            self._seq.drop(ext_seq)
+
+    def _write(self, packet: Packet, out_seq: int, ast: bytes) -> None:
+        hdr = self._hdr
+        RTP_HEADER.pack_into(hdr, 0, self._first_byte, (packet.marker << 7) | self.payload_type,
+                             out_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.ssrc)
+        if self._ast_at >= 0:
+            hdr[self._ast_at:self._ast_at + 3] = ast
+        if self._level_at >= 0:
+            hdr[self._level_at] = packet.audio_level
+        self._send(self._protect(bytes(hdr) + packet.payload))
+        self.packets_out += 1
+        self.octets_out += len(packet.payload)
+        self.errors = 0
+
+    def _start(self) -> bool:
+        """Begin once ICE and DTLS are up: a late joiner gets the cached keyframe, or one is requested."""
+        if self.closed:
+            return False
+        lean = datagram_sender(self.sender.transport)
+        if lean is None:
+            return False
+        self._protect, self._send = lean
+        self._started = True
+        if self.kind == "video":
+            replay = self.producer.replayable_keyframe()
+            if replay:
+                self._waiting_keyframe = False
+                ast = abs_send_time_bytes()
+                for packet in replay[:-1]:  # the last one is the packet being forwarded right now
+                    out = self._seq.forward(packet.ext_seq)
+                    if out is not None:
+                        self._write(packet, out, ast)
+            else:
+                self.producer.request_keyframe()
+        return True
+
+    # -- feedback from the subscriber ----------------------------------------------------------------------
+
+    async def handle_rtcp(self, packet: Any) -> None:
+        try:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                self.on_nack(packet.lost)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.keyframe_requests += 1
+                self.producer.request_keyframe()
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if self.ssrc in ssrcs:
+                    self.remb_bps, self.remb_at = bitrate, self._clock()
+            elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    if report.ssrc == self.ssrc:
+                        self.fraction_lost = report.fraction_lost
+                await self._original_rtcp(packet)  # round-trip time and remote-inbound stats
+        except Exception:  # noqa: BLE001 - a malformed report from one classroom must not escape into DTLS
+            log.debug("bad RTCP from subscriber ignored", exc_info=True)
+
+    def on_nack(self, lost: list[int]) -> int:
+        """Retransmit what the subscriber lost from the producer's cache; returns how many were sent."""
+        if self._send is None:
+            return 0
+        now = self._clock()
+        if now - self._nack_window_start >= 1.0:
+            self._nack_window_start, self._nack_budget = now, NACK_RETRANSMIT_PER_S
+            self._last_retransmit = {s: t for s, t in self._last_retransmit.items() if now - t < 1.0}
+        sent = 0
+        ast = abs_send_time_bytes()
+        for seq16 in lost:
+            ext_in = self._seq.reverse(seq16)
+            packet = self.producer.cache.get(ext_in) if ext_in is not None else None
+            if packet is None:
+                # never forwarded to this subscriber, or too old: nothing honest to resend
+                self.nack_unanswered += 1
+                continue
+            if self._nack_budget <= 0 or now - self._last_retransmit.get(seq16, -1.0) < NACK_REPEAT_MIN_S:
+                continue
+            self._nack_budget -= 1
+            self._last_retransmit[seq16] = now
+            self._retransmit(packet, seq16, ast)  # type: ignore[arg-type]
+            sent += 1
+        self.retransmits += sent
+        return sent
+
+    def _retransmit(self, packet: Packet, seq16: int, ast: bytes) -> None:
+        if self.rtx_payload_type is None:
+            self._write(packet, seq16, ast)
+            return
+        # RFC 4588: RTX stream with its own SSRC and sequence; payload starts with the original sequence number
+        hdr = self._hdr
+        RTP_HEADER.pack_into(hdr, 0, self._first_byte, (packet.marker << 7) | self.rtx_payload_type,
+                             self._rtx_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.rtx_ssrc)
+        self._rtx_seq += 1
+        if self._ast_at >= 0:
+            hdr[self._ast_at:self._ast_at + 3] = ast
+        self._send(self._protect(bytes(hdr) + _U16.pack(seq16 & 0xFFFF) + packet.payload))
+
+    # -- reports, errors, lifecycle ------------------------------------------------------------------------
+
+    def update_report(self, now_unix: float) -> None:
+        """Give the stock sender an NTP/RTP pair in this subscriber's timestamp space (keeps lip-sync)."""
+        in_ts = self.producer.rtp_time_at(now_unix)
+        if in_ts is None or not self._started:
+            return
+        sender_set_report_counters(self.sender, ntp_from_unix(now_unix), self._ts.map(in_ts),
+                                   self.packets_out & 0xFFFFFFFF, self.octets_out & 0xFFFFFFFF)
+
+    def on_error(self) -> None:
+        """A send raised: count it; after many in a row, stop feeding this subscriber (the others go on)."""
+        from .producer import CONSUMER_MAX_ERRORS
+        self.errors += 1
+        if self.errors == 1 or self.errors % 100 == 0:
+            log.warning("send to subscriber failed (%d in a row)", self.errors, exc_info=True)
+        if self.errors >= CONSUMER_MAX_ERRORS:
+            self.close()
+
+    def close(self) -> None:
+        """Idempotent: detach from the producer and give the sender its own RTCP handling back."""
+        if self.closed:
+            return
+        self.closed = True
+        self.producer.detach(self)
+        self.sender._handle_rtcp_packet = self._original_rtcp  # type: ignore[method-assign]
+        self._send = None
+
+    def stats(self) -> dict:
+        return {"producer": self.producer.id, "kind": self.kind, "ssrc": self.ssrc,
+                "packets_out": self.packets_out, "octets_out": self.octets_out, "retransmits": self.retransmits,
+                "nack_unanswered": self.nack_unanswered, "keyframe_requests": self.keyframe_requests,
+                "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost}

@@ -1,0 +1,135 @@
+"""Ingress: the hook on the teacher's DTLS transport that hands decrypted RTP to Producers.
+
+aiortc decrypts SRTP and calls `RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)` on the instance;
+we replace that attribute on the publisher's transport only, demultiplex by SSRC (learned from the MID
+header extension, or the payload type) and then call the original so aiortc's stock receiver still sends
+receiver reports, NACKs and REMB to the teacher for this single-layer stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtp import RtcpPacket, RtcpSrPacket
+
+from .producer import Producer
+from .rtp import AUDIO_LEVEL_SILENT, find_extension, parse_header
+
+log = logging.getLogger("ketang.sfu.rtp")
+
+LOG_EVERY_N_ERRORS = 1000  # repetitive drop logs are rate-limited
+
+
+@dataclass
+class Route:
+    """How packets of one teacher transceiver are recognised."""
+
+    producer: Producer
+    mid: str | None
+    payload_type: int
+    rtx_payload_type: int | None
+    mid_ext_id: int
+    audio_level_ext_id: int
+
+
+class Ingress:
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self.routes: list[Route] = []
+        self._by_ssrc: dict[int, tuple[Route, bool]] = {}
+        self._original_rtp = dtls._handle_rtp_data
+        self._original_rtcp = dtls._handle_rtcp_data
+        dtls._handle_rtp_data = self._on_rtp  # type: ignore[method-assign]
+        dtls._handle_rtcp_data = self._on_rtcp  # type: ignore[method-assign]
+        self.malformed = 0
+        self.unrouted = 0
+        self.errors = 0
+
+    def add_route(self, route: Route) -> None:
+        self.routes.append(route)
+
+    def remove_producer(self, producer: Producer) -> None:
+        self.routes = [r for r in self.routes if r.producer is not producer]
+        self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if e[0].producer is not producer}
+
+    async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        try:
+            self._demux(data)
+        except Exception:  # noqa: BLE001 - never let forwarding break the teacher's DTLS loop
+            self.errors += 1
+            if self.errors % LOG_EVERY_N_ERRORS == 1:
+                log.exception("forwarding failed (%d so far)", self.errors)
+        await self._original_rtp(data, arrival_time_ms)
+
+    def _demux(self, data: bytes) -> None:
+        hdr = parse_header(data)
+        if hdr is None:
+            self.malformed += 1
+            return
+        entry = self._by_ssrc.get(hdr.ssrc)
+        if entry is None:
+            entry = self._learn(data, hdr)
+            if entry is None:
+                self.unrouted += 1
+                return
+        route, is_rtx = entry
+        level = AUDIO_LEVEL_SILENT
+        if route.audio_level_ext_id:
+            value = find_extension(data, hdr, route.audio_level_ext_id)
+            if value:
+                level = value[0] & 0x7F
+        if is_rtx:
+            if hdr.payload_type != route.rtx_payload_type:
+                return
+            if hdr.payload_end - hdr.payload_start < 2:
+                return  # RTX padding probe: nothing to forward
+            start = hdr.payload_start
+            seq = (data[start] << 8) | data[start + 1]
+            route.producer.on_packet(seq, hdr.ts, hdr.marker, data[start + 2:hdr.payload_end], level)
+        elif hdr.payload_type == route.payload_type:
+            route.producer.on_packet(hdr.seq, hdr.ts, hdr.marker, data[hdr.payload_start:hdr.payload_end], level)
+
+    def _learn(self, data: bytes, hdr) -> tuple[Route, bool] | None:  # type: ignore[no-untyped-def]
+        """First packet of an unknown SSRC: find its transceiver by MID extension, else by payload type."""
+        found: Route | None = None
+        for route in self.routes:
+            if route.mid_ext_id and route.mid is not None:
+                value = find_extension(data, hdr, route.mid_ext_id)
+                if value is not None:
+                    if value.decode(errors="replace") == route.mid:
+                        found = route
+                        break
+                    continue
+        if found is None:
+            candidates = [r for r in self.routes if hdr.payload_type in (r.payload_type, r.rtx_payload_type)]
+            if len(candidates) != 1:
+                return None
+            found = candidates[0]
+        is_rtx = hdr.payload_type == found.rtx_payload_type
+        if hdr.payload_type != found.payload_type and not is_rtx:
+            return None
+        entry = (found, is_rtx)
+        self._by_ssrc[hdr.ssrc] = entry
+        if not is_rtx:
+            found.producer.ssrc = hdr.ssrc
+            log.debug("ssrc %d is track %s", hdr.ssrc, found.producer.id)
+        return entry
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        try:
+            for packet in RtcpPacket.parse(data):
+                if isinstance(packet, RtcpSrPacket):
+                    entry = self._by_ssrc.get(packet.ssrc)
+                    if entry is not None and not entry[1]:
+                        info = packet.sender_info
+                        entry[0].producer.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
+        except Exception:  # noqa: BLE001 - malformed RTCP is aiortc's to reject below
+            self.malformed += 1
+        await self._original_rtcp(data)
+
+    def close(self) -> None:
+        """Give the transport its own handlers back (idempotent)."""
+        self.dtls._handle_rtp_data = self._original_rtp  # type: ignore[method-assign]
+        self.dtls._handle_rtcp_data = self._original_rtcp  # type: ignore[method-assign]

@@ -1,0 +1,286 @@
+"""The peer connections of a lesson: the teacher's (Publisher) and each subscriber's (Subscriber).
+
+A Publisher answers the teacher's offer and turns each received transceiver into a Producer. A Subscriber is
+the server-offered connection to one classroom: it keeps "slots" (send-only transceivers with a placeholder
+track) and binds a Consumer into a slot for each producer, renegotiating only when it needs a new slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
+                    RTCRtpSender, RTCSessionDescription)
+from aiortc.codecs import is_rtx
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from .consumer import Consumer
+from .ingress import Ingress, Route
+from .producer import Producer
+from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, ExtensionLayout
+
+if TYPE_CHECKING:
+    from .router import Router
+
+log = logging.getLogger("ketang.sfu")
+
+# the lesson's codecs: forwarding never transcodes, so teacher and classrooms must share one per kind
+LESSON_CODECS = {"audio": "opus", "video": "vp8"}
+SDP_MAX_CHARS = 60000
+
+
+class SdpError(ValueError):
+    """An SDP we cannot use; .code is the protocol error code."""
+
+    def __init__(self, message: str, code: str = "bad_sdp") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def make_peer_connection(ice_servers: list[str] | None = None) -> RTCPeerConnection:
+    # an explicit empty list: otherwise aiortc queries a public STUN server for every connection
+    servers = [RTCIceServer(urls=u) for u in (ice_servers or [])]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
+def _ext_id(transceiver: RTCRtpTransceiver, uri: str) -> int:
+    for ext in transceiver._headerExtensions:
+        if ext.uri == uri:
+            return ext.id
+    return 0
+
+
+def _lesson_codecs(transceiver: RTCRtpTransceiver) -> tuple[int, int | None, str, int]:
+    """(payload type, RTX payload type, codec name, clock rate) of the lesson codec negotiated here."""
+    wanted = LESSON_CODECS[transceiver.kind]
+    primary = next((c for c in transceiver._codecs if c.name.lower() == wanted), None)
+    if primary is None:
+        raise SdpError(f"{transceiver.kind} must use {wanted.upper()} (offered: "
+                       f"{', '.join(c.name for c in transceiver._codecs) or 'none'})", "unsupported_codec")
+    rtx = next((c.payloadType for c in transceiver._codecs
+                if is_rtx(c) and c.parameters.get("apt") == primary.payloadType), None)
+    return primary.payloadType, rtx, primary.name, primary.clockRate
+
+
+def _restrict_codecs(transceiver: RTCRtpTransceiver) -> None:
+    """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs)."""
+    pt, rtx, _, _ = _lesson_codecs(transceiver)
+    transceiver._codecs = [c for c in transceiver._codecs if c.payloadType in (pt, rtx)]
+
+
+def _prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
+    caps = RTCRtpSender.getCapabilities(transceiver.kind).codecs
+    wanted = LESSON_CODECS[transceiver.kind]
+    transceiver.setCodecPreferences([c for c in caps if c.name.lower() in (wanted, "rtx")])
+
+
+async def _set_description(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > SDP_MAX_CHARS:
+        raise SdpError("not an SDP description")
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    except SdpError:
+        raise
+    except Exception as exc:  # aiortc raises ValueError, InvalidStateError, OperationError, KeyError...
+        raise SdpError(f"SDP {kind} rejected: {exc}") from exc
+
+
+class Publisher:
+    """The teacher's connection: every received transceiver becomes a Producer."""
+
+    def __init__(self, router: Router, participant_id: str, ice_servers: list[str] | None = None) -> None:
+        self.router = router
+        self.participant_id = participant_id
+        self.pc = make_peer_connection(ice_servers)
+        self.ingress: Ingress | None = None
+        self.producers: dict[str, Producer] = {}  # by mid
+        self.closed = False
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if self.pc.connectionState in ("failed", "closed"):
+                await self.router.remove_publisher(self)
+
+    async def accept_offer(self, sdp: str, sources: dict[str, str] | None = None) -> str:
+        """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP."""
+        await _set_description(self.pc, sdp, "offer")
+        receiving = [t for t in self.pc.getTransceivers()
+                     if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
+        if not receiving:
+            raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
+        for t in receiving:
+            _restrict_codecs(t)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        for t in receiving:
+            if t.mid not in self.producers:
+                self._add_producer(t, (sources or {}).get(t.mid or ""))
+        return self.pc.localDescription.sdp
+
+    def _add_producer(self, t: RTCRtpTransceiver, source: str | None) -> None:
+        pt, rtx, name, rate = _lesson_codecs(t)
+        receiver = t.receiver
+        dtls = receiver.transport
+        if self.ingress is None or self.ingress.dtls is not dtls:
+            self.ingress = Ingress(dtls)
+
+        def send_pli(ssrc: int) -> None:
+            asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+
+        producer = Producer(f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}", t.kind, name, rate,
+                            send_pli, source or ("microphone" if t.kind == "audio" else "camera"))
+        self.ingress.add_route(Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
+                                     _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0))
+        self.producers[t.mid or producer.id] = producer
+        self.router.add_producer(producer)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for producer in self.producers.values():
+            producer.close()
+        if self.ingress is not None:
+            self.ingress.close()
+        await self.pc.close()
+
+
+class PlaceholderTrack(MediaStreamTrack):
+    """A track whose recv() never returns: a forward-only sender with no track would poll every 20 ms."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    async def recv(self):  # type: ignore[override]
+        await self._never
+        raise asyncio.CancelledError
+
+
+@dataclass
+class Slot:
+    transceiver: RTCRtpTransceiver
+    kind: str
+    producer: Producer | None = None
+    consumer: Consumer | None = None
+    negotiated: bool = False
+
+
+OfferSender = Callable[[str, list[dict]], Awaitable[None]]
+
+
+@dataclass
+class Subscriber:
+    """A classroom's (or observer's) connection, offered by the server."""
+
+    router: Router
+    participant_id: str
+    send_offer: OfferSender
+    ice_servers: list[str] | None = None
+    slots: list[Slot] = field(default_factory=list)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.pc = make_peer_connection(self.ice_servers)
+        self._awaiting_answer = False
+        self._renegotiate = False
+        self._lock = asyncio.Lock()
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if self.pc.connectionState == "failed":
+                await self.router.remove_subscriber(self.participant_id)
+
+    def _add_slot(self, kind: str) -> Slot:
+        t = self.pc.addTransceiver(PlaceholderTrack(kind), direction="sendonly")
+        _prefer_lesson_codecs(t)
+        slot = Slot(t, kind)
+        self.slots.append(slot)
+        return slot
+
+    async def start(self, producers: list[Producer]) -> None:
+        """One audio and one video slot from the start, so ICE/DTLS are up before the teacher publishes."""
+        for kind in ("audio", "video"):
+            self._add_slot(kind)
+        for producer in producers:
+            self.place(producer)
+        await self.negotiate()
+
+    def place(self, producer: Producer) -> bool:
+        """Put a producer into a free slot (binding it now if negotiated); True if a new slot is needed."""
+        slot = next((s for s in self.slots if s.kind == producer.kind and s.producer is None), None)
+        new = slot is None
+        if slot is None:
+            slot = self._add_slot(producer.kind)
+        slot.producer = producer
+        if slot.negotiated:
+            self._bind(slot)
+        return new
+
+    def unplace(self, producer: Producer) -> None:
+        for slot in self.slots:
+            if slot.producer is producer:
+                if slot.consumer is not None:
+                    slot.consumer.close()
+                slot.producer = slot.consumer = None
+
+    def _bind(self, slot: Slot) -> None:
+        producer = slot.producer
+        if producer is None or slot.consumer is not None or producer.closed:
+            return
+        t = slot.transceiver
+        pt, rtx, _, _ = _lesson_codecs(t)
+        layout = ExtensionLayout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
+                                 _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
+        slot.consumer = Consumer(producer, t.sender, pt, rtx, layout)
+
+    def track_map(self) -> list[dict]:
+        """Which mid carries which lesson track, for the client."""
+        return [{"mid": s.transceiver.mid, "kind": s.kind, "track": s.producer.id if s.producer else None,
+                 "source": s.producer.source if s.producer else None} for s in self.slots]
+
+    async def negotiate(self) -> None:
+        """Send a (re)offer, unless one is already waiting for its answer: then offer again after it."""
+        async with self._lock:
+            if self.closed:
+                return
+            if self._awaiting_answer:
+                self._renegotiate = True
+                return
+            self._awaiting_answer = True
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            sdp = self.pc.localDescription.sdp
+        await self.send_offer(sdp, self.track_map())
+
+    async def accept_answer(self, sdp: str) -> None:
+        if not self._awaiting_answer:
+            raise SdpError("no offer is waiting for an answer", "unexpected_answer")
+        await _set_description(self.pc, sdp, "answer")
+        for slot in self.slots:
+            _lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
+            slot.negotiated = True
+            self._bind(slot)
+        self._awaiting_answer = False
+        if self._renegotiate:
+            self._renegotiate = False
+            await self.negotiate()
+
+    def consumers(self) -> list[Consumer]:
+        return [s.consumer for s in self.slots if s.consumer is not None]
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for slot in self.slots:
+            if slot.consumer is not None:
+                slot.consumer.close()
+        await self.pc.close()

@@ -1,0 +1,171 @@
+"""A Producer is one track the teacher publishes: it caches its packets and fans them out to Consumers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .keyframe import KeyframeThrottle
+from .packetcache import PacketCache
+from .rtp import abs_send_time_bytes
+from .seqmap import SeqUnwrapper
+from .vp8 import vp8_is_keyframe_start
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+log = logging.getLogger("ketang.sfu.rtp")
+
+# a late joiner is started from the cached keyframe when it is at most this many packets back (Galène uses
+# 40 packets at lower resolutions; a 720p VP8 keyframe is 30-90 packets); otherwise a fresh keyframe is asked for
+KEYFRAME_REPLAY_MAX_PACKETS = 120
+# failures in a row after which a consumer's sends are considered broken and it is detached
+CONSUMER_MAX_ERRORS = 50
+
+
+class Packet:
+    """One incoming media packet, shared by every consumer and by the cache (never copied per subscriber)."""
+
+    __slots__ = ("ext_seq", "ts", "marker", "payload", "arrival", "keyframe", "audio_level")
+
+    def __init__(self, ext_seq: int, ts: int, marker: int, payload: bytes, arrival: float, keyframe: bool,
+                 audio_level: int) -> None:
+        self.ext_seq = ext_seq
+        self.ts = ts
+        self.marker = marker
+        self.payload = payload
+        self.arrival = arrival
+        self.keyframe = keyframe
+        self.audio_level = audio_level
+
+
+class Producer:
+    """One published track (audio or video) of the teacher."""
+
+    def __init__(self, track_id: str, kind: str, codec_name: str, clock_rate: int,
+                 send_pli: Callable[[int], None], source: str = "camera",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.id = track_id
+        self.kind = kind
+        self.codec_name = codec_name.lower()
+        self.clock_rate = clock_rate
+        self.source = source
+        self.ssrc: int | None = None
+        self.cache = PacketCache()
+        self.consumers: tuple[Consumer, ...] = ()  # snapshot iterated by the hot loop, rebuilt on attach/detach
+        self.keyframes = KeyframeThrottle()
+        self.last_keyframe_seq: int | None = None
+        self.closed = False
+        self._send_pli = send_pli
+        self._clock = clock
+        self._unwrap = SeqUnwrapper()
+        self._is_vp8 = self.codec_name == "vp8"
+        # timing reference for sender reports: (unix seconds, rtp timestamp) from the teacher's SR, else a packet
+        self._ref_unix: float | None = None
+        self._ref_ts = 0
+        self._ref_from_sr = False
+        self._on_close: list[Callable[[Producer], None]] = []
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.duplicates = 0
+
+    # -- ingress -------------------------------------------------------------------------------------------
+
+    def on_packet(self, seq16: int, ts: int, marker: int, payload: bytes, audio_level: int) -> None:
+        """A media packet (or an unwrapped retransmission) from the teacher: cache it and forward it."""
+        now = self._clock()
+        ext_seq = self._unwrap.unwrap(seq16)
+        if self.cache.get(ext_seq) is not None:
+            # a retransmission we already have, or a probe of old packets: nothing new for subscribers
+            self.duplicates += 1
+            return
+        self.packets_in += 1
+        self.bytes_in += len(payload)
+        if not payload:
+            # padding-only packets are bandwidth probes between teacher and server, not media
+            for consumer in self.consumers:
+                consumer.skip(ext_seq)
+            return
+        keyframe = self._is_vp8 and vp8_is_keyframe_start(payload)
+        packet = Packet(ext_seq, ts, marker, payload, now, keyframe, audio_level)
+        self.cache.add(ext_seq, packet, now)
+        if keyframe:
+            self.last_keyframe_seq = ext_seq
+            self.keyframes.keyframe_seen(now)
+        if not self._ref_from_sr:
+            self._ref_unix, self._ref_ts = time.time(), ts
+        ast = abs_send_time_bytes()
+        for consumer in self.consumers:
+            # one subscriber's failure must never reach the teacher's DTLS loop or the other subscribers
+            try:
+                consumer.forward(packet, ast)
+            except Exception:  # noqa: BLE001 - isolation boundary
+                consumer.on_error()
+
+    def on_sender_report(self, ntp: int, rtp_ts: int) -> None:
+        """The teacher's RTCP SR maps its RTP clock to wall-clock time; consumers' SRs derive from it."""
+        self._ref_unix = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - 2208988800
+        self._ref_ts = rtp_ts
+        self._ref_from_sr = True
+
+    def rtp_time_at(self, unix_s: float) -> int | None:
+        """The teacher's RTP timestamp for a wall-clock time (extrapolated from the latest reference)."""
+        if self._ref_unix is None:
+            return None
+        return (self._ref_ts + round((unix_s - self._ref_unix) * self.clock_rate)) & 0xFFFFFFFF
+
+    # -- keyframes -----------------------------------------------------------------------------------------
+
+    def request_keyframe(self) -> bool:
+        """Ask the teacher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL_S whoever asks."""
+        if self.kind != "video" or self.ssrc is None or self.closed:
+            return False
+        if not self.keyframes.should_request(self._clock()):
+            return False
+        self._send_pli(self.ssrc)
+        return True
+
+    def replayable_keyframe(self) -> list[Packet] | None:
+        """Cached packets from the latest keyframe on, when close enough to replay to a late joiner."""
+        kf = self.last_keyframe_seq
+        newest = self.cache.newest_seq
+        if kf is None or newest is None or newest - kf > KEYFRAME_REPLAY_MAX_PACKETS:
+            return None
+        if self.cache.get(kf) is None:
+            return None
+        return self.cache.since(kf)  # type: ignore[return-value]
+
+    # -- consumers -----------------------------------------------------------------------------------------
+
+    def attach(self, consumer: Consumer) -> None:
+        if consumer not in self.consumers:
+            self.consumers = self.consumers + (consumer,)
+
+    def detach(self, consumer: Consumer) -> None:
+        self.consumers = tuple(c for c in self.consumers if c is not consumer)
+
+    def on_close(self, callback: Callable[[Producer], None]) -> None:
+        self._on_close.append(callback)
+
+    def close(self) -> None:
+        """Idempotent; closes the consumers fed by this producer, then tells listeners."""
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in self.consumers:
+            consumer.close()
+        self.consumers = ()
+        for callback in self._on_close:
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001
+                log.exception("producer close listener failed")
+
+    def stats(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "codec": self.codec_name, "ssrc": self.ssrc,
+                "packets_in": self.packets_in, "bytes_in": self.bytes_in, "duplicates": self.duplicates,
+                "consumers": len(self.consumers), "cached": len(self.cache),
+                "keyframe_requests": self.keyframes.requested, "keyframe_requests_suppressed":
+                self.keyframes.suppressed}

@@ -1,0 +1,108 @@
+"""The aiohttp application: /ws (signalling), /healthz, and the server's run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import WSMsgType, web
+
+from ketang.config import Config
+
+from .connection import Connection
+from .handlers import HANDLERS
+from .hub import Hub
+from .messages import MAX_MESSAGE_BYTES, ProtocolError, error_reply, parse_message
+from .ratelimit import TokenBucket
+from .state import open_store
+
+log = logging.getLogger("ketang.signaling")
+
+# aiohttp closes the socket above this; below it, but above MAX_MESSAGE_BYTES, the client gets a clear error
+WS_HARD_LIMIT_BYTES = 1 << 20
+WS_HEARTBEAT_S = 20.0
+HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    hub = request.app[HUB_KEY]
+    ws = web.WebSocketResponse(max_msg_size=WS_HARD_LIMIT_BYTES, heartbeat=WS_HEARTBEAT_S)
+    await ws.prepare(request)
+    conn = Connection(ws, TokenBucket(hub.config.messages_per_s, hub.config.message_burst, time.monotonic()),
+                      hub.config.send_queue_max)
+    try:
+        async for frame in ws:
+            if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await _dispatch(hub, conn, frame.data)
+            elif frame.type == WSMsgType.ERROR:
+                break
+            if conn.closed:
+                break
+    finally:
+        await hub.leave(conn)
+        await conn.close()
+    return ws
+
+
+async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
+    """Validate and handle one message; every refusal becomes an error reply and the connection carries on."""
+    if not conn.bucket.allow(time.monotonic()):
+        conn.send(error_reply("rate_limited", "too many messages: slow down"))
+        return
+    ref = None
+    try:
+        msg = parse_message(raw)
+        ref = msg.id
+        reply = await HANDLERS[msg.type](hub, conn, msg)
+    except ProtocolError as exc:
+        conn.send(error_reply(exc.code, exc.message, exc.ref))
+        return
+    except Exception:  # noqa: BLE001 - a bug must cost one reply, not the lesson
+        log.exception("handler failed")
+        conn.send(error_reply("internal", "the server could not handle this message", ref))
+        return
+    if reply is not None:
+        conn.send(reply)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[HUB_KEY].health())
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        store = open_store(config.redis_url)
+        hub = Hub(config, store)
+        app[HUB_KEY] = hub
+        yield
+        await hub.close()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def run_server(config: Config) -> None:
+    app = make_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    base = f"http://{config.host}:{config.port}"
+    state = f"Redis at {config.redis_url}" if config.redis_url else "in process (embedded)"
+    print(f"ketang serving on {base}  (room state: {state}; node {config.node_id})", flush=True)
+    print(f"  health:     {base}/healthz", flush=True)
+    print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)
+    print("  tokens:     ketang token --role teacher --lesson LESSON_ID", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -1,0 +1,116 @@
+"""One handler per client message type. Each returns the reply (or None) or raises a ProtocolError."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sfu.peers import SdpError
+
+from .connection import Connection
+from .hub import Hub, LessonEnded
+from .messages import Message, ProtocolError
+from .tokens import TokenError, verify_token
+
+log = logging.getLogger("ketang.signaling")
+
+Reply = dict[str, Any] | None
+Handler = Callable[[Hub, Connection, Message], Awaitable[Reply]]
+
+
+def _require_joined(conn: Connection, msg: Message) -> None:
+    if conn.claims is None:
+        raise ProtocolError("not_joined", "send join with a token first", msg.id)
+
+
+async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    if conn.claims is not None:
+        raise ProtocolError("already_joined", "this connection has already joined a lesson", msg.id)
+    try:
+        claims = verify_token(hub.config.secret, msg.fields["token"], lesson=msg.fields.get("lesson"))
+    except TokenError as exc:
+        raise ProtocolError(exc.code, str(exc), msg.id) from exc
+    conn.claims, conn.participant_id, conn.lesson_id = claims, claims.sub, claims.lesson
+    try:
+        state = await hub.join(conn)
+    except LessonEnded as exc:
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        raise ProtocolError("lesson_ended", "this lesson has ended", msg.id) from exc
+    conn.send({"type": "joined", "ref": msg.id, **state})
+    if claims.role in ("classroom", "observer"):
+        await _subscribe(hub, conn)
+    return None
+
+
+async def _subscribe(hub: Hub, conn: Connection) -> None:
+    async def send_offer(sdp: str, tracks: list[dict]) -> None:
+        conn.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    assert conn.lesson_id is not None and conn.participant_id is not None
+    await hub.router(conn.lesson_id).subscribe(conn.participant_id, send_offer)
+
+
+async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    _require_joined(conn, msg)
+    if conn.role != "teacher":
+        raise ProtocolError("forbidden", "only the lesson's teacher can publish", msg.id)
+    assert conn.lesson_id is not None and conn.participant_id is not None
+    try:
+        sdp = await hub.router(conn.lesson_id).publish(conn.participant_id, msg.fields["sdp"])
+    except SdpError as exc:
+        raise ProtocolError(exc.code, str(exc), msg.id) from exc
+    return {"type": "answer", "ref": msg.id, "sdp": sdp}
+
+
+async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    _require_joined(conn, msg)
+    router = hub.routers.get(conn.lesson_id or "")
+    sub = router.subscribers.get(conn.participant_id or "") if router else None
+    if sub is None:
+        raise ProtocolError("unexpected_answer", "no offer was sent to this participant", msg.id)
+    try:
+        await sub.accept_answer(msg.fields["sdp"])
+    except SdpError as exc:
+        raise ProtocolError(exc.code, str(exc), msg.id) from exc
+    return None
+
+
+async def handle_unpublish(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    _require_joined(conn, msg)
+    if conn.role != "teacher":
+        raise ProtocolError("forbidden", "only the lesson's teacher publishes", msg.id)
+    router = hub.routers.get(conn.lesson_id or "")
+    removed = await router.unpublish(conn.participant_id or "", msg.fields.get("track")) if router else 0
+    return {"type": "unpublished", "ref": msg.id, "removed": removed}
+
+
+async def handle_end_lesson(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    _require_joined(conn, msg)
+    if conn.role != "teacher":
+        raise ProtocolError("forbidden", "only the lesson's teacher can end it", msg.id)
+    await hub.end_lesson(conn.lesson_id or "")
+    return None
+
+
+async def handle_leave(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    await hub.leave(conn)
+    conn.send({"type": "left", "ref": msg.id})
+    await conn.drain()
+    await conn.close()
+    return None
+
+
+async def handle_ping(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    return {"type": "pong", "ref": msg.id}
+
+
+HANDLERS: dict[str, Handler] = {
+    "join": handle_join,
+    "publish": handle_publish,
+    "answer": handle_answer,
+    "unpublish": handle_unpublish,
+    "end_lesson": handle_end_lesson,
+    "leave": handle_leave,
+    "ping": handle_ping,
+}

@@ -1,0 +1,159 @@
+"""The lessons this node serves: room state, one SFU Router per lesson, and lesson events to the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ketang.config import Config
+from sfu.producer import Producer
+from sfu.router import Router
+
+from .connection import Connection
+from .state import Participant, RoomStore, TrackInfo
+
+log = logging.getLogger("ketang.signaling")
+
+
+def public_participant(p: Participant) -> dict[str, Any]:
+    return {"id": p.id, "role": p.role, "name": p.name, "joined_at": p.joined_at}
+
+
+def public_track(t: TrackInfo) -> dict[str, Any]:
+    return {"id": t.id, "kind": t.kind, "source": t.source, "participant": t.participant_id}
+
+
+class Hub:
+    def __init__(self, config: Config, store: RoomStore) -> None:
+        self.config = config
+        self.store = store
+        self.routers: dict[str, Router] = {}
+        self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
+        self.started_at = time.time()
+        self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
+
+    # -- membership ----------------------------------------------------------------------------------------
+
+    async def join(self, conn: Connection) -> dict[str, Any]:
+        """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
+        claims = conn.claims
+        assert claims is not None and conn.participant_id is not None
+        lesson = await self.store.ensure_lesson(claims.lesson,
+                                                teacher=claims.name if claims.role == "teacher" else None)
+        if lesson.state == "ended" and claims.role != "teacher":
+            raise LessonEnded(lesson.id)
+        now = time.time()
+        participant = Participant(id=conn.participant_id, lesson_id=lesson.id, role=claims.role, name=claims.name,
+                                  joined_at=now, last_seen=now, node=self.config.node_id, expires_at=0.0)
+        await self.store.add_participant(participant, self.config.participant_ttl_s)
+        members = self.connections.setdefault(lesson.id, {})
+        previous = members.get(conn.participant_id)
+        members[conn.participant_id] = conn
+        if previous is not None and previous is not conn:
+            await previous.close(code=4001, reason="replaced by a new connection")
+        if claims.role != "observer":  # observers watch without being listed to others
+            self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
+                                       "participant": public_participant(participant)}, exclude=conn)
+        participants = [public_participant(p) for p in await self.store.list_participants(lesson.id)
+                        if p.role != "observer"]
+        tracks = [public_track(t) for t in await self.store.list_tracks(lesson.id)]
+        return {"participant": {"id": participant.id, "role": participant.role, "name": participant.name},
+                "lesson": lesson.to_dict(), "participants": participants, "tracks": tracks}
+
+    async def leave(self, conn: Connection) -> None:
+        """Idempotent: forget the participant here, in room state and in the SFU, and tell the others."""
+        lesson_id, pid = conn.lesson_id, conn.participant_id
+        if lesson_id is None or pid is None:
+            return
+        members = self.connections.get(lesson_id, {})
+        if members.get(pid) is not conn:
+            return  # already replaced by a newer connection of the same participant
+        del members[pid]
+        router = self.routers.get(lesson_id)
+        if router is not None:
+            await router.remove_participant(pid)
+        await self.store.remove_participant(lesson_id, pid)
+        for track in await self.store.remove_participant_tracks(lesson_id, pid):
+            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)})
+        if conn.role != "observer":
+            self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
+                                       "participant": {"id": pid, "role": conn.role,
+                                                       "name": conn.claims.name if conn.claims else ""}})
+        if not members:
+            self.connections.pop(lesson_id, None)
+            if router is not None:
+                self.routers.pop(lesson_id, None)
+                await router.close()
+
+    def broadcast(self, lesson_id: str, message: dict[str, Any], exclude: Connection | None = None) -> None:
+        for conn in list(self.connections.get(lesson_id, {}).values()):
+            if conn is not exclude:
+                conn.send(message)
+
+    # -- media ---------------------------------------------------------------------------------------------
+
+    def router(self, lesson_id: str) -> Router:
+        router = self.routers.get(lesson_id)
+        if router is None:
+            router = Router(lesson_id, list(self.config.ice_servers))
+            router.on_track(lambda change, producer: self._on_track(lesson_id, change, producer))
+            self.routers[lesson_id] = router
+        return router
+
+    async def _on_track(self, lesson_id: str, change: str, producer: Producer) -> None:
+        router = self.routers.get(lesson_id)
+        owner = router.publisher.participant_id if router and router.publisher else ""
+        track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=owner, kind=producer.kind,
+                          source=producer.source, published_at=time.time())
+        if change == "added":
+            await self.store.add_track(track)
+            lesson = await self.store.get_lesson(lesson_id)
+            if lesson is not None and lesson.state != "live":
+                lesson = await self.store.set_lesson_state(lesson_id, "live")
+                self.broadcast(lesson_id, {"type": "event", "event": "lesson-started", "lesson": lesson.to_dict()})
+            self.broadcast(lesson_id, {"type": "event", "event": "track-added", "track": public_track(track)})
+        else:
+            await self.store.remove_track(lesson_id, producer.id)
+            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)})
+
+    async def end_lesson(self, lesson_id: str) -> None:
+        lesson = await self.store.set_lesson_state(lesson_id, "ended")
+        self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
+        router = self.routers.pop(lesson_id, None)
+        if router is not None:
+            await router.close()
+
+    # -- upkeep --------------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Refresh this node's participants so that only a crashed node's participants expire."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            for lesson_id, members in list(self.connections.items()):
+                for pid in list(members):
+                    try:
+                        await self.store.heartbeat(lesson_id, pid, self.config.participant_ttl_s)
+                    except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
+                        log.exception("heartbeat failed")
+
+    async def health(self) -> dict[str, Any]:
+        counts = await self.store.counts()
+        return {"status": "ok", "node": self.config.node_id, "lessons": counts["lessons"],
+                "participants": counts["participants"], "routers": len(self.routers),
+                "uptime_s": round(time.time() - self.started_at, 1)}
+
+    async def close(self) -> None:
+        self._heartbeats.cancel()
+        for members in list(self.connections.values()):
+            for conn in list(members.values()):
+                await conn.close(code=1001, reason="server shutting down")
+        for router in list(self.routers.values()):
+            await router.close()
+        self.routers.clear()
+        await self.store.remove_node(self.config.node_id)
+
+
+class LessonEnded(Exception):
+    pass

@@ -1,0 +1,219 @@
+"""Room state model and the storage interface every backend implements.
+
+The signaling layer only talks to :class:`RoomStore`; whether state lives in
+this process (``MemoryRoomStore``) or is shared by several server processes
+through Redis (``RedisRoomStore``) is a deployment choice.  Both backends pass
+the same contract tests (tests/test_state_contract.py).
+
+Expiry model: a participant is alive while ``expires_at > clock()``.  Expired
+participants, and the tracks they published, are invisible to every read, so a
+crashed server that stops heart-beating leaves no ghost participants or tracks.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal, get_args
+
+LessonState = Literal["scheduled", "live", "ended"]
+Role = Literal["teacher", "classroom", "observer"]
+TrackKind = Literal["audio", "video"]
+
+LESSON_STATES: tuple[str, ...] = get_args(LessonState)
+ROLES: tuple[str, ...] = get_args(Role)
+TRACK_KINDS: tuple[str, ...] = get_args(TrackKind)
+
+Clock = Callable[[], float]
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass
+class Lesson:
+    id: str
+    title: str
+    teacher: str
+    state: LessonState
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lesson:
+        return cls(
+            id=str(d["id"]),
+            title=str(d["title"]),
+            teacher=str(d.get("teacher") or ""),
+            state=d["state"],
+            created_at=float(d["created_at"]),
+            started_at=_opt_float(d.get("started_at")),
+            ended_at=_opt_float(d.get("ended_at")),
+        )
+
+
+@dataclass
+class Participant:
+    id: str
+    lesson_id: str
+    role: Role
+    name: str
+    joined_at: float
+    # last_seen / expires_at are owned by the store (add_participant, heartbeat)
+    last_seen: float = 0.0
+    node: str = ""
+    expires_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Participant:
+        return cls(
+            id=str(d["id"]),
+            lesson_id=str(d["lesson_id"]),
+            role=d["role"],
+            name=str(d["name"]),
+            joined_at=float(d["joined_at"]),
+            last_seen=float(d["last_seen"]),
+            node=str(d["node"]),
+            expires_at=float(d["expires_at"]),
+        )
+
+
+@dataclass
+class TrackInfo:
+    id: str
+    lesson_id: str
+    participant_id: str
+    kind: TrackKind
+    source: str  # "camera", "microphone", "screen"
+    published_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrackInfo:
+        return cls(
+            id=str(d["id"]),
+            lesson_id=str(d["lesson_id"]),
+            participant_id=str(d["participant_id"]),
+            kind=d["kind"],
+            source=str(d["source"]),
+            published_at=float(d["published_at"]),
+        )
+
+
+def check_lesson_state(state: str) -> None:
+    if state not in LESSON_STATES:
+        raise ValueError(f"bad lesson state {state!r}; expected one of {LESSON_STATES}")
+
+
+def check_ttl(ttl_s: float) -> None:
+    if not ttl_s > 0:
+        raise ValueError(f"ttl_s must be positive, got {ttl_s!r}")
+
+
+def lesson_sort_key(lesson: Lesson) -> tuple[float, str]:
+    # id breaks ties so both backends return the same order for equal times
+    return (lesson.created_at, lesson.id)
+
+
+def participant_sort_key(p: Participant) -> tuple[float, str]:
+    return (p.joined_at, p.id)
+
+
+def track_sort_key(t: TrackInfo) -> tuple[float, str]:
+    return (t.published_at, t.id)
+
+
+class RoomStore(abc.ABC):
+    """Lessons, their live participants and published tracks.
+
+    Semantics shared by all backends (beyond the method docstrings):
+    * a participant is alive while ``expires_at > clock()``; expired ones are
+      never returned, and neither are their tracks;
+    * ``add_participant`` starts a new incarnation: a participant replaced under
+      the same id loses the tracks of the previous one (they belonged to a
+      connection that no longer exists);
+    * ``add_track`` for a participant that is missing or expired is ignored,
+      since such a track could never be listed.
+    """
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        # injected so tests can move time without sleeping
+        self.clock = clock
+
+    @abc.abstractmethod
+    async def ensure_lesson(
+        self, lesson_id: str, title: str | None = None, teacher: str | None = None
+    ) -> Lesson:
+        """Create a "scheduled" lesson if missing (title defaults to the id);
+        on an existing lesson only the given fields are overwritten."""
+
+    @abc.abstractmethod
+    async def get_lesson(self, lesson_id: str) -> Lesson | None: ...
+
+    @abc.abstractmethod
+    async def list_lessons(self) -> list[Lesson]:
+        """All lessons, sorted by created_at."""
+
+    @abc.abstractmethod
+    async def set_lesson_state(self, lesson_id: str, state: str) -> Lesson:
+        """"live" sets started_at the first time only and clears ended_at;
+        "ended" sets ended_at (a repeated "ended" keeps the first one).
+        KeyError for an unknown lesson, ValueError for a bad state."""
+
+    @abc.abstractmethod
+    async def add_participant(self, p: Participant, ttl_s: float) -> None:
+        """Store p (a copy; p is not mutated) with last_seen=clock() and
+        expires_at=clock()+ttl_s, replacing any participant with the same id."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, lesson_id: str, participant_id: str, ttl_s: float) -> bool:
+        """Extend life by ttl_s from now; False if missing or already expired."""
+
+    @abc.abstractmethod
+    async def remove_participant(self, lesson_id: str, participant_id: str) -> None:
+        """Remove the participant and its tracks; idempotent."""
+
+    @abc.abstractmethod
+    async def get_participant(self, lesson_id: str, participant_id: str) -> Participant | None: ...
+
+    @abc.abstractmethod
+    async def list_participants(self, lesson_id: str) -> list[Participant]:
+        """Unexpired participants, sorted by joined_at."""
+
+    @abc.abstractmethod
+    async def add_track(self, t: TrackInfo) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_track(self, lesson_id: str, track_id: str) -> None:
+        """Idempotent."""
+
+    @abc.abstractmethod
+    async def list_tracks(self, lesson_id: str) -> list[TrackInfo]:
+        """Tracks of unexpired participants, sorted by published_at."""
+
+    @abc.abstractmethod
+    async def remove_participant_tracks(self, lesson_id: str, participant_id: str) -> list[TrackInfo]:
+        """Remove and return the participant's tracks ([] if it is missing or expired)."""
+
+    @abc.abstractmethod
+    async def remove_node(self, node: str) -> int:
+        """Remove every participant held by node (and their tracks), e.g. on
+        clean shutdown; returns how many unexpired participants were removed."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """{"lessons": lessons not ended, "participants": unexpired participants}."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,397 @@
+"""RoomStore shared by several server processes ("nodes") through Redis.
+
+Key layout (ids are percent-encoded so an id containing ":" cannot collide
+with another key; every key starts with the prefix):
+
+    {prefix}lessons                                 ZSET  lesson id -> created_at
+    {prefix}lessons:ended                           SET   ids of ended lessons (for counts)
+    {prefix}lesson:{lid}                            HASH  Lesson fields (None = field absent)
+    {prefix}participants                            ZSET  json [lid, pid] -> expires_at (all lessons)
+    {prefix}lesson:{lid}:participants               ZSET  pid -> expires_at
+    {prefix}lesson:{lid}:participant:{pid}          HASH  Participant fields      (key TTL)
+    {prefix}lesson:{lid}:participant:{pid}:tracks   HASH  track id -> TrackInfo json (key TTL)
+
+Liveness is decided by the zset scores against the injected clock, so it is
+consistent across processes (nodes are assumed NTP-synced).  The participant
+hashes additionally carry a real Redis TTL of ttl_s + KEY_TTL_MARGIN_S, so the
+keys of a server that crashed are garbage-collected by Redis itself; zset
+entries of expired participants are pruned lazily by readers.  Tracks live in
+a per-participant hash so they vanish with their participant.
+
+Check-then-write operations (heartbeat, add_track, remove_node) are Lua scripts
+so they stay atomic against other nodes; the rest are MULTI pipelines.  Keys of
+different lessons share no hash tag, so this targets a single Redis (or a
+primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Iterable
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+
+from .base import (
+    Clock,
+    Lesson,
+    Participant,
+    RoomStore,
+    TrackInfo,
+    check_lesson_state,
+    check_ttl,
+    lesson_sort_key,
+    participant_sort_key,
+    track_sort_key,
+)
+
+DEFAULT_PREFIX = "ketang:"
+# Redis key TTL beyond the logical expiry: covers clock skew between nodes and
+# late heartbeats, while still bounding how long a crashed node's keys linger.
+KEY_TTL_MARGIN_S = 30.0
+
+# KEYS: lesson participants zset, all-participants zset, participant hash, tracks hash
+# ARGV: pid, all-participants member, now, new expires_at, key ttl (ms)
+_HEARTBEAT_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= tonumber(ARGV[3]) or redis.call('EXISTS', KEYS[3]) == 0 then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[3], 'last_seen', ARGV[3], 'expires_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+return 1
+"""
+
+# KEYS: lesson participants zset, participant hash, tracks hash
+# ARGV: pid, now, track id, track json
+# The tracks hash inherits the participant hash's remaining TTL.
+_ADD_TRACK_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= tonumber(ARGV[2]) then
+  return 0
+end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 1
+"""
+
+# KEYS: lesson participants zset, all-participants zset, participant hash, tracks hash
+# ARGV: pid, all-participants member, node, now
+# Checking the node inside the script means a participant that already
+# reconnected through another node is left alone. Returns 1 if it was alive.
+_REMOVE_IF_ON_NODE_LUA = """
+if redis.call('HGET', KEYS[3], 'node') ~= ARGV[3] then
+  return 0
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3], KEYS[4])
+if score and tonumber(score) > tonumber(ARGV[4]) then
+  return 1
+end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    # a caller-supplied client may not use decode_responses=True
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _num(x: float) -> str:
+    return repr(float(x))  # shortest exact round-trip form
+
+
+def _id(raw_id: str) -> str:
+    return quote(raw_id, safe="")
+
+
+def _key_ttl_ms(ttl_s: float) -> int:
+    return math.ceil((ttl_s + KEY_TTL_MARGIN_S) * 1000)
+
+
+def _member(lesson_id: str, participant_id: str) -> str:
+    return json.dumps([lesson_id, participant_id])
+
+
+def _lesson_from_hash(h: dict[str, str]) -> Lesson:
+    return Lesson.from_dict(h)
+
+
+def _participant_to_hash(p: Participant) -> dict[str, str]:
+    return {
+        "id": p.id,
+        "lesson_id": p.lesson_id,
+        "role": p.role,
+        "name": p.name,
+        "joined_at": _num(p.joined_at),
+        "last_seen": _num(p.last_seen),
+        "node": p.node,
+        "expires_at": _num(p.expires_at),
+    }
+
+
+def _tracks_from_json(values: Iterable[Any]) -> list[TrackInfo]:
+    return [TrackInfo.from_dict(json.loads(_text(v))) for v in values]
+
+
+class RedisRoomStore(RoomStore):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Clock = time.time,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        super().__init__(clock)
+        self.prefix = prefix
+        self._owns_client = client is None
+        self._r: aioredis.Redis = client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
+        self._heartbeat_script = self._r.register_script(_HEARTBEAT_LUA)
+        self._add_track_script = self._r.register_script(_ADD_TRACK_LUA)
+        self._remove_if_on_node_script = self._r.register_script(_REMOVE_IF_ON_NODE_LUA)
+
+    # -- keys -----------------------------------------------------------------
+
+    @property
+    def _lessons_key(self) -> str:
+        return f"{self.prefix}lessons"
+
+    @property
+    def _ended_key(self) -> str:
+        return f"{self.prefix}lessons:ended"
+
+    @property
+    def _all_participants_key(self) -> str:
+        return f"{self.prefix}participants"
+
+    def lesson_key(self, lesson_id: str) -> str:
+        return f"{self.prefix}lesson:{_id(lesson_id)}"
+
+    def _participants_key(self, lesson_id: str) -> str:
+        return f"{self.lesson_key(lesson_id)}:participants"
+
+    def participant_key(self, lesson_id: str, participant_id: str) -> str:
+        return f"{self.lesson_key(lesson_id)}:participant:{_id(participant_id)}"
+
+    def tracks_key(self, lesson_id: str, participant_id: str) -> str:
+        return f"{self.participant_key(lesson_id, participant_id)}:tracks"
+
+    def _participant_keys(self, lesson_id: str, participant_id: str) -> list[str]:
+        """KEYS layout shared by the heartbeat and remove-if-on-node scripts."""
+        return [
+            self._participants_key(lesson_id),
+            self._all_participants_key,
+            self.participant_key(lesson_id, participant_id),
+            self.tracks_key(lesson_id, participant_id),
+        ]
+
+    async def _live_ids(self, lesson_id: str) -> list[str]:
+        pids = await self._r.zrangebyscore(self._participants_key(lesson_id), f"({_num(self.clock())}", "+inf")
+        return [_text(pid) for pid in pids]
+
+    # -- lessons --------------------------------------------------------------
+
+    async def ensure_lesson(
+        self, lesson_id: str, title: str | None = None, teacher: str | None = None
+    ) -> Lesson:
+        key = self.lesson_key(lesson_id)
+        now = self.clock()
+        defaults = {
+            "id": lesson_id,
+            "title": lesson_id,
+            "teacher": "",
+            "state": "scheduled",
+            "created_at": _num(now),
+        }
+        given = {k: v for k, v in (("title", title), ("teacher", teacher)) if v is not None}
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._lessons_key, {lesson_id: now}, nx=True)
+            for field, value in defaults.items():
+                pipe.hsetnx(key, field, value)
+            if given:
+                pipe.hset(key, mapping=given)
+            pipe.hgetall(key)
+            result = await pipe.execute()
+        return _lesson_from_hash(_hash(result[-1]))
+
+    async def get_lesson(self, lesson_id: str) -> Lesson | None:
+        raw = await self._r.hgetall(self.lesson_key(lesson_id))
+        return _lesson_from_hash(_hash(raw)) if raw else None
+
+    async def list_lessons(self) -> list[Lesson]:
+        ids = await self._r.zrange(self._lessons_key, 0, -1)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for lesson_id in ids:
+                pipe.hgetall(self.lesson_key(_text(lesson_id)))
+            raws = await pipe.execute()
+        return sorted((_lesson_from_hash(_hash(h)) for h in raws if h), key=lesson_sort_key)
+
+    async def set_lesson_state(self, lesson_id: str, state: str) -> Lesson:
+        check_lesson_state(state)
+        key = self.lesson_key(lesson_id)
+        # Check-then-write is safe: nothing ever deletes a lesson.
+        if not await self._r.exists(key):
+            raise KeyError(lesson_id)
+        now = _num(self.clock())
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "state", state)
+            if state == "live":
+                pipe.hsetnx(key, "started_at", now)
+                pipe.hdel(key, "ended_at")
+                pipe.srem(self._ended_key, lesson_id)
+            elif state == "ended":
+                pipe.hsetnx(key, "ended_at", now)
+                pipe.sadd(self._ended_key, lesson_id)
+            else:
+                pipe.srem(self._ended_key, lesson_id)
+            pipe.hgetall(key)
+            result = await pipe.execute()
+        return _lesson_from_hash(_hash(result[-1]))
+
+    # -- participants ---------------------------------------------------------
+
+    async def add_participant(self, p: Participant, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        now = self.clock()
+        expires_at = now + ttl_s
+        fields = _participant_to_hash(p) | {"last_seen": _num(now), "expires_at": _num(expires_at)}
+        pkey = self.participant_key(p.lesson_id, p.id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            # new incarnation: drop the previous one's fields and tracks
+            pipe.delete(pkey, self.tracks_key(p.lesson_id, p.id))
+            pipe.hset(pkey, mapping=fields)
+            pipe.pexpire(pkey, _key_ttl_ms(ttl_s))
+            pipe.zadd(self._participants_key(p.lesson_id), {p.id: expires_at})
+            pipe.zadd(self._all_participants_key, {_member(p.lesson_id, p.id): expires_at})
+            await pipe.execute()
+
+    async def heartbeat(self, lesson_id: str, participant_id: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        now = self.clock()
+        ok = await self._heartbeat_script(
+            keys=self._participant_keys(lesson_id, participant_id),
+            args=[participant_id, _member(lesson_id, participant_id), _num(now), _num(now + ttl_s), _key_ttl_ms(ttl_s)],
+        )
+        return bool(ok)
+
+    async def remove_participant(self, lesson_id: str, participant_id: str) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._participants_key(lesson_id), participant_id)
+            pipe.zrem(self._all_participants_key, _member(lesson_id, participant_id))
+            pipe.delete(self.participant_key(lesson_id, participant_id), self.tracks_key(lesson_id, participant_id))
+            await pipe.execute()
+
+    async def get_participant(self, lesson_id: str, participant_id: str) -> Participant | None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zscore(self._participants_key(lesson_id), participant_id)
+            pipe.hgetall(self.participant_key(lesson_id, participant_id))
+            score, raw = await pipe.execute()
+        if score is None or float(score) <= self.clock() or not raw:
+            return None
+        return Participant.from_dict(_hash(raw))
+
+    async def list_participants(self, lesson_id: str) -> list[Participant]:
+        zkey = self._participants_key(lesson_id)
+        now = _num(self.clock())
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(zkey, "-inf", now)  # lazy prune of expired entries
+            pipe.zrangebyscore(zkey, f"({now}", "+inf")
+            _, pids = await pipe.execute()
+        async with self._r.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hgetall(self.participant_key(lesson_id, _text(pid)))
+            raws = await pipe.execute()
+        # a missing hash means Redis already collected it: treat as gone
+        people = [Participant.from_dict(_hash(raw)) for raw in raws if raw]
+        return sorted(people, key=participant_sort_key)
+
+    # -- tracks ---------------------------------------------------------------
+
+    async def add_track(self, t: TrackInfo) -> None:
+        await self._add_track_script(
+            keys=[
+                self._participants_key(t.lesson_id),
+                self.participant_key(t.lesson_id, t.participant_id),
+                self.tracks_key(t.lesson_id, t.participant_id),
+            ],
+            args=[t.participant_id, _num(self.clock()), t.id, json.dumps(t.to_dict())],
+        )
+
+    async def remove_track(self, lesson_id: str, track_id: str) -> None:
+        # The owner is not known here; HDEL on every participant's tracks
+        # hash is one pipelined round trip and avoids a track->owner index
+        # that would need its own cleanup.
+        pids = await self._r.zrange(self._participants_key(lesson_id), 0, -1)
+        if not pids:
+            return
+        async with self._r.pipeline(transaction=True) as pipe:
+            for pid in pids:
+                pipe.hdel(self.tracks_key(lesson_id, _text(pid)), track_id)
+            await pipe.execute()
+
+    async def list_tracks(self, lesson_id: str) -> list[TrackInfo]:
+        pids = await self._live_ids(lesson_id)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hvals(self.tracks_key(lesson_id, pid))
+            per_participant = await pipe.execute()
+        tracks = [t for values in per_participant for t in _tracks_from_json(values)]
+        return sorted(tracks, key=track_sort_key)
+
+    async def remove_participant_tracks(self, lesson_id: str, participant_id: str) -> list[TrackInfo]:
+        tkey = self.tracks_key(lesson_id, participant_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zscore(self._participants_key(lesson_id), participant_id)
+            pipe.hvals(tkey)
+            pipe.delete(tkey)
+            score, values, _ = await pipe.execute()
+        if score is None or float(score) <= self.clock():
+            return []  # an expired participant's tracks were already invisible
+        return sorted(_tracks_from_json(values), key=track_sort_key)
+
+    # -- whole store ----------------------------------------------------------
+
+    async def remove_node(self, node: str) -> int:
+        members = await self._r.zrange(self._all_participants_key, 0, -1)
+        if not members:
+            return 0
+        now = _num(self.clock())
+        async with self._r.pipeline(transaction=False) as pipe:
+            for member in members:
+                lesson_id, pid = json.loads(_text(member))
+                await self._remove_if_on_node_script(
+                    keys=self._participant_keys(lesson_id, pid),
+                    args=[pid, _text(member), node, now],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def counts(self) -> dict[str, int]:
+        now = _num(self.clock())
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self._all_participants_key, "-inf", now)  # lazy prune
+            pipe.zcard(self._all_participants_key)
+            pipe.zcard(self._lessons_key)
+            pipe.scard(self._ended_key)
+            _, people, lessons, ended = await pipe.execute()
+        return {"lessons": int(lessons) - int(ended), "participants": int(people)}
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._r.aclose()

@@ -1,0 +1,292 @@
+"""Real peers for integration tests: a `ketang serve` subprocess, websocket clients, an aiortc teacher that
+publishes a synthetic moving VP8 video plus Opus, and aiortc classrooms that decode what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack
+
+VIDEO_CLOCK = 90000
+TEST_SECRET = "integration-test-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`ketang serve` in a subprocess (its own event loop, uvloop, decoding patched off)."""
+
+    def __init__(self, tmp: Path, redis_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        env = dict(os.environ, KETANG_SECRET=TEST_SECRET, KETANG_DATA_DIR=str(tmp))
+        env.pop("KETANG_REDIS_URL", None)
+        args = [sys.executable, "-m", "ketang.cli", "serve", "--port", str(self.port)]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        self.log = open(tmp / "server.log", "wb")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self, timeout_s: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}")
+                try:
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return await resp.json()
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("server did not answer /healthz")
+
+    async def health(self) -> dict:
+        async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as resp:
+            return await resp.json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def token(role: str, lesson: str, name: str | None = None, ttl_s: int = 3600, now: float | None = None,
+          secret: str = TEST_SECRET) -> str:
+    from signaling.tokens import issue_token
+    return issue_token(secret, role, lesson, name=name, ttl_s=ttl_s, now=now)
+
+
+class WsClient:
+    """A websocket participant that records every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self._new = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self.close_code: int | None = None
+
+    async def connect(self, url: str) -> WsClient:
+        self._session = aiohttp.ClientSession()
+        self.ws = await self._session.ws_connect(url, max_msg_size=0)
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                self.messages.append(json.loads(frame.data))
+                self._new.set()
+        self.close_code = self.ws.close_code
+        self._new.set()
+
+    async def send(self, message: dict | str | bytes) -> None:
+        assert self.ws is not None
+        if isinstance(message, dict):
+            await self.ws.send_str(json.dumps(message))
+        elif isinstance(message, bytes):
+            await self.ws.send_bytes(message)
+        else:
+            await self.ws.send_str(message)
+
+    async def wait_for(self, predicate: Any, timeout_s: float = 10.0, start: int = 0) -> dict:
+        """The first message (from index `start`) matching predicate(msg)."""
+        deadline = time.monotonic() + timeout_s
+        seen = start
+        while True:
+            while seen < len(self.messages):
+                msg = self.messages[seen]
+                seen += 1
+                if predicate(msg):
+                    return msg
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.ws is not None and self.ws.closed and seen >= len(self.messages)):
+                raise TimeoutError(f"no matching message; got {self.messages[start:]!r:.2000}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def request(self, message: dict, timeout_s: float = 10.0) -> dict:
+        """Send a message with an id and wait for the reply (or error) that references it."""
+        ref = message.setdefault("id", random.randrange(1 << 30))
+        start = len(self.messages)
+        await self.send(message)
+        return await self.wait_for(lambda m: m.get("ref") == ref, timeout_s, start)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=2)
+        if self._session is not None:
+            await self._session.close()
+
+
+class MovingVideoTrack(MediaStreamTrack):
+    """Synthetic camera: a bright square moving over a gradient, 30 fps; counts the frames it produced."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 30) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.frames_sent = 0
+        self._start: float | None = None
+        base = np.linspace(0, 255, width, dtype=np.uint8)
+        self._background = np.repeat(np.tile(base, (height, 1))[:, :, None], 3, axis=2)
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.time()
+        n = self.frames_sent
+        target = self._start + n / self.fps
+        delay = target - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        img = self._background.copy()
+        x = (n * 4) % (self.width - 40)
+        img[100:140, x:x + 40] = (255, 40, 40)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = n * VIDEO_CLOCK // self.fps
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.frames_sent += 1
+        return frame
+
+
+class Teacher:
+    """An aiortc teacher that publishes video (+ audio) through the signalling protocol."""
+
+    def __init__(self, ws: WsClient, audio: bool = True) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.video = MovingVideoTrack()
+        self.pc.addTransceiver(self.video, direction="sendonly")
+        if audio:
+            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+
+    async def publish(self) -> dict:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        if reply["type"] == "answer":
+            await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        return reply
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class DropIncoming:
+    """User-space downlink loss: wraps the classroom's ICE receive and drops a share of incoming SRTP packets
+    (RTCP and DTLS are left alone), with a seeded RNG so runs repeat."""
+
+    def __init__(self, loss: float, seed: int = 7) -> None:
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.dropped = 0
+        self.passed = 0
+
+    def install(self, pc: RTCPeerConnection) -> None:
+        for transceiver in pc.getTransceivers():
+            # the DTLS transport reads datagrams through RTCIceTransport._recv (an instance attribute)
+            ice = transceiver.receiver.transport.transport
+            if getattr(ice, "_ketang_loss", None) is not None:
+                continue
+            original = ice._recv
+
+            async def recv(original=original) -> bytes:
+                while True:
+                    data = await original()
+                    is_rtp = len(data) > 1 and 127 < data[0] < 192 and not (192 <= data[1] <= 223)
+                    if is_rtp and self.rng.random() < self.loss:
+                        self.dropped += 1
+                        continue
+                    self.passed += is_rtp
+                    return data
+
+            ice._recv = recv
+            ice._ketang_loss = self
+
+
+class Classroom:
+    """An aiortc classroom: answers the server's offers and decodes every frame it receives."""
+
+    def __init__(self, ws: WsClient, loss: float = 0.0) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.frames: list[float] = []  # arrival time of each decoded video frame
+        self.frame_sizes: set[tuple[int, int]] = set()
+        self.audio_frames = 0
+        self.loss = DropIncoming(loss) if loss else None
+        self.offers = 0
+        self._tasks: list[asyncio.Task] = []
+        self._seen = 0
+        self._pump = asyncio.ensure_future(self._answer_offers())
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.ensure_future(self._consume(track)))
+
+    async def _answer_offers(self) -> None:
+        while True:
+            msg = await self.ws.wait_for(lambda m: m.get("type") == "offer", timeout_s=3600, start=self._seen)
+            self._seen = self.ws.messages.index(msg) + 1
+            await self.pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
+            if self.loss is not None:
+                self.loss.install(self.pc)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            await self.ws.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+            self.offers += 1
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.frames.append(time.monotonic())
+                    self.frame_sizes.add((frame.width, frame.height))
+                else:
+                    self.audio_frames += 1
+        except Exception:  # noqa: BLE001 - track ended
+            return
+
+    async def wait_frames(self, n: int, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.frames) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"decoded {len(self.frames)} of {n} frames")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self._pump.cancel()
+        for t in self._tasks:
+            t.cancel()
+        await self.pc.close()
