@@ -13,6 +13,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -37,11 +38,23 @@ NACK_REPEAT_MIN_S = 0.03
 _U16 = struct.Struct("!H")
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a subscriber's stream got to, so the next producer in the same slot continues it seamlessly
+    (a sequence or timestamp jump makes receivers stall or discard)."""
+
+    next_seq: int
+    last_ts: int
+    at: float
+    rtx_seq: int
+
+
 class Consumer:
     """One subscriber's copy of one producer's stream."""
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
-                 extensions: ExtensionLayout, clock: Callable[[], float] = time.monotonic) -> None:
+                 extensions: ExtensionLayout, resume: ResumePoint | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.producer = producer
         self.sender = sender
         self.kind = producer.kind
@@ -60,9 +73,16 @@ class Consumer:
         self.keyframe_requests = 0
         self.errors = 0
         self._clock = clock
-        self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
-        self._ts = TsMap(random.getrandbits(32))
-        self._rtx_seq = random.randrange(1, OUTPUT_SEQ_START_MAX)
+        self._resume = resume
+        if resume is None:
+            self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
+            self._ts = TsMap(random.getrandbits(32))
+            self._rtx_seq = random.randrange(1, OUTPUT_SEQ_START_MAX)
+        else:
+            self._seq = SeqMap(resume.next_seq)
+            self._ts = TsMap(0)
+            self._rtx_seq = resume.rtx_seq
+        self._last_ts = 0  # input timestamp of the newest packet sent
         self._ext = extensions
         self._hdr = bytearray(12) + extensions.block
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
@@ -91,9 +111,23 @@ class Consumer:
                 self.producer.request_keyframe()
                 return
             self._waiting_keyframe = False
+        if self._resume is not None:
+            self._continue_from(self._resume, packet)
         out = self._seq.forward(packet.ext_seq)
         if out is not None:
             self._write(packet, out, ast)
+
+    def _continue_from(self, resume: ResumePoint, packet: Packet) -> None:
+        """First packet after a producer change: its timestamp follows the last one sent by the wall clock."""
+        elapsed = max(1, round((self._clock() - resume.at) * self.producer.clock_rate))
+        self._ts.rebase(packet.ts, (resume.last_ts + elapsed) & 0xFFFFFFFF)
+        self._resume = None
+
+    def resume_point(self) -> ResumePoint | None:
+        newest = self._seq.newest_out
+        if newest is None:
+            return self._resume
+        return ResumePoint(newest + 1, self._ts.map(self._last_ts), self._clock(), self._rtx_seq)
 
     def skip(self, ext_seq: int) -> None:
         """The producer got a packet that is not forwarded (padding): keep this subscriber's sequence gapless."""
@@ -109,6 +143,7 @@ class Consumer:
         if self._level_at >= 0:
             hdr[self._level_at] = packet.audio_level
         self._send(self._protect(bytes(hdr) + packet.payload))
+        self._last_ts = packet.ts
         self.packets_out += 1
         self.octets_out += len(packet.payload)
         self.errors = 0
@@ -127,6 +162,8 @@ class Consumer:
             if replay:
                 self._waiting_keyframe = False
                 ast = abs_send_time_bytes()
+                if self._resume is not None:
+                    self._continue_from(self._resume, replay[0])
                 for packet in replay[:-1]:  # the last one is the packet being forwarded right now
                     out = self._seq.forward(packet.ext_seq)
                     if out is not None:

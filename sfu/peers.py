@@ -20,7 +20,7 @@ from aiortc.codecs import is_rtx
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
-from .consumer import Consumer
+from .consumer import Consumer, ResumePoint
 from .ingress import Ingress, Route
 from .producer import Producer
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, ExtensionLayout
@@ -171,6 +171,7 @@ class Slot:
     producer: Producer | None = None
     consumer: Consumer | None = None
     negotiated: bool = False
+    resume: ResumePoint | None = None  # where the previous producer's stream in this slot stopped
 
 
 OfferSender = Callable[[str, list[dict]], Awaitable[None]]
@@ -228,6 +229,7 @@ class Subscriber:
         for slot in self.slots:
             if slot.producer is producer:
                 if slot.consumer is not None:
+                    slot.resume = slot.consumer.resume_point()
                     slot.consumer.close()
                 slot.producer = slot.consumer = None
 
@@ -239,7 +241,7 @@ class Subscriber:
         pt, rtx, _, _ = _lesson_codecs(t)
         layout = ExtensionLayout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
                                  _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
-        slot.consumer = Consumer(producer, t.sender, pt, rtx, layout)
+        slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
 
     def track_map(self) -> list[dict]:
         """Which mid carries which lesson track, for the client."""

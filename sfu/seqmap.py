@@ -109,8 +109,10 @@ class SeqMap:
     def __init__(self, first_out: int) -> None:
         # Starting low leaves >= 32768 packets before the 16-bit output first wraps, which keeps the subscriber's SRTP
         # rollover-counter guess safe even if the first packets arrive reordered.
-        if not 0 <= first_out < SEQ_HALF:
-            raise ValueError(f"first_out must be in [0, {SEQ_HALF}), got {first_out}")
+        # A fresh stream starts below SEQ_HALF; a stream resumed after a publisher change continues from wherever
+        # the subscriber's sequence has got to, so any non-negative extended value is accepted.
+        if first_out < 0:
+            raise ValueError(f"first_out must be >= 0, got {first_out}")
         self._first_out = first_out
         self._start_in: int | None = None  # first forwarded input: the origin
         self._newest_in = 0  # newest input seen (forwarded or dropped); valid once started

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,17 @@ class Server:
         self.log = open(tmp / "server.log", "wb")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    async def wait_ready(self, timeout_s: float = 15.0) -> dict:
+    def wait_ready(self, timeout_s: float = 20.0) -> dict:
+        """Block until /healthz answers (the server prints its URLs and starts within a few seconds)."""
         deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}")
-                try:
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return await resp.json()
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    return json.loads(resp.read())
+            except OSError:
+                time.sleep(0.1)
         raise TimeoutError("server did not answer /healthz")
 
     async def health(self) -> dict:

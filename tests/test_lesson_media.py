@@ -1,0 +1,182 @@
+"""A whole lesson with real aiortc peers over loopback against a `ketang serve` subprocess: a teacher
+publishing a synthetic moving VP8 video plus Opus, classrooms that decode what the SFU forwards."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from tests.support import Classroom, Server, Teacher, WsClient, token
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("media"))
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+async def _join(server: Server, role: str, lesson: str, name: str) -> WsClient:
+    ws = await WsClient().connect(server.ws_url)
+    reply = await ws.request({"type": "join", "token": token(role, lesson, name), "lesson": lesson})
+    assert reply["type"] == "joined", reply
+    return ws
+
+
+async def _teacher(server: Server, lesson: str) -> Teacher:
+    teacher = Teacher(await _join(server, "teacher", lesson, "Ms Li"))
+    reply = await teacher.publish()
+    assert reply["type"] == "answer", reply
+    return teacher
+
+
+async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent_loss_keeps_95_percent(server):
+    lesson = "media-three"
+    rooms = [Classroom(await _join(server, "classroom", lesson, f"school {i}"), loss=0.03 if i == 0 else 0.0)
+             for i in range(3)]
+    teacher = await _teacher(server, lesson)
+    try:
+        for room in rooms:
+            await room.wait_frames(1, timeout_s=10)
+        counted_from = [len(room.frames) for room in rooms]
+        sent_from = teacher.video.frames_sent
+        await asyncio.sleep(8)
+        sent = teacher.video.frames_sent - sent_from
+        decoded = [len(room.frames) - start for room, start in zip(rooms, counted_from)]
+        lossy = rooms[0].loss
+        assert lossy is not None and lossy.dropped > 0.02 * (lossy.dropped + lossy.passed), "loss was not injected"
+        # frames still in flight at the end of the window (a few at 30 fps) are the only allowance
+        assert decoded[0] >= 0.95 * sent, (decoded, sent, lossy.dropped, lossy.passed)
+        for n in decoded[1:]:
+            assert n >= 0.95 * sent, (decoded, sent)
+        for room in rooms:
+            assert room.frame_sizes == {(teacher.video.width, teacher.video.height)}
+            assert room.audio_frames > 0, "no Opus audio was forwarded"
+    finally:
+        for room in rooms:
+            await room.close()
+            await room.ws.close()
+        await teacher.close()
+        await teacher.ws.close()
+
+
+async def test_a_classroom_joining_5_s_late_decodes_its_first_frame_within_1_s_of_connecting(server):
+    lesson = "media-late"
+    teacher = await _teacher(server, lesson)
+    early = Classroom(await _join(server, "classroom", lesson, "early"))
+    try:
+        await early.wait_frames(1, timeout_s=10)
+        await asyncio.sleep(5)
+        joined_at = time.monotonic()
+        late = Classroom(await _join(server, "classroom", lesson, "late"))
+        connected = asyncio.Event()
+        connected_at: list[float] = []
+
+        @late.pc.on("connectionstatechange")
+        def _state() -> None:
+            if late.pc.connectionState == "connected" and not connected_at:
+                connected_at.append(time.monotonic())
+                connected.set()
+
+        await asyncio.wait_for(connected.wait(), 10)
+        await late.wait_frames(1, timeout_s=5)
+        first_frame = late.frames[0] - connected_at[0]
+        print(f"late joiner: first frame {first_frame * 1000:.0f} ms after connecting, "
+              f"{(late.frames[0] - joined_at) * 1000:.0f} ms after join")
+        assert first_frame <= 1.0
+        await late.close()
+        await late.ws.close()
+    finally:
+        await early.close()
+        await early.ws.close()
+        await teacher.close()
+        await teacher.ws.close()
+
+
+async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_forwarded_again(server):
+    lesson = "media-leave"
+    room = Classroom(await _join(server, "classroom", lesson, "school"))
+    teacher = await _teacher(server, lesson)
+    try:
+        await room.wait_frames(5)
+        start = len(room.ws.messages)
+        await teacher.close()
+        await teacher.ws.close()
+        left = await room.ws.wait_for(lambda m: m.get("event") == "participant-left", start=start)
+        assert left["participant"]["role"] == "teacher"
+        removed = await room.ws.wait_for(lambda m: m.get("event") == "track-removed", start=start)
+        assert removed["track"]["kind"] in ("audio", "video")
+
+        # the teacher comes back (page reload): the same classroom connection gets the new tracks
+        frames_before = len(room.frames)
+        teacher = await _teacher(server, lesson)
+        await room.wait_frames(frames_before + 10, timeout_s=10)
+    finally:
+        await room.close()
+        await room.ws.close()
+        await teacher.close()
+        await teacher.ws.close()
+
+
+async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
+    """Garbage and oversized websocket messages, a flood, a publish attempt, garbage datagrams at the SFU's
+    media socket and a classroom that vanishes without leaving: the others keep decoding."""
+    lesson = "media-misbehave"
+    good = Classroom(await _join(server, "classroom", lesson, "good"))
+    bad_ws = await _join(server, "classroom", lesson, "bad")
+    bad = Classroom(bad_ws)
+    teacher = await _teacher(server, lesson)
+    try:
+        await good.wait_frames(5)
+        await bad.wait_frames(1)
+        teacher_frames = teacher.video.frames_sent
+        start = len(bad_ws.messages)
+        for raw in ("{not json", b"\xff\xfe\x00binary", "[1,2,3]", '{"type": "fly"}', '{"type": "join"}',
+                    '{"type": "answer", "sdp": 5}', "x" * 70_000):
+            await bad_ws.send(raw)
+        errors = []
+        deadline = time.monotonic() + 5
+        while len(errors) < 7 and time.monotonic() < deadline:
+            errors = [m["code"] for m in bad_ws.messages[start:] if m.get("type") == "error"]
+            await asyncio.sleep(0.05)
+        assert errors == ["bad_json", "bad_json", "bad_json", "unknown_type", "bad_message", "bad_message",
+                          "too_large"], errors
+        refused = await bad_ws.request({"type": "publish", "sdp": "v=0\r\n"})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+        # a flood beyond the per-connection rate limit is refused, not obeyed
+        for _ in range(100):
+            await bad_ws.send({"type": "ping"})
+        await bad_ws.wait_for(lambda m: m.get("code") == "rate_limited", start=start)
+
+        # garbage datagrams at the server's media port (taken from its offer to the bad classroom)
+        offer = next(m for m in bad_ws.messages if m.get("type") == "offer")
+        ports = {int(line.split()[5]) for line in offer["sdp"].splitlines()
+                 if line.startswith("a=candidate") and " udp " in line.lower() and "." in line.split()[4]}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for port in ports:
+                for payload in (b"", b"\x00" * 10, b"\x80\x60" + b"\x00" * 40, bytes(range(256)) * 4):
+                    s.sendto(payload, ("127.0.0.1", port))
+
+        # the bad classroom disappears without a word
+        await bad.close()
+        await bad_ws.close()
+
+        before = len(good.frames)
+        await asyncio.sleep(3)
+        assert len(good.frames) - before >= 0.9 * 3 * teacher.video.fps, "the good classroom stopped decoding"
+        assert teacher.pc.connectionState == "connected"
+        assert teacher.video.frames_sent > teacher_frames
+        health = await server.health()
+        assert health["status"] == "ok"
+    finally:
+        await good.close()
+        await good.ws.close()
+        await teacher.close()
+        await teacher.ws.close()
