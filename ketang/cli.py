@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import os
 import sys
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, Config
+from .config import DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, Config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,9 +25,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
     data_dir = Config.data_dir_from(args.data_dir)
-    config = Config(host=args.host, port=args.port, redis_url=Config.redis_url_from(args.redis_url),
-                    data_dir=data_dir, secret=load_or_create_secret(data_dir),
-                    ice_servers=Config.ice_servers_from(args.ice_servers))
+    try:
+        ttl = Config.float_from("KETANG_PARTICIPANT_TTL_S", PARTICIPANT_TTL_S)
+        config = Config(host=args.host, port=args.port, redis_url=Config.redis_url_from(args.redis_url),
+                        redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
+                        data_dir=data_dir, secret=load_or_create_secret(data_dir),
+                        ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
+                        heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3))
+    except ValueError as exc:
+        print(f"ketang: {exc}", file=sys.stderr)
+        return 2
     uvloop.run(run_server(config))
     return 0
 
@@ -52,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")
+    serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")

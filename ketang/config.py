@@ -23,6 +23,7 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     redis_url: str | None = None
+    redis_prefix: str = "ketang:"  # several deployments (or test runs) can share one Redis
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     secret: str = ""
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -36,6 +37,16 @@ class Config:
     @staticmethod
     def data_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path:
         return Path(flag or env.get("KETANG_DATA_DIR") or DEFAULT_DATA_DIR)
+
+    @staticmethod
+    def float_from(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+        raw = env.get(name)
+        if not raw:
+            return default
+        value = float(raw)
+        if not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds")
+        return value
 
     @staticmethod
     def redis_url_from(flag: str | None, env: Mapping[str, str] = os.environ) -> str | None:

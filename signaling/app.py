@@ -77,7 +77,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-        store = open_store(config.redis_url)
+        store = open_store(config.redis_url, prefix=config.redis_prefix)
         hub = Hub(config, store)
         app[HUB_KEY] = hub
         yield

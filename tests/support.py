@@ -35,16 +35,17 @@ def free_port() -> int:
 class Server:
     """`ketang serve` in a subprocess (its own event loop, uvloop, decoding patched off)."""
 
-    def __init__(self, tmp: Path, redis_url: str | None = None) -> None:
+    def __init__(self, tmp: Path, redis_url: str | None = None, redis_prefix: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        env = dict(os.environ, KETANG_SECRET=TEST_SECRET, KETANG_DATA_DIR=str(tmp))
+        env = dict(os.environ, KETANG_SECRET=TEST_SECRET, KETANG_DATA_DIR=str(tmp), **(env or {}))
         env.pop("KETANG_REDIS_URL", None)
         args = [sys.executable, "-m", "ketang.cli", "serve", "--port", str(self.port)]
         if redis_url:
-            args += ["--redis-url", redis_url]
-        self.log = open(tmp / "server.log", "wb")
+            args += ["--redis-url", redis_url, "--redis-prefix", redis_prefix or "ketang-test:"]
+        self.log = open(tmp / f"server-{self.port}.log", "wb")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 20.0) -> dict:
@@ -64,7 +65,15 @@ class Server:
         async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as resp:
             return await resp.json()
 
+    def kill(self) -> None:
+        """A crash: no clean shutdown, nothing removed from room state."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
     def stop(self) -> None:
+        if self.log.closed:
+            return
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
