@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                     RTCRtpSender, RTCSessionDescription)
@@ -134,7 +133,8 @@ class Publisher:
             asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
 
         producer = Producer(f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}", t.kind, name, rate,
-                            send_pli, source or ("microphone" if t.kind == "audio" else "camera"))
+                            send_pli, source or ("microphone" if t.kind == "audio" else "camera"),
+                            owner=self.participant_id)
         self.ingress.add_route(Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
                                      _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0))
         self.producers[t.mid or producer.id] = producer
@@ -174,7 +174,12 @@ class Slot:
     resume: ResumePoint | None = None  # where the previous producer's stream in this slot stopped
 
 
-OfferSender = Callable[[str, list[dict]], Awaitable[None]]
+class SubscriberSignals(Protocol):
+    """How a Subscriber reaches its client (the signalling layer implements it)."""
+
+    async def send_offer(self, sdp: str, tracks: list[dict]) -> None: ...
+
+    def send_tracks(self, tracks: list[dict]) -> None: ...
 
 
 @dataclass
@@ -183,7 +188,7 @@ class Subscriber:
 
     router: Router
     participant_id: str
-    send_offer: OfferSender
+    signals: SubscriberSignals
     ice_servers: list[str] | None = None
     slots: list[Slot] = field(default_factory=list)
     closed: bool = False
@@ -223,6 +228,7 @@ class Subscriber:
         slot.producer = producer
         if slot.negotiated:
             self._bind(slot)
+            self.signals.send_tracks(self.track_map())
         return new
 
     def unplace(self, producer: Producer) -> None:
@@ -232,6 +238,7 @@ class Subscriber:
                     slot.resume = slot.consumer.resume_point()
                     slot.consumer.close()
                 slot.producer = slot.consumer = None
+                self.signals.send_tracks(self.track_map())
 
     def _bind(self, slot: Slot) -> None:
         producer = slot.producer
@@ -260,7 +267,7 @@ class Subscriber:
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
             sdp = self.pc.localDescription.sdp
-        await self.send_offer(sdp, self.track_map())
+        await self.signals.send_offer(sdp, self.track_map())
 
     async def accept_answer(self, sdp: str) -> None:
         if not self._awaiting_answer:

@@ -45,9 +45,10 @@ class Producer:
     """One published track (audio or video) of the teacher."""
 
     def __init__(self, track_id: str, kind: str, codec_name: str, clock_rate: int,
-                 send_pli: Callable[[int], None], source: str = "camera",
+                 send_pli: Callable[[int], None], source: str = "camera", owner: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.id = track_id
+        self.owner = owner  # participant id of the teacher who publishes it
         self.kind = kind
         self.codec_name = codec_name.lower()
         self.clock_rate = clock_rate

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .peers import OfferSender, Publisher, SdpError, Subscriber
+from .peers import Publisher, SdpError, Subscriber, SubscriberSignals
 from .producer import Producer
 
 log = logging.getLogger("ketang.sfu")
@@ -98,11 +98,11 @@ class Router:
 
     # -- subscribing ---------------------------------------------------------------------------------------
 
-    async def subscribe(self, participant_id: str, send_offer: OfferSender) -> Subscriber:
+    async def subscribe(self, participant_id: str, signals: SubscriberSignals) -> Subscriber:
         old = self.subscribers.pop(participant_id, None)
         if old is not None:
             await old.close()
-        sub = Subscriber(self, participant_id, send_offer, self.ice_servers)
+        sub = Subscriber(self, participant_id, signals, self.ice_servers)
         self.subscribers[participant_id] = sub
         await sub.start(list(self.producers.values()))
         return sub

@@ -43,12 +43,22 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     return None
 
 
-async def _subscribe(hub: Hub, conn: Connection) -> None:
-    async def send_offer(sdp: str, tracks: list[dict]) -> None:
-        conn.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+class _ClientSignals:
+    """The SFU's messages to one subscriber: offers, and which mid carries which lesson track."""
 
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def send_offer(self, sdp: str, tracks: list[dict]) -> None:
+        self.conn.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    def send_tracks(self, tracks: list[dict]) -> None:
+        self.conn.send({"type": "tracks", "tracks": tracks})
+
+
+async def _subscribe(hub: Hub, conn: Connection) -> None:
     assert conn.lesson_id is not None and conn.participant_id is not None
-    await hub.router(conn.lesson_id).subscribe(conn.participant_id, send_offer)
+    await hub.router(conn.lesson_id).subscribe(conn.participant_id, _ClientSignals(conn))
 
 
 async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:

@@ -74,9 +74,8 @@ class Hub:
         router = self.routers.get(lesson_id)
         if router is not None:
             await router.remove_participant(pid)
+        # its tracks' removal is announced by the router as their producers close (once, not twice)
         await self.store.remove_participant(lesson_id, pid)
-        for track in await self.store.remove_participant_tracks(lesson_id, pid):
-            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)})
         if conn.role != "observer":
             self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
                                        "participant": {"id": pid, "role": conn.role,
@@ -103,9 +102,7 @@ class Hub:
         return router
 
     async def _on_track(self, lesson_id: str, change: str, producer: Producer) -> None:
-        router = self.routers.get(lesson_id)
-        owner = router.publisher.participant_id if router and router.publisher else ""
-        track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=owner, kind=producer.kind,
+        track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=producer.owner, kind=producer.kind,
                           source=producer.source, published_at=time.time())
         if change == "added":
             await self.store.add_track(track)

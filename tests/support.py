@@ -201,6 +201,12 @@ class Teacher:
         if audio:
             self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
 
+    def add_screen(self) -> MovingVideoTrack:
+        """Start a second video (screen share); publish() again renegotiates."""
+        screen = MovingVideoTrack(width=640, height=360, fps=10)
+        self.pc.addTransceiver(screen, direction="sendonly")
+        return screen
+
     async def publish(self) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
@@ -252,6 +258,7 @@ class Classroom:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.frames: list[float] = []  # arrival time of each decoded video frame
         self.frame_sizes: set[tuple[int, int]] = set()
+        self.video_tracks: dict[str, int] = {}  # decoded frames per received video track
         self.audio_frames = 0
         self.loss = DropIncoming(loss) if loss else None
         self.offers = 0
@@ -280,6 +287,7 @@ class Classroom:
                 frame = await track.recv()
                 if track.kind == "video":
                     self.frames.append(time.monotonic())
+                    self.video_tracks[track.id] = self.video_tracks.get(track.id, 0) + 1
                     self.frame_sizes.add((frame.width, frame.height))
                 else:
                     self.audio_frames += 1

@@ -180,3 +180,30 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
         await good.ws.close()
         await teacher.close()
         await teacher.ws.close()
+
+
+async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_renegotiation(server):
+    lesson = "media-screen"
+    room = Classroom(await _join(server, "classroom", lesson, "school"))
+    teacher = await _teacher(server, lesson)
+    try:
+        await room.wait_frames(5)
+        start = len(room.ws.messages)
+        screen = teacher.add_screen()
+        reply = await teacher.publish()
+        assert reply["type"] == "answer", reply
+        offer = await room.ws.wait_for(lambda m: m.get("type") == "offer", start=start)
+        assert [t["kind"] for t in offer["tracks"]] == ["audio", "video", "video"]
+        deadline = time.monotonic() + 10
+        while len(room.video_tracks) < 2 or min(room.video_tracks.values()) < 10:
+            assert time.monotonic() < deadline, room.video_tracks
+            await asyncio.sleep(0.1)
+        assert (screen.width, screen.height) in room.frame_sizes
+        camera_frames = len(room.frames)
+        await asyncio.sleep(1)
+        assert len(room.frames) > camera_frames, "the camera stopped after the renegotiation"
+    finally:
+        await room.close()
+        await room.ws.close()
+        await teacher.close()
+        await teacher.ws.close()
