@@ -37,6 +37,7 @@ import random
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -179,13 +180,14 @@ class Sink:
     def wait_for(self, expected: int) -> int:
         """Wait until ``expected`` datagrams arrived in all, or until DRAIN_STALL_S passes without progress."""
         last, since = self.count, time.monotonic()
-        while self.count < expected:
+        while last < expected:
             time.sleep(0.002)
-            if self.count != last:
-                last, since = self.count, time.monotonic()
+            now_count = self.count
+            if now_count != last:
+                last, since = now_count, time.monotonic()
             elif time.monotonic() - since > DRAIN_STALL_S:
                 break
-        return self.count
+        return last
 
     def close(self) -> None:
         self._stopping = True
@@ -195,6 +197,95 @@ class Sink:
             self._thread.join(2.0)
         finally:
             self.sock.close()
+
+
+_SINK_CHILD = r"""
+import socket, sys, threading
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(sys.argv[1]))
+sock.bind(("127.0.0.1", 0))
+state = {"count": 0, "from": None, "limit": 0}
+captured = []
+def drain():
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    recv = sock.recvfrom_into
+    while True:
+        n, addr = recv(buf)
+        state["count"] += 1
+        if addr == state["from"] and len(captured) < state["limit"]:
+            captured.append(bytes(view[:n]))
+threading.Thread(target=drain, daemon=True).start()
+out = sys.stdout
+out.write("%s %d %d\n" % (sock.getsockname() + (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),)))
+out.flush()
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "count":
+        out.write("%d\n" % state["count"])
+    elif cmd[0] == "capture":
+        state["limit"] = int(cmd[3])
+        state["from"] = (cmd[1], int(cmd[2])) if cmd[1] != "-" else None
+        out.write("ok\n")
+    elif cmd[0] == "captured":
+        out.write(" ".join(d.hex() for d in captured) + "\n")
+    else:
+        break
+    out.flush()
+"""
+
+
+class ProcessSink:
+    """The same sink in a child process: its recv loop never contends for the forwarding thread's GIL.
+
+    (With the thread sink, every GIL release around protect/sendto hands the GIL to the drain thread, and the
+    forwarding thread pays the futex round trips in its own CPU time: an artefact no server has.)
+    """
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-c", _SINK_CHILD, str(SINK_RCVBUF)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        host, port, rcvbuf = self._proc.stdout.readline().split()  # type: ignore[union-attr]
+        self.addr = (host, int(port))
+        self.rcvbuf = int(rcvbuf)
+        self._capture_from: tuple[str, int] | None = None
+        self.capture_limit = 0
+
+    def _ask(self, line: str) -> str:
+        self._proc.stdin.write(line + "\n")  # type: ignore[union-attr]
+        self._proc.stdin.flush()  # type: ignore[union-attr]
+        return self._proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+    @property
+    def count(self) -> int:
+        return int(self._ask("count"))
+
+    @property
+    def capture_from(self) -> tuple[str, int] | None:
+        return self._capture_from
+
+    @capture_from.setter
+    def capture_from(self, addr: tuple[str, int] | None) -> None:
+        if addr != self._capture_from:
+            self._ask(f"capture {addr[0]} {addr[1]} {self.capture_limit}" if addr else
+                      f"capture - 0 {self.capture_limit}")
+            self._capture_from = addr
+
+    @property
+    def captured(self) -> list[bytes]:
+        return [bytes.fromhex(h) for h in self._ask("captured").split()]
+
+    wait_for = Sink.wait_for
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]  # EOF: the child leaves its command loop
+            self._proc.wait(2.0)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
+        finally:
+            self._proc.stdout.close()  # type: ignore[union-attr]
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
@@ -228,7 +319,7 @@ class ForwardBench:
     """The objects under test, the sink, and the three measured phases."""
 
     def __init__(self, subscribers: int = 50, packets: int = 2000, size: int = 1100, warmup: int | None = None,
-                 capture: int = 0, seed: int | None = None) -> None:
+                 capture: int = 0, seed: int | None = None, sink: str = "process") -> None:
         if subscribers < 1 or packets < 1:
             raise ValueError("subscribers and packets must be at least 1")
         self.subscribers = subscribers
@@ -236,7 +327,10 @@ class ForwardBench:
         self.size = size
         self.warmup = min(packets, 200) if warmup is None else warmup
         rng = random.Random(seed)
-        self.sink = Sink()
+        if sink not in ("process", "thread"):
+            raise ValueError(f"sink must be 'process' or 'thread', got {sink!r}")
+        self.sink_kind = sink
+        self.sink: Sink | ProcessSink = ProcessSink() if sink == "process" else Sink()
         self._closed = False
         try:
             self._build(rng, capture)
@@ -441,6 +535,7 @@ class ForwardBench:
             "consumer_errors": sum(c.errors for c in self.consumers),
             "consumers_closed": sum(1 for c in self.consumers if c.closed),
             "input_seq_wrapped": self.stream.wrapped,
+            "sink": self.sink_kind,
             "sink_rcvbuf": self.sink.rcvbuf,
             "captured": len(self.sink.captured) - captured_before,
         }
@@ -471,8 +566,8 @@ class ForwardBench:
 
 
 def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int = 1100, objects: bool = True,
-        seed: int | None = None) -> dict[str, Any]:
-    bench = ForwardBench(subscribers, packets, size, seed=seed)
+        seed: int | None = None, sink: str = "process") -> dict[str, Any]:
+    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink)
     try:
         return bench.run(repeat, objects)
     finally:
@@ -509,10 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds; medians are reported (default 5)")
     ap.add_argument("--size", type=int, default=1100, help="VP8 payload bytes incl. descriptor (default 1100)")
     ap.add_argument("--no-objects", action="store_true", help="skip the aiortc objects reference path")
+    ap.add_argument("--sink", choices=("process", "thread"), default="process",
+                    help="drain the loopback sink in a child process (default) or in a thread of this process")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--profile", action="store_true", help="also cProfile one forward round (to stderr)")
     args = ap.parse_args(argv)
-    bench = ForwardBench(args.subscribers, args.packets, args.size)
+    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink)
     try:
         result = bench.run(args.repeat, not args.no_objects)
         if args.profile:

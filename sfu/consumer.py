@@ -47,6 +47,8 @@ class ResumePoint:
     last_ts: int
     at: float
     rtx_seq: int
+    packets: int = 0  # sender-report counters keep counting on the same SSRC
+    octets: int = 0
 
 
 class Consumer:
@@ -66,8 +68,8 @@ class Consumer:
         self.remb_bps: int | None = None
         self.remb_at: float | None = None
         self.fraction_lost = 0
-        self.packets_out = 0
-        self.octets_out = 0
+        self.packets_out = resume.packets if resume else 0
+        self.octets_out = resume.octets if resume else 0
         self.retransmits = 0
         self.nack_unanswered = 0
         self.keyframe_requests = 0
@@ -82,7 +84,8 @@ class Consumer:
             self._seq = SeqMap(resume.next_seq)
             self._ts = TsMap(0)
             self._rtx_seq = resume.rtx_seq
-        self._last_ts = 0  # input timestamp of the newest packet sent
+        self._last_ts = 0  # input timestamp of the newest packet sent (retransmissions never move it)
+        self._last_seq = -1  # its extended input sequence number
         self._ext = extensions
         self._hdr = bytearray(12) + extensions.block
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
@@ -104,7 +107,7 @@ class Consumer:
 
     def forward(self, packet: Packet, ast: bytes) -> None:
         """Hot path: called by the producer for every new packet (`ast`: this instant's abs-send-time)."""
-        if self._send is None and not self._start():
+        if self._send is None and not self._start(packet):
             return
         if self._waiting_keyframe:
             if not packet.keyframe:
@@ -116,6 +119,8 @@ class Consumer:
         out = self._seq.forward(packet.ext_seq)
         if out is not None:
             self._write(packet, out, ast)
+            if packet.ext_seq > self._last_seq:
+                self._last_seq, self._last_ts = packet.ext_seq, packet.ts
 
     def _continue_from(self, resume: ResumePoint, packet: Packet) -> None:
         """First packet after a producer change: its timestamp follows the last one sent by the wall clock."""
@@ -127,7 +132,8 @@ class Consumer:
         newest = self._seq.newest_out
         if newest is None:
             return self._resume
-        return ResumePoint(newest + 1, self._ts.map(self._last_ts), self._clock(), self._rtx_seq)
+        return ResumePoint(newest + 1, self._ts.map(self._last_ts), self._clock(), self._rtx_seq,
+                           self.packets_out, self.octets_out)
 
     def skip(self, ext_seq: int) -> None:
         """The producer got a packet that is not forwarded (padding): keep this subscriber's sequence gapless."""
@@ -143,12 +149,11 @@ class Consumer:
         if self._level_at >= 0:
             hdr[self._level_at] = packet.audio_level
         self._send(self._protect(bytes(hdr) + packet.payload))
-        self._last_ts = packet.ts
         self.packets_out += 1
         self.octets_out += len(packet.payload)
         self.errors = 0
 
-    def _start(self) -> bool:
+    def _start(self, current: Packet) -> bool:
         """Begin once ICE and DTLS are up: a late joiner gets the cached keyframe, or one is requested."""
         if self.closed:
             return False
@@ -164,10 +169,14 @@ class Consumer:
                 ast = abs_send_time_bytes()
                 if self._resume is not None:
                     self._continue_from(self._resume, replay[0])
-                for packet in replay[:-1]:  # the last one is the packet being forwarded right now
+                for packet in replay:
+                    if packet is current:
+                        continue  # forward() sends it, in its place, right after
                     out = self._seq.forward(packet.ext_seq)
                     if out is not None:
                         self._write(packet, out, ast)
+                        if packet.ext_seq > self._last_seq:
+                            self._last_seq, self._last_ts = packet.ext_seq, packet.ts
             else:
                 self.producer.request_keyframe()
         return True
@@ -237,8 +246,8 @@ class Consumer:
     def update_report(self, now_unix: float) -> None:
         """Give the stock sender an NTP/RTP pair in this subscriber's timestamp space (keeps lip-sync)."""
         in_ts = self.producer.rtp_time_at(now_unix)
-        if in_ts is None or not self._started:
-            return
+        if in_ts is None or not self._started or self._resume is not None:
+            return  # after a producer change, keep the old figures until the new offset is known
         sender_set_report_counters(self.sender, ntp_from_unix(now_unix), self._ts.map(in_ts),
                                    self.packets_out & 0xFFFFFFFF, self.octets_out & 0xFFFFFFFF)
 

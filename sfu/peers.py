@@ -273,11 +273,14 @@ class Subscriber:
         if not self._awaiting_answer:
             raise SdpError("no offer is waiting for an answer", "unexpected_answer")
         await _set_description(self.pc, sdp, "answer")
+        self._awaiting_answer = False
         for slot in self.slots:
-            _lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
+            try:
+                _lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
+            except SdpError:
+                continue  # that slot stays dark; the others play
             slot.negotiated = True
             self._bind(slot)
-        self._awaiting_answer = False
         if self._renegotiate:
             self._renegotiate = False
             await self.negotiate()

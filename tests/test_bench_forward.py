@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from pylibsrtp import Policy, Session
 
 from bench.forward import ABS_SEND_TIME_ID, MID, MID_ID, VP8_PT, ForwardBench, main
@@ -23,8 +24,9 @@ def _inbound(key: bytes) -> Session:
                           srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
 
 
-def test_forward_bench_figures_and_real_srtp_datagrams() -> None:
-    bench = ForwardBench(SUBSCRIBERS, PACKETS, size=1100, capture=PACKETS * REPEAT, seed=1234)
+@pytest.mark.parametrize("sink", ["process", "thread"])
+def test_forward_bench_figures_and_real_srtp_datagrams(sink: str) -> None:
+    bench = ForwardBench(SUBSCRIBERS, PACKETS, size=1100, capture=PACKETS * REPEAT, seed=1234, sink=sink)
     try:
         r = bench.run(repeat=REPEAT)
         captured = list(bench.sink.captured)

@@ -1,0 +1,231 @@
+"""The private aiortc seams the SFU forwards through: the start-up self-test and the forward-only decoder worker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import time
+
+import aioice
+import aiortc
+import pytest
+from aiortc import rtcrtpreceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from sfu.seams import (
+    SeamError,
+    _forward_only_decoder_worker,
+    check_seams,
+    disable_decoding,
+)
+
+PIN_ADVICE = "pip install 'aiortc==1.16.*' 'aioice==0.13.*'"
+
+
+def test_check_seams_passes_on_the_installed_aiortc():
+    assert aiortc.__version__.startswith("1.16.") and aioice.__version__.startswith("0.13.")
+    check_seams()
+
+
+@pytest.mark.parametrize("owner, name", [
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCDtlsTransport, "_send_rtp"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpReceiver, "_send_rtcp_pli"),
+])
+def test_a_removed_seam_is_named_with_how_to_install_the_pinned_versions(monkeypatch, owner, name):
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(SeamError) as raised:
+        check_seams()
+    message = str(raised.value)
+    assert f"{owner.__name__}.{name}" in message
+    assert "missing" in message
+    assert PIN_ADVICE in message
+    assert aiortc.__version__ in message
+
+
+async def _pli_without_media_ssrc(self, ssrc):
+    pass
+
+
+async def _rtp_without_arrival_time(self, data):
+    pass
+
+
+@pytest.mark.parametrize("owner, name, replacement, lost", [
+    (RTCRtpReceiver, "_send_rtcp_pli", _pli_without_media_ssrc, "media_ssrc"),
+    (RTCDtlsTransport, "_handle_rtp_data", _rtp_without_arrival_time, "arrival_time_ms"),
+])
+def test_a_seam_with_a_changed_signature_is_named_with_the_parameter_it_lost(monkeypatch, owner, name, replacement,
+                                                                             lost):
+    monkeypatch.setattr(owner, name, replacement)
+    with pytest.raises(SeamError) as raised:
+        check_seams()
+    message = str(raised.value)
+    assert f"{owner.__name__}.{name} no longer takes" in message
+    assert lost in message
+    assert PIN_ADVICE in message
+
+
+def test_every_broken_seam_is_named_at_once(monkeypatch):
+    monkeypatch.delattr(RTCDtlsTransport, "_handle_rtp_data")
+    monkeypatch.setattr(RTCRtpReceiver, "_send_rtcp_pli", _pli_without_media_ssrc)
+    monkeypatch.delattr(rtcrtpreceiver, "decoder_worker")
+    with pytest.raises(SeamError) as raised:
+        check_seams()
+    message = str(raised.value)
+    for part in ("RTCDtlsTransport._handle_rtp_data is missing", "RTCRtpReceiver._send_rtcp_pli no longer takes",
+                 "aiortc.rtcrtpreceiver.decoder_worker is missing"):
+        assert part in message
+
+
+def test_a_decoder_worker_with_other_arguments_is_reported(monkeypatch):
+    def decoder_worker(input_q, output_q, loop):
+        pass
+
+    monkeypatch.setattr(rtcrtpreceiver, "decoder_worker", decoder_worker)
+    with pytest.raises(SeamError, match="decoder_worker changed its arguments"):
+        check_seams()
+
+
+def test_an_attribute_no_longer_set_by_aiortc_is_named(monkeypatch):
+    real_getsource = inspect.getsource
+
+    def getsource(obj):
+        src = real_getsource(obj)
+        if obj in (RTCRtpSender, RTCRtpSender.__init__):
+            src = src.replace("self._rtx_ssrc", "self._repair_ssrc")
+        return src
+
+    monkeypatch.setattr(inspect, "getsource", getsource)
+    with pytest.raises(SeamError, match=r"RTCRtpSender no longer sets self\._rtx_ssrc"):
+        check_seams()
+
+
+def test_an_untested_version_with_the_seams_present_only_warns(monkeypatch, caplog):
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    with caplog.at_level(logging.WARNING, logger="ketang.sfu.seams"):
+        check_seams()
+    assert any("1.17.0" in r.getMessage() and "untested" in r.getMessage() for r in caplog.records)
+
+
+# -- the forward-only decoder worker --------------------------------------------------------------------------
+
+
+class SpyCodec:
+    """Records any use: the real worker reads codec.name to pick a decoder; the forward-only one must not."""
+
+    def __init__(self, used: list[str]) -> None:
+        object.__setattr__(self, "_used", used)
+
+    def __getattr__(self, name: str):
+        self._used.append(name)
+        raise AttributeError(name)
+
+
+class SpyFrame(SpyCodec):
+    pass
+
+
+@pytest.mark.parametrize("extra_args", [(), ("decode_error",)], ids=["three arguments", "aiortc 1.16's four"])
+async def test_the_forward_only_worker_drains_frames_without_decoding_and_ends_the_track(monkeypatch, extra_args):
+    used: list[str] = []
+    decoders: list[object] = []
+    monkeypatch.setattr(rtcrtpreceiver, "get_decoder", lambda codec: decoders.append(codec))
+    loop = asyncio.get_running_loop()
+    input_q: queue.Queue = queue.Queue()
+    output_q: asyncio.Queue = asyncio.Queue()
+    args = tuple(threading.Event() for _ in extra_args)
+    worker = threading.Thread(target=_forward_only_decoder_worker, args=(loop, input_q, output_q, *args), daemon=True)
+    worker.start()
+    try:
+        for i in range(5):
+            input_q.put((SpyCodec(used), SpyFrame(used)))
+            input_q.put((object(), b"\x00garbage" * i))
+        deadline = time.monotonic() + 5
+        while not input_q.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert input_q.empty(), "the worker did not drain the encoded frames"
+        await asyncio.sleep(0.05)
+        assert worker.is_alive()
+        assert output_q.empty(), "nothing may come out for encoded frames: no decoded frames"
+
+        input_q.put(None)
+        assert await asyncio.wait_for(output_q.get(), 5) is None
+        worker.join(5)
+        assert not worker.is_alive()
+    finally:
+        if worker.is_alive():
+            input_q.put(None)
+            worker.join(5)
+    assert used == [] and decoders == []
+    assert output_q.empty()
+
+
+def test_disable_decoding_makes_aiortcs_receivers_use_the_forward_only_worker(monkeypatch):
+    original = rtcrtpreceiver.decoder_worker
+    with monkeypatch.context() as m:
+        m.setattr(rtcrtpreceiver, "decoder_worker", original)
+        disable_decoding()
+        assert rtcrtpreceiver.decoder_worker is _forward_only_decoder_worker
+        disable_decoding()  # idempotent: the check accepts the worker it installed itself
+        assert rtcrtpreceiver.decoder_worker is _forward_only_decoder_worker
+    assert rtcrtpreceiver.decoder_worker is original  # other tests in this process still decode
+
+
+def test_disable_decoding_refuses_when_a_seam_is_broken(monkeypatch):
+    original = rtcrtpreceiver.decoder_worker
+    monkeypatch.setattr(rtcrtpreceiver, "decoder_worker", original)
+    monkeypatch.delattr(RTCRtpSender, "_handle_rtcp_packet")
+    with pytest.raises(SeamError):
+        disable_decoding()
+    assert rtcrtpreceiver.decoder_worker is original
+
+
+# -- the lean egress path -----------------------------------------------------------------------------------------
+
+
+async def test_the_lean_egress_path_is_unavailable_until_ice_and_dtls_are_up():
+    from aiortc import RTCCertificate, RTCIceGatherer, RTCIceTransport
+
+    from sfu.seams import datagram_sender
+
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    assert datagram_sender(dtls) is None
+
+
+async def test_the_lean_egress_path_protects_then_sends_to_the_nominated_pair():
+    from aiortc import RTCCertificate, RTCIceGatherer, RTCIceTransport
+
+    from sfu.seams import datagram_sender
+
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    class Srtp:
+        def protect(self, data: bytes) -> bytes:
+            return b"srtp(" + data + b")"
+
+    class Transport:
+        def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+            sent.append((data, addr))
+
+    class Protocol:
+        transport = Transport()
+
+    remote = aioice.Candidate(foundation="1", component=1, transport="udp", priority=1, host="192.0.2.7", port=40000,
+                              type="host")
+    dtls._tx_srtp = Srtp()
+    dtls.transport._connection._nominated[1] = aioice.ice.CandidatePair(Protocol(), remote)
+
+    lean = datagram_sender(dtls)
+    assert lean is not None
+    protect, send = lean
+    send(protect(b"rtp"))
+    assert sent == [(b"srtp(rtp)", ("192.0.2.7", 40000))]
