@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import queue
+from pathlib import Path
 from typing import Any
 
 import aioice
@@ -50,6 +51,11 @@ _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
 ]
 
 
+def _module_source(owner: type) -> str:
+    """Text of the module defining `owner` (inspect.getsource(class) re-parses it and proved fragile)."""
+    return Path(inspect.getfile(owner)).read_text(encoding="utf-8")
+
+
 def check_seams() -> None:
     """Raise SeamError naming every missing seam; log a warning for an untested version."""
     problems: list[str] = []
@@ -63,7 +69,7 @@ def check_seams() -> None:
         if missing:
             problems.append(f"{owner.__name__}.{name} no longer takes {missing}")
     for owner, attrs in _INIT_ATTRIBUTE_SEAMS:
-        src = inspect.getsource(owner.__init__) + inspect.getsource(owner)
+        src = _module_source(owner)
         for attr in attrs:
             if attr not in src:
                 problems.append(f"{owner.__name__} no longer sets {attr}")
@@ -73,7 +79,7 @@ def check_seams() -> None:
     elif list(inspect.signature(worker).parameters)[:3] != ["loop", "input_q", "output_q"] \
             and worker is not _forward_only_decoder_worker:
         problems.append("aiortc.rtcrtpreceiver.decoder_worker changed its arguments")
-    if not hasattr(aioice.Connection, "_nominated") and "_nominated" not in inspect.getsource(aioice.Connection):
+    if "self._nominated" not in _module_source(aioice.Connection):
         problems.append("aioice.Connection._nominated is missing")
     if problems:
         raise SeamError(

@@ -17,6 +17,7 @@ from .hub import Hub
 from .messages import MAX_MESSAGE_BYTES, ProtocolError, error_reply, parse_message
 from .ratelimit import TokenBucket
 from .state import open_store
+from .tokens import TokenError, verify_token
 
 log = logging.getLogger("ketang.signaling")
 
@@ -67,6 +68,21 @@ async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
         conn.send(reply)
 
 
+async def lesson_stats(request: web.Request) -> web.Response:
+    """Forwarding figures of one lesson on this node, for its teacher or an observer (Bearer token)."""
+    hub = request.app[HUB_KEY]
+    lesson_id = request.match_info["lesson"]
+    auth = request.headers.get("Authorization", "")
+    try:
+        claims = verify_token(hub.config.secret, auth.removeprefix("Bearer ").strip(), lesson=lesson_id)
+    except TokenError as exc:
+        return web.json_response(error_reply(exc.code, str(exc)), status=401)
+    if claims.role not in ("teacher", "observer"):
+        return web.json_response(error_reply("forbidden", "teachers and observers only"), status=403)
+    router = hub.routers.get(lesson_id)
+    return web.json_response(router.stats() if router else {"lesson": lesson_id, "producers": [], "subscribers": {}})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(await request.app[HUB_KEY].health())
 
@@ -75,6 +91,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         store = open_store(config.redis_url, prefix=config.redis_prefix)

@@ -65,6 +65,12 @@ class Server:
         async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as resp:
             return await resp.json()
 
+    async def stats(self, lesson: str) -> dict:
+        headers = {"Authorization": f"Bearer {token('observer', lesson)}"}
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{self.url}/api/lessons/{lesson}/stats", headers=headers) as resp:
+            return await resp.json()
+
     def kill(self) -> None:
         """A crash: no clean shutdown, nothing removed from room state."""
         self.proc.kill()
@@ -257,6 +263,7 @@ class Classroom:
         self.ws = ws
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.frames: list[float] = []  # arrival time of each decoded video frame
+        self.video_pts: list[int] = []  # their presentation times (90 kHz, from the first frame received)
         self.frame_sizes: set[tuple[int, int]] = set()
         self.video_tracks: dict[str, int] = {}  # decoded frames per received video track
         self.audio_frames = 0
@@ -287,6 +294,7 @@ class Classroom:
                 frame = await track.recv()
                 if track.kind == "video":
                     self.frames.append(time.monotonic())
+                    self.video_pts.append(frame.pts)
                     self.video_tracks[track.id] = self.video_tracks.get(track.id, 0) + 1
                     self.frame_sizes.add((frame.width, frame.height))
                 else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import queue
 import threading
@@ -17,6 +16,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from sfu import seams
 from sfu.seams import (
     SeamError,
     _forward_only_decoder_worker,
@@ -95,15 +95,15 @@ def test_a_decoder_worker_with_other_arguments_is_reported(monkeypatch):
 
 
 def test_an_attribute_no_longer_set_by_aiortc_is_named(monkeypatch):
-    real_getsource = inspect.getsource
+    real_source = seams._module_source
 
-    def getsource(obj):
-        src = real_getsource(obj)
-        if obj in (RTCRtpSender, RTCRtpSender.__init__):
+    def source(owner):
+        src = real_source(owner)
+        if owner is RTCRtpSender:
             src = src.replace("self._rtx_ssrc", "self._repair_ssrc")
         return src
 
-    monkeypatch.setattr(inspect, "getsource", getsource)
+    monkeypatch.setattr(seams, "_module_source", source)
     with pytest.raises(SeamError, match=r"RTCRtpSender no longer sets self\._rtx_ssrc"):
         check_seams()
 
