@@ -32,11 +32,11 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import random
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -68,8 +68,6 @@ TARGET_RATIO = 1.3
 SINK_RCVBUF = 64 * 1024 * 1024  # capped by net.core.rmem_max (the kernel doubles what it grants)
 DRAIN_STALL_S = 1.0  # after a phase, give the sink this long without progress before counting the rest as lost
 KEY_LEN = 30  # AES-128 key (16) + salt (14)
-
-_EXT_HEAD = struct.Struct("!HH")
 
 
 # -- input ---------------------------------------------------------------------------------------------------------
@@ -248,6 +246,7 @@ class ProcessSink:
         host, port, rcvbuf = self._proc.stdout.readline().split()  # type: ignore[union-attr]
         self.addr = (host, int(port))
         self.rcvbuf = int(rcvbuf)
+        self.pid = self._proc.pid
         self._capture_from: tuple[str, int] | None = None
         self.capture_limit = 0
 
@@ -286,6 +285,50 @@ class ProcessSink:
             self._proc.wait()
         finally:
             self._proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _proc_stat_busy() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
+
+
+def _pid_cpu(pid: int) -> float:
+    """CPU seconds used by another process (Linux), 0.0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Background:
+    """How busy the rest of the machine was while the benchmark ran (other processes compete for caches and
+    cores; a VM's steal time is time the hypervisor gave our vCPUs to someone else)."""
+
+    def __init__(self, sink_pid: int | None) -> None:
+        self._sink_pid = sink_pid
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, tuple[float, float] | None, float, float]:
+        sink = _pid_cpu(self._sink_pid) if self._sink_pid else 0.0
+        return time.monotonic(), _proc_stat_busy(), time.process_time(), sink
+
+    def result(self) -> dict[str, float | None]:
+        t0, m0, own0, sink0 = self._start
+        t1, m1, own1, sink1 = self._sample()
+        wall = t1 - t0
+        if m0 is None or m1 is None or wall <= 0:
+            return {"other_cpu_cores": None, "steal_cores": None}
+        other = (m1[0] - m0[0]) - (own1 - own0) - (sink1 - sink0)
+        return {"other_cpu_cores": max(other, 0.0) / wall, "steal_cores": (m1[1] - m0[1]) / wall}
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
@@ -493,6 +536,7 @@ class ForwardBench:
             if objects:
                 self.objects(self.warmup)
         captured_before = len(self.sink.captured)
+        background = Background(getattr(self.sink, "pid", None))
         fwd, flo, obj = [], [], []
         fwd_sent = fwd_recv = flo_recv = obj_recv = 0
         for _ in range(repeat):
@@ -538,6 +582,8 @@ class ForwardBench:
             "sink": self.sink_kind,
             "sink_rcvbuf": self.sink.rcvbuf,
             "captured": len(self.sink.captured) - captured_before,
+            "cpus": os.cpu_count(),
+            **background.result(),
         }
         if objects:
             obj_us = statistics.median(obj) / outputs * 1e6
@@ -594,6 +640,10 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"datagrams: forward sent {r['forward_datagrams_sent']:,}, sink received "
                  f"{r['forward_datagrams_received']:,} of {r['forward_datagrams_expected']:,}; "
                  f"consumer errors {r['consumer_errors']}")
+    if r.get("other_cpu_cores") is not None:
+        noisy = r["other_cpu_cores"] > 0.2 or r["steal_cores"] > 0.05
+        lines.append(f"background: other processes used {r['other_cpu_cores']:.2f} cores, steal "
+                     f"{r['steal_cores']:.2f} cores during the run" + ("  (NOISY: rerun when idle)" if noisy else ""))
     return "\n".join(lines)
 
 

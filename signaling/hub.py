@@ -52,7 +52,11 @@ class Hub:
         previous = members.get(conn.participant_id)
         members[conn.participant_id] = conn
         if previous is not None and previous is not conn:
+            # the same token again (a reloaded page): the new connection takes over, with fresh media
             await previous.close(code=4001, reason="replaced by a new connection")
+            router = self.routers.get(lesson.id)
+            if router is not None:
+                await router.remove_participant(conn.participant_id)
         if claims.role != "observer":  # observers watch without being listed to others
             self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
                                        "participant": public_participant(participant)}, exclude=conn)

@@ -134,6 +134,37 @@ async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_
         await teacher.ws.close()
 
 
+async def test_a_teacher_reloading_the_page_with_the_same_token_takes_over_and_classrooms_keep_playing(server):
+    lesson = "media-reload"
+    room = Classroom(await _join(server, "classroom", lesson, "school"))
+    same = token("teacher", lesson, "Ms Li")
+    first_ws = await WsClient().connect(server.ws_url)
+    assert (await first_ws.request({"type": "join", "token": same}))["type"] == "joined"
+    first = Teacher(first_ws)
+    assert (await first.publish())["type"] == "answer"
+    second_ws = await WsClient().connect(server.ws_url)
+    second = Teacher(second_ws)
+    try:
+        await room.wait_frames(5)
+        assert (await second_ws.request({"type": "join", "token": same}))["type"] == "joined"
+        for _ in range(40):
+            if first_ws.close_code is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert first_ws.close_code == 4001, "the replaced connection was not closed"
+        await first.close()  # the old page is gone; its media must not be what the classroom sees
+        frames = len(room.frames)
+        assert (await second.publish())["type"] == "answer"
+        await room.wait_frames(frames + 15, timeout_s=10)
+        assert (await server.health())["status"] == "ok"
+    finally:
+        await room.close()
+        await room.ws.close()
+        for t in (first, second):
+            await t.close()
+            await t.ws.close()
+
+
 async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
     """Garbage and oversized websocket messages, a flood, a publish attempt, garbage datagrams at the SFU's
     media socket and a classroom that vanishes without leaving: the others keep decoding."""
