@@ -67,7 +67,14 @@ CLASSROOMS_PLANNED = 400
 TARGET_RATIO = 1.3
 SINK_RCVBUF = 64 * 1024 * 1024  # capped by net.core.rmem_max (the kernel doubles what it grants)
 DRAIN_STALL_S = 1.0  # after a phase, give the sink this long without progress before counting the rest as lost
-KEY_LEN = 30  # AES-128 key (16) + salt (14)
+# SRTP profiles: (pylibsrtp profile, master key + salt bytes, auth tag bytes). The brief's default is the
+# mandatory-to-implement AES128_CM_SHA1_80; aiortc 1.16 prefers AEAD_AES_256_GCM when the peer offers it.
+SRTP_PROFILES = {
+    "aes128-cm-sha1-80": (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16 + 14, 10),
+    "aead-aes-128-gcm": (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16 + 12, 16),
+    "aead-aes-256-gcm": (Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 32 + 12, 16),
+}
+DEFAULT_SRTP = "aes128-cm-sha1-80"
 
 
 # -- input ---------------------------------------------------------------------------------------------------------
@@ -333,8 +340,8 @@ class Background:
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
 
-def _srtp_session(key: bytes) -> Session:
-    policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+def _srtp_session(key: bytes, profile: int) -> Session:
+    policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
     policy.allow_repeat_tx = True
     return Session(policy)
 
@@ -362,7 +369,7 @@ class ForwardBench:
     """The objects under test, the sink, and the three measured phases."""
 
     def __init__(self, subscribers: int = 50, packets: int = 2000, size: int = 1100, warmup: int | None = None,
-                 capture: int = 0, seed: int | None = None, sink: str = "process") -> None:
+                 capture: int = 0, seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP) -> None:
         if subscribers < 1 or packets < 1:
             raise ValueError("subscribers and packets must be at least 1")
         self.subscribers = subscribers
@@ -370,6 +377,9 @@ class ForwardBench:
         self.size = size
         self.warmup = min(packets, 200) if warmup is None else warmup
         rng = random.Random(seed)
+        if srtp not in SRTP_PROFILES:
+            raise ValueError(f"srtp must be one of {sorted(SRTP_PROFILES)}, got {srtp!r}")
+        self.srtp = srtp
         if sink not in ("process", "thread"):
             raise ValueError(f"sink must be 'process' or 'thread', got {sink!r}")
         self.sink_kind = sink
@@ -390,8 +400,9 @@ class ForwardBench:
             loop.close()
         self.producer = Producer("bench-video", "video", "vp8", CLOCK_RATE, send_pli=lambda ssrc: None)
         self.layout = ExtensionLayout(MID, MID_ID, ABS_SEND_TIME_ID, 0)
-        self.keys = [rng.randbytes(KEY_LEN) for _ in range(n)]
-        self.sessions = [_srtp_session(k) for k in self.keys]
+        profile, key_len, self.srtp_tag = SRTP_PROFILES[self.srtp]
+        self.keys = [rng.randbytes(key_len) for _ in range(n)]
+        self.sessions = [_srtp_session(k, profile) for k in self.keys]
         self.socks: list[socket.socket] = []
         self.consumers: list[Consumer] = []
         for sender, session in zip(self.senders, self.sessions):
@@ -559,7 +570,8 @@ class ForwardBench:
         per_round = [a / b for a, b in zip(fwd, flo)]
         result: dict[str, Any] = {
             "subscribers": n, "packets": m, "repeat": repeat, "size": self.size,
-            "packet_bytes_out": 12 + len(self.layout.block) + self.size + 10,  # + SRTP auth tag
+            "srtp": self.srtp,
+            "packet_bytes_out": 12 + len(self.layout.block) + self.size + self.srtp_tag,
             "forward_us": fwd_us,
             "floor_us": flo_us,
             "ratio": fwd_us / flo_us if flo_us > 0 else float("inf"),
@@ -612,8 +624,8 @@ class ForwardBench:
 
 
 def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int = 1100, objects: bool = True,
-        seed: int | None = None, sink: str = "process") -> dict[str, Any]:
-    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink)
+        seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP) -> dict[str, Any]:
+    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink, srtp=srtp)
     try:
         return bench.run(repeat, objects)
     finally:
@@ -626,7 +638,7 @@ def format_table(r: dict[str, Any]) -> str:
     if "objects_us" in r:
         rows.append(("aiortc objects (parse/serialize)", r["objects_us"]))
     head = (f"{r['subscribers']} subscribers x {r['packets']} packets x {r['repeat']} rounds, payload {r['size']} B "
-            f"({r['packet_bytes_out']} B on the wire), thread CPU time, medians")
+            f"({r['packet_bytes_out']} B SRTP {r['srtp']}), thread CPU time, medians")
     lines = [head, f"{'path':42} {'us/out pkt':>10} {'x floor':>8} {'pkts/s/core':>12} {'rooms/core':>11}"]
     for name, us in rows:
         lines.append(f"{name:42} {us:10.2f} {us / r['floor_us']:8.2f} {1e6 / us:12,.0f} {1e6 / us / per_s:11,.0f}")
@@ -656,10 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-objects", action="store_true", help="skip the aiortc objects reference path")
     ap.add_argument("--sink", choices=("process", "thread"), default="process",
                     help="drain the loopback sink in a child process (default) or in a thread of this process")
+    ap.add_argument("--srtp", choices=sorted(SRTP_PROFILES), default=DEFAULT_SRTP,
+                    help=f"SRTP protection profile of every session (default {DEFAULT_SRTP})")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--profile", action="store_true", help="also cProfile one forward round (to stderr)")
     args = ap.parse_args(argv)
-    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink)
+    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp)
     try:
         result = bench.run(args.repeat, not args.no_objects)
         if args.profile:

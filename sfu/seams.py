@@ -9,6 +9,7 @@ silently forwarding nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import queue
@@ -130,9 +131,5 @@ def datagram_sender(dtls: RTCDtlsTransport) -> tuple[Any, Any] | None:
     pair = connection._nominated.get(1) if connection is not None else None
     if srtp is None or pair is None or pair.protocol is None or pair.protocol.transport is None:
         return None
-    transport, addr = pair.protocol.transport, pair.remote_addr
-
-    def send(data: bytes) -> None:
-        transport.sendto(data, addr)
-
-    return srtp.protect, send
+    # a partial, not a closure: one Python frame less per packet
+    return srtp.protect, functools.partial(pair.protocol.transport.sendto, addr=pair.remote_addr)

@@ -128,3 +128,14 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*batch)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A `ketang serve` subprocess (embedded room state) shared by one test module."""
+    from tests.support import Server
+
+    srv = Server(tmp_path_factory.mktemp("server"))
+    srv.wait_ready()
+    yield srv
+    srv.stop()

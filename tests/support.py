@@ -224,6 +224,13 @@ class Teacher:
         await self.pc.close()
 
 
+async def hang_up(*peers: Teacher | Classroom) -> None:
+    """Close each peer connection and its websocket (test teardown)."""
+    for peer in peers:
+        await peer.close()
+        await peer.ws.close()
+
+
 class DropIncoming:
     """User-space downlink loss: wraps the classroom's ICE receive and drops a share of incoming SRTP packets
     (RTCP and DTLS are left alone), with a seeded RNG so runs repeat."""
@@ -279,7 +286,10 @@ class Classroom:
 
     async def _answer_offers(self) -> None:
         while True:
-            msg = await self.ws.wait_for(lambda m: m.get("type") == "offer", timeout_s=3600, start=self._seen)
+            try:
+                msg = await self.ws.wait_for(lambda m: m.get("type") == "offer", timeout_s=3600, start=self._seen)
+            except TimeoutError:
+                return  # the websocket closed
             self._seen = self.ws.messages.index(msg) + 1
             await self.pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
             if self.loss is not None:

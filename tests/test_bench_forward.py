@@ -11,7 +11,7 @@ import math
 import pytest
 from pylibsrtp import Policy, Session
 
-from bench.forward import ABS_SEND_TIME_ID, MID, MID_ID, VP8_PT, ForwardBench, main
+from bench.forward import ABS_SEND_TIME_ID, MID, MID_ID, SRTP_PROFILES, VP8_PT, ForwardBench, main
 from sfu.rtp import find_extension, parse_header
 
 SUBSCRIBERS = 3
@@ -19,14 +19,13 @@ PACKETS = 200
 REPEAT = 2
 
 
-def _inbound(key: bytes) -> Session:
-    return Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND,
-                          srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+def _inbound(key: bytes, srtp: str) -> Session:
+    return Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=SRTP_PROFILES[srtp][0]))
 
 
-@pytest.mark.parametrize("sink", ["process", "thread"])
-def test_forward_bench_figures_and_real_srtp_datagrams(sink: str) -> None:
-    bench = ForwardBench(SUBSCRIBERS, PACKETS, size=1100, capture=PACKETS * REPEAT, seed=1234, sink=sink)
+@pytest.mark.parametrize(("sink", "srtp"), [("process", "aes128-cm-sha1-80"), ("thread", "aead-aes-256-gcm")])
+def test_forward_bench_figures_and_real_srtp_datagrams(sink: str, srtp: str) -> None:
+    bench = ForwardBench(SUBSCRIBERS, PACKETS, size=1100, capture=PACKETS * REPEAT, seed=1234, sink=sink, srtp=srtp)
     try:
         r = bench.run(repeat=REPEAT)
         captured = list(bench.sink.captured)
@@ -54,7 +53,7 @@ def test_forward_bench_figures_and_real_srtp_datagrams(sink: str) -> None:
 
     # consumer 0's datagrams decrypt with its key and carry its stream, gapless, with the teacher's payloads
     assert len(captured) == len(inputs) == PACKETS * REPEAT
-    rx = _inbound(key)
+    rx = _inbound(key, srtp)
     prev_seq = prev_ts = prev_ts_in = None
     for datagram, (_, ts_in, marker, payload, _) in zip(captured, inputs):
         plain = rx.unprotect(datagram)

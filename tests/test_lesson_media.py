@@ -9,17 +9,9 @@ import time
 
 import pytest
 
-from tests.support import VIDEO_CLOCK, Classroom, Server, Teacher, WsClient, token
+from tests.support import VIDEO_CLOCK, Classroom, Server, Teacher, WsClient, hang_up, token
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("media"))
-    srv.wait_ready()
-    yield srv
-    srv.stop()
 
 
 async def _join(server: Server, role: str, lesson: str, name: str) -> WsClient:
@@ -69,11 +61,7 @@ async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent
             assert room.frame_sizes == {(teacher.video.width, teacher.video.height)}
             assert room.audio_frames > 0, "no Opus audio was forwarded"
     finally:
-        for room in rooms:
-            await room.close()
-            await room.ws.close()
-        await teacher.close()
-        await teacher.ws.close()
+        await hang_up(*rooms, teacher)
 
 
 async def test_a_classroom_joining_5_s_late_decodes_its_first_frame_within_1_s_of_connecting(server):
@@ -100,13 +88,9 @@ async def test_a_classroom_joining_5_s_late_decodes_its_first_frame_within_1_s_o
         print(f"late joiner: first frame {first_frame * 1000:.0f} ms after connecting, "
               f"{(late.frames[0] - joined_at) * 1000:.0f} ms after join")
         assert first_frame <= 1.0
-        await late.close()
-        await late.ws.close()
+        await hang_up(late)
     finally:
-        await early.close()
-        await early.ws.close()
-        await teacher.close()
-        await teacher.ws.close()
+        await hang_up(early, teacher)
 
 
 async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_forwarded_again(server):
@@ -128,10 +112,7 @@ async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_
         teacher = await _teacher(server, lesson)
         await room.wait_frames(frames_before + 10, timeout_s=10)
     finally:
-        await room.close()
-        await room.ws.close()
-        await teacher.close()
-        await teacher.ws.close()
+        await hang_up(room, teacher)
 
 
 async def test_a_teacher_reloading_the_page_with_the_same_token_takes_over_and_classrooms_keep_playing(server):
@@ -158,11 +139,7 @@ async def test_a_teacher_reloading_the_page_with_the_same_token_takes_over_and_c
         await room.wait_frames(frames + 15, timeout_s=10)
         assert (await server.health())["status"] == "ok"
     finally:
-        await room.close()
-        await room.ws.close()
-        for t in (first, second):
-            await t.close()
-            await t.ws.close()
+        await hang_up(room, first, second)
 
 
 async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
@@ -217,10 +194,7 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
         health = await server.health()
         assert health["status"] == "ok"
     finally:
-        await good.close()
-        await good.ws.close()
-        await teacher.close()
-        await teacher.ws.close()
+        await hang_up(good, teacher)
 
 
 async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_renegotiation(server):
@@ -244,7 +218,4 @@ async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_reneg
         await asyncio.sleep(1)
         assert len(room.frames) > camera_frames, "the camera stopped after the renegotiation"
     finally:
-        await room.close()
-        await room.ws.close()
-        await teacher.close()
-        await teacher.ws.close()
+        await hang_up(room, teacher)

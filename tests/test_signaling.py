@@ -13,14 +13,6 @@ from signaling.tokens import verify_token
 from tests.support import TEST_SECRET, Server, Teacher, WsClient, token
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("signaling"))
-    srv.wait_ready()
-    yield srv
-    srv.stop()
-
-
 async def _client(server: Server) -> WsClient:
     return await WsClient().connect(server.ws_url)
 
