@@ -1,15 +1,18 @@
 """Micro-benchmark: the real forwarding path (Producer.on_packet -> Consumer.forward/_write) against its floor.
 
     python -m bench.forward [--subscribers 50] [--packets 2000] [--repeat 5] [--size 1100] [--json] [--profile]
+                            [--srtp aes128-cm-sha1-80] [--sink process|thread] [--no-objects]
 
-What runs (all in one process, one forwarding thread):
+Results and caveats: docs/benchmarks.md.
+
+What runs (one forwarding thread; the loopback sink in a child process by default):
 
 * the REAL objects: one ``sfu.producer.Producer`` (video, VP8, 90 kHz) and N ``sfu.consumer.Consumer`` s, each on a
   real aiortc ``RTCRtpSender`` built on a real but unconnected ``RTCDtlsTransport``. Because nothing is connected,
   each consumer's egress seam is filled by hand the way ``sfu.seams.datagram_sender`` would fill it: ``_protect`` is
   a real ``pylibsrtp.Session.protect`` (one session and key per consumer) and ``_send`` a closure doing
-  ``sock.sendto(data, addr)`` on a real UDP socket (one per consumer) towards a loopback sink socket that a
-  background thread drains;
+  ``sock.sendto(data, addr)`` on a real UDP socket (one per consumer) towards a loopback sink socket drained by a
+  child process (``--sink thread``: by a thread of this process, which costs the forwarding thread GIL hand-offs);
 * realistic input: VP8 payloads with a Chrome-like payload descriptor (PictureID, TL0PICIDX, TID), 8 packets per
   frame, marker on each frame's last packet, timestamps +3000 per frame, only frame 0 a keyframe, 16-bit sequence
   numbers crossing the wrap during the first measured round;
@@ -19,7 +22,7 @@ What runs (all in one process, one forwarding thread):
                  packets (12-byte header + the same extension block + payload), same loop order;
     C "aiortc objects path" (reference): ``RtpPacket.parse`` once per incoming packet, then per subscriber set
                  SSRC/seq/ts/abs-send-time/mid, ``serialize`` + protect + sendto.
-  CPU is ``time.thread_time()`` of the forwarding thread only (the sink's drain thread is not counted).
+  CPU is ``time.thread_time()`` of the forwarding thread only (the sink is never counted).
 
 Nothing in ``sfu`` is modified: the benchmark only drives it.
 """

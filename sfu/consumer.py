@@ -87,10 +87,7 @@ class Consumer:
         self._last_ts = 0  # input timestamp of the newest packet sent (retransmissions never move it)
         self._last_seq = -1  # its extended input sequence number
         self._ext = extensions
-        self._hdr = bytearray(12) + extensions.block
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
-        self._ast_at = extensions.abs_send_time_at
-        self._level_at = extensions.audio_level_at if self.kind == "audio" else -1
         self._protect: Any = None
         self._send: Any = None
         self._waiting_keyframe = self.kind == "video"
@@ -141,14 +138,15 @@ class Consumer:
             self._seq.drop(ext_seq)
 
     def _write(self, packet: Packet, out_seq: int, ast: bytes) -> None:
-        hdr = self._hdr
-        RTP_HEADER.pack_into(hdr, 0, self._first_byte, (packet.marker << 7) | self.payload_type,
-                             out_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.ssrc)
-        if self._ast_at >= 0:
-            hdr[self._ast_at:self._ast_at + 3] = ast
-        if self._level_at >= 0:
-            hdr[self._level_at] = packet.audio_level
-        self._send(self._protect(bytes(hdr) + packet.payload))
+        layout = self._ext
+        if packet.tail_layout is layout and packet.tail_ast is ast:
+            tail = packet.tail  # built by an earlier subscriber in this fan-out
+        else:
+            tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
+            packet.tail_layout, packet.tail_ast = layout, ast
+        self._send(self._protect(RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.payload_type,
+                                                 out_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF,
+                                                 self.ssrc) + tail))
         self.packets_out += 1
         self.octets_out += len(packet.payload)
         self.errors = 0
@@ -233,13 +231,11 @@ class Consumer:
             self._write(packet, seq16, ast)
             return
         # RFC 4588: RTX stream with its own SSRC and sequence; payload starts with the original sequence number
-        hdr = self._hdr
-        RTP_HEADER.pack_into(hdr, 0, self._first_byte, (packet.marker << 7) | self.rtx_payload_type,
-                             self._rtx_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.rtx_ssrc)
+        header = RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.rtx_payload_type,
+                                 self._rtx_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.rtx_ssrc)
         self._rtx_seq += 1
-        if self._ast_at >= 0:
-            hdr[self._ast_at:self._ast_at + 3] = ast
-        self._send(self._protect(bytes(hdr) + _U16.pack(seq16 & 0xFFFF) + packet.payload))
+        self._send(self._protect(header + self._ext.tail(ast, packet.audio_level,
+                                                         _U16.pack(seq16 & 0xFFFF) + packet.payload)))
 
     # -- reports, errors, lifecycle ------------------------------------------------------------------------
 

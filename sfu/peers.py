@@ -22,7 +22,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from .consumer import Consumer, ResumePoint
 from .ingress import Ingress, Route
 from .producer import Producer
-from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, ExtensionLayout
+from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
 
 if TYPE_CHECKING:
     from .router import Router
@@ -246,8 +246,8 @@ class Subscriber:
             return
         t = slot.transceiver
         pt, rtx, _, _ = _lesson_codecs(t)
-        layout = ExtensionLayout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
-                                 _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
+        layout = extension_layout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
+                                  _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
         slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
 
     def track_map(self) -> list[dict]:

@@ -28,7 +28,8 @@ CONSUMER_MAX_ERRORS = 50
 class Packet:
     """One incoming media packet, shared by every consumer and by the cache (never copied per subscriber)."""
 
-    __slots__ = ("ext_seq", "ts", "marker", "payload", "arrival", "keyframe", "audio_level")
+    __slots__ = ("ext_seq", "ts", "marker", "payload", "arrival", "keyframe", "audio_level",
+                 "tail", "tail_layout", "tail_ast")
 
     def __init__(self, ext_seq: int, ts: int, marker: int, payload: bytes, arrival: float, keyframe: bool,
                  audio_level: int) -> None:
@@ -39,6 +40,11 @@ class Packet:
         self.arrival = arrival
         self.keyframe = keyframe
         self.audio_level = audio_level
+        # the bytes after the RTP fixed header, as last built for (layout, abs-send-time): shared by every
+        # subscriber with that layout in one fan-out
+        self.tail = b""
+        self.tail_layout: object = None
+        self.tail_ast = b""
 
 
 class Producer:

@@ -7,6 +7,7 @@ payload starts and ends, and the value of a few one-byte/two-byte header extensi
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 
@@ -125,14 +126,21 @@ def ntp_from_unix(t: float) -> int:
     return int((t + NTP_EPOCH_OFFSET_S) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
 
 
+@functools.lru_cache(maxsize=256)
+def extension_layout(mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int) -> ExtensionLayout:
+    """One shared ExtensionLayout per distinct set of negotiated ids: subscribers that share a layout share the
+    bytes after the fixed header too, which are then built once per packet instead of once per subscriber."""
+    return ExtensionLayout(mid, mid_id, abs_send_time_id, audio_level_id)
+
+
 class ExtensionLayout:
     """The header-extension block written on every packet to one subscriber (its negotiated ids).
 
     The block is built once; per packet only abs-send-time (3 bytes) and the audio level (1 byte) are patched
-    at the fixed offsets this layout records.
+    at the fixed offsets (from the start of the block) this layout records.
     """
 
-    __slots__ = ("block", "abs_send_time_at", "audio_level_at")
+    __slots__ = ("block", "abs_send_time_at", "audio_level_at", "_template")
 
     def __init__(self, mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int) -> None:
         body = bytearray()
@@ -157,8 +165,18 @@ class ExtensionLayout:
             body.append(0)
         head = struct.pack("!HH", EXT_PROFILE_ONE_BYTE, len(body) // 4)
         self.block = head + bytes(body)
-        # offsets are relative to the start of the packet (after the 12-byte fixed header and 4-byte ext head)
+        self._template = bytearray(self.block)
         if self.abs_send_time_at >= 0:
-            self.abs_send_time_at += RTP_HEADER_LEN + 4
+            self.abs_send_time_at += 4
         if self.audio_level_at >= 0:
-            self.audio_level_at += RTP_HEADER_LEN + 4
+            self.audio_level_at += 4
+
+    def tail(self, abs_send_time: bytes, audio_level: int, payload: bytes) -> bytes:
+        """Everything after the 12-byte fixed header: this layout's extension block, stamped, then the payload."""
+        t = self._template
+        if self.abs_send_time_at >= 0:
+            at = self.abs_send_time_at
+            t[at:at + 3] = abs_send_time
+        if self.audio_level_at >= 0:
+            t[self.audio_level_at] = audio_level
+        return bytes(t) + payload
