@@ -44,7 +44,7 @@ from aiortc.rtp import (
 )
 
 import sfu.consumer
-from sfu.consumer import NACK_REPEAT_MIN_S, OUTPUT_SEQ_START_MAX, Consumer
+from sfu.consumer import NACK_REPEAT_MIN_S, NACK_RETRANSMIT_PER_S, OUTPUT_SEQ_START_MAX, Consumer
 from sfu.ingress import Ingress, Route
 from sfu.packetcache import PACKET_CACHE_S
 from sfu.producer import CONSUMER_MAX_ERRORS, KEYFRAME_REPLAY_MAX_PACKETS, Producer
@@ -424,6 +424,22 @@ async def test_a_nack_repeated_sooner_than_the_minimum_interval_is_answered_once
     assert consumer.on_nack([seq]) == 0
     graph.clock.advance(NACK_REPEAT_MIN_S)
     assert consumer.on_nack([seq]) == 1
+
+
+async def test_a_subscriber_nacking_everything_again_and_again_gets_at_most_its_retransmission_budget(clip, graph):
+    """A broken or hostile classroom must not turn the server into an amplifier at the others' expense."""
+    consumer, wire = graph.consumer(rtx=97)
+    graph.feed(packetize(clip[:80]))
+    seqs = [parse(d).sequence_number for d in wire]
+    assert len(seqs) * 10 > NACK_RETRANSMIT_PER_S
+    sent = 0
+    step = NACK_REPEAT_MIN_S * 1.01
+    for _ in range(int(0.95 / step)):  # storms within one second, each asking for everything again
+        sent += consumer.on_nack(seqs)
+        graph.clock.advance(step)
+    assert sent == NACK_RETRANSMIT_PER_S
+    graph.clock.advance(1.0)
+    assert consumer.on_nack(seqs[:5]) == 5  # a new second, a new budget
 
 
 # -- 6. padding ----------------------------------------------------------------------------------------------------
