@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import pytest
 
 from signaling.tokens import verify_token
@@ -180,3 +181,24 @@ def test_the_server_and_the_token_command_share_the_secret_file_in_the_data_dir(
     secret = (tmp_path / "secret").read_text().strip()
     assert verify_token(secret, out.stdout.strip()).role == "teacher"
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("make_token", "status"),
+    [
+        pytest.param(lambda: token("observer", "sig-stats"), 200, id="an observer of the lesson may read its stats"),
+        pytest.param(lambda: token("teacher", "sig-stats"), 200, id="its teacher may read them"),
+        pytest.param(lambda: token("classroom", "sig-stats"), 403, id="a classroom may not"),
+        pytest.param(lambda: token("observer", "another-lesson"), 401, id="a token of another lesson may not"),
+        pytest.param(lambda: "nonsense", 401, id="garbage may not"),
+    ],
+)
+async def test_lesson_stats_need_a_teacher_or_observer_token_of_that_lesson(server, make_token, status):
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{server.url}/api/lessons/sig-stats/stats", headers={"Authorization": f"Bearer {make_token()}"}) as resp:
+        body = await resp.json()
+    assert resp.status == status, body
+    if status == 200:
+        assert body["lesson"] == "sig-stats" and body["producers"] == []
+    else:
+        assert body["type"] == "error" and body["code"] in ("forbidden", "token_wrong_lesson", "token_invalid")
