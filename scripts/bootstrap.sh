@@ -10,7 +10,13 @@ if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   PY=python3.11; command -v python3.11 >/dev/null || need_apt+=(python3 python3-venv)
 fi
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-if [ "${1:-}" = "test" ] && ! command -v redis-server >/dev/null; then need_apt+=(redis-server); fi
+if [ "${1:-}" = "test" ]; then
+  command -v redis-server >/dev/null || need_apt+=(redis-server)
+  # browser tests drive Debian's chromium through Playwright (never Playwright's own download);
+  # a CJK font so the Chinese interface renders in screenshots
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need_apt+=(fonts-wqy-microhei)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing Debian packages: ${need_apt[*]}"
