@@ -1,0 +1,301 @@
+"""The live recorder: one WebM per lesson (camera + microphone; each screen share in a file of its own),
+written with PyAV straight from the teacher's packets — no decoding, no encoding.
+
+It rides the producers like a classroom (TrackDepacketizer), places every frame on the lesson's wall clock
+from the teacher's RTCP sender reports (so audio and video keep their relative timing), and writes small
+Matroska clusters and flushes them as it goes: a killed server loses at most about the last second, and
+`repair_unfinished()` turns what a crash left behind into a complete file at the next start.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import av
+
+from sfu.producer import Producer
+from sfu.router import Router
+
+from .depacketize import Frame, TrackDepacketizer, vp8_dimensions
+
+log = logging.getLogger("ketang.recorder")
+
+MS = fractions.Fraction(1, 1000)  # the file's time base: Matroska's native millisecond
+# clusters of at most this long, flushed when written: what a crash can lose
+CLUSTER_MS = 1000
+# frames are held until the teacher's first sender report maps its RTP clock to wall time (sent ~1 s in)
+SYNC_WAIT_S = 3.0
+OPUS_PRE_SKIP = 312  # samples; what libopus encoders announce and browsers use
+FALLBACK_VIDEO_SIZE = (1280, 720)
+
+
+class Catalog(Protocol):
+    """What the recorder needs of the library (recorder.library.Library)."""
+
+    recordings_dir: Path
+
+    def start_recording(self, lesson_id: str, title: str, teacher: str, teacher_sub: str, file: Path) -> str: ...
+
+    def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int) -> None: ...
+
+    def unfinished(self) -> list[Any]: ...
+
+
+def opus_head(channels: int = 2, rate: int = 48000) -> bytes:
+    """The OpusHead block Matroska keeps as the Opus track's CodecPrivate (RFC 7845 5.1)."""
+    return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, OPUS_PRE_SKIP, rate, 0, 0)
+
+
+def wall_time(producer: Producer, ts_ext: int, first_ts_ext: int, first_wall: float) -> float:
+    return first_wall + (ts_ext - first_ts_ext) / producer.clock_rate
+
+
+@dataclass
+class _Track:
+    producer: Producer
+    depacketizer: TrackDepacketizer | None = None
+    stream: Any = None
+    pending: list[Frame] = field(default_factory=list)
+    first_ts: int | None = None
+    first_wall: float | None = None
+    last_ms: int = -1
+    frames: int = 0
+    bytes: int = 0
+
+
+class RecordingFile:
+    """One WebM file fed by one or two producers (a video track and optionally an audio track)."""
+
+    def __init__(self, path: Path, producers: list[Producer], clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.closed = False
+        self.started_at = time.time()
+        self._clock = clock
+        self._created = clock()
+        self._container: Any = None
+        self._t0: float | None = None  # wall time of the file's 0 ms
+        self.tracks = [_Track(p) for p in producers]
+        for track in self.tracks:
+            track.depacketizer = TrackDepacketizer(track.producer, lambda f, t=track: self._on_frame(t, f))
+
+    # -- frames in -----------------------------------------------------------------------------------------
+
+    def _on_frame(self, track: _Track, frame: Frame) -> None:
+        if self.closed:
+            return
+        if track.first_ts is None:
+            track.first_ts = frame.ts
+        if self._container is None:
+            track.pending.append(frame)
+            if self._ready():
+                self._open()
+            return
+        self._write(track, frame)
+
+    def _ready(self) -> bool:
+        """Open the file once every track has a frame and a wall-clock mapping (or waiting took too long)."""
+        waited = self._clock() - self._created > SYNC_WAIT_S
+        for track in self.tracks:
+            if not track.pending:
+                if not waited:
+                    return False
+                continue
+            if not track.producer._ref_from_sr and not waited:
+                return False
+        return any(t.pending for t in self.tracks)
+
+    def _open(self) -> None:
+        for track in self.tracks:
+            if track.pending:
+                rel = track.producer.rtp_time_at(time.time())
+                # wall time of the track's first frame, from the teacher's RTP/NTP mapping
+                ts32 = track.pending[0].ts & 0xFFFFFFFF
+                delta = ((ts32 - (rel if rel is not None else ts32) + (1 << 31)) % (1 << 32)) - (1 << 31)
+                track.first_wall = time.time() + delta / track.producer.clock_rate
+        self._t0 = min(t.first_wall for t in self.tracks if t.first_wall is not None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # small clusters, flushed as written: a crash loses at most about one cluster
+        self._container = av.open(str(self.path), "w", format="webm",
+                                  options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"})
+        for track in self.tracks:
+            if track.producer.kind == "video":
+                key = next((f for f in track.pending if f.keyframe), None)
+                width, height = (vp8_dimensions(key.data) if key else None) or FALLBACK_VIDEO_SIZE
+                stream = self._container.add_stream("vp8", rate=30)
+                stream.width, stream.height = width, height
+            else:
+                stream = self._container.add_stream("opus", rate=48000)
+                stream.codec_context.extradata = opus_head()
+            stream.time_base = MS
+            track.stream = stream
+        for track in self.tracks:
+            for frame in track.pending:
+                self._write(track, frame)
+            track.pending = []
+
+    def _write(self, track: _Track, frame: Frame) -> None:
+        if track.stream is None or track.first_wall is None or track.first_ts is None or self._t0 is None:
+            return  # a track that had no frame when the file was opened stays out of this file
+        wall = wall_time(track.producer, frame.ts, track.first_ts, track.first_wall)
+        ms = round((wall - self._t0) * 1000)
+        if ms <= track.last_ms:
+            ms = track.last_ms + 1  # strictly increasing per stream (Matroska needs ordered blocks)
+        track.last_ms = ms
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = ms
+        packet.time_base = MS
+        packet.stream = track.stream
+        packet.is_keyframe = frame.keyframe
+        self._container.mux(packet)
+        track.frames += 1
+        track.bytes += len(frame.data)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    @property
+    def duration_s(self) -> float:
+        return max((t.last_ms for t in self.tracks), default=0) / 1000
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        for track in self.tracks:
+            if track.depacketizer is not None:
+                track.depacketizer.close()
+        if self._container is None and any(t.pending for t in self.tracks):
+            self._open()  # a very short lesson: write what there is
+        self.closed = True
+        if self._container is not None:
+            self._container.close()
+
+    def stats(self) -> dict:
+        return {"file": str(self.path), "duration_s": self.duration_s,
+                "tracks": [{"kind": t.producer.kind, "frames": t.frames, "bytes": t.bytes,
+                            "lost_packets": t.depacketizer.lost_packets if t.depacketizer else 0}
+                           for t in self.tracks]}
+
+
+class LessonRecorder:
+    """Records a lesson: camera + microphone into the main file, each screen share into its own file."""
+
+    def __init__(self, router: Router, catalog: Catalog, title: str, teacher: str, teacher_sub: str) -> None:
+        self.router = router
+        self.catalog = catalog
+        self.title, self.teacher, self.teacher_sub = title, teacher, teacher_sub
+        self.main: RecordingFile | None = None
+        self.main_id: str | None = None
+        self.extra: list[RecordingFile] = []
+        self.closed = False
+        self._stamp = time.strftime("%Y%m%d-%H%M%S")
+        router.on_track(self._on_track)
+        self._sync()
+
+    async def _on_track(self, change: str, producer: Producer) -> None:
+        if not self.closed:
+            self._sync()
+
+    def _sync(self) -> None:
+        """(Re)start files for the producers now live: the main file when camera or microphone start."""
+        live = list(self.router.producers.values())
+        main = [p for p in live if p.source in ("camera", "microphone")]
+        screens = [p for p in live if p.source == "screen"]
+        recorded = {id(t.producer) for f in [self.main, *self.extra] if f for t in f.tracks}
+        if main and (self.main is None or self.main.closed):
+            self._start_main(main)
+        elif main and any(id(p) not in recorded for p in main):
+            # the teacher reconnected: a new part of the main recording
+            self._finish_main()
+            self._start_main(main)
+        for producer in screens:
+            if id(producer) not in recorded:
+                n = len(self.extra) + 1
+                path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-screen{n}.webm"
+                self.extra.append(RecordingFile(path, [producer]))
+
+    def _start_main(self, producers: list[Producer]) -> None:
+        part = "" if self.main is None else f"-{time.strftime('%H%M%S')}"
+        path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}{part}.webm"
+        video = [p for p in producers if p.kind == "video"][:1]
+        audio = [p for p in producers if p.kind == "audio"][:1]
+        self.main = RecordingFile(path, video + audio)
+        self.main_id = self.catalog.start_recording(self.router.lesson_id, self.title, self.teacher,
+                                                    self.teacher_sub, path)
+        log.info("recording lesson %s to %s", self.router.lesson_id, path)
+
+    def _finish_main(self) -> None:
+        if self.main is None or self.main_id is None:
+            return
+        self.main.close()
+        size = self.main.path.stat().st_size if self.main.path.exists() else 0
+        self.catalog.finish_recording(self.main_id, self.main.duration_s, size)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._finish_main()
+        for f in self.extra:
+            f.close()
+
+    def stats(self) -> dict:
+        return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f in self.extra]}
+
+
+def repair_file(path: Path) -> tuple[float, int]:
+    """Rewrite a WebM a crash left without its index into a complete one (stream copy); (duration s, size)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0.0, 0
+    fixed = path.with_suffix(".repaired.webm")
+    last_ms = 0
+    with av.open(str(path)) as src, av.open(str(fixed), "w", format="webm") as dst:
+        mapping = {}
+        for stream in src.streams:
+            if stream.type not in ("video", "audio"):
+                continue
+            out = dst.add_stream(stream.codec_context.name, rate=stream.average_rate if stream.type == "video"
+                                 else stream.codec_context.sample_rate)
+            if stream.type == "video":
+                out.width, out.height = stream.codec_context.width, stream.codec_context.height
+            if stream.codec_context.extradata:
+                out.codec_context.extradata = stream.codec_context.extradata
+            out.time_base = MS
+            mapping[stream.index] = out
+        try:
+            for packet in src.demux(*[s for s in src.streams if s.index in mapping]):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                ms = int(packet.pts * packet.time_base * 1000)
+                last_ms = max(last_ms, ms)
+                packet.stream = mapping[packet.stream.index]
+                packet.pts = packet.dts = ms
+                packet.time_base = MS
+                dst.mux(packet)
+        except av.error.FFmpegError:
+            pass  # the torn end of the file: keep what came before
+    fixed.replace(path)
+    return last_ms / 1000, path.stat().st_size
+
+
+def repair_unfinished(catalog: Catalog) -> int:
+    """At start-up: close the recordings a crash left open and hand them to the library. Returns how many."""
+    n = 0
+    for rec in catalog.unfinished():
+        path = Path(rec.file)
+        if not path.is_absolute():
+            path = catalog.recordings_dir.parent / path
+        try:
+            duration, size = repair_file(path)
+        except Exception:  # noqa: BLE001 - one bad file must not stop the server from starting
+            log.exception("could not repair %s", path)
+            duration, size = 0.0, path.stat().st_size if path.exists() else 0
+        catalog.finish_recording(rec.id, duration, size)
+        log.info("repaired recording %s (%.1f s) after an unclean stop", path, duration)
+        n += 1
+    return n
