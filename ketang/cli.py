@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
+                        record=not args.no_record,
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3))
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
@@ -52,6 +53,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recorder.cli import add_parser as add_library_parser
+
+    from .lesson_cmd import add_parser as add_lesson_parser
+    from signaling.tokens import ROLES
+
     parser = argparse.ArgumentParser(prog="ketang", description="ketang live-lesson server")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,16 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
+    serve.add_argument("--no-record", action="store_true", help="do not record lessons into the library")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="print a signed role token for a lesson")
-    token.add_argument("--role", required=True, choices=["teacher", "classroom", "observer"])
+    token.add_argument("--role", required=True, choices=list(ROLES))
     token.add_argument("--lesson", required=True)
     token.add_argument("--name", default=None)
     token.add_argument("--ttl", type=int, default=6 * 3600, help="seconds (default 6 h)")
     token.add_argument("--data-dir", default=None)
     token.set_defaults(func=_token)
+    add_lesson_parser(sub)
+    add_library_parser(sub)
     return parser
 
 

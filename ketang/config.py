@@ -28,6 +28,7 @@ class Config:
     secret: str = ""
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     ice_servers: tuple[str, ...] = ()
+    record: bool = True  # record every lesson into the resource library (data_dir/recordings)
     participant_ttl_s: float = PARTICIPANT_TTL_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     messages_per_s: float = MESSAGES_PER_S

@@ -47,8 +47,14 @@ class Ingress:
         self.unrouted = 0
         self.errors = 0
 
-    def add_route(self, route: Route) -> None:
+    def add_route(self, route: Route, ssrc: int | None = None, rtx_ssrc: int | None = None) -> None:
+        """Known SSRCs (from the offer's a=ssrc lines) are routed at once; others are learned from packets."""
         self.routes.append(route)
+        if ssrc is not None:
+            self._by_ssrc[ssrc] = (route, False)
+            route.producer.ssrc = ssrc
+        if rtx_ssrc is not None:
+            self._by_ssrc[rtx_ssrc] = (route, True)
 
     def remove_producer(self, producer: Producer) -> None:
         self.routes = [r for r in self.routes if r.producer is not producer]

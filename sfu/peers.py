@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                     RTCRtpSender, RTCSessionDescription)
+from aiortc import sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
@@ -90,6 +91,19 @@ async def _set_description(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
         raise SdpError(f"SDP {kind} rejected: {exc}") from exc
 
 
+def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
+    """mid -> (media SSRC, RTX SSRC) as declared by a=ssrc / a=ssrc-group:FID lines (none with simulcast)."""
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for media in sdp.SessionDescription.parse(sdp_text).media:
+        mid = media.rtp.muxId
+        fid = next((g.items for g in media.ssrc_group if g.semantic == "FID" and len(g.items) == 2), None)
+        if fid is not None:
+            found[mid] = (int(fid[0]), int(fid[1]))
+        elif len({s.ssrc for s in media.ssrc}) == 1:
+            found[mid] = (media.ssrc[0].ssrc, None)
+    return found
+
+
 class Publisher:
     """The teacher's connection: every received transceiver becomes a Producer."""
 
@@ -99,6 +113,7 @@ class Publisher:
         self.pc = make_peer_connection(ice_servers)
         self.ingress: Ingress | None = None
         self.producers: dict[str, Producer] = {}  # by mid
+        self._declared: dict[str, tuple[int | None, int | None]] = {}
         self.closed = False
 
         @self.pc.on("connectionstatechange")
@@ -109,6 +124,7 @@ class Publisher:
     async def accept_offer(self, sdp: str, sources: dict[str, str] | None = None) -> str:
         """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP."""
         await _set_description(self.pc, sdp, "offer")
+        self._declared = declared_ssrcs(sdp)
         receiving = [t for t in self.pc.getTransceivers()
                      if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
         if not receiving:
@@ -135,8 +151,11 @@ class Publisher:
         producer = Producer(f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}", t.kind, name, rate,
                             send_pli, source or ("microphone" if t.kind == "audio" else "camera"),
                             owner=self.participant_id)
+        # browsers put the MID extension only on a stream's first packets: an m-line reused for a new track
+        # (share, stop, share again) can only be routed by the SSRCs its offer declares
+        ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
         self.ingress.add_route(Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
-                                     _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0))
+                                     _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0), ssrc, rtx_ssrc)
         self.producers[t.mid or producer.id] = producer
         self.router.add_producer(producer)
 

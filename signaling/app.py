@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
@@ -16,6 +17,10 @@ from .handlers import HANDLERS
 from .hub import Hub
 from .messages import MAX_MESSAGE_BYTES, ProtocolError, error_reply, parse_message
 from .ratelimit import TokenBucket
+from recorder.library import Library
+from recorder.recorder import repair_unfinished
+from recorder.web import add_routes as add_library_routes
+
 from .state import open_store
 from .tokens import TokenError, verify_token
 
@@ -25,6 +30,9 @@ log = logging.getLogger("ketang.signaling")
 WS_HARD_LIMIT_BYTES = 1 << 20
 WS_HEARTBEAT_S = 20.0
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+# the browser pages (plain HTML + ES modules, no build step), shipped as package data
+CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
+PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html"}
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -87,15 +95,31 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(await request.app[HUB_KEY].health())
 
 
+def _page(filename: str):  # type: ignore[no-untyped-def]
+    async def serve(request: web.Request) -> web.FileResponse:
+        # no-cache: a lesson day may span a server upgrade, and a stale protocol module would not join
+        return web.FileResponse(CLIENT_WEB_DIR / filename, headers={"Cache-Control": "no-cache"})
+    return serve
+
+
 def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
+    for path, filename in PAGES.items():
+        app.router.add_get(path, _page(filename))
+    app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
+    library = Library(config.data_dir)
+    add_library_routes(app, library, config.secret)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        # recordings a crash left open are repaired and put in the library before anything new starts
+        repaired = await asyncio.to_thread(repair_unfinished, library)
+        if repaired:
+            log.info("repaired %d recording(s) left unfinished by an unclean stop", repaired)
         store = open_store(config.redis_url, prefix=config.redis_prefix)
-        hub = Hub(config, store)
+        hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
         yield
         await hub.close()
@@ -116,6 +140,9 @@ async def run_server(config: Config) -> None:
     print(f"ketang serving on {base}  (room state: {state}; node {config.node_id})", flush=True)
     print(f"  health:     {base}/healthz", flush=True)
     print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)
+    print(f"  teacher:    {base}/teacher#token=TEACHER_TOKEN", flush=True)
+    print(f"  classroom:  {base}/classroom#token=CLASSROOM_TOKEN", flush=True)
+    print("  links:      ketang lesson create --title \"七年级数学\"   (prints both links with their tokens)", flush=True)
     print("  tokens:     ketang token --role teacher --lesson LESSON_ID", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from .tokens import TokenError, verify_token
 log = logging.getLogger("ketang.signaling")
 
 Reply = dict[str, Any] | None
+LESSON_ROLES = ("teacher", "classroom", "observer")
 Handler = Callable[[Hub, Connection, Message], Awaitable[Reply]]
 
 
@@ -31,6 +32,8 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
         claims = verify_token(hub.config.secret, msg.fields["token"], lesson=msg.fields.get("lesson"))
     except TokenError as exc:
         raise ProtocolError(exc.code, str(exc), msg.id) from exc
+    if claims.role not in LESSON_ROLES:
+        raise ProtocolError("forbidden", f"a {claims.role} token is for the library, not for joining lessons", msg.id)
     conn.claims, conn.participant_id, conn.lesson_id = claims, claims.sub, claims.lesson
     try:
         state = await hub.join(conn)
@@ -67,7 +70,8 @@ async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
         raise ProtocolError("forbidden", "only the lesson's teacher can publish", msg.id)
     assert conn.lesson_id is not None and conn.participant_id is not None
     try:
-        sdp = await hub.router(conn.lesson_id).publish(conn.participant_id, msg.fields["sdp"])
+        router = hub.router(conn.lesson_id)
+        sdp = await router.publish(conn.participant_id, msg.fields["sdp"], msg.fields.get("sources"))
     except SdpError as exc:
         raise ProtocolError(exc.code, str(exc), msg.id) from exc
     return {"type": "answer", "ref": msg.id, "sdp": sdp}

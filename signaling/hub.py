@@ -12,7 +12,9 @@ from sfu.producer import Producer
 from sfu.router import Router
 
 from .connection import Connection
-from .state import Participant, RoomStore, TrackInfo
+from recorder.recorder import Catalog, LessonRecorder
+
+from .state import Lesson, Participant, RoomStore, TrackInfo
 
 log = logging.getLogger("ketang.signaling")
 
@@ -26,9 +28,11 @@ def public_track(t: TrackInfo) -> dict[str, Any]:
 
 
 class Hub:
-    def __init__(self, config: Config, store: RoomStore) -> None:
+    def __init__(self, config: Config, store: RoomStore, catalog: Catalog | None = None) -> None:
         self.config = config
         self.store = store
+        self.catalog = catalog  # the resource library; None: lessons are not recorded
+        self.recorders: dict[str, LessonRecorder] = {}
         self.routers: dict[str, Router] = {}
         self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
         self.started_at = time.time()
@@ -40,7 +44,7 @@ class Hub:
         """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
         claims = conn.claims
         assert claims is not None and conn.participant_id is not None
-        lesson = await self.store.ensure_lesson(claims.lesson,
+        lesson = await self.store.ensure_lesson(claims.lesson, title=claims.title or None,
                                                 teacher=claims.name if claims.role == "teacher" else None)
         if lesson.state == "ended" and claims.role != "teacher":
             raise LessonEnded(lesson.id)
@@ -86,6 +90,7 @@ class Hub:
                                                        "name": conn.claims.name if conn.claims else ""}})
         if not members:
             self.connections.pop(lesson_id, None)
+            self._stop_recording(lesson_id)
             if router is not None:
                 self.routers.pop(lesson_id, None)
                 await router.close()
@@ -111,6 +116,8 @@ class Hub:
         if change == "added":
             await self.store.add_track(track)
             lesson = await self.store.get_lesson(lesson_id)
+            if lesson is not None:
+                self._start_recording(lesson, producer)
             if lesson is not None and lesson.state != "live":
                 lesson = await self.store.set_lesson_state(lesson_id, "live")
                 self.broadcast(lesson_id, {"type": "event", "event": "lesson-started", "lesson": lesson.to_dict()})
@@ -119,7 +126,27 @@ class Hub:
             await self.store.remove_track(lesson_id, producer.id)
             self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)})
 
+    def _start_recording(self, lesson: Lesson, producer: Producer) -> None:
+        """Every lesson is recorded from its first track (unless switched off), without transcoding."""
+        router = self.routers.get(lesson.id)
+        if self.catalog is None or lesson.id in self.recorders or router is None:
+            return
+        try:
+            self.recorders[lesson.id] = LessonRecorder(router, self.catalog, lesson.title, lesson.teacher,
+                                                       producer.owner)
+        except Exception:  # noqa: BLE001 - a recorder failure must not stop the lesson itself
+            log.exception("could not start recording lesson %s", lesson.id)
+
+    def _stop_recording(self, lesson_id: str) -> None:
+        recorder = self.recorders.pop(lesson_id, None)
+        if recorder is not None:
+            try:
+                recorder.close()
+            except Exception:  # noqa: BLE001
+                log.exception("could not finish the recording of lesson %s", lesson_id)
+
     async def end_lesson(self, lesson_id: str) -> None:
+        self._stop_recording(lesson_id)
         lesson = await self.store.set_lesson_state(lesson_id, "ended")
         self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
         router = self.routers.pop(lesson_id, None)
@@ -147,6 +174,8 @@ class Hub:
 
     async def close(self) -> None:
         self._heartbeats.cancel()
+        for lesson_id in list(self.recorders):
+            self._stop_recording(lesson_id)
         for members in list(self.connections.values()):
             for conn in list(members.values()):
                 await conn.close(code=1001, reason="server shutting down")

@@ -30,6 +30,12 @@ MAX_SDP_CHARS: Final[int] = 60000
 MAX_TRACK_CHARS: Final[int] = 128
 MAX_LESSON_CHARS: Final[int] = 128
 
+# "sources" in publish: which of the teacher's m-lines (by mid) carries what. A teacher sends a handful
+# (microphone, camera, screen); mids are short tokens (RFC 8843 allows up to 16 characters in practice).
+SOURCES: Final[tuple[str, ...]] = ("camera", "screen", "microphone")
+MAX_SOURCES: Final[int] = 16
+MAX_MID_CHARS: Final[int] = 32
+
 # Integer ids must survive a round trip through a browser's JavaScript
 # number (IEEE double) unchanged, or the client could not match the reply.
 MAX_SAFE_INT: Final[int] = 2**53 - 1
@@ -87,6 +93,17 @@ def _is_sdp(value: str) -> str | None:
     return None if value.startswith(SDP_PREFIX) else f"must start with {SDP_PREFIX!r}"
 
 
+def _is_sources(value: dict) -> str | None:
+    if len(value) > MAX_SOURCES:
+        return f"has more than {MAX_SOURCES} entries"
+    for mid, source in value.items():
+        if not mid or len(mid) > MAX_MID_CHARS:
+            return f"keys must be mids of 1 to {MAX_MID_CHARS} characters"
+        if source not in SOURCES:
+            return f"values must be one of {', '.join(SOURCES)}"
+    return None
+
+
 _SDP: Final[Field] = Field(str, True, MAX_SDP_CHARS, _is_sdp)
 
 # type -> {field: (python type(s), required, max length, extra check)}
@@ -94,7 +111,8 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     # "lesson", when given, must be the token's lesson: a token for another lesson is refused
     "join": {"token": Field(str, True, MAX_TOKEN_CHARS, _non_empty),
              "lesson": Field(str, False, MAX_LESSON_CHARS, _non_empty)},
-    "publish": {"sdp": _SDP},  # the teacher's offer
+    # the teacher's offer; "sources" optionally names what each sending mid carries ({"2": "screen"})
+    "publish": {"sdp": _SDP, "sources": Field(dict, False, None, _is_sources)},
     "answer": {"sdp": _SDP},  # a subscriber's answer to a server offer
     # "track" absent means all of the sender's tracks; "" would be ambiguous.
     "unpublish": {"track": Field(str, False, MAX_TRACK_CHARS, _non_empty)},
@@ -107,7 +125,7 @@ _ID_FIELD: Final[Field] = Field((str, int), False, MAX_ID_CHARS, None)
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer"}
+    names = {str: "a string", int: "an integer", dict: "an object"}
     options = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in options)
 

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import jwt
 
-ROLES: Final[tuple[str, ...]] = ("teacher", "classroom", "observer")
+ROLES: Final[tuple[str, ...]] = ("teacher", "classroom", "observer", "reviewer")
 
 ALGORITHM: Final[str] = "HS256"
 ISSUER: Final[str] = "ketang"
@@ -40,6 +40,9 @@ DEFAULT_TTL_S: Final[int] = 6 * 3600
 # unauthenticated client can make us do (base64 + JSON + HMAC) per attempt,
 # and matches the "token" field limit in signaling.messages.
 MAX_TOKEN_CHARS: Final[int] = 4096
+
+# A lesson title shown to classrooms ("七年级数学 · 一元一次方程"); tokens stay well under MAX_TOKEN_CHARS.
+MAX_TITLE_CHARS: Final[int] = 200
 
 # Random participant ids: 12 bytes -> 16 url-safe characters, 96 bits, so
 # collisions within a lesson are not a practical concern.
@@ -79,6 +82,7 @@ class Claims:
     sub: str
     iat: int
     exp: int
+    title: str = ""  # optional lesson title, set by whoever created the lesson (`ketang lesson create`)
 
 
 def _now_s(now: float | None) -> float:
@@ -100,6 +104,7 @@ def issue_token(
     ttl_s: int = DEFAULT_TTL_S,
     now: float | None = None,
     sub: str | None = None,
+    title: str | None = None,
 ) -> str:
     """Mint a token for ``role`` in ``lesson``, valid for ``ttl_s`` seconds
     from ``now`` (default: the current time).
@@ -124,6 +129,8 @@ def issue_token(
         sub = secrets.token_urlsafe(PARTICIPANT_ID_BYTES)
     if not isinstance(sub, str) or not sub:
         raise ValueError("sub must be a non-empty string")
+    if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE_CHARS):
+        raise ValueError(f"title must be a string of at most {MAX_TITLE_CHARS} characters")
 
     # JWT NumericDates are whole seconds here: verify_token insists on ints.
     iat = int(_now_s(now))
@@ -136,6 +143,8 @@ def issue_token(
         "iat": iat,
         "exp": iat + ttl_s,
     }
+    if title:
+        payload["title"] = title
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
@@ -156,6 +165,13 @@ def _require_int(payload: Mapping[str, Any], claim: str) -> int:
     # accepting 1e308 or True would only widen what an attacker can probe.
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid(f"claim {claim!r} missing or not an integer")
+    return value
+
+
+def _optional_title(payload: Mapping[str, Any]) -> str:
+    value = payload.get("title", "")
+    if not isinstance(value, str) or len(value) > MAX_TITLE_CHARS:
+        raise _invalid("claim 'title' is not a string of at most %d characters" % MAX_TITLE_CHARS)
     return value
 
 
@@ -218,6 +234,7 @@ def verify_token(
         sub=_require_str(payload, "sub"),
         iat=_require_int(payload, "iat"),
         exp=_require_int(payload, "exp"),
+        title=_optional_title(payload),
     )
 
     current = _now_s(now)

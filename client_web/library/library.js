@@ -1,0 +1,70 @@
+// The library page: search box + curriculum filters -> /api/library, results as cards, paging.
+// The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
+import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
+import { t, translatePage } from "./i18n.js";
+
+const PER_PAGE = 24;
+const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
+
+export function card(rec) {
+  const curriculum = [rec.stage, rec.subject, rec.grade, rec.chapter].filter(Boolean).join(" · ");
+  const poster = rec.urls.poster ? el("img", { src: rec.urls.poster, alt: "", loading: "lazy" }) : el("div", { class: "noposter" });
+  return el("li", { class: "card" }, el("a", { href: pageLink(rec.urls.play) }, poster,
+    el("div", { class: "body" },
+      el("div", { class: "title" }, rec.title),
+      el("div", { class: "meta" }, [rec.teacher, rec.school].filter(Boolean).join(" · ")),
+      el("div", { class: "meta" }, curriculum),
+      el("div", { class: "meta" }, formatDuration(rec.duration_s), " ",
+        rec.state === "published" ? null : el("span", { class: `badge ${rec.state}` }, t(`state.${rec.state}`))))));
+}
+
+function currentParams() {
+  return new URLSearchParams(location.search);
+}
+
+async function load() {
+  const params = currentParams();
+  const form = document.getElementById("search");
+  for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = params.get(name) || "";
+  const query = new URLSearchParams();
+  for (const name of FILTERS) if (params.get(name)) query.set(name, params.get(name));
+  const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
+  query.set("page", page); query.set("per_page", PER_PAGE);
+  const status = document.getElementById("status");
+  const results = document.getElementById("results");
+  const pager = document.getElementById("pager");
+  try {
+    const data = await api(`/api/library?${query}`);
+    results.replaceChildren(...data.items.map(card));
+    status.textContent = (data.total ? t("results", { n: data.total }) : t("noResults")) + (TOKEN ? "" : "  " + t("signIn"));
+    const pages = Math.max(1, Math.ceil(data.total / PER_PAGE));
+    pager.replaceChildren(
+      el("button", { disabled: page <= 1, onclick: () => go({ page: page - 1 }) }, t("prev")),
+      el("span", {}, t("page", { p: page, n: pages })),
+      el("button", { disabled: page >= pages, onclick: () => go({ page: page + 1 }) }, t("next")));
+  } catch (err) {
+    status.replaceChildren(el("span", { class: "error" }, t("error", { e: err.message })));
+  }
+}
+
+function go(changes) {
+  const params = currentParams();
+  for (const [k, v] of Object.entries(changes)) v ? params.set(k, v) : params.delete(k);
+  history.pushState(null, "", `${location.pathname}?${params}${location.hash}`);
+  load();
+}
+
+function init() {
+  translatePage();
+  document.getElementById("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const changes = { page: "" };
+    for (const name of FILTERS) if (form.elements[name]) changes[name] = form.elements[name].value.trim();
+    go(changes);
+  });
+  window.addEventListener("popstate", load);
+  load();
+}
+
+init();
