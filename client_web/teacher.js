@@ -142,6 +142,8 @@ function renderClassrooms(stats) {
     const kbps = before !== undefined && now > previousStats.at
       ? Math.max(0, ((bytes - before) * 8) / (now - previousStats.at)) : null;
     const loss = consumers.length ? Math.max(...consumers.map((c) => (c.fraction_lost || 0) / 256)) : null;
+    const rtts = consumers.map((c) => c.rtt_ms).filter((v) => typeof v === "number");
+    const rtt = rtts.length ? Math.max(...rtts) : null;
     const level = !consumers.length ? "none" : loss > 0.05 ? "poor" : loss > 0.01 ? "fair" : "good";
     const tr = document.createElement("tr");
     tr.dataset.participant = p.id;
@@ -150,7 +152,7 @@ function renderClassrooms(stats) {
       p.name,
       t(`quality.${level}`),
       loss === null ? "—" : `${(loss * 100).toFixed(1)} %`,
-      "—",
+      rtt === null ? "—" : `${Math.round(rtt)} ms`,
       kbps === null ? "—" : `${Math.round(kbps)} kbit/s`,
     ];
     for (const text of cells) {
@@ -158,7 +160,7 @@ function renderClassrooms(stats) {
       td.textContent = text;
       tr.append(td);
     }
-    tr.children[3].title = t("teacher.rttUnknown");
+    if (rtt === null) tr.children[3].title = t("teacher.rttUnknown");
     return tr;
   });
   $("classrooms").tBodies[0].replaceChildren(...rows);

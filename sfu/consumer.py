@@ -269,4 +269,9 @@ class Consumer:
         return {"producer": self.producer.id, "kind": self.kind, "ssrc": self.ssrc,
                 "packets_out": self.packets_out, "octets_out": self.octets_out, "retransmits": self.retransmits,
                 "nack_unanswered": self.nack_unanswered, "keyframe_requests": self.keyframe_requests,
-                "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost}
+                "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost, "rtt_ms": self.rtt_ms()}
+
+    def rtt_ms(self) -> float | None:
+        """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""
+        rtt = getattr(self.sender, "_RTCRtpSender__rtt", None)
+        return round(rtt * 1000, 1) if rtt is not None else None

@@ -45,7 +45,7 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
 ]
 _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCRtpSender, ("self._ssrc", "self._rtx_ssrc", "self.__ntp_timestamp", "self.__rtp_timestamp",
-                    "self.__packet_count", "self.__octet_count")),
+                    "self.__packet_count", "self.__octet_count", "self.__rtt")),
     (RTCRtpTransceiver, ("self._codecs", "self._headerExtensions")),
     (RTCDtlsTransport, ("self._rtp_header_extensions_map", "self._tx_srtp", "self._rx_srtp")),
     (RTCIceTransport, ("self._connection",)),

@@ -57,6 +57,8 @@ async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent
         for n in decoded[1:]:
             assert n >= 0.95 * sent, (decoded, sent)
         assert max(retransmits) > 0, "the lossy classroom's losses were not repaired by retransmission"
+        rtts = [c["rtt_ms"] for sub in stats["subscribers"].values() for c in sub if c["kind"] == "video"]
+        assert all(rtt is not None and 0 <= rtt < 500 for rtt in rtts), rtts  # from the classrooms' reports
         for room in rooms:
             assert room.frame_sizes == {(teacher.video.width, teacher.video.height)}
             assert room.audio_frames > 0, "no Opus audio was forwarded"
