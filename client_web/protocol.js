@@ -214,6 +214,7 @@ export class TeacherSession extends LessonSession {
     this.sending = new Map(); // source -> the track we send (what a rebuilt connection publishes again)
     this.screenTransceiver = null;
     this.screenTrack = null;
+    this.record = true; // the lesson goes into the resource library unless the teacher says no
   }
 
   /** Join and publish the microphone and camera of `stream`. */
@@ -282,7 +283,8 @@ export class TeacherSession extends LessonSession {
     await this.pc.setLocalDescription(await this.pc.createOffer());
     const sources = {};
     for (const [t, source] of this.sources) if (t.mid !== null) sources[t.mid] = source;
-    const reply = await this.sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources });
+    const reply = await this.sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources,
+                                           record: this.record });
     await this.pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
   }
 

@@ -179,6 +179,8 @@ async function start() {
   $("start").disabled = true;
   label($("start"), "teacher.starting");
   session = new TeacherSession(token);
+  session.record = $("record").checked;
+  $("record").disabled = true;
   session.addEventListener("participants", () => renderClassrooms(null));
   session.addEventListener("ended", () => {
     clearInterval(statsTimer);

@@ -69,6 +69,8 @@ async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
     if conn.role != "teacher":
         raise ProtocolError("forbidden", "only the lesson's teacher can publish", msg.id)
     assert conn.lesson_id is not None and conn.participant_id is not None
+    if "record" in msg.fields:
+        hub.set_recording(conn.lesson_id, msg.fields["record"])
     try:
         router = hub.router(conn.lesson_id)
         sdp = await router.publish(conn.participant_id, msg.fields["sdp"], msg.fields.get("sources"))

@@ -33,6 +33,7 @@ class Hub:
         self.store = store
         self.catalog = catalog  # the resource library; None: lessons are not recorded
         self.recorders: dict[str, LessonRecorder] = {}
+        self.not_recorded: set[str] = set()  # lessons whose teacher switched recording off
         self.routers: dict[str, Router] = {}
         self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
         self.started_at = time.time()
@@ -129,13 +130,21 @@ class Hub:
     def _start_recording(self, lesson: Lesson, producer: Producer) -> None:
         """Every lesson is recorded from its first track (unless switched off), without transcoding."""
         router = self.routers.get(lesson.id)
-        if self.catalog is None or lesson.id in self.recorders or router is None:
+        if self.catalog is None or lesson.id in self.recorders or router is None or lesson.id in self.not_recorded:
             return
         try:
             self.recorders[lesson.id] = LessonRecorder(router, self.catalog, lesson.title, lesson.teacher,
                                                        producer.owner)
         except Exception:  # noqa: BLE001 - a recorder failure must not stop the lesson itself
             log.exception("could not start recording lesson %s", lesson.id)
+
+    def set_recording(self, lesson_id: str, enabled: bool) -> None:
+        """The teacher's per-lesson choice (on by default); switching off mid-lesson closes the recording."""
+        if enabled:
+            self.not_recorded.discard(lesson_id)
+        else:
+            self.not_recorded.add(lesson_id)
+            self._stop_recording(lesson_id)
 
     def _stop_recording(self, lesson_id: str) -> None:
         recorder = self.recorders.pop(lesson_id, None)

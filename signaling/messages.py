@@ -112,7 +112,8 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     "join": {"token": Field(str, True, MAX_TOKEN_CHARS, _non_empty),
              "lesson": Field(str, False, MAX_LESSON_CHARS, _non_empty)},
     # the teacher's offer; "sources" optionally names what each sending mid carries ({"2": "screen"})
-    "publish": {"sdp": _SDP, "sources": Field(dict, False, None, _is_sources)},
+    # "record": false keeps this lesson out of the library (recording is on by default)
+    "publish": {"sdp": _SDP, "sources": Field(dict, False, None, _is_sources), "record": Field(bool, False, None, None)},
     "answer": {"sdp": _SDP},  # a subscriber's answer to a server offer
     # "track" absent means all of the sender's tracks; "" would be ambiguous.
     "unpublish": {"track": Field(str, False, MAX_TRACK_CHARS, _non_empty)},
@@ -138,8 +139,9 @@ def _quote(value: str) -> str:
 
 def _field_problem(name: str, value: Any, spec: Field) -> str | None:
     """None if ``value`` satisfies ``spec``, else a message naming the field."""
-    # bool is an int subclass, but true/false is never a valid id or field.
-    if isinstance(value, bool) or not isinstance(value, spec.types):
+    # bool is an int subclass: true/false is valid only where the schema asks for a bool
+    wants_bool = spec.types is bool or (isinstance(spec.types, tuple) and bool in spec.types)
+    if (isinstance(value, bool) and not wants_bool) or not isinstance(value, spec.types):
         return f"field {name!r} must be {_type_name(spec.types)}"
     if isinstance(value, str):
         if spec.max_len is not None and len(value) > spec.max_len:

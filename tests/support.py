@@ -213,9 +213,9 @@ class Teacher:
         self.pc.addTransceiver(screen, direction="sendonly")
         return screen
 
-    async def publish(self) -> dict:
+    async def publish(self, **extra: Any) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp, **extra})
         if reply["type"] == "answer":
             await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
         return reply

@@ -44,11 +44,11 @@ def teacher_frames(monkeypatch):
     return frames
 
 
-async def _teach(server: Server, lesson: str) -> Teacher:
+async def _teach(server: Server, lesson: str, **publish: object) -> Teacher:
     ws = await WsClient().connect(server.ws_url)
     assert (await ws.request({"type": "join", "token": token("teacher", lesson, "李老师")}))["type"] == "joined"
     teacher = Teacher(ws)
-    assert (await teacher.publish())["type"] == "answer"
+    assert (await teacher.publish(**publish))["type"] == "answer"
     return teacher
 
 
@@ -136,3 +136,21 @@ async def test_a_server_killed_mid_lesson_repairs_the_recording_at_the_next_star
     last = packets["video"][-1][0]
     assert last >= killed_after - 2.0 - 1.5, last  # ~1.5 s of set-up before the first frame is written
     assert decoded == len(packets["video"])
+
+
+async def test_a_lesson_whose_teacher_switched_recording_off_is_not_recorded(tmp_path):
+    server = Server(tmp_path)
+    server.wait_ready()
+    try:
+        quiet = await _teach(server, "rec-off", record=False)
+        recorded = await _teach(server, "rec-on")
+        await asyncio.sleep(3)
+        for teacher in (quiet, recorded):
+            await teacher.ws.send({"type": "end_lesson"})
+            await teacher.ws.wait_for(lambda m: m.get("event") == "lesson-ended")
+            await hang_up(teacher)
+        library = Library(tmp_path)
+        await _wait_for_recording(library, "rec-on", ("awaiting_review",))
+        assert _by_lesson(library, "rec-off") == []
+    finally:
+        server.stop()
