@@ -191,7 +191,7 @@ class LessonRecorder:
         self.title, self.teacher, self.teacher_sub = title, teacher, teacher_sub
         self.main: RecordingFile | None = None
         self.main_id: str | None = None
-        self.extra: list[RecordingFile] = []
+        self.extra: list[tuple[RecordingFile, str]] = []  # screen shares: (file, library id)
         self.closed = False
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
         router.on_track(self._on_track)
@@ -206,7 +206,8 @@ class LessonRecorder:
         live = list(self.router.producers.values())
         main = [p for p in live if p.source in ("camera", "microphone")]
         screens = [p for p in live if p.source == "screen"]
-        recorded = {id(t.producer) for f in [self.main, *self.extra] if f for t in f.tracks}
+        files = ([self.main] if self.main else []) + [f for f, _ in self.extra]
+        recorded = {id(t.producer) for f in files for t in f.tracks}
         if main and (self.main is None or self.main.closed):
             self._start_main(main)
         elif main and any(id(p) not in recorded for p in main):
@@ -217,7 +218,10 @@ class LessonRecorder:
             if id(producer) not in recorded:
                 n = len(self.extra) + 1
                 path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-screen{n}.webm"
-                self.extra.append(RecordingFile(path, [producer]))
+                # each courseware share is a library item of its own, next to the lesson's main recording
+                rec_id = self.catalog.start_recording(self.router.lesson_id, f"{self.title}（课件 {n}）",
+                                                      self.teacher, self.teacher_sub, path)
+                self.extra.append((RecordingFile(path, [producer]), rec_id))
 
     def _start_main(self, producers: list[Producer]) -> None:
         part = "" if self.main is None else f"-{time.strftime('%H%M%S')}"
@@ -230,22 +234,24 @@ class LessonRecorder:
         log.info("recording lesson %s to %s", self.router.lesson_id, path)
 
     def _finish_main(self) -> None:
-        if self.main is None or self.main_id is None:
-            return
-        self.main.close()
-        size = self.main.path.stat().st_size if self.main.path.exists() else 0
-        self.catalog.finish_recording(self.main_id, self.main.duration_s, size)
+        if self.main is not None and self.main_id is not None:
+            self._finish(self.main, self.main_id)
+
+    def _finish(self, recording: RecordingFile, rec_id: str) -> None:
+        recording.close()
+        size = recording.path.stat().st_size if recording.path.exists() else 0
+        self.catalog.finish_recording(rec_id, recording.duration_s, size)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._finish_main()
-        for f in self.extra:
-            f.close()
+        for recording, rec_id in self.extra:
+            self._finish(recording, rec_id)
 
     def stats(self) -> dict:
-        return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f in self.extra]}
+        return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f, _ in self.extra]}
 
 
 def repair_file(path: Path) -> tuple[float, int]:

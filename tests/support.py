@@ -203,6 +203,7 @@ class Teacher:
         self.ws = ws
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = MovingVideoTrack()
+        self.screen_transceiver: Any = None
         self.pc.addTransceiver(self.video, direction="sendonly")
         if audio:
             self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
@@ -210,11 +211,13 @@ class Teacher:
     def add_screen(self) -> MovingVideoTrack:
         """Start a second video (screen share); publish() again renegotiates."""
         screen = MovingVideoTrack(width=640, height=360, fps=10)
-        self.pc.addTransceiver(screen, direction="sendonly")
+        self.screen_transceiver = self.pc.addTransceiver(screen, direction="sendonly")
         return screen
 
     async def publish(self, **extra: Any) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.screen_transceiver is not None:
+            extra.setdefault("sources", {self.screen_transceiver.mid: "screen"})
         reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp, **extra})
         if reply["type"] == "answer":
             await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))

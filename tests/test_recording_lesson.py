@@ -154,3 +154,28 @@ async def test_a_lesson_whose_teacher_switched_recording_off_is_not_recorded(tmp
         assert _by_lesson(library, "rec-off") == []
     finally:
         server.stop()
+
+
+async def test_a_courseware_share_is_recorded_as_its_own_library_item(tmp_path):
+    server = Server(tmp_path)
+    server.wait_ready()
+    try:
+        teacher = await _teach(server, "rec-screen")
+        await asyncio.sleep(1)
+        teacher.add_screen()
+        assert (await teacher.publish())["type"] == "answer"
+        await asyncio.sleep(4)
+        await teacher.ws.send({"type": "end_lesson"})
+        await teacher.ws.wait_for(lambda m: m.get("event") == "lesson-ended")
+        await hang_up(teacher)
+        library = Library(tmp_path)
+        await _wait_for_recording(library, "rec-screen", ("awaiting_review",))
+        recordings = sorted(_by_lesson(library, "rec-screen"), key=lambda r: r.title)
+    finally:
+        server.stop()
+    assert [r.state for r in recordings] == ["awaiting_review", "awaiting_review"]
+    screen = next(r for r in recordings if "课件" in r.title)
+    kinds, packets, decoded = _read(library.path_of(screen.file))
+    assert kinds == ["video"] and decoded == len(packets["video"]) > 10
+    with av.open(str(library.path_of(screen.file))) as c:
+        assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (640, 360)
