@@ -53,6 +53,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loadtest.cli import add_parser as add_loadtest_parser
     from recorder.cli import add_parser as add_library_parser
 
     from .lesson_cmd import add_parser as add_lesson_parser
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_token)
     add_lesson_parser(sub)
     add_library_parser(sub)
+    add_loadtest_parser(sub)
     return parser
 
 

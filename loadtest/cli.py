@@ -1,0 +1,109 @@
+"""`ketang loadtest` / `python -m loadtest`: one teacher to N classrooms, and `python -m loadtest sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ramp", type=float, default=20.0, metavar="PER_SECOND", help="classrooms joining per second")
+    p.add_argument("--bitrate", type=int, default=500, metavar="KBPS", help="teacher's video + audio (default 500)")
+    p.add_argument("--workers", type=int, default=0, help="load-generator processes (default: 1 per 150 classrooms)")
+    p.add_argument("--classroom-mode", choices=["counter", "stock"], default="counter",
+                   help="counter (default): header-only counting + RR/NACK; stock: also run aiortc's receiver on "
+                        "every packet (to measure its cost)")
+    p.add_argument("--classroom-loss", type=float, default=0.0, metavar="RATIO",
+                   help="emulated downlink loss at each classroom, e.g. 0.013 (retransmissions repair it)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `loadtest` on a parent CLI (ketang/cli.py)."""
+    p = subparsers.add_parser("loadtest", help="one synthetic teacher to N synthetic classrooms; CPU, loss, delay",
+                              description="Start a ketang server (or target --url), publish a looped pre-encoded "
+                                          "VP8 + Opus clip, ramp N real WebRTC classrooms in, hold, report.")
+    p.add_argument("--classrooms", type=int, required=True, metavar="N")
+    p.add_argument("--duration", type=float, default=20.0, metavar="S", help="hold window measured, seconds")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the report here")
+    p.add_argument("--url", default=None, help="target a running server (needs --secret or KETANG_SECRET)")
+    p.add_argument("--secret", default=None, help="that server's token secret")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="with --url on this machine: the server's pid, to measure its CPU and memory")
+    p.add_argument("--baseline", choices=["relay"], default=None,
+                   help="run against the aiortc MediaRelay reference server instead (decode once, encode each)")
+    p.add_argument("--lesson", default=None)
+    p.add_argument("--profile-server", default=None, metavar="PATH",
+                   help="run the server under cProfile, write its stats to PATH (and the top entries to PATH.txt)")
+    _add_run_options(p)
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .report import summary_line
+    from .runner import LoadTestConfig, run_loadtest, write_json
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = LoadTestConfig(classrooms=args.classrooms, duration_s=args.duration, ramp_per_s=args.ramp,
+                         bitrate_kbps=args.bitrate, url=args.url, secret=args.secret, baseline=args.baseline,
+                         workers=args.workers, lesson=args.lesson, profile_server=args.profile_server,
+                         server_pid=args.server_pid, classroom_mode=args.classroom_mode,
+                         classroom_loss=args.classroom_loss, quiet=args.quiet)
+    try:
+        report = run_loadtest(cfg)
+    except ValueError as exc:
+        print(f"ketang loadtest: {exc}", file=sys.stderr)
+        return 2
+    if args.profile_server:
+        from .profile import summarize
+        report["server_profile"] = summarize(args.profile_server, args.profile_server + ".txt")
+    if args.json:
+        write_json(report, args.json)
+    print(summary_line(report))
+    if not args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, ensure_ascii=False))
+    return 0 if report["classrooms_connected"] == report["classrooms_requested"] else 1
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_sweep(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description="ketang load test")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    s = sub.add_parser("sweep", help="load tests at several sizes, ketang and the relay baseline; writes "
+                                     "docs/benchmarks.md's load-test section and docs/loadtest.png")
+    s.add_argument("--sizes", default="25,50,100,200,400")
+    s.add_argument("--baseline-sizes", default="2,4,8,12,16,24",
+                   help="relay sizes; the sweep stops early once loss > 20 %% or CPU saturates")
+    s.add_argument("--duration", type=float, default=20.0)
+    s.add_argument("--doc", default="docs/benchmarks.md")
+    s.add_argument("--plot", default="docs/loadtest.png")
+    s.add_argument("--json", default=None, metavar="PATH", help="all reports")
+    s.add_argument("--from-json", default=None, metavar="PATH",
+                   help="only re-render the doc section and plot from an earlier sweep's --json")
+    s.add_argument("--profile-largest", default=None, metavar="PATH",
+                   help="after the sweep, profile the server at the largest size (separate run)")
+    _add_run_options(s)
+    s.set_defaults(func=_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "loadtest")  # `python -m loadtest --classrooms 20 ...` means the load test itself
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The synthetic teacher's media: a VP8 clip (periodic keyframes) and an Opus clip, encoded once with PyAV and
+then looped as pre-encoded `av.Packet`s, so sending costs no encoding.
+
+aiortc's `RTCRtpSender` packetizes an `av.Packet` coming out of a track with `encoder.pack(packet)` instead of
+encoding it (aiortc/rtcrtpsender.py `_next_encoded_frame`, aiortc/codecs/vpx.py `Vp8Encoder.pack`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+log = logging.getLogger("ketang.loadtest.media")
+
+VIDEO_CLOCK = 90000
+AUDIO_CLOCK = 48000
+VIDEO_FPS = 30
+VIDEO_WIDTH = 640
+VIDEO_HEIGHT = 360
+CLIP_S = 4.0  # looped; long enough for two GOPs
+KEYFRAME_INTERVAL_S = 2.0  # a keyframe every 2 s, like a browser answering periodic PLIs
+AUDIO_FRAME_S = 0.02  # Opus 20 ms frames: 50 packets/s
+AUDIO_BITRATE = 32_000
+MIN_VIDEO_BITRATE = 50_000
+
+
+@dataclass
+class Clip:
+    """Encoded frames in presentation order: (payload bytes, is_keyframe); one per `period_s`."""
+
+    kind: str
+    frames: list[tuple[bytes, bool]]
+    period_s: float
+    clock: int
+
+    @property
+    def bitrate_bps(self) -> float:
+        return sum(len(f) for f, _ in self.frames) * 8 / (len(self.frames) * self.period_s)
+
+
+def _video_frames(n: int, width: int, height: int) -> list[av.VideoFrame]:
+    """A moving square over a moving gradient plus noise, so VP8 has real work (and real bitrate) each frame."""
+    rng = np.random.default_rng(7)
+    x = np.linspace(0, 255, width, dtype=np.float32)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    frames = []
+    for i in range(n):
+        luma = ((x + 3 * i) % 256 * 0.5 + y * 0.5).astype(np.uint8)
+        img = np.repeat(luma[:, :, None], 3, axis=2)
+        img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+        sx = (i * 6) % (width - 80)
+        img[140:220, sx:sx + 80] = (255, 40, 40)
+        frames.append(av.VideoFrame.from_ndarray(img, format="rgb24"))
+    return frames
+
+
+def encode_video(bitrate_bps: int, seconds: float = CLIP_S, fps: int = VIDEO_FPS, width: int = VIDEO_WIDTH,
+                 height: int = VIDEO_HEIGHT) -> Clip:
+    n = int(seconds * fps)
+    ctx = av.CodecContext.create("libvpx", "w")
+    ctx.width, ctx.height = width, height
+    ctx.pix_fmt = "yuv420p"
+    ctx.time_base = fractions.Fraction(1, fps)
+    ctx.framerate = fractions.Fraction(fps, 1)
+    ctx.bit_rate = max(MIN_VIDEO_BITRATE, bitrate_bps)
+    ctx.gop_size = int(KEYFRAME_INTERVAL_S * fps)
+    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1",
+                   "rc_lookahead": "0"}
+    out: list[tuple[bytes, bool]] = []
+    for i, frame in enumerate(_video_frames(n, width, height)):
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = i
+        frame.time_base = ctx.time_base
+        if i % ctx.gop_size == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        for pkt in ctx.encode(frame):
+            out.append((bytes(pkt), bool(pkt.is_keyframe)))
+    for pkt in ctx.encode(None):
+        out.append((bytes(pkt), bool(pkt.is_keyframe)))
+    if not out or not out[0][1]:
+        raise RuntimeError("the VP8 clip does not start with a keyframe")
+    return Clip("video", out, 1 / fps, VIDEO_CLOCK)
+
+
+def encode_audio(seconds: float = CLIP_S) -> Clip:
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate = AUDIO_CLOCK
+    ctx.layout = "stereo"
+    ctx.format = "s16"
+    ctx.bit_rate = AUDIO_BITRATE
+    ctx.time_base = fractions.Fraction(1, AUDIO_CLOCK)
+    samples = int(AUDIO_FRAME_S * AUDIO_CLOCK)
+    t = np.arange(int(seconds * AUDIO_CLOCK)) / AUDIO_CLOCK
+    # a warbling tone so consecutive packets differ
+    wave = (0.3 * np.sin(2 * np.pi * (440 + 60 * np.sin(2 * np.pi * 0.5 * t)) * t) * 32767).astype(np.int16)
+    stereo = np.repeat(wave[:, None], 2, axis=1)
+    out: list[tuple[bytes, bool]] = []
+    for i in range(len(t) // samples):
+        chunk = np.ascontiguousarray(stereo[i * samples:(i + 1) * samples].reshape(1, -1))
+        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
+        frame.sample_rate = AUDIO_CLOCK
+        frame.pts = i * samples
+        frame.time_base = ctx.time_base
+        out.extend((bytes(p), False) for p in ctx.encode(frame))
+    out.extend((bytes(p), False) for p in ctx.encode(None))
+    return Clip("audio", out, AUDIO_FRAME_S, AUDIO_CLOCK)
+
+
+def make_clips(bitrate_kbps: int) -> tuple[Clip, Clip]:
+    """(video, audio): the video aims at the total bitrate minus Opus's share."""
+    t0 = time.perf_counter()
+    audio = encode_audio()
+    video = encode_video(bitrate_kbps * 1000 - AUDIO_BITRATE)
+    log.info("clips encoded in %.1f s: video %.0f kbit/s (%d frames), audio %.0f kbit/s", time.perf_counter() - t0,
+             video.bitrate_bps / 1000, len(video.frames), audio.bitrate_bps / 1000)
+    return video, audio
+
+
+class PacketTrack(MediaStreamTrack):
+    """Loops a pre-encoded clip in real time, returning `av.Packet`s (aiortc packs them without encoding)."""
+
+    def __init__(self, clip: Clip) -> None:
+        super().__init__()
+        self.kind = clip.kind
+        self.clip = clip
+        self.sent = 0
+        self._start: float | None = None
+        self._time_base = fractions.Fraction(1, clip.clock)
+        self._step = round(clip.period_s * clip.clock)
+
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        n = self.sent
+        delay = self._start + n * self.clip.period_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.readyState != "live":
+            raise MediaStreamError  # stop() ends the sender's loop: the teacher stops sending at once
+        data, _key = self.clip.frames[n % len(self.clip.frames)]
+        packet = av.Packet(data)
+        packet.pts = n * self._step
+        packet.time_base = self._time_base
+        self.sent += 1
+        return packet
