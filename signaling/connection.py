@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -22,7 +23,7 @@ class Connection:
         self.participant_id: str | None = None
         self.lesson_id: str | None = None
         self.closed = False
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=queue_max)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_max)
         self._writer = asyncio.ensure_future(self._write_loop())
 
     @property
@@ -30,11 +31,15 @@ class Connection:
         return self.claims.role if self.claims else None
 
     def send(self, message: dict[str, Any]) -> None:
-        """Queue a message; a client that lets SEND_QUEUE_MAX pile up is too slow to keep and is closed."""
+        self.send_text(json.dumps(message, ensure_ascii=False))
+
+    def send_text(self, text: str) -> None:
+        """Queue an encoded message; a client that lets SEND_QUEUE_MAX pile up is too slow to keep and is
+        closed."""
         if self.closed:
             return
         try:
-            self._queue.put_nowait(message)
+            self._queue.put_nowait(text)
         except asyncio.QueueFull:
             log.warning("participant %s is not reading its messages: disconnecting", self.participant_id)
             asyncio.ensure_future(self.close(code=1008, reason="too slow"))
@@ -45,7 +50,7 @@ class Connection:
                 message = await self._queue.get()
                 if message is None:
                     return
-                await self.ws.send_json(message)
+                await self.ws.send_str(message)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
 

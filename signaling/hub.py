@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -17,6 +18,12 @@ from recorder.recorder import Catalog, LessonRecorder
 from .state import Lesson, Participant, RoomStore, TrackInfo
 
 log = logging.getLogger("ketang.signaling")
+
+
+def sees(viewer: str | None, role: str | None, itself: bool = False) -> bool:
+    """Who is told about whom: the teacher and observers see everyone; a classroom sees the teacher (and
+    itself), not the hundreds of other classrooms."""
+    return viewer != "classroom" or role != "classroom" or itself
 
 
 def public_participant(p: Participant) -> dict[str, Any]:
@@ -64,9 +71,10 @@ class Hub:
                 await router.remove_participant(conn.participant_id)
         if claims.role != "observer":  # observers watch without being listed to others
             self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
-                                       "participant": public_participant(participant)}, exclude=conn)
+                                       "participant": public_participant(participant)}, exclude=conn,
+                           about=claims.role)
         participants = [public_participant(p) for p in await self.store.list_participants(lesson.id)
-                        if p.role != "observer"]
+                        if p.role != "observer" and sees(claims.role, p.role, p.id == participant.id)]
         tracks = [public_track(t) for t in await self.store.list_tracks(lesson.id)]
         return {"participant": {"id": participant.id, "role": participant.role, "name": participant.name},
                 "lesson": lesson.to_dict(), "participants": participants, "tracks": tracks}
@@ -88,7 +96,8 @@ class Hub:
         if conn.role != "observer":
             self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
                                        "participant": {"id": pid, "role": conn.role,
-                                                       "name": conn.claims.name if conn.claims else ""}})
+                                                       "name": conn.claims.name if conn.claims else ""}},
+                           about=conn.role)
         if not members:
             self.connections.pop(lesson_id, None)
             self._stop_recording(lesson_id)
@@ -96,10 +105,14 @@ class Hub:
                 self.routers.pop(lesson_id, None)
                 await router.close()
 
-    def broadcast(self, lesson_id: str, message: dict[str, Any], exclude: Connection | None = None) -> None:
+    def broadcast(self, lesson_id: str, message: dict[str, Any], exclude: Connection | None = None,
+                  about: str | None = None) -> None:
+        """Send one message to a lesson's connections, encoded once. With `about` (the role a participant event
+        concerns), only those who see that role get it: 400 classrooms joining must not cost 400² messages."""
+        text = json.dumps(message, ensure_ascii=False)
         for conn in list(self.connections.get(lesson_id, {}).values()):
-            if conn is not exclude:
-                conn.send(message)
+            if conn is not exclude and (about is None or sees(conn.role, about)):
+                conn.send_text(text)
 
     # -- media ---------------------------------------------------------------------------------------------
 

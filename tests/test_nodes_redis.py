@@ -34,13 +34,13 @@ async def test_two_nodes_share_room_state_and_a_crashed_nodes_participants_expir
     try:
         a.wait_ready()
         b.wait_ready()
-        for server, role, name in ((a, "teacher", "Ms Li"), (a, "classroom", "north"), (b, "classroom", "south")):
+        for server, role, name in ((a, "classroom", "north"), (b, "classroom", "south"), (a, "teacher", "Ms Li")):
             ws = await WsClient().connect(server.ws_url)
             clients.append(ws)
             reply = await ws.request({"type": "join", "token": token(role, "shared-lesson", name)})
             assert reply["type"] == "joined", reply
-        # the last to join, on node b, is told of the two on node a
-        assert [p["name"] for p in reply["participants"]] == ["Ms Li", "north", "south"]
+        # the teacher, joining last on node a, is told of the classrooms on both nodes
+        assert [p["name"] for p in reply["participants"]] == ["north", "south", "Ms Li"]
         assert (await b.health())["participants"] == 3
         await asyncio.sleep(TTL_S * 1.5)  # heartbeats keep live participants beyond their TTL
         assert (await b.health())["participants"] == 3

@@ -202,3 +202,29 @@ async def test_lesson_stats_need_a_teacher_or_observer_token_of_that_lesson(serv
         assert body["lesson"] == "sig-stats" and body["producers"] == []
     else:
         assert body["type"] == "error" and body["code"] in ("forbidden", "token_wrong_lesson", "token_invalid")
+
+
+async def test_classrooms_hear_of_the_teacher_but_not_of_each_other_while_the_teacher_hears_of_all(server):
+    """400 classrooms joining must not send each of them 399 join events (O(N^2) messages)."""
+    lesson = "sig-audience"
+    first, _ = await _joined(server, "classroom", lesson, "first school")
+    teacher, _ = await _joined(server, "teacher", lesson, "Ms Li")
+    second, second_joined = await _joined(server, "classroom", lesson, "second school")
+    try:
+        assert [p["name"] for p in second_joined["participants"]] == ["Ms Li", "second school"]
+        joined_events = await teacher.wait_for(lambda m: m.get("event") == "participant-joined")
+        assert joined_events["participant"]["name"] == "second school"
+        teacher_event = await first.wait_for(lambda m: m.get("event") == "participant-joined")
+        assert teacher_event["participant"]["role"] == "teacher"
+        await second.request({"type": "leave"})
+        left = await teacher.wait_for(lambda m: m.get("event") == "participant-left")
+        assert left["participant"]["name"] == "second school"
+        await teacher.close()
+        teacher_left = await first.wait_for(lambda m: m.get("event") == "participant-left")
+        assert teacher_left["participant"]["role"] == "teacher"
+        about_classrooms = [m for m in first.messages if m.get("type") == "event"
+                            and m.get("participant", {}).get("role") == "classroom"]
+        assert about_classrooms == []
+    finally:
+        await first.close()
+        await second.close()
