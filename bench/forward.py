@@ -10,7 +10,8 @@ What runs (one forwarding thread; the loopback sink in a child process by defaul
 * the REAL objects: one ``sfu.producer.Producer`` (video, VP8, 90 kHz) and N ``sfu.consumer.Consumer`` s, each on a
   real aiortc ``RTCRtpSender`` built on a real but unconnected ``RTCDtlsTransport``. Because nothing is connected,
   each consumer's egress seam is filled by hand the way ``sfu.seams.datagram_sender`` would fill it: ``_protect`` is
-  a real ``pylibsrtp.Session.protect`` (one session and key per consumer) and ``_send`` a closure doing
+  ``sfu.seams.lean_protect`` of a real ``pylibsrtp.Session`` (one session and key per consumer; the same protect
+  the floor uses) and ``_send`` a closure doing
   ``sock.sendto(data, addr)`` on a real UDP socket (one per consumer) towards a loopback sink socket drained by a
   child process (``--sink thread``: by a thread of this process, which costs the forwarding thread GIL hand-offs);
 * realistic input: VP8 payloads with a Chrome-like payload descriptor (PictureID, TL0PICIDX, TID), 8 packets per
@@ -47,14 +48,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpSender
+from aiortc import (
+    RTCCertificate,
+    RTCDtlsTransport,
+    RTCIceGatherer,
+    RTCIceTransport,
+    RTCRtpSender,
+)
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
 from sfu.consumer import Consumer
 from sfu.producer import Producer
-from sfu.rtp import RTP_HEADER, URI_ABS_SEND_TIME, URI_MID, ExtensionLayout, abs_send_time_bytes
+from sfu.rtp import (
+    RTP_HEADER,
+    URI_ABS_SEND_TIME,
+    URI_MID,
+    ExtensionLayout,
+    abs_send_time_bytes,
+)
+from sfu.seams import lean_protect
 
 VP8_PT = 96
 VP8_RTX_PT = 97
@@ -414,7 +428,7 @@ class ForwardBench:
             sock.bind(("127.0.0.1", 0))
             consumer = Consumer(self.producer, sender, VP8_PT, VP8_RTX_PT, self.layout)
             # what Consumer._start() would take from sfu.seams.datagram_sender on a connected transport
-            consumer._protect = session.protect
+            consumer._protect = lean_protect(session)
             consumer._send = _make_send(sock, self.sink.addr)
             consumer._started = True
             consumer._waiting_keyframe = False  # it already got its keyframe
@@ -484,7 +498,7 @@ class ForwardBench:
     def floor(self, count: int | None = None) -> tuple[float, int, int]:
         pkts = self._floor_packets(self.packets if count is None else count)
         addr = self.sink.addr
-        pairs = [(s.protect, sock.sendto) for s, sock in zip(self.sessions, self.socks)]
+        pairs = [(lean_protect(s), sock.sendto) for s, sock in zip(self.sessions, self.socks)]
         gc.collect()
         t0 = time.thread_time()
         for pkt in pkts:

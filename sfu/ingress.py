@@ -8,18 +8,20 @@ receiver reports, NACKs and REMB to the teacher for this single-layer stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
-from .producer import Producer
+from .producer import Packet, Producer
 from .rtp import AUDIO_LEVEL_SILENT, find_extension, parse_header
 
 log = logging.getLogger("ketang.sfu.rtp")
 
 LOG_EVERY_N_ERRORS = 1000  # repetitive drop logs are rate-limited
+FANOUT_SLICE = 64  # classrooms served per turn of the event loop
 
 
 @dataclass
@@ -62,40 +64,54 @@ class Ingress:
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         try:
-            self._demux(data)
+            received = self._demux(data)
+            if received is not None:
+                producer, packet = received
+                consumers = producer.consumers
+                # a fan-out to hundreds of classrooms takes milliseconds: in slices, with the event loop free
+                # in between for handshakes, RTCP and signalling (the teacher's next packet waits its turn)
+                for start in range(0, len(consumers), FANOUT_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    producer.fan_out(packet, consumers[start:start + FANOUT_SLICE])
         except Exception:  # noqa: BLE001 - never let forwarding break the teacher's DTLS loop
             self.errors += 1
             if self.errors % LOG_EVERY_N_ERRORS == 1:
                 log.exception("forwarding failed (%d so far)", self.errors)
         await self._original_rtp(data, arrival_time_ms)
 
-    def _demux(self, data: bytes) -> None:
+    def _demux(self, data: bytes) -> tuple[Producer, Packet] | None:
+        """Route one teacher packet to its producer; (producer, packet) when there is something to forward."""
         hdr = parse_header(data)
         if hdr is None:
             self.malformed += 1
-            return
+            return None
         entry = self._by_ssrc.get(hdr.ssrc)
         if entry is None:
             entry = self._learn(data, hdr)
             if entry is None:
                 self.unrouted += 1
-                return
+                return None
         route, is_rtx = entry
         level = AUDIO_LEVEL_SILENT
         if route.audio_level_ext_id:
             value = find_extension(data, hdr, route.audio_level_ext_id)
             if value:
                 level = value[0] & 0x7F
+        producer = route.producer
         if is_rtx:
             if hdr.payload_type != route.rtx_payload_type:
-                return
+                return None
             if hdr.payload_end - hdr.payload_start < 2:
-                return  # RTX padding probe: nothing to forward
+                return None  # RTX padding probe: nothing to forward
             start = hdr.payload_start
             seq = (data[start] << 8) | data[start + 1]
-            route.producer.on_packet(seq, hdr.ts, hdr.marker, data[start + 2:hdr.payload_end], level)
+            packet = producer.receive(seq, hdr.ts, hdr.marker, data[start + 2:hdr.payload_end], level)
         elif hdr.payload_type == route.payload_type:
-            route.producer.on_packet(hdr.seq, hdr.ts, hdr.marker, data[hdr.payload_start:hdr.payload_end], level)
+            packet = producer.receive(hdr.seq, hdr.ts, hdr.marker, data[hdr.payload_start:hdr.payload_end], level)
+        else:
+            return None
+        return (producer, packet) if packet is not None else None
 
     def _learn(self, data: bytes, hdr) -> tuple[Route, bool] | None:  # type: ignore[no-untyped-def]
         """First packet of an unknown SSRC: find its transceiver by MID extension, else by payload type."""

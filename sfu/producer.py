@@ -82,19 +82,25 @@ class Producer:
 
     def on_packet(self, seq16: int, ts: int, marker: int, payload: bytes, audio_level: int) -> None:
         """A media packet (or an unwrapped retransmission) from the teacher: cache it and forward it."""
+        packet = self.receive(seq16, ts, marker, payload, audio_level)
+        if packet is not None:
+            self.fan_out(packet, self.consumers)
+
+    def receive(self, seq16: int, ts: int, marker: int, payload: bytes, audio_level: int) -> Packet | None:
+        """Cache a new media packet; None when there is nothing to forward (a duplicate, padding)."""
         now = self._clock()
         ext_seq = self._unwrap.unwrap(seq16)
         if self.cache.get(ext_seq) is not None:
             # a retransmission we already have, or a probe of old packets: nothing new for subscribers
             self.duplicates += 1
-            return
+            return None
         self.packets_in += 1
         self.bytes_in += len(payload)
         if not payload:
             # padding-only packets are bandwidth probes between teacher and server, not media
             for consumer in self.consumers:
                 consumer.skip(ext_seq)
-            return
+            return None
         keyframe = self._is_vp8 and vp8_is_keyframe_start(payload)
         packet = Packet(ext_seq, ts, marker, payload, now, keyframe, audio_level)
         self.cache.add(ext_seq, packet, now)
@@ -103,8 +109,12 @@ class Producer:
             self.keyframes.keyframe_seen(now)
         if not self._ref_from_sr:
             self._ref_unix, self._ref_ts = time.time(), ts
+        return packet
+
+    def fan_out(self, packet: Packet, consumers: tuple[Consumer, ...]) -> None:
+        """Hot loop: hand the packet to each consumer, every one isolated from the others."""
         ast = abs_send_time_bytes()
-        for consumer in self.consumers:
+        for consumer in consumers:
             # one subscriber's failure must never reach the teacher's DTLS loop or the other subscribers
             try:
                 consumer.forward(packet, ast)

@@ -8,6 +8,7 @@ the tests parse back with aiortc's RtpPacket. Time comes from a fake clock hande
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import random
 import time
@@ -889,3 +890,20 @@ async def test_ingress_close_restores_aiortcs_own_methods():
     ingress.close()
     assert dtls._handle_rtp_data == RTCDtlsTransport._handle_rtp_data.__get__(dtls)
     assert dtls._handle_rtcp_data == RTCDtlsTransport._handle_rtcp_data.__get__(dtls)
+
+
+async def test_ingress_fans_out_to_many_classrooms_in_slices_letting_the_event_loop_run_between(clip, wired, graph):
+    from sfu.ingress import FANOUT_SLICE
+
+    others = [graph.consumer(producer=wired.producer) for _ in range(2 * FANOUT_SLICE)]
+    ran_between: list[int] = []
+
+    async def bystander() -> None:  # another task of the server (a handshake, a websocket message...)
+        ran_between.append(sum(len(wire) for _, wire in others))
+
+    task = asyncio.ensure_future(bystander())
+    await wired.dtls._handle_rtp_data(teacher_rtp(packetize(clip[:1])[0], mid="0"), 0)
+    await task
+    assert all(len(wire) == 1 for _, wire in others) and len(wired.wire) == 1
+    # the bystander ran after the first slice and before the last one
+    assert ran_between and 0 < ran_between[0] < len(others)

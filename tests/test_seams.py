@@ -9,6 +9,7 @@ import threading
 import time
 
 import aioice
+import pylibsrtp
 import aiortc
 import pytest
 from aiortc import rtcrtpreceiver
@@ -208,10 +209,6 @@ async def test_the_lean_egress_path_protects_then_sends_to_the_nominated_pair():
     dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
     sent: list[tuple[bytes, tuple[str, int]]] = []
 
-    class Srtp:
-        def protect(self, data: bytes) -> bytes:
-            return b"srtp(" + data + b")"
-
     class Transport:
         def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
             sent.append((data, addr))
@@ -221,11 +218,18 @@ async def test_the_lean_egress_path_protects_then_sends_to_the_nominated_pair():
 
     remote = aioice.Candidate(foundation="1", component=1, transport="udp", priority=1, host="192.0.2.7", port=40000,
                               type="host")
-    dtls._tx_srtp = Srtp()
+    key = bytes(range(30))
+    dtls._tx_srtp = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    receiver = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
     dtls.transport._connection._nominated[1] = aioice.ice.CandidatePair(Protocol(), remote)
 
     lean = datagram_sender(dtls)
     assert lean is not None
     protect, send = lean
-    send(protect(b"rtp"))
-    assert sent == [(b"srtp(rtp)", ("192.0.2.7", 40000))]
+    rtp = [bytes([0x80, 96, 0, n]) + bytes(8) + b"payload %d" % n for n in (1, 2)]
+    for packet in rtp:
+        send(protect(packet))
+    assert [addr for _, addr in sent] == [("192.0.2.7", 40000)] * 2
+    assert [receiver.unprotect(data) for data, _ in sent] == rtp  # real SRTP, decryptable by the peer
+    with pytest.raises(ValueError):
+        protect(bytes(1500))
