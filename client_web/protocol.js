@@ -199,6 +199,19 @@ class LessonSession extends EventTarget {
     this.close();
   }
 
+  /** Our websocket closed: rebuild, unless we closed it, the lesson ended, or the same link was opened
+   *  elsewhere (fighting over it would flap both pages). */
+  _onSignalClose(sig, e) {
+    if (sig !== this.sig || this.closedByUs || this.ended) return;
+    if (e.detail.code === CLOSE_REPLACED) {
+      this.closedByUs = true;
+      this.emit("status", { state: "replaced" });
+      this.close();
+      return;
+    }
+    this._rebuild("websocket closed");
+  }
+
   close() {
     if (this.sig) this.sig.close();
     if (this.pc) this.pc.close();
@@ -226,16 +239,7 @@ export class TeacherSession extends LessonSession {
   }
 
   async _joinAndPublish() {
-    const listen = (sig) => sig.addEventListener("close", (e) => {
-      if (sig !== this.sig || this.closedByUs || this.ended) return;
-      if (e.detail.code === CLOSE_REPLACED) {
-        this.closedByUs = true;
-        this.emit("status", { state: "replaced" });
-        this.close();
-        return;
-      }
-      this._rebuild("websocket closed");
-    });
+    const listen = (sig) => sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
     await this._join(listen);
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
@@ -399,17 +403,7 @@ export class ClassroomSession extends LessonSession {
     const listen = (sig) => {
       sig.addEventListener("offer", (e) => this._onOffer(pc, e.detail));
       sig.addEventListener("tracks", (e) => this._setMids(e.detail.tracks));
-      sig.addEventListener("close", (e) => {
-        if (sig !== this.sig || this.closedByUs || this.ended) return;
-        if (e.detail.code === CLOSE_REPLACED) {
-          // the same classroom link was opened elsewhere: fighting over it would flap both pages
-          this.closedByUs = true;
-          this.emit("status", { state: "replaced" });
-          this.close();
-          return;
-        }
-        this._rebuild("websocket closed");
-      });
+      sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
     };
     try {
       await this._join(listen);

@@ -19,7 +19,12 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack
 
 VIDEO_CLOCK = 90000
@@ -327,3 +332,16 @@ class Classroom:
         for t in self._tasks:
             t.cancel()
         await self.pc.close()
+
+
+def read_recording(path: Path) -> tuple[list[str], dict[str, list[tuple[float, bytes]]], int]:
+    """A recorded WebM as PyAV reads it: stream kinds, (pts seconds, bytes) of each packet, decoded video frames."""
+    with av.open(str(path)) as c:
+        kinds = sorted(s.type for s in c.streams)
+        packets: dict[str, list[tuple[float, bytes]]] = {"video": [], "audio": []}
+        for pkt in c.demux():
+            if pkt.size:
+                packets[pkt.stream.type].append((float(pkt.pts * pkt.time_base), bytes(pkt)))
+    with av.open(str(path)) as c:
+        decoded = sum(1 for _ in c.decode(video=0)) if c.streams.video else 0
+    return kinds, packets, decoded

@@ -17,6 +17,7 @@ from recorder.recorder import RecordingFile, repair_file
 from sfu.producer import Producer
 from sfu.rtp import ntp_from_unix
 from sfu.vp8 import vp8_descriptor_len
+from tests.support import read_recording
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
@@ -147,20 +148,9 @@ def _record(tmp_path, seconds: float, sr_delay_s: float = 1.0, kill_at: float | 
     return rec, vframes, aframes
 
 
-def _read(path):
-    with av.open(str(path)) as c:
-        packets = {"video": [], "audio": []}
-        for pkt in c.demux():
-            if pkt.size:
-                packets[pkt.stream.type].append((float(pkt.pts * pkt.time_base), bytes(pkt)))
-    with av.open(str(path)) as c:
-        decoded = sum(1 for _ in c.decode(video=0))
-    return packets, decoded
-
-
 def test_a_recorded_lesson_holds_the_teachers_bitstream_in_sync_and_decodes(tmp_path):
     rec, vframes, aframes = _record(tmp_path, seconds=4.0)
-    packets, decoded = _read(rec.path)
+    _, packets, decoded = read_recording(rec.path)
     assert [data for _, data in packets["video"]] == [frame_bytes(p) for p, _ in vframes]
     assert [data for _, data in packets["audio"]] == [p[0] for p, _ in aframes]
     assert decoded == len(vframes)
@@ -178,6 +168,6 @@ def test_a_recording_cut_off_by_a_crash_keeps_all_but_the_last_seconds_and_is_re
     duration, size = repair_file(rec.path)
     assert size > 0
     assert duration >= 5.0 - 2.0, duration
-    packets, decoded = _read(rec.path)
+    _, packets, decoded = read_recording(rec.path)
     assert decoded == len(packets["video"]) >= (5.0 - 2.0) * FPS
     assert [data for _, data in packets["video"]] == [frame_bytes(p) for p, _ in vframes[:len(packets["video"])]]

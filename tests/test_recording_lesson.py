@@ -13,7 +13,7 @@ import pytest
 
 from recorder.library import Library
 from sfu.vp8 import vp8_descriptor_len
-from tests.support import Server, Teacher, WsClient, hang_up, token
+from tests.support import Server, Teacher, WsClient, hang_up, read_recording, token
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +52,6 @@ async def _teach(server: Server, lesson: str, **publish: object) -> Teacher:
     return teacher
 
 
-def _read(path):
-    with av.open(str(path)) as c:
-        kinds = sorted(s.type for s in c.streams)
-        packets = {"video": [], "audio": []}
-        for pkt in c.demux():
-            if pkt.size:
-                packets[pkt.stream.type].append((float(pkt.pts * pkt.time_base), bytes(pkt)))
-    with av.open(str(path)) as c:
-        decoded = sum(1 for _ in c.decode(video=0))
-    return kinds, packets, decoded
-
-
 async def _wait_for_recording(library: Library, lesson: str, states: tuple[str, ...], timeout_s: float = 15):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,7 +84,7 @@ async def test_a_lesson_is_recorded_without_transcoding_in_sync_and_lands_in_the
         rec = await _wait_for_recording(library, lesson, ("awaiting_review",))
     finally:
         server.stop()
-    kinds, packets, decoded = _read(library.path_of(rec.file))
+    kinds, packets, decoded = read_recording(library.path_of(rec.file))
     assert kinds == ["audio", "video"]
     assert decoded == len(packets["video"]) > 0.8 * LESSON_S * 30
     # the file's frames are the teacher's encoder output, bit for bit: a contiguous run of it
@@ -131,7 +119,7 @@ async def test_a_server_killed_mid_lesson_repairs_the_recording_at_the_next_star
         rec = await _wait_for_recording(Library(tmp_path), lesson, ("awaiting_review",))
     finally:
         again.stop()
-    kinds, packets, decoded = _read(library.path_of(rec.file))
+    kinds, packets, decoded = read_recording(library.path_of(rec.file))
     assert kinds == ["audio", "video"]
     last = packets["video"][-1][0]
     assert last >= killed_after - 2.0 - 1.5, last  # ~1.5 s of set-up before the first frame is written
@@ -175,7 +163,7 @@ async def test_a_courseware_share_is_recorded_as_its_own_library_item(tmp_path):
         server.stop()
     assert [r.state for r in recordings] == ["awaiting_review", "awaiting_review"]
     screen = next(r for r in recordings if "课件" in r.title)
-    kinds, packets, decoded = _read(library.path_of(screen.file))
+    kinds, packets, decoded = read_recording(library.path_of(screen.file))
     assert kinds == ["video"] and decoded == len(packets["video"]) > 10
     with av.open(str(library.path_of(screen.file))) as c:
         assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (640, 360)
