@@ -45,19 +45,17 @@ class SeqCounter:
                     self.given_up += len(oldest)
                 return [s & 0xFFFF for s in gap[-64:]]
             return gap
-        if ext in self.missing:
-            self.missing.discard(ext)
-            self.recovered += 1
-            self.received += 1
-        else:
-            self.duplicates += 1
+        self._fill(ext)
         return []
 
     def repair(self, seq16: int) -> None:
         """A retransmission (RTX) of `seq16`: fills a hole, or is a duplicate."""
         if self.base is None:
             return
-        ext = self.highest + seq_delta(seq16, self.highest & 0xFFFF)
+        self._fill(self.highest + seq_delta(seq16, self.highest & 0xFFFF))
+
+    def _fill(self, ext: int) -> None:
+        """A packet at or below the highest: a hole filled late, or a duplicate."""
         if ext in self.missing:
             self.missing.discard(ext)
             self.recovered += 1
