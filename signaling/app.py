@@ -142,6 +142,7 @@ async def run_server(config: Config) -> None:
     print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)
     print(f"  teacher:    {base}/teacher#token=TEACHER_TOKEN", flush=True)
     print(f"  classroom:  {base}/classroom#token=CLASSROOM_TOKEN", flush=True)
+    print(f"  library:    {base}/library   (资源库: recorded lessons)", flush=True)
     print("  links:      ketang lesson create --title \"七年级数学\"   (prints both links with their tokens)", flush=True)
     print("  tokens:     ketang token --role teacher --lesson LESSON_ID", flush=True)
     stop = asyncio.Event()
