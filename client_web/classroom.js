@@ -75,6 +75,7 @@ async function updateQuality() {
 async function enter() {
   $("overlay").hidden = true;
   session = new ClassroomSession(token);
+  $("audio-only").disabled = false;
   session.addEventListener("lesson", (e) => {
     $("lesson-title").textContent = e.detail.lesson.title || claims.lesson;
   });
@@ -116,6 +117,22 @@ async function enter() {
   setInterval(updateQuality, QUALITY_INTERVAL_MS);
 }
 
+async function toggleAudioOnly() {
+  if (!session) return;
+  const audioOnly = session.video; // the click switches
+  $("audio-only").disabled = true;
+  try {
+    await session.setVideo(!audioOnly);
+    const key = audioOnly ? "classroom.videoBack" : "classroom.audioOnly";
+    $("audio-only").dataset.i18n = key;
+    $("audio-only").textContent = t(key);
+    $("audio-only").classList.toggle("active", audioOnly);
+    banner(audioOnly ? t("classroom.audioOnlyOn") : "");
+  } finally {
+    $("audio-only").disabled = false;
+  }
+}
+
 function toggleFullscreen() {
   if (document.fullscreenElement) document.exitFullscreen();
   else document.documentElement.requestFullscreen().catch(() => {});
@@ -136,6 +153,7 @@ function main() {
   document.title = `${t("app.name")} · ${claims.name}`;
   $("enter").addEventListener("click", enter);
   $("fullscreen").addEventListener("click", toggleFullscreen);
+  $("audio-only").addEventListener("click", toggleAudioOnly);
   document.addEventListener("fullscreenchange", () => {
     const key = document.fullscreenElement ? "classroom.exitFullscreen" : "classroom.fullscreen";
     $("fullscreen").dataset.i18n = key;

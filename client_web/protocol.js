@@ -369,6 +369,7 @@ export class ClassroomSession extends LessonSession {
   constructor(token, url) {
     super(token, url);
     this.mids = new Map(); // mid -> {mid, kind, track, source}
+    this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
     this.closedByUs = false;
     this.reconnects = 0;
     this._attempt = 0;
@@ -414,6 +415,13 @@ export class ClassroomSession extends LessonSession {
       }
       throw err;
     }
+    if (!this.video) await this.sig.request({ type: "prefer", video: false }); // kept across reconnects
+  }
+
+  /** Audio only (false) or video again (true): the server stops or restarts sending the video. */
+  async setVideo(enabled) {
+    this.video = enabled;
+    if (this.sig) await this.sig.request({ type: "prefer", video: enabled });
   }
 
   async _onOffer(pc, msg) {

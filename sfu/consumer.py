@@ -65,6 +65,7 @@ class Consumer:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         self.closed = False
+        self.paused = False
         self.remb_bps: int | None = None
         self.remb_at: float | None = None
         self.fraction_lost = 0
@@ -104,6 +105,8 @@ class Consumer:
 
     def forward(self, packet: Packet, ast: bytes) -> None:
         """Hot path: called by the producer for every new packet (`ast`: this instant's abs-send-time)."""
+        if self.paused:
+            return
         if self._send is None and not self._start(packet):
             return
         if self._waiting_keyframe:
@@ -161,23 +164,44 @@ class Consumer:
         self._protect, self._send = lean
         self._started = True
         if self.kind == "video":
-            replay = self.producer.replayable_keyframe()
-            if replay:
-                self._waiting_keyframe = False
-                ast = abs_send_time_bytes()
-                if self._resume is not None:
-                    self._continue_from(self._resume, replay[0])
-                for packet in replay:
-                    if packet is current:
-                        continue  # forward() sends it, in its place, right after
-                    out = self._seq.forward(packet.ext_seq)
-                    if out is not None:
-                        self._write(packet, out, ast)
-                        if packet.ext_seq > self._last_seq:
-                            self._last_seq, self._last_ts = packet.ext_seq, packet.ts
-            else:
-                self.producer.request_keyframe()
+            self._begin_at_keyframe(current)
         return True
+
+    def _begin_at_keyframe(self, current: Packet | None) -> None:
+        """Video starts at a keyframe: the cached one when it is recent (replayed now), else a requested one."""
+        replay = self.producer.replayable_keyframe()
+        if not replay:
+            self._waiting_keyframe = True
+            self.producer.request_keyframe()
+            return
+        self._waiting_keyframe = False
+        ast = abs_send_time_bytes()
+        if self._resume is not None:
+            self._continue_from(self._resume, replay[0])
+        for packet in replay:
+            if packet is current:
+                continue  # forward() sends it, in its place, right after
+            out = self._seq.forward(packet.ext_seq)
+            if out is not None:
+                self._write(packet, out, ast)
+                if packet.ext_seq > self._last_seq:
+                    self._last_seq, self._last_ts = packet.ext_seq, packet.ts
+
+    def pause(self) -> None:
+        """Stop sending this track to the subscriber (it chose audio only, or its link cannot carry video)."""
+        self.paused = True
+
+    def unpause(self) -> None:
+        """Send again. The output sequence continues right after the last packet sent (a paused stretch is not
+        a loss to NACK), and video restarts at a keyframe."""
+        if not self.paused:
+            return
+        self.paused = False
+        newest = self._seq.newest_out
+        if newest is not None:
+            self._seq = SeqMap(newest + 1)
+        if self.kind == "video" and self._started:
+            self._begin_at_keyframe(None)
 
     # -- feedback from the subscriber ----------------------------------------------------------------------
 
@@ -269,7 +293,8 @@ class Consumer:
         return {"producer": self.producer.id, "kind": self.kind, "ssrc": self.ssrc,
                 "packets_out": self.packets_out, "octets_out": self.octets_out, "retransmits": self.retransmits,
                 "nack_unanswered": self.nack_unanswered, "keyframe_requests": self.keyframe_requests,
-                "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost, "rtt_ms": self.rtt_ms()}
+                "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost, "rtt_ms": self.rtt_ms(),
+                "paused": self.paused}
 
     def rtt_ms(self) -> float | None:
         """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""

@@ -211,6 +211,7 @@ class Subscriber:
     ice_servers: list[str] | None = None
     slots: list[Slot] = field(default_factory=list)
     closed: bool = False
+    video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
@@ -268,6 +269,19 @@ class Subscriber:
         layout = extension_layout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
                                   _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
         slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
+        if slot.kind == "video" and not self.video:
+            slot.consumer.pause()
+
+    def set_video(self, enabled: bool) -> None:
+        """Audio only (a weak link, or the school's choice) or video again; enforced here, not in the page, so
+        the bandwidth is really saved."""
+        self.video = enabled
+        for slot in self.slots:
+            if slot.kind == "video" and slot.consumer is not None:
+                if enabled:
+                    slot.consumer.unpause()
+                else:
+                    slot.consumer.pause()
 
     def track_map(self) -> list[dict]:
         """Which mid carries which lesson track, for the client."""

@@ -92,6 +92,16 @@ async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
     return None
 
 
+async def handle_prefer(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    _require_joined(conn, msg)
+    router = hub.routers.get(conn.lesson_id or "")
+    sub = router.subscribers.get(conn.participant_id or "") if router else None
+    if sub is None:
+        raise ProtocolError("not_subscribed", "only a classroom or observer receiving the lesson can choose", msg.id)
+    sub.set_video(msg.fields["video"])
+    return {"type": "preferred", "ref": msg.id, "video": sub.video}
+
+
 async def handle_unpublish(hub: Hub, conn: Connection, msg: Message) -> Reply:
     _require_joined(conn, msg)
     if conn.role != "teacher":
@@ -126,6 +136,7 @@ HANDLERS: dict[str, Handler] = {
     "publish": handle_publish,
     "answer": handle_answer,
     "unpublish": handle_unpublish,
+    "prefer": handle_prefer,
     "end_lesson": handle_end_lesson,
     "leave": handle_leave,
     "ping": handle_ping,

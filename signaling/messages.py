@@ -117,6 +117,8 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     "answer": {"sdp": _SDP},  # a subscriber's answer to a server offer
     # "track" absent means all of the sender's tracks; "" would be ambiguous.
     "unpublish": {"track": Field(str, False, MAX_TRACK_CHARS, _non_empty)},
+    # a classroom's own choice: "video": false is audio only (weak links), true brings video back
+    "prefer": {"video": Field(bool, True, None, None)},
     "end_lesson": {},
     "leave": {},
     "ping": {},

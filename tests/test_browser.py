@@ -225,3 +225,24 @@ async def test_ending_the_lesson_tells_the_classrooms(server, browser):
         await teacher.wait_for_function("document.getElementById('status').textContent === '课程已结束'", timeout=5000)
         await asyncio.sleep(1.5)
         assert await room.evaluate("window.ketang.session.reconnects") == 0, "an ended lesson must not reconnect"
+
+
+async def test_a_classroom_on_a_weak_link_switches_to_audio_only_and_back(server, browser):
+    async with lesson(server, browser) as (teacher, [room]):
+        await wait_decoding(room)
+        await room.click("#audio-only")
+        await room.wait_for_function("document.getElementById('banner').textContent.includes('只听声音')",
+                                     timeout=3000)
+        await asyncio.sleep(1)  # frames in flight
+        before = await inbound(room)
+        await asyncio.sleep(2)
+        after = await inbound(room)
+
+        def total(stats: list[dict], kind: str, key: str) -> int:
+            return sum(s[key] for s in stats if s["kind"] == kind)
+
+        assert total(after, "video", "framesDecoded") == total(before, "video", "framesDecoded")
+        assert total(after, "audio", "packetsReceived") > total(before, "audio", "packetsReceived") + 50
+        await room.click("#audio-only")  # video again
+        await wait_decoding(room, timeout_s=5)
+        assert await room.evaluate("window.ketang.session.video") is True

@@ -907,3 +907,59 @@ async def test_ingress_fans_out_to_many_classrooms_in_slices_letting_the_event_l
     assert all(len(wire) == 1 for _, wire in others) and len(wired.wire) == 1
     # the bystander ran after the first slice and before the last one
     assert ran_between and 0 < ran_between[0] < len(others)
+
+
+# -- audio only: a paused video consumer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keyframe_cached", [True, False], ids=["keyframe replayed", "keyframe requested"])
+async def test_a_paused_video_consumer_sends_nothing_and_resumes_gapless_at_a_keyframe(clip, graph, keyframe_cached):
+    graph.producer.ssrc = TEACHER_SSRC
+    consumer, wire = graph.consumer(waiting_keyframe=False)
+    # cached: the keyframe at frame 40 is 5 frames back when video comes back; requested: the last keyframe
+    # (frame 40) is far back when video comes back at frame 185, so the next one (frame 190) is asked for
+    kf = CLIP_KEYFRAMES[1] if keyframe_cached else CLIP_KEYFRAMES[2]
+    pkts = packetize(clip)
+    per_frame = [len(f.payloads) for f in clip]
+    upto = lambda n: sum(per_frame[:n])  # noqa: E731 - packets of the first n frames
+    graph.feed(pkts[:upto(10)])
+    sent_before = len(wire)
+    last_seq = parse(wire[-1]).sequence_number
+
+    consumer.pause()
+    graph.feed(pkts[upto(10):upto(kf + 5 if keyframe_cached else kf - 5)])
+    assert keyframe_cached or upto(kf - 5) - upto(CLIP_KEYFRAMES[1]) > KEYFRAME_REPLAY_MAX_PACKETS
+    assert len(wire) == sent_before, "a paused consumer sent packets"
+    plis_before = len(graph.plis)
+
+    graph.clock.advance(1.0)  # past the keyframe throttle
+    consumer.unpause()
+    if keyframe_cached:
+        # the keyframe 5 frames back is replayed at once, continuing the sequence right after the pause
+        resumed = [parse(d) for d in wire[sent_before:]]
+        assert resumed and resumed[0].payload == pkts[upto(kf)].payload
+        assert len(graph.plis) == plis_before
+    else:
+        assert len(wire) == sent_before and len(graph.plis) == plis_before + 1  # asked for one, sends nothing
+        graph.feed(pkts[upto(kf - 5):upto(kf + 3)])
+        resumed = [parse(d) for d in wire[sent_before:]]
+        assert resumed[0].payload == pkts[upto(kf)].payload  # nothing before the keyframe
+    assert resumed[0].sequence_number == (last_seq + 1) & SEQ_MASK
+    assert all(seq_step(a.sequence_number, b.sequence_number) == 1 for a, b in pairwise(resumed))
+    assert not consumer.paused
+
+
+async def test_an_audio_consumer_unpaused_continues_its_sequence_without_waiting(graph):
+    producer = Producer("mic", "audio", "opus", 48000, send_pli=graph.plis.append, clock=graph.clock)
+    consumer, wire = graph.consumer(producer=producer, waiting_keyframe=False)
+    for i in range(5):
+        producer.on_packet(100 + i, i * 960, 0, b"opus%d" % i, 127)
+    consumer.pause()
+    for i in range(5, 50):
+        producer.on_packet(100 + i, i * 960, 0, b"opus%d" % i, 127)
+    consumer.unpause()
+    producer.on_packet(150, 50 * 960, 0, b"opus50", 127)
+    out = [parse(d) for d in wire]
+    assert [p.payload for p in out] == [b"opus0", b"opus1", b"opus2", b"opus3", b"opus4", b"opus50"]
+    assert all(seq_step(a.sequence_number, b.sequence_number) == 1 for a, b in pairwise(out))
+    assert graph.plis == []

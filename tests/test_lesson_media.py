@@ -221,3 +221,36 @@ async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_reneg
         assert len(room.frames) > camera_frames, "the camera stopped after the renegotiation"
     finally:
         await hang_up(room, teacher)
+
+
+async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and_gets_video_back(server):
+    """Weak links: the SFU stops sending the video (saving the bandwidth), never the audio."""
+    lesson = "media-audio-only"
+    weak = Classroom(await _join(server, "classroom", lesson, "mountain school"))
+    other = Classroom(await _join(server, "classroom", lesson, "town school"))
+    teacher = await _teacher(server, lesson)
+    try:
+        await weak.wait_frames(5)
+        reply = await weak.ws.request({"type": "prefer", "video": False})
+        assert reply == {"type": "preferred", "ref": reply["ref"], "video": False}
+        await asyncio.sleep(0.5)  # frames in flight
+        frames, audio, others = len(weak.frames), weak.audio_frames, len(other.frames)
+        stats = await server.stats(lesson)
+        await asyncio.sleep(2)
+        assert len(weak.frames) == frames, "video still arrives after choosing audio only"
+        assert weak.audio_frames > audio + 50, "audio stopped too"
+        assert len(other.frames) > others + 40, "the other classroom lost its video"
+        later = await server.stats(lesson)
+        weak_id = next(pid for pid, cs in later["subscribers"].items() if any(c["paused"] for c in cs))
+        sent = {c["kind"]: c["packets_out"] for c in stats["subscribers"][weak_id]}
+        sent_later = {c["kind"]: c["packets_out"] for c in later["subscribers"][weak_id]}
+        assert sent_later["video"] == sent["video"] and sent_later["audio"] > sent["audio"]
+
+        back = time.monotonic()
+        assert (await weak.ws.request({"type": "prefer", "video": True}))["video"] is True
+        await weak.wait_frames(frames + 1, timeout_s=5)
+        print(f"video back {1000 * (weak.frames[frames] - back):.0f} ms after asking")
+        assert weak.frames[frames] - back <= 1.0
+        await weak.wait_frames(frames + 30, timeout_s=5)
+    finally:
+        await hang_up(weak, other, teacher)

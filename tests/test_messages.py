@@ -47,6 +47,7 @@ def refused(raw: str | bytes) -> ProtocolError:
             id="unpublish-one-track",
         ),
         pytest.param({"type": "unpublish"}, Message("unpublish", None, {}), id="unpublish-all-tracks"),
+        pytest.param({"type": "prefer", "video": False}, Message("prefer", None, {"video": False}), id="audio-only"),
         pytest.param({"type": "end_lesson"}, Message("end_lesson", None, {}), id="end_lesson"),
         pytest.param({"type": "leave"}, Message("leave", None, {}), id="leave"),
         pytest.param({"type": "ping"}, Message("ping", None, {}), id="ping"),
@@ -304,7 +305,7 @@ def test_an_error_reply_built_from_a_protocol_error_is_json_serialisable() -> No
 
 
 def test_the_schema_table_covers_exactly_the_protocol_types() -> None:
-    assert set(messages.SCHEMA) == {"join", "publish", "answer", "unpublish", "end_lesson", "leave", "ping"}
+    assert set(messages.SCHEMA) == {"join", "publish", "answer", "unpublish", "prefer", "end_lesson", "leave", "ping"}
 
 
 def test_random_damage_to_messages_only_ever_raises_protocol_error() -> None:
