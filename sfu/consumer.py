@@ -35,6 +35,10 @@ OUTPUT_SEQ_START_MAX = 32768  # start low so the 16-bit counter cannot roll over
 NACK_RETRANSMIT_PER_S = 400
 # a retransmission of the same packet is not repeated sooner than this (the first may still be in flight)
 NACK_REPEAT_MIN_S = 0.03
+# video resumed after a pause skips this many sequence numbers: packets lost just before the pause are gone from
+# the cache by now, and a jump this wide tells receivers to drop their NACK lists and jitter buffers and start at
+# the keyframe (libwebrtc clears its NACK list above 1000 missing packets; aiortc's video buffer holds 512)
+RESUME_SEQ_JUMP = 1024
 _U16 = struct.Struct("!H")
 
 
@@ -69,6 +73,7 @@ class Consumer:
         self.remb_bps: int | None = None
         self.remb_at: float | None = None
         self.fraction_lost = 0
+        self.report_at: float | None = None  # when the latest receiver report for this stream came
         self.packets_out = resume.packets if resume else 0
         self.octets_out = resume.octets if resume else 0
         self.retransmits = 0
@@ -192,14 +197,14 @@ class Consumer:
         self.paused = True
 
     def unpause(self) -> None:
-        """Send again. The output sequence continues right after the last packet sent (a paused stretch is not
-        a loss to NACK), and video restarts at a keyframe."""
+        """Send again: audio continues its sequence right after the last packet sent (a paused stretch is not a
+        loss to NACK); video restarts at a keyframe after a jump of RESUME_SEQ_JUMP."""
         if not self.paused:
             return
         self.paused = False
         newest = self._seq.newest_out
         if newest is not None:
-            self._seq = SeqMap(newest + 1)
+            self._seq = SeqMap(newest + 1 + (RESUME_SEQ_JUMP if self.kind == "video" else 0))
         if self.kind == "video" and self._started:
             self._begin_at_keyframe(None)
 
@@ -219,7 +224,7 @@ class Consumer:
             elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
                 for report in packet.reports:
                     if report.ssrc == self.ssrc:
-                        self.fraction_lost = report.fraction_lost
+                        self.fraction_lost, self.report_at = report.fraction_lost, self._clock()
                 await self._original_rtcp(packet)  # round-trip time and remote-inbound stats
         except Exception:  # noqa: BLE001 - a malformed report from one classroom must not escape into DTLS
             log.debug("bad RTCP from subscriber ignored", exc_info=True)

@@ -21,6 +21,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from .consumer import Consumer, ResumePoint
+from .ladder import LinkReport, VideoLadder
 from .ingress import Ingress, Route
 from .producer import Producer
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
@@ -212,6 +213,7 @@ class Subscriber:
     slots: list[Slot] = field(default_factory=list)
     closed: bool = False
     video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
+    ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
@@ -273,15 +275,40 @@ class Subscriber:
             slot.consumer.pause()
 
     def set_video(self, enabled: bool) -> None:
-        """Audio only (a weak link, or the school's choice) or video again; enforced here, not in the page, so
-        the bandwidth is really saved."""
+        """Audio only (the school's choice) or video again, as far as the link allows (the ladder decides);
+        enforced here, not in the page, so the bandwidth is really saved."""
         self.video = enabled
+        self.ladder = None  # a fresh start for the automatic choice
+        self._apply_video(enabled)
+
+    def _apply_video(self, on: bool) -> None:
         for slot in self.slots:
             if slot.kind == "video" and slot.consumer is not None:
-                if enabled:
+                if on:
                     slot.consumer.unpause()
                 else:
                     slot.consumer.pause()
+
+    def adapt(self, now: float, video_bps: float) -> None:
+        """Audio first: pause this classroom's video while its link cannot carry it (REMB, loss)."""
+        if not self.video:
+            return  # the school chose audio only
+        consumers = self.consumers()
+        video = [c for c in consumers if c.kind == "video"]
+        if not video:
+            return
+        if self.ladder is None:
+            self.ladder = VideoLadder(now)
+        with_remb = [c for c in video if c.remb_at is not None]
+        latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
+        lossiest = max(consumers, key=lambda c: c.fraction_lost)
+        report = LinkReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
+                            lossiest.fraction_lost / 256, video_bps, lossiest.report_at)
+        was = self.ladder.video
+        if self.ladder.update(report, now) != was:
+            log.info("classroom %s: %s (%s)", self.participant_id, "video" if self.ladder.video else "audio only",
+                     self.ladder.reason)
+            self._apply_video(self.ladder.video)
 
     def track_map(self) -> list[dict]:
         """Which mid carries which lesson track, for the client."""

@@ -30,6 +30,7 @@ class Router:
         self.producers: dict[str, Producer] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self.closed = False
+        self.video_bps = 0.0  # what the lesson's video needs, measured from the teacher's tracks
         self._listeners: list[TrackListener] = []
         self._reports = asyncio.ensure_future(self._refresh_reports())
 
@@ -120,19 +121,31 @@ class Router:
     # -- reports and lifecycle -----------------------------------------------------------------------------
 
     async def _refresh_reports(self) -> None:
+        """Every REPORT_REFRESH_S: sender-report figures, and each classroom's audio-first ladder."""
+        video_bytes, then = 0, time.monotonic()
         while not self.closed:
             await asyncio.sleep(REPORT_REFRESH_S)
-            now = time.time()
+            now, mono = time.time(), time.monotonic()
+            total = sum(p.bytes_in for p in self.producers.values() if p.kind == "video")
+            rate = max(0, total - video_bytes) * 8 / max(mono - then, 1e-3)
+            # smoothed: a keyframe is a burst, not what the lesson's video needs
+            self.video_bps = rate if self.video_bps == 0 else 0.8 * self.video_bps + 0.2 * rate
+            video_bytes, then = total, mono
             for sub in list(self.subscribers.values()):
-                for consumer in sub.consumers():
-                    try:
+                try:
+                    for consumer in sub.consumers():
                         consumer.update_report(now)
-                    except Exception:  # noqa: BLE001
-                        log.exception("sender report refresh failed")
+                    sub.adapt(mono, self.video_bps)
+                except Exception:  # noqa: BLE001 - one classroom's trouble must not stop the others' reports
+                    log.exception("report refresh failed")
 
     def stats(self) -> dict:
         return {"lesson": self.lesson_id, "producers": [p.stats() for p in self.producers.values()],
-                "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()}}
+                "video_bps": round(self.video_bps),
+                "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},
+                "video": {pid: {"chosen": s.video, "state": s.ladder.state if s.ladder else "video",
+                                "reason": s.ladder.reason if s.ladder else ""}
+                          for pid, s in self.subscribers.items()}}
 
     async def close(self) -> None:
         if self.closed:

@@ -240,14 +240,31 @@ async def hang_up(*peers: Teacher | Classroom) -> None:
 
 
 class DropIncoming:
-    """User-space downlink loss: wraps the classroom's ICE receive and drops a share of incoming SRTP packets
-    (RTCP and DTLS are left alone), with a seeded RNG so runs repeat."""
+    """User-space downlink impairment: wraps the classroom's ICE receive and drops a share of incoming SRTP
+    packets (seeded RNG, so runs repeat) and, when `rate_bps` is set, whatever exceeds that rate (a policer with
+    a small bucket, like a school's saturated link). RTCP and DTLS are left alone."""
+
+    BUCKET_BYTES = 6000
 
     def __init__(self, loss: float, seed: int = 7) -> None:
         self.loss = loss
         self.rng = random.Random(seed)
         self.dropped = 0
         self.passed = 0
+        self.rate_bps: float | None = None
+        self._tokens = float(self.BUCKET_BYTES)
+        self._at = time.monotonic()
+
+    def _over_rate(self, size: int) -> bool:
+        if self.rate_bps is None:
+            return False
+        now = time.monotonic()
+        self._tokens = min(self.BUCKET_BYTES, self._tokens + (now - self._at) * self.rate_bps / 8)
+        self._at = now
+        if self._tokens < size:
+            return True
+        self._tokens -= size
+        return False
 
     def install(self, pc: RTCPeerConnection) -> None:
         for transceiver in pc.getTransceivers():
@@ -261,7 +278,7 @@ class DropIncoming:
                 while True:
                     data = await original()
                     is_rtp = len(data) > 1 and 127 < data[0] < 192 and not (192 <= data[1] <= 223)
-                    if is_rtp and self.rng.random() < self.loss:
+                    if is_rtp and (self.rng.random() < self.loss or self._over_rate(len(data))):
                         self.dropped += 1
                         continue
                     self.passed += is_rtp
@@ -274,7 +291,7 @@ class DropIncoming:
 class Classroom:
     """An aiortc classroom: answers the server's offers and decodes every frame it receives."""
 
-    def __init__(self, ws: WsClient, loss: float = 0.0) -> None:
+    def __init__(self, ws: WsClient, loss: float = 0.0, impair: bool = False) -> None:
         self.ws = ws
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.frames: list[float] = []  # arrival time of each decoded video frame
@@ -282,7 +299,7 @@ class Classroom:
         self.frame_sizes: set[tuple[int, int]] = set()
         self.video_tracks: dict[str, int] = {}  # decoded frames per received video track
         self.audio_frames = 0
-        self.loss = DropIncoming(loss) if loss else None
+        self.loss = DropIncoming(loss) if loss or impair else None
         self.offers = 0
         self._tasks: list[asyncio.Task] = []
         self._seen = 0

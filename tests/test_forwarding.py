@@ -45,7 +45,8 @@ from aiortc.rtp import (
 )
 
 import sfu.consumer
-from sfu.consumer import NACK_REPEAT_MIN_S, NACK_RETRANSMIT_PER_S, OUTPUT_SEQ_START_MAX, Consumer
+from sfu.consumer import (NACK_REPEAT_MIN_S, NACK_RETRANSMIT_PER_S, OUTPUT_SEQ_START_MAX, RESUME_SEQ_JUMP,
+                          Consumer)
 from sfu.ingress import Ingress, Route
 from sfu.packetcache import PACKET_CACHE_S
 from sfu.producer import CONSUMER_MAX_ERRORS, KEYFRAME_REPLAY_MAX_PACKETS, Producer
@@ -944,7 +945,7 @@ async def test_a_paused_video_consumer_sends_nothing_and_resumes_gapless_at_a_ke
         graph.feed(pkts[upto(kf - 5):upto(kf + 3)])
         resumed = [parse(d) for d in wire[sent_before:]]
         assert resumed[0].payload == pkts[upto(kf)].payload  # nothing before the keyframe
-    assert resumed[0].sequence_number == (last_seq + 1) & SEQ_MASK
+    assert resumed[0].sequence_number == (last_seq + 1 + RESUME_SEQ_JUMP) & SEQ_MASK
     assert all(seq_step(a.sequence_number, b.sequence_number) == 1 for a, b in pairwise(resumed))
     assert not consumer.paused
 

@@ -254,3 +254,41 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
         await weak.wait_frames(frames + 30, timeout_s=5)
     finally:
         await hang_up(weak, other, teacher)
+
+
+async def test_a_classroom_whose_link_collapses_falls_to_audio_only_and_gets_video_back_when_it_recovers(server):
+    """The audio-first ladder, automatic: the SFU reads the classroom's loss and REMB."""
+    lesson = "media-ladder"
+    weak = Classroom(await _join(server, "classroom", lesson, "mountain school"), impair=True)
+    teacher = await _teacher(server, lesson)
+
+    async def state() -> str:
+        video = (await server.stats(lesson))["video"]
+        return next(iter(video.values()))["state"]
+
+    async def wait_state(wanted: str, timeout_s: float) -> float:
+        start = time.monotonic()
+        while (current := await state()) != wanted:
+            assert time.monotonic() - start < timeout_s, f"still {current!r} after {timeout_s} s"
+            await asyncio.sleep(0.25)
+        return time.monotonic() - start
+
+    try:
+        await weak.wait_frames(10)
+        assert weak.loss is not None
+        weak.loss.rate_bps = 40_000  # far below the lesson's video
+        took = await wait_state("audio", timeout_s=8)
+        print(f"audio only {took:.1f} s after the link collapsed")
+        await asyncio.sleep(1)
+        frames, audio = len(weak.frames), weak.audio_frames
+        await asyncio.sleep(2)
+        assert weak.audio_frames > audio + 50, "audio was starved"
+        stats = await server.stats(lesson)
+        assert next(iter(stats["video"].values()))["reason"]
+
+        weak.loss.rate_bps = None  # the link recovers
+        took = await wait_state("video", timeout_s=25)
+        print(f"video steady again {took:.1f} s after the link recovered")
+        await weak.wait_frames(frames + 30, timeout_s=10)
+    finally:
+        await hang_up(weak, teacher)

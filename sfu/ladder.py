@@ -1,0 +1,95 @@
+"""The audio-first ladder of one classroom: may its link carry the lesson's video, or audio only?
+
+Audio is never touched: when the link is short of bandwidth, video goes first. The decision is pure and takes
+the clock as an argument. Going down is quick (the classroom is losing the lesson now); going up cannot be
+read from the classroom's reports — a REMB only ever reflects what it receives, and while video is paused it
+receives audio only — so the ladder tries video again after a while and falls back at once if the link still
+cannot carry it, waiting twice as long before the next try.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# down to audio only when, for DOWN_HOLD_S, the classroom's estimate is below this share of the video rate...
+REMB_DOWN_RATIO = 0.8
+# ...or its receiver reports show more loss than this (RTX repairs a little loss; this much stalls video)
+LOSS_DOWN = 0.10
+DOWN_HOLD_S = 2.0
+# first try of video again after this long on audio only; doubled after each failed try, up to the maximum
+RETRY_AFTER_S = 8.0
+RETRY_AFTER_MAX_S = 64.0
+# a try succeeds when the link carries video this long without a down condition
+TRIAL_S = 5.0
+# reports older than this say nothing about the link now
+STALE_S = 3.0
+# a receiver's estimate climbs slowly from wherever it was (aiortc's ~8 %/s): at the start and after video comes
+# back it says more about the past than about the link, so it counts only after this long; loss always counts
+REMB_SETTLE_S = 20.0
+# the first receiver reports after video comes back still count the packets lost before it was paused (the
+# receiver learns of that gap only when video resumes): on a try, loss counts from reports this much later
+TRIAL_LOSS_GRACE_S = 1.5
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    """What the server knows of one classroom's link at one moment."""
+
+    remb_bps: int | None  # the classroom's own receive estimate (REMB), if it sends one
+    remb_at: float | None
+    loss: float  # fraction lost in its latest receiver report, 0..1
+    video_bps: float  # what the lesson's video needs (the teacher's video tracks, measured)
+    loss_at: float | None = None  # when that receiver report came (None: unknown, counts)
+
+
+class VideoLadder:
+    """States: "video" (steady), "audio" (video paused), "trial" (video again, on probation)."""
+
+    def __init__(self, now: float) -> None:
+        self.state = "video"
+        self.reason = ""
+        self._bad_since: float | None = None
+        self._since = now
+        self._retry_after = RETRY_AFTER_S
+        self._remb_from = now + REMB_SETTLE_S
+        self.downs = 0
+
+    @property
+    def video(self) -> bool:
+        return self.state != "audio"
+
+    def _short(self, report: LinkReport, now: float) -> str:
+        """Why the link cannot carry video now ("" when it can)."""
+        if report.loss > LOSS_DOWN and not (self.state == "trial" and report.loss_at is not None
+                                            and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
+            return f"loss {report.loss:.0%}"
+        fresh = report.remb_at is not None and now - report.remb_at <= STALE_S \
+            and self.state == "video" and report.remb_at >= self._remb_from
+        if fresh and report.remb_bps is not None and report.video_bps > 0 \
+                and report.remb_bps < REMB_DOWN_RATIO * report.video_bps:
+            return f"bandwidth {report.remb_bps // 1000} kbit/s < video {int(report.video_bps) // 1000} kbit/s"
+        return ""
+
+    def update(self, report: LinkReport, now: float) -> bool:
+        """Feed the latest report; returns whether video should flow to this classroom."""
+        if self.state == "audio":
+            if now - self._since >= self._retry_after:
+                self.state, self._since, self._bad_since = "trial", now, None
+                self.reason = "trying video again"
+            return self.video
+        why = self._short(report, now)
+        if not why:
+            self._bad_since = None
+            if self.state == "trial" and now - self._since >= TRIAL_S:
+                self.state, self._retry_after, self.reason = "video", RETRY_AFTER_S, ""
+                self._remb_from = now + REMB_SETTLE_S
+            return self.video
+        if self._bad_since is None:
+            self._bad_since = now
+        # on probation, one bad report is enough; in steady video the trouble must last DOWN_HOLD_S
+        if self.state == "trial" or now - self._bad_since >= DOWN_HOLD_S:
+            if self.state == "trial":
+                self._retry_after = min(self._retry_after * 2, RETRY_AFTER_MAX_S)
+            self.state, self._since, self.reason = "audio", now, why
+            self.downs += 1
+        return self.video
