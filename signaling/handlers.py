@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sfu.peers import SdpError
+from sfu.peers import SdpError, Subscriber
 
 from .connection import Connection
 from .hub import Hub, LessonEnded
@@ -79,12 +79,18 @@ async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
     return {"type": "answer", "ref": msg.id, "sdp": sdp}
 
 
-async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
+def _subscriber(hub: Hub, conn: Connection, msg: Message, code: str, why: str) -> Subscriber:
+    """The SFU side of a classroom's (or observer's) connection, or the protocol error `code`."""
     _require_joined(conn, msg)
     router = hub.routers.get(conn.lesson_id or "")
     sub = router.subscribers.get(conn.participant_id or "") if router else None
     if sub is None:
-        raise ProtocolError("unexpected_answer", "no offer was sent to this participant", msg.id)
+        raise ProtocolError(code, why, msg.id)
+    return sub
+
+
+async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
+    sub = _subscriber(hub, conn, msg, "unexpected_answer", "no offer was sent to this participant")
     try:
         await sub.accept_answer(msg.fields["sdp"])
     except SdpError as exc:
@@ -93,11 +99,7 @@ async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
 
 
 async def handle_prefer(hub: Hub, conn: Connection, msg: Message) -> Reply:
-    _require_joined(conn, msg)
-    router = hub.routers.get(conn.lesson_id or "")
-    sub = router.subscribers.get(conn.participant_id or "") if router else None
-    if sub is None:
-        raise ProtocolError("not_subscribed", "only a classroom or observer receiving the lesson can choose", msg.id)
+    sub = _subscriber(hub, conn, msg, "not_subscribed", "only a classroom or observer receiving the lesson can choose")
     sub.set_video(msg.fields["video"])
     return {"type": "preferred", "ref": msg.id, "video": sub.video}
 
