@@ -128,6 +128,14 @@ async function shareScreen() {
   await session.shareScreen(track);
 }
 
+/** The classroom's audio-first ladder as the server reports it (docs/weak-networks.md). */
+function videoState(stats, id) {
+  const ladder = stats && stats.video && stats.video[id];
+  if (!ladder) return "—";
+  if (!ladder.chosen) return t("video.chosen");
+  return t(`video.${ladder.state}`);
+}
+
 function renderClassrooms(stats) {
   const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
   $("classroom-count").textContent = rooms.length;
@@ -154,6 +162,7 @@ function renderClassrooms(stats) {
       loss === null ? "—" : `${(loss * 100).toFixed(1)} %`,
       rtt === null ? "—" : `${Math.round(rtt)} ms`,
       kbps === null ? "—" : `${Math.round(kbps)} kbit/s`,
+      videoState(stats, p.id),
     ];
     for (const text of cells) {
       const td = document.createElement("td");
@@ -161,6 +170,8 @@ function renderClassrooms(stats) {
       tr.append(td);
     }
     if (rtt === null) tr.children[3].title = t("teacher.rttUnknown");
+    const ladder = stats && stats.video && stats.video[p.id];
+    if (ladder && ladder.reason) tr.children[5].title = ladder.reason; // why the server paused its video
     return tr;
   });
   $("classrooms").tBodies[0].replaceChildren(...rows);

@@ -242,6 +242,9 @@ async def test_a_classroom_on_a_weak_link_switches_to_audio_only_and_back(server
             return sum(s[key] for s in stats if s["kind"] == kind)
 
         assert total(after, "video", "framesDecoded") == total(before, "video", "framesDecoded")
+        # the teacher sees it in the classroom list (from the server's stats, polled every 2 s)
+        await teacher.wait_for_function(
+            "document.querySelector('#classrooms tbody').textContent.includes('仅声音（教室选择）')", timeout=5000)
         assert total(after, "audio", "packetsReceived") > total(before, "audio", "packetsReceived") + 50
         await room.click("#audio-only")  # video again
         await wait_decoding(room, timeout_s=5)
