@@ -8,6 +8,7 @@ track) and binds a Consumer into a slot for each producer, renegotiating only wh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -69,10 +70,18 @@ def _lesson_codecs(transceiver: RTCRtpTransceiver) -> tuple[int, int | None, str
     return primary.payloadType, rtx, primary.name, primary.clockRate
 
 
+# Opus in-band FEC: asked of the teacher's encoder in our answer, so a classroom that loses a packet can rebuild
+# most of it from the next one without waiting for a retransmission (audio has no NACK)
+OPUS_ANSWER_PARAMETERS = {"useinbandfec": 1, "minptime": 10}
+
+
 def _restrict_codecs(transceiver: RTCRtpTransceiver) -> None:
     """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs)."""
     pt, rtx, _, _ = _lesson_codecs(transceiver)
-    transceiver._codecs = [c for c in transceiver._codecs if c.payloadType in (pt, rtx)]
+    kept = [c for c in transceiver._codecs if c.payloadType in (pt, rtx)]
+    transceiver._codecs = [
+        dataclasses.replace(c, parameters={**c.parameters, **OPUS_ANSWER_PARAMETERS})
+        if c.name.lower() == "opus" else c for c in kept]
 
 
 def _prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:

@@ -122,6 +122,14 @@ async def test_a_bad_sdp_from_the_teacher_is_answered_with_an_error_and_a_good_o
             assert reply["type"] == "error" and reply["code"] in ("bad_sdp", "nothing_to_publish"), reply
         reply = await teacher.publish()
         assert reply["type"] == "answer"
+        # only the lesson codecs are answered, and the teacher's Opus encoder is asked for in-band FEC
+        rtpmaps = [line.split()[1].split("/")[0].lower() for line in reply["sdp"].splitlines()
+                   if line.startswith("a=rtpmap:")]
+        assert sorted(set(rtpmaps)) == ["opus", "rtx", "vp8"]
+        opus_pt = next(line.split()[0].split(":")[1] for line in reply["sdp"].splitlines()
+                       if line.startswith("a=rtpmap:") and "opus" in line.lower())
+        fmtp = next(line for line in reply["sdp"].splitlines() if line.startswith(f"a=fmtp:{opus_pt} "))
+        assert "useinbandfec=1" in fmtp
         started = await ws.wait_for(lambda m: m.get("event") == "lesson-started")
         assert started["lesson"]["state"] == "live"
     finally:
