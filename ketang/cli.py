@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, Config
+from .config import DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, TEACHER_UPLINK_KBPS, Config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
                         record=not args.no_record,
+                        teacher_uplink_kbps=int(Config.float_from("KETANG_TEACHER_UPLINK_KBPS", TEACHER_UPLINK_KBPS)),
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3))
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)

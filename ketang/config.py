@@ -15,7 +15,8 @@ PARTICIPANT_TTL_S = 30.0  # a participant not heard of for this long (crashed no
 HEARTBEAT_INTERVAL_S = 10.0  # how often a node refreshes its participants' TTL
 MESSAGES_PER_S = 20.0  # per websocket connection, sustained
 MESSAGE_BURST = 40
-SEND_QUEUE_MAX = 256  # messages queued to one slow client before it is disconnected
+SEND_QUEUE_MAX = 256
+TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets  # messages queued to one slow client before it is disconnected
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Config:
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     ice_servers: tuple[str, ...] = ()
     record: bool = True  # record every lesson into the resource library (data_dir/recordings)
+    teacher_uplink_kbps: int = TEACHER_UPLINK_KBPS  # video the teacher's browser is asked for (REMB)
     participant_ttl_s: float = PARTICIPANT_TTL_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     messages_per_s: float = MESSAGES_PER_S

@@ -19,10 +19,13 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerCon
 from aiortc import sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from .consumer import Consumer, ResumePoint
 from .ladder import LinkReport, VideoLadder
+from .uplink import UplinkBudget
 from .ingress import Ingress, Route
 from .producer import Producer
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
@@ -117,10 +120,14 @@ def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
 class Publisher:
     """The teacher's connection: every received transceiver becomes a Producer."""
 
-    def __init__(self, router: Router, participant_id: str, ice_servers: list[str] | None = None) -> None:
+    def __init__(self, router: Router, participant_id: str, ice_servers: list[str] | None = None,
+                 uplink_bps: int | None = None) -> None:
         self.router = router
         self.participant_id = participant_id
         self.pc = make_peer_connection(ice_servers)
+        # what the teacher is asked to send (REMB), in place of aiortc's slowly rising estimate; None: aiortc's
+        self.uplink = UplinkBudget(uplink_bps) if uplink_bps else None
+        self._video_receivers: dict[str, RTCRtpReceiver] = {}  # producer id -> its receiver
         self.ingress: Ingress | None = None
         self.producers: dict[str, Producer] = {}  # by mid
         self._declared: dict[str, tuple[int | None, int | None]] = {}
@@ -167,7 +174,30 @@ class Publisher:
         self.ingress.add_route(Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
                                      _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0), ssrc, rtx_ssrc)
         self.producers[t.mid or producer.id] = producer
+        if t.kind == "video" and self.uplink is not None:
+            # seam: the stock receiver's own REMB would contradict ours
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+            self._video_receivers[producer.id] = receiver
         self.router.add_producer(producer)
+
+    async def send_uplink_remb(self) -> int | None:
+        """Tell the teacher's browser how much video to send (about once a second); returns the bitrate."""
+        if self.uplink is None or self.closed:
+            return None
+        video = [p for p in self.producers.values() if p.id in self._video_receivers and p.ssrc is not None]
+        if not video:
+            return None
+        expected = lost = 0
+        for producer in video:
+            e, lo = producer.take_uplink_loss()
+            expected, lost = expected + e, lost + lo
+        bps = self.uplink.update(expected, lost)
+        receiver = self._video_receivers[video[0].id]
+        rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        if rtcp_ssrc is not None:
+            await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                                     fci=pack_remb_fci(bps, [p.ssrc for p in video])))
+        return bps
 
     async def close(self) -> None:
         if self.closed:

@@ -77,6 +77,11 @@ class Producer:
         self.packets_in = 0
         self.bytes_in = 0
         self.duplicates = 0
+        # the teacher's uplink, for its REMB: holes in the sequence as they appear (a retransmission repairs the
+        # picture, but the loss still says the link is congested)
+        self._highest = -1
+        self._expected = 0
+        self._holes = 0
 
     # -- ingress -------------------------------------------------------------------------------------------
 
@@ -96,6 +101,11 @@ class Producer:
             return None
         self.packets_in += 1
         self.bytes_in += len(payload)
+        if ext_seq > self._highest:
+            if self._highest >= 0:
+                self._expected += ext_seq - self._highest
+                self._holes += ext_seq - self._highest - 1
+            self._highest = ext_seq
         if not payload:
             # padding-only packets are bandwidth probes between teacher and server, not media
             for consumer in self.consumers:
@@ -120,6 +130,12 @@ class Producer:
                 consumer.forward(packet, ast)
             except Exception:  # noqa: BLE001 - isolation boundary
                 consumer.on_error()
+
+    def take_uplink_loss(self) -> tuple[int, int]:
+        """(packets expected, lost on first transmission) since the last call: what the teacher's uplink loses."""
+        counts = (self._expected, self._holes)
+        self._expected = self._holes = 0
+        return counts
 
     def on_sender_report(self, ntp: int, rtp_ts: int) -> None:
         """The teacher's RTCP SR maps its RTP clock to wall-clock time; consumers' SRs derive from it."""

@@ -18,14 +18,16 @@ log = logging.getLogger("ketang.sfu")
 
 # sender reports go out every 0.5-1.5 s (aiortc's RTCP loop); refresh their figures a bit more often
 REPORT_REFRESH_S = 0.25
+UPLINK_REMB_EVERY = 4  # ticks: the teacher hears the server's REMB about once a second
 
 TrackListener = Callable[[str, Producer], Awaitable[None]]
 
 
 class Router:
-    def __init__(self, lesson_id: str, ice_servers: list[str] | None = None) -> None:
+    def __init__(self, lesson_id: str, ice_servers: list[str] | None = None, uplink_bps: int | None = None) -> None:
         self.lesson_id = lesson_id
         self.ice_servers = ice_servers
+        self.uplink_bps = uplink_bps  # the teacher's video budget, asked for by REMB (None: aiortc's estimate)
         self.publisher: Publisher | None = None
         self.producers: dict[str, Producer] = {}
         self.subscribers: dict[str, Subscriber] = {}
@@ -51,7 +53,7 @@ class Router:
         if self.publisher is not None and self.publisher.participant_id != participant_id:
             await self.remove_publisher(self.publisher)
         if self.publisher is None:
-            self.publisher = Publisher(self, participant_id, self.ice_servers)
+            self.publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
         try:
             return await self.publisher.accept_offer(sdp, sources)
         except SdpError:
@@ -123,8 +125,15 @@ class Router:
     async def _refresh_reports(self) -> None:
         """Every REPORT_REFRESH_S: sender-report figures, and each classroom's audio-first ladder."""
         video_bytes, then = 0, time.monotonic()
+        tick = 0
         while not self.closed:
             await asyncio.sleep(REPORT_REFRESH_S)
+            tick += 1
+            if tick % UPLINK_REMB_EVERY == 0 and self.publisher is not None:
+                try:
+                    await self.publisher.send_uplink_remb()
+                except Exception:  # noqa: BLE001
+                    log.exception("uplink REMB failed")
             now, mono = time.time(), time.monotonic()
             total = sum(p.bytes_in for p in self.producers.values() if p.kind == "video")
             rate = max(0, total - video_bytes) * 8 / max(mono - then, 1e-3)

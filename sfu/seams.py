@@ -47,11 +47,13 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
     (RTCDtlsTransport, "_send_rtp", ("data",)),
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",)),
     (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",)),
+    (RTCRtpReceiver, "_send_rtcp", ("packet",)),
 ]
 _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCRtpSender, ("self._ssrc", "self._rtx_ssrc", "self.__ntp_timestamp", "self.__rtp_timestamp",
                     "self.__packet_count", "self.__octet_count", "self.__rtt")),
     (RTCRtpTransceiver, ("self._codecs", "self._headerExtensions")),
+    (RTCRtpReceiver, ("self.__remote_bitrate_estimator", "self.__rtcp_ssrc")),
     (RTCDtlsTransport, ("self._rtp_header_extensions_map", "self._tx_srtp", "self._rx_srtp")),
     (RTCIceTransport, ("self._connection",)),
 ]

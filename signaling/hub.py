@@ -119,7 +119,8 @@ class Hub:
     def router(self, lesson_id: str) -> Router:
         router = self.routers.get(lesson_id)
         if router is None:
-            router = Router(lesson_id, list(self.config.ice_servers))
+            router = Router(lesson_id, list(self.config.ice_servers),
+                            self.config.teacher_uplink_kbps * 1000 or None)
             router.on_track(lambda change, producer: self._on_track(lesson_id, change, producer))
             self.routers[lesson_id] = router
         return router
