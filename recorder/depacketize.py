@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfu.producer import Packet, Producer
+from sfu.seqmap import TsUnwrapper
 from sfu.vp8 import vp8_descriptor_len, vp8_is_keyframe_start
 
 log = logging.getLogger("ketang.recorder")
@@ -51,8 +52,7 @@ class TrackDepacketizer:
         self._frame_ts: int | None = None
         self._parts: list[bytes] = []
         self._frame_key = False
-        self._ts_high = 0  # 32-bit timestamp unwrapping
-        self._ts_last: int | None = None
+        self._ts = TsUnwrapper()
         if self._need_keyframe:
             self._ask_keyframe()
         producer.attach(self)  # type: ignore[arg-type]
@@ -125,17 +125,8 @@ class TrackDepacketizer:
 
     # -- frames --------------------------------------------------------------------------------------------
 
-    def _unwrap_ts(self, ts: int) -> int:
-        if self._ts_last is not None:
-            if ts < self._ts_last and self._ts_last - ts > 0x80000000:
-                self._ts_high += 1 << 32
-            elif ts > self._ts_last and ts - self._ts_last > 0x80000000:
-                return self._ts_high - (1 << 32) + ts  # a late packet from before the wrap
-        self._ts_last = ts
-        return self._ts_high + ts
-
     def _take(self, packet: Packet) -> None:
-        ts = self._unwrap_ts(packet.ts)
+        ts = self._ts.unwrap(packet.ts)
         if self.kind == "audio":
             self._emit(Frame(ts, packet.payload, True))
             return

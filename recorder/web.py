@@ -132,7 +132,7 @@ class LibraryRoutes:
                 "poster": url(f"{base}/poster") if rec.poster else None,
                 "play": f"/library/play/{rec.id}"}
 
-    def view(self, rec: Recording, viewer: Viewer, full: bool = False) -> dict[str, Any]:
+    def view(self, rec: Recording, viewer: Viewer) -> dict[str, Any]:
         data = rec.to_dict()
         del data["teacher_sub"], data["file"], data["poster"], data["mp4"]
         data["urls"] = self.urls(rec)

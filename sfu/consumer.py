@@ -20,7 +20,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
                         RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket, unpack_remb_fci)
 
-from .producer import Packet, Producer
+from .producer import CONSUMER_MAX_ERRORS, Packet, Producer
 from .rtp import RTP_HEADER, ExtensionLayout, abs_send_time_bytes, ntp_from_unix
 from .seams import datagram_sender, sender_set_report_counters
 from .seqmap import SeqMap, TsMap
@@ -278,7 +278,6 @@ class Consumer:
 
     def on_error(self) -> None:
         """A send raised: count it; after many in a row, stop feeding this subscriber (the others go on)."""
-        from .producer import CONSUMER_MAX_ERRORS
         self.errors += 1
         if self.errors == 1 or self.errors % 100 == 0:
             log.warning("send to subscriber failed (%d in a row)", self.errors, exc_info=True)

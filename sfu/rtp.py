@@ -48,11 +48,6 @@ class RtpHeader:
         self.payload_end = payload_end
 
 
-def is_rtcp(data: bytes) -> bool:
-    """RFC 5761 demultiplexing: RTCP packet types 192-223 sit where RTP has marker + payload type."""
-    return len(data) >= 2 and 192 <= data[1] <= 223
-
-
 def parse_header(data: bytes) -> RtpHeader | None:
     """Parse an RTP header; None for anything that is not a well-formed RTP packet (never raises)."""
     n = len(data)

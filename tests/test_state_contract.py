@@ -492,35 +492,6 @@ async def test_add_track_for_a_participant_that_is_not_present_is_ignored(
     assert await store.list_tracks(LESSON) == []
 
 
-async def test_remove_participant_tracks_returns_and_removes_only_that_participants_tracks(
-    store: RoomStore,
-) -> None:
-    await store.add_participant(person("teacher"), ttl_s=TTL)
-    await store.add_participant(person("room-1"), ttl_s=TTL)
-    mic = track("mic", "teacher", kind="audio", source="microphone", published_at=T0 + 2)
-    cam = track("cam", "teacher", published_at=T0 + 1)
-    room_cam = track("room-cam", "room-1", published_at=T0)
-    for t in [mic, cam, room_cam]:
-        await store.add_track(t)
-
-    assert await store.remove_participant_tracks(LESSON, "teacher") == [cam, mic]
-
-    assert await store.list_tracks(LESSON) == [room_cam]
-    assert await store.remove_participant_tracks(LESSON, "teacher") == []
-    assert ids(await store.list_participants(LESSON)) == ["room-1", "teacher"], "participants stay"
-
-
-async def test_remove_participant_tracks_of_an_expired_or_unknown_participant_returns_nothing(
-    store: RoomStore, clock: FakeClock
-) -> None:
-    await store.add_participant(person("p1"), ttl_s=10)
-    await store.add_track(track("v1", "p1"))
-    clock.advance(10)
-
-    assert await store.remove_participant_tracks(LESSON, "p1") == []
-    assert await store.remove_participant_tracks(LESSON, "nobody") == []
-
-
 # -- model and factory ---------------------------------------------------------
 
 @pytest.mark.parametrize("obj", [

@@ -203,10 +203,6 @@ class RoomStore(abc.ABC):
         """Tracks of unexpired participants, sorted by published_at."""
 
     @abc.abstractmethod
-    async def remove_participant_tracks(self, lesson_id: str, participant_id: str) -> list[TrackInfo]:
-        """Remove and return the participant's tracks ([] if it is missing or expired)."""
-
-    @abc.abstractmethod
     async def remove_node(self, node: str) -> int:
         """Remove every participant held by node (and their tracks), e.g. on
         clean shutdown; returns how many unexpired participants were removed."""

@@ -149,12 +149,6 @@ class MemoryRoomStore(RoomStore):
         tracks = [replace(t) for pid in live for t in by_participant.get(pid, {}).values()]
         return sorted(tracks, key=track_sort_key)
 
-    async def remove_participant_tracks(self, lesson_id: str, participant_id: str) -> list[TrackInfo]:
-        if participant_id not in self._live(lesson_id):
-            return []
-        tracks = self._tracks.get(lesson_id, {}).pop(participant_id, {})
-        return sorted(tracks.values(), key=track_sort_key)
-
     # -- whole store ----------------------------------------------------------
 
     async def remove_node(self, node: str) -> int:

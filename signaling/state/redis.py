@@ -353,17 +353,6 @@ class RedisRoomStore(RoomStore):
         tracks = [t for values in per_participant for t in _tracks_from_json(values)]
         return sorted(tracks, key=track_sort_key)
 
-    async def remove_participant_tracks(self, lesson_id: str, participant_id: str) -> list[TrackInfo]:
-        tkey = self.tracks_key(lesson_id, participant_id)
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.zscore(self._participants_key(lesson_id), participant_id)
-            pipe.hvals(tkey)
-            pipe.delete(tkey)
-            score, values, _ = await pipe.execute()
-        if score is None or float(score) <= self.clock():
-            return []  # an expired participant's tracks were already invisible
-        return sorted(_tracks_from_json(values), key=track_sort_key)
-
     # -- whole store ----------------------------------------------------------
 
     async def remove_node(self, node: str) -> int:
