@@ -41,6 +41,9 @@ class Ingress:
         self.dtls = dtls
         self.routes: list[Route] = []
         self._by_ssrc: dict[int, tuple[Route, bool]] = {}
+        # SSRCs of tracks taken down (the courseware stopped): the browser goes on sending them for a moment,
+        # and such a packet must be dropped, never learned as another track's
+        self._retired: set[int] = set()
         self._original_rtp = dtls._handle_rtp_data
         self._original_rtcp = dtls._handle_rtcp_data
         dtls._handle_rtp_data = self._on_rtp  # type: ignore[method-assign]
@@ -60,6 +63,7 @@ class Ingress:
 
     def remove_producer(self, producer: Producer) -> None:
         self.routes = [r for r in self.routes if r.producer is not producer]
+        self._retired.update(s for s, e in self._by_ssrc.items() if e[0].producer is producer)
         self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if e[0].producer is not producer}
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
@@ -88,7 +92,7 @@ class Ingress:
             return None
         entry = self._by_ssrc.get(hdr.ssrc)
         if entry is None:
-            entry = self._learn(data, hdr)
+            entry = None if hdr.ssrc in self._retired else self._learn(data, hdr)
             if entry is None:
                 self.unrouted += 1
                 return None
@@ -114,16 +118,23 @@ class Ingress:
         return (producer, packet) if packet is not None else None
 
     def _learn(self, data: bytes, hdr) -> tuple[Route, bool] | None:  # type: ignore[no-untyped-def]
-        """First packet of an unknown SSRC: find its transceiver by MID extension, else by payload type."""
+        """First packet of an unknown SSRC: find its transceiver by MID extension, else by payload type.
+
+        A packet that names a MID no route has (a track being taken down, a transceiver not answered yet) is
+        not routed: guessing by payload type would splice another stream into a track's sequence.
+        """
         found: Route | None = None
+        named = False
         for route in self.routes:
             if route.mid_ext_id and route.mid is not None:
                 value = find_extension(data, hdr, route.mid_ext_id)
                 if value is not None:
+                    named = True
                     if value.decode(errors="replace") == route.mid:
                         found = route
                         break
-                    continue
+        if found is None and named:
+            return None
         if found is None:
             candidates = [r for r in self.routes if hdr.payload_type in (r.payload_type, r.rtx_payload_type)]
             if len(candidates) != 1:
@@ -132,6 +143,8 @@ class Ingress:
         is_rtx = hdr.payload_type == found.rtx_payload_type
         if hdr.payload_type != found.payload_type and not is_rtx:
             return None
+        if not named and any(r is found and rtx == is_rtx for r, rtx in self._by_ssrc.values()):
+            return None  # guessed by payload type, but that track already has its stream: not this one
         entry = (found, is_rtx)
         self._by_ssrc[hdr.ssrc] = entry
         if not is_rtx:

@@ -94,6 +94,7 @@ async def lesson(server, browser, classrooms: int = 1, query: str = TEACHER_QUER
     rooms = []
     for _, url in links.classrooms:
         room = await open_page(browser, url)
+        room.ketang_stats = lambda: server.stats(links.lesson)  # type: ignore[attr-defined]
         await room.click("#enter")
         rooms.append(room)
     try:
@@ -120,7 +121,10 @@ async def wait_decoding(page, videos: int = 1, timeout_s: float = 10.0, audio: b
         if len(rising) >= videos and (sound or not audio):
             return stats
         if time.monotonic() > deadline:
-            raise AssertionError(f"not decoding {videos} video(s){' and audio' if audio else ''} in {timeout_s} s: {stats}")
+            # what the server thought of this classroom's link (ladder state and reason) tells why video stopped
+            server_view = await page.ketang_stats() if hasattr(page, "ketang_stats") else None
+            raise AssertionError(f"not decoding {videos} video(s){' and audio' if audio else ''} in {timeout_s} s: "
+                                 f"{stats}; server: {server_view}")
         await asyncio.sleep(0.25)
 
 

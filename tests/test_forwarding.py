@@ -820,6 +820,46 @@ async def test_ingress_unwraps_an_rtx_retransmission_into_the_producer(clip, wir
     assert len(wired.rtp_calls) == len(pkts) + 1
 
 
+async def test_ingress_never_guesses_a_packet_naming_another_mid_into_a_track(clip, wired):
+    """A stream whose MID names no route (a transceiver not answered yet) is not spliced into the camera by
+    payload type: the camera's sequence stays its own."""
+    pkts = packetize(clip[:4])
+    await wired.dtls._handle_rtp_data(teacher_rtp(pkts[0], mid="0"), 0)
+    stranger = teacher_rtp(pkts[1], mid="2", ssrc=TEACHER_SSRC + 1)
+    stranger = stranger[:2] + ((pkts[1].seq + 12000) & SEQ_MASK).to_bytes(2, "big") + stranger[4:]
+
+    await wired.dtls._handle_rtp_data(stranger, 0)
+    # without a MID it could only be guessed by payload type, and the camera already has its stream
+    await wired.dtls._handle_rtp_data(teacher_rtp(pkts[1], mid=None, ssrc=TEACHER_SSRC + 1), 0)
+
+    assert wired.producer.packets_in == 1 and len(wired.wire) == 1
+    assert wired.ingress.unrouted == 2
+    for p in pkts[1:]:
+        await wired.dtls._handle_rtp_data(teacher_rtp(p), 0)
+    out = [parse(d).sequence_number for d in wired.wire]
+    assert all(seq_step(a, b) == 1 for a, b in pairwise(out)), out
+
+
+async def test_a_taken_down_tracks_late_packets_are_dropped_not_learned_as_another_track(clip, wired):
+    """Courseware stopped: its producer and route go, the browser sends its SSRC a moment longer (without the
+    MID extension by then); those packets reach no track, though the camera has the same payload type."""
+    screen = Producer("screen", "video", "vp8", VIDEO_CLOCK, send_pli=lambda ssrc: None)
+    screen_ssrc = TEACHER_SSRC + 7
+    wired.ingress.add_route(Route(screen, "1", TEACHER_PT, TEACHER_RTX_PT, mid_ext_id=1, audio_level_ext_id=0),
+                            screen_ssrc, None)
+    pkts = packetize(clip[:3])
+    await wired.dtls._handle_rtp_data(teacher_rtp(pkts[0], mid="0"), 0)
+    await wired.dtls._handle_rtp_data(teacher_rtp(pkts[0], mid=None, ssrc=screen_ssrc), 0)
+    assert screen.packets_in == 1
+
+    wired.ingress.remove_producer(screen)
+    for p in pkts[1:]:
+        await wired.dtls._handle_rtp_data(teacher_rtp(p, mid=None, ssrc=screen_ssrc), 0)
+
+    assert wired.producer.packets_in == 1 and screen.packets_in == 1
+    assert wired.ingress.unrouted == len(pkts) - 1
+
+
 GARBAGE_MALFORMED = [
     pytest.param(b"", id="empty"),
     pytest.param(b"\x80", id="one byte"),
