@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, TEACHER_UPLINK_KBPS, Config
+from .config import CLASSROOM_UPLINK_KBPS, STAGE_MAX, DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, TEACHER_UPLINK_KBPS, TURN_TTL_S, Config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,8 +31,14 @@ def _serve(args: argparse.Namespace) -> int:
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
+                        turn_urls=Config.turn_urls_from(args.turn_urls),
+                        turn_secret=os.environ.get("KETANG_TURN_SECRET", ""),
+                        turn_ttl_s=Config.float_from("KETANG_TURN_TTL_S", TURN_TTL_S),
                         record=not args.no_record,
                         teacher_uplink_kbps=int(Config.float_from("KETANG_TEACHER_UPLINK_KBPS", TEACHER_UPLINK_KBPS)),
+                        classroom_uplink_kbps=int(Config.float_from("KETANG_CLASSROOM_UPLINK_KBPS",
+                                                                    CLASSROOM_UPLINK_KBPS)),
+                        stage_max=int(Config.float_from("KETANG_STAGE_MAX", STAGE_MAX)),
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3))
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
@@ -71,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
+    serve.add_argument("--turn-urls", default=None,
+                       help="comma-separated TURN URLs handed to the browsers with per-participant credentials "
+                            "(or KETANG_TURN_URLS; needs KETANG_TURN_SECRET)")
     serve.add_argument("--no-record", action="store_true", help="do not record lessons into the library")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)

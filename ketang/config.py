@@ -16,6 +16,9 @@ HEARTBEAT_INTERVAL_S = 10.0  # how often a node refreshes its participants' TTL
 MESSAGES_PER_S = 20.0  # per websocket connection, sustained
 MESSAGE_BURST = 40
 SEND_QUEUE_MAX = 256
+TURN_TTL_S = 12 * 3600.0  # lifetime of the TURN credentials minted for each participant (a school day)
+CLASSROOM_UPLINK_KBPS = 150  # a classroom's thumbnail for the teacher's wall (about 320x180)
+STAGE_MAX = 2  # classrooms on stage at once: each is heard by every classroom
 TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets  # messages queued to one slow client before it is disconnected
 
 
@@ -29,8 +32,13 @@ class Config:
     secret: str = ""
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     ice_servers: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()  # TURN for the browsers (firewalled schools), e.g. turn:host:3478?transport=tcp
+    turn_secret: str = ""  # coturn's static-auth-secret (use-auth-secret): credentials are minted per participant
+    turn_ttl_s: float = TURN_TTL_S
     record: bool = True  # record every lesson into the resource library (data_dir/recordings)
     teacher_uplink_kbps: int = TEACHER_UPLINK_KBPS  # video the teacher's browser is asked for (REMB)
+    classroom_uplink_kbps: int = CLASSROOM_UPLINK_KBPS  # a classroom's own small camera (REMB)
+    stage_max: int = STAGE_MAX  # classrooms on stage at once
     participant_ttl_s: float = PARTICIPANT_TTL_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     messages_per_s: float = MESSAGES_PER_S
@@ -59,3 +67,15 @@ class Config:
     def ice_servers_from(flag: str | None, env: Mapping[str, str] = os.environ) -> tuple[str, ...]:
         raw = flag or env.get("KETANG_ICE_SERVERS") or ""
         return tuple(u.strip() for u in raw.split(",") if u.strip())
+
+    @staticmethod
+    def turn_urls_from(flag: str | None, env: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+        """KETANG_TURN_URLS (or the flag), checked: turn:/turns: URLs only, and a secret to sign them with."""
+        raw = flag or env.get("KETANG_TURN_URLS") or ""
+        urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+        for url in urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"KETANG_TURN_URLS: {url!r} is not a turn: or turns: URL")
+        if urls and not env.get("KETANG_TURN_SECRET"):
+            raise ValueError("KETANG_TURN_URLS needs KETANG_TURN_SECRET (coturn's static-auth-secret)")
+        return urls

@@ -22,6 +22,7 @@ for Chinese, word/prefix search for Latin text.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -360,6 +361,32 @@ class Library:
             return file.resolve().relative_to(self.data_dir.resolve()).as_posix()
         except ValueError:
             raise LibraryError("bad_request", f"{file} is not inside the data directory {self.data_dir}") from None
+
+    # --- a lesson's record: attendance, chat, who was on stage when ----------------------------------
+
+    LESSON_RECORD_FILES = ("record.json", "attendance.csv", "chat.csv")
+
+    def save_lesson_record(self, lesson_id: str, record: dict[str, Any], attendance_csv: str, chat_csv: str) -> None:
+        """Kept next to the lesson's recordings (written again if the lesson goes on after everyone left)."""
+        folder = self._record_dir(lesson_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in (("record.json", json.dumps(record, ensure_ascii=False, indent=1)),
+                           ("attendance.csv", attendance_csv), ("chat.csv", chat_csv)):
+            tmp = folder / (name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(folder / name)
+
+    def lesson_record_file(self, lesson_id: str, name: str) -> Path | None:
+        if name not in self.LESSON_RECORD_FILES:
+            return None
+        path = self._record_dir(lesson_id) / name
+        return path if path.exists() else None
+
+    def _record_dir(self, lesson_id: str) -> Path:
+        safe = "".join(ch for ch in lesson_id if ch.isalnum() or ch in "-_")
+        if not safe:
+            raise LibraryError("bad_request", "no such lesson")
+        return self.data_dir / "lessons" / safe
 
     # --- the recorder's API --------------------------------------------------------------------------
 

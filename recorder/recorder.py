@@ -47,6 +47,8 @@ class Catalog(Protocol):
 
     def unfinished(self) -> list[Any]: ...
 
+    def save_lesson_record(self, lesson_id: str, record: dict[str, Any], attendance_csv: str, chat_csv: str) -> None: ...
+
 
 def opus_head(channels: int = 2, rate: int = 48000) -> bytes:
     """The OpusHead block Matroska keeps as the Opus track's CodecPrivate (RFC 7845 5.1)."""
@@ -192,10 +194,39 @@ class LessonRecorder:
         self.main: RecordingFile | None = None
         self.main_id: str | None = None
         self.extra: list[tuple[RecordingFile, str]] = []  # screen shares: (file, library id)
+        # classrooms on stage (上台): each turn's camera and microphone in a file of its own, next to the lesson
+        self.stage: dict[str, tuple[RecordingFile, str]] = {}  # classroom participant id -> (file, library id)
+        self.stage_turns = 0
+        self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
         self.closed = False
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
         router.on_track(self._on_track)
+        router.on_stage(lambda _: None if self.closed else self._sync())
         self._sync()
+
+    def _sync_stage(self, recorded: set[int]) -> None:
+        """A file per on-stage turn: started when a classroom is on stage with its tracks, finished when it
+        leaves the stage (or its tracks go)."""
+        on = set(self.router.stage)
+        for pid, (recording, rec_id) in list(self.stage.items()):
+            live = {id(p) for p in self.router.producers.values() if p.owner == pid}
+            if pid not in on or any(id(t.producer) not in live for t in recording.tracks):
+                del self.stage[pid]
+                self._finish(recording, rec_id)
+        for pid in self.router.stage:
+            if pid in self.stage:
+                continue
+            theirs = [p for p in self.router.producers.values() if p.owner == pid and id(p) not in recorded]
+            video = [p for p in theirs if p.kind == "video"][:1]
+            audio = [p for p in theirs if p.kind == "audio"][:1]
+            if not video and not audio:
+                continue
+            self.stage_turns += 1
+            path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-stage{self.stage_turns}.webm"
+            name = self.stage_names.get(pid, pid)
+            rec_id = self.catalog.start_recording(self.router.lesson_id, f"{self.title}（上台 {name}）",
+                                                  self.teacher, self.teacher_sub, path)
+            self.stage[pid] = (RecordingFile(path, video + audio), rec_id)
 
     async def _on_track(self, change: str, producer: Producer) -> None:
         if not self.closed:
@@ -203,11 +234,12 @@ class LessonRecorder:
 
     def _sync(self) -> None:
         """(Re)start files for the producers now live: the main file when camera or microphone start."""
-        live = list(self.router.producers.values())
+        live = [p for p in self.router.producers.values() if p.owner_role == "teacher"]
         main = [p for p in live if p.source in ("camera", "microphone")]
         screens = [p for p in live if p.source == "screen"]
-        files = ([self.main] if self.main else []) + [f for f, _ in self.extra]
+        files = ([self.main] if self.main else []) + [f for f, _ in self.extra] + [f for f, _ in self.stage.values()]
         recorded = {id(t.producer) for f in files for t in f.tracks}
+        self._sync_stage(recorded)
         if main and (self.main is None or self.main.closed):
             self._start_main(main)
         elif main and any(id(p) not in recorded for p in main):
@@ -247,11 +279,13 @@ class LessonRecorder:
             return
         self.closed = True
         self._finish_main()
-        for recording, rec_id in self.extra:
+        for recording, rec_id in self.extra + list(self.stage.values()):
             self._finish(recording, rec_id)
+        self.stage.clear()
 
     def stats(self) -> dict:
-        return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f, _ in self.extra]}
+        return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f, _ in self.extra],
+                "stage": [f.stats() for f, _ in self.stage.values()]}
 
 
 def repair_file(path: Path) -> tuple[float, int]:

@@ -54,7 +54,8 @@ MAX_BODY_BYTES: Final[int] = 16 * 1024  # metadata is a few KB at most (descript
 FILE_URL_TTL_S: Final[int] = 6 * 3600
 SIGNATURE_CHARS: Final[int] = 32  # 192 bits of the HMAC, base64url
 CONTENT_TYPES: Final[dict[str, str]] = {".webm": "video/webm", ".mkv": "video/x-matroska", ".mp4": "video/mp4",
-                                        ".jpg": "image/jpeg", ".png": "image/png"}
+                                        ".jpg": "image/jpeg", ".png": "image/png",
+                                        ".csv": "text/csv; charset=utf-8", ".json": "application/json"}
 # HTTP status per LibraryError code.
 STATUS: Final[dict[str, int]] = {"not_found": 404, "forbidden": 403, "invalid_transition": 409,
                                  "invalid_field": 400, "bad_request": 400, "unauthorized": 401,
@@ -305,6 +306,20 @@ class LibraryRoutes:
             name = f"{rec.title}{path.suffix}".replace("/", "_")
         return self._send(path, public, name)
 
+    async def lesson_record(self, request: web.Request) -> web.StreamResponse:
+        """The lesson's attendance CSV, chat transcript CSV or record JSON (stage timeline, chat, attendance):
+        for the recording's teacher and reviewers only — attendance is about schools, not for the public."""
+        viewer = self.viewer(request)
+        rec = await asyncio.to_thread(self.library.get_for, request.match_info["id"], viewer)
+        if not viewer.actors(rec):
+            raise LibraryError("forbidden", "the lesson's record is for its teacher and reviewers")
+        name = request.match_info["name"]
+        path = self.library.lesson_record_file(rec.lesson_id, name)
+        if path is None:
+            raise LibraryError("not_found", f"no {name} for this lesson")
+        stem = {"attendance.csv": "考勤", "chat.csv": "聊天", "record.json": "课堂记录"}[name]
+        return self._send(path, False, f"{rec.title}-{stem}{path.suffix}".replace("/", "_"))
+
     async def poster(self, request: web.Request) -> web.StreamResponse:
         rec, public = await self._file_recording(request)
         if not rec.poster:
@@ -354,6 +369,7 @@ def add_routes(app: web.Application, library: Library, secret: str, *,
     r.add_get("/api/library/{id}/export", _errors(routes.export_status))
     r.add_get("/library/files/{id}", _errors(routes.file))
     r.add_get("/library/files/{id}/poster", _errors(routes.poster))
+    r.add_get("/api/library/{id}/lesson/{name:attendance\\.csv|chat\\.csv|record\\.json}", _errors(routes.lesson_record))
     r.add_get("/library", routes.page_index)
     r.add_get("/library/play/{id}", routes.page_play)
     r.add_static("/library/static/", LIBRARY_WEB_DIR, append_version=False)

@@ -16,6 +16,8 @@ if [ "${1:-}" = "test" ]; then
   # a CJK font so the Chinese interface renders in screenshots
   command -v chromium >/dev/null || need_apt+=(chromium)
   dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need_apt+=(fonts-wqy-microhei)
+  # the TURN-over-TCP test starts a throwaway coturn (the server itself needs no TURN)
+  command -v turnserver >/dev/null || need_apt+=(coturn)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

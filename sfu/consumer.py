@@ -202,11 +202,16 @@ class Consumer:
         if not self.paused:
             return
         self.paused = False
+        self.close_gap()
+        if self.kind == "video" and self._started:
+            self._begin_at_keyframe(None)
+
+    def close_gap(self) -> None:
+        """Packets were held back on purpose (paused, hard-muted): audio goes on right after the last packet
+        sent, so the receiver counts no loss; video jumps RESUME_SEQ_JUMP (it restarts at a keyframe)."""
         newest = self._seq.newest_out
         if newest is not None:
             self._seq = SeqMap(newest + 1 + (RESUME_SEQ_JUMP if self.kind == "video" else 0))
-        if self.kind == "video" and self._started:
-            self._begin_at_keyframe(None)
 
     # -- feedback from the subscriber ----------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ class Ingress:
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         try:
             received = self._demux(data)
-            if received is not None:
+            if received is not None and not received[0].muted:
                 producer, packet = received
                 consumers = producer.consumers
                 # a fan-out to hundreds of classrooms takes milliseconds: in slices, with the event loop free

@@ -117,13 +117,18 @@ def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
     return found
 
 
+# a classroom's own camera and microphone: one track of each kind (the signalling refuses a screen)
+CLASSROOM_MAX_TRACKS_PER_KIND = 1
+
+
 class Publisher:
     """The teacher's connection: every received transceiver becomes a Producer."""
 
     def __init__(self, router: Router, participant_id: str, ice_servers: list[str] | None = None,
-                 uplink_bps: int | None = None) -> None:
+                 uplink_bps: int | None = None, role: str = "teacher") -> None:
         self.router = router
         self.participant_id = participant_id
+        self.role = role  # "classroom": one small camera and one microphone at most
         self.pc = make_peer_connection(ice_servers)
         # what the teacher is asked to send (REMB), in place of aiortc's slowly rising estimate; None: aiortc's
         self.uplink = UplinkBudget(uplink_bps) if uplink_bps else None
@@ -146,6 +151,10 @@ class Publisher:
                      if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
         if not receiving:
             raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
+        if self.role == "classroom":
+            for kind in ("audio", "video"):
+                if sum(t.kind == kind for t in receiving) > CLASSROOM_MAX_TRACKS_PER_KIND:
+                    raise SdpError(f"a classroom publishes one {kind} track at most", "too_many_tracks")
         for t in receiving:
             _restrict_codecs(t)
         answer = await self.pc.createAnswer()
@@ -168,6 +177,7 @@ class Publisher:
         producer = Producer(f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}", t.kind, name, rate,
                             send_pli, source or ("microphone" if t.kind == "audio" else "camera"),
                             owner=self.participant_id)
+        producer.owner_role = self.role
         # browsers put the MID extension only on a stream's first packets: an m-line reused for a new track
         # (share, stop, share again) can only be routed by the SSRCs its offer declares
         ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
@@ -282,6 +292,44 @@ class Subscriber:
 
     def place(self, producer: Producer) -> bool:
         """Put a producer into a free slot (binding it now if negotiated); True if a new slot is needed."""
+        new, bound = self._put(producer)
+        if bound:
+            self.signals.send_tracks(self.track_map())
+        return new
+
+    def unplace(self, producer: Producer) -> None:
+        for slot in self.slots:
+            if slot.producer is producer:
+                self._free(slot)
+                self.signals.send_tracks(self.track_map())
+
+    def receives(self, producer: Producer) -> bool:
+        return any(s.producer is producer for s in self.slots)
+
+    def sync(self, wanted: list[Producer], among: list[Producer] | None = None) -> bool:
+        """Receive the `wanted` producers and none of the others of `among` (None: of all it receives now),
+        with one `tracks` message for the whole change (a wall page of 16 tiles is one message, not 32).
+        Freed slots are reused first; True when new slots are needed (the caller sends a new offer)."""
+        keep = {id(p) for p in wanted}
+        scope = None if among is None else {id(p) for p in among}
+        changed = new = False
+        for slot in self.slots:
+            p = slot.producer
+            if p is not None and id(p) not in keep and (scope is None or id(p) in scope):
+                self._free(slot)
+                changed = True
+        have = {id(s.producer) for s in self.slots if s.producer is not None}
+        for producer in wanted:
+            if id(producer) not in have:
+                added, _ = self._put(producer)
+                new |= added
+                changed = True
+        if changed:
+            self.signals.send_tracks(self.track_map())
+        return new
+
+    def _put(self, producer: Producer) -> tuple[bool, bool]:
+        """(a new slot was added, the producer is bound now)."""
         slot = next((s for s in self.slots if s.kind == producer.kind and s.producer is None), None)
         new = slot is None
         if slot is None:
@@ -289,17 +337,15 @@ class Subscriber:
         slot.producer = producer
         if slot.negotiated:
             self._bind(slot)
-            self.signals.send_tracks(self.track_map())
-        return new
+            return new, True
+        return new, False
 
-    def unplace(self, producer: Producer) -> None:
-        for slot in self.slots:
-            if slot.producer is producer:
-                if slot.consumer is not None:
-                    slot.resume = slot.consumer.resume_point()
-                    slot.consumer.close()
-                slot.producer = slot.consumer = None
-                self.signals.send_tracks(self.track_map())
+    def _free(self, slot: Slot) -> None:
+        """The slot's track goes; a later one in this slot continues its sequence numbers and timestamps."""
+        if slot.consumer is not None:
+            slot.resume = slot.consumer.resume_point()
+            slot.consumer.close()
+        slot.producer = slot.consumer = None
 
     def _bind(self, slot: Slot) -> None:
         producer = slot.producer
@@ -352,7 +398,8 @@ class Subscriber:
     def track_map(self) -> list[dict]:
         """Which mid carries which lesson track, for the client."""
         return [{"mid": s.transceiver.mid, "kind": s.kind, "track": s.producer.id if s.producer else None,
-                 "source": s.producer.source if s.producer else None} for s in self.slots]
+                 "source": s.producer.source if s.producer else None,
+                 "participant": s.producer.owner if s.producer else None} for s in self.slots]
 
     async def negotiate(self) -> None:
         """Send a (re)offer, unless one is already waiting for its answer: then offer again after it."""

@@ -48,13 +48,16 @@ class Packet:
 
 
 class Producer:
-    """One published track (audio or video) of the teacher."""
+    """One published track (audio or video): the teacher's, or a classroom's small camera and microphone."""
 
     def __init__(self, track_id: str, kind: str, codec_name: str, clock_rate: int,
                  send_pli: Callable[[int], None], source: str = "camera", owner: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.id = track_id
-        self.owner = owner  # participant id of the teacher who publishes it
+        self.owner = owner  # participant id of whoever publishes it (the teacher, or a classroom)
+        self.owner_role = "teacher"  # "classroom": forwarded only to the teacher and observers, or on stage
+        # hard mute (the teacher's, enforced here): packets still arrive and are counted, nobody receives them
+        self.muted = False
         self.kind = kind
         self.codec_name = codec_name.lower()
         self.clock_rate = clock_rate
@@ -198,6 +201,7 @@ class Producer:
 
     def stats(self) -> dict:
         return {"id": self.id, "kind": self.kind, "codec": self.codec_name, "ssrc": self.ssrc,
+                "participant": self.owner, "source": self.source, "muted": self.muted,
                 "packets_in": self.packets_in, "bytes_in": self.bytes_in, "duplicates": self.duplicates,
                 "consumers": len(self.consumers), "cached": len(self.cache),
                 "keyframe_requests": self.keyframes.requested, "keyframe_requests_suppressed":

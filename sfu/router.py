@@ -24,13 +24,25 @@ TrackListener = Callable[[str, Producer], Awaitable[None]]
 
 
 class Router:
-    def __init__(self, lesson_id: str, ice_servers: list[str] | None = None, uplink_bps: int | None = None) -> None:
+    """Who receives what: the teacher's tracks go to everyone; a classroom's small camera and microphone go to
+    the teacher and observers while its tile is on their wall (`set_visible`), and to everyone (and the
+    recorder) while it is on stage (`set_stage`). A hard-muted classroom's audio goes to nobody."""
+
+    def __init__(self, lesson_id: str, ice_servers: list[str] | None = None, uplink_bps: int | None = None,
+                 classroom_uplink_bps: int | None = None) -> None:
         self.lesson_id = lesson_id
         self.ice_servers = ice_servers
         self.uplink_bps = uplink_bps  # the teacher's video budget, asked for by REMB (None: aiortc's estimate)
-        self.publisher: Publisher | None = None
+        self.classroom_uplink_bps = classroom_uplink_bps  # a classroom's thumbnail budget, the same way
+        self.publisher: Publisher | None = None  # the teacher's
+        self.classroom_publishers: dict[str, Publisher] = {}
         self.producers: dict[str, Producer] = {}
         self.subscribers: dict[str, Subscriber] = {}
+        self.roles: dict[str, str] = {}  # participant -> role, for those with media here
+        self.visible: dict[str, set[str]] = {}  # teacher/observer -> classrooms whose tiles are on its wall
+        self.stage: list[str] = []  # classrooms on stage, in the order they came up
+        self.muted: set[str] = set()  # classrooms hard-muted by the teacher
+        self._stage_listeners: list[Callable[[list[str]], None]] = []
         self.closed = False
         self.video_bps = 0.0  # what the lesson's video needs, measured from the teacher's tracks
         self._listeners: list[TrackListener] = []
@@ -46,27 +58,51 @@ class Router:
 
     # -- publishing ----------------------------------------------------------------------------------------
 
-    async def publish(self, participant_id: str, sdp: str, sources: dict[str, str] | None = None) -> str:
-        """Answer the teacher's offer. A new teacher connection replaces the previous one."""
+    async def publish(self, participant_id: str, sdp: str, sources: dict[str, str] | None = None,
+                      role: str = "teacher") -> str:
+        """Answer a publisher's offer: the teacher's (a new teacher connection replaces the previous one) or a
+        classroom's own camera and microphone."""
         if self.closed:
             raise SdpError("the lesson is closed", "lesson_closed")
-        if self.publisher is not None and self.publisher.participant_id != participant_id:
-            await self.remove_publisher(self.publisher)
-        if self.publisher is None:
-            self.publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
+        self.roles[participant_id] = role
+        if role == "teacher":
+            if self.publisher is not None and self.publisher.participant_id != participant_id:
+                await self.remove_publisher(self.publisher)
+            if self.publisher is None:
+                self.publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
+            publisher = self.publisher
+        else:
+            publisher = self.classroom_publishers.get(participant_id)  # type: ignore[assignment]
+            if publisher is None:
+                publisher = Publisher(self, participant_id, self.ice_servers, self.classroom_uplink_bps,
+                                      role="classroom")
+                self.classroom_publishers[participant_id] = publisher
         try:
-            return await self.publisher.accept_offer(sdp, sources)
+            return await publisher.accept_offer(sdp, sources)
         except SdpError:
-            if not self.publisher.producers:
-                failed, self.publisher = self.publisher, None
-                await failed.close()
+            if not publisher.producers:
+                await self.remove_publisher(publisher)
             raise
+
+    def publishers(self) -> list[Publisher]:
+        return ([self.publisher] if self.publisher is not None else []) + list(self.classroom_publishers.values())
+
+    def wants(self, subscriber_id: str, producer: Producer) -> bool:
+        """Whether a subscriber receives a producer (the forwarding policy, in one place)."""
+        owner = producer.owner
+        if owner == subscriber_id:
+            return False  # nobody receives itself
+        if producer.owner_role != "classroom" or owner in self.stage:
+            return True
+        return owner in self.visible.get(subscriber_id, ())
 
     def add_producer(self, producer: Producer) -> None:
         self.producers[producer.id] = producer
         producer.on_close(self._producer_closed)
-        for sub in list(self.subscribers.values()):
-            if sub.place(producer):
+        if producer.kind == "audio" and producer.owner in self.muted:
+            producer.muted = True
+        for pid, sub in list(self.subscribers.items()):
+            if self.wants(pid, producer) and sub.place(producer):
                 asyncio.ensure_future(sub.negotiate())
         self._notify("added", producer)
 
@@ -80,34 +116,87 @@ class Router:
     async def remove_publisher(self, publisher: Publisher) -> None:
         if self.publisher is publisher:
             self.publisher = None
+        elif self.classroom_publishers.get(publisher.participant_id) is publisher:
+            del self.classroom_publishers[publisher.participant_id]
         await publisher.close()
+
+    # -- the interactive classroom -------------------------------------------------------------------------
+
+    def _resync(self, owners: set[str], subscribers: list[str] | None = None) -> None:
+        """Re-apply the policy to the producers of `owners` for `subscribers` (None: all of them)."""
+        theirs = [p for p in self.producers.values() if p.owner in owners]
+        for pid in subscribers if subscribers is not None else list(self.subscribers):
+            sub = self.subscribers.get(pid)
+            if sub is None:
+                continue
+            if sub.sync([p for p in theirs if self.wants(pid, p)], among=theirs):
+                asyncio.ensure_future(sub.negotiate())
+
+    def set_visible(self, subscriber_id: str, classrooms: list[str]) -> None:
+        """The classroom tiles on a teacher's (or observer's) wall now: only their tracks flow to it."""
+        before = self.visible.get(subscriber_id, set())
+        self.visible[subscriber_id] = set(classrooms)
+        self._resync(before ^ self.visible[subscriber_id], [subscriber_id])
+
+    def set_stage(self, classrooms: list[str]) -> None:
+        """The classrooms on stage: their tracks go to everyone, and to the recorder."""
+        before = set(self.stage)
+        self.stage = list(classrooms)
+        changed = before ^ set(self.stage)
+        if changed:
+            self._resync(changed)
+        for listener in self._stage_listeners:
+            try:
+                listener(list(self.stage))
+            except Exception:  # noqa: BLE001
+                log.exception("stage listener failed")
+
+    def on_stage(self, listener: Callable[[list[str]], None]) -> None:
+        self._stage_listeners.append(listener)
+
+    def set_muted(self, classroom: str, muted: bool) -> None:
+        """Hard mute: the classroom's audio is dropped here, whatever its browser sends."""
+        if muted:
+            self.muted.add(classroom)
+        else:
+            self.muted.discard(classroom)
+        for producer in self.producers.values():
+            if producer.owner == classroom and producer.kind == "audio":
+                if producer.muted and not muted:
+                    for consumer in producer.consumers:
+                        close_gap = getattr(consumer, "close_gap", None)  # the recorder has none: a gap is fine
+                        if close_gap is not None:
+                            close_gap()  # the muted stretch is no loss to the classrooms
+                producer.muted = muted
 
     async def unpublish(self, participant_id: str, track_id: str | None = None) -> int:
         """Stop forwarding one (or every) track of the teacher; returns how many were removed."""
-        if self.publisher is None or self.publisher.participant_id != participant_id:
+        publisher = next((p for p in self.publishers() if p.participant_id == participant_id), None)
+        if publisher is None:
             return 0
         if track_id is None:
-            n = len(self.publisher.producers)
-            await self.remove_publisher(self.publisher)
+            n = len(publisher.producers)
+            await self.remove_publisher(publisher)
             return n
-        for mid, producer in list(self.publisher.producers.items()):
+        for mid, producer in list(publisher.producers.items()):
             if producer.id == track_id:
-                del self.publisher.producers[mid]
-                if self.publisher.ingress is not None:
-                    self.publisher.ingress.remove_producer(producer)
+                del publisher.producers[mid]
+                if publisher.ingress is not None:
+                    publisher.ingress.remove_producer(producer)
                 producer.close()
                 return 1
         return 0
 
     # -- subscribing ---------------------------------------------------------------------------------------
 
-    async def subscribe(self, participant_id: str, signals: SubscriberSignals) -> Subscriber:
+    async def subscribe(self, participant_id: str, signals: SubscriberSignals, role: str = "classroom") -> Subscriber:
         old = self.subscribers.pop(participant_id, None)
         if old is not None:
             await old.close()
+        self.roles.setdefault(participant_id, role)
         sub = Subscriber(self, participant_id, signals, self.ice_servers)
         self.subscribers[participant_id] = sub
-        await sub.start(list(self.producers.values()))
+        await sub.start([p for p in self.producers.values() if self.wants(participant_id, p)])
         return sub
 
     async def remove_subscriber(self, participant_id: str) -> None:
@@ -116,9 +205,14 @@ class Router:
             await sub.close()
 
     async def remove_participant(self, participant_id: str) -> None:
+        """Its connections go; whether it is on stage or muted stays (a reconnecting classroom finds it so)."""
         if self.publisher is not None and self.publisher.participant_id == participant_id:
             await self.remove_publisher(self.publisher)
+        classroom = self.classroom_publishers.get(participant_id)
+        if classroom is not None:
+            await self.remove_publisher(classroom)
         await self.remove_subscriber(participant_id)
+        self.visible.pop(participant_id, None)
 
     # -- reports and lifecycle -----------------------------------------------------------------------------
 
@@ -129,13 +223,15 @@ class Router:
         while not self.closed:
             await asyncio.sleep(REPORT_REFRESH_S)
             tick += 1
-            if tick % UPLINK_REMB_EVERY == 0 and self.publisher is not None:
-                try:
-                    await self.publisher.send_uplink_remb()
-                except Exception:  # noqa: BLE001
-                    log.exception("uplink REMB failed")
+            if tick % UPLINK_REMB_EVERY == 0:
+                for publisher in self.publishers():
+                    try:
+                        await publisher.send_uplink_remb()
+                    except Exception:  # noqa: BLE001
+                        log.exception("uplink REMB failed")
             now, mono = time.time(), time.monotonic()
-            total = sum(p.bytes_in for p in self.producers.values() if p.kind == "video")
+            # what a classroom needs: the teacher's video (thumbnails go to the teacher, judged the same way)
+            total = sum(p.bytes_in for p in self.producers.values() if p.kind == "video" and p.owner_role == "teacher")
             rate = max(0, total - video_bytes) * 8 / max(mono - then, 1e-3)
             # smoothed: a keyframe is a burst, not what the lesson's video needs
             self.video_bps = rate if self.video_bps == 0 else 0.8 * self.video_bps + 0.2 * rate
@@ -149,7 +245,8 @@ class Router:
                     log.exception("report refresh failed")
 
     def stats(self) -> dict:
-        return {"lesson": self.lesson_id, "producers": [p.stats() for p in self.producers.values()],
+        return {"lesson": self.lesson_id, "stage": list(self.stage), "muted": sorted(self.muted),
+                "producers": [p.stats() for p in self.producers.values()],
                 "video_bps": round(self.video_bps),
                 "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},
                 "video": {pid: {"chosen": s.video, "state": s.ladder.state if s.ladder else "video",
@@ -161,7 +258,7 @@ class Router:
             return
         self.closed = True
         self._reports.cancel()
-        if self.publisher is not None:
-            await self.remove_publisher(self.publisher)
+        for publisher in self.publishers():
+            await self.remove_publisher(publisher)
         for pid in list(self.subscribers):
             await self.remove_subscriber(pid)

@@ -76,19 +76,43 @@ async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
         conn.send(reply)
 
 
-async def lesson_stats(request: web.Request) -> web.Response:
-    """Forwarding figures of one lesson on this node, for its teacher or an observer (Bearer token)."""
+def _lesson_staff(request: web.Request) -> web.Response | None:
+    """None when the Bearer token is the lesson's teacher's or an observer's, else the refusal to send."""
     hub = request.app[HUB_KEY]
-    lesson_id = request.match_info["lesson"]
     auth = request.headers.get("Authorization", "")
     try:
-        claims = verify_token(hub.config.secret, auth.removeprefix("Bearer ").strip(), lesson=lesson_id)
+        claims = verify_token(hub.config.secret, auth.removeprefix("Bearer ").strip(),
+                              lesson=request.match_info["lesson"])
     except TokenError as exc:
         return web.json_response(error_reply(exc.code, str(exc)), status=401)
     if claims.role not in ("teacher", "observer"):
         return web.json_response(error_reply("forbidden", "teachers and observers only"), status=403)
-    router = hub.routers.get(lesson_id)
+    return None
+
+
+async def lesson_stats(request: web.Request) -> web.Response:
+    """Forwarding figures of one lesson on this node, for its teacher or an observer (Bearer token)."""
+    refused = _lesson_staff(request)
+    if refused is not None:
+        return refused
+    lesson_id = request.match_info["lesson"]
+    router = request.app[HUB_KEY].routers.get(lesson_id)
     return web.json_response(router.stats() if router else {"lesson": lesson_id, "producers": [], "subscribers": {}})
+
+
+async def lesson_attendance(request: web.Request) -> web.Response:
+    """Each classroom's attendance and reception over the lesson so far: JSON, or CSV for a spreadsheet."""
+    refused = _lesson_staff(request)
+    if refused is not None:
+        return refused
+    hub, lesson_id = request.app[HUB_KEY], request.match_info["lesson"]
+    inter, now = hub.interaction(lesson_id), time.time()
+    if request.match_info.get("csv"):
+        return web.Response(body=inter.attendance.to_csv(now, inter.hands, inter.stage).encode("utf-8"),
+                            headers={"Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
+                                     "Content-Disposition": f'attachment; filename="attendance-{lesson_id}.csv"'})
+    return web.json_response({"lesson": lesson_id, "classrooms": inter.attendance.rows(now, inter.hands, inter.stage),
+                              "stage_timeline": inter.stage.timeline()})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -107,6 +131,8 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
+    app.router.add_get("/api/lessons/{lesson}/attendance", lesson_attendance)
+    app.router.add_get("/api/lessons/{lesson}/attendance{csv:\\.csv}", lesson_attendance)
     for path, filename in PAGES.items():
         app.router.add_get(path, _page(filename))
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)

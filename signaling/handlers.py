@@ -9,9 +9,10 @@ from typing import Any
 from sfu.peers import SdpError, Subscriber
 
 from .connection import Connection
-from .hub import Hub, LessonEnded
+from .hub import Hub, JoinRefused, LessonEnded
 from .messages import Message, ProtocolError
 from .tokens import TokenError, verify_token
+from .turn import ice_servers_for
 
 log = logging.getLogger("ketang.signaling")
 
@@ -40,7 +41,14 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     except LessonEnded as exc:
         conn.claims = conn.participant_id = conn.lesson_id = None
         raise ProtocolError("lesson_ended", "this lesson has ended", msg.id) from exc
-    conn.send({"type": "joined", "ref": msg.id, **state})
+    except JoinRefused as exc:
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        why = {"removed": "the teacher removed this classroom from the lesson",
+               "lesson_locked": "the teacher has locked the lesson to new classrooms"}.get(exc.code, exc.code)
+        raise ProtocolError(exc.code, why, msg.id) from exc
+    cfg = hub.config  # TURN credentials minted for this participant (firewalled schools; docs/weak-networks.md)
+    ice = ice_servers_for(cfg.turn_urls, cfg.turn_secret, claims.sub, cfg.turn_ttl_s)
+    conn.send({"type": "joined", "ref": msg.id, **state, "ice_servers": ice})
     if claims.role in ("classroom", "observer"):
         await _subscribe(hub, conn)
     return None
@@ -61,19 +69,21 @@ class _ClientSignals:
 
 async def _subscribe(hub: Hub, conn: Connection) -> None:
     assert conn.lesson_id is not None and conn.participant_id is not None
-    await hub.router(conn.lesson_id).subscribe(conn.participant_id, _ClientSignals(conn))
+    await hub.router(conn.lesson_id).subscribe(conn.participant_id, _ClientSignals(conn), conn.role or "classroom")
 
 
 async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
     _require_joined(conn, msg)
-    if conn.role != "teacher":
-        raise ProtocolError("forbidden", "only the lesson's teacher can publish", msg.id)
+    if conn.role not in ("teacher", "classroom"):
+        raise ProtocolError("forbidden", "only the teacher and classrooms publish", msg.id)
     assert conn.lesson_id is not None and conn.participant_id is not None
-    if "record" in msg.fields:
+    if conn.role == "classroom" and "screen" in (msg.fields.get("sources") or {}).values():
+        raise ProtocolError("forbidden", "a classroom publishes its camera and microphone, not courseware", msg.id)
+    if "record" in msg.fields and conn.role == "teacher":
         hub.set_recording(conn.lesson_id, msg.fields["record"])
     try:
         router = hub.router(conn.lesson_id)
-        sdp = await router.publish(conn.participant_id, msg.fields["sdp"], msg.fields.get("sources"))
+        sdp = await router.publish(conn.participant_id, msg.fields["sdp"], msg.fields.get("sources"), conn.role)
     except SdpError as exc:
         raise ProtocolError(exc.code, str(exc), msg.id) from exc
     return {"type": "answer", "ref": msg.id, "sdp": sdp}
@@ -106,8 +116,8 @@ async def handle_prefer(hub: Hub, conn: Connection, msg: Message) -> Reply:
 
 async def handle_unpublish(hub: Hub, conn: Connection, msg: Message) -> Reply:
     _require_joined(conn, msg)
-    if conn.role != "teacher":
-        raise ProtocolError("forbidden", "only the lesson's teacher publishes", msg.id)
+    if conn.role not in ("teacher", "classroom"):
+        raise ProtocolError("forbidden", "only the teacher and classrooms publish", msg.id)
     router = hub.routers.get(conn.lesson_id or "")
     removed = await router.unpublish(conn.participant_id or "", msg.fields.get("track")) if router else 0
     return {"type": "unpublished", "ref": msg.id, "removed": removed}
@@ -133,7 +143,10 @@ async def handle_ping(hub: Hub, conn: Connection, msg: Message) -> Reply:
     return {"type": "pong", "ref": msg.id}
 
 
+from .moderation import MODERATION_HANDLERS  # noqa: E402 - they use _subscribe and _require_joined above
+
 HANDLERS: dict[str, Handler] = {
+    **MODERATION_HANDLERS,
     "join": handle_join,
     "publish": handle_publish,
     "answer": handle_answer,

@@ -15,7 +15,11 @@ from sfu.router import Router
 from .connection import Connection
 from recorder.recorder import Catalog, LessonRecorder
 
+from .interaction import LessonInteraction
 from .state import Lesson, Participant, RoomStore, TrackInfo
+
+# each classroom's reception (loss, round-trip time, bitrate, video) is sampled this often for attendance
+SAMPLE_EVERY_S = 2.0
 
 log = logging.getLogger("ketang.signaling")
 
@@ -43,8 +47,34 @@ class Hub:
         self.not_recorded: set[str] = set()  # lessons whose teacher switched recording off
         self.routers: dict[str, Router] = {}
         self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
+        # the interactive classroom: hands, stage, moderation, chat, attendance (per lesson, on its node)
+        self.interactions: dict[str, LessonInteraction] = {}
+        self.seen: dict[str, set[str]] = {}  # lesson -> classrooms that have been in it (a locked lesson's own)
         self.started_at = time.time()
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
+        self._samples = asyncio.ensure_future(self._sample_loop())
+        self._octets: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def interaction(self, lesson_id: str) -> LessonInteraction:
+        inter = self.interactions.get(lesson_id)
+        if inter is None:
+            inter = self.interactions[lesson_id] = LessonInteraction(stage_max=self.config.stage_max)
+        return inter
+
+    def classrooms(self, lesson_id: str) -> dict[str, Connection]:
+        """The classrooms connected to this lesson here."""
+        return {pid: c for pid, c in self.connections.get(lesson_id, {}).items() if c.role == "classroom"}
+
+    def send_to(self, lesson_id: str, participant_id: str, message: dict[str, Any]) -> None:
+        conn = self.connections.get(lesson_id, {}).get(participant_id)
+        if conn is not None:
+            conn.send(message)
+
+    def classroom_state(self, lesson_id: str, participant_id: str) -> None:
+        """Tell a classroom, the teacher and observers what the classroom's hand, stage and mute are now."""
+        event = {"type": "event", "event": "classroom-state", **self.interaction(lesson_id).state_of(participant_id)}
+        self.send_to(lesson_id, participant_id, event)
+        self.broadcast(lesson_id, event, about="classroom")
 
     # -- membership ----------------------------------------------------------------------------------------
 
@@ -56,6 +86,13 @@ class Hub:
                                                 teacher=claims.name if claims.role == "teacher" else None)
         if lesson.state == "ended" and claims.role != "teacher":
             raise LessonEnded(lesson.id)
+        inter = self.interaction(lesson.id)
+        if claims.role == "classroom":
+            seen = self.seen.setdefault(lesson.id, set())
+            refused = inter.may_join(conn.participant_id, conn.participant_id in seen)
+            if refused is not None:
+                raise JoinRefused(refused)
+            seen.add(conn.participant_id)
         now = time.time()
         participant = Participant(id=conn.participant_id, lesson_id=lesson.id, role=claims.role, name=claims.name,
                                   joined_at=now, last_seen=now, node=self.config.node_id, expires_at=0.0)
@@ -73,11 +110,26 @@ class Hub:
             self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
                                        "participant": public_participant(participant)}, exclude=conn,
                            about=claims.role)
-        participants = [public_participant(p) for p in await self.store.list_participants(lesson.id)
+        everyone = await self.store.list_participants(lesson.id)
+        participants = [public_participant(p) for p in everyone
                         if p.role != "observer" and sees(claims.role, p.role, p.id == participant.id)]
-        tracks = [public_track(t) for t in await self.store.list_tracks(lesson.id)]
-        return {"participant": {"id": participant.id, "role": participant.role, "name": participant.name},
-                "lesson": lesson.to_dict(), "participants": participants, "tracks": tracks}
+        classrooms = {p.id for p in everyone if p.role == "classroom"}
+        on_stage = {s["id"] for s in inter.stage.on()}
+        # a classroom hears of the teacher's tracks and of those on stage, not of every classroom's camera
+        tracks = [public_track(t) for t in await self.store.list_tracks(lesson.id)
+                  if claims.role != "classroom" or t.participant_id not in classrooms
+                  or t.participant_id in on_stage or t.participant_id == participant.id]
+        state: dict[str, Any] = {"participant": {"id": participant.id, "role": participant.role,
+                                                 "name": participant.name},
+                                 "lesson": lesson.to_dict(), "participants": participants, "tracks": tracks,
+                                 "settings": inter.settings_dict(), "stage": inter.stage.on(),
+                                 "chat": inter.chat.recent()}
+        if claims.role == "classroom":
+            inter.attendance.joined(participant.id, participant.name, now)
+            state["state"] = inter.state_of(participant.id)
+        else:
+            state["hands"] = inter.hands.queue()
+        return state
 
     async def leave(self, conn: Connection) -> None:
         """Idempotent: forget the participant here, in room state and in the SFU, and tell the others."""
@@ -93,6 +145,10 @@ class Hub:
             await router.remove_participant(pid)
         # its tracks' removal is announced by the router as their producers close (once, not twice)
         await self.store.remove_participant(lesson_id, pid)
+        if conn.role == "classroom":
+            inter = self.interaction(lesson_id)
+            # its hand stays up: a classroom whose link dropped finds it so when it is back
+            inter.attendance.left(pid, time.time())
         if conn.role != "observer":
             self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
                                        "participant": {"id": pid, "role": conn.role,
@@ -101,9 +157,15 @@ class Hub:
         if not members:
             self.connections.pop(lesson_id, None)
             self._stop_recording(lesson_id)
+            self._save_record(lesson_id)
             if router is not None:
                 self.routers.pop(lesson_id, None)
                 await router.close()
+
+    def broadcast_hands(self, lesson_id: str) -> None:
+        """The hand queue, in order, to the teacher and observers."""
+        self.broadcast(lesson_id, {"type": "event", "event": "hands", "queue": self.interaction(lesson_id).hands.queue()},
+                       about="classroom")
 
     def broadcast(self, lesson_id: str, message: dict[str, Any], exclude: Connection | None = None,
                   about: str | None = None) -> None:
@@ -120,7 +182,12 @@ class Hub:
         router = self.routers.get(lesson_id)
         if router is None:
             router = Router(lesson_id, list(self.config.ice_servers),
-                            self.config.teacher_uplink_kbps * 1000 or None)
+                            self.config.teacher_uplink_kbps * 1000 or None,
+                            self.config.classroom_uplink_kbps * 1000 or None)
+            inter = self.interactions.get(lesson_id)
+            if inter is not None:  # a router made again (everyone had left): stage and mutes as they were
+                router.stage = [s["id"] for s in inter.stage.on()]
+                router.muted = set(inter.muted)
             router.on_track(lambda change, producer: self._on_track(lesson_id, change, producer))
             self.routers[lesson_id] = router
         return router
@@ -128,18 +195,22 @@ class Hub:
     async def _on_track(self, lesson_id: str, change: str, producer: Producer) -> None:
         track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=producer.owner, kind=producer.kind,
                           source=producer.source, published_at=time.time())
+        # a classroom's own camera and microphone are news to the teacher and observers, not to 400 classrooms
+        about = "classroom" if producer.owner_role == "classroom" else None
         if change == "added":
             await self.store.add_track(track)
             lesson = await self.store.get_lesson(lesson_id)
-            if lesson is not None:
+            if lesson is not None and about is None:
                 self._start_recording(lesson, producer)
-            if lesson is not None and lesson.state != "live":
+            if lesson is not None and lesson.state != "live" and about is None:
                 lesson = await self.store.set_lesson_state(lesson_id, "live")
                 self.broadcast(lesson_id, {"type": "event", "event": "lesson-started", "lesson": lesson.to_dict()})
-            self.broadcast(lesson_id, {"type": "event", "event": "track-added", "track": public_track(track)})
+            self.broadcast(lesson_id, {"type": "event", "event": "track-added", "track": public_track(track)},
+                           about=about)
         else:
             await self.store.remove_track(lesson_id, producer.id)
-            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)})
+            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)},
+                           about=about)
 
     def _start_recording(self, lesson: Lesson, producer: Producer) -> None:
         """Every lesson is recorded from its first track (unless switched off), without transcoding."""
@@ -168,8 +239,22 @@ class Hub:
             except Exception:  # noqa: BLE001
                 log.exception("could not finish the recording of lesson %s", lesson_id)
 
+    def _save_record(self, lesson_id: str) -> None:
+        """Attendance, chat and the stage timeline, kept with the lesson's library entry."""
+        inter = self.interactions.get(lesson_id)
+        if inter is None or self.catalog is None:
+            return
+        try:
+            now = time.time()
+            self.catalog.save_lesson_record(lesson_id, inter.record(now),
+                                            inter.attendance.to_csv(now, inter.hands, inter.stage),
+                                            inter.chat.transcript_csv())
+        except Exception:  # noqa: BLE001 - the record is an extra; the lesson's end must go on
+            log.exception("could not save the record of lesson %s", lesson_id)
+
     async def end_lesson(self, lesson_id: str) -> None:
         self._stop_recording(lesson_id)
+        self._save_record(lesson_id)
         lesson = await self.store.set_lesson_state(lesson_id, "ended")
         self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
         router = self.routers.pop(lesson_id, None)
@@ -189,6 +274,37 @@ class Hub:
                     except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
                         log.exception("heartbeat failed")
 
+    async def _sample_loop(self) -> None:
+        """Every SAMPLE_EVERY_S: each connected classroom's reception, for attendance."""
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            try:
+                self.sample(time.time())
+            except Exception:  # noqa: BLE001
+                log.exception("attendance sampling failed")
+
+    def sample(self, now: float) -> None:
+        for lesson_id, router in list(self.routers.items()):
+            inter = self.interactions.get(lesson_id)
+            if inter is None:
+                continue
+            for pid in self.classrooms(lesson_id):
+                sub = router.subscribers.get(pid)
+                consumers = sub.consumers() if sub is not None else []
+                if not consumers:
+                    inter.attendance.sample(pid, now)
+                    continue
+                octets = sum(c.octets_out for c in consumers)
+                before = self._octets.get((lesson_id, pid))
+                self._octets[(lesson_id, pid)] = (octets, now)
+                kbps = None
+                if before is not None and now > before[1] and octets >= before[0]:
+                    kbps = (octets - before[0]) * 8 / 1000 / (now - before[1])
+                rtts = [r for r in (c.rtt_ms() for c in consumers) if r is not None]
+                inter.attendance.sample(pid, now, loss=max(c.fraction_lost for c in consumers) / 256,
+                                        rtt_ms=sum(rtts) / len(rtts) if rtts else None, kbps=kbps,
+                                        video=sub.video and (sub.ladder is None or sub.ladder.video) if sub else None)
+
     async def health(self) -> dict[str, Any]:
         counts = await self.store.counts()
         return {"status": "ok", "node": self.config.node_id, "lessons": counts["lessons"],
@@ -197,6 +313,7 @@ class Hub:
 
     async def close(self) -> None:
         self._heartbeats.cancel()
+        self._samples.cancel()
         for lesson_id in list(self.recorders):
             self._stop_recording(lesson_id)
         for members in list(self.connections.values()):
@@ -210,3 +327,11 @@ class Hub:
 
 class LessonEnded(Exception):
     pass
+
+
+class JoinRefused(Exception):
+    """A classroom removed from the lesson, or new to a locked one; `code` is the protocol's error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code

@@ -36,6 +36,11 @@ SOURCES: Final[tuple[str, ...]] = ("camera", "screen", "microphone")
 MAX_SOURCES: Final[int] = 16
 MAX_MID_CHARS: Final[int] = 32
 
+# The classroom tiles a teacher's wall shows at once (a page of 16, or a few pages' worth on a big screen).
+MAX_WALL_TILES: Final[int] = 64
+# Chat text, in characters (checked again after cleaning, in signaling.interaction).
+MAX_CHAT_CHARS: Final[int] = 500
+
 # Integer ids must survive a round trip through a browser's JavaScript
 # number (IEEE double) unchanged, or the client could not match the reply.
 MAX_SAFE_INT: Final[int] = 2**53 - 1
@@ -104,7 +109,16 @@ def _is_sources(value: dict) -> str | None:
     return None
 
 
+def _is_id_list(value: list) -> str | None:
+    if len(value) > MAX_WALL_TILES:
+        return f"has more than {MAX_WALL_TILES} entries"
+    if not all(isinstance(v, str) and 0 < len(v) <= MAX_ID_CHARS for v in value):
+        return f"must hold participant ids (strings of 1 to {MAX_ID_CHARS} characters)"
+    return None
+
+
 _SDP: Final[Field] = Field(str, True, MAX_SDP_CHARS, _is_sdp)
+_PARTICIPANT: Final[Field] = Field(str, True, MAX_ID_CHARS, _non_empty)
 
 # type -> {field: (python type(s), required, max length, extra check)}
 SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
@@ -119,6 +133,16 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     "unpublish": {"track": Field(str, False, MAX_TRACK_CHARS, _non_empty)},
     # a classroom's own choice: "video": false is audio only (weak links), true brings video back
     "prefer": {"video": Field(bool, True, None, None)},
+    # the interactive classroom (docs/protocol.md): a classroom's hand, the teacher's wall, stage and moderation
+    "hand": {"up": Field(bool, True, None, None)},
+    "wall": {"visible": Field(list, True, None, _is_id_list)},
+    "stage": {"participant": _PARTICIPANT, "on": Field(bool, True, None, None)},
+    "mute": {"muted": Field(bool, True, None, None), "participant": Field(str, False, MAX_ID_CHARS, _non_empty)},
+    "remove": {"participant": _PARTICIPANT},
+    "lock": {"locked": Field(bool, True, None, None)},
+    "chat": {"text": Field(str, True, MAX_CHAT_CHARS, _non_empty)},
+    "chat_delete": {"message": Field(str, True, MAX_ID_CHARS, _non_empty)},
+    "chat_mode": {"classrooms": Field(bool, True, None, None)},
     "end_lesson": {},
     "leave": {},
     "ping": {},
@@ -128,7 +152,7 @@ _ID_FIELD: Final[Field] = Field((str, int), False, MAX_ID_CHARS, None)
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", dict: "an object"}
+    names = {str: "a string", int: "an integer", dict: "an object", list: "an array", bool: "a boolean"}
     options = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in options)
 

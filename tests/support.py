@@ -204,10 +204,10 @@ class MovingVideoTrack(MediaStreamTrack):
 class Teacher:
     """An aiortc teacher that publishes video (+ audio) through the signalling protocol."""
 
-    def __init__(self, ws: WsClient, audio: bool = True) -> None:
+    def __init__(self, ws: WsClient, audio: bool = True, size: tuple[int, int] = (320, 240)) -> None:
         self.ws = ws
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.video = MovingVideoTrack()
+        self.video = MovingVideoTrack(*size)
         self.screen_transceiver: Any = None
         self.pc.addTransceiver(self.video, direction="sendonly")
         if audio:
@@ -297,6 +297,7 @@ class Classroom:
         self.frames: list[float] = []  # arrival time of each decoded video frame
         self.video_pts: list[int] = []  # their presentation times (90 kHz, from the first frame received)
         self.frame_sizes: set[tuple[int, int]] = set()
+        self.frames_by_size: dict[tuple[int, int], int] = {}  # whose video it is, when senders differ in size
         self.video_tracks: dict[str, int] = {}  # decoded frames per received video track
         self.audio_frames = 0
         self.loss = DropIncoming(loss) if loss or impair else None
@@ -332,6 +333,8 @@ class Classroom:
                     self.video_pts.append(frame.pts)
                     self.video_tracks[track.id] = self.video_tracks.get(track.id, 0) + 1
                     self.frame_sizes.add((frame.width, frame.height))
+                    size = (frame.width, frame.height)
+                    self.frames_by_size[size] = self.frames_by_size.get(size, 0) + 1
                 else:
                     self.audio_frames += 1
         except Exception:  # noqa: BLE001 - track ended

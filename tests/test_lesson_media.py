@@ -167,8 +167,10 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
             await asyncio.sleep(0.05)
         assert errors == ["bad_json", "bad_json", "bad_json", "unknown_type", "bad_message", "bad_message",
                           "too_large"], errors
-        refused = await bad_ws.request({"type": "publish", "sdp": "v=0\r\n"})
-        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        refused = await bad_ws.request({"type": "stage", "participant": "someone", "on": True})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"  # a teacher's command
+        empty = await bad_ws.request({"type": "publish", "sdp": "v=0\r\n"})
+        assert empty["type"] == "error" and empty["code"] == "nothing_to_publish"
 
         # a flood beyond the per-connection rate limit is refused, not obeyed
         for _ in range(100):

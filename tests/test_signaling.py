@@ -70,20 +70,25 @@ async def test_messages_before_join_are_refused(server):
         await ws.close()
 
 
-async def test_a_classroom_cannot_publish_and_nothing_of_its_offer_is_forwarded(server):
+async def test_a_classrooms_own_camera_reaches_no_other_classroom_and_an_observer_cannot_publish(server):
     lesson = "sig-roles"
     watcher, _ = await _joined(server, "classroom", lesson, "watcher")
     intruder_ws, _ = await _joined(server, "classroom", lesson, "intruder")
-    intruder = Teacher(intruder_ws)  # a real offer with real media, sent by the wrong role
+    intruder = Teacher(intruder_ws)  # a real offer with real media, from a classroom
     try:
         await intruder.pc.setLocalDescription(await intruder.pc.createOffer())
-        reply = await intruder_ws.request({"type": "publish", "sdp": intruder.pc.localDescription.sdp})
-        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        sdp = intruder.pc.localDescription.sdp
+        screen = await intruder_ws.request({"type": "publish", "sdp": sdp, "sources": {"0": "screen"}})
+        assert screen["type"] == "error" and screen["code"] == "forbidden", screen  # courseware is the teacher's
+        reply = await intruder_ws.request({"type": "publish", "sdp": sdp})
+        assert reply["type"] == "answer", reply  # its camera and microphone: for the teacher's wall
         observer_ws, _ = await _joined(server, "observer", lesson, "inspector")
         refused = await observer_ws.request({"type": "publish", "sdp": intruder.pc.localDescription.sdp})
         assert refused["code"] == "forbidden"
         await asyncio.sleep(0.5)
         assert not [m for m in watcher.messages if m.get("event") == "track-added"]
+        assert not [m for m in watcher.messages if m.get("type") == "tracks"
+                    and any(t["track"] for t in m["tracks"])], "another classroom's camera reached a classroom"
         health = await server.health()
         assert health["status"] == "ok"
         await observer_ws.close()
