@@ -1,25 +1,43 @@
 // Classroom page: one click to enter, the teacher large (or the courseware large with the teacher small),
 // a connection-quality indicator from this page's own getStats, full screen, and a visible note while
-// the session rebuilds itself after a drop. Protocol work is in protocol.js.
-import { ClassroomSession, fragmentParams, readClaims } from "./protocol.js";
-import { applyText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+// the session rebuilds itself after a drop. The interactive classroom: this classroom's small camera view and
+// microphone go to the teacher (the microphone off until the classroom speaks), a raise-hand button with the
+// place in the queue, a classroom on stage seen and heard, and the lesson's chat. Protocol work is in
+// protocol.js.
+import { ClassroomSession, ProtocolError, fragmentParams, readClaims } from "./protocol.js";
+import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
+const HAND_REFRESH_MS = 5000; // while the hand is up, ask for our place again (others' hands go down)
+const params = new URLSearchParams(location.search);
+// the camera view the teacher sees: small (the server caps a classroom's uplink at ~150 kbit/s)
+const [CAMERA_W, CAMERA_H] = (params.get("video") || "320x180").split("x").map(Number);
+const CAMERA_FPS = 15;
 
 const $ = (id) => document.getElementById(id);
 const token = fragmentParams().get("token");
 const claims = token ? readClaims(token) : null;
 
 let session = null;
+let localStream = null;
 let lastQuality = null;
+let qualityTimer = null;
+let handTimer = null;
 let layout = "none"; // what is on screen: none | camera | screen
 
 window.ketang = {
   get session() { return session; },
   get pc() { return session && session.pc; },
+  get sendPc() { return session && session.sendPc; },
   get layout() { return layout; },
+  get stream() { return localStream; },
 };
+
+function label(el, key, vars) {
+  el.dataset.i18n = key;
+  el.textContent = t(key, vars);
+}
 
 function banner(text, cls = "") {
   $("banner").textContent = text;
@@ -32,6 +50,11 @@ function message(text) {
   $("message").hidden = !text;
 }
 
+function errorText(err) {
+  if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
+  return t("error", { error: err.message });
+}
+
 function attach(el, track) {
   const current = el.srcObject && el.srcObject.getTracks()[0];
   if (current === track) return;
@@ -39,12 +62,21 @@ function attach(el, track) {
   if (track) el.play().catch(() => {});
 }
 
-/** Courseware large with the teacher small while it is shared; otherwise the teacher large. */
+/** Whose track an `offer`/`tracks` entry is: the teacher's, or a classroom's on stage. */
+function fromTeacher(m) {
+  if (!m.participant) return true;
+  const p = session.participants.get(m.participant);
+  return Boolean(p && p.role === "teacher");
+}
+
+/** Courseware large with the teacher small while it is shared; otherwise the teacher large. A classroom on
+ *  stage is shown at the top right, and heard. */
 function showMedia() {
   const media = session ? session.media() : [];
-  const screen = media.find((m) => m.kind === "video" && m.source === "screen");
-  const camera = media.find((m) => m.kind === "video" && m.source !== "screen");
-  const audio = media.find((m) => m.kind === "audio");
+  const teacher = media.filter(fromTeacher);
+  const screen = teacher.find((m) => m.kind === "video" && m.source === "screen");
+  const camera = teacher.find((m) => m.kind === "video" && m.source !== "screen");
+  const audio = teacher.find((m) => m.kind === "audio");
   attach($("main-video"), (screen || camera)?.receiverTrack || null);
   attach($("pip-video"), screen && camera ? camera.receiverTrack : null);
   $("pip-video").hidden = !(screen && camera);
@@ -52,11 +84,50 @@ function showMedia() {
   layout = screen ? "screen" : camera ? "camera" : "none";
   document.body.dataset.layout = layout;
   $("main-video").title = screen ? t("classroom.courseware") : t("classroom.teacher");
-  if (!session.ended) message(layout === "none" ? t("classroom.waiting") : "");
+  if (session && !session.ended && !session.removed) message(layout === "none" ? t("classroom.waiting") : "");
+  showGuests(media.filter((m) => !fromTeacher(m)));
+}
+
+function showGuests(guestMedia) {
+  const names = new Map((session ? session.onStage : []).map((p) => [p.id, p.name]));
+  const videos = guestMedia.filter((m) => m.kind === "video");
+  const box = $("guests");
+  const figures = videos.map((m) => {
+    let fig = box.querySelector(`figure[data-participant="${CSS.escape(m.participant)}"]`);
+    if (!fig) {
+      fig = document.createElement("figure");
+      fig.dataset.participant = m.participant;
+      const video = document.createElement("video");
+      video.autoplay = true;
+      video.muted = true; // its sound plays through #guest-audio
+      video.playsInline = true;
+      fig.append(video, document.createElement("figcaption"));
+    }
+    fig.querySelector("figcaption").textContent = t("classroom.stageGuest", { name: names.get(m.participant) || "" });
+    attach(fig.querySelector("video"), m.receiverTrack);
+    return fig;
+  });
+  if (figures.length !== box.children.length || figures.some((f, i) => box.children[i] !== f)) {
+    box.replaceChildren(...figures);
+    for (const f of figures) f.querySelector("video").play().catch(() => {});
+  }
+  const sound = $("guest-audio");
+  const audio = guestMedia.filter((m) => m.kind === "audio");
+  const keep = new Set(audio.map((m) => m.receiverTrack.id));
+  for (const el of [...sound.children]) if (!keep.has(el.dataset.track)) el.remove();
+  for (const m of audio) {
+    if (sound.querySelector(`audio[data-track="${CSS.escape(m.receiverTrack.id)}"]`)) continue;
+    const el = document.createElement("audio");
+    el.autoplay = true;
+    el.dataset.track = m.receiverTrack.id;
+    el.dataset.participant = m.participant;
+    sound.append(el);
+    attach(el, m.receiverTrack);
+  }
 }
 
 async function updateQuality() {
-  if (!session || !session.pc || session.ended) return;
+  if (!session || !session.pc || session.ended || session.removed) return;
   const q = await session.quality(lastQuality);
   lastQuality = q;
   const el = $("quality");
@@ -72,14 +143,184 @@ async function updateQuality() {
   $("quality-detail").textContent = detail;
 }
 
+// -- speaking: hand and microphone ---------------------------------------------------------------------------
+
+function renderSpeak() {
+  const live = Boolean(session && session.me && !session.ended && !session.removed);
+  const state = (session && session.state) || { hand: false, stage: false, muted: false };
+  const hand = $("hand");
+  hand.disabled = !live || state.stage;
+  label(hand, state.hand ? "classroom.handDown" : "classroom.hand");
+  hand.classList.toggle("on", state.hand);
+  const status = $("hand-status");
+  if (state.stage) {
+    status.textContent = t("classroom.onStage");
+  } else if (state.hand) {
+    status.textContent = session.handPosition
+      ? t("classroom.handPosition", { position: session.handPosition }) : t("classroom.handUp");
+  } else if (state.muted) {
+    status.textContent = t("classroom.mutedByTeacher");
+  } else {
+    status.textContent = "";
+  }
+  status.hidden = !status.textContent;
+  status.className = `side-status${state.stage ? " onstage" : state.muted ? " muted" : ""}`;
+  $("self-box").classList.toggle("onstage", state.stage);
+
+  const mic = $("mic");
+  const hasMic = Boolean(session && session.sending.get("microphone"));
+  mic.disabled = !live || !hasMic || state.muted;
+  if (!hasMic) label(mic, "classroom.noMic");
+  else if (state.muted) label(mic, "classroom.micMuted");
+  else label(mic, session.microphoneOn ? "classroom.micOff" : "classroom.micOn");
+  mic.classList.toggle("on", hasMic && session.microphoneOn && !state.muted);
+  mic.classList.toggle("muted", state.muted);
+  document.body.classList.toggle("on-stage", state.stage);
+
+  if (live && state.hand) {
+    handTimer ??= setInterval(refreshHand, HAND_REFRESH_MS);
+  } else {
+    clearInterval(handTimer);
+    handTimer = null;
+  }
+}
+
+/** Our place in the queue changes when hands ahead of ours go down; raising again keeps the place. */
+async function refreshHand() {
+  if (!session || !session.state || !session.state.hand) return;
+  try {
+    await session.hand(true);
+  } catch (err) {
+    console.warn("hand:", err);
+  }
+}
+
+async function toggleHand() {
+  if (!session) return;
+  const up = !(session.state && session.state.hand);
+  $("hand").disabled = true;
+  try {
+    await session.hand(up);
+  } catch (err) {
+    banner(errorText(err), "warn");
+  }
+  renderSpeak();
+}
+
+function toggleMic() {
+  if (!session) return;
+  session.setMicrophone(!session.microphoneOn);
+  renderSpeak();
+}
+
+// -- chat -----------------------------------------------------------------------------------------------------
+
+function renderChat() {
+  const messages = session ? session.messages : [];
+  const list = $("chat-list");
+  list.replaceChildren(...messages.map((m) => {
+    const li = document.createElement("li");
+    li.dataset.message = m.id;
+    li.className = m.role === "teacher" ? "from-teacher" : m.participant === session.me?.id ? "mine" : "";
+    const who = document.createElement("b");
+    who.textContent = m.role === "teacher" ? `${m.name}（${t("chat.teacher")}）` : m.name;
+    const text = document.createElement("p");
+    text.textContent = m.text;
+    li.append(who, text);
+    return li;
+  }));
+  list.scrollTop = list.scrollHeight;
+  renderChatMode();
+}
+
+function renderChatMode() {
+  const live = Boolean(session && session.me && !session.ended && !session.removed);
+  const open = !session || session.settings.chat_classrooms;
+  $("chat-off").hidden = open;
+  $("chat-input").disabled = !live || !open;
+  $("chat-send").disabled = !live || !open;
+}
+
+async function sendChat(e) {
+  e.preventDefault();
+  const input = $("chat-input");
+  const text = input.value.trim();
+  if (!text || !session) return;
+  $("chat-send").disabled = true;
+  try {
+    await session.chat(text);
+    input.value = "";
+  } catch (err) {
+    banner(errorText(err), "warn");
+    setTimeout(() => { if ($("banner").textContent === errorText(err)) banner(""); }, RECONNECTED_NOTE_MS);
+  }
+  renderChatMode();
+}
+
+// -- entering the lesson ----------------------------------------------------------------------------------
+
+/** The classroom's camera (small) and microphone for the teacher; the lesson goes on without them. */
+async function openCamera() {
+  if (localStream) return localStream;
+  const video = { width: { ideal: CAMERA_W }, height: { ideal: CAMERA_H }, frameRate: { ideal: CAMERA_FPS, max: CAMERA_FPS } };
+  const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+  try {
+    localStream = await navigator.mediaDevices.getUserMedia({ video, audio });
+  } catch (err) {
+    try {
+      localStream = await navigator.mediaDevices.getUserMedia({ audio }); // no camera: still heard
+    } catch {
+      localStream = null;
+    }
+    banner(t("classroom.noCamera", { error: err.message }), "warn");
+  }
+  if (localStream) {
+    for (const track of localStream.getVideoTracks()) track.contentHint = "motion";
+    $("self-video").srcObject = localStream;
+    $("self-video").play().catch(() => {});
+  }
+  $("self-box").hidden = !(localStream && localStream.getVideoTracks().length);
+  return localStream;
+}
+
+function stopped(text) {
+  banner("");
+  message(text);
+  clearInterval(qualityTimer);
+  for (const id of ["main-video", "pip-video", "audio"]) $(id).srcObject = null;
+  $("guests").replaceChildren();
+  $("guest-audio").replaceChildren();
+  if (localStream) for (const track of localStream.getTracks()) track.stop();
+  $("self-video").srcObject = null;
+  $("audio-only").disabled = true;
+  renderSpeak();
+  renderChatMode();
+}
+
 async function enter() {
   $("overlay").hidden = true;
+  // audio plays only after this click (browsers' autoplay rule): the audio element is started here
+  $("audio").play().catch(() => {});
+  const stream = await openCamera();
   session = new ClassroomSession(token);
   $("audio-only").disabled = false;
   session.addEventListener("lesson", (e) => {
     $("lesson-title").textContent = e.detail.lesson.title || claims.lesson;
   });
   session.addEventListener("media", showMedia);
+  session.addEventListener("stage", () => {
+    showMedia();
+    renderSpeak();
+  });
+  session.addEventListener("classroom-state", renderSpeak);
+  session.addEventListener("hand", renderSpeak);
+  session.addEventListener("microphone", renderSpeak);
+  session.addEventListener("settings", renderChatMode);
+  session.addEventListener("chat", renderChat);
+  session.addEventListener("chat-deleted", renderChat);
+  session.addEventListener("publishing", (e) => {
+    if (e.detail.error) banner(t("classroom.publishError", { error: errorText(e.detail.error) }), "warn");
+  });
   let reconnecting = false;
   session.addEventListener("status", (e) => {
     const { state } = e.detail;
@@ -95,26 +336,37 @@ async function enter() {
       } else {
         banner("");
       }
+      renderSpeak();
+      renderChatMode();
     } else if (state === "replaced") {
       banner(t("classroom.replaced"), "warn");
+    } else if (state === "removed") {
+      document.body.dataset.layout = "removed";
+      stopped(t("classroom.removed"));
     }
   });
   session.addEventListener("ended", () => {
-    banner("");
-    message(t("lesson.ended"));
     document.body.dataset.layout = "ended";
-    for (const id of ["main-video", "pip-video", "audio"]) $(id).srcObject = null;
+    stopped(t("lesson.ended"));
   });
-  // audio plays only after this click (browsers' autoplay rule): the audio element is started here
-  $("audio").play().catch(() => {});
   try {
-    await session.start();
+    await session.start(stream);
   } catch (err) {
-    banner(t("error", { error: err.message }), "warn");
+    if (err instanceof ProtocolError && err.code === "lesson_locked") {
+      banner("");
+      message(t("classroom.locked"));
+      $("overlay").hidden = false; // they may press 进入课堂 again once the teacher unlocks
+    } else {
+      banner(errorText(err), "warn");
+    }
+    $("audio-only").disabled = true;
     return;
   }
+  if (session.removed || session.ended) return;
   showMedia();
-  setInterval(updateQuality, QUALITY_INTERVAL_MS);
+  renderSpeak();
+  renderChat();
+  qualityTimer = setInterval(updateQuality, QUALITY_INTERVAL_MS);
 }
 
 async function toggleAudioOnly() {
@@ -154,6 +406,9 @@ function main() {
   $("enter").addEventListener("click", enter);
   $("fullscreen").addEventListener("click", toggleFullscreen);
   $("audio-only").addEventListener("click", toggleAudioOnly);
+  $("hand").addEventListener("click", toggleHand);
+  $("mic").addEventListener("click", toggleMic);
+  $("chat-form").addEventListener("submit", sendChat);
   document.addEventListener("fullscreenchange", () => {
     const key = document.fullscreenElement ? "classroom.exitFullscreen" : "classroom.fullscreen";
     $("fullscreen").dataset.i18n = key;

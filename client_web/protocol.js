@@ -1,14 +1,17 @@
 // ketang signalling protocol for browsers (docs/protocol.md), apart from any page's UI.
 //
 //   Signaling         one websocket: request/reply by id, server messages as DOM events
-//   TeacherSession    join, publish microphone + camera (the teacher offers), courseware share, end the lesson
-//   ClassroomSession  join, answer the server's offers, which mid carries what, and rebuild itself after a drop
+//   TeacherSession    join, publish microphone + camera (the teacher offers), courseware share, end the lesson;
+//                     receive the classrooms (the server offers), wall, stage, mute, remove, lock, chat
+//   ClassroomSession  join, answer the server's offers, which mid carries what (the teacher's tracks, a
+//                     classroom on stage), publish a small camera view + microphone, hand, chat
+//   Both rebuild themselves after a drop (new websocket, join again, new peer connections).
 //
 // Sessions emit events (addEventListener) and never touch the DOM, so pages stay small and the
 // protocol can be read in one place.
 
 const REQUEST_TIMEOUT_MS = 10000;
-// A classroom's watchdog: how often it looks, how long "disconnected" or "no packets" may last before
+// A session's watchdog: how often it looks, how long "disconnected" or "no packets" may last before
 // the connection is rebuilt. aiortc has no ICE restart, so rebuilding means a new peer connection.
 const WATCHDOG_INTERVAL_MS = 1000;
 const DISCONNECTED_GRACE_MS = 3000;
@@ -16,6 +19,9 @@ const STALL_GRACE_MS = 6000;
 const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000];
 // Close code the server uses when the same participant joined again elsewhere (another tab).
 const CLOSE_REPLACED = 4001;
+// Close code the server uses when the teacher removed this classroom: it cannot join this lesson again.
+const CLOSE_REMOVED = 4003;
+const CHAT_KEEP = 200; // chat messages a page keeps (joined carries the last 100)
 
 export const SOURCES = ["camera", "screen", "microphone"];
 
@@ -38,6 +44,12 @@ export function readClaims(token) {
 
 export function signalingUrl(loc = location) {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
+}
+
+/** `?relay=1` in the page's URL: media only through the TURN relay that `joined.ice_servers` names (a
+ *  school whose firewall lets only TCP out; also what tests/test_turn.py uses). */
+export function relayOnly(search = location.search) {
+  return new URLSearchParams(search).get("relay") === "1";
 }
 
 export class ProtocolError extends Error {
@@ -127,7 +139,118 @@ export class Signaling extends EventTarget {
   }
 }
 
-/** What both sessions share: the lesson roster and lesson state, kept from `joined` and events. */
+/** A receiving peer connection, the server being the offerer: a classroom receives the lesson through one,
+ *  the teacher receives the classrooms through one. Answers each `offer` in turn and keeps which mid carries
+ *  which track of whom (`offer`/`tracks` entries: {mid, kind, track, source, participant}). The peer
+ *  connection is made at the first offer, which follows `joined`: this join's ICE servers are known then. */
+class Receiving {
+  constructor(configuration, onChange) {
+    this.configuration = configuration; // () => RTCConfiguration
+    this.onChange = onChange; // ("media") when the mid map or the transceivers change, ("connection", state)
+    this.pc = null;
+    this.mids = new Map(); // mid -> {mid, kind, track, source, participant}
+    this.closed = false;
+    this._answering = Promise.resolve(); // offers are answered one after the other
+  }
+
+  listen(sig) {
+    sig.addEventListener("offer", (e) => {
+      // the offer's map is newer than any `tracks` before it; a `tracks` that arrives while we answer wins
+      this.mids = new Map(e.detail.tracks.map((t) => [t.mid, t]));
+      const sdp = e.detail.sdp;
+      this._answering = this._answering
+        .then(() => this._answer(sig, sdp))
+        .catch((err) => { if (!this.closed) console.warn("answering the server's offer failed:", err); });
+    });
+    sig.addEventListener("tracks", (e) => {
+      this.mids = new Map(e.detail.tracks.map((t) => [t.mid, t]));
+      this.onChange("media");
+    });
+  }
+
+  async _answer(sig, sdp) {
+    if (this.closed) return;
+    if (!this.pc) {
+      const pc = new RTCPeerConnection(this.configuration());
+      pc.addEventListener("connectionstatechange", () => this.onChange("connection", pc.connectionState));
+      this.pc = pc;
+    }
+    await this.pc.setRemoteDescription({ type: "offer", sdp });
+    await this.pc.setLocalDescription(await this.pc.createAnswer());
+    sig.send({ type: "answer", sdp: this.pc.localDescription.sdp });
+    this.onChange("media");
+  }
+
+  /** What arrives, live slots only: [{mid, kind, track, source, participant, receiverTrack}]. */
+  media() {
+    if (!this.pc) return [];
+    const transceivers = this.pc.getTransceivers();
+    const out = [];
+    for (const t of this.mids.values()) {
+      if (!t.track) continue;
+      const transceiver = transceivers.find((x) => x.mid === t.mid);
+      if (transceiver) out.push({ ...t, receiverTrack: transceiver.receiver.track });
+    }
+    return out;
+  }
+
+  close() {
+    this.closed = true;
+    this.mids = new Map();
+    if (this.pc) this.pc.close();
+  }
+}
+
+/** A publishing peer connection, we being the offerer: `publish` names what each sending mid carries
+ *  ({mid: camera | screen | microphone}) and the server answers. The teacher publishes microphone, camera
+ *  and courseware; a classroom its microphone and a small camera view. */
+class Publishing {
+  constructor(configuration, onChange) {
+    const pc = new RTCPeerConnection(configuration());
+    pc.addEventListener("connectionstatechange", () => onChange("connection", pc.connectionState));
+    this.pc = pc;
+    this.sources = new Map(); // RTCRtpTransceiver -> source
+  }
+
+  add(source, track) {
+    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly" });
+    this.sources.set(transceiver, source);
+    return transceiver;
+  }
+
+  /** Offer (or re-offer) what we send; the server answers. */
+  async publish(sig, extra = {}) {
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const sources = {};
+    for (const [t, source] of this.sources) if (t.mid !== null) sources[t.mid] = source;
+    const reply = await sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources, ...extra });
+    await this.pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  }
+
+  /** Another device for a source: no renegotiation needed. */
+  async replaceTrack(source, track) {
+    for (const [t, s] of this.sources) if (s === source) await t.sender.replaceTrack(track);
+  }
+
+  close() {
+    this.pc.close();
+  }
+}
+
+/** `joined.stage` and the `stage` event: [{id, name}] (also accepted: {participants: [...]}, or bare ids). */
+function stageList(value) {
+  const list = Array.isArray(value) ? value : (value && value.participants) || [];
+  return list.map((p) => (typeof p === "string" ? { id: p, name: "" } : p));
+}
+
+/** What both sessions share: the websocket, the lesson roster and state, the interactive classroom's state
+ *  (hands, stage, chat, settings), a receiving peer connection, an optional publishing one, and rebuilding
+ *  all of it after a drop (new websocket, `join` again, new peer connections: aiortc has no ICE restart).
+ *
+ *  Events: "lesson", "participants", "lesson-tracks", "media" (what the receiving pc carries changed),
+ *  "status" ({state: connecting|connected|reconnecting|replaced|removed|ended}), "connection", "ended",
+ *  "settings", "hands" ({queue, added}), "stage" ({participants}), "classroom-state" (a classroom's
+ *  {participant, hand, stage, muted}), "chat" ({message} or {reset: true}), "chat-deleted" ({message}). */
 class LessonSession extends EventTarget {
   constructor(token, url = signalingUrl()) {
     super();
@@ -135,33 +258,113 @@ class LessonSession extends EventTarget {
     this.url = url;
     this.claims = readClaims(token) || {};
     this.sig = null;
-    this.pc = null;
+    this.receiving = null; // Receiving: what the server sends us
+    this.publishing = null; // Publishing: what we send (null: nothing)
     this.me = null;
     this.lesson = null;
     this.participants = new Map(); // id -> {id, role, name, joined_at}
     this.lessonTracks = new Map(); // track id -> {id, kind, source, participant}
     this.ended = false;
+    this.removed = false;
+    this.iceServers = []; // TURN with this participant's credentials, from joined.ice_servers
+    this.relay = relayOnly();
+    this.closedByUs = false;
+    this.reconnects = 0;
+    this._attempt = 0;
+    this._rebuilding = false;
+    this._watchdog = null;
+    this._stallCheck = false;
+    this._badSince = null;
+    this._lastBytes = 0;
+    this._lastBytesAt = 0;
+    this._joinedAt = 0;
+    // the interactive classroom (docs/protocol.md "The interactive classroom")
+    this.settings = { locked: false, chat_classrooms: true };
+    this.hands = []; // [{participant, name, raised_at}] in the order raised (teacher, observers)
+    this.onStage = []; // [{id, name}]
+    this.messages = []; // chat messages not deleted, oldest first
+    this.states = new Map(); // classroom id -> {participant, hand, stage, muted}
+  }
+
+  /** The RTCConfiguration of our peer connections. */
+  rtcConfiguration() {
+    return { iceServers: this.iceServers, iceTransportPolicy: this.relay ? "relay" : "all" };
+  }
+
+  get recvPc() {
+    return this.receiving ? this.receiving.pc : null;
+  }
+
+  get sendPc() {
+    return this.publishing ? this.publishing.pc : null;
   }
 
   emit(type, detail = {}) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  /** Connect and join; `listen(sig)` adds listeners first, as the server's offer follows `joined` at once. */
-  async _join(listen = () => {}) {
+  /** What the receiving peer connection carries: [{mid, kind, track, source, participant, receiverTrack}]. */
+  media() {
+    return this.receiving ? this.receiving.media() : [];
+  }
+
+  /** Connect and join; the receiving side listens first, as the server's offer follows `joined` at once. */
+  async _join() {
     const sig = new Signaling(this.url);
     this.sig = sig;
+    const receiving = new Receiving(() => this.rtcConfiguration(), (what, state) => this._onPc(receiving, what, state));
+    this.receiving = receiving;
+    this.publishing = null;
+    receiving.listen(sig);
     sig.addEventListener("event", (e) => this._onEvent(e.detail));
-    listen(sig);
+    sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
     await sig.connect();
     const joined = await sig.request({ type: "join", token: this.token, lesson: this.claims.lesson });
     this.me = joined.participant;
     this.lesson = joined.lesson;
     this.participants = new Map(joined.participants.map((p) => [p.id, p]));
+    this.iceServers = joined.ice_servers || [];
     this.lessonTracks = new Map(joined.tracks.map((t) => [t.id, t]));
+    this._joinedAt = performance.now();
     this.emit("lesson", { lesson: this.lesson });
     this.emit("participants", { participants: [...this.participants.values()] });
+    this._restore(joined);
     return joined;
+  }
+
+  /** The interactive state `joined` carries: a reconnecting page finds everything as it was. */
+  _restore(joined) {
+    this.settings = { locked: false, chat_classrooms: true, ...(joined.settings || {}) };
+    this.emit("settings", { settings: this.settings });
+    for (const p of joined.participants) if (p.state) this._setState({ participant: p.id, ...p.state });
+    if (joined.state) this._setState({ participant: this.me.id, ...joined.state });
+    if (joined.hands) this._setHands(joined.hands);
+    this._setStage(joined.stage);
+    this.messages = (joined.chat || []).slice();
+    this.emit("chat", { reset: true });
+  }
+
+  /** The publishing peer connection of this join (a rebuild makes a new one). */
+  _newPublishing() {
+    const publishing = new Publishing(() => this.rtcConfiguration(), (what, state) => this._onPc(publishing, what, state));
+    this.publishing = publishing;
+    return publishing;
+  }
+
+  _onPc(owner, what, state) {
+    if (owner !== this.receiving && owner !== this.publishing) return; // a connection we replaced
+    if (what === "media") {
+      this.emit("media", { tracks: this.media() });
+      return;
+    }
+    if (owner.pc === this.pc) {
+      this.emit("connection", { state });
+      if (state === "connected") {
+        this._attempt = 0;
+        this.emit("status", { state: "connected", reconnects: this.reconnects });
+      }
+    }
+    if (state === "failed") this._rebuild(`${owner === this.receiving ? "receiving" : "publishing"} peer connection failed`);
   }
 
   _onEvent(msg) {
@@ -188,9 +391,81 @@ class LessonSession extends EventTarget {
         this.emit("lesson", { lesson: this.lesson });
         if (msg.event === "lesson-ended") this._onEnded();
         break;
+      case "hands":
+        this._setHands(msg.queue || []);
+        break;
+      case "classroom-state":
+        this._setState(msg);
+        break;
+      case "stage":
+        this._setStage(msg.participants);
+        break;
+      case "settings":
+        this.settings = { ...this.settings, ...(msg.settings || {}) };
+        this.emit("settings", { settings: this.settings });
+        break;
+      case "chat":
+        this._addMessage(msg.message);
+        break;
+      case "chat-deleted":
+        this._deleteMessage(msg.message);
+        break;
       default:
         break;
     }
+  }
+
+  _setHands(queue) {
+    const before = new Set(this.hands.map((h) => h.participant));
+    const up = new Set(queue.map((h) => h.participant));
+    this.hands = queue;
+    for (const [id, s] of this.states) if (s.hand && !up.has(id)) this._setState({ participant: id, hand: false }, false);
+    for (const id of up) this._setState({ participant: id, hand: true }, false);
+    const added = queue.filter((h) => !before.has(h.participant)).map((h) => h.participant);
+    this.emit("hands", { queue, added });
+  }
+
+  _setStage(value) {
+    this.onStage = stageList(value);
+    const on = new Set(this.onStage.map((p) => p.id));
+    for (const [id, s] of this.states) if (s.stage && !on.has(id)) this._setState({ participant: id, stage: false }, false);
+    for (const id of on) this._setState({ participant: id, stage: true }, false);
+    this.emit("stage", { participants: this.onStage });
+  }
+
+  /** A classroom's {hand, stage, muted}: from `classroom-state`, `joined` and the replies to our requests. */
+  _setState(update, announce = true) {
+    const id = update.participant;
+    const next = { participant: id, hand: false, stage: false, muted: false, ...this.states.get(id) };
+    for (const key of ["hand", "stage", "muted"]) if (typeof update[key] === "boolean") next[key] = update[key];
+    this.states.set(id, next);
+    if (announce) this.emit("classroom-state", { ...next });
+  }
+
+  _addMessage(message) {
+    if (!message || this.messages.some((m) => m.id === message.id)) return; // our own: the reply and the event
+    this.messages.push(message);
+    if (this.messages.length > CHAT_KEEP) this.messages.splice(0, this.messages.length - CHAT_KEEP);
+    this.emit("chat", { message });
+  }
+
+  _deleteMessage(id) {
+    const count = this.messages.length;
+    this.messages = this.messages.filter((m) => m.id !== id);
+    if (this.messages.length !== count) this.emit("chat-deleted", { message: id });
+  }
+
+  /** A request on the current websocket (rejects while reconnecting). */
+  async _request(message) {
+    if (!this.sig || !this.sig.open) throw new Error("not connected");
+    return this.sig.request(message);
+  }
+
+  /** Write in the lesson's chat (a classroom gets `chat_off` while the teacher has turned classroom chat off). */
+  async chat(text) {
+    const reply = await this._request({ type: "chat", text });
+    this._addMessage(reply.message);
+    return reply.message;
   }
 
   _onEnded() {
@@ -199,103 +474,203 @@ class LessonSession extends EventTarget {
     this.close();
   }
 
-  /** Our websocket closed: rebuild, unless we closed it, the lesson ended, or the same link was opened
-   *  elsewhere (fighting over it would flap both pages). */
+  _onRemoved() {
+    this.removed = true;
+    this.emit("status", { state: "removed" });
+    this.close();
+  }
+
+  /** Our websocket closed: rebuild, unless we closed it, the lesson ended, the same link was opened elsewhere
+   *  (fighting over it would flap both pages) or the teacher removed us. */
   _onSignalClose(sig, e) {
     if (sig !== this.sig || this.closedByUs || this.ended) return;
     if (e.detail.code === CLOSE_REPLACED) {
-      this.closedByUs = true;
       this.emit("status", { state: "replaced" });
       this.close();
+      return;
+    }
+    if (e.detail.code === CLOSE_REMOVED) {
+      this._onRemoved();
       return;
     }
     this._rebuild("websocket closed");
   }
 
-  close() {
-    if (this.sig) this.sig.close();
-    if (this.pc) this.pc.close();
-  }
-}
-
-/** The teacher: the offerer of its own peer connection. Call start(stream), then shareScreen/stopScreen,
- *  setMuted, end(). */
-export class TeacherSession extends LessonSession {
-  constructor(token, url) {
-    super(token, url);
-    this.sources = new Map(); // RTCRtpTransceiver -> source
-    this.sending = new Map(); // source -> the track we send (what a rebuilt connection publishes again)
-    this.screenTransceiver = null;
-    this.screenTrack = null;
-    this.record = true; // the lesson goes into the resource library unless the teacher says no
-  }
-
-  /** Join and publish the microphone and camera of `stream`. */
-  async start(stream) {
-    this.reconnects = 0;
-    this.closedByUs = false;
-    for (const track of stream.getTracks()) this.sending.set(track.kind === "audio" ? "microphone" : "camera", track);
-    await this._joinAndPublish();
-  }
-
-  async _joinAndPublish() {
-    const listen = (sig) => sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
-    await this._join(listen);
-    const pc = new RTCPeerConnection({ iceServers: [] });
-    this.pc = pc;
-    pc.addEventListener("connectionstatechange", () => {
-      if (pc !== this.pc) return;
-      this.emit("connection", { state: pc.connectionState });
-      if (pc.connectionState === "failed") this._rebuild("peer connection failed");
-    });
-    this.sources = new Map();
-    this.screenTransceiver = null;
-    for (const [source, track] of this.sending) {
-      const t = pc.addTransceiver(track, { direction: "sendonly" });
-      this.sources.set(t, source);
-      if (source === "screen") this.screenTransceiver = t;
+  /** A join refused for good: removed by the teacher, or a classroom joining a lesson that has ended. */
+  _refused(err) {
+    if (!(err instanceof ProtocolError)) return false;
+    this.refusal = err.code;
+    if (err.code === "removed") {
+      this._onRemoved();
+      return true;
     }
-    await this.publish();
+    if (err.code === "lesson_ended" && this.claims.role !== "teacher") {
+      this._onEnded();
+      return true;
+    }
+    return false;
   }
 
-  /** The websocket or the peer connection died: join again and publish the same tracks on a new peer
-   *  connection (aiortc has no ICE restart); the server continues them in the classrooms' slots. */
+  /** The websocket or a peer connection died: join again with new peer connections, after a back-off. */
   async _rebuild(why) {
     if (this._rebuilding || this.closedByUs || this.ended) return;
     this._rebuilding = true;
     this.reconnects += 1;
     this.emit("status", { state: "reconnecting", why });
-    if (this.sig) this.sig.close();
-    if (this.pc) this.pc.close();
-    for (let attempt = 0; !this.closedByUs && !this.ended; attempt++) {
-      await new Promise((r) => setTimeout(r, RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)]));
+    this._teardown();
+    this.emit("media", { tracks: [] });
+    while (!this.closedByUs && !this.ended) {
+      const delay = RECONNECT_DELAYS_MS[Math.min(this._attempt, RECONNECT_DELAYS_MS.length - 1)];
+      this._attempt += 1;
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.closedByUs || this.ended) break;
       try {
-        await this._joinAndPublish();
-        this.emit("status", { state: "connected", reconnects: this.reconnects });
+        await this._connect();
         break;
       } catch (err) {
-        console.warn("teacher reconnect failed:", err);
-        if (this.sig) this.sig.close();
-        if (this.pc) this.pc.close();
+        if (this._refused(err)) break;
+        console.warn("reconnect failed:", err);
+        this._teardown();
+        this.emit("status", { state: "reconnecting", why: String(err.message || err) });
       }
     }
     this._rebuilding = false;
   }
 
+  _teardown() {
+    const sig = this.sig;
+    this.sig = null;
+    if (sig) sig.close();
+    if (this.receiving) this.receiving.close();
+    if (this.publishing) this.publishing.close();
+  }
+
+  /** Look at the peer connections every second. `stall`: also rebuild when the receiving one gets no media
+   *  bytes for a while although the lesson sends some (a classroom; the teacher receives nothing at times). */
+  _startWatchdog(stall) {
+    this._stallCheck = stall;
+    clearInterval(this._watchdog);
+    this._watchdog = setInterval(() => this._check(), WATCHDOG_INTERVAL_MS);
+  }
+
+  /** The watchdog: a closed peer connection (pc.close()), a long "disconnected", an offer that never came, or
+   *  no media bytes for a while although media is mapped all mean the connection is dead; rebuild it. */
+  async _check() {
+    if (this.closedByUs || this.ended || this._rebuilding || !this.sig || !this.me) return;
+    const now = performance.now();
+    const pcs = [this.recvPc, this.sendPc].filter(Boolean);
+    if (pcs.some((pc) => pc.connectionState === "closed" || pc.signalingState === "closed")) {
+      return this._rebuild("peer connection closed");
+    }
+    if (pcs.some((pc) => pc.connectionState === "disconnected")) {
+      this._badSince ??= now;
+      if (now - this._badSince > DISCONNECTED_GRACE_MS) return this._rebuild("peer connection disconnected");
+    } else {
+      this._badSince = null;
+    }
+    if (!this._stallCheck) return;
+    const pc = this.recvPc;
+    if (!pc) {
+      if (now - this._joinedAt > STALL_GRACE_MS) this._rebuild("no offer from the server");
+      return;
+    }
+    if (pc.connectionState !== "connected" || this.media().length === 0) {
+      this._lastBytesAt = now;
+      return;
+    }
+    let bytes = 0;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp") bytes += s.bytesReceived || 0;
+    });
+    if (pc !== this.recvPc) return; // rebuilt meanwhile
+    if (bytes > this._lastBytes) {
+      this._lastBytes = bytes;
+      this._lastBytesAt = now;
+    } else if (now - this._lastBytesAt > STALL_GRACE_MS) {
+      this._rebuild("no media received");
+    }
+  }
+
+  _resetWatch() {
+    this._badSince = null;
+    this._lastBytes = 0;
+    this._lastBytesAt = performance.now();
+    this._joinedAt = performance.now();
+  }
+
+  close() {
+    this.closedByUs = true;
+    clearInterval(this._watchdog);
+    this._teardown();
+  }
+}
+
+/** The teacher: the offerer of its publishing peer connection (microphone, camera, courseware), and the
+ *  answerer of a receiving one (the classrooms' cameras on its wall, their microphones, whoever is on stage).
+ *  Call start(stream), then shareScreen/stopScreen, setMuted, the moderation methods, end(). */
+export class TeacherSession extends LessonSession {
+  constructor(token, url) {
+    super(token, url);
+    this.sending = new Map(); // source -> the track we send (what a rebuilt connection publishes again)
+    this.screenTransceiver = null;
+    this.screenTrack = null;
+    this.record = true; // the lesson goes into the resource library unless the teacher says no
+    this.wallVisible = null; // the classroom tiles on screen (`wall`), sent again after a reconnect
+  }
+
+  /** The teacher's own connection: the publishing one (what `pc.close()` in a test cuts). */
+  get pc() {
+    return this.sendPc;
+  }
+
+  get sources() {
+    return this.publishing ? this.publishing.sources : new Map();
+  }
+
+  /** Join, publish the microphone and camera of `stream`, and receive the classrooms. */
+  async start(stream) {
+    this.reconnects = 0;
+    this.closedByUs = false;
+    for (const track of stream.getTracks()) this.sending.set(track.kind === "audio" ? "microphone" : "camera", track);
+    try {
+      await this._connect();
+    } catch (err) {
+      this.close(); // the page may start again with a new session
+      throw err;
+    }
+    this._startWatchdog(false);
+  }
+
+  /** Join and publish the same tracks on a new peer connection; the server continues them in the classrooms'
+   *  slots. The wall is sent again: what the teacher sees is kept per connection. */
+  async _connect() {
+    this._resetWatch();
+    await this._join();
+    const publishing = this._newPublishing();
+    this.screenTransceiver = null;
+    for (const [source, track] of this.sending) {
+      const t = publishing.add(source, track);
+      if (source === "screen") this.screenTransceiver = t;
+    }
+    await this.publish();
+    if (this.wallVisible) {
+      try {
+        await this.wall(this.wallVisible);
+      } catch (err) {
+        console.warn("wall after reconnect:", err);
+      }
+    }
+  }
+
   /** Offer (or re-offer) what we send; the server answers. `sources` tells it which mid is the screen. */
   async publish() {
-    await this.pc.setLocalDescription(await this.pc.createOffer());
-    const sources = {};
-    for (const [t, source] of this.sources) if (t.mid !== null) sources[t.mid] = source;
-    const reply = await this.sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources,
-                                           record: this.record });
-    await this.pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    await this.publishing.publish(this.sig, { record: this.record });
   }
 
   /** Replace the camera or microphone (a device chosen during the lesson): no renegotiation needed. */
   async replaceTrack(source, track) {
     this.sending.set(source, track);
-    for (const [t, s] of this.sources) if (s === source) await t.sender.replaceTrack(track);
+    if (this.publishing) await this.publishing.replaceTrack(source, track);
   }
 
   /** Publish `track` as the courseware ("screen"): a second video m-line, offered again (renegotiation). */
@@ -308,10 +683,9 @@ export class TeacherSession extends LessonSession {
       // track from the MID header extension, and Chromium stops sending that extension on an SSRC once
       // the server has acknowledged it, so a restarted track on the old SSRC could not be told apart.
       this.screenTransceiver.direction = "inactive";
-      this.sources.delete(this.screenTransceiver);
+      this.publishing.sources.delete(this.screenTransceiver);
     }
-    this.screenTransceiver = this.pc.addTransceiver(track, { direction: "sendonly" });
-    this.sources.set(this.screenTransceiver, "screen");
+    this.screenTransceiver = this.publishing.add("screen", track);
     track.addEventListener("ended", () => this.stopScreen()); // the browser's own "stop sharing" bar
     await this.publish();
     this.emit("screen", { sharing: true });
@@ -347,75 +721,154 @@ export class TeacherSession extends LessonSession {
     this.sig.send({ type: "end_lesson" }); // everyone, us included, then receives lesson-ended
   }
 
-  close() {
-    this.closedByUs = true;
-    super.close();
+  // -- the interactive classroom (docs/protocol.md): each resolves with the server's reply ------------------
+
+  /** The classroom tiles on screen: the server sends their video (and no other classroom's). */
+  async wall(visible) {
+    this.wallVisible = [...visible];
+    return this._request({ type: "wall", visible: this.wallVisible });
+  }
+
+  /** Bring a classroom on stage (every classroom sees and hears it) or take it off; `stage_full` when full. */
+  async stage(participant, on) {
+    const reply = await this._request({ type: "stage", participant, on });
+    this._setStage(reply.participants);
+    return reply;
+  }
+
+  /** Hard-mute (or unmute) one classroom, or every classroom when `participant` is absent. */
+  async mute(muted, participant = undefined) {
+    const reply = await this._request({ type: "mute", muted, ...(participant ? { participant } : {}) });
+    for (const id of reply.participants || []) this._setState({ participant: id, muted: reply.muted });
+    return reply;
+  }
+
+  /** Remove a classroom from the lesson: its page is closed and its link cannot join this lesson again. */
+  async remove(participant) {
+    return this._request({ type: "remove", participant });
+  }
+
+  /** Lock the lesson: classrooms that were not in it cannot join (those reconnecting can). */
+  async lock(locked) {
+    return this._applySettings(await this._request({ type: "lock", locked }));
+  }
+
+  async chatDelete(message) {
+    const reply = await this._request({ type: "chat_delete", message });
+    this._deleteMessage(message);
+    return reply;
+  }
+
+  /** May classrooms write in the chat. */
+  async chatMode(classrooms) {
+    return this._applySettings(await this._request({ type: "chat_mode", classrooms }));
+  }
+
+  _applySettings(reply) {
+    if (reply.settings) {
+      this.settings = { ...this.settings, ...reply.settings };
+      this.emit("settings", { settings: this.settings });
+    }
+    return reply;
+  }
+
+  _apiUrl(path) {
+    return `/api/lessons/${encodeURIComponent(this.claims.lesson)}/${path}`;
+  }
+
+  async _get(path) {
+    const res = await fetch(this._apiUrl(path), { headers: { Authorization: `Bearer ${this.token}` } });
+    if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+    return res;
   }
 
   /** The server's forwarding figures for this lesson (docs/protocol.md "HTTP"). */
   async fetchStats() {
-    const res = await fetch(`/api/lessons/${encodeURIComponent(this.claims.lesson)}/stats`, {
-      headers: { Authorization: `Bearer ${this.token}` },
-    });
-    if (!res.ok) throw new Error(`stats: HTTP ${res.status}`);
-    return res.json();
+    return (await this._get("stats")).json();
+  }
+
+  /** Attendance: {classrooms: [{participant, name, joined_at, left_at, present_s, ...}]}. */
+  async fetchAttendance() {
+    return (await this._get("attendance")).json();
+  }
+
+  /** The attendance as CSV (a Blob: the page saves it; a plain link could not carry the token). */
+  async fetchAttendanceCsv() {
+    return (await this._get("attendance.csv")).blob();
   }
 }
 
-/** A classroom: answers the server's offers, maps mids to lesson tracks and rebuilds itself when the
- *  websocket or the peer connection dies. Events: "media" (the mid map changed), "status"
- *  ({state: connecting|connected|reconnecting|replaced|ended|error}), "lesson", "participants". */
+/** A classroom: answers the server's offers, maps mids to tracks (the teacher's, and those of a classroom on
+ *  stage), publishes its small camera view and its microphone (off until the classroom speaks), raises its
+ *  hand, chats, and rebuilds itself when the websocket or a peer connection dies. More events: "hand"
+ *  ({up, position}), "microphone" ({on}), "publishing" ({ok} or {error}). */
 export class ClassroomSession extends LessonSession {
   constructor(token, url) {
     super(token, url);
-    this.mids = new Map(); // mid -> {mid, kind, track, source}
     this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
-    this.closedByUs = false;
-    this.reconnects = 0;
-    this._attempt = 0;
-    this._watchdog = null;
-    this._rebuilding = false;
-    this._badSince = null;
-    this._lastBytes = 0;
-    this._lastBytesAt = 0;
+    this.sending = new Map(); // source -> the track we publish (camera, microphone)
+    this.handPosition = null; // our place in the hand queue (1-based), null when down or not known
   }
 
-  async start() {
+  /** What this classroom receives: the receiving peer connection. */
+  get pc() {
+    return this.recvPc;
+  }
+
+  /** Our own {hand, stage, muted}. */
+  get state() {
+    return this.me ? this.states.get(this.me.id) || { hand: false, stage: false, muted: false } : null;
+  }
+
+  /** Join and receive the lesson; publish the camera and microphone of `stream` (null: receive only). The
+   *  microphone starts disabled: the classroom turns it on to speak. */
+  async start(stream = null) {
+    if (stream) {
+      for (const track of stream.getTracks()) this.sending.set(track.kind === "audio" ? "microphone" : "camera", track);
+      const mic = this.sending.get("microphone");
+      if (mic) mic.enabled = false;
+    }
     this.emit("status", { state: "connecting" });
-    await this._connect();
-    this._watchdog = setInterval(() => this._check(), WATCHDOG_INTERVAL_MS);
+    try {
+      await this._connect();
+    } catch (err) {
+      if (this._refused(err)) return; // removed, or the lesson has ended: the page shows it
+      this.close(); // lesson_locked, a bad link, no server: the page says so and may start again
+      throw err;
+    }
+    this._startWatchdog(true);
   }
 
   async _connect() {
-    this.mids = new Map();
-    this.pc = new RTCPeerConnection({ iceServers: [] });
-    const pc = this.pc;
-    pc.addEventListener("connectionstatechange", () => {
-      if (pc !== this.pc) return;
-      if (pc.connectionState === "connected") {
-        this._attempt = 0;
-        this.emit("status", { state: "connected", reconnects: this.reconnects });
-      }
-      if (pc.connectionState === "failed") this._rebuild("peer connection failed");
-    });
-    this._badSince = null;
-    this._lastBytes = 0;
-    this._lastBytesAt = performance.now();
-    const listen = (sig) => {
-      sig.addEventListener("offer", (e) => this._onOffer(pc, e.detail));
-      sig.addEventListener("tracks", (e) => this._setMids(e.detail.tracks));
-      sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
-    };
-    try {
-      await this._join(listen);
-    } catch (err) {
-      if (err instanceof ProtocolError && err.code === "lesson_ended") {
-        this._onEnded();
-        return;
-      }
-      throw err;
-    }
+    this._resetWatch();
+    await this._join();
     if (!this.video) await this.sig.request({ type: "prefer", video: false }); // kept across reconnects
+    if (this.sending.size) await this._publish();
+  }
+
+  async _publish() {
+    const publishing = this._newPublishing();
+    for (const [source, track] of this.sending) publishing.add(source, track);
+    try {
+      await publishing.publish(this.sig);
+      this.emit("publishing", { ok: true });
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err; // the websocket died: the rebuild starts over
+      // refused (a server without the interactive classroom): the lesson goes on, received only
+      console.warn("publish refused:", err);
+      publishing.close();
+      this.publishing = null;
+      this.emit("publishing", { error: err });
+    }
+  }
+
+  _setState(update, announce = true) {
+    super._setState(update, announce);
+    if (this.me && update.participant === this.me.id) {
+      const state = this.state;
+      if (!state.hand) this.handPosition = null;
+      if (state.muted) this.setMicrophone(false); // hard-muted: the server drops it anyway, say so here too
+    }
   }
 
   /** Audio only (false) or video again (true): the server stops or restarts sending the video. */
@@ -424,87 +877,31 @@ export class ClassroomSession extends LessonSession {
     if (this.sig) await this.sig.request({ type: "prefer", video: enabled });
   }
 
-  async _onOffer(pc, msg) {
-    if (pc !== this.pc) return;
-    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
-    await pc.setLocalDescription(await pc.createAnswer());
-    this.sig.send({ type: "answer", sdp: pc.localDescription.sdp });
-    this._setMids(msg.tracks);
+  get microphoneOn() {
+    const mic = this.sending.get("microphone");
+    return Boolean(mic && mic.enabled);
   }
 
-  _setMids(tracks) {
-    this.mids = new Map(tracks.map((t) => [t.mid, t]));
-    this.emit("media", { tracks: this.media() });
+  /** Turn our microphone on (to speak) or off; not on while the teacher has muted us. */
+  setMicrophone(on) {
+    const mic = this.sending.get("microphone");
+    if (!mic) return false;
+    const enabled = Boolean(on) && !(this.state && this.state.muted);
+    if (mic.enabled !== enabled) {
+      mic.enabled = enabled;
+      this.emit("microphone", { on: enabled });
+    }
+    return enabled;
   }
 
-  /** The lesson's media as received: [{mid, kind, source, track id, receiver track}], live slots only. */
-  media() {
-    if (!this.pc) return [];
-    const out = [];
-    for (const t of this.mids.values()) {
-      if (!t.track) continue;
-      const transceiver = this.pc.getTransceivers().find((x) => x.mid === t.mid);
-      if (transceiver) out.push({ ...t, receiverTrack: transceiver.receiver.track });
-    }
-    return out;
-  }
-
-  /** The watchdog: a closed peer connection (pc.close()), a long "disconnected", or no media bytes for a
-   *  while although the teacher is sending all mean the connection is dead; rebuild it. */
-  async _check() {
-    if (this.closedByUs || this.ended || this._rebuilding || !this.pc) return;
-    const pc = this.pc;
-    const now = performance.now();
-    if (pc.connectionState === "closed" || pc.signalingState === "closed") return this._rebuild("peer connection closed");
-    if (pc.connectionState === "disconnected") {
-      this._badSince ??= now;
-      if (now - this._badSince > DISCONNECTED_GRACE_MS) return this._rebuild("peer connection disconnected");
-    } else {
-      this._badSince = null;
-    }
-    if (pc.connectionState !== "connected" || this.media().length === 0) {
-      this._lastBytesAt = now;
-      return;
-    }
-    let bytes = 0;
-    (await pc.getStats()).forEach((s) => {
-      if (s.type === "inbound-rtp") bytes += s.bytesReceived || 0;
-    });
-    if (bytes > this._lastBytes) {
-      this._lastBytes = bytes;
-      this._lastBytesAt = now;
-    } else if (now - this._lastBytesAt > STALL_GRACE_MS) {
-      this._rebuild("no media received");
-    }
-  }
-
-  async _rebuild(why) {
-    if (this._rebuilding || this.closedByUs || this.ended) return;
-    this._rebuilding = true;
-    this.reconnects += 1;
-    this.emit("status", { state: "reconnecting", why });
-    const oldSig = this.sig;
-    const oldPc = this.pc;
-    this.sig = null;
-    if (oldSig) oldSig.close();
-    if (oldPc) oldPc.close();
-    this.mids = new Map();
-    this.emit("media", { tracks: [] });
-    while (!this.closedByUs && !this.ended) {
-      const delay = RECONNECT_DELAYS_MS[Math.min(this._attempt, RECONNECT_DELAYS_MS.length - 1)];
-      this._attempt += 1;
-      await new Promise((r) => setTimeout(r, delay));
-      try {
-        await this._connect();
-        break;
-      } catch (err) {
-        console.warn("reconnect failed:", err);
-        if (this.sig) this.sig.close();
-        if (this.pc) this.pc.close();
-        this.emit("status", { state: "reconnecting", why: String(err.message || err) });
-      }
-    }
-    this._rebuilding = false;
+  /** Raise (true) or lower our hand; resolves with {up, position}. Raising again while up keeps our place
+   *  (the server's rule), so the page may ask again to learn the current position. */
+  async hand(up) {
+    const reply = await this._request({ type: "hand", up });
+    this.handPosition = reply.up ? reply.position ?? null : null;
+    this._setState({ participant: this.me.id, hand: Boolean(reply.up) });
+    this.emit("hand", { up: Boolean(reply.up), position: this.handPosition });
+    return reply;
   }
 
   /** What this classroom receives, from its own getStats: for the quality indicator. */
@@ -529,12 +926,6 @@ export class ClassroomSession extends LessonSession {
     q.loss = lost > 0 && got + lost > 0 ? lost / (got + lost) : 0;
     q.level = qualityLevel(q);
     return q;
-  }
-
-  close() {
-    this.closedByUs = true;
-    clearInterval(this._watchdog);
-    super.close();
   }
 }
 

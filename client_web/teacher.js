@@ -1,11 +1,17 @@
 // Teacher page: devices and preview, start the lesson, courseware share, mute, end; the classrooms with
-// their reception figures from the server (polled every 2 s). Protocol work is in protocol.js.
-import { TeacherSession, fragmentParams, readClaims } from "./protocol.js";
-import { applyText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+// their reception figures from the server (polled every 2 s); the interactive classroom: a wall of classroom
+// cameras (a page at a time: only the tiles on screen are sent), raised hands with a chime, stage, mute,
+// remove, lock, chat, attendance. Protocol work is in protocol.js.
+import { ProtocolError, TeacherSession, fragmentParams, readClaims } from "./protocol.js";
+import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 
 const STATS_INTERVAL_MS = 2000;
+const ATTENDANCE_INTERVAL_MS = 5000;
 const END_CONFIRM_MS = 4000;
+const REMOVE_CONFIRM_MS = 4000;
 const params = new URLSearchParams(location.search);
+// ?wall=N: classroom tiles per wall page (default 16; tests use 2 to show paging with three classrooms)
+const WALL_PAGE_SIZE = Math.max(1, Math.min(64, Number(params.get("wall")) || 16));
 // ?video=640x360 asks the camera for another size (tests use a small one to spare the CPU)
 const [VIDEO_W, VIDEO_H] = (params.get("video") || "1280x720").split("x").map(Number);
 // ?fakescreen=1: the courseware is a drawn slide instead of getDisplayMedia (headless tests, demos)
@@ -23,8 +29,25 @@ let micMuted = false;
 let cameraOff = false;
 let previousStats = null; // {at, octets: {participant: bytes}}
 let statsTimer = null;
+let attendanceTimer = null;
+let quality = {}; // participant id -> good | fair | poor | none, from the last stats
+let wallPage = 0;
+const wallOrder = []; // classroom ids in the order first seen: a classroom that reconnects keeps its tile's place
+const tiles = new Map(); // participant id -> {el, video, ...}
+let wallSent = null; // the visible list last sent (JSON), null: send at the next render
+let wallVisible = [];
+let audioContext = null;
+let chimes = 0;
 
-window.ketang = { get session() { return session; }, get pc() { return session && session.pc; } };
+// `pc` is what this page receives (the classrooms), as on the classroom page; `sendPc` what it publishes
+window.ketang = {
+  get session() { return session; },
+  get pc() { return session && session.recvPc; },
+  get sendPc() { return session && session.sendPc; },
+  get wallVisible() { return wallVisible; },
+  get wallPage() { return wallPage; },
+  get chimes() { return chimes; },
+};
 
 function label(el, key) {
   el.dataset.i18n = key;
@@ -40,6 +63,412 @@ function status(text, cls = "") {
 function notice(text) {
   $("notice").textContent = text;
   $("notice").hidden = !text;
+}
+
+/** A refusal from the server in words the teacher reads. */
+function errorText(err) {
+  if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
+  return t("error", { error: err.message });
+}
+
+function button(key, onClick, cls = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  if (cls) b.className = cls;
+  label(b, key);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function attach(el, track) {
+  const current = el.srcObject && el.srcObject.getTracks()[0];
+  if (current === track) return;
+  el.srcObject = track ? new MediaStream([track]) : null;
+  if (track) el.play().catch(() => {});
+}
+
+/** A short two-note chime (WebAudio, no sound file) when a hand goes up. */
+function chime() {
+  chimes += 1;
+  try {
+    audioContext ??= new AudioContext();
+    const now = audioContext.currentTime;
+    const osc = audioContext.createOscillator();
+    const gain = audioContext.createGain();
+    osc.type = "sine";
+    osc.frequency.setValueAtTime(880, now);
+    osc.frequency.setValueAtTime(1318.5, now + 0.15);
+    gain.gain.setValueAtTime(0.0001, now);
+    gain.gain.exponentialRampToValueAtTime(0.25, now + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, now + 0.5);
+    osc.connect(gain).connect(audioContext.destination);
+    osc.start(now);
+    osc.stop(now + 0.55);
+  } catch (err) {
+    console.warn("chime:", err);
+  }
+}
+
+function clock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString(document.documentElement.lang, { hour12: false });
+}
+
+// -- the wall: classroom cameras, a page at a time --------------------------------------------------------
+
+/** The classrooms present, in the order first seen. */
+function presentClassrooms() {
+  if (!session) return [];
+  const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
+  for (const p of rooms) if (!wallOrder.includes(p.id)) wallOrder.push(p.id);
+  const byId = new Map(rooms.map((p) => [p.id, p]));
+  return wallOrder.filter((id) => byId.has(id)).map((id) => byId.get(id));
+}
+
+function makeTile(p) {
+  const el = document.createElement("figure");
+  el.className = "tile";
+  el.dataset.participant = p.id;
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.muted = true; // the sound plays through the audio elements
+  video.playsInline = true;
+  const caption = document.createElement("figcaption");
+  const dot = document.createElement("i");
+  dot.className = "dot";
+  const name = document.createElement("span");
+  name.className = "name";
+  const marks = document.createElement("span");
+  marks.className = "marks";
+  caption.append(dot, name, marks);
+  const tile = { el, video, dot, name, marks, removeArmed: null };
+  tile.stage = button("tile.stageOn", () => toggleStage(p.id));
+  tile.stage.title = t("tile.stageTitle");
+  tile.mute = button("tile.mute", () => toggleMute(p.id));
+  tile.mute.title = t("tile.muteTitle");
+  tile.remove = button("tile.remove", () => removeClassroom(p.id, tile), "danger");
+  tile.remove.title = t("tile.removeTitle");
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.append(tile.stage, tile.mute, tile.remove);
+  el.append(video, caption, actions);
+  return tile;
+}
+
+function updateTile(p, tile) {
+  const state = session.states.get(p.id) || {};
+  tile.name.textContent = p.name;
+  const level = quality[p.id] || "none";
+  tile.dot.className = `dot ${level}`;
+  tile.dot.title = t(`quality.${level}`);
+  tile.el.classList.toggle("hand", Boolean(state.hand));
+  tile.el.classList.toggle("muted", Boolean(state.muted));
+  tile.el.classList.toggle("onstage", Boolean(state.stage));
+  const marks = [];
+  if (state.hand) marks.push(["hand", t("tile.hand")]);
+  if (state.muted) marks.push(["muted", t("tile.muted")]);
+  if (state.stage) marks.push(["onstage", t("tile.onStage")]);
+  tile.marks.replaceChildren(...marks.map(([cls, text]) => {
+    const m = document.createElement("span");
+    m.className = `mark ${cls}`;
+    m.textContent = text;
+    return m;
+  }));
+  label(tile.stage, state.stage ? "tile.stageOff" : "tile.stageOn");
+  label(tile.mute, state.muted ? "tile.unmute" : "tile.mute");
+  tile.mute.classList.toggle("on", Boolean(state.muted));
+  if (!tile.removeArmed) label(tile.remove, "tile.remove");
+}
+
+/** Draw the current wall page and tell the server which tiles are on screen (it sends only their video). */
+function renderWall() {
+  const rooms = presentClassrooms();
+  const pages = Math.max(1, Math.ceil(rooms.length / WALL_PAGE_SIZE));
+  wallPage = Math.min(wallPage, pages - 1);
+  const visible = rooms.slice(wallPage * WALL_PAGE_SIZE, (wallPage + 1) * WALL_PAGE_SIZE);
+  $("wall-count").textContent = rooms.length;
+  $("no-wall").hidden = rooms.length > 0;
+  for (const id of tiles.keys()) if (!rooms.some((p) => p.id === id)) tiles.delete(id);
+  const els = visible.map((p) => {
+    if (!tiles.has(p.id)) tiles.set(p.id, makeTile(p));
+    const tile = tiles.get(p.id);
+    updateTile(p, tile);
+    return tile.el;
+  });
+  const wall = $("wall");
+  if (els.length !== wall.children.length || els.some((el, i) => wall.children[i] !== el)) {
+    wall.replaceChildren(...els);
+    for (const el of els) el.querySelector("video").play().catch(() => {});
+  }
+  renderPager(pages);
+  sendWall(visible.map((p) => p.id));
+  showMedia();
+}
+
+function renderPager(pages) {
+  const pager = $("pager");
+  if (pages <= 1) {
+    pager.replaceChildren();
+    return;
+  }
+  const go = (page) => () => { wallPage = page; renderWall(); };
+  const items = [button("teacher.prevPage", go(Math.max(0, wallPage - 1)))];
+  items[0].disabled = wallPage === 0;
+  items[0].classList.add("page-prev");
+  for (let i = 0; i < pages; i++) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = String(i + 1);
+    b.title = t("teacher.pageN", { page: i + 1 });
+    b.className = `page${i === wallPage ? " current" : ""}`;
+    b.dataset.page = String(i + 1);
+    b.addEventListener("click", go(i));
+    items.push(b);
+  }
+  const next = button("teacher.nextPage", go(Math.min(pages - 1, wallPage + 1)));
+  next.disabled = wallPage === pages - 1;
+  next.classList.add("page-next");
+  const where = document.createElement("span");
+  where.className = "where";
+  where.textContent = t("teacher.page", { page: wallPage + 1, pages });
+  pager.replaceChildren(...items, next, where);
+}
+
+function sendWall(ids) {
+  wallVisible = ids;
+  const key = JSON.stringify(ids);
+  if (key === wallSent || !session || !session.sig || !session.me) return;
+  wallSent = key;
+  session.wall(ids).catch((err) => {
+    wallSent = null; // try again at the next render
+    console.warn("wall:", err);
+  });
+}
+
+/** Received media: each classroom's camera on its tile, those on stage large, every microphone audible. */
+function showMedia() {
+  if (!session) return;
+  const media = session.media();
+  const videoOf = new Map();
+  for (const m of media) if (m.kind === "video" && m.participant) videoOf.set(m.participant, m.receiverTrack);
+  for (const [id, tile] of tiles) attach(tile.video, videoOf.get(id) || null);
+  renderStage(videoOf);
+  const box = $("classroom-audio");
+  const audio = media.filter((m) => m.kind === "audio");
+  const keep = new Set(audio.map((m) => m.receiverTrack.id));
+  for (const el of [...box.children]) if (!keep.has(el.dataset.track)) el.remove();
+  for (const m of audio) {
+    if (box.querySelector(`audio[data-track="${CSS.escape(m.receiverTrack.id)}"]`)) continue;
+    const el = document.createElement("audio");
+    el.autoplay = true;
+    el.dataset.track = m.receiverTrack.id;
+    el.dataset.participant = m.participant || "";
+    box.append(el);
+    attach(el, m.receiverTrack);
+  }
+}
+
+function renderStage(videoOf) {
+  const box = $("stage-videos");
+  const on = session ? session.onStage : [];
+  const figures = on.map((p) => {
+    let fig = box.querySelector(`figure[data-participant="${CSS.escape(p.id)}"]`);
+    if (!fig) {
+      fig = document.createElement("figure");
+      fig.className = "onstage";
+      fig.dataset.participant = p.id;
+      const video = document.createElement("video");
+      video.autoplay = true;
+      video.muted = true;
+      video.playsInline = true;
+      const caption = document.createElement("figcaption");
+      const off = button("tile.stageOff", () => toggleStage(p.id));
+      fig.append(video, caption, off);
+    }
+    const name = p.name || session.participants.get(p.id)?.name || "";
+    fig.querySelector("figcaption").textContent = t("teacher.stageCaption", { name });
+    attach(fig.querySelector("video"), videoOf.get(p.id) || null);
+    return fig;
+  });
+  if (figures.length !== box.children.length || figures.some((f, i) => box.children[i] !== f)) {
+    box.replaceChildren(...figures);
+    for (const f of figures) f.querySelector("video").play().catch(() => {});
+  }
+}
+
+async function act(promise) {
+  try {
+    return await promise;
+  } catch (err) {
+    notice(errorText(err));
+    return null;
+  }
+}
+
+async function toggleStage(id) {
+  const on = !(session.states.get(id) || {}).stage;
+  if (await act(session.stage(id, on))) notice("");
+  renderAll();
+}
+
+async function toggleMute(id) {
+  const muted = !(session.states.get(id) || {}).muted;
+  if (await act(session.mute(muted, id))) notice("");
+  renderAll();
+}
+
+/** Remove needs a second press within a few seconds (a dialog is easy to dismiss by mistake, or to confirm). */
+async function removeClassroom(id, tile) {
+  if (!tile.removeArmed) {
+    label(tile.remove, "tile.removeConfirm");
+    tile.removeArmed = setTimeout(() => { tile.removeArmed = null; label(tile.remove, "tile.remove"); }, REMOVE_CONFIRM_MS);
+    return;
+  }
+  clearTimeout(tile.removeArmed);
+  tile.removeArmed = null;
+  label(tile.remove, "tile.remove");
+  if (await act(session.remove(id))) notice("");
+}
+
+// -- hands, moderation, chat -------------------------------------------------------------------------------
+
+function renderHands() {
+  const queue = session ? session.hands : [];
+  $("hand-count").textContent = queue.length;
+  $("no-hands").hidden = queue.length > 0;
+  $("hands").replaceChildren(...queue.map((h) => {
+    const li = document.createElement("li");
+    li.dataset.participant = h.participant;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = h.name;
+    const at = document.createElement("span");
+    at.className = "muted";
+    at.textContent = t("teacher.handAt", { time: clock(h.raised_at) });
+    li.append(name, at, button("tile.stageOn", () => toggleStage(h.participant)));
+    return li;
+  }));
+}
+
+function renderSettings() {
+  const settings = session ? session.settings : { locked: false, chat_classrooms: true };
+  label($("lock"), settings.locked ? "teacher.unlock" : "teacher.lock");
+  $("lock").classList.toggle("on", settings.locked);
+  label($("chat-mode"), settings.chat_classrooms ? "teacher.chatOff" : "teacher.chatOn");
+  $("chat-mode").classList.toggle("on", !settings.chat_classrooms);
+  const notes = [];
+  if (settings.locked) notes.push(t("teacher.locked"));
+  if (!settings.chat_classrooms) notes.push(t("teacher.chatIsOff"));
+  $("settings-note").textContent = notes.join(" · ");
+  $("settings-note").hidden = !notes.length;
+}
+
+function renderChat() {
+  const list = $("chat-list");
+  const messages = session ? session.messages : [];
+  $("chat-empty").hidden = messages.length > 0;
+  list.replaceChildren(...messages.map((m) => {
+    const li = document.createElement("li");
+    li.dataset.message = m.id;
+    li.className = m.role === "teacher" ? "from-teacher" : "";
+    const who = document.createElement("b");
+    who.textContent = m.role === "teacher" ? `${m.name}（${t("chat.teacher")}）` : m.name;
+    const at = document.createElement("span");
+    at.className = "at";
+    at.textContent = clock(m.at);
+    const text = document.createElement("p");
+    text.textContent = m.text;
+    const del = button("chat.delete", () => act(session.chatDelete(m.id)), "small");
+    del.classList.add("delete");
+    li.append(who, at, del, text);
+    return li;
+  }));
+  list.scrollTop = list.scrollHeight;
+}
+
+async function sendChat(e) {
+  e.preventDefault();
+  const input = $("chat-input");
+  const text = input.value.trim();
+  if (!text || !session) return;
+  $("chat-send").disabled = true;
+  try {
+    await session.chat(text);
+    input.value = "";
+    notice("");
+  } catch (err) {
+    notice(errorText(err));
+  } finally {
+    $("chat-send").disabled = false;
+    input.focus();
+  }
+}
+
+// -- attendance ---------------------------------------------------------------------------------------------
+
+function minutes(seconds) {
+  return seconds === null || seconds === undefined ? "—" : t("att.minutes", { m: (seconds / 60).toFixed(1) });
+}
+
+function renderAttendance(data) {
+  const rows = (data && data.classrooms) || [];
+  $("no-attendance").hidden = rows.length > 0;
+  $("attendance-csv").hidden = !session;
+  const pct = (v, digits = 1) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(digits)} %`);
+  $("attendance").tBodies[0].replaceChildren(...rows.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.participant = r.participant;
+    const cells = [
+      r.name,
+      r.left_at ? t("att.left") : t("att.online"),
+      minutes(r.present_s),
+      String(r.sessions ?? "—"),
+      String(r.hands ?? "—"),
+      minutes(r.stage_s),
+      pct(r.loss_avg, 2),
+      r.rtt_ms_avg === null || r.rtt_ms_avg === undefined ? "—" : `${Math.round(r.rtt_ms_avg)} ms`,
+      r.kbps_avg === null || r.kbps_avg === undefined ? "—" : `${Math.round(r.kbps_avg)} kbit/s`,
+      pct(r.video_share, 0),
+    ];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+async function pollAttendance() {
+  try {
+    renderAttendance(await session.fetchAttendance());
+  } catch (err) {
+    console.warn("attendance:", err);
+  }
+}
+
+/** The CSV needs the teacher's token in a header, which a plain link cannot carry: fetch it, save a Blob. */
+async function downloadAttendance(e) {
+  e.preventDefault();
+  if (!session) return;
+  try {
+    const blob = await session.fetchAttendanceCsv();
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `attendance-${claims.lesson}.csv`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    notice(errorText(err));
+  }
+}
+
+function renderAll() {
+  renderWall();
+  renderHands();
+  renderSettings();
 }
 
 function videoConstraints(deviceId) {
@@ -175,7 +604,11 @@ function renderClassrooms(stats) {
     return tr;
   });
   $("classrooms").tBodies[0].replaceChildren(...rows);
-  if (stats) previousStats = { at: now, octets };
+  if (stats) {
+    previousStats = { at: now, octets };
+    quality = Object.fromEntries(rows.map((tr) => [tr.dataset.participant, tr.className]));
+    renderWall();
+  }
 }
 
 async function pollStats() {
@@ -189,14 +622,41 @@ async function pollStats() {
 async function start() {
   $("start").disabled = true;
   label($("start"), "teacher.starting");
+  // the chime's audio context starts inside this click (browsers let sound start only after one)
+  try {
+    audioContext ??= new AudioContext();
+    audioContext.resume().catch(() => {});
+  } catch {
+    audioContext = null;
+  }
   session = new TeacherSession(token);
   session.record = $("record").checked;
   $("record").disabled = true;
-  session.addEventListener("participants", () => renderClassrooms(null));
+  wallSent = null;
+  session.addEventListener("participants", () => {
+    renderClassrooms(null);
+    renderWall();
+  });
+  session.addEventListener("media", showMedia);
+  session.addEventListener("classroom-state", renderWall);
+  session.addEventListener("stage", () => {
+    renderWall();
+    showMedia();
+  });
+  session.addEventListener("hands", (e) => {
+    renderHands();
+    renderWall();
+    if (e.detail.added.length) chime();
+  });
+  session.addEventListener("settings", renderSettings);
+  session.addEventListener("chat", renderChat);
+  session.addEventListener("chat-deleted", renderChat);
   session.addEventListener("ended", () => {
     clearInterval(statsTimer);
+    clearInterval(attendanceTimer);
+    pollAttendance(); // the final figures stay on screen
     status(t("lesson.ended"), "ended");
-    for (const id of ["share", "mute", "camera-toggle", "end"]) $(id).disabled = true;
+    for (const id of INTERACTIVE_CONTROLS) $(id).disabled = true;
     notice(t("lesson.ended"));
   });
   session.addEventListener("status", (e) => {
@@ -228,10 +688,17 @@ async function start() {
   }
   label($("start"), "teacher.live");
   status(t("teacher.live"), "live");
-  for (const id of ["share", "mute", "camera-toggle", "end"]) $(id).disabled = false;
+  for (const id of INTERACTIVE_CONTROLS) $(id).disabled = false;
   statsTimer = setInterval(pollStats, STATS_INTERVAL_MS);
   pollStats();
+  attendanceTimer = setInterval(pollAttendance, ATTENDANCE_INTERVAL_MS);
+  pollAttendance();
+  renderAll();
+  renderChat();
 }
+
+const INTERACTIVE_CONTROLS = ["share", "mute", "camera-toggle", "end", "mute-all", "unmute-all", "lock", "chat-mode",
+                              "chat-input", "chat-send"];
 
 function setupControls() {
   $("start").addEventListener("click", start);
@@ -281,6 +748,12 @@ function setupControls() {
   };
   $("camera").addEventListener("change", change);
   $("microphone").addEventListener("change", change);
+  $("mute-all").addEventListener("click", () => act(session.mute(true)).then(renderWall));
+  $("unmute-all").addEventListener("click", () => act(session.mute(false)).then(renderWall));
+  $("lock").addEventListener("click", () => act(session.lock(!session.settings.locked)));
+  $("chat-mode").addEventListener("click", () => act(session.chatMode(!session.settings.chat_classrooms)));
+  $("chat-form").addEventListener("submit", sendChat);
+  $("attendance-csv").addEventListener("click", downloadAttendance);
 }
 
 /** One copyable link per classroom (each classroom has its own token: the same token twice would replace). */

@@ -82,3 +82,207 @@ def vp8_picture_id(payload: bytes) -> int | None:
     if n < 4:
         return None
     return ((b & 0x7F) << 8) | payload[3]
+
+
+# -- the whole descriptor, and keeping picture ids continuous across simulcast layers -------------------------
+
+PICTURE_ID_MOD = 1 << 15  # the 15-bit PictureID space (a 7-bit one is the same counter's low 7 bits)
+PICTURE_ID_MASK = PICTURE_ID_MOD - 1
+TL0PICIDX_MOD = 256
+# per subscriber, offsets are remembered for this many sources (layers), so retransmissions of a layer
+# switched away from still get the numbers they had
+REWRITER_MAX_SOURCES = 8
+
+
+class Vp8Descriptor:
+    """A parsed VP8 payload descriptor. Offsets index into the payload; -1 when the field is absent."""
+
+    __slots__ = ("size", "start", "partition", "non_reference", "picture_id", "picture_id_long", "picture_id_at",
+                 "tl0picidx", "tl0picidx_at", "tid", "layer_sync", "keyidx", "keyframe")
+
+    def __init__(self) -> None:
+        self.size = 1  # descriptor length: the VP8 payload header starts here
+        self.start = False  # S: first packet of a partition
+        self.partition = 0  # PID
+        self.non_reference = False  # N: no other frame references this one (droppable)
+        self.picture_id: int | None = None
+        self.picture_id_long = False  # True: 15-bit field (M=1), two octets
+        self.picture_id_at = -1
+        self.tl0picidx: int | None = None
+        self.tl0picidx_at = -1
+        self.tid: int | None = None  # temporal layer index (present iff T)
+        self.layer_sync = False  # Y
+        self.keyidx: int | None = None  # present iff K
+        self.keyframe = False  # this packet starts a key frame (S=1, PID=0, payload header P=0)
+
+
+def vp8_parse_descriptor(payload: bytes) -> Vp8Descriptor | None:
+    """The payload descriptor of a VP8 RTP payload; None if empty or cut short. Never raises."""
+    n = len(payload)
+    if n < 1:
+        return None
+    b0 = payload[0]
+    d = Vp8Descriptor()
+    d.start = bool(b0 & _S)
+    d.partition = b0 & _PID
+    d.non_reference = bool(b0 & 0x20)
+    pos = 1
+    if b0 & _X:
+        if n < 2:
+            return None
+        ext = payload[1]
+        pos = 2
+        if ext & _I:
+            if n < 3:
+                return None
+            d.picture_id_at = 2
+            if payload[2] & _M:
+                if n < 4:
+                    return None
+                d.picture_id = ((payload[2] & 0x7F) << 8) | payload[3]
+                d.picture_id_long = True
+                pos = 4
+            else:
+                d.picture_id = payload[2]
+                pos = 3
+        if ext & _L:
+            if n <= pos:
+                return None
+            d.tl0picidx = payload[pos]
+            d.tl0picidx_at = pos
+            pos += 1
+        if ext & (_T | _K):
+            if n <= pos:
+                return None
+            b = payload[pos]
+            if ext & _T:
+                d.tid = b >> 6
+                d.layer_sync = bool(b & 0x20)
+            if ext & _K:
+                d.keyidx = b & 0x1F
+            pos += 1
+    d.size = pos
+    d.keyframe = d.start and d.partition == 0 and pos < n and not payload[pos] & _P
+    return d
+
+
+class _Source:
+    """One source's numbering as seen by a Vp8Rewriter: its picture ids unwrapped, and its offsets."""
+
+    __slots__ = ("pid_ext", "pid_offset", "tl0_offset")
+
+    def __init__(self) -> None:
+        self.pid_ext: int | None = None  # newest input picture id, unwrapped
+        self.pid_offset = 0  # output = (unwrapped input + offset) mod 2**15
+        self.tl0_offset = 0  # output = (input + offset) mod 256
+
+    def unwrap(self, pid: int, long: bool, advance: bool) -> int:
+        mod = PICTURE_ID_MOD if long else 128
+        last = self.pid_ext
+        if last is None:
+            if advance:
+                self.pid_ext = pid
+            return pid
+        diff = (pid - last) % mod
+        if diff >= mod // 2:
+            diff -= mod  # an older picture (reordered or retransmitted)
+        ext = last + diff
+        if diff > 0 and advance:
+            self.pid_ext = ext
+        return ext
+
+
+class Vp8Rewriter:
+    """Keeps one subscriber's VP8 PictureID and TL0PICIDX continuous while its source changes.
+
+    Each simulcast layer numbers its pictures on its own. When the forwarded source changes (at a key frame
+    of the new layer), the new source's numbers are shifted so its first picture follows the last picture
+    sent (PictureID + 1; TL0PICIDX + 1, since a key frame is a base-layer picture) — a backwards PictureID
+    jump froze Chromium for 3 s (DESIGN.md). Within a source, numbers keep their spacing, so real gaps (lost
+    pictures) stay visible to the receiver.
+
+    The output PictureID is always the 15-bit form: a 15-bit input is rewritten in place (same length); a
+    7-bit input (M=0) is widened to 15 bits, so that payload grows by one byte (its 7-bit counter is
+    unwrapped first, so the output keeps counting past 127). Payloads without a PictureID pass through with
+    only their TL0PICIDX (if any) rewritten; without either they are returned unchanged. Never raises.
+    """
+
+    __slots__ = ("_sources", "_current", "_last_pid", "_last_tl0", "rebases")
+
+    def __init__(self) -> None:
+        self._sources: dict[object, _Source] = {}
+        self._current: object = None
+        self._last_pid: int | None = None  # newest output PictureID (15 bits)
+        self._last_tl0: int | None = None  # newest output TL0PICIDX
+        self.rebases = 0
+
+    @property
+    def last_picture_id(self) -> int | None:
+        return self._last_pid
+
+    @property
+    def last_tl0picidx(self) -> int | None:
+        return self._last_tl0
+
+    def rewrite(self, payload: bytes, source: object) -> bytes:
+        """The payload of the live stream, renumbered; a new ``source`` continues from the last picture sent."""
+        d = vp8_parse_descriptor(payload)
+        if d is None or (d.picture_id is None and d.tl0picidx is None):
+            return payload
+        src = self._sources.get(source)
+        if src is None or source != self._current:
+            src = self._rebase(source, d)
+        return self._write(payload, d, src, True)
+
+    def remap(self, payload: bytes, source: object) -> bytes | None:
+        """A retransmission: renumbered as that source's packets were last renumbered, without touching the
+        live state. None when this rewriter never forwarded that source (or has forgotten it)."""
+        src = self._sources.get(source)
+        if src is None:
+            return None
+        d = vp8_parse_descriptor(payload)
+        if d is None or (d.picture_id is None and d.tl0picidx is None):
+            return payload
+        return self._write(payload, d, src, False)
+
+    def _rebase(self, source: object, d: Vp8Descriptor) -> _Source:
+        src = _Source()
+        if d.picture_id is not None:
+            first = src.unwrap(d.picture_id, d.picture_id_long, True)
+            if self._last_pid is not None:
+                src.pid_offset = self._last_pid + 1 - first
+        if d.tl0picidx is not None and self._last_tl0 is not None:
+            # a base-layer picture (a key frame always is) starts a new TL0 index; a higher-layer one shares its
+            # base picture's, which is the last one sent
+            step = 1 if d.tid in (None, 0) else 0
+            src.tl0_offset = self._last_tl0 + step - d.tl0picidx
+        if self._current is not None or self._last_pid is not None or self._last_tl0 is not None:
+            self.rebases += 1
+        self._sources.pop(source, None)
+        self._sources[source] = src
+        while len(self._sources) > REWRITER_MAX_SOURCES:
+            del self._sources[next(iter(self._sources))]
+        self._current = source
+        return src
+
+    def _write(self, payload: bytes, d: Vp8Descriptor, src: _Source, live: bool) -> bytes:
+        out = bytearray(payload)
+        tl0_at = d.tl0picidx_at
+        if d.picture_id is not None:
+            pid = (src.unwrap(d.picture_id, d.picture_id_long, live) + src.pid_offset) & PICTURE_ID_MASK
+            at = d.picture_id_at
+            two = bytes(((pid >> 8) | _M, pid & 0xFF))
+            if d.picture_id_long:
+                out[at:at + 2] = two
+            else:
+                out[at:at + 1] = two  # widened: everything after it moves one byte on
+                if tl0_at >= 0:
+                    tl0_at += 1
+            if live and (self._last_pid is None or 0 < (pid - self._last_pid) & PICTURE_ID_MASK < PICTURE_ID_MOD // 2):
+                self._last_pid = pid
+        if d.tl0picidx is not None:
+            tl0 = (d.tl0picidx + src.tl0_offset) & 0xFF
+            out[tl0_at] = tl0
+            if live and (self._last_tl0 is None or 0 < (tl0 - self._last_tl0) & 0xFF < TL0PICIDX_MOD // 2):
+                self._last_tl0 = tl0
+        return bytes(out)
