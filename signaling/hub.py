@@ -149,6 +149,7 @@ class Hub:
             inter = self.interaction(lesson_id)
             # its hand stays up: a classroom whose link dropped finds it so when it is back
             inter.attendance.left(pid, time.time())
+            self._octets.pop((lesson_id, pid), None)
         if conn.role != "observer":
             self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
                                        "participant": {"id": pid, "role": conn.role,
@@ -255,6 +256,9 @@ class Hub:
     async def end_lesson(self, lesson_id: str) -> None:
         self._stop_recording(lesson_id)
         self._save_record(lesson_id)
+        # kept in the library now; a teacher who starts the ended lesson again starts a fresh record
+        self.interactions.pop(lesson_id, None)
+        self.seen.pop(lesson_id, None)
         lesson = await self.store.set_lesson_state(lesson_id, "ended")
         self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
         router = self.routers.pop(lesson_id, None)

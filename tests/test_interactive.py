@@ -270,3 +270,47 @@ async def test_hands_in_order_removal_lock_and_chat(server):
             await ws.close()
         for room in rooms.values():
             await room.rx.close()
+
+
+async def test_the_lessons_record_stays_with_its_library_entry_after_the_end(server):
+    lesson = "inter-record"
+    teacher_tok = token("teacher", lesson, "王老师")
+    teacher_ws, _ = await _join(server, teacher_tok)
+    teacher = Teacher(teacher_ws, size=TEACHER_SIZE)
+    a = await _room(server, lesson, "A")
+    try:
+        assert (await teacher.publish())["type"] == "answer"
+        await a.rx.wait_frames(3)
+        await teacher_ws.request({"type": "stage", "participant": a.id, "on": True})
+        await a.ws.request({"type": "chat", "text": "我们听得很清楚"})
+        await asyncio.sleep(2.5)  # A on stage: its camera and microphone are recorded as an item of their own
+        await teacher_ws.send({"type": "end_lesson"})
+        await a.ws.wait_for(lambda m: m.get("event") == "lesson-ended")
+        teacher_auth = {"Authorization": f"Bearer {teacher_tok}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/api/library", params={"lesson_id": lesson},
+                                headers=teacher_auth) as resp:
+                items = (await resp.json())["items"]
+            main = next(i for i in items if "上台" not in i["title"])
+            stage = next(i for i in items if i["title"].endswith("（上台 A）"))
+            assert stage["duration_s"] > 1.0, stage
+            base = f"{server.url}/api/library/{main['id']}/lesson"
+            async with http.get(f"{base}/attendance.csv", headers=teacher_auth) as resp:
+                assert resp.status == 200, await resp.text()
+                rows = list(csv.DictReader(io.StringIO((await resp.read()).decode("utf-8-sig"))))
+            async with http.get(f"{base}/chat.csv", headers=teacher_auth) as resp:
+                chat = (await resp.read()).decode("utf-8")
+            async with http.get(f"{base}/record.json", headers=teacher_auth) as resp:
+                record = await resp.json()
+            async with http.get(f"{base}/attendance.csv") as resp:
+                assert resp.status in (401, 403, 404)  # not for the public, even once published
+            async with http.get(f"{base}/../../secret") as resp:
+                assert resp.status == 404
+        assert [r["name"] for r in rows] == ["A"]
+        assert "我们听得很清楚" in chat
+        assert [t["participant"] for t in record["stage_timeline"]] == [a.id]
+        assert record["stage_timeline"][0]["off_at"] is None  # still on stage when the lesson ended
+    finally:
+        await hang_up(teacher, *([a.tx] if a.tx else []))
+        await a.ws.close()
+        await a.rx.close()
