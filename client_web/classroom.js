@@ -187,7 +187,8 @@ function renderSpeak() {
 
 /** Our place in the queue changes when hands ahead of ours go down; raising again keeps the place. */
 async function refreshHand() {
-  if (!session || !session.state || !session.state.hand) return;
+  // not on stage: being put on stage lowers the hand, and the `stage` event may come before that news
+  if (!session || !session.state || !session.state.hand || session.state.stage) return;
   try {
     await session.hand(true);
   } catch (err) {
@@ -311,8 +312,15 @@ async function enter() {
   session.addEventListener("stage", () => {
     showMedia();
     renderSpeak();
+    refreshHand(); // a classroom put on stage has left the queue: ours may have moved up
   });
-  session.addEventListener("classroom-state", renderSpeak);
+  session.addEventListener("classroom-state", (e) => {
+    // on stage with the hand up: our position refresh crossed the server's lowering it; lower it again
+    if (e.detail.participant === session.me?.id && e.detail.stage && e.detail.hand) {
+      session.hand(false).catch((err) => console.warn("hand:", err));
+    }
+    renderSpeak();
+  });
   session.addEventListener("hand", renderSpeak);
   session.addEventListener("microphone", renderSpeak);
   session.addEventListener("settings", renderChatMode);

@@ -406,14 +406,14 @@ async function sendChat(e) {
 // -- attendance ---------------------------------------------------------------------------------------------
 
 function minutes(seconds) {
-  return seconds === null || seconds === undefined ? "—" : t("att.minutes", { m: (seconds / 60).toFixed(1) });
+  return seconds === null || seconds === undefined ? "—" : (seconds / 60).toFixed(1);
 }
 
 function renderAttendance(data) {
   const rows = (data && data.classrooms) || [];
   $("no-attendance").hidden = rows.length > 0;
   $("attendance-csv").hidden = !session;
-  const pct = (v, digits = 1) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(digits)} %`);
+  const pct = (v, digits = 1) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(digits)}%`);
   $("attendance").tBodies[0].replaceChildren(...rows.map((r) => {
     const tr = document.createElement("tr");
     tr.dataset.participant = r.participant;
@@ -424,9 +424,9 @@ function renderAttendance(data) {
       String(r.sessions ?? "—"),
       String(r.hands ?? "—"),
       minutes(r.stage_s),
-      pct(r.loss_avg, 2),
+      pct(r.loss_avg, 1),
       r.rtt_ms_avg === null || r.rtt_ms_avg === undefined ? "—" : `${Math.round(r.rtt_ms_avg)} ms`,
-      r.kbps_avg === null || r.kbps_avg === undefined ? "—" : `${Math.round(r.kbps_avg)} kbit/s`,
+      r.kbps_avg === null || r.kbps_avg === undefined ? "—" : String(Math.round(r.kbps_avg)),
       pct(r.video_share, 0),
     ];
     for (const text of cells) {

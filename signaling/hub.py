@@ -129,6 +129,8 @@ class Hub:
             state["state"] = inter.state_of(participant.id)
         else:
             state["hands"] = inter.hands.queue()
+            # a reloaded teacher page finds every classroom's hand, stage and mute as they are
+            state["classrooms"] = [inter.state_of(pid) for pid in sorted(classrooms)]
         return state
 
     async def leave(self, conn: Connection) -> None:

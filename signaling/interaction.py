@@ -520,6 +520,7 @@ class LessonInteraction:
     def state_of(self, participant: str) -> dict[str, Any]:
         """What the `classroom-state` event carries."""
         return {"participant": participant, "hand": self.hands.is_up(participant),
+                "position": self.hands.position(participant),
                 "stage": self.stage.is_on(participant), "muted": self.is_muted(participant)}
 
     def record(self, now: float) -> dict[str, Any]:

@@ -47,6 +47,8 @@ def _refused(exc: InteractionError, msg: Message) -> ProtocolError:
 async def handle_hand(hub: Hub, conn: Connection, msg: Message) -> Reply:
     lesson_id = _joined_as(conn, msg, "classroom")
     inter, pid = hub.interaction(lesson_id), conn.participant_id or ""
+    if msg.fields["up"] and inter.stage.is_on(pid):
+        return {"type": "hand", "ref": msg.id, "up": False, "position": None}  # on stage already: nothing to ask
     if msg.fields["up"]:
         position: int | None = inter.hands.raise_hand(pid, conn.claims.name if conn.claims else "", time.time())
     else:

@@ -359,13 +359,15 @@ def test_put_on_stage_lowers_the_hand_and_lifts_the_mute_taking_off_leaves_the_m
     lesson.hands.raise_hand("c1", "一小", T0)
     lesson.hands.raise_hand("c2", "二小", T0 + 1)
     lesson.mute("c1")
-    assert lesson.state_of("c1") == {"participant": "c1", "hand": True, "stage": False, "muted": True}
+    assert lesson.state_of("c1") == {"participant": "c1", "hand": True, "position": 1, "stage": False, "muted": True}
     assert lesson.put_on_stage("c1", "一小", T0 + 5) is True
-    assert lesson.state_of("c1") == {"participant": "c1", "hand": False, "stage": True, "muted": False}
+    assert lesson.state_of("c1") == {"participant": "c1", "hand": False, "position": None, "stage": True,
+                                     "muted": False}
     assert lesson.hands.position("c2") == 1
     lesson.mute("c1")  # the teacher mutes it on stage
     assert lesson.take_off_stage("c1", T0 + 10) is True
-    assert lesson.state_of("c1") == {"participant": "c1", "hand": False, "stage": False, "muted": True}
+    assert lesson.state_of("c1") == {"participant": "c1", "hand": False, "position": None, "stage": False,
+                                     "muted": True}
     lesson.put_on_stage("c2", "二小", T0 + 11)
     assert lesson.take_off_stage("c2", T0 + 12) is True
     assert lesson.is_muted("c2") is False  # unmuted stays unmuted
@@ -378,7 +380,7 @@ def test_stage_full_through_the_lesson_changes_nothing():
     lesson.mute("c2")
     with pytest.raises(StageFull):
         lesson.put_on_stage("c2", "二小", T0 + 1)
-    assert lesson.state_of("c2") == {"participant": "c2", "hand": True, "stage": False, "muted": True}
+    assert lesson.state_of("c2") == {"participant": "c2", "hand": True, "position": 1, "stage": False, "muted": True}
 
 
 def test_mute_all_and_unmute_all():

@@ -45,8 +45,8 @@ async def _room(server: Server, lesson: str, name: str, publish: bool = True) ->
     tok = token("classroom", lesson, name)
     ws, joined = await _join(server, tok)
     assert joined["type"] == "joined", joined
-    assert joined["state"] == {"participant": joined["participant"]["id"], "hand": False, "stage": False,
-                               "muted": False}
+    assert joined["state"] == {"participant": joined["participant"]["id"], "hand": False, "position": None,
+                               "stage": False, "muted": False}
     room = Room(name, tok, ws, joined["participant"]["id"], Classroom(ws))
     if publish:
         room.tx = Teacher(ws, size=CAMERAS[name])
@@ -226,6 +226,11 @@ async def test_hands_in_order_removal_lock_and_chat(server):
         everyone = await teacher_ws.request({"type": "mute", "muted": True})
         assert sorted(everyone["participants"]) == sorted(r.id for r in rooms.values())
         await c.ws.wait_for(lambda m: m.get("event") == "classroom-state" and m["muted"])
+        # a page joining now (an observer; the same for a reloaded teacher page) finds every classroom's state
+        watcher, seen = await _join(server, token("observer", lesson, "督导"))
+        extra.append(watcher)
+        assert {s["participant"]: (s["muted"], s["stage"]) for s in seen["classrooms"]} == \
+            {a.id: (True, True), b.id: (True, True), c.id: (True, False)}
 
         # chat: a classroom writes, everyone reads; the teacher deletes it; classroom chat off
         sent = await a.ws.request({"type": "chat", "text": "老师，第三题怎么做？\x07"})
@@ -261,7 +266,8 @@ async def test_hands_in_order_removal_lock_and_chat(server):
         extra.append(back)
         assert rejoined["type"] == "joined", rejoined
         # ... and finds its state and the lesson's as they were
-        assert rejoined["state"] == {"participant": a.id, "hand": False, "stage": True, "muted": True}
+        assert rejoined["state"] == {"participant": a.id, "hand": False, "position": None, "stage": True,
+                                     "muted": True}
         assert rejoined["settings"] == {"locked": True, "chat_classrooms": False}
         assert [m["text"] for m in rejoined["chat"]] == ["请安静"]
         assert {s["id"] for s in rejoined["stage"]} == {a.id, b.id}
