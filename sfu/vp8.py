@@ -166,6 +166,42 @@ def vp8_parse_descriptor(payload: bytes) -> Vp8Descriptor | None:
     return d
 
 
+def _numbering(payload: bytes) -> tuple[int, int, int, int, int] | None:
+    """(picture id or -1, its offset or -1, 1 if 15-bit, TL0PICIDX offset or -1, TID or -1): the fields a
+    Vp8Rewriter changes, found without building a Vp8Descriptor (it runs per packet and per subscriber).
+    None when there is nothing to renumber or the descriptor is cut short."""
+    n = len(payload)
+    if n < 3 or not payload[0] & _X:
+        return None
+    ext = payload[1]
+    if not ext & (_I | _L):
+        return None
+    pos = 2
+    pid = pid_at = -1
+    long = 0
+    if ext & _I:
+        b = payload[2]
+        pid_at = 2
+        if b & _M:
+            if n < 4:
+                return None
+            pid, long, pos = ((b & 0x7F) << 8) | payload[3], 1, 4
+        else:
+            pid, pos = b, 3
+    tl0_at = -1
+    if ext & _L:
+        if n <= pos:
+            return None
+        tl0_at = pos
+        pos += 1
+    tid = -1
+    if ext & _T:
+        if n <= pos:
+            return None
+        tid = payload[pos] >> 6
+    return pid, pid_at, long, tl0_at, tid
+
+
 class _Source:
     """One source's numbering as seen by a Vp8Rewriter: its picture ids unwrapped, and its offsets."""
 
@@ -226,13 +262,13 @@ class Vp8Rewriter:
 
     def rewrite(self, payload: bytes, source: object) -> bytes:
         """The payload of the live stream, renumbered; a new ``source`` continues from the last picture sent."""
-        d = vp8_parse_descriptor(payload)
-        if d is None or (d.picture_id is None and d.tl0picidx is None):
+        fields = _numbering(payload)
+        if fields is None:
             return payload
-        src = self._sources.get(source)
-        if src is None or source != self._current:
-            src = self._rebase(source, d)
-        return self._write(payload, d, src, True)
+        src = self._sources.get(source) if source == self._current else None
+        if src is None:
+            src = self._rebase(source, fields, payload)
+        return self._write(payload, fields, src, True)
 
     def remap(self, payload: bytes, source: object) -> bytes | None:
         """A retransmission: renumbered as that source's packets were last renumbered, without touching the
@@ -240,22 +276,23 @@ class Vp8Rewriter:
         src = self._sources.get(source)
         if src is None:
             return None
-        d = vp8_parse_descriptor(payload)
-        if d is None or (d.picture_id is None and d.tl0picidx is None):
+        fields = _numbering(payload)
+        if fields is None:
             return payload
-        return self._write(payload, d, src, False)
+        return self._write(payload, fields, src, False)
 
-    def _rebase(self, source: object, d: Vp8Descriptor) -> _Source:
+    def _rebase(self, source: object, fields: tuple[int, int, int, int, int], payload: bytes) -> _Source:
+        pid, _, long, tl0_at, tid = fields
         src = _Source()
-        if d.picture_id is not None:
-            first = src.unwrap(d.picture_id, d.picture_id_long, True)
+        if pid >= 0:
+            first = src.unwrap(pid, bool(long), True)
             if self._last_pid is not None:
                 src.pid_offset = self._last_pid + 1 - first
-        if d.tl0picidx is not None and self._last_tl0 is not None:
+        if tl0_at >= 0 and self._last_tl0 is not None:
             # a base-layer picture (a key frame always is) starts a new TL0 index; a higher-layer one shares its
             # base picture's, which is the last one sent
-            step = 1 if d.tid in (None, 0) else 0
-            src.tl0_offset = self._last_tl0 + step - d.tl0picidx
+            step = 1 if tid <= 0 else 0
+            src.tl0_offset = self._last_tl0 + step - payload[tl0_at]
         if self._current is not None or self._last_pid is not None or self._last_tl0 is not None:
             self.rebases += 1
         self._sources.pop(source, None)
@@ -265,24 +302,30 @@ class Vp8Rewriter:
         self._current = source
         return src
 
-    def _write(self, payload: bytes, d: Vp8Descriptor, src: _Source, live: bool) -> bytes:
+    def _write(self, payload: bytes, fields: tuple[int, int, int, int, int], src: _Source, live: bool) -> bytes:
+        pid_in, pid_at, long, tl0_at, _ = fields
+        pid = tl0 = -1
+        if pid_in >= 0:
+            pid = (src.unwrap(pid_in, bool(long), live) + src.pid_offset) & PICTURE_ID_MASK
+        if tl0_at >= 0:
+            tl0 = (payload[tl0_at] + src.tl0_offset) & 0xFF
+        if live:
+            if pid >= 0 and (self._last_pid is None
+                             or 0 < (pid - self._last_pid) & PICTURE_ID_MASK < PICTURE_ID_MOD // 2):
+                self._last_pid = pid
+            if tl0 >= 0 and (self._last_tl0 is None or 0 < (tl0 - self._last_tl0) & 0xFF < TL0PICIDX_MOD // 2):
+                self._last_tl0 = tl0
+        if (pid_in < 0 or (long and pid == pid_in)) and (tl0_at < 0 or tl0 == payload[tl0_at]):
+            return payload  # nothing changes (a subscriber that never switched): no copy
         out = bytearray(payload)
-        tl0_at = d.tl0picidx_at
-        if d.picture_id is not None:
-            pid = (src.unwrap(d.picture_id, d.picture_id_long, live) + src.pid_offset) & PICTURE_ID_MASK
-            at = d.picture_id_at
+        if pid >= 0:
             two = bytes(((pid >> 8) | _M, pid & 0xFF))
-            if d.picture_id_long:
-                out[at:at + 2] = two
+            if long:
+                out[pid_at:pid_at + 2] = two
             else:
-                out[at:at + 1] = two  # widened: everything after it moves one byte on
+                out[pid_at:pid_at + 1] = two  # widened: everything after it moves one byte on
                 if tl0_at >= 0:
                     tl0_at += 1
-            if live and (self._last_pid is None or 0 < (pid - self._last_pid) & PICTURE_ID_MASK < PICTURE_ID_MOD // 2):
-                self._last_pid = pid
-        if d.tl0picidx is not None:
-            tl0 = (d.tl0picidx + src.tl0_offset) & 0xFF
+        if tl0 >= 0:
             out[tl0_at] = tl0
-            if live and (self._last_tl0 is None or 0 < (tl0 - self._last_tl0) & 0xFF < TL0PICIDX_MOD // 2):
-                self._last_tl0 = tl0
         return bytes(out)
