@@ -212,8 +212,8 @@ class Publishing {
     this.sources = new Map(); // RTCRtpTransceiver -> source
   }
 
-  add(source, track) {
-    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly" });
+  add(source, track, init = {}) {
+    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", ...init });
     this.sources.set(transceiver, source);
     return transceiver;
   }
@@ -616,6 +616,21 @@ export class TeacherSession extends LessonSession {
     this.screenTrack = null;
     this.record = true; // the lesson goes into the resource library unless the teacher says no
     this.wallVisible = null; // the classroom tiles on screen (`wall`), sent again after a reconnect
+    this.simulcast = true; // the camera as three layers: each classroom gets the largest its link carries
+  }
+
+  /** How each source is encoded: the camera in three simulcast layers (RIDs q, h, f, smallest first — the
+   *  server reads them in that order), the courseware sharp rather than smooth (slides must stay legible). */
+  _sendInit(source) {
+    if (source === "camera" && this.simulcast) {
+      return { sendEncodings: [
+        { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000, maxFramerate: 15 },
+        { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+        { rid: "f", maxBitrate: 1_500_000 },
+      ] };
+    }
+    if (source === "screen") return { sendEncodings: [{ maxBitrate: 1_200_000, maxFramerate: 5 }] };
+    return {};
   }
 
   /** The teacher's own connection: the publishing one (what `pc.close()` in a test cuts). */
@@ -649,7 +664,8 @@ export class TeacherSession extends LessonSession {
     const publishing = this._newPublishing();
     this.screenTransceiver = null;
     for (const [source, track] of this.sending) {
-      const t = publishing.add(source, track);
+      if (source === "screen") track.contentHint = "detail"; // keep the resolution, drop frames instead
+      const t = publishing.add(source, track, this._sendInit(source));
       if (source === "screen") this.screenTransceiver = t;
     }
     await this.publish();
@@ -685,7 +701,8 @@ export class TeacherSession extends LessonSession {
       this.screenTransceiver.direction = "inactive";
       this.publishing.sources.delete(this.screenTransceiver);
     }
-    this.screenTransceiver = this.publishing.add("screen", track);
+    track.contentHint = "detail"; // keep the resolution, drop frames instead: text must stay legible
+    this.screenTransceiver = this.publishing.add("screen", track, this._sendInit("screen"));
     track.addEventListener("ended", () => this.stopScreen()); // the browser's own "stop sharing" bar
     await this.publish();
     this.emit("screen", { sharing: true });

@@ -630,6 +630,7 @@ async function start() {
     audioContext = null;
   }
   session = new TeacherSession(token);
+  session.simulcast = params.get("simulcast") !== "0"; // ?simulcast=0: one camera layer only
   session.record = $("record").checked;
   $("record").disabled = true;
   wallSent = null;

@@ -9,6 +9,7 @@ Matroska clusters and flushes them as it goes: a killed server loses at most abo
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import logging
 import struct
@@ -184,6 +185,11 @@ class RecordingFile:
                            for t in self.tracks]}
 
 
+# a simulcast camera's layers start within a second of each other: the recording waits this long after the
+# first one to see which is the largest the teacher's browser really sends
+SIMULCAST_SETTLE_S = 1.5
+
+
 class LessonRecorder:
     """Records a lesson: camera + microphone into the main file, each screen share into its own file."""
 
@@ -198,6 +204,8 @@ class LessonRecorder:
         self.stage: dict[str, tuple[RecordingFile, str]] = {}  # classroom participant id -> (file, library id)
         self.stage_turns = 0
         self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
+        self._recorded_layers: list[Producer] = []  # the simulcast layers chosen for the main file
+        self._first_layer_at: dict[int, float] = {}
         self.closed = False
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
         router.on_track(self._on_track)
@@ -232,10 +240,33 @@ class LessonRecorder:
         if not self.closed:
             self._sync()
 
+    def _layer_to_record(self, producer: Producer) -> Producer | None:
+        """A simulcast camera is recorded from its largest layer that flows (a browser sends fewer layers
+        than asked for from a small camera); None until its layers have had SIMULCAST_SETTLE_S to start."""
+        if not producer.layers:
+            return producer
+        chosen = next((layer for layer in self._recorded_layers if layer in producer.layers), None)
+        if chosen is not None:
+            return chosen
+        flowing = [layer for layer in producer.layers if layer.packets_in > 0]
+        if not flowing:
+            return None
+        first = self._first_layer_at.setdefault(id(producer), time.monotonic())
+        if time.monotonic() - first < SIMULCAST_SETTLE_S:
+            return None
+        self._recorded_layers.append(flowing[-1])
+        return flowing[-1]
+
     def _sync(self) -> None:
         """(Re)start files for the producers now live: the main file when camera or microphone start."""
-        live = [p for p in self.router.producers.values() if p.owner_role == "teacher"]
-        main = [p for p in live if p.source in ("camera", "microphone")]
+        teachers = [p for p in self.router.producers.values() if p.owner_role == "teacher"]
+        live = [self._layer_to_record(p) for p in teachers]
+        pending = any(p is None for p in live)
+        if pending:
+            # a simulcast camera whose layers are not all known yet: the main file starts once they are
+            asyncio.get_event_loop().call_later(SIMULCAST_SETTLE_S / 2, lambda: None if self.closed else self._sync())
+        live = [p for p in live if p is not None]
+        main = [] if pending else [p for p in live if p.source in ("camera", "microphone")]
         screens = [p for p in live if p.source == "screen"]
         files = ([self.main] if self.main else []) + [f for f, _ in self.extra] + [f for f, _ in self.stage.values()]
         recorded = {id(t.producer) for f in files for t in f.tracks}

@@ -221,7 +221,7 @@ class Consumer:
                 self.on_nack(packet.lost)
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self.keyframe_requests += 1
-                self.producer.request_keyframe()
+                self.ask_keyframe()
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
                 if self.ssrc in ssrcs:
@@ -245,9 +245,8 @@ class Consumer:
         sent = 0
         ast = abs_send_time_bytes()
         for seq16 in lost:
-            ext_in = self._seq.reverse(seq16)
-            packet = self.producer.cache.get(ext_in) if ext_in is not None else None
-            if packet is None:
+            again = self._resend_of(seq16)
+            if again is None:
                 # never forwarded to this subscriber, or too old: nothing honest to resend
                 self.nack_unanswered += 1
                 continue
@@ -255,21 +254,35 @@ class Consumer:
                 continue
             self._nack_budget -= 1
             self._last_retransmit[seq16] = now
-            self._retransmit(packet, seq16, ast)  # type: ignore[arg-type]
+            self._send_again(seq16, *again, ast)
             sent += 1
         self.retransmits += sent
         return sent
 
-    def _retransmit(self, packet: Packet, seq16: int, ast: bytes) -> None:
+    def _resend_of(self, seq16: int) -> tuple[int, int, bytes, int] | None:
+        """(output timestamp, marker, payload, audio level) of the packet sent as `seq16`, from the cache."""
+        ext_in = self._seq.reverse(seq16)
+        packet: Packet | None = self.producer.cache.get(ext_in) if ext_in is not None else None  # type: ignore[assignment]
+        if packet is None:
+            return None
+        return (packet.ts + self._ts.offset) & 0xFFFFFFFF, packet.marker, packet.payload, packet.audio_level
+
+    def ask_keyframe(self) -> None:
+        """The subscriber asked for a keyframe (PLI/FIR): ask the teacher, throttled per stream."""
+        self.producer.request_keyframe()
+
+    def _send_again(self, seq16: int, out_ts: int, marker: int, payload: bytes, audio_level: int, ast: bytes) -> None:
+        """A retransmission: RFC 4588 RTX (its own SSRC and sequence; the payload starts with the original
+        sequence number) when negotiated, else the packet again under its own number."""
         if self.rtx_payload_type is None:
-            self._write(packet, seq16, ast)
+            header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq16 & 0xFFFF, out_ts,
+                                     self.ssrc)
+            self._send(self._protect(header + self._ext.tail(ast, audio_level, payload)))
             return
-        # RFC 4588: RTX stream with its own SSRC and sequence; payload starts with the original sequence number
-        header = RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.rtx_payload_type,
-                                 self._rtx_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.rtx_ssrc)
+        header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.rtx_payload_type,
+                                 self._rtx_seq & 0xFFFF, out_ts, self.rtx_ssrc)
         self._rtx_seq += 1
-        self._send(self._protect(header + self._ext.tail(ast, packet.audio_level,
-                                                         _U16.pack(seq16 & 0xFFFF) + packet.payload)))
+        self._send(self._protect(header + self._ext.tail(ast, audio_level, _U16.pack(seq16 & 0xFFFF) + payload)))
 
     # -- reports, errors, lifecycle ------------------------------------------------------------------------
 

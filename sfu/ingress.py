@@ -17,6 +17,7 @@ from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
 from .producer import Packet, Producer
 from .rtp import AUDIO_LEVEL_SILENT, find_extension, parse_header
+from .simulcast import LayerDemux
 
 log = logging.getLogger("ketang.sfu.rtp")
 
@@ -34,6 +35,14 @@ class Route:
     rtx_payload_type: int | None
     mid_ext_id: int
     audio_level_ext_id: int
+    # simulcast: the layers' SSRCs are learned from the RID header extensions (`demux`), each layer routed to
+    # its own route (`layers`, smallest first) and producer
+    demux: LayerDemux | None = None
+    layers: list[Route] | None = None
+    # whether aiortc's stock receiver sees these packets too (its receiver reports and NACKs to the teacher):
+    # for one simulcast layer only — it keeps one jitter buffer and NACK list for whatever SSRCs it is given,
+    # and interleaved layers make it ask for keyframes dozens of times a second
+    stock: bool = True
 
 
 class Ingress:
@@ -51,6 +60,7 @@ class Ingress:
         self.malformed = 0
         self.unrouted = 0
         self.errors = 0
+        self._to_stock = True  # whether the packet just demultiplexed goes on to aiortc's receiver
 
     def add_route(self, route: Route, ssrc: int | None = None, rtx_ssrc: int | None = None) -> None:
         """Known SSRCs (from the offer's a=ssrc lines) are routed at once; others are learned from packets."""
@@ -62,9 +72,10 @@ class Ingress:
             self._by_ssrc[rtx_ssrc] = (route, True)
 
     def remove_producer(self, producer: Producer) -> None:
-        self.routes = [r for r in self.routes if r.producer is not producer]
-        self._retired.update(s for s, e in self._by_ssrc.items() if e[0].producer is producer)
-        self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if e[0].producer is not producer}
+        gone = {id(p) for p in (producer.layers or [producer])}
+        self.routes = [r for r in self.routes if id(r.producer) not in gone]
+        self._retired.update(s for s, e in self._by_ssrc.items() if id(e[0].producer) in gone)
+        self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if id(e[0].producer) not in gone}
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         try:
@@ -82,10 +93,12 @@ class Ingress:
             self.errors += 1
             if self.errors % LOG_EVERY_N_ERRORS == 1:
                 log.exception("forwarding failed (%d so far)", self.errors)
-        await self._original_rtp(data, arrival_time_ms)
+        if self._to_stock:
+            await self._original_rtp(data, arrival_time_ms)
 
     def _demux(self, data: bytes) -> tuple[Producer, Packet] | None:
         """Route one teacher packet to its producer; (producer, packet) when there is something to forward."""
+        self._to_stock = True
         hdr = parse_header(data)
         if hdr is None:
             self.malformed += 1
@@ -97,6 +110,7 @@ class Ingress:
                 self.unrouted += 1
                 return None
         route, is_rtx = entry
+        self._to_stock = route.stock
         level = AUDIO_LEVEL_SILENT
         if route.audio_level_ext_id:
             value = find_extension(data, hdr, route.audio_level_ext_id)
@@ -126,6 +140,18 @@ class Ingress:
         found: Route | None = None
         named = False
         for route in self.routes:
+            if route.demux is not None and route.layers:
+                arrival = route.demux.receive(data, 0.0, hdr)
+                if arrival is not None and arrival.layer < len(route.layers):
+                    entry = (route.layers[arrival.layer], arrival.rtx)
+                    self._by_ssrc[hdr.ssrc] = entry
+                    if not arrival.rtx:
+                        entry[0].producer.ssrc = hdr.ssrc
+                        log.debug("ssrc %d is layer %d of %s", hdr.ssrc, arrival.layer, route.producer.id)
+                    return entry
+                if route.mid_ext_id and find_extension(data, hdr, route.mid_ext_id) == (route.mid or "").encode():
+                    return None  # a simulcast track's packet without its RID: which layer is unknown
+                continue
             if route.mid_ext_id and route.mid is not None:
                 value = find_extension(data, hdr, route.mid_ext_id)
                 if value is not None:
@@ -136,7 +162,8 @@ class Ingress:
         if found is None and named:
             return None
         if found is None:
-            candidates = [r for r in self.routes if hdr.payload_type in (r.payload_type, r.rtx_payload_type)]
+            candidates = [r for r in self.routes if hdr.payload_type in (r.payload_type, r.rtx_payload_type)
+                          and r.demux is None]
             if len(candidates) != 1:
                 return None
             found = candidates[0]

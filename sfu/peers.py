@@ -29,6 +29,10 @@ from .uplink import UplinkBudget
 from .ingress import Ingress, Route
 from .producer import Producer
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
+from .simulcast import LayerDemux
+from .simulcast_consumer import SimulcastConsumer
+from .simulcast_sdp import SimulcastOffer, layers_low_to_high, munge_answer, parse_simulcast_offer
+from .simulcast_select import LayerReport, LayerSelector
 
 if TYPE_CHECKING:
     from .router import Router
@@ -117,6 +121,11 @@ def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
     return found
 
 
+# a classroom starts on this simulcast layer (the middle one: quick to start, a step from either end) and its
+# selector moves it from there
+START_LAYER = 1
+# what a simulcast teacher is asked for at least: the three layers (~150 + 500 + 1500 kbit/s) and headroom
+SIMULCAST_UPLINK_BPS = 2_300_000
 # a classroom's own camera and microphone: one track of each kind (the signalling refuses a screen)
 CLASSROOM_MAX_TRACKS_PER_KIND = 1
 
@@ -147,6 +156,8 @@ class Publisher:
         """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP."""
         await _set_description(self.pc, sdp, "offer")
         self._declared = declared_ssrcs(sdp)
+        # simulcast (the camera sent as 2-3 layers, told apart by RIDs): aiortc ignores it, we accept it
+        simulcast = parse_simulcast_offer(sdp) if self.role == "teacher" else {}
         receiving = [t for t in self.pc.getTransceivers()
                      if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
         if not receiving:
@@ -161,10 +172,14 @@ class Publisher:
         await self.pc.setLocalDescription(answer)
         for t in receiving:
             if t.mid not in self.producers:
-                self._add_producer(t, (sources or {}).get(t.mid or ""))
-        return self.pc.localDescription.sdp
+                self._add_producer(t, (sources or {}).get(t.mid or ""), simulcast.get(t.mid or ""))
+        if simulcast and self.uplink is not None:
+            # the budget asked for must cover every layer, or the browser never starts the top one
+            self.uplink.budget_bps = max(self.uplink.budget_bps, SIMULCAST_UPLINK_BPS)
+            self.uplink.bps = max(self.uplink.bps, SIMULCAST_UPLINK_BPS)
+        return munge_answer(self.pc.localDescription.sdp, simulcast) if simulcast else self.pc.localDescription.sdp
 
-    def _add_producer(self, t: RTCRtpTransceiver, source: str | None) -> None:
+    def _add_producer(self, t: RTCRtpTransceiver, source: str | None, simulcast: SimulcastOffer | None = None) -> None:
         pt, rtx, name, rate = _lesson_codecs(t)
         receiver = t.receiver
         dtls = receiver.transport
@@ -174,15 +189,30 @@ class Publisher:
         def send_pli(ssrc: int) -> None:
             asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
 
-        producer = Producer(f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}", t.kind, name, rate,
-                            send_pli, source or ("microphone" if t.kind == "audio" else "camera"),
-                            owner=self.participant_id)
-        producer.owner_role = self.role
-        # browsers put the MID extension only on a stream's first packets: an m-line reused for a new track
-        # (share, stop, share again) can only be routed by the SSRCs its offer declares
-        ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
-        self.ingress.add_route(Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
-                                     _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0), ssrc, rtx_ssrc)
+        track_id = f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}"
+        source = source or ("microphone" if t.kind == "audio" else "camera")
+
+        def new_producer(pid: str) -> Producer:
+            p = Producer(pid, t.kind, name, rate, send_pli, source, owner=self.participant_id)
+            p.owner_role = self.role
+            return p
+
+        producer = new_producer(track_id)
+        route = Route(producer, t.mid, pt, rtx, _ext_id(t, URI_MID),
+                      _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
+        if simulcast is not None and t.kind == "video":
+            rids = layers_low_to_high(simulcast)
+            # layer 0 is the track everyone knows; the others are fed alongside it
+            producer.layers = [producer] + [new_producer(f"{track_id}~{rid}") for rid in rids[1:]]
+            route.demux = LayerDemux(rids, simulcast.rid_ext_id, simulcast.rrid_ext_id)
+            route.layers = [dataclasses.replace(route, producer=p, demux=None, layers=None, stock=i == 0)
+                            for i, p in enumerate(producer.layers)]
+            self.ingress.add_route(route)
+        else:
+            # browsers put the MID extension only on a stream's first packets: an m-line reused for a new track
+            # (share, stop, share again) can only be routed by the SSRCs its offer declares
+            ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
+            self.ingress.add_route(route, ssrc, rtx_ssrc)
         self.producers[t.mid or producer.id] = producer
         if t.kind == "video" and self.uplink is not None:
             # seam: the stock receiver's own REMB would contradict ours
@@ -194,7 +224,8 @@ class Publisher:
         """Tell the teacher's browser how much video to send (about once a second); returns the bitrate."""
         if self.uplink is None or self.closed:
             return None
-        video = [p for p in self.producers.values() if p.id in self._video_receivers and p.ssrc is not None]
+        video = [layer for p in self.producers.values() if p.id in self._video_receivers
+                 for layer in (p.layers or [p]) if layer.ssrc is not None]
         if not video:
             return None
         expected = lost = 0
@@ -202,7 +233,7 @@ class Publisher:
             e, lo = producer.take_uplink_loss()
             expected, lost = expected + e, lost + lo
         bps = self.uplink.update(expected, lost)
-        receiver = self._video_receivers[video[0].id]
+        receiver = next(self._video_receivers[p.id] for p in self.producers.values() if p.id in self._video_receivers)
         rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
         if rtcp_ssrc is not None:
             await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
@@ -263,6 +294,7 @@ class Subscriber:
     closed: bool = False
     video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
     ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
+    selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
@@ -355,7 +387,13 @@ class Subscriber:
         pt, rtx, _, _ = _lesson_codecs(t)
         layout = extension_layout(t.mid, _ext_id(t, URI_MID), _ext_id(t, URI_ABS_SEND_TIME),
                                   _ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
-        slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
+        if producer.layers:
+            selector = self.selectors.get(producer.id)
+            start = selector.layer if selector is not None else START_LAYER
+            slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
+                                              start_layer=min(start, len(producer.layers) - 1))
+        else:
+            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
         if slot.kind == "video" and not self.video:
             slot.consumer.pause()
 
@@ -389,11 +427,35 @@ class Subscriber:
         lossiest = max(consumers, key=lambda c: c.fraction_lost)
         report = LinkReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
                             lossiest.fraction_lost / 256, video_bps, lossiest.report_at)
+        self._choose_layers(now, latest, lossiest)
         was = self.ladder.video
         if self.ladder.update(report, now) != was:
             log.info("classroom %s: %s (%s)", self.participant_id, "video" if self.ladder.video else "audio only",
                      self.ladder.reason)
             self._apply_video(self.ladder.video)
+
+    def _choose_layers(self, now: float, latest: Consumer | None, lossiest: Consumer) -> None:
+        """Simulcast: each track's layer from this classroom's estimate and loss (sfu/simulcast_select.py)."""
+        for consumer in self.consumers():
+            if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
+                continue
+            selector = self.selectors.get(consumer.producer.id)
+            if selector is None:
+                selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
+            report = LayerReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
+                                 lossiest.fraction_lost / 256, lossiest.report_at, consumer.layer_rates())
+            consumer.set_layer(selector.update(report, now))
+
+    def layer_states(self) -> dict[str, dict]:
+        """Per simulcast track: the layer forwarded, the one chosen, and why (for the teacher's page)."""
+        out = {}
+        for consumer in self.consumers():
+            if isinstance(consumer, SimulcastConsumer):
+                selector = self.selectors.get(consumer.producer.id)
+                out[consumer.producer.id] = {"layer": consumer.current, "target": consumer.switcher.target,
+                                             "layers": len(consumer.layers),
+                                             "reason": selector.reason if selector else ""}
+        return out
 
     def track_map(self) -> list[dict]:
         """Which mid carries which lesson track, for the client."""

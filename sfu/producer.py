@@ -21,6 +21,8 @@ log = logging.getLogger("ketang.sfu.rtp")
 # a late joiner is started from the cached keyframe when it is at most this many packets back (Galène uses
 # 40 packets at lower resolutions; a 720p VP8 keyframe is 30-90 packets); otherwise a fresh keyframe is asked for
 KEYFRAME_REPLAY_MAX_PACKETS = 120
+# a stream with no packet for this long is not arriving (its measured rate is 0: not a layer to choose)
+LAYER_STOPPED_S = 1.0
 # failures in a row after which a consumer's sends are considered broken and it is detached
 CONSUMER_MAX_ERRORS = 50
 
@@ -58,6 +60,11 @@ class Producer:
         self.owner_role = "teacher"  # "classroom": forwarded only to the teacher and observers, or on stage
         # hard mute (the teacher's, enforced here): packets still arrive and are counted, nobody receives them
         self.muted = False
+        # simulcast: the track's layers, smallest first (this producer is layer 0 and the one the router, the
+        # hub and the classrooms know by id; the others are fed by the ingress and read by SimulcastConsumers)
+        self.layers: list[Producer] | None = None
+        self.rate_bps = 0.0  # measured by the router's tick (smoothed): what this stream needs
+        self._rate_mark: tuple[int, float] | None = None
         self.kind = kind
         self.codec_name = codec_name.lower()
         self.clock_rate = clock_rate
@@ -134,6 +141,23 @@ class Producer:
             except Exception:  # noqa: BLE001 - isolation boundary
                 consumer.on_error()
 
+    def measure_rate(self, now: float) -> float:
+        """Update and return the smoothed bit rate (called a few times a second; a keyframe is a burst)."""
+        mark = self._rate_mark
+        self._rate_mark = (self.bytes_in, now)
+        if mark is not None and now > mark[1]:
+            rate = max(0, self.bytes_in - mark[0]) * 8 / (now - mark[1])
+            self.rate_bps = rate if self.rate_bps == 0 else 0.8 * self.rate_bps + 0.2 * rate
+        if mark is not None and self.packets_in and now - self.arrived_at > LAYER_STOPPED_S:
+            self.rate_bps = 0.0  # not arriving (a layer the teacher's browser paused)
+        return self.rate_bps
+
+    @property
+    def arrived_at(self) -> float:
+        newest = self.cache.newest_seq
+        packet = self.cache.get(newest) if newest is not None else None
+        return packet.arrival if packet is not None else 0.0
+
     def take_uplink_loss(self) -> tuple[int, int]:
         """(packets expected, lost on first transmission) since the last call: what the teacher's uplink loses."""
         counts = (self._expected, self._holes)
@@ -186,10 +210,13 @@ class Producer:
         self._on_close.append(callback)
 
     def close(self) -> None:
-        """Idempotent; closes the consumers fed by this producer, then tells listeners."""
+        """Idempotent; closes the consumers fed by this producer (and its other layers), then tells listeners."""
         if self.closed:
             return
         self.closed = True
+        for layer in self.layers or ():
+            if layer is not self:
+                layer.close()
         for consumer in self.consumers:
             consumer.close()
         self.consumers = ()

@@ -236,6 +236,9 @@ class Router:
             # smoothed: a keyframe is a burst, not what the lesson's video needs
             self.video_bps = rate if self.video_bps == 0 else 0.8 * self.video_bps + 0.2 * rate
             video_bytes, then = total, mono
+            for producer in list(self.producers.values()):
+                for layer in producer.layers or ():
+                    layer.measure_rate(mono)  # what each simulcast layer needs: the classrooms' selectors read it
             for sub in list(self.subscribers.values()):
                 try:
                     for consumer in sub.consumers():
@@ -250,8 +253,11 @@ class Router:
                 "video_bps": round(self.video_bps),
                 "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},
                 "video": {pid: {"chosen": s.video, "state": s.ladder.state if s.ladder else "video",
-                                "reason": s.ladder.reason if s.ladder else ""}
-                          for pid, s in self.subscribers.items()}}
+                                "reason": s.ladder.reason if s.ladder else "", "simulcast": s.layer_states()}
+                          for pid, s in self.subscribers.items()},
+                "layers": {p.id: [{"id": layer.id, "ssrc": layer.ssrc, "packets_in": layer.packets_in,
+                                   "kbps": round(layer.rate_bps / 1000)} for layer in p.layers]
+                           for p in self.producers.values() if p.layers}}
 
     async def close(self) -> None:
         if self.closed:
