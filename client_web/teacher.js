@@ -562,7 +562,20 @@ function videoState(stats, id) {
   const ladder = stats && stats.video && stats.video[id];
   if (!ladder) return "—";
   if (!ladder.chosen) return t("video.chosen");
-  return t(`video.${ladder.state}`);
+  const state = t(`video.${ladder.state}`);
+  // simulcast: which of the camera's layers this classroom gets (high / middle / low)
+  const layers = Object.values(ladder.simulcast || {});
+  if (ladder.state === "audio" || !layers.length || layers[0].layer === null) return state;
+  const { layer, layers: count } = layers[0];
+  return `${state} · ${t(`layer.${count - 1 - layer}`)}`;
+}
+
+/** Why the server chose this classroom's video state and layer (shown on hover). */
+function videoReason(stats, id) {
+  const ladder = stats && stats.video && stats.video[id];
+  if (!ladder) return "";
+  const layers = Object.values(ladder.simulcast || {});
+  return [ladder.reason, layers.length ? layers[0].reason : ""].filter(Boolean).join(" · ");
 }
 
 function renderClassrooms(stats) {
@@ -599,8 +612,8 @@ function renderClassrooms(stats) {
       tr.append(td);
     }
     if (rtt === null) tr.children[3].title = t("teacher.rttUnknown");
-    const ladder = stats && stats.video && stats.video[p.id];
-    if (ladder && ladder.reason) tr.children[5].title = ladder.reason; // why the server paused its video
+    const why = videoReason(stats, p.id);
+    if (why) tr.children[5].title = why; // why the server paused its video, or chose that layer
     return tr;
   });
   $("classrooms").tBodies[0].replaceChildren(...rows);

@@ -56,3 +56,7 @@ async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_
         classroom = server_view[await room.evaluate("window.ketang.session.me.id")]
         assert classroom["simulcast"][track]["layer"] == 2, classroom
         await wait_decoding(room, timeout_s=5)  # and it plays on after the switches
+        # the teacher's page shows the classroom's layer (高清: the largest), with why on hover
+        await teacher.wait_for_function(
+            "[...document.querySelectorAll('#classrooms tbody td:nth-child(6)')].some(td => td.textContent.includes('高清'))",
+            timeout=8000)
