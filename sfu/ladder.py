@@ -40,13 +40,22 @@ class LinkReport:
     loss: float  # fraction lost in its latest receiver report, 0..1
     video_bps: float  # what the lesson's video needs (the teacher's video tracks, measured)
     loss_at: float | None = None  # when that receiver report came (None: unknown, counts)
+    screen_bps: float = 0.0  # what the courseware alone needs (0: no courseware shared now)
+
+
+# what flows at each rung, top to bottom: the lesson's video, the courseware only (camera paused), audio only
+VIDEO, COURSEWARE, AUDIO = 0, 1, 2
+LEVEL_NAMES = ("video", "courseware", "audio")
 
 
 class VideoLadder:
-    """States: "video" (steady), "audio" (video paused), "trial" (video again, on probation)."""
+    """Rungs: all video, courseware only (when it is shared: slides say more than the teacher's face), audio
+    only. `state` is the rung's name, or "trial" while a rung above is on probation."""
 
     def __init__(self, now: float) -> None:
-        self.state = "video"
+        self.level = VIDEO
+        self.trial = False
+        self._trial_from = VIDEO  # where a failed try goes back to
         self.reason = ""
         self._bad_since: float | None = None
         self._since = now
@@ -55,41 +64,59 @@ class VideoLadder:
         self.downs = 0
 
     @property
-    def video(self) -> bool:
-        return self.state != "audio"
+    def state(self) -> str:
+        return "trial" if self.trial else LEVEL_NAMES[self.level]
 
-    def _short(self, report: LinkReport, now: float) -> str:
-        """Why the link cannot carry video now ("" when it can)."""
-        if report.loss > LOSS_DOWN and not (self.state == "trial" and report.loss_at is not None
+    @property
+    def video(self) -> bool:
+        """Whether any video flows (the courseware counts)."""
+        return self.level != AUDIO
+
+    def _short(self, report: LinkReport, now: float, need_bps: float) -> str:
+        """Why the link cannot carry this rung now ("" when it can)."""
+        if report.loss > LOSS_DOWN and not (self.trial and report.loss_at is not None
                                             and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
             return f"loss {report.loss:.0%}"
         fresh = report.remb_at is not None and now - report.remb_at <= STALE_S \
-            and self.state == "video" and report.remb_at >= self._remb_from
-        if fresh and report.remb_bps is not None and report.video_bps > 0 \
-                and report.remb_bps < REMB_DOWN_RATIO * report.video_bps:
-            return f"bandwidth {report.remb_bps // 1000} kbit/s < video {int(report.video_bps) // 1000} kbit/s"
+            and not self.trial and report.remb_at >= self._remb_from
+        if fresh and report.remb_bps is not None and need_bps > 0 and report.remb_bps < REMB_DOWN_RATIO * need_bps:
+            return f"bandwidth {report.remb_bps // 1000} kbit/s < video {int(need_bps) // 1000} kbit/s"
         return ""
 
+    def _go(self, level: int, now: float, trial: bool = False) -> None:
+        if trial:
+            self._trial_from = self.level
+        self.level, self.trial, self._since, self._bad_since = level, trial, now, None
+
     def update(self, report: LinkReport, now: float) -> bool:
-        """Feed the latest report; returns whether video should flow to this classroom."""
-        if self.state == "audio":
+        """Feed the latest report; returns whether video (the lesson's, or its courseware) should flow."""
+        screen = report.screen_bps > 0
+        if self.level == COURSEWARE and not screen:
+            self.level = AUDIO  # the courseware was stopped: nothing but the paused camera is left
+        if self.level == AUDIO and not self.trial:
             if now - self._since >= self._retry_after:
-                self.state, self._since, self._bad_since = "trial", now, None
+                self._go(COURSEWARE if screen else VIDEO, now, trial=True)
                 self.reason = "trying video again"
             return self.video
-        why = self._short(report, now)
+        why = self._short(report, now, report.video_bps if self.level == VIDEO else report.screen_bps)
         if not why:
             self._bad_since = None
-            if self.state == "trial" and now - self._since >= TRIAL_S:
-                self.state, self._retry_after, self.reason = "video", RETRY_AFTER_S, ""
+            if self.trial and now - self._since >= TRIAL_S:
+                self.trial, self._retry_after, self.reason = False, RETRY_AFTER_S, ""
                 self._remb_from = now + REMB_SETTLE_S
+            elif self.level == COURSEWARE and not self.trial and now - self._since >= self._retry_after:
+                self._go(VIDEO, now, trial=True)  # courseware is fine: try the camera again
+                self.reason = "trying video again"
             return self.video
         if self._bad_since is None:
             self._bad_since = now
-        # on probation, one bad report is enough; in steady video the trouble must last DOWN_HOLD_S
-        if self.state == "trial" or now - self._bad_since >= DOWN_HOLD_S:
-            if self.state == "trial":
+        # on probation, one bad report is enough; in steady state the trouble must last DOWN_HOLD_S
+        if self.trial or now - self._bad_since >= DOWN_HOLD_S:
+            if self.trial:
                 self._retry_after = min(self._retry_after * 2, RETRY_AFTER_MAX_S)
-            self.state, self._since, self.reason = "audio", now, why
+                self._go(self._trial_from, now)
+            else:
+                self._go(COURSEWARE if self.level == VIDEO and screen else AUDIO, now)
+            self.reason = why
             self.downs += 1
         return self.video

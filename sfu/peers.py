@@ -24,7 +24,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from .consumer import Consumer, ResumePoint
-from .ladder import LinkReport, VideoLadder
+from .ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from .uplink import UplinkBudget
 from .ingress import Ingress, Route
 from .producer import Producer
@@ -394,25 +394,32 @@ class Subscriber:
                                               start_layer=min(start, len(producer.layers) - 1))
         else:
             slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
-        if slot.kind == "video" and not self.video:
+        if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
+
+    def _flows(self, producer: Producer) -> bool:
+        """Whether this video track flows to the classroom now (its choice, then the ladder's rung)."""
+        if not self.video:
+            return False
+        level = self.ladder.level if self.ladder is not None else VIDEO
+        return level == VIDEO or (level == COURSEWARE and producer.source == "screen")
 
     def set_video(self, enabled: bool) -> None:
         """Audio only (the school's choice) or video again, as far as the link allows (the ladder decides);
         enforced here, not in the page, so the bandwidth is really saved."""
         self.video = enabled
         self.ladder = None  # a fresh start for the automatic choice
-        self._apply_video(enabled)
+        self._apply_video()
 
-    def _apply_video(self, on: bool) -> None:
+    def _apply_video(self) -> None:
         for slot in self.slots:
-            if slot.kind == "video" and slot.consumer is not None:
-                if on:
+            if slot.kind == "video" and slot.consumer is not None and slot.producer is not None:
+                if self._flows(slot.producer):
                     slot.consumer.unpause()
                 else:
                     slot.consumer.pause()
 
-    def adapt(self, now: float, video_bps: float) -> None:
+    def adapt(self, now: float, video_bps: float, screen_bps: float = 0.0) -> None:
         """Audio first: pause this classroom's video while its link cannot carry it (REMB, loss)."""
         if not self.video:
             return  # the school chose audio only
@@ -426,13 +433,13 @@ class Subscriber:
         latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
         lossiest = max(consumers, key=lambda c: c.fraction_lost)
         report = LinkReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
-                            lossiest.fraction_lost / 256, video_bps, lossiest.report_at)
+                            lossiest.fraction_lost / 256, video_bps, lossiest.report_at, screen_bps)
         self._choose_layers(now, latest, lossiest)
-        was = self.ladder.video
-        if self.ladder.update(report, now) != was:
-            log.info("classroom %s: %s (%s)", self.participant_id, "video" if self.ladder.video else "audio only",
-                     self.ladder.reason)
-            self._apply_video(self.ladder.video)
+        was = self.ladder.level
+        self.ladder.update(report, now)
+        if self.ladder.level != was:
+            log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
+            self._apply_video()
 
     def _choose_layers(self, now: float, latest: Consumer | None, lossiest: Consumer) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/simulcast_select.py)."""

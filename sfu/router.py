@@ -236,14 +236,17 @@ class Router:
             # smoothed: a keyframe is a burst, not what the lesson's video needs
             self.video_bps = rate if self.video_bps == 0 else 0.8 * self.video_bps + 0.2 * rate
             video_bytes, then = total, mono
+            screen_bps = 0.0
             for producer in list(self.producers.values()):
                 for layer in producer.layers or ():
                     layer.measure_rate(mono)  # what each simulcast layer needs: the classrooms' selectors read it
+                if producer.source == "screen" and producer.owner_role == "teacher":
+                    screen_bps += producer.measure_rate(mono)  # the ladder's courseware-only rung needs this
             for sub in list(self.subscribers.values()):
                 try:
                     for consumer in sub.consumers():
                         consumer.update_report(now)
-                    sub.adapt(mono, self.video_bps)
+                    sub.adapt(mono, self.video_bps, screen_bps)
                 except Exception:  # noqa: BLE001 - one classroom's trouble must not stop the others' reports
                     log.exception("report refresh failed")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.ladder import (DOWN_HOLD_S, LOSS_DOWN, REMB_SETTLE_S, RETRY_AFTER_MAX_S, RETRY_AFTER_S, TRIAL_S,
-                        LinkReport, VideoLadder)
+from sfu.ladder import (AUDIO, COURSEWARE, DOWN_HOLD_S, LOSS_DOWN, REMB_SETTLE_S, RETRY_AFTER_MAX_S,
+                        RETRY_AFTER_S, TRIAL_S, VIDEO, LinkReport, VideoLadder)
 
 VIDEO_BPS = 500_000
 TICK = 0.25
@@ -94,7 +94,7 @@ def test_a_low_estimate_right_after_video_comes_back_does_not_take_it_away_again
     """The classroom's estimator still remembers the audio-only stretch and climbs slowly: only loss counts on a
     try and for REMB_SETTLE_S after it; then a still-low estimate does count."""
     ladder = VideoLadder(0.0)
-    ladder.state, ladder._since = "audio", 0.0
+    ladder.level, ladder._since = AUDIO, 0.0
     t = RETRY_AFTER_S
     assert ladder.update(LinkReport(None, None, 0.0, VIDEO_BPS), t) is True  # the try starts
     low = 40_000
@@ -109,7 +109,7 @@ def test_a_low_estimate_right_after_video_comes_back_does_not_take_it_away_again
 
 def test_a_try_passes_only_after_the_whole_trial_without_trouble():
     ladder = VideoLadder(0.0)
-    ladder.state, ladder._since = "audio", 0.0
+    ladder.level, ladder._since = AUDIO, 0.0
     t = RETRY_AFTER_S
     good = LinkReport(2_000_000, t, 0.0, VIDEO_BPS)
     ladder.update(good, t)
@@ -125,7 +125,7 @@ def test_on_a_try_the_loss_reported_from_before_the_pause_does_not_count_but_new
     from sfu.ladder import TRIAL_LOSS_GRACE_S
 
     ladder = VideoLadder(0.0)
-    ladder.state, ladder._since = "audio", 0.0
+    ladder.level, ladder._since = AUDIO, 0.0
     t = RETRY_AFTER_S
     ladder.update(LinkReport(None, None, 0.0, VIDEO_BPS, None), t)
     assert ladder.state == "trial"
@@ -134,3 +134,57 @@ def test_on_a_try_the_loss_reported_from_before_the_pause_does_not_count_but_new
     # a report well into the try shows the link still losing: back to audio
     later = t + TRIAL_LOSS_GRACE_S + 0.5
     assert ladder.update(LinkReport(None, None, 0.16, VIDEO_BPS, later), later) is False
+
+
+# -- the courseware rung: camera paused, slides kept ------------------------------------------------------------
+
+SCREEN_BPS = 150_000  # slides at 5 fps: far less than camera + slides (VIDEO_BPS)
+
+
+def run_levels(trace, seconds: float, screen_bps: float = SCREEN_BPS):
+    """As run(), with courseware shared; returns the ladder and [(t, level)]."""
+    ladder = VideoLadder(0.0)
+    out = []
+    t = 0.0
+    while t < seconds:
+        remb, loss = trace(t)
+        ladder.update(LinkReport(remb, t if remb is not None else None, loss, VIDEO_BPS, None, screen_bps), t)
+        out.append((t, ladder.level))
+        t = round(t + TICK, 6)
+    return ladder, out
+
+
+def test_a_link_that_carries_the_slides_but_not_the_camera_keeps_the_slides():
+    # after the REMB settles, 300 kbit/s: short of camera + slides (500k), enough for the slides (150k)
+    ladder, out = run_levels(lambda t: (300_000, 0.0), 90)
+    levels = [level for _, level in out]
+    assert levels[0] == VIDEO
+    assert AUDIO not in levels, "the slides fit: audio only is never needed"
+    t_down = next(t for t, level in out if level == COURSEWARE)
+    assert REMB_SETTLE_S <= t_down <= REMB_SETTLE_S + DOWN_HOLD_S + TICK
+    # the camera is tried again later (a REMB never shows room to go up); it comes back down to the slides
+    assert ladder.level in (COURSEWARE, VIDEO) and ladder.downs >= 1
+
+
+def test_a_link_too_weak_even_for_the_slides_goes_down_rung_by_rung_to_audio_only():
+    ladder, out = run_levels(lambda t: (None, 0.3), 10)
+    levels = [level for _, level in out]
+    first_courseware = levels.index(COURSEWARE)
+    first_audio = levels.index(AUDIO)
+    assert first_courseware < first_audio  # video -> courseware -> audio, never straight past the slides
+    assert out[first_audio][0] - out[first_courseware][0] == pytest.approx(DOWN_HOLD_S, abs=2 * TICK)
+    assert ladder.state == "audio"
+
+
+def test_from_audio_only_the_slides_come_back_first_then_the_camera():
+    ladder, out = run_levels(lambda t: (None, 0.3) if t < 6 else (2_000_000, 0.0), 60)
+    levels = [level for _, level in out]
+    back = levels.index(AUDIO)
+    after = levels[back:]
+    assert COURSEWARE in after and after.index(COURSEWARE) < after.index(VIDEO, after.index(COURSEWARE))
+    assert ladder.level == VIDEO and ladder.state == "video"
+
+
+def test_without_courseware_the_ladder_skips_that_rung():
+    _, out = run_levels(lambda t: (None, 0.3), 10, screen_bps=0.0)
+    assert COURSEWARE not in [level for _, level in out]
