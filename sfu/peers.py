@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -21,9 +22,11 @@ from aiortc.codecs import is_rtx
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+from aiortc.rtp import (RTCP_PSFB_APP, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket,
+                        RtcpRtpfbPacket, pack_remb_fci)
 
 from .consumer import Consumer, ResumePoint
+from .feedback import LayerFeedback
 from .ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from .uplink import UplinkBudget
 from .ingress import Ingress, Route
@@ -204,6 +207,8 @@ class Publisher:
             rids = layers_low_to_high(simulcast)
             # layer 0 is the track everyone knows; the others are fed alongside it
             producer.layers = [producer] + [new_producer(f"{track_id}~{rid}") for rid in rids[1:]]
+            for layer in producer.layers[1:]:
+                layer.feedback = LayerFeedback()  # aiortc's receiver sees layer 0 only: we report the others
             route.demux = LayerDemux(rids, simulcast.rid_ext_id, simulcast.rrid_ext_id)
             route.layers = [dataclasses.replace(route, producer=p, demux=None, layers=None, stock=i == 0)
                             for i, p in enumerate(producer.layers)]
@@ -239,6 +244,38 @@ class Publisher:
             await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
                                                      fci=pack_remb_fci(bps, [p.ssrc for p in video])))
         return bps
+
+    async def send_layer_feedback(self, now: float, reports: bool) -> int:
+        """NACKs (and, with `reports`, receiver reports) to the teacher for the simulcast layers the stock
+        receiver does not see; returns how many RTCP packets went out."""
+        sent = 0
+        for producer in list(self.producers.values()):
+            receiver = self._video_receivers.get(producer.id)
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc if receiver is not None else None  # type: ignore[attr-defined]
+            if rtcp_ssrc is None:
+                continue
+            blocks = []
+            for layer in producer.layers or ():
+                feedback = layer.feedback
+                if feedback is None or layer.ssrc is None:
+                    continue
+                lost = feedback.nacks(now)
+                if lost:
+                    await receiver._send_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc,  # type: ignore[union-attr]
+                                                              media_ssrc=layer.ssrc, lost=lost))
+                    sent += 1
+                figures = feedback.report() if reports else None
+                if figures is not None:
+                    lsr = dlsr = 0
+                    if layer.last_sr is not None:
+                        ntp, at = layer.last_sr
+                        lsr, dlsr = (ntp >> 16) & 0xFFFFFFFF, int((time.monotonic() - at) * 65536)
+                    blocks.append(RtcpReceiverInfo(ssrc=layer.ssrc, fraction_lost=figures[0], packets_lost=figures[1],
+                                                   highest_sequence=figures[2], jitter=0, lsr=lsr, dlsr=dlsr))
+            if blocks:
+                await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=blocks))  # type: ignore[union-attr]
+                sent += 1
+        return sent
 
     async def close(self) -> None:
         if self.closed:

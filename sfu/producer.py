@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .feedback import LayerFeedback
 from .keyframe import KeyframeThrottle
 from .packetcache import PacketCache
 from .rtp import abs_send_time_bytes
@@ -64,6 +65,10 @@ class Producer:
         # hub and the classrooms know by id; the others are fed by the ingress and read by SimulcastConsumers)
         self.layers: list[Producer] | None = None
         self.rate_bps = 0.0  # measured by the router's tick (smoothed): what this stream needs
+        # our own receiver reports and NACKs to the teacher for this stream (simulcast layers that aiortc's
+        # stock receiver does not see); None: the stock receiver does it
+        self.feedback: LayerFeedback | None = None
+        self.last_sr: tuple[int, float] | None = None  # (NTP of the teacher's latest SR, when it came)
         self._rate_mark: tuple[int, float] | None = None
         self.kind = kind
         self.codec_name = codec_name.lower()
@@ -111,11 +116,18 @@ class Producer:
             return None
         self.packets_in += 1
         self.bytes_in += len(payload)
+        feedback = self.feedback
         if ext_seq > self._highest:
             if self._highest >= 0:
                 self._expected += ext_seq - self._highest
                 self._holes += ext_seq - self._highest - 1
+                if feedback is not None and ext_seq > self._highest + 1:
+                    feedback.missing(self._highest + 1, ext_seq, now)
             self._highest = ext_seq
+            if feedback is not None:
+                feedback.received_new(ext_seq)
+        elif feedback is not None:
+            feedback.repaired(ext_seq)
         if not payload:
             # padding-only packets are bandwidth probes between teacher and server, not media
             for consumer in self.consumers:
@@ -166,6 +178,7 @@ class Producer:
 
     def on_sender_report(self, ntp: int, rtp_ts: int) -> None:
         """The teacher's RTCP SR maps its RTP clock to wall-clock time; consumers' SRs derive from it."""
+        self.last_sr = (ntp, self._clock())
         self._ref_unix = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - 2208988800
         self._ref_ts = rtp_ts
         self._ref_from_sr = True

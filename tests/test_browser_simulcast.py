@@ -18,6 +18,13 @@ pytestmark = pytest.mark.slow
 
 TEACHER_720P = "?video=1280x720"
 LAYER_SIZES = [(320, 180), (640, 360), (1280, 720)]
+# the teacher's video layers with a remote-inbound-rtp entry (built from the server's receiver reports)
+REPORTED_LAYERS_JS = """async () => {
+  const stats = await window.ketang.session.sendPc.getStats();
+  let n = 0;
+  stats.forEach((s) => { if (s.type === "remote-inbound-rtp" && s.kind === "video" && s.roundTripTime !== undefined) n++; });
+  return n;
+}"""
 
 
 async def _camera_size(page) -> tuple[int, int]:  # type: ignore[no-untyped-def]
@@ -38,6 +45,12 @@ async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_
         assert len({layer["ssrc"] for layer in layers}) == 3, layers
         first = await _camera_size(room)
         assert first in LAYER_SIZES, first
+        # each layer gets receiver reports from the server (aiortc's receiver sees the smallest only; the
+        # server reports the others itself): the teacher's browser knows every layer's round trip and loss
+        deadline = time.monotonic() + 8
+        while (reported := await teacher.evaluate(REPORTED_LAYERS_JS)) < 3:
+            assert time.monotonic() < deadline, f"receiver reports for {reported} video layers"
+            await asyncio.sleep(0.25)
 
         # REMB never shows room to go up: the selector tries the next layer after a while, and a good link
         # keeps it; the classroom ends up decoding the 1280×720 layer
