@@ -33,6 +33,11 @@ OUTPUT_SEQ_START_MAX = 32768  # start low so the 16-bit counter cannot roll over
 # a subscriber may ask for at most this many retransmissions a second: a broken or hostile client asking
 # for everything again and again must not turn the server into an amplifier at the others' expense
 NACK_RETRANSMIT_PER_S = 400
+# retransmissions in a second add at most this share of the classroom's own estimate (REMB) to its link, and
+# never less than the floor (a keyframe's worth of repairs); without a recent REMB only the count applies
+RETRANSMIT_REMB_SHARE = 0.25
+RETRANSMIT_MIN_BYTES_PER_S = 6000
+RETRANSMIT_REMB_STALE_S = 3.0
 # a retransmission of the same packet is not repeated sooner than this (the first may still be in flight)
 NACK_REPEAT_MIN_S = 0.03
 # video resumed after a pause skips this many sequence numbers: packets lost just before the pause are gone from
@@ -100,6 +105,7 @@ class Consumer:
         self._started = False
         self._nack_window_start = 0.0
         self._nack_budget = NACK_RETRANSMIT_PER_S
+        self._nack_bytes = float("inf")
         self._last_retransmit: dict[int, float] = {}
         self._original_rtcp = sender._handle_rtcp_packet
         # seam: feedback from the subscriber for this sender is routed here (instance attribute wins)
@@ -236,11 +242,12 @@ class Consumer:
 
     def on_nack(self, lost: list[int]) -> int:
         """Retransmit what the subscriber lost from the producer's cache; returns how many were sent."""
-        if self._send is None:
-            return 0
+        if self._send is None or self.paused:
+            return 0  # paused video: its link was short of bandwidth; old video must not crowd out the audio
         now = self._clock()
         if now - self._nack_window_start >= 1.0:
             self._nack_window_start, self._nack_budget = now, NACK_RETRANSMIT_PER_S
+            self._nack_bytes = self._retransmit_bytes_per_s(now)
             self._last_retransmit = {s: t for s, t in self._last_retransmit.items() if now - t < 1.0}
         sent = 0
         ast = abs_send_time_bytes()
@@ -250,14 +257,23 @@ class Consumer:
                 # never forwarded to this subscriber, or too old: nothing honest to resend
                 self.nack_unanswered += 1
                 continue
-            if self._nack_budget <= 0 or now - self._last_retransmit.get(seq16, -1.0) < NACK_REPEAT_MIN_S:
+            if self._nack_budget <= 0 or self._nack_bytes <= 0 \
+                    or now - self._last_retransmit.get(seq16, -1.0) < NACK_REPEAT_MIN_S:
                 continue
             self._nack_budget -= 1
+            self._nack_bytes -= len(again[2])
             self._last_retransmit[seq16] = now
             self._send_again(seq16, *again, ast)
             sent += 1
         self.retransmits += sent
         return sent
+
+    def _retransmit_bytes_per_s(self, now: float) -> float:
+        """What retransmissions may add in the next second: a share of the classroom's own estimate when it
+        sends one (repairs must not flood the congested link they repair), else no limit but the count."""
+        if self.remb_bps is None or self.remb_at is None or now - self.remb_at > RETRANSMIT_REMB_STALE_S:
+            return float("inf")
+        return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * self.remb_bps / 8)
 
     def _resend_of(self, seq16: int) -> tuple[int, int, bytes, int] | None:
         """(output timestamp, marker, payload, audio level) of the packet sent as `seq16`, from the cache."""

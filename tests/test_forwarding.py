@@ -383,6 +383,37 @@ async def test_a_nack_for_a_forwarded_packet_retransmits_it(clip, graph, rtx):
         assert all(seq_step(a.sequence_number, b.sequence_number) == 1 for a, b in pairwise(resent))
 
 
+async def test_retransmissions_to_a_classroom_stay_within_a_share_of_its_own_estimate(clip, graph):
+    """Repairs must not flood the congested link they repair: with an 80 kbit/s REMB, a second's worth of
+    retransmissions stays near the floor, however many packets are NACKed; a fresh window allows more."""
+    from sfu.consumer import RETRANSMIT_MIN_BYTES_PER_S
+
+    pkts = packetize(clip[:60])
+    consumer, wire = graph.consumer(rtx=97)
+    graph.feed(pkts)
+    seqs = [parse(d).sequence_number for d in wire]
+    consumer.remb_bps, consumer.remb_at = 80_000, graph.clock()
+    before = len(wire)
+    sent = consumer.on_nack(seqs)
+    payload_bytes = sum(len(parse(d).payload) - 2 for d in wire[before:])
+    assert 0 < sent < len(seqs)
+    biggest = max(len(p.payload) for p in pkts)
+    assert payload_bytes <= RETRANSMIT_MIN_BYTES_PER_S + biggest, payload_bytes
+    graph.clock.advance(1.0)
+    consumer.remb_at = graph.clock()
+    assert consumer.on_nack(seqs[sent:]) > 0  # the next second has its own allowance
+
+
+async def test_a_paused_video_consumer_answers_no_nack(clip, graph):
+    pkts = packetize(clip[:8])
+    consumer, wire = graph.consumer(rtx=97)
+    graph.feed(pkts)
+    seq = parse(wire[2]).sequence_number
+    consumer.pause()
+    assert consumer.on_nack([seq]) == 0
+    consumer.unpause()
+
+
 @pytest.mark.parametrize("where", ["just before the first", "long before the first", "just beyond the newest",
                                    "far beyond the newest"])
 async def test_a_nack_for_a_sequence_number_never_forwarded_sends_nothing(clip, graph, where):
