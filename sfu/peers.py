@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                     RTCRtpSender, RTCSessionDescription)
@@ -127,10 +127,42 @@ def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
 # a classroom starts on this simulcast layer (the middle one: quick to start, a step from either end) and its
 # selector moves it from there
 START_LAYER = 1
+# the teacher's microphone is told of the classrooms' loss at this quantile (the weak links, not the median),
+# from reports at most this old, and never of more than this (FEC beyond ~20 % costs more than it saves)
+CLASSROOM_LOSS_QUANTILE = 0.9
+CLASSROOM_LOSS_STALE_S = 5.0
+CLASSROOM_LOSS_MAX = 0.2
 # what a simulcast teacher is asked for at least: the three layers (~150 + 500 + 1500 kbit/s) and headroom
 SIMULCAST_UPLINK_BPS = 2_300_000
 # a classroom's own camera and microphone: one track of each kind (the signalling refuses a screen)
 CLASSROOM_MAX_TRACKS_PER_KIND = 1
+
+
+def classroom_loss(producer: Producer, now: float) -> float:
+    """The loss the classrooms report for a track: the CLASSROOM_LOSS_QUANTILE of their latest receiver
+    reports (fresh ones only), as a fraction."""
+    lost = sorted(c.fraction_lost for c in producer.consumers
+                  if getattr(c, "report_at", None) is not None and now - c.report_at <= CLASSROOM_LOSS_STALE_S)
+    if not lost:
+        return 0.0
+    return lost[min(len(lost) - 1, int(CLASSROOM_LOSS_QUANTILE * len(lost)))] / 256
+
+
+def _report_classroom_loss(receiver: RTCRtpReceiver, producer: Producer) -> None:
+    """Seam (the receiver's `_send_rtcp`): the receiver reports to the teacher for its microphone carry the
+    classrooms' loss when it is higher than the server's own, so the teacher's Opus encoder adds in-band FEC
+    for the classrooms' links (it sizes FEC by the loss it is told of), capped at CLASSROOM_LOSS_MAX."""
+    original = receiver._send_rtcp
+
+    async def send_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            loss = min(classroom_loss(producer, time.monotonic()), CLASSROOM_LOSS_MAX)
+            for block in packet.reports:
+                if block.ssrc == producer.ssrc:
+                    block.fraction_lost = max(block.fraction_lost, int(loss * 256))
+        await original(packet)
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
 
 
 class Publisher:
@@ -219,6 +251,8 @@ class Publisher:
             ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
             self.ingress.add_route(route, ssrc, rtx_ssrc)
         self.producers[t.mid or producer.id] = producer
+        if t.kind == "audio" and self.role == "teacher":
+            _report_classroom_loss(receiver, producer)
         if t.kind == "video" and self.uplink is not None:
             # seam: the stock receiver's own REMB would contradict ours
             receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]

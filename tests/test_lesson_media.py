@@ -293,3 +293,27 @@ async def test_a_classroom_whose_link_collapses_falls_to_audio_only_and_gets_vid
         await weak.wait_frames(frames + 30, timeout_s=10)
     finally:
         await hang_up(weak, teacher)
+
+
+async def test_the_teachers_microphone_is_told_of_the_classrooms_loss_so_its_encoder_adds_fec(server):
+    """The server's receiver reports to the teacher carry the weak classrooms' audio loss (its own link loses
+    nothing), which is what a browser's Opus encoder sizes its in-band FEC by."""
+    lesson = "media-fec"
+    lossy = Classroom(await _join(server, "classroom", lesson, "mountain school"), loss=0.15)
+    clean = Classroom(await _join(server, "classroom", lesson, "town school"))
+    teacher = await _teacher(server, lesson)
+    try:
+        await lossy.wait_frames(5)
+        deadline = time.monotonic() + 10
+        fraction = 0.0
+        while time.monotonic() < deadline:
+            stats = await teacher.pc.getStats()
+            audio = [s for s in stats.values() if s.type == "remote-inbound-rtp" and s.kind == "audio"]
+            fraction = audio[0].fractionLost / 256 if audio else 0.0  # aiortc gives RTCP's 1/256 units
+            if fraction >= 0.05:
+                break
+            await asyncio.sleep(0.5)
+        print(f"the teacher's microphone is told of {fraction:.0%} loss")
+        assert 0.05 <= fraction <= 0.2 + 1 / 256, fraction
+    finally:
+        await hang_up(lossy, clean, teacher)
