@@ -294,6 +294,7 @@ function stopped(text) {
   if (localStream) for (const track of localStream.getTracks()) track.stop();
   $("self-video").srcObject = null;
   $("audio-only").disabled = true;
+  $("low-video").disabled = true;
   renderSpeak();
   renderChatMode();
 }
@@ -305,6 +306,7 @@ async function enter() {
   const stream = await openCamera();
   session = new ClassroomSession(token);
   $("audio-only").disabled = false;
+  $("low-video").disabled = false;
   session.addEventListener("lesson", (e) => {
     $("lesson-title").textContent = e.detail.lesson.title || claims.lesson;
   });
@@ -377,6 +379,23 @@ async function enter() {
   qualityTimer = setInterval(updateQuality, QUALITY_INTERVAL_MS);
 }
 
+/** The smallest video layer only (流畅), or the server's choice again: a school that wants its link calm. */
+async function toggleLowVideo() {
+  if (!session) return;
+  const low = session.layer !== "low"; // the click switches
+  $("low-video").disabled = true;
+  try {
+    await session.setLayer(low ? "low" : "auto");
+    const key = low ? "classroom.autoVideo" : "classroom.lowVideo";
+    $("low-video").dataset.i18n = key;
+    $("low-video").textContent = t(key);
+    $("low-video").classList.toggle("active", low);
+    banner(low ? t("classroom.lowVideoOn") : "");
+  } finally {
+    $("low-video").disabled = false;
+  }
+}
+
 async function toggleAudioOnly() {
   if (!session) return;
   const audioOnly = session.video; // the click switches
@@ -414,6 +433,7 @@ function main() {
   $("enter").addEventListener("click", enter);
   $("fullscreen").addEventListener("click", toggleFullscreen);
   $("audio-only").addEventListener("click", toggleAudioOnly);
+  $("low-video").addEventListener("click", toggleLowVideo);
   $("hand").addEventListener("click", toggleHand);
   $("mic").addEventListener("click", toggleMic);
   $("chat-form").addEventListener("submit", sendChat);

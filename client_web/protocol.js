@@ -822,6 +822,7 @@ export class TeacherSession extends LessonSession {
 export class ClassroomSession extends LessonSession {
   constructor(token, url) {
     super(token, url);
+    this.layer = "auto"; // the simulcast layer the classroom pinned ("low") or "auto"
     this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
     this.sending = new Map(); // source -> the track we publish (camera, microphone)
     this.handPosition = null; // our place in the hand queue (1-based), null when down or not known
@@ -859,7 +860,9 @@ export class ClassroomSession extends LessonSession {
   async _connect() {
     this._resetWatch();
     await this._join();
-    if (!this.video) await this.sig.request({ type: "prefer", video: false }); // kept across reconnects
+    if (!this.video || this.layer !== "auto") { // kept across reconnects
+      await this.sig.request({ type: "prefer", video: this.video, layer: this.layer });
+    }
     if (this.sending.size) await this._publish();
   }
 
@@ -892,6 +895,12 @@ export class ClassroomSession extends LessonSession {
   async setVideo(enabled) {
     this.video = enabled;
     if (this.sig) await this.sig.request({ type: "prefer", video: enabled });
+  }
+
+  /** "low": the smallest of the teacher's camera layers only (a calm link); "auto": the server chooses. */
+  async setLayer(choice) {
+    this.layer = choice;
+    if (this.sig) await this.sig.request({ type: "prefer", video: this.video, layer: choice });
   }
 
   get microphoneOn() {

@@ -366,6 +366,7 @@ class Subscriber:
     video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
     ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
     selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
+    pinned_layer: int | None = None  # the classroom's own cap on the simulcast layer (0: "low"); None: automatic
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
@@ -461,6 +462,8 @@ class Subscriber:
         if producer.layers:
             selector = self.selectors.get(producer.id)
             start = selector.layer if selector is not None else START_LAYER
+            if self.pinned_layer is not None:
+                start = min(start, self.pinned_layer)
             slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
                                               start_layer=min(start, len(producer.layers) - 1))
         else:
@@ -522,7 +525,18 @@ class Subscriber:
                 selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
             report = LayerReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
                                  lossiest.fraction_lost / 256, lossiest.report_at, consumer.layer_rates())
-            consumer.set_layer(selector.update(report, now))
+            chosen = selector.update(report, now)
+            if self.pinned_layer is not None:
+                chosen = min(chosen, self.pinned_layer)
+            consumer.set_layer(chosen)
+
+    def pin_layer(self, layer: int | None) -> None:
+        """The classroom's own choice: at most this simulcast layer (0: the smallest), or None: automatic."""
+        self.pinned_layer = layer
+        if layer is not None:
+            for consumer in self.consumers():
+                if isinstance(consumer, SimulcastConsumer):
+                    consumer.set_layer(min(consumer.switcher.target, layer))
 
     def layer_states(self) -> dict[str, dict]:
         """Per simulcast track: the layer forwarded, the one chosen, and why (for the teacher's page)."""
@@ -530,9 +544,11 @@ class Subscriber:
         for consumer in self.consumers():
             if isinstance(consumer, SimulcastConsumer):
                 selector = self.selectors.get(consumer.producer.id)
+                reason = selector.reason if selector else ""
+                if self.pinned_layer is not None:
+                    reason = "the classroom chose the low layer"
                 out[consumer.producer.id] = {"layer": consumer.current, "target": consumer.switcher.target,
-                                             "layers": len(consumer.layers),
-                                             "reason": selector.reason if selector else ""}
+                                             "layers": len(consumer.layers), "reason": reason}
         return out
 
     def track_map(self) -> list[dict]:

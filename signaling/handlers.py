@@ -110,8 +110,12 @@ async def handle_answer(hub: Hub, conn: Connection, msg: Message) -> Reply:
 
 async def handle_prefer(hub: Hub, conn: Connection, msg: Message) -> Reply:
     sub = _subscriber(hub, conn, msg, "not_subscribed", "only a classroom or observer receiving the lesson can choose")
-    sub.set_video(msg.fields["video"])
-    return {"type": "preferred", "ref": msg.id, "video": sub.video}
+    if msg.fields["video"] != sub.video:
+        sub.set_video(msg.fields["video"])
+    if "layer" in msg.fields:
+        sub.pin_layer(0 if msg.fields["layer"] == "low" else None)
+    return {"type": "preferred", "ref": msg.id, "video": sub.video,
+            "layer": "low" if sub.pinned_layer == 0 else "auto"}
 
 
 async def handle_unpublish(hub: Hub, conn: Connection, msg: Message) -> Reply:

@@ -117,6 +117,10 @@ def _is_id_list(value: list) -> str | None:
     return None
 
 
+def _is_layer_choice(value: str) -> str | None:
+    return None if value in ("auto", "low") else "must be 'auto' or 'low'"
+
+
 _SDP: Final[Field] = Field(str, True, MAX_SDP_CHARS, _is_sdp)
 _PARTICIPANT: Final[Field] = Field(str, True, MAX_ID_CHARS, _non_empty)
 
@@ -132,7 +136,9 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     # "track" absent means all of the sender's tracks; "" would be ambiguous.
     "unpublish": {"track": Field(str, False, MAX_TRACK_CHARS, _non_empty)},
     # a classroom's own choice: "video": false is audio only (weak links), true brings video back
-    "prefer": {"video": Field(bool, True, None, None)},
+    # "layer": "low" pins the smallest simulcast layer (a school that wants its link calm), "auto" lets the
+    # server choose again
+    "prefer": {"video": Field(bool, True, None, None), "layer": Field(str, False, 8, _is_layer_choice)},
     # the interactive classroom (docs/protocol.md): a classroom's hand, the teacher's wall, stage and moderation
     "hand": {"up": Field(bool, True, None, None)},
     "wall": {"visible": Field(list, True, None, _is_id_list)},

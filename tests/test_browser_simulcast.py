@@ -73,3 +73,26 @@ async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_
         await teacher.wait_for_function(
             "[...document.querySelectorAll('#classrooms tbody td:nth-child(6)')].some(td => td.textContent.includes('高清'))",
             timeout=8000)
+
+
+async def test_a_classroom_that_pins_the_low_layer_gets_only_the_smallest(server, browser):  # noqa: F811
+    async with lesson(server, browser, query=TEACHER_720P) as (_teacher, [room]):
+        await wait_decoding(room, timeout_s=15)
+        await room.click("#low-video")  # 流畅画面
+        await room.wait_for_function("document.getElementById('low-video').classList.contains('active')",
+                                     timeout=5000)
+        deadline = time.monotonic() + 10
+        while (size := await _camera_size(room)) != LAYER_SIZES[0]:
+            assert time.monotonic() < deadline, f"still {size} after pinning the low layer"
+            await asyncio.sleep(0.25)
+        me = await room.evaluate("window.ketang.session.me.id")
+        [state] = (await room.ketang_stats())["video"][me]["simulcast"].values()
+        assert state["target"] == 0 and "low layer" in state["reason"], state
+        await asyncio.sleep(8)  # longer than the selector's first try upwards: the pin holds
+        assert await _camera_size(room) == LAYER_SIZES[0]
+        await wait_decoding(room, timeout_s=5)
+        await room.click("#low-video")  # automatic again
+        await room.wait_for_function("!document.getElementById('low-video').classList.contains('active')",
+                                     timeout=5000)
+        [state] = (await room.ketang_stats())["video"][me]["simulcast"].values()
+        assert "low layer" not in state["reason"], state
