@@ -1,308 +1,94 @@
-"""A synthetic classroom: a real WebRTC subscriber (ICE, DTLS, SRTP through an aiortc RTCPeerConnection) that
-joins through the signalling protocol and answers the server's offers, but never decodes.
-
-Choice about RTCP (measured, see docs/benchmarks.md): with aiortc's stock receiver on every packet (aioice queue,
-DTLS task, RtpPacket.parse, REMB estimator, NACK generator, depayload, jitter buffer; decoding off) the load
-generator spent 89 us of CPU per received packet at 100 classrooms (one worker saturated), against 22 us for this
-counter (`--classroom-mode stock|counter`, 100 classrooms, 500 kbit/s): at 400 classrooms x ~110 packets/s the
-stock path would need ~4 cores, the counter ~1. So this classroom counts by RTP header only and still behaves
-like a browser on the wire: it feeds the receiver's RFC 3550 `StreamStatistics` (so aiortc's RTCP loop keeps
-sending receiver reports with loss and jitter, and answers sender reports via LSR/DLSR) and sends a NACK for every
-new gap. It skips the jitter buffer, depacketization, REMB and decoding.
-
-Where it hooks, on its own instances only (nothing is patched at module level): `_handle_rtp_data` on its DTLS
-transport (packets before DTLS is up), then, once connected, `datagram_received` on its nominated ICE pair's
-protocol, which unprotects SRTP with the DTLS transport's own session and counts at once, skipping aioice's STUN
-parse attempt and queue and the DTLS receive task (DTLS, STUN and SRTCP still take the stock path).
-"""
+"""A synthetic classroom: joins through the signalling protocol, receives the lesson on a counting WebRTC
+subscriber (`CountingReceiver`: real ICE, DTLS, SRTP, receiver reports and NACKs, never decoding), and with
+`--classroom-uplink` also publishes its own small camera and microphone on a second, publishing connection
+(`MediaPublisher`, `publish` as the teacher does), as the interactive classroom's page does (docs/protocol.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcrtpreceiver import StreamStatistics
 
-from sfu.vp8 import vp8_is_keyframe_start, vp8_picture_id
-
-from .streamstats import SeqCounter
+from .media import Clip
+from .publisher import MediaPublisher
+from .receiver import CountingReceiver, ReceiveOptions
 from .wsclient import WsClient
 
-log = logging.getLogger("ketang.loadtest.classroom")
 
-RTP_FIXED = struct.Struct("!BBHII")
-VP8_START_MASK = 0x17  # S bit + partition index: 0x10 means "first packet of the frame"
-DELAY_SAMPLE_LIMIT = 20_000  # per classroom: bounds memory on long runs
-PICTURE_IDS = 1 << 15
+def classroom_id(index: int) -> str:
+    """The participant id (token `sub`) of synthetic classroom `index`: the teacher's wall names tiles by it."""
+    return f"loadtest-classroom-{index}"
 
 
-@dataclass(frozen=True)
-class ClassroomOptions:
-    """How the synthetic classrooms receive."""
+@dataclass
+class Uplink:
+    """A classroom's own camera and microphone: pre-encoded once per load-generator process, looped."""
 
-    # also run aiortc's stock receiver on every packet (`--classroom-mode stock`): only to measure what it costs
-    stock: bool = False
-    # downlink loss emulated in user space on the classroom's socket (RTP only, seeded per classroom), e.g. 0.013
-    # for the rural link in DESIGN.md; retransmissions can be lost too
-    loss: float = 0.0
-
-
-class _Shim:
-    """What aiortc's StreamStatistics.add reads from a packet (reused: no allocation per packet)."""
-
-    __slots__ = ("sequence_number", "timestamp")
-
-    def __init__(self) -> None:
-        self.sequence_number = 0
-        self.timestamp = 0
-
-
-class _Stream:
-    """One received media stream (by kind): counters plus the receiver's RTCP statistics it feeds."""
-
-    __slots__ = (
-        "bytes",
-        "clock",
-        "jitter_samples_ms",
-        "kind",
-        "packets",
-        "receiver",
-        "rtcp_stats",
-        "rtx_packets",
-        "seq",
-        "shim",
-        "ssrc",
-    )
-
-    def __init__(self, kind: str, receiver: Any, clock: int) -> None:
-        self.kind = kind
-        self.receiver = receiver
-        self.clock = clock
-        self.seq = SeqCounter()
-        self.rtcp_stats: StreamStatistics | None = None
-        self.ssrc: int | None = None
-        self.packets = 0  # every RTP packet of this stream incl. retransmissions and duplicates
-        self.rtx_packets = 0
-        self.bytes = 0
-        self.shim = _Shim()
-        self.jitter_samples_ms: list[float] = []
-
-    def bind(self, ssrc: int) -> None:
-        """First packet (or a new SSRC): register RFC 3550 statistics where aiortc's RTCP loop reads them."""
-        self.ssrc = ssrc
-        self.rtcp_stats = StreamStatistics(self.clock)
-        self.receiver._RTCRtpReceiver__remote_streams[ssrc] = self.rtcp_stats
-
-    def jitter_ms(self) -> float | None:
-        if self.rtcp_stats is None or self.rtcp_stats.packets_received < 2:
-            return None
-        return self.rtcp_stats.jitter * 1000.0 / self.clock
+    video: Clip
+    audio: Clip
 
 
 class SyntheticClassroom:
-    """Joins a lesson with a classroom token and counts what it receives, by RTP header only."""
+    """Joins a lesson with a classroom token, counts what it receives by RTP header, optionally publishes."""
 
     def __init__(self, index: int, session: aiohttp.ClientSession, ws_url: str, token: str, lesson: str,
                  send_times: Sequence[float] | None = None, publish_time: Any = None,
-                 options: ClassroomOptions | None = None) -> None:
+                 options: ReceiveOptions | None = None, uplink: Uplink | None = None) -> None:
         self.index = index
         self.lesson = lesson
         self.token = token
         self.ws = WsClient(session, ws_url)
-        self.ws.handlers["offer"] = self._on_offer
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.send_times = send_times  # the teacher's send time (time.monotonic) per VP8 picture id, shared
+        self.receiver = CountingReceiver(self.ws, index, send_times, options)
         self.publish_time = publish_time  # the teacher's publish time (a multiprocessing Value), shared
-        self.counting = True
-        # stock=True: every packet also goes through aiortc's own receiver (parse, NACK generator, jitter buffer,
-        # REMB estimate, RTCP statistics); only to measure what that costs (`--classroom-mode stock`)
-        options = options or ClassroomOptions()
-        self.stock = options.stock
-        self.fast_path = not options.stock
-        self.loss = options.loss
-        self.rng = random.Random(index)
-        self.dropped = 0
-        self._stock_handlers: dict[int, Any] = {}
-        self.fast_packets = 0
-        self.srtp_errors = 0
-        # delays are sampled only in the hold window: the keyframe the SFU replays to a late joiner carries an
-        # old picture id (sent seconds ago) and is not a delivery delay
-        self.measure_delay = False
+        self.uplink = uplink
+        self.publisher: MediaPublisher | None = None
         self.started_at = 0.0
-        self.connected_at: float | None = None
-        self.first_keyframe_at: float | None = None
-        self.error: str | None = None
-        self.delays_ms: list[float] = []
-        self.streams: dict[str, _Stream] = {}
-        self._routes: dict[int, tuple[_Stream, bool]] = {}  # payload type -> (stream, is RTX)
-        self._hooked: set[int] = set()
-        self._connected = asyncio.Event()
+        self.publish_ms: float | None = None
+        self.uplink_stopped_at: float | None = None
+        self._error: str | None = None
 
-        @self.pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if self.pc.connectionState == "connected" and self.connected_at is None:
-                self.connected_at = time.monotonic()
-                self._install_fast_path()
-                self._connected.set()
-            elif self.pc.connectionState == "failed":
-                self.error = self.error or "ice/dtls failed"
-                self._connected.set()
+    @property
+    def connected_at(self) -> float | None:
+        return self.receiver.connected_at
+
+    @property
+    def error(self) -> str | None:
+        return self._error or self.receiver.error
+
+    @property
+    def ready(self) -> bool:
+        """Receiving, and publishing when it has an uplink."""
+        return (self.connected_at is not None and self.error is None
+                and (self.uplink is None or self.publish_ms is not None))
 
     async def join(self, timeout_s: float = 30.0) -> None:
-        """Websocket join, then wait for ICE + DTLS to connect (the server offers at once on join)."""
+        """Websocket join, wait for ICE + DTLS to connect (the server offers at once on join), then publish."""
         self.started_at = time.monotonic()
         try:
             await self.ws.connect()
             await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s)
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            await asyncio.wait_for(self.receiver.connected.wait(), timeout_s)
+            if self.uplink is not None and self.receiver.error is None:
+                t0 = time.monotonic()
+                self.publisher = MediaPublisher(self.ws, self.uplink.video, self.uplink.audio)
+                await self.publisher.publish()
+                await self.publisher.wait_connected(timeout_s)
+                self.publish_ms = (time.monotonic() - t0) * 1000
         except Exception as exc:  # noqa: BLE001 - reported per classroom, the run goes on
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
+            self._error = self._error or f"{type(exc).__name__}: {exc}"
 
-    async def _on_offer(self, msg: dict) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._hook()
-        self._routes.clear()  # payload types may have changed: rebuilt lazily
-        await self.ws.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
-
-    def _hook(self) -> None:
-        for transceiver in self.pc.getTransceivers():
-            dtls = transceiver.receiver.transport
-            if dtls is None or id(dtls) in self._hooked:
-                continue
-            self._hooked.add(id(dtls))
-            self._stock_handlers[id(dtls)] = dtls._handle_rtp_data
-            if self.stock:
-                dtls._handle_rtp_data = self._stock_caller(dtls._handle_rtp_data)
-            else:
-                dtls._handle_rtp_data = self._on_rtp  # instance attribute: only this classroom's transport
-
-    def _route(self, pt: int) -> tuple[_Stream, bool] | None:
-        for transceiver in self.pc.getTransceivers():
-            receiver = transceiver.receiver
-            codecs = getattr(receiver, "_RTCRtpReceiver__codecs", {})
-            for codec_pt, codec in codecs.items():
-                if codec_pt != pt:
-                    continue
-                kind = transceiver.kind
-                stream = self.streams.get(kind)
-                if stream is None:
-                    stream = self.streams[kind] = _Stream(kind, receiver, codec.clockRate)
-                route = (stream, codec.mimeType.lower().endswith("/rtx"))
-                self._routes[pt] = route
-                return route
-        return None
-
-    def _install_fast_path(self) -> None:
-        """Once DTLS is up, read SRTP straight from this peer's ICE socket: skip aioice's STUN parse attempt and
-        queue, and the DTLS transport's receive task (~half the load generator's cost per packet). SRTP is still
-        unprotected with the session DTLS negotiated; DTLS, STUN and SRTCP still go the stock way."""
-        if not self.fast_path:
-            return
-        for transceiver in self.pc.getTransceivers():
-            dtls = transceiver.receiver.transport
-            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-            pair = connection._nominated.get(1) if connection is not None else None
-            srtp = getattr(dtls, "_rx_srtp", None)
-            if pair is None or pair.protocol is None or srtp is None or getattr(pair.protocol, "_lt_fast", False):
-                continue
-            protocol = pair.protocol
-            original = protocol.datagram_received
-            unprotect = srtp.unprotect
-
-            def datagram_received(data: bytes, addr: tuple, original=original, unprotect=unprotect) -> None:
-                # RTP: first byte 128-191 and not an RTCP packet type (RFC 5761/7983 demultiplexing)
-                if 127 < data[0] < 192 and len(data) > 12 and not 192 <= data[1] <= 223:
-                    if self.loss and self.rng.random() < self.loss:
-                        self.dropped += 1  # emulated downlink loss, before SRTP sees the packet
-                        return
-                    try:
-                        plain = unprotect(data)
-                    except Exception:  # noqa: BLE001 - a replayed or damaged packet, as the stock path drops it
-                        self.srtp_errors += 1
-                        return
-                    self.fast_packets += 1
-                    self._count(plain)
-                    return
-                original(data, addr)
-
-            protocol.datagram_received = datagram_received
-            protocol._lt_fast = True
-
-    async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
-        self._count(data)
-
-    def _stock_caller(self, original: Any) -> Any:
-        async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
-            self._count(data)
-            await original(data, arrival_time_ms)
-        return on_rtp
-
-    def _count(self, data: bytes) -> None:
-        if not self.counting or len(data) < 12:
-            return
-        b0, b1, seq, ts, ssrc = RTP_FIXED.unpack_from(data, 0)
-        pt = b1 & 0x7F
-        route = self._routes.get(pt)
-        if route is None:
-            route = self._route(pt)
-            if route is None:
-                return
-        stream, is_rtx = route
-        pos = 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10:
-            pos += 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
-        stream.packets += 1
-        stream.bytes += len(data)
-        if is_rtx:
-            stream.rtx_packets += 1
-            if len(data) >= pos + 2:
-                stream.seq.repair((data[pos] << 8) | data[pos + 1])
-            return
-        if self.stock:
-            stream.seq.add(seq)  # the stock receiver keeps the RTCP statistics and sends the NACKs
-            if stream.rtcp_stats is None:
-                stream.rtcp_stats = stream.receiver._RTCRtpReceiver__remote_streams.get(ssrc)
-            gap = None
-        else:
-            if ssrc != stream.ssrc:
-                stream.bind(ssrc)
-            shim = stream.shim
-            shim.sequence_number = seq
-            shim.timestamp = ts
-            stream.rtcp_stats.add(shim)  # type: ignore[union-attr]
-            gap = stream.seq.add(seq)
-        if gap:
-            # like a browser: ask for the holes at once (the stock NackGenerator's behaviour, minus re-asking)
-            asyncio.ensure_future(stream.receiver._send_rtcp_nack(ssrc, gap))
-        if stream.kind == "video" and (data[pos] & VP8_START_MASK) == 0x10:
-            now = time.monotonic()
-            head = data[pos:pos + 16]
-            if self.first_keyframe_at is None and vp8_is_keyframe_start(head):
-                self.first_keyframe_at = now
-            if self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
-                pid = vp8_picture_id(head)
-                if pid is not None:
-                    sent = self.send_times[pid % PICTURE_IDS]
-                    if 0 < sent <= now:
-                        self.delays_ms.append((now - sent) * 1000.0)
-
-    def sample_jitter(self) -> None:
-        for stream in self.streams.values():
-            j = stream.jitter_ms()
-            if j is not None:
-                stream.jitter_samples_ms.append(j)
+    def stop_uplink(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop_media()
+            self.uplink_stopped_at = time.monotonic()
 
     def result(self) -> dict:
         """Per-classroom figures (times in ms; loss counted after retransmission)."""
+        rx = self.receiver
         publish = self.publish_time.value if self.publish_time is not None else 0.0
         first_ref = max(self.started_at, publish) if publish else self.started_at
         out: dict[str, Any] = {
@@ -310,26 +96,25 @@ class SyntheticClassroom:
             "connected": self.connected_at is not None and self.error is None,
             "error": self.error,
             "join_ms": None if self.connected_at is None else (self.connected_at - self.started_at) * 1000,
-            "first_frame_ms": None if self.first_keyframe_at is None
-            else max(0.0, self.first_keyframe_at - first_ref) * 1000,
-            "delays_ms": self.delays_ms,
-            "fast_path_packets": self.fast_packets,
-            "srtp_errors": self.srtp_errors,
-            "dropped_emulated": self.dropped,
+            "first_frame_ms": None if rx.first_keyframe_at is None
+            else max(0.0, rx.first_keyframe_at - first_ref) * 1000,
+            "delays_ms": rx.delays_ms,
+            **rx.counters(),
+            **rx.by_kind(),
         }
-        for kind in ("audio", "video"):
-            s = self.streams.get(kind)
-            out[kind] = None if s is None else {
-                "packets": s.packets, "rtx_packets": s.rtx_packets, "bytes": s.bytes,
-                "expected": s.seq.expected, "received": s.seq.received, "lost": s.seq.lost,
-                "recovered": s.seq.recovered, "duplicates": s.seq.duplicates,
-                "jitter_ms": s.jitter_samples_ms,
-            }
+        if self.uplink is not None:
+            pub = self.publisher
+            sent_s = (self.uplink_stopped_at or time.monotonic()) - pub.connected_at \
+                if pub is not None and pub.connected_at is not None else 0.0
+            out["uplink"] = {"publish_ms": self.publish_ms, "packets_sent": pub.packets_sent if pub else 0,
+                             "bytes_sent": pub.bytes_sent if pub else 0, "sending_s": round(sent_s, 2)}
         return out
 
     async def close(self) -> None:
-        self.counting = False
+        self.receiver.counting = False
         try:
             await self.ws.close()
         finally:
-            await self.pc.close()
+            await self.receiver.close()
+            if self.publisher is not None:
+                await self.publisher.close()

@@ -17,6 +17,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "every packet (to measure its cost)")
     p.add_argument("--classroom-loss", type=float, default=0.0, metavar="RATIO",
                    help="emulated downlink loss at each classroom, e.g. 0.013 (retransmissions repair it)")
+    p.add_argument("--classroom-uplink", type=int, default=0, metavar="KBPS",
+                   help="the interactive classroom: each classroom also publishes a looped 320x180 VP8 camera at "
+                        "KBPS (e.g. 150) + Opus on its own publishing connection (default: off)")
+    p.add_argument("--wall", type=int, default=None, metavar="N",
+                   help="classroom tiles on the synthetic teacher's wall, received and counted (default: 16 with "
+                        "--classroom-uplink, else no wall; at most 64)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
                          bitrate_kbps=args.bitrate, url=args.url, secret=args.secret, baseline=args.baseline,
                          workers=args.workers, lesson=args.lesson, profile_server=args.profile_server,
                          server_pid=args.server_pid, classroom_mode=args.classroom_mode,
-                         classroom_loss=args.classroom_loss, quiet=args.quiet)
+                         classroom_loss=args.classroom_loss, classroom_uplink_kbps=args.classroom_uplink,
+                         wall=args.wall, quiet=args.quiet)
     try:
         report = run_loadtest(cfg)
     except ValueError as exc:
@@ -75,6 +82,13 @@ def _sweep(args: argparse.Namespace) -> int:
     return run_sweep(args)
 
 
+def _uplink(args: argparse.Namespace) -> int:
+    from .uplink import run_pairs
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_pairs(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description="ketang load test")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the sweep, profile the server at the largest size (separate run)")
     _add_run_options(s)
     s.set_defaults(func=_sweep)
+    u = sub.add_parser("uplink", help="what the interactive classroom costs: at each size one run without classroom "
+                                      "uplinks and one with them (--classroom-uplink, default 150, and the teacher's "
+                                      "wall); prints a markdown table")
+    u.add_argument("--sizes", default="50,100")
+    u.add_argument("--duration", type=float, default=20.0)
+    u.add_argument("--json", default=None, metavar="PATH", help="all reports")
+    u.add_argument("--from-json", default=None, metavar="PATH", help="only re-render an earlier --json")
+    _add_run_options(u)
+    u.set_defaults(func=_uplink)
     return parser
 
 

@@ -30,6 +30,10 @@ KEYFRAME_INTERVAL_S = 2.0  # a keyframe every 2 s, like a browser answering peri
 AUDIO_FRAME_S = 0.02  # Opus 20 ms frames: 50 packets/s
 AUDIO_BITRATE = 32_000
 MIN_VIDEO_BITRATE = 50_000
+# a classroom's own camera as its page asks for it (client_web/classroom.js: 320x180 at 15 fps)
+UPLINK_WIDTH = 320
+UPLINK_HEIGHT = 180
+UPLINK_FPS = 15
 
 
 @dataclass
@@ -56,8 +60,9 @@ def _video_frames(n: int, width: int, height: int) -> list[av.VideoFrame]:
         luma = ((x + 3 * i) % 256 * 0.5 + y * 0.5).astype(np.uint8)
         img = np.repeat(luma[:, :, None], 3, axis=2)
         img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
-        sx = (i * 6) % (width - 80)
-        img[140:220, sx:sx + 80] = (255, 40, 40)
+        side, top = width // 8, height * 7 // 18  # 80 px at 640x360
+        sx = (i * 6) % (width - side)
+        img[top:top + side, sx:sx + side] = (255, 40, 40)
         frames.append(av.VideoFrame.from_ndarray(img, format="rgb24"))
     return frames
 
@@ -115,10 +120,20 @@ def encode_audio(seconds: float = CLIP_S) -> Clip:
 
 
 def make_clips(bitrate_kbps: int) -> tuple[Clip, Clip]:
-    """(video, audio): the video aims at the total bitrate minus Opus's share."""
+    """The teacher's (video, audio): the video aims at the total bitrate minus Opus's share."""
+    return _clips(bitrate_kbps * 1000 - AUDIO_BITRATE, VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS)
+
+
+def make_uplink_clips(camera_kbps: int) -> tuple[Clip, Clip]:
+    """A classroom's (video, audio): a 320x180 15 fps camera at `camera_kbps` (what the server's REMB allows it,
+    KETANG_CLASSROOM_UPLINK_KBPS) plus its microphone's Opus on top."""
+    return _clips(camera_kbps * 1000, UPLINK_WIDTH, UPLINK_HEIGHT, UPLINK_FPS)
+
+
+def _clips(video_bps: int, width: int, height: int, fps: int) -> tuple[Clip, Clip]:
     t0 = time.perf_counter()
     audio = encode_audio()
-    video = encode_video(bitrate_kbps * 1000 - AUDIO_BITRATE)
+    video = encode_video(video_bps, fps=fps, width=width, height=height)
     log.info("clips encoded in %.1f s: video %.0f kbit/s (%d frames), audio %.0f kbit/s", time.perf_counter() - t0,
              video.bitrate_bps / 1000, len(video.frames), audio.bitrate_bps / 1000)
     return video, audio

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 TARGET_LOSS = 0.005  # the issue's target: < 0.5 % loss
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    """The server's own packet counters for one lesson (its stats API), at one instant or as a difference."""
+
+    to_classrooms: int = 0  # packets sent to every receiver but the teacher (the teacher's tracks, mostly)
+    to_wall: int = 0  # packets sent to the teacher's receiving connection: its wall's tiles
+    teacher_in: int = 0  # packets received from the teacher (new ones: duplicates and padding not counted)
+    classrooms_in: int = 0  # packets received from the classrooms' own cameras and microphones
+    classroom_tracks: int = 0  # the classrooms' published tracks (a level, not a counter)
+    classroom_tracks_forwarded: int = 0  # ... of which someone receives (a level)
+
+    @classmethod
+    def from_stats(cls, body: dict, teacher: str | None) -> ServerCounts:
+        out = {pid: sum(int(c.get("packets_out", 0)) for c in consumers)
+               for pid, consumers in body.get("subscribers", {}).items()}
+        to_wall = out.pop(teacher, 0) if teacher is not None else 0
+        mine, theirs = [], []
+        for p in body.get("producers", []):
+            (mine if teacher is None or p.get("participant") in (teacher, None) else theirs).append(p)
+        return cls(to_classrooms=sum(out.values()), to_wall=to_wall,
+                   teacher_in=sum(int(p.get("packets_in", 0)) for p in mine),
+                   classrooms_in=sum(int(p.get("packets_in", 0)) for p in theirs), classroom_tracks=len(theirs),
+                   classroom_tracks_forwarded=sum(1 for p in theirs if p.get("consumers")))
+
+    def __sub__(self, before: ServerCounts) -> ServerCounts:
+        """The counters' growth since `before` (the track levels are this instant's)."""
+        levels = ("classroom_tracks", "classroom_tracks_forwarded")
+        return ServerCounts(**{f.name: getattr(self, f.name) - (0 if f.name in levels else getattr(before, f.name))
+                               for f in fields(self)})
+
+    @property
+    def packets_out(self) -> int:
+        return self.to_classrooms + self.to_wall
+
+    @property
+    def packets_in(self) -> int:
+        return self.teacher_in + self.classrooms_in
 
 
 @dataclass
@@ -21,10 +60,45 @@ class Window:
     loadgen_cpu_s: float
     loadgen_processes: int
     loadgen_max_process_cpu_s: float
+    counts: ServerCounts = field(default_factory=ServerCounts)  # the server's counters' growth over the window
 
 
 def _pct(values: list[float], q: float) -> float | None:
     return None if not values else round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2)
+
+
+@dataclass
+class _Totals:
+    """Receive figures added up over streams (audio and video, one or many receivers)."""
+
+    expected: int = 0
+    lost: int = 0
+    recovered: int = 0
+    received: int = 0  # original packets (not retransmissions)
+    rtx: int = 0
+    packets: int = 0  # everything, retransmissions included
+    bytes: int = 0
+    jitter: list[float] = field(default_factory=list)
+
+    def add(self, *streams: dict | None) -> _Totals:
+        for s in streams:
+            if not s:
+                continue
+            self.expected += s["expected"]
+            self.lost += s["lost"]
+            self.recovered += s["recovered"]
+            self.received += s["packets"] - s["rtx_packets"]
+            self.rtx += s["rtx_packets"]
+            self.packets += s["packets"]
+            self.bytes += s["bytes"]
+            self.jitter.extend(s["jitter_ms"])
+        return self
+
+    def loss(self) -> float | None:
+        return round(self.lost / self.expected, 6) if self.expected else None
+
+    def loss_before_repair(self) -> float | None:
+        return round((self.lost + self.recovered) / self.expected, 6) if self.expected else None
 
 
 def build_report(mode: str, requested: int, results: list[dict], window: Window, packets_forwarded_total: int,
@@ -33,24 +107,13 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
     join = [r["join_ms"] for r in connected if r["join_ms"] is not None]
     first = [r["first_frame_ms"] for r in connected if r["first_frame_ms"] is not None]
     delays = [d for r in connected for d in r["delays_ms"]]
-    expected = lost = recovered = received_originals = rtx = 0
-    jitter: list[float] = []
+    total = _Totals()
     per_room_loss: list[float] = []
     for r in connected:
-        room_expected = room_lost = 0
-        for kind in ("audio", "video"):
-            s = r.get(kind)
-            if not s:
-                continue
-            room_expected += s["expected"]
-            room_lost += s["lost"]
-            recovered += s["recovered"]
-            received_originals += s["packets"] - s["rtx_packets"]
-            rtx += s["rtx_packets"]
-            jitter.extend(s["jitter_ms"])
-        expected += room_expected
-        lost += room_lost
-        per_room_loss.append(room_lost / room_expected if room_expected else 1.0)
+        room = _Totals().add(r.get("audio"), r.get("video"))
+        total.add(r.get("audio"), r.get("video"))
+        per_room_loss.append(room.lost / room.expected if room.expected else 1.0)
+    expected, received_originals, rtx, jitter = total.expected, total.received, total.rtx, total.jitter
     cores = window.server_cpu_s / window.wall_s if window.wall_s > 0 else 0.0
     n = len(connected)
     report: dict[str, Any] = {
@@ -65,8 +128,8 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
                         np.asarray([r["join_ms"] for r in results if r["join_ms"] is not None]), 10) if len(part)]},
         "first_frame_ms": {"p50": _pct(first, 50), "p95": _pct(first, 95)},
         "classrooms_without_keyframe": sum(1 for r in connected if r["first_frame_ms"] is None),
-        "loss_ratio": round(lost / expected, 6) if expected else None,
-        "loss_ratio_before_repair": round((lost + recovered) / expected, 6) if expected else None,
+        "loss_ratio": total.loss(),
+        "loss_ratio_before_repair": total.loss_before_repair(),
         "loss_ratio_worst_classroom": round(max(per_room_loss), 6) if per_room_loss else None,
         "classrooms_over_target_loss": sum(1 for x in per_room_loss if x >= TARGET_LOSS),
         "jitter_ms_p95": _pct(jitter, 95),
@@ -87,6 +150,8 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
         "window_s": round(window.wall_s, 2),
         "window_packets_forwarded": window.packets_out,
         "window_packets_per_s": round(window.packets_out / window.wall_s, 1) if window.wall_s else None,
+        # what the server received (the teacher's packets; with uplinks the classrooms' too) in the window
+        "window_packets_in_per_s": _per_s(window.counts.packets_in, window),
         "server_cpu_percent": round(100 * cores, 1),
         "server_cpu_us_per_packet": round(window.server_cpu_s * 1e6 / window.packets_out, 2)
         if window.packets_out else None,
@@ -108,6 +173,85 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
     return report
 
 
+def _per_s(n: int, window: Window) -> float | None:
+    return round(n / window.wall_s, 1) if window.wall_s else None
+
+
+def _us_per(window: Window, packets: int) -> float | None:
+    return round(window.server_cpu_s * 1e6 / packets, 2) if packets > 0 else None
+
+
+def uplink_report(camera_kbps: int, results: list[dict], window: Window, final: ServerCounts,
+                  wall: dict | None) -> dict[str, Any]:
+    """The interactive classroom's figures: what the classrooms send the server, what reaches the teacher's wall,
+    and the server's CPU per packet counted both ways. Every uplink packet the server receives costs it CPU
+    (SRTP unprotect, ingress, cache) although only the visible tiles' packets are forwarded: so the CPU per
+    forwarded packet alone would flatter or blame the forwarding; both divisions are given."""
+    connected = [r for r in results if r["connected"]]
+    ups = [r["uplink"] for r in connected if r.get("uplink")]
+    publishing = [u for u in ups if u["publish_ms"] is not None]
+    c = window.counts
+    per_room_pps = c.classrooms_in / window.wall_s / len(publishing) if publishing and window.wall_s else None
+    sending = sum(u["sending_s"] for u in publishing)
+    per_room_kbps = sum(u["bytes_sent"] for u in publishing) * 8 / 1000 / sending if sending else None
+    out: dict[str, Any] = {
+        "camera_kbps": camera_kbps,
+        "classrooms_publishing": len(publishing),
+        "publish_ms": {"p50": _pct([u["publish_ms"] for u in publishing], 50),
+                       "p95": _pct([u["publish_ms"] for u in publishing], 95)},
+        # what one classroom sends (SRTP bytes, audio + video) and what the server receives from each
+        "classroom_uplink_kbps": round(per_room_kbps, 1) if per_room_kbps else None,
+        "classroom_packets_in_per_classroom_per_s": round(per_room_pps, 1) if per_room_pps else None,
+        "classroom_packets_sent": sum(u["packets_sent"] for u in ups),
+        # the server's counters over the hold window, per second
+        "classroom_packets_in_per_s": _per_s(c.classrooms_in, window),
+        "teacher_packets_in_per_s": _per_s(c.teacher_in, window),
+        "packets_in_per_s": _per_s(c.packets_in, window),
+        "packets_to_classrooms_per_s": _per_s(c.to_classrooms, window),
+        "wall_packets_forwarded_per_s": _per_s(c.to_wall, window),
+        "packets_forwarded_per_s": _per_s(c.packets_out, window),
+        "classroom_tracks": final.classroom_tracks,
+        "classroom_tracks_forwarded": final.classroom_tracks_forwarded,
+        # the same server CPU (hold window) divided three ways
+        "server_cpu_us_per_forwarded_packet": _us_per(window, c.packets_out),
+        "server_cpu_us_per_received_packet": _us_per(window, c.packets_in),
+        "server_cpu_us_per_packet_handled": _us_per(window, c.packets_in + c.packets_out),
+    }
+    if wall is not None:
+        tiles = wall["tiles"]
+        total = _Totals()
+        for tile in tiles.values():
+            total.add(tile.get("audio"), tile.get("video"))
+        receiving = [pid for pid, t in tiles.items() if all(t.get(k) and t[k]["packets"] for k in ("audio", "video"))]
+        out["wall"] = {
+            "tiles": len(wall["visible"]),
+            "tiles_receiving": len(receiving),  # both the camera's and the microphone's packets arrived
+            "visible": wall["visible"],
+            "others": wall["others"],  # classrooms not on the wall whose packets arrived anyway: must be none
+            "others_packets": wall["others_packets"],
+            "ready_ms": None if wall["ready_ms"] is None else round(wall["ready_ms"], 1),
+            "packets_forwarded": final.to_wall,  # the server's count, whole run
+            "packets_received": total.received,  # the wall's count of original packets, whole run
+            "packets_retransmitted_received": total.rtx,
+            "loss_ratio": total.loss(),
+            "loss_ratio_before_repair": total.loss_before_repair(),
+            "jitter_ms_p95": _pct(total.jitter, 95),
+            "unrouted_packets": wall["unrouted_packets"],
+            "srtp_errors": wall["srtp_errors"],
+            "per_tile": {pid: {k: (t[k] or {}).get("packets", 0) for k in ("audio", "video")}
+                         for pid, t in tiles.items()},
+        }
+        if per_room_pps and per_room_kbps:
+            n, shown = len(connected), len(wall["visible"])
+            # what the teacher's page (and the server) would carry if every classroom's tile flowed to it
+            out["all_tiles_estimate"] = {
+                "tiles": n, "teacher_packets_per_s": round(n * per_room_pps), "teacher_mbps":
+                round(n * per_room_kbps / 1000, 2), "visible_packets_per_s": round(shown * per_room_pps),
+                "visible_mbps": round(shown * per_room_kbps / 1000, 2),
+                "extra_forwarded_packets_per_s": round((n - shown) * per_room_pps)}
+    return out
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """One human line: what an operator reads first."""
     loss = report["loss_ratio"]
@@ -118,4 +262,16 @@ def summary_line(report: dict[str, Any]) -> str:
         f"{report['join_ms']['p95']} ms, first frame p95 {report['first_frame_ms']['p95']} ms, delivery p99 "
         f"{report['delivery_ms']['p99']} ms, jitter p95 {report['jitter_ms_p95']} ms; load generator "
         f"{report['loadgen_cpu_percent']} % over {report['loadgen_processes']} process(es)"
-        + (" SATURATED" if report["loadgen_saturated"] else ""))
+        + (" SATURATED" if report["loadgen_saturated"] else "") + _uplink_summary(report.get("uplink")))
+
+
+def _uplink_summary(up: dict | None) -> str:
+    if not up:
+        return ""
+    wall = up.get("wall") or {}
+    loss = wall.get("loss_ratio")
+    return (f"; uplinks: {up['classrooms_publishing']} classrooms publishing, {up['classroom_packets_in_per_s']} "
+            f"packets/s in, {up['wall_packets_forwarded_per_s']} packets/s to the wall "
+            f"({wall.get('tiles_receiving', 0)}/{wall.get('tiles', 0)} tiles, loss "
+            f"{'–' if loss is None else f'{100 * loss:.3f} %'}); server {up['server_cpu_us_per_forwarded_packet']} "
+            f"us per forwarded packet, {up['server_cpu_us_per_received_packet']} us per received packet")

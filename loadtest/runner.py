@@ -32,10 +32,12 @@ from typing import Any
 import aiohttp
 import psutil
 
+from signaling.messages import MAX_WALL_TILES
 from signaling.tokens import issue_token
 
-from .classroom import ClassroomOptions, SyntheticClassroom
-from .report import Window, build_report
+from .classroom import SyntheticClassroom, Uplink, classroom_id
+from .receiver import ReceiveOptions
+from .report import ServerCounts, Window, build_report, uplink_report
 
 log = logging.getLogger("ketang.loadtest")
 
@@ -47,6 +49,9 @@ DRAIN_S = 1.0  # after the teacher stops: packets in flight arrive before counte
 PROGRESS_INTERVAL_S = 0.5
 JITTER_SAMPLE_S = 1.0
 CLASSROOMS_PER_WORKER = 150  # default split: one loop comfortably drives this many at ~500 kbit/s
+CLASSROOMS_PER_WORKER_UPLINK = 75  # ... and this many when each also publishes its camera and microphone
+DEFAULT_WALL = 16  # the teacher page's wall: one page of tiles
+WALL_TIMEOUT_S = 30.0
 PICTURE_IDS = 1 << 15
 
 
@@ -65,11 +70,20 @@ class LoadTestConfig:
     server_pid: int | None = None  # with `url`: measure this process's CPU and memory (same machine)
     classroom_mode: str = "counter"  # "stock": classrooms also run aiortc's receiver per packet (cost study)
     classroom_loss: float = 0.0  # emulated downlink loss at each classroom (0.013 = the rural link in DESIGN.md)
+    # the interactive classroom: each classroom also publishes a 320x180 VP8 camera at this many kbit/s + Opus
+    classroom_uplink_kbps: int = 0
+    wall: int | None = None  # classroom tiles on the teacher's wall; None: DEFAULT_WALL with uplinks, else none
     quiet: bool = False
 
     @property
     def mode(self) -> str:
         return self.baseline or "ketang"
+
+    @property
+    def wall_tiles(self) -> int:
+        """How many classrooms the synthetic teacher puts on its wall (0: it sends no `wall`)."""
+        wall = self.wall if self.wall is not None else (DEFAULT_WALL if self.classroom_uplink_kbps else 0)
+        return max(0, min(wall, self.classrooms))
 
 
 def free_port() -> int:
@@ -142,6 +156,14 @@ def _process_sys(ps: psutil.Process | None) -> float:
     return ps.cpu_times().system if ps is not None else 0.0
 
 
+def _process_switches(ps: psutil.Process | None) -> int:
+    """Context switches of all the process's threads so far (each thread hand-off of the GIL costs some)."""
+    if ps is None:
+        return 0
+    c = ps.num_ctx_switches()
+    return c.voluntary + c.involuntary
+
+
 # ---------------------------------------------------------------- worker processes (classrooms)
 
 
@@ -152,16 +174,29 @@ class _Shared:
     start_at: Any  # mp.Value('d'): monotonic time of classroom 0's start
     go: Any  # mp.Event
     measuring: Any  # mp.Event: sample jitter
+    media_stop: Any  # mp.Event: the classrooms stop publishing (the teacher has stopped too)
     stop: Any  # mp.Event: stop counting and report
     progress: Any  # mp.Queue of (worker, connected, failed, packets)
     results: Any  # mp.Queue of (worker, [classroom result])
 
 
-def _worker_main(worker: int, indices: list[int], ws_url: str, secret: str, lesson: str, ramp: float,
-                 shared: _Shared, options: ClassroomOptions) -> None:
+@dataclass(frozen=True)
+class _WorkerPlan:
+    """What one load-generator process runs: which classrooms, how they receive, whether they publish."""
+
+    indices: list[int]
+    ws_url: str
+    secret: str
+    lesson: str
+    ramp: float
+    options: ReceiveOptions
+    uplink_kbps: int = 0
+
+
+def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
     import uvloop
 
-    if options.stock:
+    if plan.options.stock:
         # this worker process only: stock receivers would otherwise decode every frame in their threads
         from aiortc import rtcrtpreceiver
 
@@ -170,11 +205,15 @@ def _worker_main(worker: int, indices: list[int], ws_url: str, secret: str, less
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     logging.getLogger("aioice").setLevel(logging.WARNING)
-    uvloop.run(_worker(worker, indices, ws_url, secret, lesson, ramp, shared, options))
+    uplink = None
+    if plan.uplink_kbps:
+        from .media import make_uplink_clips
+
+        uplink = Uplink(*make_uplink_clips(plan.uplink_kbps))  # once per process, before the ramp starts
+    uvloop.run(_worker(worker, plan, shared, uplink))
 
 
-async def _worker(worker: int, indices: list[int], ws_url: str, secret: str, lesson: str, ramp: float,
-                  shared: _Shared, options: ClassroomOptions) -> None:
+async def _worker(worker: int, plan: _WorkerPlan, shared: _Shared, uplink: Uplink | None) -> None:
     while not shared.go.is_set():
         await asyncio.sleep(0.05)
     t0 = shared.start_at.value
@@ -182,29 +221,36 @@ async def _worker(worker: int, indices: list[int], ws_url: str, secret: str, les
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def start(i: int) -> None:
-        await asyncio.sleep(max(0.0, t0 + i / ramp - time.monotonic()))
-        token = issue_token(secret, "classroom", lesson, name=f"loadtest classroom {i}")
-        room = SyntheticClassroom(i, session, ws_url, token, lesson, shared.send_times, shared.publish_time, options)
+        await asyncio.sleep(max(0.0, t0 + i / plan.ramp - time.monotonic()))
+        token = issue_token(plan.secret, "classroom", plan.lesson, name=f"loadtest classroom {i}",
+                            sub=classroom_id(i))
+        room = SyntheticClassroom(i, session, plan.ws_url, token, plan.lesson, shared.send_times,
+                                  shared.publish_time, plan.options, uplink)
         rooms.append(room)
         await room.join(JOIN_TIMEOUT_S)
 
-    tasks = [asyncio.ensure_future(start(i)) for i in indices]
+    tasks = [asyncio.ensure_future(start(i)) for i in plan.indices]
     last_jitter = 0.0
+    uplinks_stopped = False
     while not shared.stop.is_set():
         await asyncio.sleep(PROGRESS_INTERVAL_S / 2)
         now = time.monotonic()
         if shared.measuring.is_set() and now - last_jitter >= JITTER_SAMPLE_S:
             last_jitter = now
             for room in rooms:
-                room.measure_delay = True
-                room.sample_jitter()
-        connected = sum(1 for r in rooms if r.connected_at is not None and r.error is None)
+                room.receiver.measure_delay = True
+                room.receiver.sample_jitter()
+        if shared.media_stop.is_set() and not uplinks_stopped:
+            uplinks_stopped = True
+            for room in rooms:
+                room.stop_uplink()
+        connected = sum(1 for r in rooms if r.ready)
         failed = sum(1 for r in rooms if r.error is not None)
-        packets = sum(s.packets for r in rooms for s in r.streams.values())
+        packets = sum(r.receiver.packets() for r in rooms)
         with contextlib.suppress(Exception):
             shared.progress.put_nowait((worker, connected, failed, packets))
     for room in rooms:
-        room.counting = False
+        room.receiver.counting = False
     for t in tasks:
         t.cancel()
     shared.results.put((worker, [room.result() for room in rooms]))
@@ -242,20 +288,25 @@ class Progress:
 def _auto_workers(cfg: LoadTestConfig) -> int:
     if cfg.workers > 0:
         return cfg.workers
-    return max(1, min(os.cpu_count() or 1, math.ceil(cfg.classrooms / CLASSROOMS_PER_WORKER)))
+    per_worker = CLASSROOMS_PER_WORKER_UPLINK if cfg.classroom_uplink_kbps else CLASSROOMS_PER_WORKER
+    return max(1, min(os.cpu_count() or 1, math.ceil(cfg.classrooms / per_worker)))
 
 
 def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     """Run one load test (blocking) and return its report."""
     if cfg.url and not (cfg.secret or os.environ.get("KETANG_SECRET")):
         raise ValueError("targeting a server by URL needs its secret: --secret or KETANG_SECRET")
+    if cfg.wall is not None and not 0 <= cfg.wall <= MAX_WALL_TILES:
+        raise ValueError(f"--wall takes 0 to {MAX_WALL_TILES} tiles (the protocol's limit)")
+    if cfg.baseline and (cfg.classroom_uplink_kbps or cfg.wall_tiles):
+        raise ValueError("the MediaRelay baseline forwards only the teacher: no --classroom-uplink or --wall")
     secret = cfg.secret or os.environ.get("KETANG_SECRET") if cfg.url else secrets.token_urlsafe(32)
     assert secret is not None
     lesson = cfg.lesson or f"loadtest-{secrets.token_hex(4)}"
     ctx = mp.get_context("fork")  # before any event loop or codec thread exists in this process
     shared = _Shared(ctx.Array("d", PICTURE_IDS, lock=False), ctx.Value("d", 0.0, lock=False),
-                     ctx.Value("d", 0.0, lock=False), ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue(),
-                     ctx.Queue())
+                     ctx.Value("d", 0.0, lock=False), ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event(),
+                     ctx.Queue(), ctx.Queue())
     workdir = Path(tempfile.mkdtemp(prefix="ketang-loadtest-"))
     server: ServerProcess | None = None
     if cfg.url:
@@ -266,12 +317,11 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     ws_url = base_url.replace("http", "ws", 1) + "/ws"
     n_workers = _auto_workers(cfg)
     workers = []
+    options = ReceiveOptions(stock=cfg.classroom_mode == "stock", loss=cfg.classroom_loss)
     for w in range(n_workers):
-        indices = list(range(w, cfg.classrooms, n_workers))
-        options = ClassroomOptions(stock=cfg.classroom_mode == "stock", loss=cfg.classroom_loss)
-        p = ctx.Process(target=_worker_main,
-                        args=(w, indices, ws_url, secret, lesson, cfg.ramp_per_s, shared, options),
-                        daemon=True, name=f"loadtest-worker-{w}")
+        plan = _WorkerPlan(list(range(w, cfg.classrooms, n_workers)), ws_url, secret, lesson, cfg.ramp_per_s,
+                           options, cfg.classroom_uplink_kbps)
+        p = ctx.Process(target=_worker_main, args=(w, plan, shared), daemon=True, name=f"loadtest-worker-{w}")
         p.start()
         workers.append(p)
     try:
@@ -295,12 +345,14 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     return report
 
 
-async def _server_packets_out(session: aiohttp.ClientSession, base_url: str, lesson: str, secret: str) -> int:
+async def _server_counts(session: aiohttp.ClientSession, base_url: str, lesson: str, secret: str,
+                         teacher: str | None) -> ServerCounts:
+    """The server's own packet counters for the lesson (its stats API), split teacher's / classrooms'."""
     token = issue_token(secret, "observer", lesson, name="loadtest")
     async with session.get(f"{base_url}/api/lessons/{lesson}/stats",
                            headers={"Authorization": f"Bearer {token}"}) as resp:
         body = await resp.json()
-    return sum(int(c.get("packets_out", 0)) for subs in body.get("subscribers", {}).values() for c in subs)
+    return ServerCounts.from_stats(body, teacher)
 
 
 @dataclass
@@ -313,6 +365,7 @@ class _Snapshot:
     loadgen: list[float]
     busy: float
     steal: float
+    server_switches: int
 
 
 class _Meter:
@@ -325,23 +378,29 @@ class _Meter:
     def snapshot(self) -> _Snapshot:
         busy, steal = _machine_cpu()
         return _Snapshot(time.monotonic(), _process_cpu(self.server_ps) if self.server_ps else 0.0,
-                         _process_sys(self.server_ps), [_process_cpu(p) for p in self.loadgen], busy, steal)
+                         _process_sys(self.server_ps), [_process_cpu(p) for p in self.loadgen], busy, steal,
+                         _process_switches(self.server_ps))
 
-    def window(self, a: _Snapshot, b: _Snapshot, packets_out: int) -> tuple[Window, dict[str, Any]]:
+    def window(self, a: _Snapshot, b: _Snapshot, counts: ServerCounts) -> tuple[Window, dict[str, Any]]:
         """The window's figures, and extra context for the report's config (background load, kernel share)."""
         wall = b.at - a.at
         server = b.server - a.server
         lg = [y - x for x, y in zip(a.loadgen, b.loadgen)]
         rss = self.server_ps.memory_info().rss if self.server_ps else 0
         # a negative delta means subscribers vanished from the server's stats mid-window: no per-packet figure then
-        window = Window(wall_s=wall, server_cpu_s=server, server_rss_bytes=rss, packets_out=max(0, packets_out),
-                        loadgen_cpu_s=sum(lg), loadgen_processes=len(lg), loadgen_max_process_cpu_s=max(lg))
+        window = Window(wall_s=wall, server_cpu_s=server, server_rss_bytes=rss,
+                        packets_out=max(0, counts.packets_out), loadgen_cpu_s=sum(lg), loadgen_processes=len(lg),
+                        loadgen_max_process_cpu_s=max(lg), counts=counts)
         other = (b.busy - a.busy) - server - sum(lg)
         return window, {
             # other engineers' work on this shared machine during the window (cores), and the VM's steal time
             "background_cores": round(max(0.0, other) / wall, 2), "steal_cores": round((b.steal - a.steal) / wall, 2),
             # kernel share of the server's CPU: mostly sendto, i.e. loopback delivery into classroom sockets
             "server_system_cpu_share": round((b.server_sys - a.server_sys) / server, 3) if server > 0 else None,
+            # the server's threads (aiortc starts one decoder thread per received track) and how often they switch
+            "server_threads": self.server_ps.num_threads() if self.server_ps else None,
+            "server_context_switches_per_s": round((b.server_switches - a.server_switches) / wall)
+            if self.server_ps else None,
         }
 
 
@@ -352,6 +411,7 @@ class _Run:
                  workers: list, shared: _Shared) -> None:
         self.cfg, self.secret, self.lesson, self.base_url = cfg, secret, lesson, base_url
         self.server_ps, self.workers, self.shared = server_ps, workers, shared
+        self.teacher_id: str | None = None  # known once the teacher has joined
         self.progress = Progress(cfg.classrooms, cfg.quiet)
         self._state = {w: (0, 0, 0) for w in range(len(workers))}
 
@@ -365,8 +425,8 @@ class _Run:
             self._state[w] = (c, f, p)
         return tuple(sum(v[i] for v in self._state.values()) for i in range(3))  # type: ignore[return-value]
 
-    async def packets_out(self, session: aiohttp.ClientSession) -> int:
-        return await _server_packets_out(session, self.base_url, self.lesson, self.secret)
+    async def server_counts(self, session: aiohttp.ClientSession) -> ServerCounts:
+        return await _server_counts(session, self.base_url, self.lesson, self.secret, self.teacher_id)
 
     async def ramp(self) -> None:
         """Start the workers' schedule and wait until every classroom joined or failed (or the grace ran out)."""
@@ -383,12 +443,13 @@ class _Run:
             if any(not p.is_alive() for p in self.workers):
                 raise RuntimeError("a load-generator worker died")
 
-    async def hold(self, session: aiohttp.ClientSession) -> tuple[Window, dict[str, Any]]:
-        """The measured window: CPU and forwarded packets at both ends."""
+    async def hold(self, session: aiohttp.ClientSession, wall: Any = None) -> tuple[Window, dict[str, Any]]:
+        """The measured window: CPU and the server's packet counters at both ends."""
         meter = _Meter(self.server_ps, self.workers)
         a = meter.snapshot()
-        out0 = await self.packets_out(session)
+        counts0 = await self.server_counts(session)
         self.shared.measuring.set()
+        last_jitter = time.monotonic()
         while (left := a.at + self.cfg.duration_s - time.monotonic()) > 0:
             await asyncio.sleep(min(PROGRESS_INTERVAL_S, left))
             connected, failed, packets = self.counts()
@@ -396,10 +457,13 @@ class _Run:
             cpu = 100 * (_process_cpu(self.server_ps) - a.server) / max(1e-6, elapsed) if self.server_ps else 0
             self.progress.show("hold", connected, failed, f"{elapsed:4.0f}/{self.cfg.duration_s:.0f} s, server CPU "
                                                           f"{cpu:3.0f} %, {packets} packets received")
+            if wall is not None and time.monotonic() - last_jitter >= JITTER_SAMPLE_S:
+                last_jitter = time.monotonic()
+                wall.sample_jitter()
         b = meter.snapshot()
-        out1 = await self.packets_out(session)
+        counts1 = await self.server_counts(session)
         self.progress.done()
-        return meter.window(a, b, out1 - out0)
+        return meter.window(a, b, counts1 - counts0)
 
     async def collect(self) -> list[dict]:
         """Tell the workers to stop counting and gather their classrooms' results."""
@@ -432,15 +496,22 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
                                    lesson, video, audio, shared.send_times)
         try:
             await teacher.publish()
+            run.teacher_id = teacher.participant_id
             shared.publish_time.value = teacher.published_at or time.monotonic()
             await asyncio.sleep(1.0)  # media flowing before the first classroom joins
             await run.ramp()
+            if cfg.wall_tiles:
+                # the tiles of one wall page: the first classrooms (spread over every worker: round-robin)
+                await teacher.open_wall([classroom_id(i) for i in range(cfg.wall_tiles)], WALL_TIMEOUT_S)
             await asyncio.sleep(SETTLE_S)
-            window, context = await run.hold(session)
-            # the teacher stops first, so what the server sent and what the classrooms counted can be compared
+            window, context = await run.hold(session, teacher.wall)
+            # everyone stops sending first, so what the server sent and what the receivers counted can be compared
             await teacher.stop_media()
-            await asyncio.sleep(DRAIN_S)
-            forwarded_total = await run.packets_out(session)
+            shared.media_stop.set()
+            await asyncio.sleep(DRAIN_S + PROGRESS_INTERVAL_S)  # + the workers' polling interval
+            final = await run.server_counts(session)
+            if teacher.wall is not None:
+                teacher.wall.counting = False
             results = await run.collect()
         finally:
             await teacher.close()
@@ -448,10 +519,15 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
     config.update(workers=len(workers), video_kbps=round(video.bitrate_bps / 1000, 1),
                   audio_kbps=round(audio.bitrate_bps / 1000, 1), teacher_packets_sent=teacher.packets_sent,
                   cpus=os.cpu_count(), external_server=server is None, **context)
-    report = build_report(cfg.mode, cfg.classrooms, results, window, forwarded_total, config)
+    report = build_report(cfg.mode, cfg.classrooms, results, window, final.to_classrooms, config)
+    if cfg.classroom_uplink_kbps or cfg.wall_tiles:
+        report["uplink"] = uplink_report(cfg.classroom_uplink_kbps, results, window, final, teacher.wall_result())
     if server_ps is None:
         for key in ("server_cpu_percent", "server_cpu_us_per_packet", "classrooms_per_core", "server_rss_mb"):
             report[key] = None  # not measured: pass --server-pid for a server on this machine
+        if "uplink" in report:
+            for key in ("server_cpu_us_per_forwarded_packet", "server_cpu_us_per_received_packet"):
+                report["uplink"][key] = None
     return report
 
 

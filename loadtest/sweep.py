@@ -31,7 +31,9 @@ def _sizes(text: str) -> list[int]:
 def _one(mode: str | None, n: int, args: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
     cfg = LoadTestConfig(classrooms=n, duration_s=args.duration, ramp_per_s=args.ramp, bitrate_kbps=args.bitrate,
                          baseline=mode, workers=args.workers, quiet=args.quiet, profile_server=profile,
-                         classroom_mode=args.classroom_mode, classroom_loss=args.classroom_loss)
+                         classroom_mode=args.classroom_mode, classroom_loss=args.classroom_loss,
+                         # the relay baseline forwards only the teacher
+                         classroom_uplink_kbps=0 if mode else args.classroom_uplink, wall=None if mode else args.wall)
     report = run_loadtest(cfg)
     print(summary_line(report), file=sys.stderr, flush=True)
     return report

@@ -1,26 +1,24 @@
-"""The synthetic teacher: joins with a teacher token and publishes a looped pre-encoded VP8 + Opus clip through
-an aiortc RTCPeerConnection (packed, never encoded), stamping each video frame's send time by VP8 picture id
-into an array shared with the classrooms (same machine, same CLOCK_MONOTONIC, even across processes)."""
+"""The synthetic teacher: joins with a teacher token and publishes a looped pre-encoded VP8 + Opus clip
+(`MediaPublisher`), stamping each video frame's send time by VP8 picture id for the classrooms' delivery delay.
+
+With `--wall N` it also shows a wall: `wall {visible: [N classroom ids]}` makes the server offer it a receiving
+connection carrying only those classrooms' cameras and microphones, which it counts the way a synthetic classroom
+counts the teacher (`CountingReceiver`: per tile, loss after retransmission, no decoding)."""
 
 from __future__ import annotations
 
-import logging
-import struct
+import asyncio
 import time
 from collections.abc import MutableSequence
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from sfu.vp8 import vp8_picture_id
-
-from .media import Clip, PacketTrack
+from .media import Clip
+from .publisher import MediaPublisher
+from .receiver import CountingReceiver
 from .wsclient import WsClient
 
-log = logging.getLogger("ketang.loadtest.teacher")
-
-RTP_FIXED = struct.Struct("!BBHII")
-PICTURE_IDS = 1 << 15
+WALL_INDEX = -1  # the wall's receiver seeds its (unused) loss emulation apart from the classrooms'
 
 
 class SyntheticTeacher:
@@ -29,55 +27,65 @@ class SyntheticTeacher:
         self.lesson = lesson
         self.token = token
         self.ws = WsClient(session, ws_url)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.video = PacketTrack(video)
-        self.audio = PacketTrack(audio)
-        self.pc.addTransceiver(self.video, direction="sendonly")
-        self.pc.addTransceiver(self.audio, direction="sendonly")
-        self.send_times = send_times
-        self.packets_sent = 0
-        self.bytes_sent = 0
-        self.published_at: float | None = None
-        self._video_pts: set[int] = set()
+        self.publisher = MediaPublisher(self.ws, video, audio, send_times)
+        self.participant_id: str | None = None
+        self.wall: CountingReceiver | None = None
+        self.wall_visible: list[str] = []
+        self.wall_ready_ms: float | None = None
+
+    @property
+    def packets_sent(self) -> int:
+        return self.publisher.packets_sent
+
+    @property
+    def published_at(self) -> float | None:
+        return self.publisher.published_at
 
     async def publish(self) -> None:
         await self.ws.connect()
-        await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson})
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
-        await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "video":
-                self._video_pts.update(c.payloadType for c in transceiver._codecs)
-        dtls = self.pc.getTransceivers()[0].sender.transport
-        original = dtls._send_rtp
+        joined = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson})
+        self.participant_id = joined["participant"]["id"]
+        await self.publisher.publish()
 
-        async def send_rtp(data: bytes) -> None:
-            # RTCP goes through here too (sender reports): only RTP packets are counted and stamped
-            if len(data) > 12 and not 192 <= data[1] <= 223:
-                self.packets_sent += 1
-                self.bytes_sent += len(data)
-                b0 = data[0]
-                if self.send_times is not None and (data[1] & 0x7F) in self._video_pts:
-                    pos = 12 + 4 * (b0 & 0x0F)
-                    if b0 & 0x10:
-                        pos += 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
-                    if data[pos] & 0x17 == 0x10:  # the first packet of a frame
-                        pid = vp8_picture_id(data[pos:pos + 4])
-                        if pid is not None:
-                            self.send_times[pid % PICTURE_IDS] = time.monotonic()
-            await original(data)
+    async def open_wall(self, classrooms: list[str], timeout_s: float = 30.0) -> None:
+        """Put these classrooms' tiles on the wall; return once every one of them has sent audio and video."""
+        started = time.monotonic()
+        self.wall = CountingReceiver(self.ws, WALL_INDEX)  # registers for the server's offer before it comes
+        reply = await self.ws.request({"type": "wall", "visible": classrooms})
+        self.wall_visible = list(reply["visible"])
+        await asyncio.wait_for(self.wall.connected.wait(), timeout_s)
+        if self.wall.error:
+            raise ConnectionError(f"the wall's receiving connection: {self.wall.error}")
+        deadline = started + timeout_s
+        while time.monotonic() < deadline and not self._wall_complete():
+            await asyncio.sleep(0.1)
+        self.wall_ready_ms = (time.monotonic() - started) * 1000
 
-        dtls._send_rtp = send_rtp  # this teacher's transport only
-        self.published_at = time.monotonic()
+    def _wall_complete(self) -> bool:
+        assert self.wall is not None
+        return all(all(s and s["packets"] for s in self.wall.by_kind({pid}).values()) for pid in self.wall_visible)
+
+    def wall_result(self) -> dict | None:
+        """Per tile (classroom id): audio and video figures; plus packets of anyone not on the wall."""
+        if self.wall is None:
+            return None
+        wall = self.wall
+        seen = wall.participants()
+        return {"visible": self.wall_visible, "ready_ms": self.wall_ready_ms,
+                "tiles": {pid: wall.by_kind({pid}) for pid in self.wall_visible},
+                "others": [pid for pid in seen if pid not in self.wall_visible],
+                "others_packets": sum(s.packets for s in wall.streams.values()
+                                      if s.participant not in self.wall_visible),
+                **wall.counters()}
 
     async def stop_media(self) -> None:
         """Stop sending (the connection stays up so the lesson does not end while counters are read)."""
-        self.video.stop()
-        self.audio.stop()
+        self.publisher.stop_media()
 
     async def close(self) -> None:
         try:
             await self.ws.close()
         finally:
-            await self.pc.close()
+            await self.publisher.close()
+            if self.wall is not None:
+                await self.wall.close()

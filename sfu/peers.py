@@ -176,7 +176,8 @@ class Publisher:
         self.pc = make_peer_connection(ice_servers)
         # what the teacher is asked to send (REMB), in place of aiortc's slowly rising estimate; None: aiortc's
         self.uplink = UplinkBudget(uplink_bps) if uplink_bps else None
-        self._video_receivers: dict[str, RTCRtpReceiver] = {}  # producer id -> its receiver
+        self._video_receivers: dict[str, RTCRtpReceiver] = {}  # producer id -> its receiver (video, REMB)
+        self._receivers: dict[str, RTCRtpReceiver] = {}  # producer id -> its receiver (every track)
         self.ingress: Ingress | None = None
         self.producers: dict[str, Producer] = {}  # by mid
         self._declared: dict[str, tuple[int | None, int | None]] = {}
@@ -246,11 +247,17 @@ class Publisher:
                             for i, p in enumerate(producer.layers)]
             self.ingress.add_route(route)
         else:
+            if self.role == "classroom":
+                # hundreds of classroom uplinks: none goes through aiortc's receiver (its jitter buffer and
+                # thread per track cost more than the forwarding); the server reports and NACKs them itself
+                route.stock = False
+                producer.feedback = LayerFeedback()
             # browsers put the MID extension only on a stream's first packets: an m-line reused for a new track
             # (share, stop, share again) can only be routed by the SSRCs its offer declares
             ssrc, rtx_ssrc = self._declared.get(t.mid or "", (None, None))
             self.ingress.add_route(route, ssrc, rtx_ssrc)
         self.producers[t.mid or producer.id] = producer
+        self._receivers[producer.id] = receiver
         if t.kind == "audio" and self.role == "teacher":
             _report_classroom_loss(receiver, producer)
         if t.kind == "video" and self.uplink is not None:
@@ -280,21 +287,21 @@ class Publisher:
         return bps
 
     async def send_layer_feedback(self, now: float, reports: bool) -> int:
-        """NACKs (and, with `reports`, receiver reports) to the teacher for the simulcast layers the stock
-        receiver does not see; returns how many RTCP packets went out."""
+        """NACKs (and, with `reports`, receiver reports) to the publisher for the streams the stock receiver
+        does not see (upper simulcast layers, classroom uplinks); returns how many RTCP packets went out."""
         sent = 0
         for producer in list(self.producers.values()):
-            receiver = self._video_receivers.get(producer.id)
+            receiver = self._receivers.get(producer.id)
             rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc if receiver is not None else None  # type: ignore[attr-defined]
             if rtcp_ssrc is None:
                 continue
             blocks = []
-            for layer in producer.layers or ():
+            for layer in producer.layers or [producer]:
                 feedback = layer.feedback
                 if feedback is None or layer.ssrc is None:
                     continue
                 lost = feedback.nacks(now)
-                if lost:
+                if lost and layer.kind == "video":  # audio has no retransmissions to ask for
                     await receiver._send_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc,  # type: ignore[union-attr]
                                                               media_ssrc=layer.ssrc, lost=lost))
                     sent += 1

@@ -223,11 +223,11 @@ class Router:
         while not self.closed:
             await asyncio.sleep(REPORT_REFRESH_S)
             tick += 1
-            if self.publisher is not None:
-                try:  # NACKs every tick, receiver reports about once a second, for the upper simulcast layers
-                    await self.publisher.send_layer_feedback(time.monotonic(), tick % UPLINK_REMB_EVERY == 0)
+            for publisher in self.publishers():
+                try:  # NACKs every tick, receiver reports about once a second (upper layers, classroom uplinks)
+                    await publisher.send_layer_feedback(time.monotonic(), tick % UPLINK_REMB_EVERY == 0)
                 except Exception:  # noqa: BLE001
-                    log.exception("layer feedback failed")
+                    log.exception("publisher feedback failed")
             if tick % UPLINK_REMB_EVERY == 0:
                 for publisher in self.publishers():
                     try:

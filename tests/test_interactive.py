@@ -115,6 +115,14 @@ async def test_the_wall_receives_only_its_tiles_and_a_classroom_on_stage_reaches
             assert set(room.rx.frames_by_size) == {TEACHER_SIZE}, (room.name, room.rx.frames_by_size)
             assert _received_owners(stats, room.id) == {teacher_id}
 
+        # the classrooms' uplinks bypass aiortc's receiver; the server reports them itself: A's browser (here
+        # aiortc) gets receiver reports for its camera and microphone
+        async def reported_kinds() -> set[str]:
+            stats = await a.tx.pc.getStats()  # type: ignore[union-attr]
+            return {s.kind for s in stats.values() if s.type == "remote-inbound-rtp"}
+
+        await _until(lambda: _eq(reported_kinds(), {"audio", "video"}), what="receiver reports for A's uplink")
+
         # page 2: B and C; A's tracks leave the teacher's connection
         await teacher_ws.request({"type": "wall", "visible": [b.id, c.id]})
         await _until(lambda: wall.frames_by_size.get(CAMERAS["B"], 0) >= 5
@@ -185,6 +193,10 @@ async def test_the_wall_receives_only_its_tiles_and_a_classroom_on_stage_reaches
         b_row = next(r for r in data["classrooms"] if r["participant"] == b.id)
         assert b_row["stage_s"] > 1 and b_row["sessions"] == 1, b_row  # minutes in the CSV round this to 0.0
         assert [t["participant"] for t in data["stage_timeline"]] == [b.id]
+
+
+async def _eq(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected
 
 
 async def _stats_owners_match(server: Server, lesson: str, subscriber: str, owners: set[str]) -> bool:

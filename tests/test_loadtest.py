@@ -142,3 +142,78 @@ def test_add_parser_registers_loadtest_on_a_parent_cli_and_a_url_without_secret_
     monkeypatch.delenv("KETANG_SECRET", raising=False)
     assert loadtest_main(["--url", "http://127.0.0.1:9", "--classrooms", "1"]) == 2
     assert "secret" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_classroom_uplinks_reach_the_teachers_wall_for_the_visible_tiles_only():
+    n, wall = 6, 4
+    report = run_loadtest(LoadTestConfig(classrooms=n, duration_s=10, classroom_uplink_kbps=150, wall=wall,
+                                         quiet=True))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    _check_common(report, n)  # the teacher's packets still reach every classroom as before
+    assert report["loss_ratio"] < 0.01
+    up = report["uplink"]
+    assert up["classrooms_publishing"] == n
+    # every classroom's camera and microphone reach the server; the visible tiles' (and only theirs) go on
+    assert (up["classroom_tracks"], up["classroom_tracks_forwarded"]) == (2 * n, 2 * wall)
+    w = up["wall"]
+    visible = [f"loadtest-classroom-{i}" for i in range(wall)]
+    assert w["visible"] == visible and w["tiles"] == wall
+    assert w["tiles_receiving"] == wall and sorted(w["per_tile"]) == visible
+    assert all(t["audio"] > 0 and t["video"] > 0 for t in w["per_tile"].values())
+    assert w["others"] == [] and w["others_packets"] == 0 and w["unrouted_packets"] == 0
+    assert w["loss_ratio"] < 0.01
+    # what the server says it sent the wall is what the wall counted (everyone stops before both are read)
+    assert abs(w["packets_forwarded"] - w["packets_received"]) <= max(5 * wall, 0.01 * w["packets_forwarded"])
+    # in the same window, the wall gets about wall/n of the classrooms' packets (all tiles send alike)
+    assert 0.5 < up["wall_packets_forwarded_per_s"] / up["classroom_packets_in_per_s"] < 0.85
+    for key in ("classroom_packets_in_per_s", "teacher_packets_in_per_s", "server_cpu_us_per_forwarded_packet",
+                "server_cpu_us_per_received_packet", "classroom_uplink_kbps"):
+        assert up[key] > 0, key
+    assert up["all_tiles_estimate"]["tiles"] == n
+
+
+def test_server_counts_split_the_teachers_packets_from_the_classrooms_and_the_wall():
+    from loadtest.report import ServerCounts
+
+    def stats(scale: int) -> dict:
+        return {"producers": [{"participant": "T", "packets_in": 100 * scale, "consumers": 2},
+                              {"participant": "c1", "packets_in": 10 * scale, "consumers": 1},
+                              {"participant": "c2", "packets_in": 20 * scale, "consumers": 0}],
+                "subscribers": {"c1": [{"packets_out": 100 * scale}], "c2": [{"packets_out": 100 * scale}],
+                                "T": [{"packets_out": 10 * scale}]}}
+
+    a, b = ServerCounts.from_stats(stats(1), "T"), ServerCounts.from_stats(stats(3), "T")
+    assert (a.teacher_in, a.classrooms_in, a.to_classrooms, a.to_wall) == (100, 30, 200, 10)
+    d = b - a
+    assert (d.teacher_in, d.classrooms_in, d.packets_in, d.to_classrooms, d.to_wall, d.packets_out) == \
+        (200, 60, 260, 400, 20, 420)
+    assert (d.classroom_tracks, d.classroom_tracks_forwarded) == (2, 1)  # levels, not differences
+    # without a known teacher (the relay baseline) everything is the teacher's and nothing is a wall
+    r = ServerCounts.from_stats(stats(1), None)
+    assert (r.teacher_in, r.classrooms_in, r.to_wall, r.packets_out) == (130, 0, 0, 210)
+
+
+def test_the_uplink_report_states_the_cost_per_forwarded_and_per_received_packet():
+    from loadtest.report import ServerCounts, Window, uplink_report
+
+    counts = ServerCounts(to_classrooms=10_000, to_wall=2_000, teacher_in=1_000, classrooms_in=7_000)
+    window = Window(wall_s=10, server_cpu_s=2.4, server_rss_bytes=0, packets_out=counts.packets_out,
+                    loadgen_cpu_s=1.0, loadgen_processes=1, loadgen_max_process_cpu_s=1.0, counts=counts)
+    stream = {"packets": 500, "rtx_packets": 2, "bytes": 1, "expected": 500, "received": 499, "lost": 1,
+              "recovered": 2, "duplicates": 0, "jitter_ms": [1.0]}
+    results = [{"connected": True, "uplink": {"publish_ms": 40.0, "packets_sent": 700, "bytes_sent": 25_000,
+                                              "sending_s": 1.0}} for _ in range(10)]
+    wall = {"visible": ["a", "b"], "ready_ms": 50.0, "others": [], "others_packets": 0, "unrouted_packets": 0,
+            "srtp_errors": 0, "tiles": {"a": {"audio": stream, "video": stream}, "b": {"audio": stream, "video": None}}}
+    up = uplink_report(150, results, window, counts, wall)
+    assert up["server_cpu_us_per_forwarded_packet"] == 200.0  # 2.4 s over 12,000 forwarded packets
+    assert up["server_cpu_us_per_received_packet"] == 300.0  # ... over 8,000 received
+    assert up["classroom_packets_in_per_s"] == 700.0 and up["wall_packets_forwarded_per_s"] == 200.0
+    assert up["classroom_packets_in_per_classroom_per_s"] == 70.0 and up["classroom_uplink_kbps"] == 200.0
+    assert up["wall"]["tiles_receiving"] == 1  # "b" sent no video
+    assert up["wall"]["loss_ratio"] == 3 / 1500 and up["wall"]["packets_retransmitted_received"] == 6
+    assert up["all_tiles_estimate"] == {"tiles": 10, "teacher_packets_per_s": 700, "teacher_mbps": 2.0,
+                                        "visible_packets_per_s": 140, "visible_mbps": 0.4,
+                                        "extra_forwarded_packets_per_s": 560}

@@ -1,0 +1,94 @@
+"""The publishing side of a synthetic participant: its own RTCPeerConnection that offers a looped pre-encoded VP8
++ Opus clip to the server with `publish` (docs/protocol.md), packed by aiortc and never encoded. The synthetic
+teacher publishes its lesson camera this way, and with `--classroom-uplink` every synthetic classroom its small
+camera and microphone, through the same code.
+
+It counts the RTP packets it sends, and for the teacher stamps each video frame's send time by VP8 picture id into
+an array shared with the classrooms (same machine, same CLOCK_MONOTONIC, even across processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import MutableSequence
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from sfu.vp8 import vp8_picture_id
+
+from .media import Clip, PacketTrack
+from .wsclient import WsClient
+
+PICTURE_IDS = 1 << 15
+
+
+class MediaPublisher:
+    def __init__(self, ws: WsClient, video: Clip, audio: Clip,
+                 send_times: MutableSequence[float] | None = None) -> None:
+        self.ws = ws
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.video = PacketTrack(video)
+        self.audio = PacketTrack(audio)
+        self.pc.addTransceiver(self.video, direction="sendonly")
+        self.pc.addTransceiver(self.audio, direction="sendonly")
+        self.send_times = send_times
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.published_at: float | None = None
+        self.connected_at: float | None = None
+        self.connected = asyncio.Event()
+        self._video_pts: set[int] = set()
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if self.pc.connectionState in ("connected", "failed"):
+                if self.pc.connectionState == "connected" and self.connected_at is None:
+                    self.connected_at = time.monotonic()
+                self.connected.set()
+
+    async def publish(self) -> None:
+        """Offer the clips with `publish` and apply the server's answer; media flows once ICE + DTLS are up."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                self._video_pts.update(c.payloadType for c in transceiver._codecs)
+        dtls = self.pc.getTransceivers()[0].sender.transport
+        original = dtls._send_rtp
+        stamp = self.send_times is not None
+
+        async def send_rtp(data: bytes) -> None:
+            # RTCP goes through here too (sender reports): only RTP packets are counted and stamped
+            if len(data) > 12 and not 192 <= data[1] <= 223:
+                self.packets_sent += 1
+                self.bytes_sent += len(data)
+                if stamp and (data[1] & 0x7F) in self._video_pts:
+                    self._stamp(data)
+            await original(data)
+
+        dtls._send_rtp = send_rtp  # this publisher's transport only
+        self.published_at = time.monotonic()
+
+    def _stamp(self, data: bytes) -> None:
+        b0 = data[0]
+        pos = 12 + 4 * (b0 & 0x0F)
+        if b0 & 0x10:
+            pos += 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+        if data[pos] & 0x17 == 0x10:  # the first packet of a frame
+            pid = vp8_picture_id(data[pos:pos + 4])
+            if pid is not None:
+                self.send_times[pid % PICTURE_IDS] = time.monotonic()  # type: ignore[index]
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout_s)
+        if self.connected_at is None:
+            raise ConnectionError("publishing connection failed")
+
+    def stop_media(self) -> None:
+        """Stop sending (the connection stays up so nothing leaves the lesson while counters are read)."""
+        self.video.stop()
+        self.audio.stop()
+
+    async def close(self) -> None:
+        await self.pc.close()
