@@ -85,12 +85,14 @@ def _lesson_codecs(transceiver: RTCRtpTransceiver) -> tuple[int, int | None, str
 OPUS_ANSWER_PARAMETERS = {"useinbandfec": 1, "minptime": 10}
 
 
-def _restrict_codecs(transceiver: RTCRtpTransceiver) -> None:
-    """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs)."""
+def _restrict_codecs(transceiver: RTCRtpTransceiver, dtx: bool = False) -> None:
+    """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs); `dtx`
+    asks the browser's Opus encoder to send (almost) nothing during silence."""
     pt, rtx, _, _ = _lesson_codecs(transceiver)
     kept = [c for c in transceiver._codecs if c.payloadType in (pt, rtx)]
+    opus = {**OPUS_ANSWER_PARAMETERS, **({"usedtx": 1} if dtx else {})}
     transceiver._codecs = [
-        dataclasses.replace(c, parameters={**c.parameters, **OPUS_ANSWER_PARAMETERS})
+        dataclasses.replace(c, parameters={**c.parameters, **opus})
         if c.name.lower() == "opus" else c for c in kept]
 
 
@@ -203,7 +205,9 @@ class Publisher:
                 if sum(t.kind == kind for t in receiving) > CLASSROOM_MAX_TRACKS_PER_KIND:
                     raise SdpError(f"a classroom publishes one {kind} track at most", "too_many_tracks")
         for t in receiving:
-            _restrict_codecs(t)
+            # a classroom's microphone is muted most of the lesson: with DTX its silence costs ~2 packets a
+            # second instead of 50 (400 classrooms: 20,000 packets a second the server would take in for nothing)
+            _restrict_codecs(t, dtx=self.role == "classroom")
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         for t in receiving:

@@ -263,10 +263,16 @@ async def test_mute_chat_lock_remove_and_attendance(server, browser):  # noqa: F
         teacher_id = await teacher.evaluate("window.ketang.session.me.id")
         await teacher.wait_for_function("document.querySelectorAll('#wall .tile').length === 3", timeout=10000)
 
+        # A's microphone is muted by default: silence, which the server asked Opus to send with DTX — a
+        # handful of packets in 2 s instead of 100 (what 400 classrooms' intake would otherwise be)
+        a_audio = await producer_id(teacher, id_a, "audio")
+        quiet, _ = await forwarding(teacher, a_audio, None, window_s=2.0)
         # hard mute: A's microphone reaches nobody, even while its browser sends it
         await a.click("#mic")
-        a_audio = await producer_id(teacher, id_a, "audio")
         await wait_forwarding(teacher, a_audio, teacher_id, rising=True)  # heard before
+        loud, _ = await forwarding(teacher, a_audio, None, window_s=2.0)
+        print(f"A's microphone: {quiet} packets in 2 s muted (DTX), {loud} speaking")
+        assert quiet < 20 and loud > 60, (quiet, loud)
         await tile_button(teacher, id_a, 1).click()
         await a.wait_for_function("document.getElementById('mic').disabled && "
                                   "document.getElementById('mic').textContent === '已被老师静音'", timeout=5000)
