@@ -2,6 +2,7 @@
 
     python -m bench.forward [--subscribers 50] [--packets 2000] [--repeat 5] [--size 1100] [--json] [--profile]
                             [--srtp aes128-cm-sha1-80] [--sink process|thread] [--no-objects]
+    python -m bench.forward --simulcast [--layer-sizes 600,700,800] [--layer-packets 1,3,9] ...  (bench/simulcast.py)
 
 Results and caveats: docs/benchmarks.md.
 
@@ -689,7 +690,16 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"SRTP protection profile of every session (default {DEFAULT_SRTP})")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--profile", action="store_true", help="also cProfile one forward round (to stderr)")
+    sc = ap.add_argument_group("simulcast (bench/simulcast.py; --size and --no-objects do not apply)")
+    sc.add_argument("--simulcast", action="store_true",
+                    help="three layer producers -> SimulcastConsumers vs plain Consumers per layer vs the floor")
+    sc.add_argument("--layer-sizes", default="600,700,800", metavar="B,B,B",
+                    help="VP8 payload bytes of each layer, smallest layer first (default 600,700,800)")
+    sc.add_argument("--layer-packets", default="1,3,9", metavar="N,N,N",
+                    help="packets per frame of each layer at 30 fps (default 1,3,9)")
     args = ap.parse_args(argv)
+    if args.simulcast:
+        return _main_simulcast(args)
     bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp)
     try:
         result = bench.run(args.repeat, not args.no_objects)
@@ -701,6 +711,24 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print(format_table(result))
+    return 0
+
+
+def _main_simulcast(args: argparse.Namespace) -> int:
+    from . import simulcast  # imports this module: loaded only when asked for
+
+    bench = simulcast.SimulcastBench(args.subscribers, args.packets, simulcast.parse_ints(args.layer_sizes),
+                                     simulcast.parse_ints(args.layer_packets), sink=args.sink, srtp=args.srtp)
+    try:
+        result = bench.run(args.repeat)
+        if args.profile:
+            py = bench.python_only(args.repeat)
+            print(f"python only (protect/send as no-op C calls): simulcast {py['simulcast_python_us']:.2f} us, "
+                  f"plain {py['plain_python_us']:.2f} us per output packet", file=sys.stderr)
+            print(bench.profile_simulcast(), file=sys.stderr)
+    finally:
+        bench.close()
+    print(json.dumps(result) if args.json else simulcast.format_table(result))
     return 0
 
 
