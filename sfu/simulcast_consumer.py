@@ -80,13 +80,16 @@ class SimulcastConsumer(Consumer):
         if self._send is None and not self._start(packet):
             return
         now = self._clock()
-        for out in self.switcher.push(layer, packet.ext_seq, packet.ts, packet.marker, packet.keyframe,
-                                      packet.payload, now):
+        switcher = self.switcher
+        switching = switcher.waiting is not None
+        for out in switcher.push(layer, packet.ext_seq, packet.ts, packet.marker, packet.keyframe,
+                                 packet.payload, now):
             self._send_out(out, packet, ast, now)
-        self.current = self.switcher.current
-        overdue = self.switcher.keyframe_overdue(now)
-        if overdue is not None:
-            self.layers[overdue].request_keyframe()
+        if switching:  # the current layer may have changed, and the awaited keyframe may be late
+            self.current = switcher.current
+            overdue = switcher.keyframe_overdue(now)
+            if overdue is not None:
+                self.layers[overdue].request_keyframe()
 
     def _send_out(self, out: Out, packet: Packet, ast: bytes, now: float) -> None:
         layout = self._ext
