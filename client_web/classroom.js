@@ -6,6 +6,7 @@
 // protocol.js.
 import { ClassroomSession, ProtocolError, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { attach, syncAudio } from "./media.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
@@ -55,12 +56,6 @@ function errorText(err) {
   return t("error", { error: err.message });
 }
 
-function attach(el, track) {
-  const current = el.srcObject && el.srcObject.getTracks()[0];
-  if (current === track) return;
-  el.srcObject = track ? new MediaStream([track]) : null;
-  if (track) el.play().catch(() => {});
-}
 
 /** Whose track an `offer`/`tracks` entry is: the teacher's, or a classroom's on stage. */
 function fromTeacher(m) {
@@ -112,18 +107,7 @@ function showGuests(guestMedia) {
     for (const f of figures) f.querySelector("video").play().catch(() => {});
   }
   const sound = $("guest-audio");
-  const audio = guestMedia.filter((m) => m.kind === "audio");
-  const keep = new Set(audio.map((m) => m.receiverTrack.id));
-  for (const el of [...sound.children]) if (!keep.has(el.dataset.track)) el.remove();
-  for (const m of audio) {
-    if (sound.querySelector(`audio[data-track="${CSS.escape(m.receiverTrack.id)}"]`)) continue;
-    const el = document.createElement("audio");
-    el.autoplay = true;
-    el.dataset.track = m.receiverTrack.id;
-    el.dataset.participant = m.participant;
-    sound.append(el);
-    attach(el, m.receiverTrack);
-  }
+  syncAudio(sound, guestMedia.filter((m) => m.kind === "audio"));
 }
 
 async function updateQuality() {

@@ -4,6 +4,7 @@
 // remove, lock, chat, attendance. Protocol work is in protocol.js.
 import { ProtocolError, TeacherSession, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { attach, syncAudio } from "./media.js";
 
 const STATS_INTERVAL_MS = 2000;
 const ATTENDANCE_INTERVAL_MS = 5000;
@@ -80,12 +81,6 @@ function button(key, onClick, cls = "") {
   return b;
 }
 
-function attach(el, track) {
-  const current = el.srcObject && el.srcObject.getTracks()[0];
-  if (current === track) return;
-  el.srcObject = track ? new MediaStream([track]) : null;
-  if (track) el.play().catch(() => {});
-}
 
 /** A short two-note chime (WebAudio, no sound file) when a hand goes up. */
 function chime() {
@@ -253,18 +248,7 @@ function showMedia() {
   for (const [id, tile] of tiles) attach(tile.video, videoOf.get(id) || null);
   renderStage(videoOf);
   const box = $("classroom-audio");
-  const audio = media.filter((m) => m.kind === "audio");
-  const keep = new Set(audio.map((m) => m.receiverTrack.id));
-  for (const el of [...box.children]) if (!keep.has(el.dataset.track)) el.remove();
-  for (const m of audio) {
-    if (box.querySelector(`audio[data-track="${CSS.escape(m.receiverTrack.id)}"]`)) continue;
-    const el = document.createElement("audio");
-    el.autoplay = true;
-    el.dataset.track = m.receiverTrack.id;
-    el.dataset.participant = m.participant || "";
-    box.append(el);
-    attach(el, m.receiverTrack);
-  }
+  syncAudio(box, media.filter((m) => m.kind === "audio"));
 }
 
 function renderStage(videoOf) {
