@@ -234,7 +234,7 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
     try:
         await weak.wait_frames(5)
         reply = await weak.ws.request({"type": "prefer", "video": False})
-        assert reply == {"type": "preferred", "ref": reply["ref"], "video": False}
+        assert reply == {"type": "preferred", "ref": reply["ref"], "video": False, "layer": "auto"}
         await asyncio.sleep(0.5)  # frames in flight
         frames, audio, others = len(weak.frames), weak.audio_frames, len(other.frames)
         stats = await server.stats(lesson)
