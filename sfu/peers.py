@@ -418,9 +418,6 @@ class Subscriber:
                 self._free(slot)
                 self.signals.send_tracks(self.track_map())
 
-    def receives(self, producer: Producer) -> bool:
-        return any(s.producer is producer for s in self.slots)
-
     def sync(self, wanted: list[Producer], among: list[Producer] | None = None) -> bool:
         """Receive the `wanted` producers and none of the others of `among` (None: of all it receives now),
         with one `tracks` message for the whole change (a wall page of 16 tiles is one message, not 32).
@@ -460,6 +457,8 @@ class Subscriber:
         if slot.consumer is not None:
             slot.resume = slot.consumer.resume_point()
             slot.consumer.close()
+        if slot.producer is not None and slot.producer.closed:
+            self.selectors.pop(slot.producer.id, None)  # a track that ended (kept while only paged away)
         slot.producer = slot.consumer = None
 
     def _bind(self, slot: Slot) -> None:
