@@ -78,8 +78,10 @@ class Ingress:
         self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if id(e[0].producer) not in gone}
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        to_stock = True
         try:
             received = self._demux(data)
+            to_stock = self._to_stock  # this packet's (the fan-out below lets other tasks run)
             if received is not None and not received[0].muted:
                 producer, packet = received
                 consumers = producer.consumers
@@ -93,7 +95,7 @@ class Ingress:
             self.errors += 1
             if self.errors % LOG_EVERY_N_ERRORS == 1:
                 log.exception("forwarding failed (%d so far)", self.errors)
-        if self._to_stock:
+        if to_stock:
             await self._original_rtp(data, arrival_time_ms)
 
     def _demux(self, data: bytes) -> tuple[Producer, Packet] | None:
