@@ -61,6 +61,7 @@ class Direction:
     _queue: deque = field(init=False, repr=False, default_factory=deque)
     _wake: asyncio.Event = field(init=False, repr=False, default_factory=asyncio.Event)
     _last_out: float = field(init=False, repr=False, default=0.0)
+    stopped: bool = field(init=False, repr=False, default=False)  # set by LinkShaper.close
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -112,7 +113,9 @@ class Direction:
         """Drain the queue at the rate: the head datagram leaves when its bits have been 'sent'."""
         loop = asyncio.get_running_loop()
         free_at = loop.time()  # when the link finished sending the previous datagram
-        while True:
+        # `stopped` ends the loop even if a cancellation is lost (Python 3.11's wait_for can swallow one that
+        # arrives as the wait completes)
+        while not self.stopped:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
@@ -228,9 +231,12 @@ class LinkShaper:
             self._transport.sendto(data, addr)
 
     async def close(self) -> None:
+        for direction in (self.up, self.down):
+            direction.stopped = True
+            direction._wake.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=2.0)
         if self._transport is not None:
             self._transport.close()
             self._transport = None

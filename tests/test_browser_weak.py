@@ -657,3 +657,4 @@ async def test_chromium_classroom_at_300_kbit_s_settles_on_the_low_layer_and_kee
             assert on_low >= 0.6, "it did not stay on the low layer"
             assert all(p["state"] in ("video", "trial") for p in polls), "video was taken away on a 300 kbit/s link"
             assert delta(first, last, "audio", "totalSamplesReceived") > 0.95 * 48000 * secs, "audio stopped"
+            shaper.down.set(rate_bps=None)  # the lesson ends on a free link
