@@ -624,11 +624,7 @@ class ForwardBench:
 
     def profile_forward(self, top: int = 25) -> str:
         """cProfile of one forward round (profiling overhead inflates the figures; read them as shares)."""
-        prof = cProfile.Profile()
-        self.forward(profile=prof)
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-        return out.getvalue()
+        return profile_round(self.forward, top)
 
     def close(self) -> None:
         if self._closed:
@@ -639,6 +635,15 @@ class ForwardBench:
         for sock in getattr(self, "socks", []):
             sock.close()
         self.sink.close()
+
+
+def profile_round(round_fn: Callable[..., Any], top: int = 25) -> str:
+    """cProfile of one round of `round_fn(profile=...)`, the `top` functions by own time, as text."""
+    prof = cProfile.Profile()
+    round_fn(profile=prof)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int = 1100, objects: bool = True,

@@ -39,9 +39,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import gc
-import io
 import os
-import pstats
 import random
 import socket
 import statistics
@@ -60,6 +58,7 @@ from sfu.simulcast_consumer import SimulcastConsumer
 from sfu.vp8 import vp8_parse_descriptor
 
 from .forward import (
+    profile_round,
     ABS_SEND_TIME_ID,
     AUDIO_LEVEL_NONE,
     CLASSROOMS_PLANNED,
@@ -690,11 +689,7 @@ class SimulcastBench:
         return {"simulcast_python_us": statistics.median(sim), "plain_python_us": statistics.median(pla)}
 
     def profile_simulcast(self, top: int = 25) -> str:
-        prof = cProfile.Profile()
-        self.simulcast(profile=prof)
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-        return out.getvalue()
+        return profile_round(self.simulcast, top)
 
     def close(self) -> None:
         if self._closed:

@@ -341,15 +341,23 @@ def longest_stall(samples: list[dict], kind: str, key: str) -> float:
     return max((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
 
 
-class PageWatch:
-    """Samples the page's own receive figures (getStats) every `every_s` in the background."""
+class _Poller:
+    """Takes a sample (a dict with its monotonic time "at") every `every_s` in the background, as an async
+    context manager; `wait` finds the first new sample that satisfies a predicate."""
 
-    def __init__(self, page, every_s: float = 0.15) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, page, every_s: float) -> None:  # type: ignore[no-untyped-def]
         self.page, self.every_s = page, every_s
         self.samples: list[dict] = []
         self._task: asyncio.Task | None = None
 
+    async def _sample(self) -> dict:
+        raise NotImplementedError
+
+    async def _prepare(self) -> None:
+        """Before the first sample."""
+
     async def __aenter__(self) -> Self:
+        await self._prepare()
         self._task = asyncio.ensure_future(self._run())
         while not self.samples:
             await asyncio.sleep(0.05)
@@ -362,7 +370,7 @@ class PageWatch:
 
     async def _run(self) -> None:
         while True:
-            s = await page_stats(self.page)
+            s = await self._sample()
             self.samples.append(s)
             await asyncio.sleep(max(0.0, self.every_s - (time.monotonic() - s["at"])))
 
@@ -373,7 +381,7 @@ class PageWatch:
     def between(self, start: float, end: float = float("inf")) -> list[dict]:
         return [s for s in self.samples if start <= s["at"] <= end]
 
-    async def wait(self, predicate: Callable[[dict], bool], timeout_s: float) -> dict:
+    async def wait(self, predicate: Callable[[dict], bool], timeout_s: float, what: str = "") -> dict:
         deadline = time.monotonic() + timeout_s
         start = len(self.samples)
         while time.monotonic() < deadline:
@@ -381,56 +389,46 @@ class PageWatch:
                 if predicate(s):
                     return s
             await asyncio.sleep(0.05)
-        raise AssertionError(f"not within {timeout_s} s; page: {self.latest}")
+        raise AssertionError(f"{what or 'not'} within {timeout_s} s: {self.samples[start:][-6:]}")
 
 
-class ServerWatch:
+class PageWatch(_Poller):
+    """Samples the page's own receive figures (getStats) every `every_s` in the background."""
+
+    def __init__(self, page, every_s: float = 0.15) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(page, every_s)
+
+    async def _sample(self) -> dict:
+        return await page_stats(self.page)
+
+
+class ServerWatch(_Poller):
     """Polls the lesson stats every 0.25 s in the background: this classroom's ladder (state, reason) and
     simulcast layer, and the latest receiver-report loss and REMB the server holds for each of its streams."""
 
     def __init__(self, page) -> None:  # type: ignore[no-untyped-def]
-        self.page = page
-        self.polls: list[dict] = []
-        self._task: asyncio.Task | None = None
+        super().__init__(page, 0.25)
 
-    async def __aenter__(self) -> Self:
+    @property
+    def polls(self) -> list[dict]:
+        return self.samples
+
+    async def _prepare(self) -> None:
         self.me = await self.page.evaluate("window.ketang.session.me.id")
-        self._task = asyncio.ensure_future(self._run())
-        while not self.polls:
-            await asyncio.sleep(0.05)
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            stats = await self.page.ketang_stats()
-            ladder = stats["video"].get(self.me, {})
-            consumers = stats["subscribers"].get(self.me) or []
-            self.polls.append({
-                "at": time.monotonic(), "state": ladder.get("state"), "reason": ladder.get("reason"),
+    async def _sample(self) -> dict:
+        stats = await self.page.ketang_stats()
+        ladder = stats["video"].get(self.me, {})
+        consumers = stats["subscribers"].get(self.me) or []
+        return {"at": time.monotonic(), "state": ladder.get("state"), "reason": ladder.get("reason"),
                 "simulcast": ladder.get("simulcast"), "video_bps": stats.get("video_bps"),
                 "loss": {c["kind"]: c["fraction_lost"] / 256 for c in consumers},
                 "remb": max((c["remb_bps"] or 0 for c in consumers), default=0),
-                "retransmits": sum(c["retransmits"] for c in consumers if c["kind"] == "video")})
-            await asyncio.sleep(0.25)
-
-    @property
-    def latest(self) -> dict:
-        return self.polls[-1]
+                "retransmits": sum(c["retransmits"] for c in consumers if c["kind"] == "video")}
 
     async def wait_state(self, states: tuple[str, ...], timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
-        start = len(self.polls)
-        while time.monotonic() < deadline:
-            for poll in self.polls[start:]:
-                if poll["state"] in states:
-                    return poll
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the server's ladder did not reach {states} in {timeout_s} s: {self.polls[start:][-6:]}")
+        return await self.wait(lambda p: p["state"] in states, timeout_s,
+                               f"the server's ladder did not reach {states}")
 
     def loss_over(self, kind: str, threshold: float, since: float) -> tuple[float, float]:
         """(the share of polls whose latest receiver report for `kind` showed more loss than `threshold`, the
