@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import av
 
+from .depacketize import vp8_dimensions
+
 log = logging.getLogger("ketang.recorder.media")
 
 # Preferred H.264 encoders, best first. libx264 ships in PyAV's wheels; "h264" is whatever FFmpeg maps
@@ -114,6 +116,9 @@ def make_poster(src: Path, dst: Path, at_s: float = POSTER_AT_S) -> Path:
         if not container.streams.video:
             raise MediaError(f"{src.name} has no video stream")
         stream = container.streams.video[0]
+        # a recording that followed a simulcast camera's layers has frames of several sizes: the poster
+        # has the file's (its track header's), whichever smaller layer the key frame came from
+        size = (stream.codec_context.width, stream.codec_context.height)
         frame = None
         if at_s > 0:
             try:
@@ -126,12 +131,14 @@ def make_poster(src: Path, dst: Path, at_s: float = POSTER_AT_S) -> Path:
             frame = _first_keyframe(container, stream)
         if frame is None:
             raise MediaError(f"{src.name} has no decodable keyframe")
-    _write_image(frame, dst)
+    # (a key frame larger than the header's size keeps its own: a file that started on a small layer)
+    _write_image(frame, dst, size if all(size) and size[0] * size[1] >= frame.width * frame.height else None)
     return dst
 
 
-def _write_image(frame: av.VideoFrame, dst: Path) -> None:
-    width, height = frame.width, frame.height
+def _write_image(frame: av.VideoFrame, dst: Path, size: tuple[int, int] | None = None) -> None:
+    """``size``: the picture's size whatever the frame's (a simulcast recording changes size mid-file)."""
+    width, height = size or (frame.width, frame.height)
     if width > POSTER_MAX_WIDTH_PX:
         height = max(2, round(height * POSTER_MAX_WIDTH_PX / width / 2) * 2)
         width = POSTER_MAX_WIDTH_PX
@@ -190,7 +197,7 @@ def _transcode(inp: av.container.InputContainer, out: av.container.OutputContain
     ain = inp.streams.audio[0] if inp.streams.audio else None
     if vin is None and ain is None:
         raise MediaError("nothing to export: no audio or video stream")
-    vout = _add_video(out, vin) if vin else None
+    vout = _add_video(out, vin, _largest_vp8_size(inp, vin)) if vin else None
     aout = out.add_stream(AUDIO_ENCODER, rate=AUDIO_RATE_HZ) if ain else None
     if aout is not None:
         aout.bit_rate = AUDIO_BITRATE_BPS
@@ -238,15 +245,37 @@ def _video_pts(frame: av.VideoFrame) -> int | None:
     return round(frame.pts * frame.time_base / VIDEO_TIME_BASE)
 
 
-def _add_video(out: av.container.OutputContainer, vin: av.VideoStream) -> av.VideoStream:
+def _largest_vp8_size(inp: av.container.InputContainer, vin: av.VideoStream) -> tuple[int, int] | None:
+    """The largest frame size among a VP8 stream's key frames (read from their headers: demuxing, no
+    decoding), then back to the start. A recording that followed a simulcast camera's layers changes size at
+    key frames, and its track header only has the first size."""
+    if vin.codec_context.name != "vp8":
+        return None
+    best: tuple[int, int] | None = None
+    try:
+        for packet in inp.demux(vin):
+            if packet.is_keyframe and packet.size:
+                size = vp8_dimensions(bytes(packet))
+                if size and (best is None or size[0] * size[1] > best[0] * best[1]):
+                    best = size
+    except av.error.FFmpegError:
+        pass  # the torn end of a file: the sizes before it
+    inp.seek(0)
+    return best
+
+
+def _add_video(out: av.container.OutputContainer, vin: av.VideoStream,
+               size: tuple[int, int] | None = None) -> av.VideoStream:
+    """The output video stream: ``size`` (else the input's header size); every frame is scaled to it."""
     name = video_encoder()
     if name == "mpeg4":
         log.warning("no H.264 encoder in this PyAV build: exporting MPEG-4 Part 2 video instead")
     stream = out.add_stream(name, rate=NOMINAL_FPS)
     cc = vin.codec_context
+    width, height = size or (cc.width, cc.height)
     # 4:2:0 needs even dimensions
-    stream.width = max(2, (cc.width or 2) // 2 * 2)
-    stream.height = max(2, (cc.height or 2) // 2 * 2)
+    stream.width = max(2, (width or 2) // 2 * 2)
+    stream.height = max(2, (height or 2) // 2 * 2)
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = VIDEO_TIME_BASE
     stream.time_base = VIDEO_TIME_BASE
