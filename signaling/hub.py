@@ -44,6 +44,7 @@ class Hub:
         self.store = store
         self.catalog = catalog  # the resource library; None: lessons are not recorded
         self.recorders: dict[str, LessonRecorder] = {}
+        self.recorded: dict[str, dict] = {}  # a finished recording's summary, for the lesson's record.json
         self.not_recorded: set[str] = set()  # lessons whose teacher switched recording off
         self.routers: dict[str, Router] = {}
         self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
@@ -239,6 +240,12 @@ class Hub:
         if recorder is not None:
             try:
                 recorder.close()
+                main = recorder.stats()["main"]
+                if main is not None:  # for the lesson's record: how the camera's recording followed its layers
+                    video = next((t for t in main["tracks"] if t["kind"] == "video"), {})
+                    self.recorded[lesson_id] = {"duration_s": main["duration_s"],
+                                                "layer_switches": main["layer_switches"],
+                                                "layer_timeline": video.get("layer_timeline", [])}
             except Exception:  # noqa: BLE001
                 log.exception("could not finish the recording of lesson %s", lesson_id)
 
@@ -249,7 +256,11 @@ class Hub:
             return
         try:
             now = time.time()
-            self.catalog.save_lesson_record(lesson_id, inter.record(now),
+            record = inter.record(now)
+            recording = self.recorded.pop(lesson_id, None)
+            if recording is not None:
+                record["recording"] = recording
+            self.catalog.save_lesson_record(lesson_id, record,
                                             inter.attendance.to_csv(now, inter.hands, inter.stage),
                                             inter.chat.transcript_csv())
         except Exception:  # noqa: BLE001 - the record is an extra; the lesson's end must go on

@@ -328,6 +328,9 @@ async def test_the_lessons_record_stays_with_its_library_entry_after_the_end(ser
         assert "我们听得很清楚" in chat
         assert [t["participant"] for t in record["stage_timeline"]] == [a.id]
         assert record["stage_timeline"][0]["off_at"] is None  # still on stage when the lesson ended
+        # the main recording's summary: one camera stream (this teacher sends no simulcast), never switched
+        assert record["recording"]["duration_s"] > 1.0, record.get("recording")
+        assert record["recording"]["layer_switches"] == 0 and record["recording"]["layer_timeline"] == []
     finally:
         await hang_up(teacher, *([a.tx] if a.tx else []))
         await a.ws.close()
