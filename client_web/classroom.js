@@ -7,6 +7,7 @@
 import { ClassroomSession, ProtocolError, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 import { attach, syncAudio } from "./media.js";
+import { submitChat } from "./chat.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
@@ -227,14 +228,8 @@ function renderChatMode() {
 }
 
 async function sendChat(e) {
-  e.preventDefault();
-  const input = $("chat-input");
-  const text = input.value.trim();
-  if (!text || !session) return;
-  $("chat-send").disabled = true;
   try {
-    await session.chat(text);
-    input.value = "";
+    await submitChat(e, session, $("chat-input"), $("chat-send"));
   } catch (err) {
     banner(errorText(err), "warn");
     setTimeout(() => { if ($("banner").textContent === errorText(err)) banner(""); }, RECONNECTED_NOTE_MS);

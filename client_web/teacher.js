@@ -5,6 +5,7 @@
 import { ProtocolError, TeacherSession, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 import { attach, syncAudio } from "./media.js";
+import { submitChat } from "./chat.js";
 
 const STATS_INTERVAL_MS = 2000;
 const ATTENDANCE_INTERVAL_MS = 5000;
@@ -370,20 +371,13 @@ function renderChat() {
 }
 
 async function sendChat(e) {
-  e.preventDefault();
-  const input = $("chat-input");
-  const text = input.value.trim();
-  if (!text || !session) return;
-  $("chat-send").disabled = true;
   try {
-    await session.chat(text);
-    input.value = "";
-    notice("");
+    if (await submitChat(e, session, $("chat-input"), $("chat-send"))) notice("");
   } catch (err) {
     notice(errorText(err));
   } finally {
     $("chat-send").disabled = false;
-    input.focus();
+    $("chat-input").focus();
   }
 }
 
