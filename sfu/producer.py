@@ -32,7 +32,7 @@ class Packet:
     """One incoming media packet, shared by every consumer and by the cache (never copied per subscriber)."""
 
     __slots__ = ("ext_seq", "ts", "marker", "payload", "arrival", "keyframe", "audio_level",
-                 "tail", "tail_layout", "tail_ast")
+                 "tail", "tail_layout", "tail_ast", "vp8")
 
     def __init__(self, ext_seq: int, ts: int, marker: int, payload: bytes, arrival: float, keyframe: bool,
                  audio_level: int) -> None:
@@ -48,6 +48,9 @@ class Packet:
         self.tail = b""
         self.tail_layout: object = None
         self.tail_ast = b""
+        # the VP8 numbering fields (sfu.vp8.vp8_numbering; () when there are none), parsed once by the first
+        # simulcast subscriber that renumbers this packet and shared by the others; None: not parsed yet
+        self.vp8: tuple | None = None
 
 
 class Producer:

@@ -135,9 +135,14 @@ class ExtensionLayout:
     at the fixed offsets (from the start of the block) this layout records.
     """
 
-    __slots__ = ("block", "abs_send_time_at", "audio_level_at", "_template")
+    __slots__ = ("block", "abs_send_time_at", "audio_level_at", "_template", "_stamped", "_stamped_ast",
+                 "_stamped_level")
 
     def __init__(self, mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int) -> None:
+        # the newest stamped block (see ``stamped``) and what it was stamped with
+        self._stamped = b""
+        self._stamped_ast: bytes | None = None
+        self._stamped_level = -1
         body = bytearray()
         self.abs_send_time_at = -1
         self.audio_level_at = -1
@@ -175,3 +180,21 @@ class ExtensionLayout:
         if self.audio_level_at >= 0:
             t[self.audio_level_at] = audio_level
         return bytes(t) + payload
+
+    def stamped(self, abs_send_time: bytes, audio_level: int) -> bytes:
+        """This layout's extension block stamped as ``tail`` stamps it (the bytes ``tail`` puts before the payload),
+        for a sender that joins the packet from pieces. The newest one is kept: the subscribers with this layout in
+        one fan-out (same ``abs_send_time`` object) share it."""
+        if abs_send_time is self._stamped_ast and audio_level == self._stamped_level:
+            return self._stamped
+        if not self.block:
+            return b""
+        t = self._template
+        if self.abs_send_time_at >= 0:
+            at = self.abs_send_time_at
+            t[at:at + 3] = abs_send_time
+        if self.audio_level_at >= 0:
+            t[self.audio_level_at] = audio_level
+        block = self._stamped = bytes(t)
+        self._stamped_ast, self._stamped_level = abs_send_time, audio_level
+        return block

@@ -19,7 +19,9 @@ from .consumer import OUTPUT_SEQ_START_MAX, RESUME_SEQ_JUMP, Consumer, ResumePoi
 from .producer import Packet, Producer
 from .rtp import RTP_HEADER, ExtensionLayout, abs_send_time_bytes, ntp_from_unix
 from .seams import sender_set_report_counters
+from .seqmap import TS_MASK
 from .simulcast_switch import LayerSwitcher, Out
+from .vp8 import vp8_numbering
 
 
 class _LayerTap:
@@ -79,8 +81,61 @@ class SimulcastConsumer(Consumer):
             return
         if self._send is None and not self._start(packet):
             return
-        now = self._clock()
         switcher = self.switcher
+        seg = switcher.steady
+        ext_seq = packet.ext_seq
+        if seg is not None and layer == seg.layer and ext_seq > seg.last_in and packet.payload:
+            # steady state: a new packet of the layer being forwarded, nothing awaited or held. What push ->
+            # _forward -> Vp8Rewriter.rewrite -> _send_out do for it, without the Out, the list, the segment
+            # scan, the overdue check and a clock read (the packet's arrival is the time: same fan-out)
+            numbering = None
+            if switcher._vp8:
+                numbering = packet.vp8
+                if numbering is None:
+                    numbering = packet.vp8 = vp8_numbering(packet.payload) or ()  # once per input packet
+                if numbering and switcher.rewriter._current is not seg:
+                    numbering = None
+                    seg = None  # the segment's numbering starts here (a rebase): the full path
+            if seg is not None:
+                seq = seg.seq.forward(ext_seq)
+                if seq is None:
+                    return
+                nums = switcher.rewriter.renumber(numbering) if numbering else None
+                out_ts = (packet.ts + seg.ts_offset) & TS_MASK
+                marker = packet.marker
+                seg.last_in = ext_seq
+                if out_ts != switcher._last_ts:
+                    switcher._last_ts = out_ts
+                    switcher._frame_arrival = packet.arrival
+                switcher._frame_open = not marker
+                switcher.forwarded += 1
+                layout = self._ext
+                header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq & 0xFFFF, out_ts,
+                                         self.ssrc)
+                if nums is None:
+                    if packet.tail_layout is layout and packet.tail_ast is ast:
+                        tail = packet.tail  # built by an earlier subscriber in this fan-out
+                    else:
+                        tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
+                        packet.tail_layout, packet.tail_ast = layout, ast
+                    self._send(self._protect(header + tail))
+                    self.octets_out += len(packet.payload)
+                else:
+                    # this subscriber's picture ids: one copy, header + extension block + the descriptor's first
+                    # bytes + the new numbers + the rest of the payload (a view shared by every subscriber)
+                    _, _, _, _, head, rest, grow = numbering  # type: ignore[misc]
+                    if layout._stamped_ast is ast and layout._stamped_level == packet.audio_level:
+                        block = layout._stamped  # stamped by an earlier subscriber in this fan-out
+                    else:
+                        block = layout.stamped(ast, packet.audio_level)
+                    self._send(self._protect(b"".join((header, block, head, nums, rest))))
+                    self.octets_out += len(packet.payload) + grow
+                self.packets_out += 1
+                self.errors = 0
+                # newer than everything sent before (newer than the open segment's newest; older segments map lower)
+                self._last_out = (seq, out_ts, packet.arrival)
+                return
+        now = self._clock()
         switching = switcher.waiting is not None
         for out in switcher.push(layer, packet.ext_seq, packet.ts, packet.marker, packet.keyframe,
                                  packet.payload, now):
@@ -93,16 +148,18 @@ class SimulcastConsumer(Consumer):
 
     def _send_out(self, out: Out, packet: Packet, ast: bytes, now: float) -> None:
         layout = self._ext
+        header = RTP_HEADER.pack(self._first_byte, (out.marker << 7) | self.payload_type, out.seq & 0xFFFF, out.ts,
+                                 self.ssrc)
         if out.payload is packet.payload:
             if packet.tail_layout is layout and packet.tail_ast is ast:
                 tail = packet.tail  # built by an earlier subscriber in this fan-out
             else:
                 tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
                 packet.tail_layout, packet.tail_ast = layout, ast
-        else:
-            tail = layout.tail(ast, packet.audio_level, out.payload)  # this subscriber's picture ids
-        self._send(self._protect(RTP_HEADER.pack(self._first_byte, (out.marker << 7) | self.payload_type,
-                                                 out.seq & 0xFFFF, out.ts, self.ssrc) + tail))
+            data = header + tail
+        else:  # this subscriber's picture ids: one copy
+            data = b"".join((header, layout.stamped(ast, packet.audio_level), out.payload))
+        self._send(self._protect(data))
         self.packets_out += 1
         self.octets_out += len(out.payload)
         self.errors = 0

@@ -79,6 +79,10 @@ class LayerSwitcher:
         self._open: _Segment | None = None
         self.target = target
         self.waiting: int | None = target  # the layer whose key frame start is awaited (None: not switching)
+        # the open segment while nothing is awaited or held (waiting is None, so nothing pending): its layer's
+        # packets newer than its last_in may take a caller's fast path (SimulcastConsumer.forward_layer), which
+        # does what push does for them; None while switching or before the first key frame
+        self.steady: _Segment | None = None
         self._asked_at: float | None = None
         self._pending: list[tuple[int, int, int, bytes, float]] = []  # target packets held: seq, ts, m, pl, at
         self._pending_since = 0.0
@@ -110,8 +114,10 @@ class LayerSwitcher:
         self._pending.clear()
         if layer == self.current:
             self.waiting = None
+            self.steady = self._open
             return False
         self.waiting = layer
+        self.steady = None
         self._asked_at = now
         return True
 
@@ -222,6 +228,7 @@ class LayerSwitcher:
             del self._segments[0]
         self._open = seg
         self.waiting = None
+        self.steady = seg
         self._frame_arrival = first_at
         for ext_seq, ts, marker, payload, at in pending:
             self._forward(layer, ext_seq, ts, marker, payload, at, out)

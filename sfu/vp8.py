@@ -18,6 +18,8 @@ The VP8 payload header (RFC 7741 section 4.3) follows; its first octet's low bit
 
 from __future__ import annotations
 
+import struct
+
 _X = 0x80  # first octet: extended control bits present
 _S = 0x10  # first octet: start of a VP8 partition
 _PID = 0x07  # first octet: partition index (3 bits; 0x08 is reserved)
@@ -202,6 +204,33 @@ def _numbering(payload: bytes) -> tuple[int, int, int, int, int] | None:
     return pid, pid_at, long, tl0_at, tid
 
 
+Vp8Numbering = tuple[int, int, int, int, bytes, memoryview, int]
+
+
+def vp8_numbering(payload: bytes) -> Vp8Numbering | None:
+    """The numbering fields of one input packet, parsed once and shared by every subscriber that forwards it
+    (``sfu.producer.Packet.vp8``): (picture id or -1, 1 if 15-bit, TL0PICIDX or -1, TID or -1, the descriptor
+    bytes before the picture id (always the first two), the payload after the numbering fields (a view, not a
+    copy), how many bytes the output grows by (1 when a 7-bit picture id is widened)). None when there is
+    nothing to renumber or the descriptor is cut short (as for ``Vp8Rewriter.rewrite``). Never raises."""
+    fields = _numbering(payload)
+    if fields is None:
+        return None
+    pid, _, long, tl0_at, tid = fields
+    end = 2
+    if pid >= 0:
+        end = 4 if long else 3
+    tl0 = -1
+    if tl0_at >= 0:
+        tl0 = payload[tl0_at]
+        end = tl0_at + 1
+    return pid, long, tl0, tid, bytes(payload[:2]), memoryview(payload)[end:], int(pid >= 0 and not long)
+
+
+_PID_TL0 = struct.Struct("!HB")
+_PID16 = struct.Struct("!H")
+
+
 class _Source:
     """One source's numbering as seen by a Vp8Rewriter: its picture ids unwrapped, and its offsets."""
 
@@ -243,11 +272,12 @@ class Vp8Rewriter:
     only their TL0PICIDX (if any) rewritten; without either they are returned unchanged. Never raises.
     """
 
-    __slots__ = ("_sources", "_current", "_last_pid", "_last_tl0", "rebases")
+    __slots__ = ("_sources", "_current", "_current_src", "_last_pid", "_last_tl0", "rebases")
 
     def __init__(self) -> None:
         self._sources: dict[object, _Source] = {}
         self._current: object = None
+        self._current_src: _Source | None = None  # _sources[_current]
         self._last_pid: int | None = None  # newest output PictureID (15 bits)
         self._last_tl0: int | None = None  # newest output TL0PICIDX
         self.rebases = 0
@@ -300,7 +330,53 @@ class Vp8Rewriter:
         while len(self._sources) > REWRITER_MAX_SOURCES:
             del self._sources[next(iter(self._sources))]
         self._current = source
+        self._current_src = src
         return src
+
+    @property
+    def current_source(self) -> object:
+        """The source the live stream is numbered from (what ``renumber`` applies to)."""
+        return self._current
+
+    def renumber(self, numbering: Vp8Numbering) -> bytes | None:
+        """``rewrite`` for the current source (``current_source``), from the packet's parsed numbering
+        (``vp8_numbering``, computed once per input packet): the same state changes, and the output's
+        numbering bytes — what replaces ``payload[2:numbering end]``, the 15-bit PictureID and/or TL0PICIDX —
+        or None when the payload goes out unchanged (shared, no copy). The caller checks ``current_source``."""
+        pid_in, long, tl0_in, _, _, _, _ = numbering
+        src = self._current_src
+        pid = tl0 = -1
+        if pid_in >= 0:
+            if long:
+                # Source.unwrap(pid_in, True, True): the output only depends on pid_in mod 2**15
+                last = src.pid_ext  # type: ignore[union-attr]
+                if last is None:
+                    src.pid_ext = pid_in  # type: ignore[union-attr]
+                else:
+                    diff = (pid_in - last) & PICTURE_ID_MASK
+                    if 0 < diff < PICTURE_ID_MOD // 2:
+                        src.pid_ext = last + diff  # type: ignore[union-attr]
+                pid = (pid_in + src.pid_offset) & PICTURE_ID_MASK  # type: ignore[union-attr]
+            else:
+                pid = (src.unwrap(pid_in, False, True) + src.pid_offset) & PICTURE_ID_MASK  # type: ignore[union-attr]
+            last_pid = self._last_pid
+            if last_pid is None or 0 < (pid - last_pid) & PICTURE_ID_MASK < PICTURE_ID_MOD // 2:
+                self._last_pid = pid
+        if tl0_in >= 0:
+            tl0 = (tl0_in + src.tl0_offset) & 0xFF  # type: ignore[union-attr]
+            last_tl0 = self._last_tl0
+            if last_tl0 is None or 0 < (tl0 - last_tl0) & 0xFF < TL0PICIDX_MOD // 2:
+                self._last_tl0 = tl0
+            if pid >= 0:
+                if long and pid == pid_in and tl0 == tl0_in:
+                    return None
+                return _PID_TL0.pack(pid | 0x8000, tl0)
+            if tl0 == tl0_in:
+                return None
+            return bytes((tl0,))
+        if long and pid == pid_in:
+            return None
+        return _PID16.pack(pid | 0x8000)
 
     def _write(self, payload: bytes, fields: tuple[int, int, int, int, int], src: _Source, live: bool) -> bytes:
         pid_in, pid_at, long, tl0_at, _ = fields

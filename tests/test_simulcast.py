@@ -13,6 +13,7 @@ import asyncio
 import random
 import struct
 import time
+import types
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -23,7 +24,15 @@ from aiortc.codecs import depayload, get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from bench.simulcast import OutputCheck
 from recorder.depacketize import vp8_dimensions
+from sfu import consumer as consumer_mod
+from sfu import producer as producer_mod
+from sfu import simulcast_consumer as simulcast_consumer_mod
+from sfu.consumer import ResumePoint
+from sfu.producer import Producer
+from sfu.rtp import RTP_HEADER, RTP_HEADER_LEN, ExtensionLayout
+from sfu.simulcast_consumer import SimulcastConsumer
 from sfu.simulcast import BITRATE_WINDOW_S, LAYER_IDLE_S, LayerDemux
 from sfu.simulcast_sdp import (
     MAX_LAYERS,
@@ -894,6 +903,305 @@ def test_garbage_never_makes_the_switcher_raise_or_give_one_sequence_number_to_t
         sw.lookup(rng.getrandbits(16))
         sw.resend(layer, newest[layer] - rng.randrange(50), 0, payload)
     assert sw.switches > 10 and len(seen) > 1000
+
+
+# -- SimulcastConsumer: the steady-state fast path does what the full path does ------------------------------------
+
+SUB_SSRC, SUB_RTX_SSRC, SUB_PT, SUB_RTX_PT = 0x5151, 0x5252, 96, 97
+BLOCK = len(ExtensionLayout("1", 1, 3, 0).block)  # the extension block the tests' subscriber gets
+
+
+class _Layer:
+    """One layer's VP8 stream for the consumer tests: own seq, ts, PictureID (15- or 7-bit), TL0PICIDX (L1T3)."""
+
+    def __init__(self, index: int, per_frame: int, seq: int, pid: int, short_pid: bool = False) -> None:
+        self.index, self.per_frame, self.seq, self.pid, self.tl0 = index, per_frame, seq & 0xFFFF, pid, 10 * index
+        self.short = short_pid
+        self.short_from: int | None = None  # from this picture on, 7-bit picture ids
+        self.ts = 1000 * (index + 1)
+        self.since_key = -1
+
+    def frame(self, key: bool, pad: bool = False) -> list[tuple[int, int, int, bytes]]:
+        """(seq16, ts, marker, payload) of the next frame (``pad``: a padding packet after its first)."""
+        if self.short_from is not None and self.pid >= self.short_from:
+            self.short = True
+        self.since_key = 0 if key else self.since_key + 1
+        tid = L1T3[self.since_key % 4]
+        if tid == 0:
+            self.tl0 = (self.tl0 + 1) & 0xFF
+        pid = self.pid & (0x7F if self.short else 0x7FFF)
+        out = []
+        for i in range(self.per_frame):
+            head = bytes((0x90 if i == 0 else 0x80, 0xE0))
+            numbers = bytes((pid,)) if self.short else bytes((0x80 | pid >> 8, pid & 0xFF))
+            vp8 = bytes(((0x00 if key else 0x01) if i == 0 else 0x5A,)) + bytes((self.index, i)) * 20
+            out.append((self.seq, self.ts, int(i == self.per_frame - 1),
+                        head + numbers + bytes((self.tl0, tid << 6)) + vp8))
+            self.seq = (self.seq + 1) & 0xFFFF
+            if pad and i == 0:
+                out.append((self.seq, self.ts, 0, b""))
+                self.seq = (self.seq + 1) & 0xFFFF
+        self.pid += 1
+        self.ts = (self.ts + 3000) & 0xFFFFFFFF
+        return out
+
+
+def _stream(frames: int, keys: dict[int, set[int]] | None = None, seqs=(100, 200, 300), short=(False, False, False),
+            per_frame=(1, 2, 3), pads: dict[int, set[int]] | None = None, short_from: int | None = None) -> list[tuple]:
+    """Events ("rtp", layer, seq16, ts, marker, payload, frame): the layers' frames interleaved as a pacer sends
+    them; every layer starts with a key frame, ``keys[layer]`` are further key frames, ``pads[layer]`` the frames
+    with a padding packet after their first packet."""
+    keys, pads = keys or {}, pads or {}
+    layers = [_Layer(i, per_frame[i], seqs[i], 1000 + 7000 * i if not short[i] else 100 + 3 * i, short[i])
+              for i in range(3)]
+    if short_from is not None:
+        layers[1].short_from = layers[1].pid + short_from
+    events = []
+    for n in range(frames):
+        rows = [layer.frame(n == 0 or n in keys.get(layer.index, ()), n in pads.get(layer.index, ()))
+                for layer in layers]
+        for k in range(max(len(r) for r in rows)):
+            for layer, r in zip(layers, rows):
+                if k < len(r):
+                    events.append(("rtp", layer.index, *r[k], n))
+    return events
+
+
+def _at(events: list[tuple], layer: int, frame: int, first: bool = True) -> int:
+    """Index of the first (or last) packet of a layer's frame."""
+    found = [k for k, e in enumerate(events) if e[0] == "rtp" and e[1] == layer and e[6] == frame]
+    return found[0] if first else found[-1]
+
+
+def _fixed_ast(now_s: float | None = None) -> bytes:
+    return (0x123456).to_bytes(3, "big")  # a new object each call, as abs_send_time_bytes gives
+
+
+def run_consumer(events: list[tuple], fast: bool = True, next_seq: int = 500, start_layer: int = 1) -> dict:
+    """Feed ``events`` to one SimulcastConsumer on three layer Producers; what it sent (plaintext, RTX
+    included), the key frames it asked for, its state, and the NACK mapping of every output. ``fast=False``:
+    the fast path is off (``LayerSwitcher.steady`` always None), so every packet takes the full path."""
+    pushes = [0]
+    real_push = LayerSwitcher.push
+
+    def counting_push(self, *args):
+        pushes[0] += 1
+        return real_push(self, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        for mod in (producer_mod, consumer_mod, simulcast_consumer_mod):
+            mp.setattr(mod, "abs_send_time_bytes", _fixed_ast)
+        mp.setattr(LayerSwitcher, "push", counting_push)
+        if not fast:
+            mp.setattr(LayerSwitcher, "steady", property(lambda self: None, lambda self, value: None), raising=False)
+        clock = test_forwarding.FakeClock()
+        plis: list[tuple[int, float]] = []
+        producers = [Producer("cam" if i == 0 else f"cam~{i}", "video", "vp8", VIDEO_CLOCK,
+                              send_pli=lambda ssrc: plis.append((ssrc, clock.now)), clock=clock) for i in range(3)]
+        for i, p in enumerate(producers):
+            p.ssrc = 0xA0 + i
+        producers[0].layers = list(producers)
+        sender = types.SimpleNamespace(_ssrc=SUB_SSRC, _rtx_ssrc=SUB_RTX_SSRC, _handle_rtcp_packet=None)
+        layout = ExtensionLayout("1", 1, 3, 0)
+        assert len(layout.block) == BLOCK
+        c = SimulcastConsumer(producers[0], sender, SUB_PT, SUB_RTX_PT, layout, clock=clock,  # type: ignore[arg-type]
+                              resume=ResumePoint(next_seq, 0x7000, clock(), 40), start_layer=start_layer)
+        sent: list[bytes] = []
+        c._protect = lambda data: (sent.append(bytes(data)), data)[1]
+        c._send = lambda data: None
+        c._started = True
+        resumes = []
+        for ev in events:
+            kind = ev[0]
+            clock.advance(0.002)
+            if kind == "rtp":
+                _, layer, seq16, ts, marker, payload, _ = ev
+                producers[layer].on_packet(seq16, ts, marker, payload, 0x7F)
+            elif kind == "layer":
+                c.set_layer(ev[1])
+            elif kind == "nack":  # the last ev[1] media packets sent, and numbers never sent
+                media = [s for s in sent if s[1] & 0x7F == SUB_PT]
+                lost = [RTP_HEADER.unpack_from(s)[2] for s in media[-ev[1]:]]
+                c.on_nack(lost + [(lost[-1] + 5) & 0xFFFF])
+            elif kind == "pause":
+                c.pause()
+            elif kind == "unpause":
+                c.unpause()
+            elif kind == "resume":
+                resumes.append(c.resume_point())
+        media = [s for s in sent if s[1] & 0x7F == SUB_PT]
+        lookups = [c.switcher.lookup(RTP_HEADER.unpack_from(s)[2]) for s in media]
+        return {"sent": sent, "media": media, "plis": plis, "lookups": lookups, "pushes": pushes[0],
+                "resume": c.resume_point(), "resumes": resumes, "stats": c.stats(),
+                "switcher": c.switcher.stats(), "packets_out": c.packets_out, "octets_out": c.octets_out,
+                "pid": c.switcher.rewriter.last_picture_id, "tl0": c.switcher.rewriter.last_tl0picidx,
+                "rebases": c.switcher.rewriter.rebases}
+
+
+def assert_fast_path_matches(events: list[tuple], **kw) -> tuple[dict, dict]:
+    fast, slow = run_consumer(events, True, **kw), run_consumer(events, False, **kw)
+    for k, (a, b) in enumerate(zip(fast["sent"], slow["sent"])):
+        assert a == b, f"packet {k} differs"
+    assert len(fast["sent"]) == len(slow["sent"])
+    for key in ("plis", "lookups", "resume", "resumes", "stats", "switcher", "packets_out", "octets_out", "pid",
+                "tl0", "rebases"):
+        assert fast[key] == slow[key], key
+    # the fast path was taken: most packets never went through push
+    assert fast["pushes"] < 0.6 * slow["pushes"], (fast["pushes"], slow["pushes"])
+    return fast, slow
+
+
+def checked(media: list[bytes]) -> OutputCheck:
+    check = OutputCheck()
+    for pkt in media:
+        check.add(pkt)
+    return check
+
+
+def test_the_fast_path_sends_what_the_full_path_sends_through_switches_up_and_down() -> None:
+    events = _stream(40, keys={0: {12, 30}, 1: {25}, 2: {7, 19}})
+    events.insert(_at(events, 1, 3) + 1, ("layer", 2))
+    events.insert(_at(events, 2, 10), ("layer", 0))
+    events.insert(_at(events, 0, 20), ("layer", 1))
+    fast, _ = assert_fast_path_matches(events)
+    check = checked(fast["media"])
+    assert check.errors() == 0 and fast["switcher"]["switches"] == 3, fast["switcher"]
+    assert None not in fast["lookups"]  # every output maps back
+
+
+def test_a_switch_asked_while_in_the_fast_path_waits_for_the_key_frame_then_continues_the_numbers() -> None:
+    # set_layer in the middle of a layer-1 frame (fast path); the layer-2 key frame starts while a layer-1
+    # frame is half sent: that frame is finished first, then layer 2 from its key frame on
+    events = _stream(20, keys={2: {9}})
+    events.insert(_at(events, 1, 5) + 1, ("layer", 2))
+    events.insert(_at(events, 1, 5) + 1, ("resume",))
+    fast, _ = assert_fast_path_matches(events)
+    check = checked(fast["media"])
+    assert check.errors() == 0, (check.seq_gaps, check.picture_id_breaks, check.tl0_breaks, check.cut_frames)
+    assert fast["switcher"]["switches"] == 1 and fast["stats"]["layer"] == 2
+    assert [ssrc for ssrc, _ in fast["plis"]] == [0xA2]
+    # layer 1's frames 0-9 (its frame 9 was half sent when layer 2's key frame 9 started: finished first), then
+    # layer 2's frames 9-19
+    assert len(fast["media"]) == 2 * 10 + 3 * 11
+
+
+def test_late_packets_after_a_switch_fill_their_own_holes_or_are_dropped() -> None:
+    # 1 -> 2 at layer 2's key frame 9, back to 1 at layer 1's key frame 25. Arriving late (after frame 31):
+    # a layer-1 packet of frame 3 (its first segment: fills its hole there), one of frame 12 (layer 2 was sent
+    # then: dropped) and one of frame 28 (the open segment, reordered: fills its hole)
+    events = _stream(36, keys={1: {25}, 2: {9}})
+    events.insert(_at(events, 1, 4), ("layer", 2))
+    events.insert(_at(events, 2, 20), ("layer", 1))
+    late = [events[_at(events, 1, f, first=False)] for f in (3, 12, 28)]
+    events = [e for e in events if all(e is not x for x in late)]
+    cut = _at(events, 0, 32)
+    events[cut:cut] = late
+    fast, _ = assert_fast_path_matches(events)
+    seqs = [RTP_HEADER.unpack_from(p)[2] for p in fast["media"]]
+    assert sorted(seqs) == list(range(500, 500 + len(seqs)))  # the holes filled, no number used twice
+    assert fast["switcher"]["switches"] == 2
+    late_out = [k for k in range(1, len(seqs)) if seqs[k] < max(seqs[:k])]
+    assert [fast["lookups"][k] for k in late_out] == [(1, 65536 + 200 + 2 * 3 + 1), (1, 65536 + 200 + 2 * 28 + 1)]
+
+
+def test_the_fast_path_across_input_and_output_sequence_wraps() -> None:
+    # layer 1's input seq wraps 65535 -> 0, and the output (started at 65530) wraps, in the fast path
+    events = _stream(30, seqs=(100, 65530, 65500))
+    fast, _ = assert_fast_path_matches(events, next_seq=65530)
+    seqs = [RTP_HEADER.unpack_from(p)[2] for p in fast["media"]]
+    assert 0 in seqs and 65535 in seqs and all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
+    assert checked(fast["media"]).errors() == 0
+    assert fast["lookups"][-1] == (1, 65536 + 65530 + 2 * 30 - 1)
+
+
+def test_a_7_bit_picture_id_is_widened_in_the_fast_path_and_counted_past_127() -> None:
+    # layer 1 numbers its pictures with 7 bits from 103: past 127 they wrap; the output keeps counting, 15 bits
+    events = _stream(60, short=(False, True, False))
+    fast, _ = assert_fast_path_matches(events)
+    pids = [vp8_parse_descriptor(p[RTP_HEADER_LEN + BLOCK:]).picture_id for p in fast["media"]]
+    assert checked(fast["media"]).errors() == 0 and max(pids) > 127
+    inputs = [e for e in events if e[0] == "rtp" and e[1] == 1]
+    assert len(fast["media"][-1]) == RTP_HEADER_LEN + BLOCK + len(inputs[-1][5]) + 1  # widened: one byte more
+    assert fast["octets_out"] == sum(len(e[5]) + 1 for e in inputs)
+
+
+def test_switches_to_and_from_layers_with_7_bit_picture_ids() -> None:
+    events = _stream(50, keys={0: {10, 30}, 2: {20}}, short=(True, False, True))
+    events.insert(_at(events, 1, 4) + 1, ("layer", 0))
+    events.insert(_at(events, 0, 14), ("layer", 2))
+    fast, _ = assert_fast_path_matches(events)
+    assert checked(fast["media"]).errors() == 0 and fast["switcher"]["switches"] == 2
+
+
+def test_a_switch_asked_just_before_the_key_frame_after_a_frame_sent_in_the_fast_path_is_made_at_once() -> None:
+    # layer 1's frame 9 ended (its marker went out in the fast path); set_layer(0) right before layer 0's key frame
+    # 10: the switch is made at once, its timestamp from the arrival of layer 1's frame 9
+    events = _stream(20, keys={0: {10}})
+    events.insert(_at(events, 0, 10), ("layer", 0))
+    fast, _ = assert_fast_path_matches(events)
+    assert checked(fast["media"]).errors() == 0 and fast["switcher"]["switches"] == 1
+    assert len(fast["media"]) == 2 * 10 + 10
+
+
+def test_a_switch_called_off_before_its_key_frame_goes_back_to_the_fast_path() -> None:
+    events = _stream(60)
+    events.insert(_at(events, 1, 5), ("layer", 2))
+    events.insert(_at(events, 1, 6), ("layer", 1))
+    fast, slow = assert_fast_path_matches(events)
+    assert fast["switcher"]["switches"] == 0 and len(fast["media"]) == 2 * 60
+    assert fast["pushes"] < 15 and slow["pushes"] > 120
+
+
+def test_a_layer_whose_picture_ids_turn_7_bit_is_unwrapped_from_the_last_one_the_fast_path_saw() -> None:
+    events = _stream(130, short_from=100)  # more than 64 pictures after the switch: a stale unwrap would show
+    fast, _ = assert_fast_path_matches(events)
+    assert checked(fast["media"]).errors() == 0
+
+
+def test_padding_on_the_forwarded_layer_in_the_fast_path_leaves_no_hole() -> None:
+    events = _stream(20, pads={1: {3, 4, 11}, 2: {5}})
+    assert sum(1 for e in events if e[0] == "rtp" and not e[5]) == 4
+    # a media packet under the number of the padding just before it: that number was dropped, never forwarded
+    pad = next(k for k, e in enumerate(events) if e[0] == "rtp" and e[1] == 1 and e[6] == 11 and not e[5])
+    events.insert(pad + 1, ("rtp", 1, events[pad][2], events[pad][3], 0, events[pad - 3][5], 11))
+    fast, _ = assert_fast_path_matches(events)
+    seqs = [RTP_HEADER.unpack_from(p)[2] for p in fast["media"]]
+    assert seqs == list(range(500, 500 + len(seqs))) and len(seqs) == 2 * 20
+    assert checked(fast["media"]).errors() == 0
+
+
+def test_nacks_after_the_fast_path_resend_what_was_sent() -> None:
+    events = _stream(30, keys={2: {9}})
+    events.insert(_at(events, 1, 5) + 1, ("layer", 2))
+    events.append(("nack", 12))
+    fast, _ = assert_fast_path_matches(events)
+    rtx = [s for s in fast["sent"] if s[1] & 0x7F == SUB_RTX_PT]
+    assert len(rtx) == 12
+    by_seq = {RTP_HEADER.unpack_from(p)[2]: p for p in fast["media"]}
+    for r in rtx:
+        original = by_seq[struct.unpack_from("!H", r, RTP_HEADER_LEN + BLOCK)[0]]
+        assert r[RTP_HEADER_LEN + BLOCK + 2:] == original[RTP_HEADER_LEN + BLOCK:]  # same payload and numbers
+
+
+def test_pause_and_unpause_restart_at_a_key_frame_through_the_full_path() -> None:
+    events = _stream(40, keys={1: {20, 30}})
+    events.insert(_at(events, 1, 8), ("pause",))
+    events.insert(_at(events, 1, 15), ("unpause",))
+    fast, _ = assert_fast_path_matches(events)
+    assert fast["switcher"]["current"] == 1 and fast["switcher"]["switches"] == 0
+    seqs = [RTP_HEADER.unpack_from(p)[2] for p in fast["media"]]
+    assert [b - a for a, b in pairwise(seqs) if b - a != 1] == [1 + 1024]  # the jump at the restart
+
+
+def test_the_renumbered_packet_is_one_join_of_the_stamped_block_and_the_shared_payload_rest() -> None:
+    layout = ExtensionLayout("1", 1, 3, 4)
+    ast = b"\x01\x02\x03"
+    payload = bytes(range(40))
+    assert layout.stamped(ast, 0x22) + payload == layout.tail(ast, 0x22, payload)
+    assert layout.stamped(ast, 0x22) is layout.stamped(ast, 0x22)  # kept for the fan-out
+    assert layout.stamped(b"\x01\x02\x04", 0x22) + payload == layout.tail(b"\x01\x02\x04", 0x22, payload)
+    assert layout.stamped(ast, 0x23) + payload == layout.tail(ast, 0x23, payload)
+    assert ExtensionLayout(None, 0, 0, 0).stamped(ast, 1) == b""
 
 
 # -- real Chromium -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from sfu.vp8 import vp8_descriptor_len, vp8_is_keyframe_start, vp8_picture_id
+from sfu.vp8 import Vp8Rewriter, vp8_descriptor_len, vp8_is_keyframe_start, vp8_numbering, vp8_picture_id
 
 VP8_KEYFRAME_START_CODE = b"\x9d\x01\x2a"  # RFC 6386 9.1: follows the 3-byte frame tag of every key frame
 
@@ -179,3 +179,105 @@ def test_garbage_never_raises_and_lengths_agree_with_aiortc_parser() -> None:
 def test_memoryview_payloads_are_accepted() -> None:
     p = memoryview(b"\x90\x80\x81\x23\x00")
     assert (vp8_descriptor_len(p), vp8_is_keyframe_start(p), vp8_picture_id(p)) == (4, True, 0x0123)  # type: ignore[arg-type]
+
+
+# --- numbering parsed once per packet, renumbered per subscriber --------------------------------------------------
+
+
+def _desc(pid: int | None, tl0: int | None, tid: int | None, long: bool = True) -> bytes:
+    ext = (0x80 if pid is not None else 0) | (0x40 if tl0 is not None else 0) | (0x20 if tid is not None else 0)
+    out = bytearray((0x90, ext))
+    if pid is not None:
+        out += bytes((0x80 | pid >> 8, pid & 0xFF)) if long else bytes((pid & 0x7F,))
+    if tl0 is not None:
+        out.append(tl0)
+    if tid is not None:
+        out.append(tid << 6)
+    return bytes(out) + b"\x10payload"
+
+
+@pytest.mark.parametrize(
+    "payload, fields",
+    [
+        (_desc(300, 7, 2), (300, 1, 7, 2, b"\x90\xe0", b"\x80\x10payload", 0)),
+        (_desc(100, 7, 0, long=False), (100, 0, 7, 0, b"\x90\xe0", b"\x00\x10payload", 1)),
+        (_desc(300, None, None), (300, 1, -1, -1, b"\x90\x80", b"\x10payload", 0)),
+        (_desc(None, 9, 1), (-1, 0, 9, 1, b"\x90\x60", b"\x40\x10payload", 0)),
+        (_desc(None, None, 1), None),  # nothing to renumber
+        (b"\x10payload", None),  # no X
+        (b"\x90\xc0\x81", None),  # cut short
+    ],
+)
+def test_the_numbering_fields_of_a_packet(payload: bytes, fields) -> None:
+    got = vp8_numbering(payload)
+    if fields is None:
+        assert got is None
+        return
+    assert got[:5] == fields[:5] and bytes(got[5]) == fields[5] and got[6] == fields[6]
+
+
+def _renumbered(payload: bytes, fields, nums: bytes | None) -> bytes:
+    return payload if nums is None else fields[4] + nums + bytes(fields[5])
+
+
+def test_renumber_gives_what_rewrite_gives_and_shares_an_unchanged_payload() -> None:
+    """Two rewriters fed the same packets from changing sources: one through rewrite, one through renumber (the
+    fast path) whenever the source is its current one, else rewrite; same output, same state."""
+    rng = random.Random(5)
+    a, b = Vp8Rewriter(), Vp8Rewriter()
+    sources = [object() for _ in range(3)]
+    pid = [rng.randrange(0x8000) for _ in sources]
+    tl0 = [rng.randrange(256) for _ in sources]
+    source = 0
+    renumbered = shared = 0
+    for k in range(20000):
+        if rng.random() < 0.01:
+            source = rng.randrange(3)
+        step = rng.choice((0, 0, 1, 1, 1, 2, -1, 70, 20000))
+        pid[source] = (pid[source] + step) % 0x8000
+        tl0[source] = (tl0[source] + rng.choice((0, 0, 1, -1))) % 256
+        long = rng.random() < 0.8 or source != 1
+        payload = _desc(pid[source] if rng.random() < 0.9 else None, tl0[source] if rng.random() < 0.9 else None,
+                        rng.randrange(4) if rng.random() < 0.9 else None, long)
+        if rng.random() < 0.01:
+            payload = bytes(rng.getrandbits(8) for _ in range(rng.randrange(6)))  # garbage
+        want = a.rewrite(payload, sources[source])
+        fields = vp8_numbering(payload)
+        if fields is not None and b.current_source is sources[source]:
+            nums = b.renumber(fields)
+            got = _renumbered(payload, fields, nums)
+            renumbered += 1
+            if nums is None:
+                assert want is payload  # the subscriber shares the packet's payload: no copy either way
+                shared += 1
+        else:
+            got = b.rewrite(payload, sources[source])
+        assert got == want, k
+        assert (a.last_picture_id, a.last_tl0picidx, a.rebases) == (b.last_picture_id, b.last_tl0picidx, b.rebases)
+        if rng.random() < 0.05:  # a retransmission of this packet from any source
+            other = sources[rng.randrange(3)]
+            assert a.remap(payload, other) == b.remap(payload, other)
+    assert renumbered > 15000 and shared > 100
+
+
+def test_a_subscriber_that_never_switched_shares_the_payload() -> None:
+    rw = Vp8Rewriter()
+    src = object()
+    first = _desc(500, 3, 0)
+    assert rw.rewrite(first, src) is first
+    for k in range(1, 300):
+        payload = _desc(500 + k, 3 + k // 4, (0, 2, 1, 2)[k % 4])
+        assert rw.renumber(vp8_numbering(payload)) is None
+    assert rw.last_picture_id == 799 and rw.rebases == 0
+
+
+def test_a_7_bit_picture_id_is_widened_by_renumber_even_when_its_value_stays() -> None:
+    a, b = Vp8Rewriter(), Vp8Rewriter()
+    src = object()
+    first = _desc(5, 3, 0, long=False)
+    assert a.rewrite(first, src) == b.rewrite(first, src) != first
+    for pid in range(6, 140):
+        payload = _desc(pid, 3, 2, long=False)
+        nums = b.renumber(vp8_numbering(payload))
+        assert nums is not None and _renumbered(payload, vp8_numbering(payload), nums) == a.rewrite(payload, src)
+    assert b.last_picture_id == 139
