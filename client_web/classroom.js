@@ -310,6 +310,14 @@ async function enter() {
   session.addEventListener("publishing", (e) => {
     if (e.detail.error) banner(t("classroom.publishError", { error: errorText(e.detail.error) }), "warn");
   });
+  session.addEventListener("demand", (e) => {
+    // the server says whether anyone receives our camera; what nobody receives is not sent
+    const box = $("self-box");
+    box.dataset.seen = e.detail.video ? "yes" : "no";
+    const caption = box.querySelector("figcaption");
+    caption.dataset.i18n = e.detail.video ? "classroom.seen" : "classroom.unseen";
+    caption.textContent = t(caption.dataset.i18n);
+  });
   let reconnecting = false;
   session.addEventListener("status", (e) => {
     const { state } = e.detail;

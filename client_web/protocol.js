@@ -225,6 +225,23 @@ class Publishing {
     for (const [t, source] of this.sources) if (t.mid !== null) sources[t.mid] = source;
     const reply = await sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources, ...extra });
     await this.pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    return reply;
+  }
+
+  /** Send `source` or not (`active`: its encodings on or off; no renegotiation). A track nobody receives costs
+   *  a school's uplink nothing this way. Calls are applied one after another, the last one wins. */
+  setActive(source, active) {
+    this._active = (this._active || Promise.resolve()).then(async () => {
+      for (const [t, s] of this.sources) {
+        if (s !== source || this.pc.signalingState === "closed") continue;
+        const params = t.sender.getParameters();
+        if (!params.encodings || !params.encodings.length) continue;
+        if (params.encodings.every((e) => e.active === active)) continue;
+        for (const e of params.encodings) e.active = active;
+        await t.sender.setParameters(params);
+      }
+    }).catch((err) => console.warn("setParameters:", err));
+    return this._active;
   }
 
   /** Another device for a source: no renegotiation needed. */
@@ -826,6 +843,9 @@ export class ClassroomSession extends LessonSession {
     this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
     this.sending = new Map(); // source -> the track we publish (camera, microphone)
     this.handPosition = null; // our place in the hand queue (1-based), null when down or not known
+    // whether anyone receives our camera / microphone (the teacher's wall shows our tile, or we are on
+    // stage): the server says so in its answer and with `demand` events; what nobody receives is not sent
+    this.demand = { video: true, audio: true };
   }
 
   /** What this classroom receives: the receiving peer connection. */
@@ -870,7 +890,9 @@ export class ClassroomSession extends LessonSession {
     const publishing = this._newPublishing();
     for (const [source, track] of this.sending) publishing.add(source, track);
     try {
-      await publishing.publish(this.sig);
+      const reply = await publishing.publish(this.sig);
+      if (reply.demand) this._setDemand(reply.demand);
+      else this._applyDemand();
       this.emit("publishing", { ok: true });
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err; // the websocket died: the rebuild starts over
@@ -880,6 +902,23 @@ export class ClassroomSession extends LessonSession {
       this.publishing = null;
       this.emit("publishing", { error: err });
     }
+  }
+
+  _onEvent(msg) {
+    if (msg.event === "demand") this._setDemand(msg);
+    else super._onEvent(msg);
+  }
+
+  _setDemand(demand) {
+    this.demand = { video: demand.video !== false, audio: demand.audio !== false };
+    this._applyDemand();
+    this.emit("demand", { ...this.demand });
+  }
+
+  _applyDemand() {
+    if (!this.publishing) return;
+    this.publishing.setActive("camera", this.demand.video);
+    this.publishing.setActive("microphone", this.demand.audio);
   }
 
   _setState(update, announce = true) {

@@ -21,6 +21,8 @@ REPORT_REFRESH_S = 0.25
 UPLINK_REMB_EVERY = 4  # ticks: the teacher hears the server's REMB about once a second
 
 TrackListener = Callable[[str, Producer], Awaitable[None]]
+# demand listener(classroom, video, audio): whether anyone receives that classroom's camera / microphone now
+DemandListener = Callable[[str, bool, bool], None]
 
 
 class Router:
@@ -43,6 +45,9 @@ class Router:
         self.stage: list[str] = []  # classrooms on stage, in the order they came up
         self.muted: set[str] = set()  # classrooms hard-muted by the teacher
         self._stage_listeners: list[Callable[[list[str]], None]] = []
+        # per publishing classroom, (video, audio) as last told: a track nobody receives need not be sent at all
+        self.demand: dict[str, tuple[bool, bool]] = {}
+        self._demand_listeners: list[DemandListener] = []
         self.closed = False
         self.video_bps = 0.0  # what the lesson's video needs, measured from the teacher's tracks
         self._listeners: list[TrackListener] = []
@@ -78,11 +83,14 @@ class Router:
                                       role="classroom")
                 self.classroom_publishers[participant_id] = publisher
         try:
-            return await publisher.accept_offer(sdp, sources)
+            answer = await publisher.accept_offer(sdp, sources)
         except SdpError:
             if not publisher.producers:
                 await self.remove_publisher(publisher)
             raise
+        if role != "teacher":  # the publish answer tells it (a new connection starts sending): no event
+            self.demand[participant_id] = self.demand_of(participant_id)
+        return answer
 
     def publishers(self) -> list[Publisher]:
         return ([self.publisher] if self.publisher is not None else []) + list(self.classroom_publishers.values())
@@ -122,6 +130,33 @@ class Router:
 
     # -- the interactive classroom -------------------------------------------------------------------------
 
+    def demand_of(self, classroom: str) -> tuple[bool, bool]:
+        """(video, audio): whether anyone receives the classroom's camera / microphone now — a teacher's or an
+        observer's wall shows its tile, or it is on stage (everyone, and the recorder); its audio not while
+        hard-muted. What nobody receives, the classroom need not send: on weak school uplinks and for the
+        server's intake (docs/protocol.md, `demand`)."""
+        watched = classroom in self.stage or any(classroom in tiles for who, tiles in self.visible.items()
+                                                 if who != classroom)
+        return watched, watched and classroom not in self.muted
+
+    def on_demand(self, listener: DemandListener) -> None:
+        self._demand_listeners.append(listener)
+
+    def _update_demand(self) -> None:
+        """Tell the listeners of every publishing classroom whose demand changed."""
+        for classroom in list(self.classroom_publishers):
+            now = self.demand_of(classroom)
+            if self.demand.get(classroom) == now:
+                continue
+            self.demand[classroom] = now
+            for listener in self._demand_listeners:
+                try:
+                    listener(classroom, *now)
+                except Exception:  # noqa: BLE001
+                    log.exception("demand listener failed")
+        for gone in set(self.demand) - set(self.classroom_publishers):
+            del self.demand[gone]
+
     def _resync(self, owners: set[str], subscribers: list[str] | None = None) -> None:
         """Re-apply the policy to the producers of `owners` for `subscribers` (None: all of them)."""
         theirs = [p for p in self.producers.values() if p.owner in owners]
@@ -137,6 +172,7 @@ class Router:
         before = self.visible.get(subscriber_id, set())
         self.visible[subscriber_id] = set(classrooms)
         self._resync(before ^ self.visible[subscriber_id], [subscriber_id])
+        self._update_demand()
 
     def set_stage(self, classrooms: list[str]) -> None:
         """The classrooms on stage: their tracks go to everyone, and to the recorder."""
@@ -145,6 +181,7 @@ class Router:
         changed = before ^ set(self.stage)
         if changed:
             self._resync(changed)
+            self._update_demand()
         for listener in self._stage_listeners:
             try:
                 listener(list(self.stage))
@@ -168,6 +205,7 @@ class Router:
                         if close_gap is not None:
                             close_gap()  # the muted stretch is no loss to the classrooms
                 producer.muted = muted
+        self._update_demand()
 
     async def unpublish(self, participant_id: str, track_id: str | None = None) -> int:
         """Stop forwarding one (or every) track of the teacher; returns how many were removed."""
@@ -212,7 +250,8 @@ class Router:
         if classroom is not None:
             await self.remove_publisher(classroom)
         await self.remove_subscriber(participant_id)
-        self.visible.pop(participant_id, None)
+        if self.visible.pop(participant_id, None):
+            self._update_demand()  # a teacher's wall gone: its tiles' cameras are no longer watched
 
     # -- reports and lifecycle -----------------------------------------------------------------------------
 

@@ -86,6 +86,9 @@ async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:
         sdp = await router.publish(conn.participant_id, msg.fields["sdp"], msg.fields.get("sources"), conn.role)
     except SdpError as exc:
         raise ProtocolError(exc.code, str(exc), msg.id) from exc
+    if conn.role == "classroom":  # whether anyone receives its camera / microphone now (then `demand` events)
+        video, audio = router.demand_of(conn.participant_id)
+        return {"type": "answer", "ref": msg.id, "sdp": sdp, "demand": {"video": video, "audio": audio}}
     return {"type": "answer", "ref": msg.id, "sdp": sdp}
 
 

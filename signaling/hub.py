@@ -193,6 +193,8 @@ class Hub:
                 router.stage = [s["id"] for s in inter.stage.on()]
                 router.muted = set(inter.muted)
             router.on_track(lambda change, producer: self._on_track(lesson_id, change, producer))
+            router.on_demand(lambda classroom, video, audio: self.send_to(
+                lesson_id, classroom, {"type": "event", "event": "demand", "video": video, "audio": audio}))
             self.routers[lesson_id] = router
         return router
 

@@ -168,15 +168,27 @@ async def test_wall_pages_hands_in_order_and_a_classroom_on_stage_seen_and_heard
         for pid in page1:
             await wait_receiving(teacher, pid, "video")
         page2_video = await producer_id(teacher, page2, "video")
+        page2_room = rooms[ids.index(page2)]
+        # nobody receives the page-2 classroom's camera and microphone: the server tells its page, which stops
+        # sending them (its school's uplink, the server's intake) and says so under its own picture
+        await page2_room.wait_for_function("document.getElementById('self-box').dataset.seen === 'no'", timeout=5000)
+        assert "暂未在看" in await page2_room.text_content("#self-box figcaption")
+        await asyncio.sleep(0.5)  # packets in flight
         got, sent = await forwarding(teacher, page2_video, teacher_id)
-        assert got > 0, "the classroom on wall page 2 should be publishing its camera"
+        got_audio, _ = await forwarding(teacher, await producer_id(teacher, page2, "audio"), None)
+        seen_video, _ = await forwarding(teacher, await producer_id(teacher, page1[0], "video"), None)
+        print(f"camera packets in 2 s: {got} of the classroom nobody watches, {seen_video} of one on the wall; "
+              f"microphone {got_audio}")
+        assert got <= 2 and got_audio <= 2, f"a classroom nobody receives kept sending ({got} video, {got_audio} audio)"
+        assert seen_video > 20, f"a classroom on the wall sent only {seen_video} camera packets in 2 s"
         assert sent == 0, f"the server sent the teacher {sent} video packets of a classroom not on screen"
         assert sum(s["packets"] for s in (await received(teacher, page2, "video")).values()) == 0
 
         await teacher.click('#pager button[data-page="2"]')
         await teacher.wait_for_function("ids => JSON.stringify(window.ketang.wallVisible) === JSON.stringify(ids)",
                                         arg=[page2], timeout=5000)
-        await wait_receiving(teacher, page2, "video")
+        await wait_receiving(teacher, page2, "video")  # its page sends again at once
+        await page2_room.wait_for_function("document.getElementById('self-box').dataset.seen === 'yes'", timeout=5000)
         for pid in page1:  # off screen now: no more video of them
             await wait_forwarding(teacher, await producer_id(teacher, pid, "video"), teacher_id, rising=False)
         await teacher.click('#pager button[data-page="1"]')
@@ -239,10 +251,12 @@ async def test_wall_pages_hands_in_order_and_a_classroom_on_stage_seen_and_heard
         await a.wait_for_function("window.ketang.session.reconnects === 1 && "
                                   "document.getElementById('hand').textContent === '放下'", timeout=8000)
         await wait_decoding(a)
-        await wait_publishing(teacher, id_a, "video")
-        await wait_publishing(teacher, id_a, "audio")
-        if id_a in page1:
+        if id_a in page1:  # on the wall shown: it publishes again and the teacher sees it
+            await wait_publishing(teacher, id_a, "video")
+            await wait_publishing(teacher, id_a, "audio")
             await wait_receiving(teacher, id_a, "video")
+        else:  # nobody watches it: the new connection is told so in the answer and sends nothing
+            await a.wait_for_function("document.getElementById('self-box').dataset.seen === 'no'", timeout=8000)
         # the teacher's link drops: its wall page is asked for again and its tiles play on
         await teacher.evaluate("() => { const s = window.ketang.session; s.sig.ws.close(); s.pc.close(); }")
         await teacher.wait_for_function("window.ketang.session.reconnects === 1 && "
@@ -279,7 +293,12 @@ async def test_mute_chat_lock_remove_and_attendance(server, browser):  # noqa: F
         assert await a.evaluate("window.ketang.stream.getAudioTracks()[0].enabled") is False
         await teacher.wait_for_function(f"document.querySelector('#wall .tile[data-participant=\"{id_a}\"] .mark.muted')",
                                         timeout=5000)
-        await a.evaluate("window.ketang.stream.getAudioTracks()[0].enabled = true")  # a page that disobeys
+        # a hard-muted microphone goes to nobody, so the server tells the page not to send it at all
+        await a.wait_for_function("!window.ketang.session.demand.audio && window.ketang.session.demand.video",
+                                  timeout=5000)
+        # a page that disobeys: microphone on, and sent
+        await a.evaluate("window.ketang.stream.getAudioTracks()[0].enabled = true")
+        await a.evaluate("window.ketang.session.publishing.setActive('microphone', true)")
         await asyncio.sleep(1)  # packets in flight
         got, sent = await forwarding(teacher, a_audio, None, window_s=2.5)
         assert got > 50, f"A's browser should still be sending its audio ({got} packets in 2.5 s)"

@@ -34,6 +34,7 @@ class Room:
     rx: Classroom
     tx: Teacher | None = None
     extra: list = field(default_factory=list)
+    answer: dict = field(default_factory=dict)  # the server's reply to its publish
 
 
 async def _join(server: Server, tok: str) -> tuple[WsClient, dict]:
@@ -50,7 +51,7 @@ async def _room(server: Server, lesson: str, name: str, publish: bool = True) ->
     room = Room(name, tok, ws, joined["participant"]["id"], Classroom(ws))
     if publish:
         room.tx = Teacher(ws, size=CAMERAS[name])
-        reply = await room.tx.publish()
+        reply = room.answer = await room.tx.publish()
         assert reply["type"] == "answer", reply
     return room
 
@@ -193,6 +194,47 @@ async def test_the_wall_receives_only_its_tiles_and_a_classroom_on_stage_reaches
         b_row = next(r for r in data["classrooms"] if r["participant"] == b.id)
         assert b_row["stage_s"] > 1 and b_row["sessions"] == 1, b_row  # minutes in the CSV round this to 0.0
         assert [t["participant"] for t in data["stage_timeline"]] == [b.id]
+
+
+async def test_each_classroom_is_told_whether_anyone_receives_its_camera_and_microphone(server):
+    """What nobody receives, a classroom need not send (its school's uplink, the server's intake): the server
+    says so in the publish answer and with `demand` events as walls, stage and mutes change."""
+    lesson = "inter-demand"
+    async with _lesson(server, lesson) as (teacher_ws, teacher, wall, rooms):
+        a, b, c = rooms["A"], rooms["B"], rooms["C"]
+        nobody = {"video": False, "audio": False}
+        for room in rooms.values():
+            assert room.answer["demand"] == nobody, room.answer  # the teacher shows no wall yet
+
+        def demands(room: Room) -> list[dict]:
+            return [{"video": m["video"], "audio": m["audio"]} for m in room.ws.messages
+                    if m.get("event") == "demand"]
+
+        async def told(room: Room, expected: dict) -> None:
+            await _until(lambda: demands(room)[-1:] == [expected], timeout_s=5,
+                         what=f"{room.name} told {expected}, was told {demands(room)}")
+
+        await teacher_ws.request({"type": "wall", "visible": [a.id]})
+        await told(a, {"video": True, "audio": True})
+        await teacher_ws.request({"type": "mute", "participant": a.id, "muted": True})
+        await told(a, {"video": True, "audio": False})  # hard-muted: its microphone goes to nobody
+        await teacher_ws.request({"type": "wall", "visible": [b.id]})
+        await told(a, {"video": False, "audio": False})
+        await told(b, {"video": True, "audio": True})
+        # on stage: everyone receives it (and going on stage lifts the mute)
+        await teacher_ws.request({"type": "stage", "participant": a.id, "on": True})
+        await told(a, {"video": True, "audio": True})
+        await teacher_ws.request({"type": "stage", "participant": a.id, "on": False})
+        await told(a, {"video": False, "audio": False})
+        # told only of changes, and never about another classroom's tracks
+        assert demands(a) == [{"video": True, "audio": True}, {"video": True, "audio": False}, nobody,
+                              {"video": True, "audio": True}, nobody]
+        assert demands(c) == [], demands(c)
+        # a classroom publishing again (a new connection) is told where it stands in the answer
+        again = await b.tx.publish()  # type: ignore[union-attr]
+        assert again["demand"] == {"video": True, "audio": True}, again
+        # the teacher's own publish answer carries no demand
+        assert "demand" not in next(m for m in teacher_ws.messages if m.get("type") == "answer")
 
 
 async def _eq(value, expected) -> bool:  # type: ignore[no-untyped-def]
