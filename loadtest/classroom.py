@@ -37,12 +37,13 @@ class SyntheticClassroom:
 
     def __init__(self, index: int, session: aiohttp.ClientSession, ws_url: str, token: str, lesson: str,
                  send_times: Sequence[float] | None = None, publish_time: Any = None,
-                 options: ReceiveOptions | None = None, uplink: Uplink | None = None) -> None:
+                 options: ReceiveOptions | None = None, uplink: Uplink | None = None,
+                 frame_keys: dict[bytes, tuple[int, int]] | None = None) -> None:
         self.index = index
         self.lesson = lesson
         self.token = token
         self.ws = WsClient(session, ws_url)
-        self.receiver = CountingReceiver(self.ws, index, send_times, options)
+        self.receiver = CountingReceiver(self.ws, index, send_times, options, frame_keys)
         self.publish_time = publish_time  # the teacher's publish time (a multiprocessing Value), shared
         self.uplink = uplink
         self.publisher: MediaPublisher | None = None
@@ -102,6 +103,10 @@ class SyntheticClassroom:
             **rx.counters(),
             **rx.by_kind(),
         }
+        if rx.frame_keys is not None:
+            # a simulcast teacher: the frames received per layer (smallest first) and the layer of the last one
+            out["simulcast"] = {"frames_by_layer": list(rx.frames_by_layer), "last_layer": rx.last_layer,
+                                "frames_unknown": rx.frames_unknown}
         if self.uplink is not None:
             pub = self.publisher
             sent_s = (self.uplink_stopped_at or time.monotonic()) - pub.connected_at \

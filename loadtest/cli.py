@@ -43,9 +43,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lesson", default=None)
     p.add_argument("--profile-server", default=None, metavar="PATH",
                    help="run the server under cProfile, write its stats to PATH (and the top entries to PATH.txt)")
+    p.add_argument("--simulcast", action="store_true",
+                   help="the teacher sends its camera as Chromium does with the teacher page: three simulcast "
+                        "layers q (÷4, 15 fps), h (÷2), f (full), each on its own SSRC named by the RID header "
+                        "extension; the report gives each classroom's layer and the layer mix")
+    p.add_argument("--layers", default=None, metavar="Q,H,F",
+                   help="with --simulcast: the layers' video kbit/s (default: f gets what --bitrate gives the "
+                        "single stream, h a third, q a ninth; the teacher page asks 150,500,1500)")
+    p.add_argument("--simulcast-size", default="640x360", metavar="WxH",
+                   help="with --simulcast: the full layer's size (default 640x360; the page's camera is 1280x720)")
     _add_run_options(p)
     p.set_defaults(func=_run)
     return p
+
+
+def _simulcast_options(args: argparse.Namespace) -> dict:
+    """LoadTestConfig's simulcast fields from the command line (none unless --simulcast)."""
+    if not args.simulcast:
+        if args.layers is not None or args.simulcast_size != "640x360":
+            raise SystemExit("ketang loadtest: --layers and --simulcast-size go with --simulcast")
+        return {}
+    try:
+        kbps = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+        w, h = (int(x) for x in args.simulcast_size.lower().split("x"))
+    except ValueError as exc:
+        raise SystemExit(f"ketang loadtest: --layers Q,H,F and --simulcast-size WxH: {exc}") from exc
+    return {"simulcast": True, "simulcast_kbps": kbps, "simulcast_size": (w, h)}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -58,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                          workers=args.workers, lesson=args.lesson, profile_server=args.profile_server,
                          server_pid=args.server_pid, classroom_mode=args.classroom_mode,
                          classroom_loss=args.classroom_loss, classroom_uplink_kbps=args.classroom_uplink,
-                         wall=args.wall, quiet=args.quiet)
+                         wall=args.wall, quiet=args.quiet, **_simulcast_options(args))
     try:
         report = run_loadtest(cfg)
     except ValueError as exc:

@@ -166,3 +166,68 @@ class PacketTrack(MediaStreamTrack):
         packet.time_base = self._time_base
         self.sent += 1
         return packet
+
+
+# ---------------------------------------------------------------- simulcast (`--simulcast`)
+
+# the teacher page's camera encodings (client_web/protocol.js, TeacherSession sendEncodings): RID, size divisor,
+# frame rate; listed smallest first as the page lists them (a=simulcast:send q;h;f)
+SIMULCAST_LAYERS = (("q", 4, 15), ("h", 2, VIDEO_FPS), ("f", 1, VIDEO_FPS))
+# the page's bit rates are 150 / 500 / 1500 kbit/s: by default the full layer gets what --bitrate gives the single
+# stream and the lower ones this share of it, so a classroom on the full layer receives what it does without
+# simulcast
+SIMULCAST_SHARES = (1 / 9, 1 / 3, 1.0)
+# a frame is recognised at a classroom by the first bytes of its VP8 data (the server rewrites sequence numbers,
+# timestamps and picture ids on a layer switch, never the payload): (layer, frame) -> the teacher's send time
+FRAME_KEY_BYTES = 48
+
+
+@dataclass
+class SimulcastLayer:
+    """One encoding of the teacher's camera: its RID, size, frame rate and looped pre-encoded clip."""
+
+    rid: str
+    width: int
+    height: int
+    fps: int
+    target_bps: int
+    clip: Clip
+    slot_offset: int = 0  # where its frames' send times start in the shared array
+
+
+def simulcast_bitrates(bitrate_kbps: int, layers_kbps: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Each layer's video bit rate (bit/s), smallest first."""
+    if layers_kbps:
+        if len(layers_kbps) != len(SIMULCAST_LAYERS):
+            raise ValueError(f"--layers takes {len(SIMULCAST_LAYERS)} bit rates (q,h,f in kbit/s)")
+        return tuple(k * 1000 for k in layers_kbps)
+    top = bitrate_kbps * 1000 - AUDIO_BITRATE
+    return tuple(max(MIN_VIDEO_BITRATE, round(top * share)) for share in SIMULCAST_SHARES)
+
+
+def make_simulcast_clips(bitrate_kbps: int, layers_kbps: tuple[int, ...] | None = None,
+                         width: int = VIDEO_WIDTH, height: int = VIDEO_HEIGHT) -> tuple[list[SimulcastLayer], Clip]:
+    """The simulcast teacher's (layers smallest first, audio): ÷4, ÷2 and full size of width x height."""
+    t0 = time.perf_counter()
+    layers: list[SimulcastLayer] = []
+    offset = 0
+    for (rid, down, fps), bps in zip(SIMULCAST_LAYERS, simulcast_bitrates(bitrate_kbps, layers_kbps)):
+        w, h = (width // down) & ~1, (height // down) & ~1
+        clip = encode_video(bps, fps=fps, width=w, height=h)
+        layers.append(SimulcastLayer(rid, w, h, fps, bps, clip, offset))
+        offset += len(clip.frames)
+    audio = encode_audio()
+    log.info("simulcast clips encoded in %.1f s: %s", time.perf_counter() - t0,
+             ", ".join(f"{x.rid} {x.width}x{x.height}@{x.fps} {x.clip.bitrate_bps / 1000:.0f} kbit/s" for x in layers))
+    return layers, audio
+
+
+def frame_keys(layers: list[SimulcastLayer]) -> dict[bytes, tuple[int, int]]:
+    """First bytes of each frame -> (layer index, send-time slot); frames whose first bytes are not unique are left
+    out (not measured)."""
+    seen: dict[bytes, tuple[int, int] | None] = {}
+    for li, layer in enumerate(layers):
+        for fi, (data, _key) in enumerate(layer.clip.frames):
+            key = data[:FRAME_KEY_BYTES]
+            seen[key] = None if key in seen else (li, layer.slot_offset + fi)
+    return {k: v for k, v in seen.items() if v is not None}

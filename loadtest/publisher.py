@@ -4,7 +4,11 @@ teacher publishes its lesson camera this way, and with `--classroom-uplink` ever
 camera and microphone, through the same code.
 
 It counts the RTP packets it sends, and for the teacher stamps each video frame's send time by VP8 picture id into
-an array shared with the classrooms (same machine, same CLOCK_MONOTONIC, even across processes)."""
+an array shared with the classrooms (same machine, same CLOCK_MONOTONIC, even across processes).
+
+With `simulcast` layers (the teacher's `--simulcast`) the camera goes out as three RTP streams the way Chromium
+sends it (loadtest/simulcast.py): the offer is reshaped like Chromium's, aiortc's video sender stays idle and a
+`SimulcastSender` sends the layers through the same DTLS transport (stamping send times per layer and frame)."""
 
 from __future__ import annotations
 
@@ -16,20 +20,30 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sfu.vp8 import vp8_picture_id
 
-from .media import Clip, PacketTrack
+from .media import Clip, PacketTrack, SimulcastLayer
 from .wsclient import WsClient
 
 PICTURE_IDS = 1 << 15
 
 
 class MediaPublisher:
-    def __init__(self, ws: WsClient, video: Clip, audio: Clip,
-                 send_times: MutableSequence[float] | None = None) -> None:
+    def __init__(self, ws: WsClient, video: Clip | None, audio: Clip,
+                 send_times: MutableSequence[float] | None = None,
+                 simulcast: list[SimulcastLayer] | None = None) -> None:
         self.ws = ws
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.video = PacketTrack(video)
+        self.simulcast = None
+        if simulcast:
+            from .simulcast import SimulcastSender
+
+            self.simulcast = SimulcastSender(simulcast, send_times)
+            self.video = None
+            self.pc.addTransceiver("video", direction="sendonly")  # no track: aiortc's sender stays idle
+        else:
+            assert video is not None
+            self.video = PacketTrack(video)
+            self.pc.addTransceiver(self.video, direction="sendonly")
         self.audio = PacketTrack(audio)
-        self.pc.addTransceiver(self.video, direction="sendonly")
         self.pc.addTransceiver(self.audio, direction="sendonly")
         self.send_times = send_times
         self.packets_sent = 0
@@ -49,14 +63,19 @@ class MediaPublisher:
     async def publish(self) -> None:
         """Offer the clips with `publish` and apply the server's answer; media flows once ICE + DTLS are up."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        reply = await self.ws.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        offer = self.pc.localDescription.sdp
+        if self.simulcast is not None:
+            from .simulcast import chromium_simulcast_offer
+
+            offer = chromium_simulcast_offer(offer, self.simulcast.rids)
+        reply = await self.ws.request({"type": "publish", "sdp": offer})
         await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
                 self._video_pts.update(c.payloadType for c in transceiver._codecs)
         dtls = self.pc.getTransceivers()[0].sender.transport
         original = dtls._send_rtp
-        stamp = self.send_times is not None
+        stamp = self.send_times is not None and self.simulcast is None  # the simulcast sender stamps its own
 
         async def send_rtp(data: bytes) -> None:
             # RTCP goes through here too (sender reports): only RTP packets are counted and stamped
@@ -68,6 +87,9 @@ class MediaPublisher:
             await original(data)
 
         dtls._send_rtp = send_rtp  # this publisher's transport only
+        if self.simulcast is not None:
+            video = next(t for t in self.pc.getTransceivers() if t.kind == "video")
+            self.simulcast.start(video, reply["sdp"], self.pc._RTCPeerConnection__cname)
         self.published_at = time.monotonic()
 
     def _stamp(self, data: bytes) -> None:
@@ -87,8 +109,13 @@ class MediaPublisher:
 
     def stop_media(self) -> None:
         """Stop sending (the connection stays up so nothing leaves the lesson while counters are read)."""
-        self.video.stop()
+        if self.video is not None:
+            self.video.stop()
+        if self.simulcast is not None:
+            self.simulcast.stop()
         self.audio.stop()
 
     async def close(self) -> None:
+        if self.simulcast is not None:
+            await self.simulcast.close()
         await self.pc.close()

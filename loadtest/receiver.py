@@ -21,6 +21,11 @@ parse attempt and queue and the DTLS receive task (DTLS, STUN and SRTCP still ta
 Packets are told apart by SSRC: the server declares each slot's media and RTX SSRC in its offer (`a=ssrc`,
 `a=ssrc-group:FID`), and its `offer`/`tracks` messages say whose track each slot (mid) carries, so a wall of 16
 tiles, whose video slots all share one payload type, is counted tile by tile.
+
+With a simulcast teacher (`--simulcast`) the classroom is given `frame_keys` (first bytes of every frame of the
+teacher's three clips -> layer and send-time slot): it tells which layer each frame it receives came from and
+takes its delivery delay from the teacher's per-(layer, frame) stamp, since the server rewrites picture ids on a
+layer switch.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from sfu.peers import declared_ssrcs
 from sfu.vp8 import vp8_is_keyframe_start, vp8_picture_id
 
+from .media import FRAME_KEY_BYTES
 from .streamstats import SeqCounter
 from .wsclient import WsClient
 
@@ -130,7 +136,8 @@ class CountingReceiver:
     """Answers the server's offers on `ws` with its own peer connection and counts every RTP packet it gets."""
 
     def __init__(self, ws: WsClient, index: int = 0, send_times: Sequence[float] | None = None,
-                 options: ReceiveOptions | None = None) -> None:
+                 options: ReceiveOptions | None = None,
+                 frame_keys: dict[bytes, tuple[int, int]] | None = None) -> None:
         self.ws = ws
         ws.handlers["offer"] = self._on_offer
         ws.handlers["tracks"] = self._on_tracks
@@ -161,6 +168,12 @@ class CountingReceiver:
         self._routes: dict[int, tuple[_Stream, bool]] = {}  # SSRC -> (stream, is RTX)
         self._hooked: set[int] = set()
         self.connected = asyncio.Event()
+        # simulcast teacher: which layer each received video frame came from (by its first VP8 bytes)
+        self.frame_keys = frame_keys
+        self.frames_by_layer: list[int] = [0] * (1 + max((v[0] for v in frame_keys.values()), default=0)) \
+            if frame_keys else []
+        self.frames_unknown = 0
+        self.last_layer: int | None = None
 
         @self.pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -306,12 +319,39 @@ class CountingReceiver:
             head = data[pos:pos + 16]
             if self.first_keyframe_at is None and vp8_is_keyframe_start(head):
                 self.first_keyframe_at = now
-            if self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
+            if self.frame_keys is not None:
+                self._simulcast_frame(data, pos, now)
+            elif self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
                 pid = vp8_picture_id(head)
                 if pid is not None:
                     sent = self.send_times[pid % PICTURE_IDS]
                     if 0 < sent <= now:
                         self.delays_ms.append((now - sent) * 1000.0)
+
+    def _simulcast_frame(self, data: bytes, pos: int, now: float) -> None:
+        """A frame start from a simulcast teacher: its layer, and its delay from the (layer, frame) stamp."""
+        x = data[pos]
+        n = 1
+        if x & 0x80 and len(data) > pos + 1:  # X: I/L/T/K flags follow
+            flags = data[pos + 1]
+            n = 2
+            if flags & 0x80:  # I: PictureID, 7 or 15 bits
+                n += 2 if len(data) > pos + n and data[pos + n] & 0x80 else 1
+            if flags & 0x40:  # L: TL0PICIDX
+                n += 1
+            if flags & 0x30:  # T or K: TID/Y/KEYIDX
+                n += 1
+        entry = self.frame_keys.get(data[pos + n:pos + n + FRAME_KEY_BYTES])  # type: ignore[union-attr]
+        if entry is None:
+            self.frames_unknown += 1
+            return
+        layer, slot = entry
+        self.frames_by_layer[layer] += 1
+        self.last_layer = layer
+        if self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
+            sent = self.send_times[slot]
+            if 0 < sent <= now:
+                self.delays_ms.append((now - sent) * 1000.0)
 
     # -- figures -------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,8 +30,11 @@ class ServerCounts:
         mine, theirs = [], []
         for p in body.get("producers", []):
             (mine if teacher is None or p.get("participant") in (teacher, None) else theirs).append(p)
+        # a simulcast camera's upper layers are producers of their own, listed under `layers` only
+        upper = sum(int(layer.get("packets_in", 0)) for p in mine for layer in body.get("layers", {}).get(p.get("id"), [])
+                    if layer.get("id") != p.get("id"))
         return cls(to_classrooms=sum(out.values()), to_wall=to_wall,
-                   teacher_in=sum(int(p.get("packets_in", 0)) for p in mine),
+                   teacher_in=upper + sum(int(p.get("packets_in", 0)) for p in mine),
                    classrooms_in=sum(int(p.get("packets_in", 0)) for p in theirs), classroom_tracks=len(theirs),
                    classroom_tracks_forwarded=sum(1 for p in theirs if p.get("consumers")))
 
@@ -252,6 +256,70 @@ def uplink_report(camera_kbps: int, results: list[dict], window: Window, final: 
     return out
 
 
+def simulcast_report(requested: int, results: list[dict], window: Window, stats0: dict, stats1: dict,
+                     sent: list[dict], classroom_id: Callable[[int], str], sent0: list[dict] | None = None,
+                     sent1: list[dict] | None = None) -> dict[str, Any]:
+    """A simulcast teacher's figures: per layer what the teacher sent and the server received (its stats API),
+    and per classroom the layer it ended the hold window on (the server's `video.{pid}.simulcast`, read at the
+    window's end) and the layer of the last frame it received (told by the frame's bytes). Mixes count every
+    requested classroom: `none` is one without a layer (not connected, or its video not started)."""
+    rids = [x["rid"] for x in sent]
+    tracks1 = stats1.get("layers", {})
+    track = next((t for t, ls in tracks1.items() if len(ls) == len(rids)), next(iter(tracks1), None))
+    before = {x["id"]: x for x in stats0.get("layers", {}).get(track, [])} if track else {}
+    layers = []
+    for i, rid in enumerate(rids):
+        server = tracks1.get(track, [])[i] if track and i < len(tracks1.get(track, [])) else {}
+        grown = int(server.get("packets_in", 0)) - int(before.get(server.get("id"), {}).get("packets_in", 0))
+        # the teacher's packets sent in the window (sent0/sent1: its figures at the window's ends) against what
+        # the server took in: a server that cannot keep up reads its socket late (aioice queues without bound)
+        # and takes in less than is sent, with no loss, while the delivery delay grows
+        teacher_pps = _per_s(sent1[i]["packets_sent"] - sent0[i]["packets_sent"], window) \
+            if sent0 and sent1 and i < min(len(sent0), len(sent1)) else None
+        layers.append({**sent[i], "server_ssrc": server.get("ssrc"), "server_packets_in": server.get("packets_in"),
+                       "server_kbps": server.get("kbps"), "teacher_packets_per_s": teacher_pps,
+                       "server_packets_in_per_s": _per_s(max(0, grown), window)})
+
+    def rid_of(layer: Any) -> str:
+        return rids[layer] if isinstance(layer, int) and 0 <= layer < len(rids) else "none"
+
+    received = {r["index"]: r.get("simulcast") or {} for r in results if r["connected"]}
+    video = stats1.get("video", {})
+    per_classroom = []
+    for i in range(requested):
+        states = (video.get(classroom_id(i)) or {}).get("simulcast") or {}
+        st = states.get(track) if track in states else next(iter(states.values()), {})
+        st = st or {}
+        per_classroom.append({"index": i, "layer": rid_of(st.get("layer")), "target": rid_of(st.get("target")),
+                              "received": rid_of(received.get(i, {}).get("last_layer")),
+                              "reason": st.get("reason", "")})
+
+    def mix(key: str) -> dict[str, int]:
+        out = {rid: 0 for rid in [*rids, "none"]}
+        for c in per_classroom:
+            out[c[key]] += 1
+        return out
+
+    frames = [sum(x) for x in zip(*(s.get("frames_by_layer", []) for s in received.values()))] if received else []
+    return {
+        "track": track,
+        "rids": rids,
+        "layers": layers,
+        # the server took in (almost) every packet the teacher sent in the window: not falling behind
+        "server_keeps_up": all(x["server_packets_in_per_s"] >= 0.97 * x["teacher_packets_per_s"] for x in layers)
+        if layers and all(x["teacher_packets_per_s"] for x in layers) else None,
+        # the layer each classroom was forwarded at the end of the hold window (the server's view)
+        "layer_mix": mix("layer"),
+        "target_mix": mix("target"),  # ... and the one its selector chose (a switch waits for a key frame)
+        # the layer of the last frame each classroom received (its own view, after the teacher stopped)
+        "received_layer_mix": mix("received"),
+        "server_and_classroom_agree": sum(1 for c in per_classroom if c["layer"] == c["received"] != "none"),
+        "frames_received_by_layer": dict(zip(rids, frames)),
+        "frames_unrecognised": sum(s.get("frames_unknown", 0) for s in received.values()),
+        "per_classroom": per_classroom,
+    }
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """One human line: what an operator reads first."""
     loss = report["loss_ratio"]
@@ -262,7 +330,18 @@ def summary_line(report: dict[str, Any]) -> str:
         f"{report['join_ms']['p95']} ms, first frame p95 {report['first_frame_ms']['p95']} ms, delivery p99 "
         f"{report['delivery_ms']['p99']} ms, jitter p95 {report['jitter_ms_p95']} ms; load generator "
         f"{report['loadgen_cpu_percent']} % over {report['loadgen_processes']} process(es)"
-        + (" SATURATED" if report["loadgen_saturated"] else "") + _uplink_summary(report.get("uplink")))
+        + (" SATURATED" if report["loadgen_saturated"] else "") + _uplink_summary(report.get("uplink"))
+        + _simulcast_summary(report.get("simulcast")))
+
+
+def _simulcast_summary(sc: dict | None) -> str:
+    if not sc:
+        return ""
+    layers = ", ".join(f"{x['rid']} {x['width']}x{x['height']} {x['server_packets_in_per_s']} packets/s in"
+                       for x in sc["layers"])
+    mix = " ".join(f"{k}={v}" for k, v in sc["layer_mix"].items())
+    behind = "" if sc.get("server_keeps_up") is not False else " (SERVER FALLING BEHIND the teacher's packets)"
+    return f"; simulcast: {layers}; classrooms' layers {mix}{behind}"
 
 
 def _uplink_summary(up: dict | None) -> str:

@@ -37,7 +37,7 @@ from signaling.tokens import issue_token
 
 from .classroom import SyntheticClassroom, Uplink, classroom_id
 from .receiver import ReceiveOptions
-from .report import ServerCounts, Window, build_report, uplink_report
+from .report import ServerCounts, Window, build_report, simulcast_report, uplink_report
 
 log = logging.getLogger("ketang.loadtest")
 
@@ -73,6 +73,10 @@ class LoadTestConfig:
     # the interactive classroom: each classroom also publishes a 320x180 VP8 camera at this many kbit/s + Opus
     classroom_uplink_kbps: int = 0
     wall: int | None = None  # classroom tiles on the teacher's wall; None: DEFAULT_WALL with uplinks, else none
+    # the teacher sends its camera as three simulcast layers q/h/f, as Chromium does (loadtest/simulcast.py)
+    simulcast: bool = False
+    simulcast_kbps: tuple[int, ...] | None = None  # the layers' video kbit/s, q,h,f; None: from bitrate_kbps
+    simulcast_size: tuple[int, int] = (640, 360)  # the full layer's size; q and h are ÷4 and ÷2
     quiet: bool = False
 
     @property
@@ -178,6 +182,8 @@ class _Shared:
     stop: Any  # mp.Event: stop counting and report
     progress: Any  # mp.Queue of (worker, connected, failed, packets)
     results: Any  # mp.Queue of (worker, [classroom result])
+    # simulcast: the teacher's frame keys (media.frame_keys), one copy per worker; they index `send_times`
+    frame_keys: Any = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,7 @@ class _WorkerPlan:
     ramp: float
     options: ReceiveOptions
     uplink_kbps: int = 0
+    simulcast: bool = False
 
 
 def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
@@ -216,6 +223,7 @@ def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
 async def _worker(worker: int, plan: _WorkerPlan, shared: _Shared, uplink: Uplink | None) -> None:
     while not shared.go.is_set():
         await asyncio.sleep(0.05)
+    keys = shared.frame_keys.get(timeout=60) if plan.simulcast else None  # put before `go` is set
     t0 = shared.start_at.value
     rooms: list[SyntheticClassroom] = []
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -225,7 +233,7 @@ async def _worker(worker: int, plan: _WorkerPlan, shared: _Shared, uplink: Uplin
         token = issue_token(plan.secret, "classroom", plan.lesson, name=f"loadtest classroom {i}",
                             sub=classroom_id(i))
         room = SyntheticClassroom(i, session, plan.ws_url, token, plan.lesson, shared.send_times,
-                                  shared.publish_time, plan.options, uplink)
+                                  shared.publish_time, plan.options, uplink, keys)
         rooms.append(room)
         await room.join(JOIN_TIMEOUT_S)
 
@@ -300,13 +308,17 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
         raise ValueError(f"--wall takes 0 to {MAX_WALL_TILES} tiles (the protocol's limit)")
     if cfg.baseline and (cfg.classroom_uplink_kbps or cfg.wall_tiles):
         raise ValueError("the MediaRelay baseline forwards only the teacher: no --classroom-uplink or --wall")
+    if cfg.baseline and cfg.simulcast:
+        raise ValueError("the MediaRelay baseline takes one video stream: no --simulcast")
+    if cfg.simulcast_kbps is not None and len(cfg.simulcast_kbps) != 3:
+        raise ValueError("--layers takes three bit rates: q,h,f in kbit/s")
     secret = cfg.secret or os.environ.get("KETANG_SECRET") if cfg.url else secrets.token_urlsafe(32)
     assert secret is not None
     lesson = cfg.lesson or f"loadtest-{secrets.token_hex(4)}"
     ctx = mp.get_context("fork")  # before any event loop or codec thread exists in this process
     shared = _Shared(ctx.Array("d", PICTURE_IDS, lock=False), ctx.Value("d", 0.0, lock=False),
                      ctx.Value("d", 0.0, lock=False), ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event(),
-                     ctx.Queue(), ctx.Queue())
+                     ctx.Queue(), ctx.Queue(), ctx.Queue() if cfg.simulcast else None)
     workdir = Path(tempfile.mkdtemp(prefix="ketang-loadtest-"))
     server: ServerProcess | None = None
     if cfg.url:
@@ -320,7 +332,7 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     options = ReceiveOptions(stock=cfg.classroom_mode == "stock", loss=cfg.classroom_loss)
     for w in range(n_workers):
         plan = _WorkerPlan(list(range(w, cfg.classrooms, n_workers)), ws_url, secret, lesson, cfg.ramp_per_s,
-                           options, cfg.classroom_uplink_kbps)
+                           options, cfg.classroom_uplink_kbps, cfg.simulcast)
         p = ctx.Process(target=_worker_main, args=(w, plan, shared), daemon=True, name=f"loadtest-worker-{w}")
         p.start()
         workers.append(p)
@@ -341,18 +353,22 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
                 p.kill()
         if server is not None:
             server.stop()
+    unlearned = [x["rid"] for x in (report.get("simulcast") or {}).get("layers", []) if x.get("server_ssrc") is None]
+    if unlearned:
+        # the server never told these layers' SSRCs from their RIDs: keep its log to see why
+        log.warning("simulcast layers %s never reached the server as layers; its log is kept in %s",
+                    ",".join(unlearned), workdir)
+        return report
     shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
-async def _server_counts(session: aiohttp.ClientSession, base_url: str, lesson: str, secret: str,
-                         teacher: str | None) -> ServerCounts:
-    """The server's own packet counters for the lesson (its stats API), split teacher's / classrooms'."""
+async def _server_stats(session: aiohttp.ClientSession, base_url: str, lesson: str, secret: str) -> dict:
+    """The server's stats API body for the lesson (packet counters, and per classroom its simulcast layer)."""
     token = issue_token(secret, "observer", lesson, name="loadtest")
     async with session.get(f"{base_url}/api/lessons/{lesson}/stats",
                            headers={"Authorization": f"Bearer {token}"}) as resp:
-        body = await resp.json()
-    return ServerCounts.from_stats(body, teacher)
+        return await resp.json()
 
 
 @dataclass
@@ -412,6 +428,8 @@ class _Run:
         self.cfg, self.secret, self.lesson, self.base_url = cfg, secret, lesson, base_url
         self.server_ps, self.workers, self.shared = server_ps, workers, shared
         self.teacher_id: str | None = None  # known once the teacher has joined
+        self.last_stats: dict = {}  # the server's stats body of the latest read
+        self.window_stats: tuple[dict, dict] = ({}, {})  # ... at the two ends of the hold window
         self.progress = Progress(cfg.classrooms, cfg.quiet)
         self._state = {w: (0, 0, 0) for w in range(len(workers))}
 
@@ -426,7 +444,8 @@ class _Run:
         return tuple(sum(v[i] for v in self._state.values()) for i in range(3))  # type: ignore[return-value]
 
     async def server_counts(self, session: aiohttp.ClientSession) -> ServerCounts:
-        return await _server_counts(session, self.base_url, self.lesson, self.secret, self.teacher_id)
+        self.last_stats = await _server_stats(session, self.base_url, self.lesson, self.secret)
+        return ServerCounts.from_stats(self.last_stats, self.teacher_id)
 
     async def ramp(self) -> None:
         """Start the workers' schedule and wait until every classroom joined or failed (or the grace ran out)."""
@@ -461,7 +480,9 @@ class _Run:
                 last_jitter = time.monotonic()
                 wall.sample_jitter()
         b = meter.snapshot()
+        stats0 = self.last_stats
         counts1 = await self.server_counts(session)
+        self.window_stats = (stats0, self.last_stats)  # simulcast: layers in and each classroom's layer, at the end
         self.progress.done()
         return meter.window(a, b, counts1 - counts0)
 
@@ -484,16 +505,24 @@ class _Run:
 
 async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_url: str,
                server: ServerProcess | None, workers: list, shared: _Shared) -> dict[str, Any]:
-    from .media import make_clips
+    from .media import frame_keys, make_clips, make_simulcast_clips
     from .teacher import SyntheticTeacher
 
     logging.getLogger("aioice").setLevel(logging.WARNING)
-    video, audio = make_clips(cfg.bitrate_kbps)
+    layers = None
+    if cfg.simulcast:
+        layers, audio = make_simulcast_clips(cfg.bitrate_kbps, cfg.simulcast_kbps, *cfg.simulcast_size)
+        video = None
+        keys = frame_keys(layers)
+        for _ in workers:
+            shared.frame_keys.put(keys)
+    else:
+        video, audio = make_clips(cfg.bitrate_kbps)
     server_ps = server.ps if server is not None else (psutil.Process(cfg.server_pid) if cfg.server_pid else None)
     run = _Run(cfg, secret, lesson, base_url, server_ps, workers, shared)
     async with aiohttp.ClientSession() as session:
         teacher = SyntheticTeacher(session, ws_url, issue_token(secret, "teacher", lesson, name="loadtest teacher"),
-                                   lesson, video, audio, shared.send_times)
+                                   lesson, video, audio, shared.send_times, layers)
         try:
             await teacher.publish()
             run.teacher_id = teacher.participant_id
@@ -504,7 +533,9 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
                 # the tiles of one wall page: the first classrooms (spread over every worker: round-robin)
                 await teacher.open_wall([classroom_id(i) for i in range(cfg.wall_tiles)], WALL_TIMEOUT_S)
             await asyncio.sleep(SETTLE_S)
+            sent0 = teacher.simulcast_figures()
             window, context = await run.hold(session, teacher.wall)
+            sent1 = teacher.simulcast_figures()
             # everyone stops sending first, so what the server sent and what the receivers counted can be compared
             await teacher.stop_media()
             shared.media_stop.set()
@@ -516,10 +547,15 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
         finally:
             await teacher.close()
     config = {k: v for k, v in asdict(cfg).items() if k not in ("secret", "quiet")}
-    config.update(workers=len(workers), video_kbps=round(video.bitrate_bps / 1000, 1),
+    video_bps = sum(x.clip.bitrate_bps for x in layers) if layers else video.bitrate_bps  # type: ignore[union-attr]
+    config.update(workers=len(workers), video_kbps=round(video_bps / 1000, 1),
                   audio_kbps=round(audio.bitrate_bps / 1000, 1), teacher_packets_sent=teacher.packets_sent,
                   cpus=os.cpu_count(), external_server=server is None, **context)
     report = build_report(cfg.mode, cfg.classrooms, results, window, final.to_classrooms, config)
+    if layers:
+        stats0, stats1 = run.window_stats
+        report["simulcast"] = simulcast_report(cfg.classrooms, results, window, stats0, stats1,
+                                               teacher.simulcast_figures() or [], classroom_id, sent0, sent1)
     if cfg.classroom_uplink_kbps or cfg.wall_tiles:
         report["uplink"] = uplink_report(cfg.classroom_uplink_kbps, results, window, final, teacher.wall_result())
     if server_ps is None:

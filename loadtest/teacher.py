@@ -1,5 +1,7 @@
 """The synthetic teacher: joins with a teacher token and publishes a looped pre-encoded VP8 + Opus clip
 (`MediaPublisher`), stamping each video frame's send time by VP8 picture id for the classrooms' delivery delay.
+With `--simulcast` the camera goes out as Chromium sends the teacher page's: three layers q/h/f on their own SSRCs,
+named by the RID header extension (loadtest/simulcast.py), send times stamped per layer and frame.
 
 With `--wall N` it also shows a wall: `wall {visible: [N classroom ids]}` makes the server offer it a receiving
 connection carrying only those classrooms' cameras and microphones, which it counts the way a synthetic classroom
@@ -13,7 +15,7 @@ from collections.abc import MutableSequence
 
 import aiohttp
 
-from .media import Clip
+from .media import Clip, SimulcastLayer
 from .publisher import MediaPublisher
 from .receiver import CountingReceiver
 from .wsclient import WsClient
@@ -22,12 +24,14 @@ WALL_INDEX = -1  # the wall's receiver seeds its (unused) loss emulation apart f
 
 
 class SyntheticTeacher:
-    def __init__(self, session: aiohttp.ClientSession, ws_url: str, token: str, lesson: str, video: Clip,
-                 audio: Clip, send_times: MutableSequence[float] | None = None) -> None:
+    def __init__(self, session: aiohttp.ClientSession, ws_url: str, token: str, lesson: str, video: Clip | None,
+                 audio: Clip, send_times: MutableSequence[float] | None = None,
+                 simulcast: list[SimulcastLayer] | None = None) -> None:
         self.lesson = lesson
         self.token = token
         self.ws = WsClient(session, ws_url)
-        self.publisher = MediaPublisher(self.ws, video, audio, send_times)
+        # simulcast: the camera as three layers q/h/f, the way Chromium sends it (loadtest/simulcast.py)
+        self.publisher = MediaPublisher(self.ws, video, audio, send_times, simulcast)
         self.participant_id: str | None = None
         self.wall: CountingReceiver | None = None
         self.wall_visible: list[str] = []
@@ -36,6 +40,11 @@ class SyntheticTeacher:
     @property
     def packets_sent(self) -> int:
         return self.publisher.packets_sent
+
+    def simulcast_figures(self) -> list[dict] | None:
+        """Per layer: what the teacher sent, and the RTCP it got for it (PLIs, NACKs, REMB)."""
+        sender = self.publisher.simulcast
+        return sender.figures() if sender is not None else None
 
     @property
     def published_at(self) -> float | None:

@@ -217,3 +217,139 @@ def test_the_uplink_report_states_the_cost_per_forwarded_and_per_received_packet
     assert up["all_tiles_estimate"] == {"tiles": 10, "teacher_packets_per_s": 700, "teacher_mbps": 2.0,
                                         "visible_packets_per_s": 140, "visible_mbps": 0.4,
                                         "extra_forwarded_packets_per_s": 560}
+
+
+# -- the simulcast teacher (`--simulcast`) ---------------------------------------------------------------------
+
+
+def test_the_simulcast_teachers_offer_has_chromiums_shape_and_the_server_reads_three_layers_from_it():
+    from aiortc import RTCPeerConnection
+
+    from loadtest.simulcast import RID_EXT_ID, RRID_EXT_ID, chromium_simulcast_offer
+    from sfu.simulcast_sdp import layers_low_to_high, parse_simulcast_offer
+
+    async def offer() -> str:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    import asyncio
+
+    plain = asyncio.run(offer())
+    sdp = chromium_simulcast_offer(plain, ["q", "h", "f"])
+    video, audio = sdp.split("\r\nm=")[1], sdp.split("\r\nm=")[2]
+    assert "a=ssrc" not in video  # as Chromium: the layers are named by RID only
+    assert video.index("a=rid:q send") < video.index("a=rid:h send") < video.index("a=rid:f send")
+    assert "a=simulcast:send q;h;f" in video
+    assert audio == plain.split("\r\nm=")[2]  # the microphone's section untouched
+    offers = parse_simulcast_offer(sdp)
+    assert len(offers) == 1
+    (offer_,) = offers.values()
+    assert (offer_.rids, offer_.rid_ext_id, offer_.rrid_ext_id) == (("q", "h", "f"), RID_EXT_ID, RRID_EXT_ID)
+    assert layers_low_to_high(offer_) == ("q", "h", "f")
+
+
+def test_the_simulcast_sender_names_each_layer_by_rid_until_acknowledged_and_repairs_on_its_rtx_stream():
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtp import (
+        RTCP_RTPFB_NACK,
+        RtcpReceiverInfo,
+        RtcpRrPacket,
+        RtcpRtpfbPacket,
+    )
+
+    from loadtest.media import Clip, SimulcastLayer
+    from loadtest.simulcast import RID_EXT_ID, RRID_EXT_ID, SimulcastSender
+    from sfu.rtp import find_extension, parse_header
+    from sfu.simulcast import LayerDemux
+
+    def layer(rid: str, fps: int) -> SimulcastLayer:
+        frames = [(bytes([0x10 if i % 4 == 0 else 0x11]) + bytes([i, rid.encode()[0]]) * 700, i % 4 == 0)
+                  for i in range(8)]
+        return SimulcastLayer(rid, 64, 36, fps, 100_000, Clip("video", frames, 1 / fps, 90000))
+
+    sent: list[bytes] = []
+
+    async def send_rtp(data: bytes) -> None:
+        sent.append(data)
+
+    router = SimpleNamespace(senders={}, register_sender=lambda s, ssrc: router.senders.__setitem__(ssrc, s))
+    dtls = SimpleNamespace(state="connected", _rtp_router=router, _send_rtp=send_rtp)
+    transceiver = SimpleNamespace(mid="0", sender=SimpleNamespace(transport=dtls), _codecs=[
+        RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97),
+        RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=98, parameters={"apt": 97})])
+    answer = "\r\n".join(["v=0", "m=video 9 UDP/TLS/RTP/SAVPF 97 98", "a=mid:0",
+                          "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+                          "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+                          f"a=extmap:{RID_EXT_ID} urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+                          f"a=extmap:{RRID_EXT_ID} urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+                          "a=rid:q recv", "a=rid:h recv", "a=rid:f recv", "a=simulcast:recv q;h;f"]) + "\r\n"
+    stamps = [0.0] * 64
+    sender = SimulcastSender([layer("q", 15), layer("h", 30), layer("f", 30)], stamps)
+
+    async def run() -> None:
+        sender.start(transceiver, answer, "cname")
+        await asyncio.sleep(0.25)
+        q, _h, f = sender.layers
+        # a receiver report for f's SSRC: its packets stop carrying MID and RID, as Chromium's do
+        await router.senders[f.ssrc]._handle_rtcp_packet(RtcpRrPacket(ssrc=1, reports=[RtcpReceiverInfo(
+            ssrc=f.ssrc, fraction_lost=0, packets_lost=0, highest_sequence=0, jitter=0, lsr=0, dlsr=0)]))
+        marker = len(sent)
+        await asyncio.sleep(0.15)
+        first_q = next(parse_header(d).seq for d in sent if parse_header(d).ssrc == q.ssrc)
+        await router.senders[q.ssrc]._handle_rtcp_packet(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1,
+                                                                         media_ssrc=q.ssrc, lost=[first_q]))
+        await sender.close()
+        return marker
+
+    marker = asyncio.run(run())
+    q, h, f = sender.layers
+    demux = LayerDemux(["q", "h", "f"], RID_EXT_ID, RRID_EXT_ID)
+    for data in sent[:marker]:
+        arrival = demux.receive(data, 0.0)
+        assert arrival is not None and not arrival.rtx
+        assert parse_header(data).ssrc == sender.layers[arrival.layer].ssrc
+    assert [x.ssrc for x in demux.layers] == [q.ssrc, h.ssrc, f.ssrc]
+    assert q.sent_frames < h.sent_frames  # 15 fps against 30
+    after = [d for d in sent[marker:] if parse_header(d).ssrc == f.ssrc]
+    assert after and all(find_extension(d, parse_header(d), RID_EXT_ID) is None for d in after)
+    rtx = [d for d in sent if parse_header(d).ssrc == q.rtx_ssrc]
+    assert len(rtx) == 1 and q.retransmitted == 1
+    hdr = parse_header(rtx[0])
+    assert hdr.payload_type == 98 and find_extension(rtx[0], hdr, RRID_EXT_ID) == b"q"
+    assert demux.receive(rtx[0], 0.0).rtx
+    assert sum(1 for s in stamps if s > 0) >= 3  # send times stamped per (layer, frame)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_simulcast_teacher_reaches_the_server_as_three_layers_and_every_classroom_gets_one():
+    n = 6
+    report = run_loadtest(LoadTestConfig(classrooms=n, duration_s=10, simulcast=True, quiet=True))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    _check_common(report, n)
+    assert report["loss_ratio"] < 0.01
+    sc = report["simulcast"]
+    assert sc["rids"] == ["q", "h", "f"]
+    for layer in sc["layers"]:
+        # the server learned each layer's SSRC (from the RID extension) and counts its packets
+        assert layer["server_ssrc"] == layer["ssrc"], layer
+        assert layer["server_packets_in_per_s"] > 10, layer
+    assert sc["server_keeps_up"] is True
+    # the server's count of the teacher's packets includes the upper layers
+    assert report["window_packets_in_per_s"] > sum(x["server_packets_in_per_s"] for x in sc["layers"])
+    # every classroom has a layer, by the server's account and by the frames it received
+    assert sum(sc["layer_mix"].values()) == n and sc["layer_mix"]["none"] == 0
+    assert sum(sc["received_layer_mix"].values()) == n and sc["received_layer_mix"]["none"] == 0
+    assert sc["server_and_classroom_agree"] >= n - 1
+    assert [c["index"] for c in sc["per_classroom"]] == list(range(n))
+    assert sum(sc["frames_received_by_layer"].values()) > 0 and sc["frames_unrecognised"] == 0
+    # delivery delay measured per (layer, frame) although the server rewrites picture ids on a switch
+    assert report["delivery_ms"]["samples"] > 0 and 0 < report["delivery_ms"]["p50"] < 100
