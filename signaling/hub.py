@@ -143,6 +143,9 @@ class Hub:
         if members.get(pid) is not conn:
             return  # already replaced by a newer connection of the same participant
         del members[pid]
+        # decided now, before the awaits below: when a whole lesson's classrooms drop at once, every leave
+        # would find the lesson empty after them and save its record (400 times, each with 400 rows)
+        last = not members
         router = self.routers.get(lesson_id)
         if router is not None:
             await router.remove_participant(pid)
@@ -158,7 +161,7 @@ class Hub:
                                        "participant": {"id": pid, "role": conn.role,
                                                        "name": conn.claims.name if conn.claims else ""}},
                            about=conn.role)
-        if not members:
+        if last and not self.connections.get(lesson_id):  # (nobody joined meanwhile)
             self.connections.pop(lesson_id, None)
             self._stop_recording(lesson_id)
             self._save_record(lesson_id)
