@@ -30,6 +30,8 @@ class Uplink:
 
     video: Clip
     audio: Clip
+    # send only what somebody receives, as the classroom page does (the server's `demand`); False: always send
+    follow_demand: bool = True
 
 
 class SyntheticClassroom:
@@ -76,11 +78,20 @@ class SyntheticClassroom:
             if self.uplink is not None and self.receiver.error is None:
                 t0 = time.monotonic()
                 self.publisher = MediaPublisher(self.ws, self.uplink.video, self.uplink.audio)
-                await self.publisher.publish()
+                if self.uplink.follow_demand:
+                    self.ws.handlers["event"] = self._on_event
+                reply = await self.publisher.publish()
+                demand = reply.get("demand")
+                if self.uplink.follow_demand and demand is not None:
+                    self.publisher.set_sending(demand["video"], demand["audio"])
                 await self.publisher.wait_connected(timeout_s)
                 self.publish_ms = (time.monotonic() - t0) * 1000
         except Exception as exc:  # noqa: BLE001 - reported per classroom, the run goes on
             self._error = self._error or f"{type(exc).__name__}: {exc}"
+
+    async def _on_event(self, msg: dict) -> None:
+        if msg.get("event") == "demand" and self.publisher is not None:
+            self.publisher.set_sending(bool(msg.get("video")), bool(msg.get("audio")))
 
     def stop_uplink(self) -> None:
         if self.publisher is not None:
@@ -111,8 +122,11 @@ class SyntheticClassroom:
             pub = self.publisher
             sent_s = (self.uplink_stopped_at or time.monotonic()) - pub.connected_at \
                 if pub is not None and pub.connected_at is not None else 0.0
+            until = self.uplink_stopped_at or time.monotonic()
+            paused_s = pub.video.paused_s(until) if pub is not None and pub.video is not None else 0.0
             out["uplink"] = {"publish_ms": self.publish_ms, "packets_sent": pub.packets_sent if pub else 0,
-                             "bytes_sent": pub.bytes_sent if pub else 0, "sending_s": round(sent_s, 2)}
+                             "bytes_sent": pub.bytes_sent if pub else 0, "sending_s": round(sent_s, 2),
+                             "camera_paused_s": round(paused_s, 2)}
         return out
 
     async def close(self) -> None:

@@ -23,6 +23,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wall", type=int, default=None, metavar="N",
                    help="classroom tiles on the synthetic teacher's wall, received and counted (default: 16 with "
                         "--classroom-uplink, else no wall; at most 64)")
+    p.add_argument("--ignore-demand", action="store_true",
+                   help="with --classroom-uplink: classrooms send their camera and microphone all the time, even "
+                        "when nobody receives them (the page stops sending them; this measures what that saves)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
                          workers=args.workers, lesson=args.lesson, profile_server=args.profile_server,
                          server_pid=args.server_pid, classroom_mode=args.classroom_mode,
                          classroom_loss=args.classroom_loss, classroom_uplink_kbps=args.classroom_uplink,
-                         wall=args.wall, quiet=args.quiet, **_simulcast_options(args))
+                         wall=args.wall, classroom_demand=not args.ignore_demand, quiet=args.quiet,
+                         **_simulcast_options(args))
     try:
         report = run_loadtest(cfg)
     except ValueError as exc:

@@ -150,6 +150,37 @@ class PacketTrack(MediaStreamTrack):
         self._start: float | None = None
         self._time_base = fractions.Fraction(1, clip.clock)
         self._step = round(clip.period_s * clip.clock)
+        # paused (`set_active(False)`, as a page's sender with encodings[].active = false): nothing is sent; on
+        # resuming, the clip goes on from its next key frame, as an encoder starts again
+        self.active = True
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._frame = 0  # index into the clip
+        self._paused_s = 0.0  # pauses ended
+        self._paused_since: float | None = None
+
+    def set_active(self, active: bool) -> None:
+        if active == self.active:
+            return
+        self.active = active
+        now = time.monotonic()
+        if active:
+            if self._paused_since is not None:
+                self._paused_s += now - self._paused_since
+                self._paused_since = None
+            self._resumed.set()
+        else:
+            self._paused_since = now
+            self._resumed.clear()
+
+    def stop(self) -> None:
+        super().stop()
+        self._resumed.set()  # a paused recv() ends too
+
+    def paused_s(self, until: float) -> float:
+        """Seconds paused so far (up to `until`, a time.monotonic())."""
+        ongoing = max(0.0, until - self._paused_since) if self._paused_since is not None else 0.0
+        return self._paused_s + ongoing
 
     async def recv(self) -> av.Packet:
         if self._start is None:
@@ -158,9 +189,17 @@ class PacketTrack(MediaStreamTrack):
         delay = self._start + n * self.clip.period_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        if not self.active:
+            paused_at = time.monotonic()
+            await self._resumed.wait()
+            self._start += time.monotonic() - paused_at  # no burst of the frames not sent meanwhile
+            frames = self.clip.frames
+            self._frame = next((i for i in range(self._frame, self._frame + len(frames))
+                                if frames[i % len(frames)][1]), self._frame)
         if self.readyState != "live":
             raise MediaStreamError  # stop() ends the sender's loop: the teacher stops sending at once
-        data, _key = self.clip.frames[n % len(self.clip.frames)]
+        data, _key = self.clip.frames[self._frame % len(self.clip.frames)]
+        self._frame += 1
         packet = av.Packet(data)
         packet.pts = n * self._step
         packet.time_base = self._time_base

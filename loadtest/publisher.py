@@ -60,8 +60,9 @@ class MediaPublisher:
                     self.connected_at = time.monotonic()
                 self.connected.set()
 
-    async def publish(self) -> None:
-        """Offer the clips with `publish` and apply the server's answer; media flows once ICE + DTLS are up."""
+    async def publish(self) -> dict:
+        """Offer the clips with `publish` and apply the server's answer (returned); media flows once ICE + DTLS are
+        up."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = self.pc.localDescription.sdp
         if self.simulcast is not None:
@@ -91,6 +92,13 @@ class MediaPublisher:
             video = next(t for t in self.pc.getTransceivers() if t.kind == "video")
             self.simulcast.start(video, reply["sdp"], self.pc._RTCPeerConnection__cname)
         self.published_at = time.monotonic()
+        return reply
+
+    def set_sending(self, video: bool, audio: bool) -> None:
+        """Send the camera / microphone or not (the server's `demand`: whether anyone receives them)."""
+        if self.video is not None:
+            self.video.set_active(video)
+        self.audio.set_active(audio)
 
     def _stamp(self, data: bytes) -> None:
         b0 = data[0]

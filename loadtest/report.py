@@ -195,12 +195,21 @@ def uplink_report(camera_kbps: int, results: list[dict], window: Window, final: 
     ups = [r["uplink"] for r in connected if r.get("uplink")]
     publishing = [u for u in ups if u["publish_ms"] is not None]
     c = window.counts
-    per_room_pps = c.classrooms_in / window.wall_s / len(publishing) if publishing and window.wall_s else None
+    # classrooms send only while somebody receives them (the server's `demand`; --ignore-demand: always): the
+    # rates per classroom are those of a classroom while it sends
     sending = sum(u["sending_s"] for u in publishing)
-    per_room_kbps = sum(u["bytes_sent"] for u in publishing) * 8 / 1000 / sending if sending else None
+    active = sum(max(0.0, u["sending_s"] - u.get("camera_paused_s", 0.0)) for u in publishing)
+    active_share = active / sending if sending else 0.0
+    per_room_pps = (c.classrooms_in / window.wall_s / (len(publishing) * active_share)
+                    if publishing and window.wall_s and active_share else None)
+    per_room_kbps = sum(u["bytes_sent"] for u in publishing) * 8 / 1000 / active if active else None
     out: dict[str, Any] = {
         "camera_kbps": camera_kbps,
         "classrooms_publishing": len(publishing),
+        # the share of the classrooms' time their camera was not sent because nobody received it
+        "camera_paused_share": round(1 - active_share, 3) if sending else None,
+        "camera_paused_s": {r.get("index", i): r["uplink"].get("camera_paused_s", 0.0)
+                            for i, r in enumerate(connected) if r.get("uplink")},
         "publish_ms": {"p50": _pct([u["publish_ms"] for u in publishing], 50),
                        "p95": _pct([u["publish_ms"] for u in publishing], 95)},
         # what one classroom sends (SRTP bytes, audio + video) and what the server receives from each

@@ -73,6 +73,8 @@ class LoadTestConfig:
     # the interactive classroom: each classroom also publishes a 320x180 VP8 camera at this many kbit/s + Opus
     classroom_uplink_kbps: int = 0
     wall: int | None = None  # classroom tiles on the teacher's wall; None: DEFAULT_WALL with uplinks, else none
+    # classrooms send only what somebody receives (the server's `demand`), as the page does; False: all the time
+    classroom_demand: bool = True
     # the teacher sends its camera as three simulcast layers q/h/f, as Chromium does (loadtest/simulcast.py)
     simulcast: bool = False
     simulcast_kbps: tuple[int, ...] | None = None  # the layers' video kbit/s, q,h,f; None: from bitrate_kbps
@@ -198,6 +200,7 @@ class _WorkerPlan:
     options: ReceiveOptions
     uplink_kbps: int = 0
     simulcast: bool = False
+    follow_demand: bool = True
 
 
 def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
@@ -216,7 +219,7 @@ def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
     if plan.uplink_kbps:
         from .media import make_uplink_clips
 
-        uplink = Uplink(*make_uplink_clips(plan.uplink_kbps))  # once per process, before the ramp starts
+        uplink = Uplink(*make_uplink_clips(plan.uplink_kbps), follow_demand=plan.follow_demand)  # once per process
     uvloop.run(_worker(worker, plan, shared, uplink))
 
 
@@ -332,7 +335,7 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     options = ReceiveOptions(stock=cfg.classroom_mode == "stock", loss=cfg.classroom_loss)
     for w in range(n_workers):
         plan = _WorkerPlan(list(range(w, cfg.classrooms, n_workers)), ws_url, secret, lesson, cfg.ramp_per_s,
-                           options, cfg.classroom_uplink_kbps, cfg.simulcast)
+                           options, cfg.classroom_uplink_kbps, cfg.simulcast, cfg.classroom_demand)
         p = ctx.Process(target=_worker_main, args=(w, plan, shared), daemon=True, name=f"loadtest-worker-{w}")
         p.start()
         workers.append(p)

@@ -28,7 +28,7 @@ def _one(n: int, uplink_kbps: int, args: argparse.Namespace) -> dict[str, Any]:
     cfg = LoadTestConfig(classrooms=n, duration_s=args.duration, ramp_per_s=args.ramp, bitrate_kbps=args.bitrate,
                          workers=args.workers, quiet=args.quiet, classroom_mode=args.classroom_mode,
                          classroom_loss=args.classroom_loss, classroom_uplink_kbps=uplink_kbps,
-                         wall=args.wall if uplink_kbps else 0)
+                         wall=args.wall if uplink_kbps else 0, classroom_demand=not args.ignore_demand)
     report = run_loadtest(cfg)
     print(summary_line(report), file=sys.stderr, flush=True)
     return report
