@@ -53,10 +53,19 @@ export function relayOnly(search = location.search) {
 }
 
 export class ProtocolError extends Error {
-  constructor(code, message) {
+  constructor(code, message, reply = null) {
     super(message);
     this.code = code;
+    this.reply = reply; // the whole error message (e.g. `url` of lesson_elsewhere)
   }
+}
+
+// a lesson lives on one server process; a page sent from one to another follows at most this many times
+const MAX_HOPS = 2;
+
+/** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */
+export function wsUrlOf(base) {
+  return `${base.replace(/\/+$/, "").replace(/^http/, "ws")}/ws`;
 }
 
 /** One websocket. Dispatches "message" (every server message), "<type>" per message type,
@@ -121,7 +130,7 @@ export class Signaling extends EventTarget {
     if (waiting) {
       this.pending.delete(msg.ref);
       clearTimeout(waiting.timer);
-      if (msg.type === "error") waiting.reject(new ProtocolError(msg.code, msg.message));
+      if (msg.type === "error") waiting.reject(new ProtocolError(msg.code, msg.message, msg));
       else waiting.resolve(msg);
     }
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));
@@ -272,7 +281,8 @@ class LessonSession extends EventTarget {
   constructor(token, url = signalingUrl()) {
     super();
     this.token = token;
-    this.url = url;
+    this.homeUrl = url; // where every (re)join starts: it sends us on if the lesson lives elsewhere
+    this.url = url; // the websocket of the server carrying the lesson, as last joined
     this.claims = readClaims(token) || {};
     this.sig = null;
     this.receiving = null; // Receiving: what the server sends us
@@ -326,8 +336,9 @@ class LessonSession extends EventTarget {
   }
 
   /** Connect and join; the receiving side listens first, as the server's offer follows `joined` at once. */
-  async _join() {
-    const sig = new Signaling(this.url);
+  async _join(url = this.homeUrl, hops = 0) {
+    this.url = url;
+    const sig = new Signaling(url);
     this.sig = sig;
     const receiving = new Receiving(() => this.rtcConfiguration(), (what, state) => this._onPc(receiving, what, state));
     this.receiving = receiving;
@@ -336,7 +347,18 @@ class LessonSession extends EventTarget {
     sig.addEventListener("event", (e) => this._onEvent(e.detail));
     sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
     await sig.connect();
-    const joined = await sig.request({ type: "join", token: this.token, lesson: this.claims.lesson });
+    let joined;
+    try {
+      joined = await sig.request({ type: "join", token: this.token, lesson: this.claims.lesson });
+    } catch (err) {
+      // several server processes: the lesson lives on another one, which the server names
+      if (err instanceof ProtocolError && err.code === "lesson_elsewhere" && err.reply && err.reply.url
+          && hops < MAX_HOPS) {
+        sig.close();
+        return this._join(wsUrlOf(err.reply.url), hops + 1);
+      }
+      throw err;
+    }
     this.me = joined.participant;
     this.lesson = joined.lesson;
     this.participants = new Map(joined.participants.map((p) => [p.id, p]));
@@ -807,7 +829,9 @@ export class TeacherSession extends LessonSession {
   }
 
   _apiUrl(path) {
-    return `/api/lessons/${encodeURIComponent(this.claims.lesson)}/${path}`;
+    // the server carrying the lesson (another origin when this page was sent on to it)
+    const base = this.url.replace(/^ws/, "http").replace(/\/ws$/, "");
+    return `${base}/api/lessons/${encodeURIComponent(this.claims.lesson)}/${path}`;
   }
 
   async _get(path) {

@@ -566,7 +566,7 @@ function renderClassrooms(stats) {
     const consumers = (stats && stats.subscribers && stats.subscribers[p.id]) || [];
     const bytes = consumers.reduce((sum, c) => sum + (c.octets_out || 0), 0);
     octets[p.id] = bytes;
-    const before = previousStats && previousStats.octets[p.id];
+    const before = previousStats ? previousStats.octets[p.id] : undefined; // (classrooms there before the teacher)
     const kbps = before !== undefined && now > previousStats.at
       ? Math.max(0, ((bytes - before) * 8) / (now - previousStats.at)) : null;
     const loss = consumers.length ? Math.max(...consumers.map((c) => (c.fraction_lost || 0) / 256)) : null;

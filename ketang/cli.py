@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
                         classroom_uplink_kbps=int(Config.float_from("KETANG_CLASSROOM_UPLINK_KBPS",
                                                                     CLASSROOM_UPLINK_KBPS)),
                         stage_max=int(Config.float_from("KETANG_STAGE_MAX", STAGE_MAX)),
-                        heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3))
+                        heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3),
+                        public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""))
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")
+    serve.add_argument("--public-url", default=None,
+                       help="how browsers reach this process, e.g. http://10.0.0.5:8080 (or KETANG_PUBLIC_URL; "
+                            "default http://HOST:PORT): with several processes on one Redis, each lesson lives "
+                            "on one of them and a participant joining another is sent there")
     serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,

@@ -31,6 +31,9 @@ class Config:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     secret: str = ""
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # how browsers reach this process (several processes sharing Redis: each lesson lives on one of them, and
+    # a participant joining another one is sent here); empty: http://host:port
+    public_url: str = ""
     ice_servers: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()  # TURN for the browsers (firewalled schools), e.g. turn:host:3478?transport=tcp
     turn_secret: str = ""  # coturn's static-auth-secret (use-auth-secret): credentials are minted per participant
@@ -44,6 +47,11 @@ class Config:
     messages_per_s: float = MESSAGES_PER_S
     message_burst: int = MESSAGE_BURST
     send_queue_max: int = SEND_QUEUE_MAX
+
+    @property
+    def url(self) -> str:
+        """This process's address for browsers and other nodes' redirects."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @staticmethod
     def data_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path:

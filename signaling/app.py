@@ -126,13 +126,40 @@ def _page(filename: str):  # type: ignore[no-untyped-def]
     return serve
 
 
+# the lesson API is asked by pages of another origin when several server processes share Redis: a page served by
+# one node follows its lesson to the node that carries it (`lesson_elsewhere`), and asks that node for the stats.
+# Bearer tokens only, no cookies: any origin may ask.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "Authorization",
+                "Access-Control-Allow-Methods": "GET, OPTIONS", "Access-Control-Max-Age": "600"}
+
+
+@web.middleware
+async def lesson_api_cors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if not request.path.startswith("/api/lessons/"):
+        return await handler(request)
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=CORS_HEADERS)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(CORS_HEADERS)
+        raise
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+async def lesson_preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS_HEADERS)  # (answered by lesson_api_cors)
+
+
 def make_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[lesson_api_cors])
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
     app.router.add_get("/api/lessons/{lesson}/attendance", lesson_attendance)
     app.router.add_get("/api/lessons/{lesson}/attendance{csv:\\.csv}", lesson_attendance)
+    app.router.add_route("OPTIONS", "/api/lessons/{tail:.*}", lesson_preflight)
     for path, filename in PAGES.items():
         app.router.add_get(path, _page(filename))
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
@@ -163,6 +190,8 @@ async def run_server(config: Config) -> None:
     await site.start()
     base = f"http://{config.host}:{config.port}"
     state = f"Redis at {config.redis_url}" if config.redis_url else "in process (embedded)"
+    if config.redis_url:
+        state += f"; lessons placed here are joined at {config.url}"
     print(f"ketang serving on {base}  (room state: {state}; node {config.node_id})", flush=True)
     print(f"  health:     {base}/healthz", flush=True)
     print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)

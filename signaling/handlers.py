@@ -9,8 +9,8 @@ from typing import Any
 from sfu.peers import SdpError, Subscriber
 
 from .connection import Connection
-from .hub import Hub, JoinRefused, LessonEnded
-from .messages import Message, ProtocolError
+from .hub import Hub, JoinRefused, LessonElsewhere, LessonEnded
+from .messages import Message, ProtocolError, error_reply
 from .tokens import TokenError, verify_token
 from .turn import ice_servers_for
 
@@ -41,6 +41,11 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     except LessonEnded as exc:
         conn.claims = conn.participant_id = conn.lesson_id = None
         raise ProtocolError("lesson_ended", "this lesson has ended", msg.id) from exc
+    except LessonElsewhere as exc:
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        reply = error_reply("lesson_elsewhere", "this lesson is carried by another server: join it there", msg.id)
+        conn.send({**reply, "url": exc.url})
+        return None
     except JoinRefused as exc:
         conn.claims = conn.participant_id = conn.lesson_id = None
         why = {"removed": "the teacher removed this classroom from the lesson",

@@ -20,6 +20,8 @@ from .state import Lesson, Participant, RoomStore, TrackInfo
 
 # each classroom's reception (loss, round-trip time, bitrate, video) is sampled this often for attendance
 SAMPLE_EVERY_S = 2.0
+# websocket close code: the lesson now lives on another server process; the page reconnects and is sent there
+CLOSE_MOVED = 4005
 
 log = logging.getLogger("ketang.signaling")
 
@@ -83,6 +85,12 @@ class Hub:
         """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
         claims = conn.claims
         assert claims is not None and conn.participant_id is not None
+        # the lesson's teacher and classrooms must meet in one SFU: the first node to see the lesson carries it
+        # (several processes on one Redis carry more lessons); anyone arriving elsewhere is sent there
+        placement = await self.store.place_lesson(claims.lesson, self.config.node_id, self.config.url,
+                                                  self.config.participant_ttl_s)
+        if placement.node != self.config.node_id:
+            raise LessonElsewhere(placement.url)
         lesson = await self.store.ensure_lesson(claims.lesson, title=claims.title or None,
                                                 teacher=claims.name if claims.role == "teacher" else None)
         if lesson.state == "ended" and claims.role != "teacher":
@@ -163,6 +171,13 @@ class Hub:
                            about=conn.role)
         if last and not self.connections.get(lesson_id):  # (nobody joined meanwhile)
             self.connections.pop(lesson_id, None)
+            try:  # the next participant may start the lesson on any node
+                await self.store.release_lesson(lesson_id, self.config.node_id)
+            except Exception:  # noqa: BLE001 - it expires anyway
+                log.exception("could not release the placement of lesson %s", lesson_id)
+            if self.connections.get(lesson_id):  # somebody joined while it was being released: it goes on here
+                await self._renew_placement(lesson_id, self.connections[lesson_id])
+                return
             self._stop_recording(lesson_id)
             self._save_record(lesson_id)
             if router is not None:
@@ -290,11 +305,28 @@ class Hub:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             for lesson_id, members in list(self.connections.items()):
+                await self._renew_placement(lesson_id, members)
                 for pid in list(members):
                     try:
                         await self.store.heartbeat(lesson_id, pid, self.config.participant_ttl_s)
                     except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
                         log.exception("heartbeat failed")
+
+    async def _renew_placement(self, lesson_id: str, members: dict[str, Connection]) -> None:
+        """Keep the lessons this node carries placed here. Lost to another node (this one stalled past the TTL):
+        its participants are disconnected, and their pages reconnect and are sent to that node."""
+        try:
+            placement = await self.store.place_lesson(lesson_id, self.config.node_id, self.config.url,
+                                                      self.config.participant_ttl_s)
+        except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
+            log.exception("placement renewal failed")
+            return
+        if placement.node == self.config.node_id:
+            return
+        log.warning("lesson %s is now carried by %s: moving its %d participants there", lesson_id, placement.url,
+                    len(members))
+        for conn in list(members.values()):
+            await conn.close(code=CLOSE_MOVED, reason="the lesson moved to another server")
 
     async def _sample_loop(self) -> None:
         """Every SAMPLE_EVERY_S: each connected classroom's reception, for attendance."""
@@ -344,11 +376,21 @@ class Hub:
         for router in list(self.routers.values()):
             await router.close()
         self.routers.clear()
+        for lesson_id in list(self.connections):
+            await self.store.release_lesson(lesson_id, self.config.node_id)
         await self.store.remove_node(self.config.node_id)
 
 
 class LessonEnded(Exception):
     pass
+
+
+class LessonElsewhere(Exception):
+    """The lesson's media lives on another server process (several sharing Redis): join it at `url`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
 
 
 class JoinRefused(Exception):

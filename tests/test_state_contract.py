@@ -17,6 +17,7 @@ from signaling.state import (
     Lesson,
     MemoryRoomStore,
     Participant,
+    Placement,
     RedisRoomStore,
     RoomStore,
     TrackInfo,
@@ -427,6 +428,43 @@ async def test_remove_node_spares_a_participant_that_reconnected_through_another
 
     assert await store.remove_node("node-a") == 0
     assert [(p.id, p.node) for p in await store.list_participants(LESSON)] == [("p1", "node-b")]
+
+
+# -- placement: which node carries a lesson -----------------------------------------------------------------
+
+async def test_the_first_node_places_a_lesson_and_another_node_is_told_where_it_is(store: RoomStore,
+                                                                                    clock: FakeClock) -> None:
+    a = await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)
+    assert a == Placement("node-a", "http://a:8080")
+    assert await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL) == a
+    # another lesson is placed independently
+    assert await store.place_lesson(OTHER_LESSON, "node-b", "http://b:8080", TTL) == Placement("node-b", "http://b:8080")
+
+
+async def test_the_holder_renews_its_placement_and_an_expired_one_goes_to_the_next_node(store: RoomStore,
+                                                                                        clock: FakeClock) -> None:
+    await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)
+    clock.advance(TTL - 1)
+    assert (await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)).node == "node-a"  # renewed
+    clock.advance(TTL - 1)  # within the renewed TTL
+    assert (await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)).node == "node-a"
+    clock.advance(2)  # node-a crashed: it renewed nothing
+    assert await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL) == Placement("node-b", "http://b:8080")
+    assert (await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)).node == "node-b"
+
+
+async def test_only_the_holder_releases_a_placement(store: RoomStore) -> None:
+    await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)
+    await store.release_lesson(LESSON, "node-b")  # not its own: nothing happens
+    assert (await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)).node == "node-a"
+    await store.release_lesson(LESSON, "node-a")
+    await store.release_lesson(LESSON, "node-a")  # idempotent
+    assert (await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)).node == "node-b"
+
+
+async def test_a_placement_needs_a_positive_ttl(store: RoomStore) -> None:
+    with pytest.raises(ValueError):
+        await store.place_lesson(LESSON, "node-a", "http://a:8080", 0)
 
 
 async def test_counts_open_lessons_and_unexpired_participants(store: RoomStore, clock: FakeClock) -> None:

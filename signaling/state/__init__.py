@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import LESSON_STATES, Lesson, Participant, RoomStore, TrackInfo
+from .base import LESSON_STATES, Lesson, Participant, Placement, RoomStore, TrackInfo
 from .memory import MemoryRoomStore
 from .redis import RedisRoomStore
 
@@ -30,6 +30,7 @@ __all__ = [
     "Lesson",
     "MemoryRoomStore",
     "Participant",
+    "Placement",
     "RedisRoomStore",
     "RoomStore",
     "TrackInfo",

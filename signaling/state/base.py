@@ -134,6 +134,14 @@ def track_sort_key(t: TrackInfo) -> tuple[float, str]:
     return (t.published_at, t.id)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which server process (node) carries a lesson's media, and the URL browsers reach it at."""
+
+    node: str
+    url: str
+
+
 class RoomStore(abc.ABC):
     """Lessons, their live participants and published tracks.
 
@@ -201,6 +209,19 @@ class RoomStore(abc.ABC):
     @abc.abstractmethod
     async def list_tracks(self, lesson_id: str) -> list[TrackInfo]:
         """Tracks of unexpired participants, sorted by published_at."""
+
+    @abc.abstractmethod
+    async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
+        """The node that carries the lesson: ``node`` (placed there, or its placement renewed, until
+        clock()+ttl_s) unless another node holds an unexpired placement, which is returned instead.
+
+        A lesson's teacher and classrooms must meet in one SFU process; several processes sharing one store
+        carry more lessons, each lesson on one of them. A crashed node's placements expire like its
+        participants."""
+
+    @abc.abstractmethod
+    async def release_lesson(self, lesson_id: str, node: str) -> None:
+        """Drop the lesson's placement if ``node`` holds it (its last participant left); idempotent."""
 
     @abc.abstractmethod
     async def remove_node(self, node: str) -> int:

@@ -15,6 +15,7 @@ from .base import (
     Clock,
     Lesson,
     Participant,
+    Placement,
     RoomStore,
     TrackInfo,
     check_lesson_state,
@@ -29,6 +30,7 @@ class MemoryRoomStore(RoomStore):
     def __init__(self, clock: Clock = time.time) -> None:
         super().__init__(clock)
         self._lessons: dict[str, Lesson] = {}
+        self._placements: dict[str, tuple[Placement, float]] = {}  # lesson -> (placement, expires_at)
         # lesson id -> participant id -> participant
         self._participants: dict[str, dict[str, Participant]] = {}
         # lesson id -> participant id -> track id -> track; keyed by participant
@@ -150,6 +152,21 @@ class MemoryRoomStore(RoomStore):
         return sorted(tracks, key=track_sort_key)
 
     # -- whole store ----------------------------------------------------------
+
+    async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
+        check_ttl(ttl_s)
+        now = self.clock()
+        held = self._placements.get(lesson_id)
+        if held is not None and held[0].node != node and held[1] > now:
+            return held[0]
+        placement = Placement(node, url)
+        self._placements[lesson_id] = (placement, now + ttl_s)
+        return placement
+
+    async def release_lesson(self, lesson_id: str, node: str) -> None:
+        held = self._placements.get(lesson_id)
+        if held is not None and held[0].node == node:
+            del self._placements[lesson_id]
 
     async def remove_node(self, node: str) -> int:
         removed = 0

@@ -38,6 +38,7 @@ from .base import (
     Clock,
     Lesson,
     Participant,
+    Placement,
     RoomStore,
     TrackInfo,
     check_lesson_state,
@@ -98,6 +99,29 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3], KEYS[4])
 if score and tonumber(score) > tonumber(ARGV[4]) then
   return 1
+end
+return 0
+"""
+
+
+# KEYS: the lesson's placement hash
+# ARGV: node, url, now, new expires_at, key ttl (ms)
+# another node's unexpired placement wins; else this node's is set (or renewed)
+_PLACE_LUA = """
+local node = redis.call('HGET', KEYS[1], 'node')
+local expires = redis.call('HGET', KEYS[1], 'expires_at')
+if node and node ~= ARGV[1] and expires and tonumber(expires) > tonumber(ARGV[3]) then
+  return {node, redis.call('HGET', KEYS[1], 'url') or ''}
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'url', ARGV[2], 'expires_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {ARGV[1], ARGV[2]}
+"""
+
+# KEYS: the lesson's placement hash; ARGV: node
+_RELEASE_LUA = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -164,6 +188,8 @@ class RedisRoomStore(RoomStore):
         self._heartbeat_script = self._r.register_script(_HEARTBEAT_LUA)
         self._add_track_script = self._r.register_script(_ADD_TRACK_LUA)
         self._remove_if_on_node_script = self._r.register_script(_REMOVE_IF_ON_NODE_LUA)
+        self._place_script = self._r.register_script(_PLACE_LUA)
+        self._release_script = self._r.register_script(_RELEASE_LUA)
 
     # -- keys -----------------------------------------------------------------
 
@@ -354,6 +380,19 @@ class RedisRoomStore(RoomStore):
         return sorted(tracks, key=track_sort_key)
 
     # -- whole store ----------------------------------------------------------
+
+    def placement_key(self, lesson_id: str) -> str:
+        return f"{self.lesson_key(lesson_id)}:node"
+
+    async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
+        check_ttl(ttl_s)
+        now = self.clock()
+        held, held_url = await self._place_script(keys=[self.placement_key(lesson_id)],
+                                                  args=[node, url, _num(now), _num(now + ttl_s), _key_ttl_ms(ttl_s)])
+        return Placement(_text(held), _text(held_url))
+
+    async def release_lesson(self, lesson_id: str, node: str) -> None:
+        await self._release_script(keys=[self.placement_key(lesson_id)], args=[node])
 
     async def remove_node(self, node: str) -> int:
         members = await self._r.zrange(self._all_participants_key, 0, -1)
