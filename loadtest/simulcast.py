@@ -51,7 +51,7 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-from sfu.simulcast_sdp import URI_RID, URI_RRID
+from sfu.simulcast_sdp import URI_RID, URI_RRID, split_sections
 
 from .media import VIDEO_CLOCK, VIDEO_FPS, SimulcastLayer
 
@@ -66,22 +66,9 @@ FORCED_KEYFRAME_INTERVAL_S = 0.5
 SR_INTERVAL_S = 1.0
 
 
-def _sections(sdp: str) -> tuple[list[str], list[list[str]]]:
-    session: list[str] = []
-    sections: list[list[str]] = []
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([line])
-        elif sections:
-            sections[-1].append(line)
-        else:
-            session.append(line)
-    return session, sections
-
-
 def chromium_simulcast_offer(sdp: str, rids: list[str]) -> str:
     """aiortc's offer with its (first) video m-section reshaped as Chromium offers a simulcast camera."""
-    session, sections = _sections(sdp)
+    session, sections = split_sections(sdp)
     done = False
     out = list(session)
     for lines in sections:
@@ -104,7 +91,7 @@ def chromium_simulcast_offer(sdp: str, rids: list[str]) -> str:
 
 def answer_extensions(sdp: str, mid: str) -> dict[str, int]:
     """uri -> id of the answer's extmaps in the m-section `mid`."""
-    _, sections = _sections(sdp)
+    _, sections = split_sections(sdp)
     for lines in sections:
         if f"a=mid:{mid}" in lines:
             found = {}

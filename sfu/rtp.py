@@ -171,15 +171,19 @@ class ExtensionLayout:
         if self.audio_level_at >= 0:
             self.audio_level_at += 4
 
-    def tail(self, abs_send_time: bytes, audio_level: int, payload: bytes) -> bytes:
-        """Everything after the 12-byte fixed header: this layout's extension block, stamped, then the payload."""
+    def _stamp(self, abs_send_time: bytes, audio_level: int) -> bytearray:
+        """The extension block with this packet's abs-send-time and audio level written in (a shared buffer)."""
         t = self._template
         if self.abs_send_time_at >= 0:
             at = self.abs_send_time_at
             t[at:at + 3] = abs_send_time
         if self.audio_level_at >= 0:
             t[self.audio_level_at] = audio_level
-        return bytes(t) + payload
+        return t
+
+    def tail(self, abs_send_time: bytes, audio_level: int, payload: bytes) -> bytes:
+        """Everything after the 12-byte fixed header: this layout's extension block, stamped, then the payload."""
+        return bytes(self._stamp(abs_send_time, audio_level)) + payload
 
     def stamped(self, abs_send_time: bytes, audio_level: int) -> bytes:
         """This layout's extension block stamped as ``tail`` stamps it (the bytes ``tail`` puts before the payload),
@@ -189,12 +193,6 @@ class ExtensionLayout:
             return self._stamped
         if not self.block:
             return b""
-        t = self._template
-        if self.abs_send_time_at >= 0:
-            at = self.abs_send_time_at
-            t[at:at + 3] = abs_send_time
-        if self.audio_level_at >= 0:
-            t[self.audio_level_at] = audio_level
-        block = self._stamped = bytes(t)
+        block = self._stamped = bytes(self._stamp(abs_send_time, audio_level))
         self._stamped_ast, self._stamped_level = abs_send_time, audio_level
         return block

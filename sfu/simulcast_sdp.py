@@ -52,7 +52,7 @@ class SimulcastOffer:
     paused: tuple[str, ...] = ()  # rids the offer marks "~" (paused at start); answered as active all the same
 
 
-def _split_sections(sdp: str) -> tuple[list[str], list[list[str]]]:
+def split_sections(sdp: str) -> tuple[list[str], list[list[str]]]:
     """(session lines, one list of lines per m-section); line endings removed."""
     session: list[str] = []
     sections: list[list[str]] = []
@@ -158,7 +158,7 @@ def parse_simulcast_offer(sdp: Any) -> dict[str, SimulcastOffer]:
     if not isinstance(sdp, str):
         return {}
     found: dict[str, SimulcastOffer] = {}
-    _, sections = _split_sections(sdp)
+    _, sections = split_sections(sdp)
     for lines in sections:
         offer = _section_offer(lines)
         if offer is not None and offer.mid not in found:
@@ -225,7 +225,7 @@ def munge_answer(answer_sdp: str, offers: dict[str, SimulcastOffer]) -> str:
     if not offers:
         return answer_sdp
     eol = "\r\n" if "\r\n" in answer_sdp else "\n"
-    session, sections = _split_sections(answer_sdp)
+    session, sections = split_sections(answer_sdp)
     out = list(session)
     for lines in sections:
         mid = next((v for n, v in map(_attr, lines) if n == "mid"), None)
