@@ -29,16 +29,16 @@ def summarize(path: str, text_path: str | None = None, top: int = TOP) -> list[d
 
 # (label, function key as "file:line(name)" suffix) — cumulative time of these entry points, as shares of the total
 CATEGORIES = [
-    ("fan-out: Producer.on_packet -> Consumer.forward (all subscribers)", "producer.py", "on_packet"),
-    ("  of which Consumer._write own time (header, tail, sendto + kernel loopback)", "consumer.py", "_write"),
-    ("  of which SRTP protect (pylibsrtp wrapper + C)", "pylibsrtp/__init__.py", "protect"),
+    ("fan-out: Producer.fan_out -> Consumer.forward (all subscribers, in slices)", "sfu/producer.py", "fan_out"),
+    ("  of which Consumer._write own time (header, tail, sendto + kernel loopback)", "sfu/consumer.py", "_write"),
+    ("  of which SRTP protect (sfu.seams lean protect + libsrtp C)", "sfu/seams.py", "protect_packet"),
     ("event loop itself (uvloop C: epoll, UDP reads, callbacks)", "runners.py", "run"),
     ("RTCP out: sender reports per classroom stream (aiortc)", "rtcrtpsender.py", "_run_rtcp"),
     ("RTCP in: receiver reports / NACK from classrooms", "rtcdtlstransport.py", "_handle_rtcp_data"),
     ("ICE: STUN in (consent checks, binding requests)", "aioice/ice.py", "datagram_received"),
     ("signalling: join handler", "handlers.py", "handle_join"),
     ("signalling: subscribe (offer to a classroom)", "handlers.py", "_subscribe"),
-    ("signalling: websocket writes (events, offers)", "connection.py", "_write_loop"),
+    ("signalling: websocket writes (events, offers)", "signaling/connection.py", "_write_loop"),
 ]
 
 
