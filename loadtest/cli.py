@@ -23,6 +23,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wall", type=int, default=None, metavar="N",
                    help="classroom tiles on the synthetic teacher's wall, received and counted (default: 16 with "
                         "--classroom-uplink, else no wall; at most 64)")
+    p.add_argument("--classroom-downlink", default="", metavar="KBPS[,KBPS...]",
+                   help="each classroom reports this downlink estimate by REMB once a second, as a browser does "
+                        "(a list is cycled over the classrooms, e.g. 300,900,3000 for a mix of weak and good "
+                        "links); with --simulcast the server's layer choice follows it (default: no REMB)")
     p.add_argument("--ignore-demand", action="store_true",
                    help="with --classroom-uplink: classrooms send their camera and microphone all the time, even "
                         "when nobody receives them (the page stops sending them; this measures what that saves)")
@@ -60,6 +64,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def _kbps_list(raw: str) -> tuple[int, ...]:
+    values = tuple(int(x) for x in raw.split(",") if x.strip())
+    if any(v <= 0 for v in values):
+        raise SystemExit("--classroom-downlink: positive kbit/s values")
+    return values
+
+
 def _simulcast_options(args: argparse.Namespace) -> dict:
     """LoadTestConfig's simulcast fields from the command line (none unless --simulcast)."""
     if not args.simulcast:
@@ -85,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
                          server_pid=args.server_pid, classroom_mode=args.classroom_mode,
                          classroom_loss=args.classroom_loss, classroom_uplink_kbps=args.classroom_uplink,
                          wall=args.wall, classroom_demand=not args.ignore_demand, quiet=args.quiet,
+                         classroom_downlink_kbps=_kbps_list(args.classroom_downlink),
                          **_simulcast_options(args))
     try:
         report = run_loadtest(cfg)

@@ -40,11 +40,14 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from sfu.peers import declared_ssrcs
 from sfu.vp8 import vp8_is_keyframe_start, vp8_picture_id
 
 from .media import FRAME_KEY_BYTES
+
+REMB_INTERVAL_S = 1.0  # as Chromium sends its REMB (receive-side estimate) about once a second
 from .streamstats import SeqCounter
 from .wsclient import WsClient
 
@@ -64,6 +67,9 @@ class ReceiveOptions:
     # downlink loss emulated in user space on the receiver's socket (RTP only, seeded per receiver), e.g. 0.013
     # for the rural link in DESIGN.md; retransmissions can be lost too
     loss: float = 0.0
+    # the downlink estimate this receiver reports by REMB about once a second, bit/s (0: none), as a browser's
+    # bandwidth estimator does: the server's layer selection (simulcast) and audio-first ladder follow it
+    remb_bps: int = 0
 
 
 class _Shim:
@@ -150,6 +156,8 @@ class CountingReceiver:
         self.stock = options.stock
         self.fast_path = not options.stock
         self.loss = options.loss
+        self.remb_bps = options.remb_bps
+        self._remb: asyncio.Task | None = None
         self.rng = random.Random(index)
         self.dropped = 0
         self.fast_packets = 0
@@ -180,6 +188,8 @@ class CountingReceiver:
             if self.pc.connectionState == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 self._install_fast_path()
+                if self.remb_bps:
+                    self._remb = asyncio.ensure_future(self._remb_loop())
                 self.connected.set()
             elif self.pc.connectionState == "failed":
                 self.error = self.error or "ice/dtls failed"
@@ -377,6 +387,25 @@ class CountingReceiver:
     def packets(self) -> int:
         return sum(s.packets for s in self.streams.values())
 
+    async def _remb_loop(self) -> None:
+        """REMB for the video streams received, once a second, through one of their receivers' RTCP."""
+        while True:
+            await asyncio.sleep(REMB_INTERVAL_S)
+            video = [s for s in self.streams.values() if s.kind == "video" and s.ssrc is not None]
+            if not video:
+                continue
+            receiver = video[0].receiver
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
+            if rtcp_ssrc is None:
+                continue
+            fci = pack_remb_fci(self.remb_bps, sorted({s.ssrc for s in video}))
+            try:
+                await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
+            except ConnectionError:
+                return
+
     async def close(self) -> None:
         self.counting = False
+        if self._remb is not None:
+            self._remb.cancel()
         await self.pc.close()

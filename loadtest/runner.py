@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class LoadTestConfig:
     wall: int | None = None  # classroom tiles on the teacher's wall; None: DEFAULT_WALL with uplinks, else none
     # classrooms send only what somebody receives (the server's `demand`), as the page does; False: all the time
     classroom_demand: bool = True
+    # each classroom reports this downlink estimate by REMB (kbit/s, cycled over the classrooms; empty: none), as
+    # a browser does: with --simulcast the layer mix follows it
+    classroom_downlink_kbps: tuple[int, ...] = ()
     # the teacher sends its camera as three simulcast layers q/h/f, as Chromium does (loadtest/simulcast.py)
     simulcast: bool = False
     simulcast_kbps: tuple[int, ...] | None = None  # the layers' video kbit/s, q,h,f; None: from bitrate_kbps
@@ -201,6 +204,14 @@ class _WorkerPlan:
     uplink_kbps: int = 0
     simulcast: bool = False
     follow_demand: bool = True
+    downlink_kbps: tuple[int, ...] = ()  # per classroom index, cycled: the REMB it reports
+
+
+def _options_of(plan: _WorkerPlan, index: int) -> ReceiveOptions:
+    """Classroom `index`'s receiving options: its REMB from the cycled --classroom-downlink list."""
+    if not plan.downlink_kbps:
+        return plan.options
+    return replace(plan.options, remb_bps=plan.downlink_kbps[index % len(plan.downlink_kbps)] * 1000)
 
 
 def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
@@ -236,7 +247,7 @@ async def _worker(worker: int, plan: _WorkerPlan, shared: _Shared, uplink: Uplin
         token = issue_token(plan.secret, "classroom", plan.lesson, name=f"loadtest classroom {i}",
                             sub=classroom_id(i))
         room = SyntheticClassroom(i, session, plan.ws_url, token, plan.lesson, shared.send_times,
-                                  shared.publish_time, plan.options, uplink, keys)
+                                  shared.publish_time, _options_of(plan, i), uplink, keys)
         rooms.append(room)
         await room.join(JOIN_TIMEOUT_S)
 
@@ -335,7 +346,8 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     options = ReceiveOptions(stock=cfg.classroom_mode == "stock", loss=cfg.classroom_loss)
     for w in range(n_workers):
         plan = _WorkerPlan(list(range(w, cfg.classrooms, n_workers)), ws_url, secret, lesson, cfg.ramp_per_s,
-                           options, cfg.classroom_uplink_kbps, cfg.simulcast, cfg.classroom_demand)
+                           options, cfg.classroom_uplink_kbps, cfg.simulcast, cfg.classroom_demand,
+                           cfg.classroom_downlink_kbps)
         p = ctx.Process(target=_worker_main, args=(w, plan, shared), daemon=True, name=f"loadtest-worker-{w}")
         p.start()
         workers.append(p)
