@@ -310,8 +310,19 @@ class Library:
             from .media import make_poster as poster_maker
         self._make_poster = poster_maker
         self._local = threading.local()
-        # executescript manages its own transaction; CREATE … IF NOT EXISTS makes this idempotent
-        self._db().executescript(f"BEGIN; {_SCHEMA} {_FTS_SCHEMA}; COMMIT;")
+        # executescript manages its own transaction; CREATE … IF NOT EXISTS makes this idempotent. Two processes
+        # opening one new catalog at once (one creating it while the other switches it to WAL) get "database is
+        # locked" without SQLite's busy wait: tried again until BUSY_TIMEOUT_S
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db().executescript(f"BEGIN; {_SCHEMA} {_FTS_SCHEMA}; COMMIT;")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self.close()
+                time.sleep(0.05)
 
     # --- connection handling -------------------------------------------------------------------------
 
@@ -320,8 +331,12 @@ class Library:
         if db is None:
             db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error:
+                db.close()
+                raise
             self._local.db = db
         return db
 

@@ -37,6 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_dir(tmp: Path, name: str) -> Path:
+    """A data directory of its own for one of several server processes (nodes): each has its own library."""
+    path = tmp / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Server:
     """`ketang serve` in a subprocess (its own event loop, uvloop, decoding patched off)."""
 

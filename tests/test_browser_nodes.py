@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ketang.lesson_cmd import create_lesson
-from tests.support import TEST_SECRET, Server
+from tests.support import TEST_SECRET, Server, node_dir
 from tests.test_browser import TEACHER_QUERY, browser, open_page, wait_decoding  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 async def test_pages_opened_at_another_node_follow_their_lesson_and_play_it(tmp_path, redis_url, redis_prefix,
                                                                            browser):  # noqa: F811
-    a = Server(tmp_path, redis_url, redis_prefix)
-    b = Server(tmp_path, redis_url, redis_prefix)
+    a = Server(node_dir(tmp_path, "a"), redis_url, redis_prefix)
+    b = Server(node_dir(tmp_path, "b"), redis_url, redis_prefix)
     pages = []
     try:
         a.wait_ready()

@@ -166,6 +166,49 @@ def test_the_catalog_survives_reopening(library: Library) -> None:
     assert again.search("勾股", viewer=REVIEWER)[1] == 1
 
 
+def test_a_catalog_opened_by_two_processes_at_once_waits_for_the_other_instead_of_failing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two server processes starting at once on one data dir: the second to switch a new catalog to WAL gets
+    "database is locked" at once (SQLite's busy wait does not apply there); it tries again."""
+    import sqlite3
+
+    from recorder import library as library_module
+
+    real_connect = sqlite3.connect
+    failures = {"left": 2}
+
+    class _Locked:
+        """A connection whose first statement fails as a concurrent WAL switch does."""
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+            self.row_factory = None
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        def close(self) -> None:
+            self.db.close()
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        db = real_connect(*args, **kwargs)
+        if failures["left"]:
+            failures["left"] -= 1
+            return _Locked(db)
+        return db
+
+    monkeypatch.setattr(library_module.sqlite3, "connect", connect)
+    lib = Library(tmp_path / "data")
+    assert failures["left"] == 0  # it met the lock twice and went on
+    assert lib.search("", viewer=REVIEWER)[1] == 0
+    lib.close()
+    # anything else than a lock is not retried
+    monkeypatch.setattr(library_module.sqlite3, "connect",
+                        lambda *a, **k: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        Library(tmp_path / "other")
+
+
 # --- search --------------------------------------------------------------------------------------------
 
 

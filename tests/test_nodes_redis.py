@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import Server, WsClient, token
+from tests.support import Server, WsClient, node_dir, token
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ async def _join(server: Server, role: str, lesson: str, name: str) -> tuple[WsCl
 async def test_two_nodes_share_room_state_place_each_lesson_on_one_and_a_crashed_nodes_lessons_move(
         tmp_path, redis_url, redis_prefix):
     env = {"KETANG_PARTICIPANT_TTL_S": str(TTL_S), "KETANG_HEARTBEAT_S": "0.5"}
-    a = Server(tmp_path, redis_url, redis_prefix, env)
-    b = Server(tmp_path, redis_url, redis_prefix, env)
+    a = Server(node_dir(tmp_path, "a"), redis_url, redis_prefix, env)
+    b = Server(node_dir(tmp_path, "b"), redis_url, redis_prefix, env)
     clients: list[WsClient] = []
     try:
         a.wait_ready()
@@ -92,8 +92,8 @@ async def test_two_nodes_share_room_state_place_each_lesson_on_one_and_a_crashed
 
 
 async def test_a_lesson_whose_last_participant_left_may_start_on_any_node(tmp_path, redis_url, redis_prefix):
-    a = Server(tmp_path, redis_url, redis_prefix)
-    b = Server(tmp_path, redis_url, redis_prefix)
+    a = Server(node_dir(tmp_path, "a"), redis_url, redis_prefix)
+    b = Server(node_dir(tmp_path, "b"), redis_url, redis_prefix)
     try:
         a.wait_ready()
         b.wait_ready()
