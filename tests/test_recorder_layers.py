@@ -29,6 +29,7 @@ from recorder.recorder import RECORD_LAYER_UP_AFTER_S, LessonRecorder, repair_fi
 from sfu.producer import Producer
 from sfu.rtp import ntp_from_unix
 from sfu.vp8 import vp8_descriptor_len
+from tests.test_recorder import FakeClock
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
@@ -41,14 +42,6 @@ TOP_STOPS_S, TOP_RESUMES_S = 3.0, 5.5  # the teacher's uplink gets worse, then b
 SR_EVERY_S = 1.0
 # a PLI is answered this many frames later (round trip + encoder): frames of the layer come in between
 PLI_DELAY_FRAMES = 2
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeRouter:
