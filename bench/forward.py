@@ -383,6 +383,15 @@ async def _aiortc_senders(count: int) -> list[RTCRtpSender]:
     return senders
 
 
+def open_sink(srtp: str, sink: str) -> Sink | ProcessSink:
+    """Check the SRTP profile and sink kind a benchmark was given, and open its sink."""
+    if srtp not in SRTP_PROFILES:
+        raise ValueError(f"srtp must be one of {sorted(SRTP_PROFILES)}, got {srtp!r}")
+    if sink not in ("process", "thread"):
+        raise ValueError(f"sink must be 'process' or 'thread', got {sink!r}")
+    return ProcessSink() if sink == "process" else Sink()
+
+
 class ForwardBench:
     """The objects under test, the sink, and the three measured phases."""
 
@@ -395,13 +404,9 @@ class ForwardBench:
         self.size = size
         self.warmup = min(packets, 200) if warmup is None else warmup
         rng = random.Random(seed)
-        if srtp not in SRTP_PROFILES:
-            raise ValueError(f"srtp must be one of {sorted(SRTP_PROFILES)}, got {srtp!r}")
+        self.sink: Sink | ProcessSink = open_sink(srtp, sink)
         self.srtp = srtp
-        if sink not in ("process", "thread"):
-            raise ValueError(f"sink must be 'process' or 'thread', got {sink!r}")
         self.sink_kind = sink
-        self.sink: Sink | ProcessSink = ProcessSink() if sink == "process" else Sink()
         self._closed = False
         try:
             self._build(rng, capture)

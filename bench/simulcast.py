@@ -58,6 +58,7 @@ from sfu.simulcast_consumer import SimulcastConsumer
 from sfu.vp8 import vp8_parse_descriptor
 
 from .forward import (
+    open_sink,
     profile_round,
     ABS_SEND_TIME_ID,
     AUDIO_LEVEL_NONE,
@@ -310,13 +311,9 @@ class SimulcastBench:
         # the warm-up: the start layer's key frames, the switches, then enough to settle
         warmup = max(20 * self.period, min(self.packets, 400)) if warmup is None else max(warmup, 3 * self.period)
         self.warmup = -(-warmup // self.period) * self.period
-        if srtp not in SRTP_PROFILES:
-            raise ValueError(f"srtp must be one of {sorted(SRTP_PROFILES)}, got {srtp!r}")
+        self.sink: Sink | ProcessSink = open_sink(srtp, sink)
         self.srtp = srtp
-        if sink not in ("process", "thread"):
-            raise ValueError(f"sink must be 'process' or 'thread', got {sink!r}")
         self.sink_kind = sink
-        self.sink: Sink | ProcessSink = ProcessSink() if sink == "process" else Sink()
         self._closed = False
         try:
             self._build(random.Random(seed))
