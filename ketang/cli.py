@@ -13,14 +13,14 @@ from .config import CLASSROOM_UPLINK_KBPS, STAGE_MAX, DEFAULT_HOST, DEFAULT_PORT
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sfu.seams import SeamError, disable_decoding
+    from sfu.seams import SeamError, install as install_seams
     from signaling.app import run_server
     from signaling.tokens import load_or_create_secret
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        disable_decoding()  # also the start-up self-test of the aiortc seams
+        install_seams()  # the start-up self-test of the aiortc seams, decoding off, the datagram guard
     except SeamError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2

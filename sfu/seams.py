@@ -19,6 +19,8 @@ from typing import Any
 
 import aioice
 import aiortc
+from aioice import ice as aioice_ice
+from aioice import stun as aioice_stun
 import pylibsrtp
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
@@ -48,6 +50,9 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",)),
     (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",)),
     (RTCRtpReceiver, "_send_rtcp", ("packet",)),
+    (aioice_ice.StunProtocol, "datagram_received", ("data", "addr")),
+    (aioice.Connection, "check_incoming", ("message", "addr", "protocol")),
+    (aioice.Connection, "data_received", ("data", "component")),
 ]
 _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCRtpSender, ("self._ssrc", "self._rtx_ssrc", "self.__ntp_timestamp", "self.__rtp_timestamp",
@@ -87,8 +92,10 @@ def check_seams() -> None:
     elif list(inspect.signature(worker).parameters)[:3] != ["loop", "input_q", "output_q"] \
             and worker is not _forward_only_decoder_worker:
         problems.append("aiortc.rtcrtpreceiver.decoder_worker changed its arguments")
-    if "self._nominated" not in _module_source(aioice.Connection):
-        problems.append("aioice.Connection._nominated is missing")
+    ice_source = _module_source(aioice.Connection)
+    for attr in ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id"):
+        if attr not in ice_source:
+            problems.append(f"aioice's ICE module no longer sets {attr}")
     session_source = _module_source(pylibsrtp.Session)
     for attr in ("self._srtp", "self._cdata", "self._buffer"):
         if attr not in session_source:
@@ -123,6 +130,13 @@ def disable_decoding() -> None:
     """Stop aiortc's receivers from decoding: the SFU only forwards packets (decoding costs ~1 ms a frame)."""
     check_seams()
     rtcrtpreceiver.decoder_worker = _forward_only_decoder_worker
+
+
+def install() -> None:
+    """What the server needs of aiortc before its first peer connection: the seams checked, decoding off and
+    the datagram guard on."""
+    disable_decoding()
+    guard_datagrams()
 
 
 def sender_set_report_counters(sender: RTCRtpSender, ntp: int, rtp_ts: int, packets: int, octets: int) -> None:
@@ -169,3 +183,91 @@ def datagram_sender(dtls: RTCDtlsTransport) -> tuple[Any, Any] | None:
         return None
     # a partial, not a closure: one Python frame less per packet
     return lean_protect(srtp), functools.partial(pair.protocol.transport.sendto, addr=pair.remote_addr)
+
+
+# -- what reaches DTLS/SRTP from the network -------------------------------------------------------------------
+# aioice hands every datagram that does not parse as STUN, from any source address, up to aiortc's DTLS
+# transport, whose receive loop dies on an empty one (`data[0]`: IndexError ends the peer connection) and
+# whose STUN parser lets `struct.error` escape on truncated attributes. One datagram from anywhere could end a
+# lesson's media. The guard below sits on aioice's socket protocol (seam: `StunProtocol.datagram_received`,
+# `Connection.check_incoming`, `Connection._check_list` / `_nominated`) and lets through, by the first byte
+# (RFC 7983's demultiplexing), only:
+#   - STUN that parses (0-3), to aioice as before;
+#   - DTLS (20-63) and RTP/RTCP (128-191) from a remote address that has proven it holds the ICE credentials:
+#     it sent us an authenticated binding request, or answered ours (a succeeded pair), or is the nominated pair.
+# Everything else is counted and dropped.
+_STUN_MAX_FIRST_BYTE = 3
+_DTLS_FIRST_BYTES = range(20, 64)
+_RTP_FIRST_BYTES = range(128, 192)
+
+
+class DatagramGuard:
+    """Counts of what the guard dropped, process-wide (for /stats, logs and the fuzz test)."""
+
+    def __init__(self) -> None:
+        self.dropped_unproven = 0  # DTLS/RTP from an address that never proved the ICE credentials
+        self.dropped_malformed = 0  # empty, STUN that does not parse, or a first byte no peer sends
+        self.installed = False
+
+    def counts(self) -> dict[str, int]:
+        return {"dropped_unproven": self.dropped_unproven, "dropped_malformed": self.dropped_malformed}
+
+
+GUARD = DatagramGuard()
+
+
+def _proven(connection: Any, protocol: Any, addr: tuple[Any, ...]) -> bool:
+    """Whether `addr`, seen on `protocol`, may feed this connection's DTLS/SRTP."""
+    pair = connection._nominated.get(protocol.local_candidate.component)
+    if pair is not None and pair.protocol is protocol and pair.remote_addr == addr:
+        return True  # the steady state: every media packet, one comparison
+    if (protocol.id, addr) in getattr(connection, "_ketang_proven", ()):
+        return True
+    succeeded = aioice_ice.CandidatePair.State.SUCCEEDED
+    return any(p.protocol is protocol and p.state is succeeded and p.remote_addr == addr
+               for p in connection._check_list)
+
+
+def guard_datagrams() -> None:
+    """Install the datagram guard on aioice (idempotent)."""
+    if GUARD.installed:
+        return
+    protocol_class = aioice_ice.StunProtocol
+    connection_class = aioice.Connection
+    stock_received = protocol_class.datagram_received
+    stock_check_incoming = connection_class.check_incoming
+
+    def datagram_received(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+        if not data:
+            GUARD.dropped_malformed += 1
+            return
+        first = data[0]
+        if first <= _STUN_MAX_FIRST_BYTE:
+            try:
+                aioice_stun.parse_message(data)
+            except Exception:  # noqa: BLE001 - ValueError, struct.error, UnicodeDecodeError... from a stranger
+                GUARD.dropped_malformed += 1
+                return
+            stock_received(self, data, addr)
+            return
+        if first not in _RTP_FIRST_BYTES and first not in _DTLS_FIRST_BYTES:
+            GUARD.dropped_malformed += 1
+            return
+        addr = (addr[0], addr[1])
+        if not _proven(self.receiver, self, addr):
+            GUARD.dropped_unproven += 1
+            return
+        self.receiver.data_received(data, self.local_candidate.component)
+
+    def check_incoming(self: Any, message: Any, addr: tuple[Any, ...], protocol: Any) -> None:
+        # called only for a binding request whose MESSAGE-INTEGRITY matched our ICE password
+        proven = getattr(self, "_ketang_proven", None)
+        if proven is None:
+            proven = self._ketang_proven = set()
+        if len(proven) < 64:  # candidates of one peer: a handful
+            proven.add((protocol.id, (addr[0], addr[1])))
+        stock_check_incoming(self, message, addr, protocol)
+
+    protocol_class.datagram_received = datagram_received  # type: ignore[method-assign]
+    connection_class.check_incoming = check_incoming  # type: ignore[method-assign]
+    GUARD.installed = True
