@@ -14,12 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from signaling.state import (
+    Admission,
     Lesson,
     MemoryRoomStore,
     Participant,
     Placement,
     RedisRoomStore,
     RoomStore,
+    StoreUnavailable,
     TrackInfo,
     open_store,
 )
@@ -467,6 +469,107 @@ async def test_a_placement_needs_a_positive_ttl(store: RoomStore) -> None:
         await store.place_lesson(LESSON, "node-a", "http://a:8080", 0)
 
 
+# -- node liveness: a dead node's lessons are free at once (failover in seconds) -----------------------------
+
+NODE_TTL = 3.0
+
+
+async def test_node_heartbeat_says_whether_the_node_was_alive_already(store: RoomStore, clock: FakeClock) -> None:
+    assert await store.node_alive("node-a") is False
+    assert await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL) is False  # first beat
+    assert await store.node_alive("node-a") is True
+    clock.advance(NODE_TTL - 1)
+    assert await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL) is True  # renewed in time
+    clock.advance(NODE_TTL - 0.5)
+    assert await store.node_alive("node-a") is True
+    clock.advance(1)  # stopped beating (crashed, or the store lost it): the next beat says so
+    assert await store.node_alive("node-a") is False
+    assert await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL) is False
+    assert await store.node_alive("node-b") is False
+    with pytest.raises(ValueError):
+        await store.node_heartbeat("node-a", "http://a:8080", 0)
+
+
+async def test_a_dead_nodes_placement_goes_to_the_next_node_before_the_placement_expires(
+        store: RoomStore, clock: FakeClock) -> None:
+    await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL)
+    await store.node_heartbeat("node-b", "http://b:8080", NODE_TTL)
+    assert await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL) == Placement("node-a", "http://a:8080")
+    clock.advance(NODE_TTL - 1)
+    await store.node_heartbeat("node-b", "http://b:8080", NODE_TTL)
+    held = await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)
+    assert held == Placement("node-a", "http://a:8080") and held.previous == ""  # node-a is alive
+    clock.advance(1.5)  # node-a crashed: its node key is gone long before the placement's TTL
+    await store.node_heartbeat("node-b", "http://b:8080", NODE_TTL)
+    taken = await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)
+    assert taken == Placement("node-b", "http://b:8080")
+    assert taken.previous == "node-a"  # (the taker then clears the dead node's participants)
+    again = await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)
+    assert again.previous == ""
+    # node-b carries it while it beats; dead too, the lesson goes back to a live node
+    clock.advance(NODE_TTL + 1)
+    await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL)
+    assert (await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)).node == "node-a"
+
+
+async def test_remove_node_ends_its_liveness_and_frees_its_placements(store: RoomStore) -> None:
+    await store.node_heartbeat("node-a", "http://a:8080", NODE_TTL)
+    await store.place_lesson(LESSON, "node-a", "http://a:8080", TTL)
+    await store.add_participant(person("p1", node="node-a"), ttl_s=TTL)
+    assert await store.remove_node("node-a") == 1
+    assert await store.node_alive("node-a") is False
+    assert (await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)).node == "node-b"
+
+
+# -- rebuilding what a node knows (the store lost it) ----------------------------------------------------------
+
+@pytest.mark.parametrize("lesson", [
+    Lesson(id=LESSON, title="Algebra", teacher="Ms Li", state="live", created_at=T0 - 100, started_at=T0 - 50),
+    Lesson(id=LESSON, title="Algebra", teacher="", state="ended", created_at=T0 - 100, started_at=T0 - 50,
+           ended_at=T0 - 10),
+    Lesson(id=LESSON, title=LESSON, teacher="", state="scheduled", created_at=T0 - 100),
+], ids=lambda x: x.state)
+async def test_restore_lesson_writes_it_back_as_it_was(store: RoomStore, lesson: Lesson) -> None:
+    await store.ensure_lesson(OTHER_LESSON)
+    await store.restore_lesson(lesson)
+    assert await store.get_lesson(LESSON) == lesson
+    assert ids(await store.list_lessons()) == [LESSON, OTHER_LESSON]  # by its own created_at
+    assert (await store.counts())["lessons"] == (1 if lesson.state == "ended" else 2)
+    # over a lesson the store has (different now): the node's version wins
+    await store.set_lesson_state(LESSON, "live")
+    await store.ensure_lesson(LESSON, title="changed")
+    await store.restore_lesson(lesson)
+    assert await store.get_lesson(LESSON) == lesson
+
+
+# -- admission: removal and lock outlive the node -----------------------------------------------------------
+
+async def test_admission_of_an_unknown_lesson_is_open(store: RoomStore) -> None:
+    assert await store.admission(LESSON) == Admission()
+
+
+async def test_lock_removed_and_seen_are_kept_per_lesson_until_cleared(store: RoomStore) -> None:
+    await store.set_locked(LESSON, True)
+    await store.add_removed(LESSON, ["room-3"])
+    await store.add_removed(LESSON, ["room-3", "room:4"])  # idempotent, ids with separators
+    await store.add_removed(LESSON, [])
+    await store.add_seen(LESSON, ["room-1", "room-2"])
+    await store.add_seen(LESSON, ["room-1"])
+    await store.add_seen(OTHER_LESSON, ["room-9"])
+    assert await store.admission(LESSON) == Admission(True, {"room-3", "room:4"}, {"room-1", "room-2"})
+    assert await store.admission(OTHER_LESSON) == Admission(False, set(), {"room-9"})
+    got = await store.admission(LESSON)
+    got.removed.add("mutated")  # a copy
+    assert "mutated" not in (await store.admission(LESSON)).removed
+    await store.set_locked(LESSON, False)
+    await store.set_locked(LESSON, False)
+    assert (await store.admission(LESSON)).locked is False
+    await store.clear_admission(LESSON)
+    await store.clear_admission(LESSON)
+    assert await store.admission(LESSON) == Admission()
+    assert await store.admission(OTHER_LESSON) == Admission(False, set(), {"room-9"})
+
+
 async def test_counts_open_lessons_and_unexpired_participants(store: RoomStore, clock: FakeClock) -> None:
     assert await store.counts() == {"lessons": 0, "participants": 0}
 
@@ -647,3 +750,24 @@ async def test_redis_store_works_with_a_supplied_bytes_client_and_leaves_it_open
     finally:
         await client.aclose()
         await observer.aclose()
+
+
+async def test_redis_unreachable_raises_store_unavailable_quickly_and_nothing_else() -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisRoomStore(f"redis://127.0.0.1:{port}/0", prefix="ketang-test:down:")
+    try:
+        started = time.monotonic()
+        for call in (store.ping(), store.counts(), store.place_lesson(LESSON, "n", "http://n", TTL),
+                     store.node_heartbeat("n", "http://n", 3.0), store.admission(LESSON),
+                     store.remove_participant(LESSON, "p1")):
+            with pytest.raises(StoreUnavailable):
+                await call
+        print(f"6 calls to an unreachable Redis failed in {time.monotonic() - started:.2f} s")
+        assert time.monotonic() - started < 20  # (not minutes of retries)
+    finally:
+        await store.close()

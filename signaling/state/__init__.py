@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import LESSON_STATES, Lesson, Participant, Placement, RoomStore, TrackInfo
+from .base import LESSON_STATES, Admission, Lesson, Participant, Placement, RoomStore, StoreUnavailable, TrackInfo
 from .memory import MemoryRoomStore
 from .redis import RedisRoomStore
 
@@ -26,6 +26,7 @@ def open_store(redis_url: str | None, **kw: Any) -> RoomStore:
 
 
 __all__ = [
+    "Admission",
     "LESSON_STATES",
     "Lesson",
     "MemoryRoomStore",
@@ -33,6 +34,7 @@ __all__ = [
     "Placement",
     "RedisRoomStore",
     "RoomStore",
+    "StoreUnavailable",
     "TrackInfo",
     "open_store",
 ]

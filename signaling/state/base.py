@@ -8,14 +8,26 @@ the same contract tests (tests/test_state_contract.py).
 Expiry model: a participant is alive while ``expires_at > clock()``.  Expired
 participants, and the tracks they published, are invisible to every read, so a
 crashed server that stops heart-beating leaves no ghost participants or tracks.
+
+Node liveness: each node renews a short-lived key of its own (``node_heartbeat``,
+about every second with a 3 s TTL). A lesson placed by a node that stopped
+renewing it is free for the next node at once, without waiting for the
+placement's (and participants') much longer TTL: failover in seconds.
+
+Admission (who may join a lesson): its lock, the classrooms the teacher removed
+and the classrooms that have been in it live in the store too, so that a
+restart or a failover keeps a removed classroom out and a locked lesson locked.
+
+A backend that cannot reach its server raises :class:`StoreUnavailable` (and
+nothing else) for it, so callers can tell an outage from a bug.
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, get_args
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Literal, get_args
 
 LessonState = Literal["scheduled", "live", "ended"]
 Role = Literal["teacher", "classroom", "observer"]
@@ -134,12 +146,29 @@ def track_sort_key(t: TrackInfo) -> tuple[float, str]:
     return (t.published_at, t.id)
 
 
+class StoreUnavailable(Exception):
+    """The room store cannot be reached (Redis down, restarting or out of reach): an outage, not a bug."""
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Which server process (node) carries a lesson's media, and the URL browsers reach it at."""
+    """Which server process (node) carries a lesson's media, and the URL browsers reach it at.
+
+    ``previous``: the node this call took the lesson over from because that node is dead (its node key
+    expired), else "". Not part of equality."""
 
     node: str
     url: str
+    previous: str = field(default="", compare=False)
+
+
+@dataclass
+class Admission:
+    """Who may join a lesson: locked (only classrooms in ``seen`` may), ``removed`` classrooms never."""
+
+    locked: bool = False
+    removed: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)
 
 
 class RoomStore(abc.ABC):
@@ -211,13 +240,50 @@ class RoomStore(abc.ABC):
         """Tracks of unexpired participants, sorted by published_at."""
 
     @abc.abstractmethod
+    async def restore_lesson(self, lesson: Lesson) -> None:
+        """Write the lesson exactly as given (what the node carrying it knows), e.g. after the store lost it;
+        its state, times and place in list_lessons included."""
+
+    @abc.abstractmethod
     async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
         """The node that carries the lesson: ``node`` (placed there, or its placement renewed, until
         clock()+ttl_s) unless another node holds an unexpired placement, which is returned instead.
 
         A lesson's teacher and classrooms must meet in one SFU process; several processes sharing one store
         carry more lessons, each lesson on one of them. A crashed node's placements expire like its
-        participants."""
+        participants; and when the holder placed it while its node key was alive (``node_heartbeat``), the
+        placement is released as soon as that key has expired (the node is dead), whatever the ttl_s."""
+
+    @abc.abstractmethod
+    async def node_heartbeat(self, node: str, url: str, ttl_s: float) -> bool:
+        """Mark ``node`` alive until clock()+ttl_s. True when it was alive already; False when the key is new
+        (first beat), had expired, or the store lost it (Redis restarted empty): the node then writes again
+        what it knows."""
+
+    @abc.abstractmethod
+    async def node_alive(self, node: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def admission(self, lesson_id: str) -> Admission:
+        """The lesson's lock, removed and seen classrooms (an empty Admission for an unknown lesson)."""
+
+    @abc.abstractmethod
+    async def set_locked(self, lesson_id: str, locked: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def add_removed(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        """The teacher removed these classrooms: they never join this lesson again (until clear_admission)."""
+
+    @abc.abstractmethod
+    async def add_seen(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        """These classrooms have been in the lesson (a locked lesson still admits them)."""
+
+    @abc.abstractmethod
+    async def clear_admission(self, lesson_id: str) -> None:
+        """Forget lock, removed and seen (the lesson ended: starting it again starts afresh); idempotent."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
 
     @abc.abstractmethod
     async def release_lesson(self, lesson_id: str, node: str) -> None:
@@ -225,8 +291,8 @@ class RoomStore(abc.ABC):
 
     @abc.abstractmethod
     async def remove_node(self, node: str) -> int:
-        """Remove every participant held by node (and their tracks), e.g. on
-        clean shutdown; returns how many unexpired participants were removed."""
+        """Remove every participant held by node (and their tracks) and its node key, e.g. on clean
+        shutdown or when another node found it dead; returns how many unexpired participants were removed."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[str, int]:

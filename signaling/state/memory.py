@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Iterable
 
 from .base import (
+    Admission,
     Clock,
     Lesson,
     Participant,
@@ -30,7 +32,10 @@ class MemoryRoomStore(RoomStore):
     def __init__(self, clock: Clock = time.time) -> None:
         super().__init__(clock)
         self._lessons: dict[str, Lesson] = {}
-        self._placements: dict[str, tuple[Placement, float]] = {}  # lesson -> (placement, expires_at)
+        # lesson -> (placement, expires_at, whether its node was alive (heart-beating) when it placed it)
+        self._placements: dict[str, tuple[Placement, float, bool]] = {}
+        self._nodes: dict[str, float] = {}  # node -> its liveness key's expires_at
+        self._admission: dict[str, Admission] = {}
         # lesson id -> participant id -> participant
         self._participants: dict[str, dict[str, Participant]] = {}
         # lesson id -> participant id -> track id -> track; keyed by participant
@@ -103,6 +108,29 @@ class MemoryRoomStore(RoomStore):
             lesson.ended_at = now
         return replace(lesson)
 
+    async def restore_lesson(self, lesson: Lesson) -> None:
+        self._lessons[lesson.id] = replace(lesson)
+
+    # -- admission ------------------------------------------------------------
+
+    async def admission(self, lesson_id: str) -> Admission:
+        held = self._admission.get(lesson_id)
+        if held is None:
+            return Admission()
+        return Admission(held.locked, set(held.removed), set(held.seen))
+
+    async def set_locked(self, lesson_id: str, locked: bool) -> None:
+        self._admission.setdefault(lesson_id, Admission()).locked = bool(locked)
+
+    async def add_removed(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        self._admission.setdefault(lesson_id, Admission()).removed.update(participant_ids)
+
+    async def add_seen(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        self._admission.setdefault(lesson_id, Admission()).seen.update(participant_ids)
+
+    async def clear_admission(self, lesson_id: str) -> None:
+        self._admission.pop(lesson_id, None)
+
     # -- participants ---------------------------------------------------------
 
     async def add_participant(self, p: Participant, ttl_s: float) -> None:
@@ -153,15 +181,31 @@ class MemoryRoomStore(RoomStore):
 
     # -- whole store ----------------------------------------------------------
 
+    def _alive(self, node: str, now: float) -> bool:
+        return self._nodes.get(node, 0.0) > now
+
     async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
         check_ttl(ttl_s)
         now = self.clock()
         held = self._placements.get(lesson_id)
-        if held is not None and held[0].node != node and held[1] > now:
-            return held[0]
-        placement = Placement(node, url)
-        self._placements[lesson_id] = (placement, now + ttl_s)
-        return placement
+        previous = ""
+        if held is not None and held[0].node != node:
+            holder_dead = held[2] and not self._alive(held[0].node, now)
+            if held[1] > now and not holder_dead:
+                return held[0]
+            previous = held[0].node if holder_dead else ""
+        self._placements[lesson_id] = (Placement(node, url), now + ttl_s, self._alive(node, now))
+        return Placement(node, url, previous)
+
+    async def node_heartbeat(self, node: str, url: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        now = self.clock()
+        was = self._alive(node, now)
+        self._nodes[node] = now + ttl_s
+        return was
+
+    async def node_alive(self, node: str) -> bool:
+        return self._alive(node, self.clock())
 
     async def release_lesson(self, lesson_id: str, node: str) -> None:
         held = self._placements.get(lesson_id)
@@ -169,6 +213,7 @@ class MemoryRoomStore(RoomStore):
             del self._placements[lesson_id]
 
     async def remove_node(self, node: str) -> int:
+        self._nodes.pop(node, None)
         removed = 0
         for lesson_id in list(self._participants):
             held = [pid for pid, p in self._live(lesson_id).items() if p.node == node]

@@ -10,6 +10,11 @@ with another key; every key starts with the prefix):
     {prefix}lesson:{lid}:participants               ZSET  pid -> expires_at
     {prefix}lesson:{lid}:participant:{pid}          HASH  Participant fields      (key TTL)
     {prefix}lesson:{lid}:participant:{pid}:tracks   HASH  track id -> TrackInfo json (key TTL)
+    {prefix}lesson:{lid}:node                       HASH  placement: node, url, expires_at, node_key (key TTL)
+    {prefix}lesson:{lid}:locked                     STRING "1" while the lesson is locked
+    {prefix}lesson:{lid}:removed                    SET   classrooms the teacher removed
+    {prefix}lesson:{lid}:seen                       SET   classrooms that have been in the lesson
+    {prefix}node:{node}                             STRING the node's liveness: expires_at (key TTL)
 
 Liveness is decided by the zset scores against the injected clock, so it is
 consistent across processes (nodes are assumed NTP-synced).  The participant
@@ -18,7 +23,14 @@ keys of a server that crashed are garbage-collected by Redis itself; zset
 entries of expired participants are pruned lazily by readers.  Tracks live in
 a per-participant hash so they vanish with their participant.
 
-Check-then-write operations (heartbeat, add_track, remove_node) are Lua scripts
+A placement records the key of its node's liveness (when that node was heart-beating as it placed the lesson);
+once that key has expired the node is dead and the placement is free, whatever its own expiry.
+
+Connection problems (refused, reset, timed out, Redis loading its data) are retried briefly by the client
+(a pooled connection that went stale in an outage is replaced on its first use) and then raised as
+StoreUnavailable, never as redis-py's own exceptions.
+
+Check-then-write operations (heartbeat, add_track, remove_node, placement) are Lua scripts
 so they stay atomic against other nodes; the rest are MULTI pipelines.  Keys of
 different lessons share no hash tag, so this targets a single Redis (or a
 primary with replicas), not Redis Cluster.
@@ -26,6 +38,8 @@ primary with replicas), not Redis Cluster.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import time
@@ -33,13 +47,19 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
+    Admission,
     Clock,
     Lesson,
     Participant,
     Placement,
     RoomStore,
+    StoreUnavailable,
     TrackInfo,
     check_lesson_state,
     check_ttl,
@@ -52,6 +72,14 @@ DEFAULT_PREFIX = "ketang:"
 # Redis key TTL beyond the logical expiry: covers clock skew between nodes and
 # late heartbeats, while still bounding how long a crashed node's keys linger.
 KEY_TTL_MARGIN_S = 30.0
+# A command that cannot reach Redis fails within about these many seconds (connect, reply), after a couple of
+# quick retries on a fresh connection (the first use of a pooled connection after an outage fails: it is
+# replaced, not reported). Short: a join during an outage is answered `unavailable` at once, not after minutes.
+CONNECT_TIMEOUT_S = 1.0
+REPLY_TIMEOUT_S = 3.0
+RETRIES = 2
+HEALTH_CHECK_INTERVAL_S = 5.0  # a connection idle this long is PINGed before use
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS: lesson participants zset, all-participants zset, participant hash, tracks hash
 # ARGV: pid, all-participants member, now, new expires_at, key ttl (ms)
@@ -104,18 +132,37 @@ return 0
 """
 
 
-# KEYS: the lesson's placement hash
+# KEYS: the lesson's placement hash, this node's liveness key
 # ARGV: node, url, now, new expires_at, key ttl (ms)
-# another node's unexpired placement wins; else this node's is set (or renewed)
+# another node's unexpired placement wins, unless that node is dead (the liveness key it placed with is gone);
+# else this node's is set (or renewed). Returns {node, url, the dead node taken over from or ''}.
+# (The holder's liveness key is read from the placement, not passed in KEYS: one Redis, not Cluster.)
 _PLACE_LUA = """
 local node = redis.call('HGET', KEYS[1], 'node')
 local expires = redis.call('HGET', KEYS[1], 'expires_at')
-if node and node ~= ARGV[1] and expires and tonumber(expires) > tonumber(ARGV[3]) then
-  return {node, redis.call('HGET', KEYS[1], 'url') or ''}
+local node_key = redis.call('HGET', KEYS[1], 'node_key')
+local previous = ''
+if node and node ~= ARGV[1] then
+  local dead = false
+  if node_key then
+    local alive_until = redis.call('GET', node_key)
+    dead = not alive_until or tonumber(alive_until) <= tonumber(ARGV[3])
+  end
+  if expires and tonumber(expires) > tonumber(ARGV[3]) and not dead then
+    return {node, redis.call('HGET', KEYS[1], 'url') or '', ''}
+  end
+  if dead then
+    previous = node
+  end
 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'url', ARGV[2], 'expires_at', ARGV[4])
+local mine = redis.call('GET', KEYS[2])
+if mine and tonumber(mine) > tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'node_key', KEYS[2])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {ARGV[1], ARGV[2]}
+return {ARGV[1], ARGV[2], previous}
 """
 
 # KEYS: the lesson's placement hash; ARGV: node
@@ -173,6 +220,33 @@ def _tracks_from_json(values: Iterable[Any]) -> list[TrackInfo]:
     return [TrackInfo.from_dict(json.loads(_text(v))) for v in values]
 
 
+def _translating_outages(cls: type) -> type:
+    """Every public coroutine of cls raises StoreUnavailable for a connection problem (and redis-py's own
+    exception never leaves the store)."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.iscoroutinefunction(method):
+            continue
+
+        @functools.wraps(method)
+        async def wrapper(self: Any, *args: Any, __method: Any = method, **kwargs: Any) -> Any:
+            try:
+                return await __method(self, *args, **kwargs)
+            except _OUTAGE as exc:
+                raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
+
+        setattr(cls, name, wrapper)
+    return cls
+
+
+def _client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=REPLY_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), RETRIES),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError])
+
+
+@_translating_outages
 class RedisRoomStore(RoomStore):
     def __init__(
         self,
@@ -184,7 +258,7 @@ class RedisRoomStore(RoomStore):
         super().__init__(clock)
         self.prefix = prefix
         self._owns_client = client is None
-        self._r: aioredis.Redis = client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
+        self._r: aioredis.Redis = client if client is not None else _client(url)
         self._heartbeat_script = self._r.register_script(_HEARTBEAT_LUA)
         self._add_track_script = self._r.register_script(_ADD_TRACK_LUA)
         self._remove_if_on_node_script = self._r.register_script(_REMOVE_IF_ON_NODE_LUA)
@@ -289,6 +363,55 @@ class RedisRoomStore(RoomStore):
             result = await pipe.execute()
         return _lesson_from_hash(_hash(result[-1]))
 
+    async def restore_lesson(self, lesson: Lesson) -> None:
+        key = self.lesson_key(lesson.id)
+        fields = {k: (_num(v) if isinstance(v, float) else str(v)) for k, v in lesson.to_dict().items()
+                  if v is not None}
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(self._lessons_key, {lesson.id: lesson.created_at})
+            if lesson.state == "ended":
+                pipe.sadd(self._ended_key, lesson.id)
+            else:
+                pipe.srem(self._ended_key, lesson.id)
+            await pipe.execute()
+
+    # -- admission ------------------------------------------------------------
+
+    def _admission_keys(self, lesson_id: str) -> tuple[str, str, str]:
+        base = self.lesson_key(lesson_id)
+        return f"{base}:locked", f"{base}:removed", f"{base}:seen"
+
+    async def admission(self, lesson_id: str) -> Admission:
+        locked_key, removed_key, seen_key = self._admission_keys(lesson_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.exists(locked_key)
+            pipe.smembers(removed_key)
+            pipe.smembers(seen_key)
+            locked, removed, seen = await pipe.execute()
+        return Admission(bool(locked), {_text(x) for x in removed}, {_text(x) for x in seen})
+
+    async def set_locked(self, lesson_id: str, locked: bool) -> None:
+        key = self._admission_keys(lesson_id)[0]
+        if locked:
+            await self._r.set(key, "1")
+        else:
+            await self._r.delete(key)
+
+    async def add_removed(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        members = list(participant_ids)
+        if members:
+            await self._r.sadd(self._admission_keys(lesson_id)[1], *members)
+
+    async def add_seen(self, lesson_id: str, participant_ids: Iterable[str]) -> None:
+        members = list(participant_ids)
+        if members:
+            await self._r.sadd(self._admission_keys(lesson_id)[2], *members)
+
+    async def clear_admission(self, lesson_id: str) -> None:
+        await self._r.delete(*self._admission_keys(lesson_id))
+
     # -- participants ---------------------------------------------------------
 
     async def add_participant(self, p: Participant, ttl_s: float) -> None:
@@ -384,17 +507,36 @@ class RedisRoomStore(RoomStore):
     def placement_key(self, lesson_id: str) -> str:
         return f"{self.lesson_key(lesson_id)}:node"
 
+    def node_key(self, node: str) -> str:
+        return f"{self.prefix}node:{_id(node)}"
+
     async def place_lesson(self, lesson_id: str, node: str, url: str, ttl_s: float) -> Placement:
         check_ttl(ttl_s)
         now = self.clock()
-        held, held_url = await self._place_script(keys=[self.placement_key(lesson_id)],
-                                                  args=[node, url, _num(now), _num(now + ttl_s), _key_ttl_ms(ttl_s)])
-        return Placement(_text(held), _text(held_url))
+        held, held_url, previous = await self._place_script(
+            keys=[self.placement_key(lesson_id), self.node_key(node)],
+            args=[node, url, _num(now), _num(now + ttl_s), _key_ttl_ms(ttl_s)])
+        return Placement(_text(held), _text(held_url), _text(previous))
+
+    async def node_heartbeat(self, node: str, url: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        now = self.clock()
+        # the value is the logical expiry (the injected clock, as for participants); the key TTL collects it
+        old = await self._r.set(self.node_key(node), _num(now + ttl_s), px=_key_ttl_ms(ttl_s), get=True)
+        return old is not None and float(_text(old)) > now
+
+    async def node_alive(self, node: str) -> bool:
+        alive_until = await self._r.get(self.node_key(node))
+        return alive_until is not None and float(_text(alive_until)) > self.clock()
+
+    async def ping(self) -> None:
+        await self._r.ping()
 
     async def release_lesson(self, lesson_id: str, node: str) -> None:
         await self._release_script(keys=[self.placement_key(lesson_id)], args=[node])
 
     async def remove_node(self, node: str) -> int:
+        await self._r.delete(self.node_key(node))
         members = await self._r.zrange(self._all_participants_key, 0, -1)
         if not members:
             return 0
