@@ -22,8 +22,10 @@ for Chinese, word/prefix search for Latin text.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -199,6 +201,9 @@ class Recording:
     reviewer: str | None = None
     review_note: str | None = None
     reviewed_at: str | None = None
+    # None: the whole lesson is in the file. Otherwise why it is not (the recorder stopped writing: a full disk,
+    # a write error), in words for the reviewer; the file holds what was written before
+    incomplete: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,7 +240,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     mp4 TEXT,
     reviewer TEXT,
     review_note TEXT,
-    reviewed_at TEXT
+    reviewed_at TEXT,
+    incomplete TEXT
 );
 CREATE INDEX IF NOT EXISTS recordings_state ON recordings(state, created_at);
 CREATE INDEX IF NOT EXISTS recordings_lesson ON recordings(lesson_id);
@@ -250,6 +256,8 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_rec ON history(rec_id, at);
 """
+# columns added since a catalog may have been created: (name, SQL type)
+_ADDED_COLUMNS: Final[tuple[tuple[str, str], ...]] = (("incomplete", "TEXT"),)
 # The search text of each recording, segmented (see module docstring); rowid = recordings.rowid.
 _FTS_COLUMNS: Final[tuple[str, ...]] = ("title", "description", "people", "curriculum")
 _FTS_SCHEMA = ("CREATE VIRTUAL TABLE IF NOT EXISTS recordings_fts USING fts5("
@@ -310,19 +318,30 @@ class Library:
             from .media import make_poster as poster_maker
         self._make_poster = poster_maker
         self._local = threading.local()
-        # executescript manages its own transaction; CREATE … IF NOT EXISTS makes this idempotent. Two processes
-        # opening one new catalog at once (one creating it while the other switches it to WAL) get "database is
-        # locked" without SQLite's busy wait: tried again until BUSY_TIMEOUT_S
+        self._schema_ready = False
+        # lesson records that could not be written (a full disk): lesson id -> (record, attendance, chat),
+        # written again at the next chance (see save_lesson_record)
+        self._pending_records: dict[str, tuple[dict[str, Any], str, str]] = {}
+        self._pending_lock = threading.Lock()
+        # Two processes opening one new catalog at once (one creating it while the other switches it to WAL)
+        # get "database is locked" without SQLite's busy wait: tried again until BUSY_TIMEOUT_S
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
-                self._db().executescript(f"BEGIN; {_SCHEMA} {_FTS_SCHEMA}; COMMIT;")
+                self._db()
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
                 self.close()
-                time.sleep(0.05)
+                if "locked" in str(exc) and time.monotonic() <= deadline:
+                    time.sleep(0.05)
+                    continue
+                if not (is_disk_full(exc) and self.db_path.exists()):
+                    raise
+                # An existing catalog on a full disk (SQLite cannot even make its shared-memory file): the server
+                # starts all the same; each library call tries again and fails on its own until there is room
+                log.error("the library's catalog %s cannot be opened (%s): the disk is full. The server runs "
+                          "without the library until space is freed in %s", self.db_path, exc, self.data_dir)
+                break
 
     # --- connection handling -------------------------------------------------------------------------
 
@@ -334,11 +353,22 @@ class Library:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA foreign_keys=ON")
+                if not self._schema_ready:
+                    self._ensure_schema(db)
             except sqlite3.Error:
                 db.close()
                 raise
             self._local.db = db
         return db
+
+    def _ensure_schema(self, db: sqlite3.Connection) -> None:
+        """Create the tables (idempotent: CREATE … IF NOT EXISTS) and add the columns an older catalog lacks."""
+        db.executescript(f"BEGIN; {_SCHEMA} {_FTS_SCHEMA}; COMMIT;")
+        have = {row[1] for row in db.execute("PRAGMA table_info(recordings)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE recordings ADD COLUMN {name} {kind}")
+        self._schema_ready = True
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -382,14 +412,52 @@ class Library:
     LESSON_RECORD_FILES = ("record.json", "attendance.csv", "chat.csv")
 
     def save_lesson_record(self, lesson_id: str, record: dict[str, Any], attendance_csv: str, chat_csv: str) -> None:
-        """Kept next to the lesson's recordings (written again if the lesson goes on after everyone left)."""
+        """Kept next to the lesson's recordings (written again if the lesson goes on after everyone left).
+
+        When it cannot be written (a full disk) this says so in one log line and raises nothing: the record is
+        kept in memory and written at the next chance this process has (the next lesson record, recording start
+        or finish; `retry_pending`). It is lost if the server stops before there is room again."""
+        with self._pending_lock:
+            self._pending_records.pop(lesson_id, None)  # this one is newer
+        self.retry_pending()
+        try:
+            self._write_lesson_record(lesson_id, record, attendance_csv, chat_csv)
+        except OSError as exc:
+            with self._pending_lock:
+                self._pending_records[lesson_id] = (record, attendance_csv, chat_csv)
+            log.error("lesson %s: its record (attendance, chat, stage timeline) could not be written to %s: %s. "
+                      "It is kept in memory and written again when there is room (lost if the server stops "
+                      "first): free space in %s", lesson_id, self._record_dir(lesson_id), _os_reason(exc),
+                      self.data_dir)
+
+    def _write_lesson_record(self, lesson_id: str, record: dict[str, Any], attendance_csv: str,
+                             chat_csv: str) -> None:
         folder = self._record_dir(lesson_id)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in (("record.json", json.dumps(record, ensure_ascii=False, indent=1)),
                            ("attendance.csv", attendance_csv), ("chat.csv", chat_csv)):
-            tmp = folder / (name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(folder / name)
+            _write_atomic(folder / name, text)
+
+    def pending_records(self) -> list[str]:
+        """The lessons whose record is waiting in memory for room on the disk."""
+        with self._pending_lock:
+            return list(self._pending_records)
+
+    def retry_pending(self) -> int:
+        """Write the lesson records a full disk kept in memory; returns how many are still waiting."""
+        with self._pending_lock:
+            pending = list(self._pending_records.items())
+        for lesson_id, (record, attendance_csv, chat_csv) in pending:
+            try:
+                self._write_lesson_record(lesson_id, record, attendance_csv, chat_csv)
+            except OSError:
+                break  # still no room: no point trying the others now
+            with self._pending_lock:
+                if self._pending_records.get(lesson_id, (None,))[0] is record:
+                    del self._pending_records[lesson_id]
+            log.info("lesson %s: its record was written after all", lesson_id)
+        with self._pending_lock:
+            return len(self._pending_records)
 
     def lesson_record_file(self, lesson_id: str, name: str) -> Path | None:
         if name not in self.LESSON_RECORD_FILES:
@@ -409,6 +477,8 @@ class Library:
         """Catalogue a recording that is starting now; returns its id. State "recording"."""
         if not lesson_id or not teacher_sub:
             raise LibraryError("bad_request", "lesson_id and teacher_sub are required")
+        if self._pending_records:
+            self.retry_pending()
         now = self._clock()
         rec_id = secrets.token_hex(ID_BYTES)
         row = {
@@ -426,22 +496,34 @@ class Library:
         log.info("recording %s started for lesson %s", rec_id, lesson_id)
         return rec_id
 
-    def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int) -> None:
-        """The recording's file is complete: "recording" -> "processing", make the poster, then
-        "awaiting_review". Blocking (one keyframe decode, tens of ms): call via asyncio.to_thread."""
+    def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int, incomplete: str | None = None) -> None:
+        """The recording's file is written: "recording" -> "processing", make the poster, then
+        "awaiting_review". Blocking (one keyframe decode, tens of ms): call via asyncio.to_thread.
+
+        ``incomplete``: why the file does not hold the whole lesson (the recorder stopped writing it), kept on the
+        item for the reviewer; None when it does. A catalog that cannot be written (a full disk: SQLite's
+        "database or disk is full") raises sqlite3.OperationalError before the poster is made; a recording left
+        "processing" (stopped between the steps) is taken on from there by a later call."""
+        if self._pending_records:
+            self.retry_pending()
         with self._tx() as db:
             rec = self._get(db, rec_id)
-            self._transition(db, rec, "finish", SYSTEM_VIEWER, None,
-                             {"duration_s": float(duration_s), "size_bytes": int(size_bytes)})
+            if rec.state != PROCESSING:
+                extra: dict[str, Any] = {"duration_s": float(duration_s), "size_bytes": int(size_bytes)}
+                if incomplete:
+                    extra["incomplete"] = incomplete[:MAX_NOTE_CHARS]
+                self._transition(db, rec, "finish", SYSTEM_VIEWER,
+                                 f"incomplete: {incomplete}"[:MAX_NOTE_CHARS] if incomplete else None, extra)
         poster = self._poster_for(rec)
         with self._tx() as db:
             rec = self._get(db, rec_id)
             self._transition(db, rec, "processed", SYSTEM_VIEWER, None, {"poster": poster})
 
     def unfinished(self) -> list[Recording]:
-        """Recordings still "recording": after a crash the server repairs and finishes them at start-up."""
-        rows = self._db().execute("SELECT * FROM recordings WHERE state = ? ORDER BY created_at",
-                                  (RECORDING,)).fetchall()
+        """Recordings not yet finished: "recording" (after a crash, or when the catalog could not be written at
+        the lesson's end) or "processing" (stopped between the two steps). Start-up repair finishes them."""
+        rows = self._db().execute("SELECT * FROM recordings WHERE state IN (?, ?) ORDER BY created_at",
+                                  (RECORDING, PROCESSING)).fetchall()
         return [_recording(r) for r in rows]
 
     def get(self, rec_id: str) -> Recording | None:
@@ -668,4 +750,31 @@ def _actors_for(action: str) -> frozenset[str]:
 
 
 def _recording(row: sqlite3.Row) -> Recording:
-    return Recording(**{k: row[k] for k in _COLUMNS})
+    keys = row.keys()  # (a catalog the disk was too full to add a new column to lacks it)
+    return Recording(**{k: row[k] for k in _COLUMNS if k in keys})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for lack of room: ENOSPC/EDQUOT/EFBIG, or SQLite's "database or disk is full" (and
+    its "disk I/O error" when it cannot even size its shared-memory file on a full disk)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(exc, sqlite3.Error) and ("full" in str(exc) or "disk I/O" in str(exc))
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file; on failure the temporary file is removed (a full
+    disk must not be left fuller by half-written files) and the error raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

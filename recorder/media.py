@@ -157,8 +157,12 @@ def _write_image(frame: av.VideoFrame, dst: Path, size: tuple[int, int] | None =
 def _atomic_write(dst: Path, data: bytes) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk is not left fuller by half an image
+        raise
 
 
 class ExportCancelled(MediaError):

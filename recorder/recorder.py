@@ -10,13 +10,22 @@ A simulcast camera is followed across its layers (`_LayerFollower`): the file ho
 arrives, switching down when the recorded one stops and up again when a larger one is back for good, always
 at a key frame of the new layer. The frame size then changes mid-file (VP8 key frames carry it; the WebM
 track header keeps the first one).
+
+A write that fails (a full disk: ENOSPC, or any OSError from PyAV's muxer) stops the lesson's recording for
+good with one log line: the lesson itself goes on, the files keep what was written before, and the library
+items are finished as incomplete (`Recording.incomplete`, the reason). When even the catalog cannot be written
+(SQLite's "database or disk is full"), the finish is kept in memory and tried again, and a marker file next to
+the recording (`<file>.incomplete`) lets start-up repair finish it as incomplete after a restart. Start-up
+repair never raises: what it cannot do now is logged in one line and tried again at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fractions
 import logging
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -50,10 +59,32 @@ class Catalog(Protocol):
     def start_recording(self, lesson_id: str, title: str, teacher: str, teacher_sub: str, file: Path) -> str: ...
 
     def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int) -> None: ...
+    # (called with incomplete="why" as well when the file stops before the lesson: see LessonRecorder._finish)
 
     def unfinished(self) -> list[Any]: ...
 
     def save_lesson_record(self, lesson_id: str, record: dict[str, Any], attendance_csv: str, chat_csv: str) -> None: ...
+
+
+# what a failed write of the catalog (SQLite) or of a file raises
+CATALOG_ERRORS = (sqlite3.Error, OSError)
+INCOMPLETE_SUFFIX = ".incomplete"
+
+
+def incomplete_marker(path: Path) -> Path:
+    """The file next to a recording that says it stopped early (its text: why; it may be empty)."""
+    return path.with_name(path.name + INCOMPLETE_SUFFIX)
+
+
+def write_failure(exc: BaseException) -> str:
+    """An OSError in words: "the disk is full (No space left on device)"."""
+    no = getattr(exc, "errno", None)
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+    if no in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({text})"
+    if no == errno.EFBIG:
+        return f"the file is too large for the file system ({text})"
+    return f"writing failed ({text})"
 
 
 def opus_head(channels: int = 2, rate: int = 48000) -> bytes:
@@ -102,9 +133,13 @@ class RecordingFile:
     the file starts with; the file then follows the best layer that arrives (see _LayerFollower)."""
 
     def __init__(self, path: Path, producers: list[Producer], clock: Callable[[], float] = time.monotonic,
-                 layers: list[Producer] | None = None) -> None:
+                 layers: list[Producer] | None = None,
+                 on_failure: Callable[[RecordingFile, BaseException], None] | None = None) -> None:
         self.path = path
         self.closed = False
+        # why the file stopped being written before its end (None: it did not); it keeps what came before
+        self.failed: str | None = None
+        self._on_failure = on_failure
         self.started_at = time.time()
         self._clock = clock
         self._created = clock()
@@ -131,16 +166,19 @@ class RecordingFile:
     # -- frames in -----------------------------------------------------------------------------------------
 
     def _on_frame(self, track: _Track, frame: Frame) -> None:
-        if self.closed:
+        if self.closed or self.failed is not None:
             return
         if track.first_ts is None:
             track.first_ts = frame.ts
-        if self._container is None:
-            track.pending.append(frame)
-            if self._ready():
-                self._open()
-            return
-        self._write(track, frame)
+        try:
+            if self._container is None:
+                track.pending.append(frame)
+                if self._ready():
+                    self._open()
+                return
+            self._write(track, frame)
+        except OSError as exc:  # a full disk (av.error.OSError is one): stop here, once
+            self._fail(exc)
 
     def _ready(self) -> bool:
         """Open the file once every track has a frame and a wall-clock mapping (or waiting took too long)."""
@@ -184,7 +222,7 @@ class RecordingFile:
         """The awaited key frame of another layer: from here on the track is that layer. Its RTP clock is
         unrelated to the old layer's: it is placed on the wall clock by its own sender reports."""
         follower = track.follower
-        if self.closed or follower is None or track.stream is None or not frame.keyframe:
+        if self.closed or self.failed is not None or follower is None or track.stream is None or not frame.keyframe:
             return  # (the depacketizer emits nothing before a key frame: never a delta frame of a new layer)
         old = track.depacketizer
         track.depacketizer, follower.candidate = dep, None
@@ -192,7 +230,11 @@ class RecordingFile:
             old.close()
         track.producer = dep.producer
         track.first_ts, track.first_wall = frame.ts, wall_of_rtp(dep.producer, frame.ts)
-        self._write(track, frame)
+        try:
+            self._write(track, frame)
+        except OSError as exc:
+            self._fail(exc)
+            return
         follower.switched(frame)
 
     def _write(self, track: _Track, frame: Frame) -> None:
@@ -202,13 +244,13 @@ class RecordingFile:
         ms = round((wall - self._t0) * 1000)
         if ms <= track.last_ms:
             ms = track.last_ms + 1  # strictly increasing per stream (Matroska needs ordered blocks)
-        track.last_ms = ms
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = ms
         packet.time_base = MS
         packet.stream = track.stream
         packet.is_keyframe = frame.keyframe
         self._container.mux(packet)
+        track.last_ms = ms  # (only once written: a failed write ends the file's duration before it)
         track.frames += 1
         track.bytes += len(frame.data)
 
@@ -219,18 +261,65 @@ class RecordingFile:
         return max((t.last_ms for t in self.tracks), default=0) / 1000
 
     def close(self) -> None:
+        """Finish the file (never raises a write error: a failure here marks the file as failed)."""
         if self.closed:
             return
+        self._detach()
+        try:
+            if self.failed is None and self._container is None and any(t.pending for t in self.tracks):
+                self._open()  # a very short lesson: write what there is
+        except OSError as exc:
+            self._fail(exc)
+        self.closed = True
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()  # the cues and the duration: the end of the file
+            except OSError as exc:
+                self._fail(exc)
+
+    def stop(self, reason: str) -> None:
+        """Stop writing for good (another file of the lesson found the disk full): the file keeps what it has."""
+        if self.failed is None and not self.closed:
+            self.failed = reason
+            self._stop_writing()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The first write error: stop writing (the clusters already flushed stay readable), mark the file as
+        incomplete and tell the owner (LessonRecorder), which logs it once for the lesson. Later frames are
+        dropped without a word: a full disk must not cost a log line per frame."""
+        if self.failed is not None:
+            return
+        self.failed = f"{write_failure(exc)} at {self.duration_s:.1f} s into the recording"
+        self._stop_writing()
+        if self._on_failure is not None:
+            self._on_failure(self, exc)
+        else:
+            log.error("recording %s stopped: %s: %s. The file keeps what was written before; free space in %s",
+                      self.path.name, self.failed, exc, self.path.parent)
+
+    def _stop_writing(self) -> None:
+        self._detach()  # the producers stop feeding this file (forwarding to classrooms is untouched)
+        for track in self.tracks:
+            track.pending = []
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()  # the trailer cannot be written either, most likely; the descriptor is freed
+            except Exception:  # noqa: BLE001 - already failed: nothing more to say about this file
+                pass
+        marker = incomplete_marker(self.path)
+        try:
+            marker.write_text(self.failed or "", encoding="utf-8")
+        except OSError:
+            pass  # a full disk may still take the empty file (an inode, no data block): its name is the mark
+
+    def _detach(self) -> None:
         for track in self.tracks:
             if track.depacketizer is not None:
                 track.depacketizer.close()
             if track.follower is not None:
                 track.follower.close()
-        if self._container is None and any(t.pending for t in self.tracks):
-            self._open()  # a very short lesson: write what there is
-        self.closed = True
-        if self._container is not None:
-            self._container.close()
 
     @property
     def layer_switches(self) -> int:
@@ -397,10 +486,54 @@ class LessonRecorder:
         self._recorded_layers: list[Producer] = []  # the simulcast layers chosen for the main file
         self._first_layer_at: dict[int, float] = {}
         self.closed = False
+        # why the lesson's recording stopped before its end (a full disk): no file of it is written any more
+        self.failed: str | None = None
+        self._reported = False  # the lesson's one error line is out: anything after it is a warning
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
+        retry_pending_finishes(catalog)
         router.on_track(self._on_track)
-        router.on_stage(lambda _: None if self.closed else self._sync())
+        router.on_stage(lambda _: None if self.closed or self.failed else self._sync())
         self._sync()
+
+    # -- write failures: one line per lesson, the lesson goes on ----------------------------------------------
+
+    def _file(self, path: Path, producers: list[Producer], layers: list[Producer] | None = None) -> RecordingFile:
+        return RecordingFile(path, producers, clock=self._clock, layers=layers, on_failure=self._file_failed)
+
+    def _files(self) -> list[RecordingFile]:
+        return ([self.main] if self.main else []) + [f for f, _ in self.extra] + [f for f, _ in self.stage.values()]
+
+    def _file_failed(self, recording: RecordingFile, exc: BaseException) -> None:
+        if self.failed is not None:
+            return  # the lesson's recording has already stopped (and said so)
+        self._stop(recording.failed or write_failure(exc),
+                   f"writing {recording.path} failed: {exc}")
+
+    def _stop(self, reason: str, detail: str) -> None:
+        """Stop writing every file of the lesson and say so in one line. The lesson is not touched: the
+        producers go on forwarding to the classrooms; the files are finished (as incomplete) when it ends."""
+        self.failed = reason
+        for recording in self._files():
+            recording.stop(reason)
+        self._report(f"lesson {self.router.lesson_id}: recording stopped, {reason} ({detail}). The lesson goes on "
+                     f"unrecorded; what was written is kept and its library item will be marked incomplete. Free "
+                     f"space in {self.catalog.recordings_dir.parent}: lessons that start after that are recorded")
+
+    def _report(self, message: str) -> None:
+        if self._reported:
+            log.warning("%s", message)
+        else:
+            self._reported = True
+            log.error("%s", message)
+
+    def _catalogue(self, title: str, path: Path) -> str | None:
+        """A new library item for `path`, or None when the catalog cannot be written (the lesson's recording
+        then stops, with its one line)."""
+        try:
+            return self.catalog.start_recording(self.router.lesson_id, title, self.teacher, self.teacher_sub, path)
+        except CATALOG_ERRORS as exc:
+            self._stop(f"the library could not catalogue a new recording ({exc})", f"for {path.name}")
+            return None
 
     def _sync_stage(self, recorded: set[int]) -> None:
         """A file per on-stage turn: started when a classroom is on stage with its tracks, finished when it
@@ -422,12 +555,13 @@ class LessonRecorder:
             self.stage_turns += 1
             path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-stage{self.stage_turns}.webm"
             name = self.stage_names.get(pid, pid)
-            rec_id = self.catalog.start_recording(self.router.lesson_id, f"{self.title}（上台 {name}）",
-                                                  self.teacher, self.teacher_sub, path)
-            self.stage[pid] = (RecordingFile(path, video + audio, clock=self._clock), rec_id)
+            rec_id = self._catalogue(f"{self.title}（上台 {name}）", path)
+            if rec_id is None:
+                return
+            self.stage[pid] = (self._file(path, video + audio), rec_id)
 
     async def _on_track(self, change: str, producer: Producer) -> None:
-        if not self.closed:
+        if not self.closed and self.failed is None:
             self._sync()
 
     def _layer_to_record(self, producer: Producer) -> Producer | None:
@@ -450,6 +584,8 @@ class LessonRecorder:
 
     def _sync(self) -> None:
         """(Re)start files for the producers now live: the main file when camera or microphone start."""
+        if self.closed or self.failed is not None:
+            return  # (a lesson whose recording stopped on a write error is not recorded again)
         teachers = [p for p in self.router.producers.values() if p.owner_role == "teacher"]
         live = [self._layer_to_record(p) for p in teachers]
         pending = any(p is None for p in live)
@@ -459,9 +595,10 @@ class LessonRecorder:
         live = [p for p in live if p is not None]
         main = [] if pending else [p for p in live if p.source in ("camera", "microphone")]
         screens = [p for p in live if p.source == "screen"]
-        files = ([self.main] if self.main else []) + [f for f, _ in self.extra] + [f for f, _ in self.stage.values()]
-        recorded = {id(p) for f in files for t in f.tracks for p in t.sources}
+        recorded = {id(p) for f in self._files() for t in f.tracks for p in t.sources}
         self._sync_stage(recorded)
+        if self.failed is not None:
+            return
         if main and (self.main is None or self.main.closed):
             self._start_main(main)
         elif main and any(id(p) not in recorded for p in main):
@@ -469,24 +606,25 @@ class LessonRecorder:
             self._finish_main()
             self._start_main(main)
         for producer in screens:
-            if id(producer) not in recorded:
+            if id(producer) not in recorded and self.failed is None:
                 n = len(self.extra) + 1
                 path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-screen{n}.webm"
                 # each courseware share is a library item of its own, next to the lesson's main recording
-                rec_id = self.catalog.start_recording(self.router.lesson_id, f"{self.title}（课件 {n}）",
-                                                      self.teacher, self.teacher_sub, path)
-                recording = RecordingFile(path, [producer], clock=self._clock, layers=self._layers_of(producer))
-                self.extra.append((recording, rec_id))
+                rec_id = self._catalogue(f"{self.title}（课件 {n}）", path)
+                if rec_id is None:
+                    return
+                self.extra.append((self._file(path, [producer], self._layers_of(producer)), rec_id))
 
     def _start_main(self, producers: list[Producer]) -> None:
         part = "" if self.main is None else f"-{time.strftime('%H%M%S')}"
         path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}{part}.webm"
         video = [p for p in producers if p.kind == "video"][:1]
         audio = [p for p in producers if p.kind == "audio"][:1]
-        self.main = RecordingFile(path, video + audio, clock=self._clock,
-                                  layers=self._layers_of(video[0]) if video else None)
-        self.main_id = self.catalog.start_recording(self.router.lesson_id, self.title, self.teacher,
-                                                    self.teacher_sub, path)
+        rec_id = self._catalogue(self.title, path)
+        if rec_id is None:
+            return
+        self.main = self._file(path, video + audio, self._layers_of(video[0]) if video else None)
+        self.main_id = rec_id
         log.info("recording lesson %s to %s", self.router.lesson_id, path)
 
     def _layers_of(self, layer: Producer) -> list[Producer] | None:
@@ -501,11 +639,27 @@ class LessonRecorder:
             self._finish(self.main, self.main_id)
 
     def _finish(self, recording: RecordingFile, rec_id: str) -> None:
-        recording.close()
+        """Close the file and finish its library item (incomplete when the file stopped early). When the catalog
+        cannot be written, the finish waits in memory (tried again at the next start or finish of a recording in
+        this process) and, after a restart, for start-up repair: never an exception into the lesson."""
+        recording.close()  # (a trailer that cannot be written stops the lesson's recording: _file_failed)
         if recording.layer_switches:
             log.info("recording %s changed simulcast layer %d times", recording.path.name, recording.layer_switches)
-        size = recording.path.stat().st_size if recording.path.exists() else 0
-        self.catalog.finish_recording(rec_id, recording.duration_s, size)
+        try:
+            size = recording.path.stat().st_size
+        except OSError:
+            size = 0
+        retry_pending_finishes(self.catalog)
+        pending = _PendingFinish(self.catalog, rec_id, self.router.lesson_id, recording.path, recording.duration_s,
+                                 size, recording.failed)
+        try:
+            pending.finish()
+        except CATALOG_ERRORS as exc:
+            _PENDING_FINISHES[rec_id] = pending
+            self._report(f"lesson {self.router.lesson_id}: the library could not be updated ({exc}): recording "
+                         f"{rec_id} ({recording.path.name}) stays unfinished and is finished"
+                         f"{' as incomplete' if recording.failed else ''} once there is room (later in this "
+                         f"process, or by start-up repair at the next start)")
 
     def close(self) -> None:
         if self.closed:
@@ -521,27 +675,84 @@ class LessonRecorder:
                 "stage": [f.stats() for f, _ in self.stage.values()]}
 
 
+@dataclass
+class _PendingFinish:
+    """A library item the catalog could not finish (a full disk), kept until it can."""
+
+    catalog: Catalog
+    rec_id: str
+    lesson_id: str
+    path: Path
+    duration_s: float
+    size_bytes: int
+    incomplete: str | None
+
+    def finish(self) -> None:
+        finish_in_catalog(self.catalog, self.rec_id, self.duration_s, self.size_bytes, self.incomplete)
+        incomplete_marker(self.path).unlink(missing_ok=True)  # the catalog knows now
+
+
+# library items whose finish the catalog could not take, by id: tried again whenever this process starts or
+# finishes a recording; after a restart, start-up repair finishes them (the marker file says why incomplete)
+_PENDING_FINISHES: dict[str, _PendingFinish] = {}
+
+
+def finish_in_catalog(catalog: Catalog, rec_id: str, duration_s: float, size_bytes: int,
+                      incomplete: str | None) -> None:
+    if incomplete:
+        catalog.finish_recording(rec_id, duration_s, size_bytes, incomplete=incomplete)  # type: ignore[call-arg]
+    else:
+        catalog.finish_recording(rec_id, duration_s, size_bytes)
+
+
+def retry_pending_finishes(catalog: Catalog) -> int:
+    """Finish the items of `catalog` a full disk kept waiting; returns how many still wait."""
+    for rec_id, pending in list(_PENDING_FINISHES.items()):
+        if pending.catalog is not catalog:
+            continue
+        try:
+            pending.finish()
+        except CATALOG_ERRORS:
+            break  # still no room
+        except Exception as exc:  # noqa: BLE001 - e.g. finished meanwhile by start-up repair of another process
+            log.warning("recording %s of lesson %s: not finished after all: %s", rec_id, pending.lesson_id, exc)
+        else:
+            log.info("recording %s of lesson %s finished in the library after all", rec_id, pending.lesson_id)
+        _PENDING_FINISHES.pop(rec_id, None)
+    return sum(1 for p in _PENDING_FINISHES.values() if p.catalog is catalog)
+
+
 def repair_file(path: Path) -> tuple[float, int]:
-    """Rewrite a WebM a crash left without its index into a complete one (stream copy); (duration s, size)."""
+    """Rewrite a WebM a crash left without its index into a complete one (stream copy); (duration s, size).
+
+    What cannot be read (the torn end of the file) ends the copy; what cannot be written (a full disk) raises
+    OSError and leaves the original as it was (the partial copy is removed)."""
     if not path.exists() or path.stat().st_size == 0:
         return 0.0, 0
     fixed = path.with_suffix(".repaired.webm")
     last_ms = 0
-    with av.open(str(path)) as src, av.open(str(fixed), "w", format="webm") as dst:
-        mapping = {}
-        for stream in src.streams:
-            if stream.type not in ("video", "audio"):
-                continue
-            out = dst.add_stream(stream.codec_context.name, rate=stream.average_rate if stream.type == "video"
-                                 else stream.codec_context.sample_rate)
-            if stream.type == "video":
-                out.width, out.height = stream.codec_context.width, stream.codec_context.height
-            if stream.codec_context.extradata:
-                out.codec_context.extradata = stream.codec_context.extradata
-            out.time_base = MS
-            mapping[stream.index] = out
-        try:
-            for packet in src.demux(*[s for s in src.streams if s.index in mapping]):
+    try:
+        with av.open(str(path)) as src, av.open(str(fixed), "w", format="webm") as dst:
+            mapping = {}
+            for stream in src.streams:
+                if stream.type not in ("video", "audio"):
+                    continue
+                out = dst.add_stream(stream.codec_context.name, rate=stream.average_rate if stream.type == "video"
+                                     else stream.codec_context.sample_rate)
+                if stream.type == "video":
+                    out.width, out.height = stream.codec_context.width, stream.codec_context.height
+                if stream.codec_context.extradata:
+                    out.codec_context.extradata = stream.codec_context.extradata
+                out.time_base = MS
+                mapping[stream.index] = out
+            packets = src.demux(*[s for s in src.streams if s.index in mapping])
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError:
+                    break  # the torn end of the file: keep what came before
                 if packet.size == 0 or packet.pts is None:
                     continue
                 ms = int(packet.pts * packet.time_base * 1000)
@@ -549,26 +760,73 @@ def repair_file(path: Path) -> tuple[float, int]:
                 packet.stream = mapping[packet.stream.index]
                 packet.pts = packet.dts = ms
                 packet.time_base = MS
-                dst.mux(packet)
-        except av.error.FFmpegError:
-            pass  # the torn end of the file: keep what came before
+                dst.mux(packet)  # (an OSError here, a full disk, is raised)
+    except BaseException:
+        fixed.unlink(missing_ok=True)
+        raise
     fixed.replace(path)
     return last_ms / 1000, path.stat().st_size
 
 
 def repair_unfinished(catalog: Catalog) -> int:
-    """At start-up: close the recordings a crash left open and hand them to the library. Returns how many."""
+    """At start-up: close the recordings a crash (or a full disk) left open and hand them to the library.
+    Returns how many were finished. Never raises: the server must start whatever the disk and the catalog
+    say. Each failure is one log line; an item that cannot be repaired or finished now (no room to rewrite
+    its file, a catalog that cannot be written) stays as it is and is tried again at the next start."""
+    try:
+        unfinished = catalog.unfinished()
+    except Exception as exc:  # noqa: BLE001 - e.g. a catalog on a full disk that cannot even be read
+        log.error("start-up repair skipped: the library's catalog cannot be read (%s); unfinished recordings "
+                  "are repaired at the next start", _one_line(exc))
+        return 0
     n = 0
-    for rec in catalog.unfinished():
-        path = Path(rec.file)
-        if not path.is_absolute():
-            path = catalog.recordings_dir.parent / path
+    for rec in unfinished:
+        try:
+            if _repair_one(catalog, rec):
+                n += 1
+        except Exception as exc:  # noqa: BLE001 - one bad item must not stop the server from starting
+            log.error("recording %s (%s) not repaired: %s; tried again at the next start", rec.id, rec.file,
+                      _one_line(exc))
+    return n
+
+
+def _repair_one(catalog: Catalog, rec: Any) -> bool:
+    path = Path(rec.file)
+    if not path.is_absolute():
+        path = catalog.recordings_dir.parent / path
+    marker = incomplete_marker(path)
+    incomplete: str | None = None
+    if marker.exists():
+        try:
+            incomplete = marker.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            incomplete = ""
+        incomplete = incomplete or "the recorder stopped writing before the lesson ended (a write error)"
+    if getattr(rec, "state", "recording") == "processing":
+        duration, size = rec.duration_s or 0.0, rec.size_bytes or 0  # the file was finished already
+    else:
         try:
             duration, size = repair_file(path)
-        except Exception:  # noqa: BLE001 - one bad file must not stop the server from starting
-            log.exception("could not repair %s", path)
+        except OSError as exc:
+            # no room for the repaired copy (a full disk) or the file cannot be read: as it is, next time
+            log.error("recording %s (%s) not repaired now: %s; tried again at the next start (free space in %s)",
+                      rec.id, path.name, _one_line(exc), path.parent)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a damaged file: the library gets what there is
+            log.warning("recording %s (%s) could not be rewritten (%s): finished as it is", rec.id, path.name,
+                        _one_line(exc))
             duration, size = 0.0, path.stat().st_size if path.exists() else 0
-        catalog.finish_recording(rec.id, duration, size)
-        log.info("repaired recording %s (%.1f s) after an unclean stop", path, duration)
-        n += 1
-    return n
+    try:
+        finish_in_catalog(catalog, rec.id, duration, size, incomplete)
+    except CATALOG_ERRORS as exc:
+        log.error("recording %s (%s) repaired but not finished in the library: %s; tried again at the next start",
+                  rec.id, path.name, _one_line(exc))
+        return False
+    marker.unlink(missing_ok=True)
+    log.info("repaired recording %s (%.1f s%s) after an unclean stop", path, duration,
+             ", incomplete" if incomplete else "")
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
