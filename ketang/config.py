@@ -13,6 +13,9 @@ DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = "data"
 PARTICIPANT_TTL_S = 30.0  # a participant not heard of for this long (crashed node) disappears from state
 HEARTBEAT_INTERVAL_S = 10.0  # how often a node refreshes its participants' TTL
+# a node's own liveness in the room store: renewed every NODE_TTL_S / 3, dead (its lessons free for the next node)
+# NODE_TTL_S after its last renewal. Short: a crashed node's lessons move in seconds, not after PARTICIPANT_TTL_S
+NODE_TTL_S = 3.0
 MESSAGES_PER_S = 20.0  # per websocket connection, sustained
 MESSAGE_BURST = 40
 SEND_QUEUE_MAX = 256
@@ -44,6 +47,10 @@ class Config:
     stage_max: int = STAGE_MAX  # classrooms on stage at once
     participant_ttl_s: float = PARTICIPANT_TTL_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    # the node's liveness (KETANG_NODE_TTL_S, KETANG_NODE_HEARTBEAT_S when not given); heartbeat TTL/3 by default
+    node_ttl_s: float = field(default_factory=lambda: Config.float_from("KETANG_NODE_TTL_S", NODE_TTL_S))
+    node_heartbeat_s: float = field(default_factory=lambda: Config.float_from(
+        "KETANG_NODE_HEARTBEAT_S", Config.float_from("KETANG_NODE_TTL_S", NODE_TTL_S) / 3))
     messages_per_s: float = MESSAGES_PER_S
     message_burst: int = MESSAGE_BURST
     send_queue_max: int = SEND_QUEUE_MAX

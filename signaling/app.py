@@ -14,14 +14,14 @@ from ketang.config import Config
 
 from .connection import Connection
 from .handlers import HANDLERS
-from .hub import Hub
+from .hub import UNAVAILABLE_MESSAGE, Hub
 from .messages import MAX_MESSAGE_BYTES, ProtocolError, error_reply, parse_message
 from .ratelimit import TokenBucket
 from recorder.library import Library
 from recorder.recorder import repair_unfinished
 from recorder.web import add_routes as add_library_routes
 
-from .state import open_store
+from .state import StoreUnavailable, open_store
 from .tokens import TokenError, verify_token
 
 log = logging.getLogger("ketang.signaling")
@@ -67,6 +67,10 @@ async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
         reply = await HANDLERS[msg.type](hub, conn, msg)
     except ProtocolError as exc:
         conn.send(error_reply(exc.code, exc.message, exc.ref))
+        return
+    except StoreUnavailable as exc:  # an outage, not a bug: the page tries again (logged once per outage)
+        hub.store_failed(exc, "handling a client's message")
+        conn.send(error_reply("unavailable", UNAVAILABLE_MESSAGE, ref))
         return
     except Exception:  # noqa: BLE001 - a bug must cost one reply, not the lesson
         log.exception("handler failed")
@@ -116,7 +120,9 @@ async def lesson_attendance(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[HUB_KEY].health())
+    """200 {"status": "ok", ...}, or 503 {"status": "degraded", "redis": "down", ...} naming what is down."""
+    health = await request.app[HUB_KEY].health()
+    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
 
 def _page(filename: str):  # type: ignore[no-untyped-def]
@@ -174,9 +180,15 @@ def make_app(config: Config) -> web.Application:
         store = open_store(config.redis_url, prefix=config.redis_prefix)
         hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
+        if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
+            log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "
+                        "`unavailable` and /healthz answers 503 until it answers (tried again every few seconds)",
+                        config.redis_url, hub.store_error)
         yield
-        await hub.close()
-        await store.close()
+        try:
+            await hub.close()
+        finally:
+            await store.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -191,7 +203,10 @@ async def run_server(config: Config) -> None:
     base = f"http://{config.host}:{config.port}"
     state = f"Redis at {config.redis_url}" if config.redis_url else "in process (embedded)"
     if config.redis_url:
+        hub = app[HUB_KEY]
         state += f"; lessons placed here are joined at {config.url}"
+        if not hub.store_up:
+            state += "; NOT REACHABLE yet, retrying: joins wait for it"
     print(f"ketang serving on {base}  (room state: {state}; node {config.node_id})", flush=True)
     print(f"  health:     {base}/healthz", flush=True)
     print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)

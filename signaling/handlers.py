@@ -9,8 +9,9 @@ from typing import Any
 from sfu.peers import SdpError, Subscriber
 
 from .connection import Connection
-from .hub import Hub, JoinRefused, LessonElsewhere, LessonEnded
+from .hub import UNAVAILABLE_MESSAGE, Hub, JoinRefused, LessonElsewhere, LessonEnded
 from .messages import Message, ProtocolError, error_reply
+from .state import StoreUnavailable
 from .tokens import TokenError, verify_token
 from .turn import ice_servers_for
 
@@ -46,6 +47,10 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
         reply = error_reply("lesson_elsewhere", "this lesson is carried by another server: join it there", msg.id)
         conn.send({**reply, "url": exc.url})
         return None
+    except StoreUnavailable as exc:  # (the room state cannot be reached: the page tries again)
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        hub.store_failed(exc, "a participant joined")
+        raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, msg.id) from exc
     except JoinRefused as exc:
         conn.claims = conn.participant_id = conn.lesson_id = None
         why = {"removed": "the teacher removed this classroom from the lesson",

@@ -16,12 +16,19 @@ from .connection import Connection
 from recorder.recorder import Catalog, LessonRecorder
 
 from .interaction import LessonInteraction
-from .state import Lesson, Participant, RoomStore, TrackInfo
+from .state import Lesson, Participant, RoomStore, StoreUnavailable, TrackInfo
 
 # each classroom's reception (loss, round-trip time, bitrate, video) is sampled this often for attendance
 SAMPLE_EVERY_S = 2.0
 # websocket close code: the lesson now lives on another server process; the page reconnects and is sent there
 CLOSE_MOVED = 4005
+# while the room store (Redis) is unreachable, this node tries it again after 0.5 s, 1 s, then every 2 s: back
+# within seconds of its return (and then writes again what it carries), without hammering it meanwhile
+STORE_RETRY_FIRST_S = 0.5
+STORE_RETRY_MAX_S = 2.0
+STILL_DOWN_LOG_EVERY_S = 60.0
+# the `unavailable` error (docs/protocol.md): a join while the room state cannot be reached
+UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try again in a few seconds"
 
 log = logging.getLogger("ketang.signaling")
 
@@ -54,14 +61,33 @@ class Hub:
         self.interactions: dict[str, LessonInteraction] = {}
         self.seen: dict[str, set[str]] = {}  # lesson -> classrooms that have been in it (a locked lesson's own)
         self.started_at = time.time()
+        # what this node knows of the lessons it carries, written back when the store lost it (Redis restarted
+        # empty) or missed writes (an outage): lesson, participants, tracks; moderation is in self.interactions
+        self.lessons: dict[str, Lesson] = {}
+        self.participants: dict[tuple[str, str], Participant] = {}
+        self.tracks: dict[str, dict[str, TrackInfo]] = {}  # lesson -> track id -> track
+        self._admission_loaded: set[str] = set()  # lessons whose lock/removals were read from the store here
+        # store writes an outage made fail, done when it is back: leaves, placement releases, ended admissions
+        self._unsynced_leaves: set[tuple[str, str]] = set()
+        self._unreleased: set[str] = set()
+        self._uncleared: set[str] = set()
+        self.store_up: bool | None = None  # None: not tried yet
+        self.store_error = ""
+        self._down_since = 0.0
+        self._down_logged_at = 0.0
+        self._last_beat_try = 0.0
+        self._rebuild_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
+        self._node_beats = asyncio.ensure_future(self._node_loop())
         self._octets: dict[tuple[str, str], tuple[int, float]] = {}
 
     def interaction(self, lesson_id: str) -> LessonInteraction:
         inter = self.interactions.get(lesson_id)
         if inter is None:
             inter = self.interactions[lesson_id] = LessonInteraction(stage_max=self.config.stage_max)
+            inter.on_admission = lambda: self._spawn(self._write_admission_logged(lesson_id))
         return inter
 
     def classrooms(self, lesson_id: str) -> dict[str, Connection]:
@@ -85,27 +111,46 @@ class Hub:
         """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
         claims = conn.claims
         assert claims is not None and conn.participant_id is not None
+        # every store call comes first: when the store is unreachable (StoreUnavailable: `unavailable`), nothing
+        # here has changed
+        await self._registered()
         # the lesson's teacher and classrooms must meet in one SFU: the first node to see the lesson carries it
         # (several processes on one Redis carry more lessons); anyone arriving elsewhere is sent there
         placement = await self.store.place_lesson(claims.lesson, self.config.node_id, self.config.url,
                                                   self.config.participant_ttl_s)
         if placement.node != self.config.node_id:
             raise LessonElsewhere(placement.url)
+        if placement.previous:
+            await self._forget_dead_node(placement.previous, claims.lesson)
         lesson = await self.store.ensure_lesson(claims.lesson, title=claims.title or None,
                                                 teacher=claims.name if claims.role == "teacher" else None)
+        self.lessons[lesson.id] = lesson
         if lesson.state == "ended" and claims.role != "teacher":
             raise LessonEnded(lesson.id)
         inter = self.interaction(lesson.id)
+        seen = self.seen.setdefault(lesson.id, set())
+        if lesson.id not in self._admission_loaded:
+            # the lock and the removals outlive the node that set them (a restart, a failover)
+            admission = await self.store.admission(lesson.id)
+            inter.locked = admission.locked
+            inter.removed |= admission.removed
+            seen |= admission.seen
+            self._admission_loaded.add(lesson.id)
         if claims.role == "classroom":
-            seen = self.seen.setdefault(lesson.id, set())
             refused = inter.may_join(conn.participant_id, conn.participant_id in seen)
             if refused is not None:
                 raise JoinRefused(refused)
-            seen.add(conn.participant_id)
+            if conn.participant_id not in seen:
+                await self.store.add_seen(lesson.id, [conn.participant_id])
+                seen.add(conn.participant_id)
         now = time.time()
         participant = Participant(id=conn.participant_id, lesson_id=lesson.id, role=claims.role, name=claims.name,
                                   joined_at=now, last_seen=now, node=self.config.node_id, expires_at=0.0)
         await self.store.add_participant(participant, self.config.participant_ttl_s)
+        everyone = await self.store.list_participants(lesson.id)
+        stored_tracks = await self.store.list_tracks(lesson.id)
+        self.participants[(lesson.id, participant.id)] = participant
+        self._unsynced_leaves.discard((lesson.id, participant.id))
         members = self.connections.setdefault(lesson.id, {})
         previous = members.get(conn.participant_id)
         members[conn.participant_id] = conn
@@ -119,13 +164,12 @@ class Hub:
             self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
                                        "participant": public_participant(participant)}, exclude=conn,
                            about=claims.role)
-        everyone = await self.store.list_participants(lesson.id)
         participants = [public_participant(p) for p in everyone
                         if p.role != "observer" and sees(claims.role, p.role, p.id == participant.id)]
         classrooms = {p.id for p in everyone if p.role == "classroom"}
         on_stage = {s["id"] for s in inter.stage.on()}
         # a classroom hears of the teacher's tracks and of those on stage, not of every classroom's camera
-        tracks = [public_track(t) for t in await self.store.list_tracks(lesson.id)
+        tracks = [public_track(t) for t in stored_tracks
                   if claims.role != "classroom" or t.participant_id not in classrooms
                   or t.participant_id in on_stage or t.participant_id == participant.id]
         state: dict[str, Any] = {"participant": {"id": participant.id, "role": participant.role,
@@ -151,14 +195,26 @@ class Hub:
         if members.get(pid) is not conn:
             return  # already replaced by a newer connection of the same participant
         del members[pid]
+        self.participants.pop((lesson_id, pid), None)
         # decided now, before the awaits below: when a whole lesson's classrooms drop at once, every leave
         # would find the lesson empty after them and save its record (400 times, each with 400 rows)
         last = not members
+        # every step below is done whatever the others do: a store outage or an SFU failure must not leave the
+        # others uninformed, the attendance open, the recording unfinished or the lesson placed here
         router = self.routers.get(lesson_id)
         if router is not None:
-            await router.remove_participant(pid)
+            try:
+                await router.remove_participant(pid)
+            except Exception:  # noqa: BLE001
+                log.exception("could not remove %s from the SFU of lesson %s", pid, lesson_id)
         # its tracks' removal is announced by the router as their producers close (once, not twice)
-        await self.store.remove_participant(lesson_id, pid)
+        try:
+            await self.store.remove_participant(lesson_id, pid)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "a participant left")
+            self._unsynced_leaves.add((lesson_id, pid))  # removed when the store is back
+        except Exception:  # noqa: BLE001
+            log.exception("could not remove %s from the room state of lesson %s", pid, lesson_id)
         if conn.role == "classroom":
             inter = self.interaction(lesson_id)
             # its hand stays up: a classroom whose link dropped finds it so when it is back
@@ -173,16 +229,27 @@ class Hub:
             self.connections.pop(lesson_id, None)
             try:  # the next participant may start the lesson on any node
                 await self.store.release_lesson(lesson_id, self.config.node_id)
+            except StoreUnavailable as exc:
+                self.store_failed(exc, "the last participant of a lesson left")
+                self._unreleased.add(lesson_id)  # released when the store is back (or it expires)
             except Exception:  # noqa: BLE001 - it expires anyway
                 log.exception("could not release the placement of lesson %s", lesson_id)
             if self.connections.get(lesson_id):  # somebody joined while it was being released: it goes on here
+                self._unreleased.discard(lesson_id)
                 await self._renew_placement(lesson_id, self.connections[lesson_id])
                 return
             self._stop_recording(lesson_id)
             self._save_record(lesson_id)
+            # what this node knew of the lesson goes with it (the next node to carry it reads the store)
+            self.lessons.pop(lesson_id, None)
+            self.tracks.pop(lesson_id, None)
+            self._admission_loaded.discard(lesson_id)
             if router is not None:
                 self.routers.pop(lesson_id, None)
-                await router.close()
+                try:
+                    await router.close()
+                except Exception:  # noqa: BLE001
+                    log.exception("could not close the SFU router of lesson %s", lesson_id)
 
     def broadcast_hands(self, lesson_id: str) -> None:
         """The hand queue, in order, to the teacher and observers."""
@@ -217,24 +284,54 @@ class Hub:
         return router
 
     async def _on_track(self, lesson_id: str, change: str, producer: Producer) -> None:
+        """(A task of the router's.) The room state follows the SFU's tracks; a store outage costs the store
+        write only (written again when it is back), never the events or the recording."""
+        try:
+            await self._track_changed(lesson_id, change, producer)
+        except Exception:  # noqa: BLE001 - a task nobody awaits: logged here, not as "never retrieved"
+            log.exception("could not announce the %s track %s of lesson %s", change, producer.id, lesson_id)
+
+    async def _track_changed(self, lesson_id: str, change: str, producer: Producer) -> None:
         track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=producer.owner, kind=producer.kind,
                           source=producer.source, published_at=time.time())
         # a classroom's own camera and microphone are news to the teacher and observers, not to 400 classrooms
         about = "classroom" if producer.owner_role == "classroom" else None
         if change == "added":
-            await self.store.add_track(track)
-            lesson = await self.store.get_lesson(lesson_id)
+            self.tracks.setdefault(lesson_id, {})[track.id] = track
+            await self._quietly(self.store.add_track(track), "a track was published")
+            lesson = self.lessons.get(lesson_id)
+            if lesson is None:
+                lesson = await self._quietly(self.store.get_lesson(lesson_id), "a track was published")
             if lesson is not None and about is None:
                 self._start_recording(lesson, producer)
             if lesson is not None and lesson.state != "live" and about is None:
-                lesson = await self.store.set_lesson_state(lesson_id, "live")
+                lesson = await self._set_lesson_state(lesson, "live")
                 self.broadcast(lesson_id, {"type": "event", "event": "lesson-started", "lesson": lesson.to_dict()})
             self.broadcast(lesson_id, {"type": "event", "event": "track-added", "track": public_track(track)},
                            about=about)
         else:
-            await self.store.remove_track(lesson_id, producer.id)
+            self.tracks.get(lesson_id, {}).pop(track.id, None)
+            await self._quietly(self.store.remove_track(lesson_id, producer.id), "a track ended")
             self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)},
                            about=about)
+
+    async def _set_lesson_state(self, lesson: Lesson, state: str) -> Lesson:
+        """The lesson's new state, in the store, or (store unreachable) here only until it is written back."""
+        try:
+            changed = await self.store.set_lesson_state(lesson.id, state)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, f"the lesson went {state}")
+            now = time.time()
+            changed = Lesson(**lesson.to_dict())
+            changed.state = state  # type: ignore[assignment]
+            if state == "live":
+                changed.started_at = changed.started_at or now
+                changed.ended_at = None
+            elif state == "ended":
+                changed.ended_at = changed.ended_at or now
+        if lesson.id in self.lessons or lesson.id in self.connections:
+            self.lessons[lesson.id] = changed
+        return changed
 
     def _start_recording(self, lesson: Lesson, producer: Producer) -> None:
         """Every lesson is recorded from its first track (unless switched off), without transcoding."""
@@ -292,7 +389,17 @@ class Hub:
         # kept in the library now; a teacher who starts the ended lesson again starts a fresh record
         self.interactions.pop(lesson_id, None)
         self.seen.pop(lesson_id, None)
-        lesson = await self.store.set_lesson_state(lesson_id, "ended")
+        try:
+            await self.store.clear_admission(lesson_id)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "a lesson ended")
+            self._uncleared.add(lesson_id)
+        known = self.lessons.get(lesson_id)
+        if known is None:
+            known = await self.store.get_lesson(lesson_id)
+        if known is None:
+            raise KeyError(lesson_id)
+        lesson = await self._set_lesson_state(known, "ended")
         self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
         router = self.routers.pop(lesson_id, None)
         if router is not None:
@@ -304,29 +411,203 @@ class Hub:
         """Refresh this node's participants so that only a crashed node's participants expire."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
-            for lesson_id, members in list(self.connections.items()):
-                await self._renew_placement(lesson_id, members)
-                for pid in list(members):
-                    try:
-                        await self.store.heartbeat(lesson_id, pid, self.config.participant_ttl_s)
-                    except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
-                        log.exception("heartbeat failed")
+            if self.store_up is False:
+                continue  # the node loop is on it, and writes everything again when the store is back
+            try:
+                await self._heartbeat_round()
+            except StoreUnavailable as exc:
+                self.store_failed(exc, "refreshing this node's participants")
+            except Exception:  # noqa: BLE001 - a bug must not stop the loop
+                log.exception("heartbeat failed")
 
-    async def _renew_placement(self, lesson_id: str, members: dict[str, Connection]) -> None:
-        """Keep the lessons this node carries placed here. Lost to another node (this one stalled past the TTL):
-        its participants are disconnected, and their pages reconnect and are sent to that node."""
+    async def _heartbeat_round(self) -> None:
+        for lesson_id, members in list(self.connections.items()):
+            if not await self._renew_placement(lesson_id, members):
+                continue
+            for pid in list(members):
+                if await self.store.heartbeat(lesson_id, pid, self.config.participant_ttl_s):
+                    continue
+                # gone from the store although connected here (a node that took this node for dead cleared
+                # it, or the store lost it): written again, with its tracks
+                if members.get(pid) is not None and (lesson_id, pid) in self.participants:
+                    log.info("participant %s of lesson %s was missing from the room state: written again",
+                             pid, lesson_id)
+                    await self._write_participant(lesson_id, pid)
+
+    async def _renew_placement(self, lesson_id: str, members: dict[str, Connection]) -> bool:
+        """Keep the lessons this node carries placed here; True when it still is. Lost to another node (this one
+        stalled past the TTL): its participants are disconnected, and their pages reconnect and are sent to that
+        node."""
         try:
             placement = await self.store.place_lesson(lesson_id, self.config.node_id, self.config.url,
                                                       self.config.participant_ttl_s)
-        except Exception:  # noqa: BLE001 - a Redis hiccup must not stop the loop
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "renewing a lesson's placement")
+            return False
+        except Exception:  # noqa: BLE001 - a bug must not stop the loop
             log.exception("placement renewal failed")
-            return
+            return False
         if placement.node == self.config.node_id:
-            return
+            if placement.previous:
+                await self._forget_dead_node(placement.previous, lesson_id)
+            return True
         log.warning("lesson %s is now carried by %s: moving its %d participants there", lesson_id, placement.url,
                     len(members))
         for conn in list(members.values()):
             await conn.close(code=CLOSE_MOVED, reason="the lesson moved to another server")
+        return False
+
+    # -- the room store's outages ---------------------------------------------------------------------------
+
+    def store_failed(self, exc: BaseException, doing: str) -> None:
+        """One warning per outage (not a traceback per call); the node loop tries the store again."""
+        self.store_error = str(exc)
+        if self.store_up is False:
+            log.debug("room state still unavailable (%s): %s", doing, exc)
+            return
+        self.store_up = False
+        self._down_since = self._down_logged_at = time.monotonic()
+        log.warning("room state unavailable (%s; when %s): the lessons on this node go on; joins are refused "
+                    "with `unavailable` until it answers, tried again within %g s; what this node carries is then "
+                    "written again", exc, doing, STORE_RETRY_MAX_S)
+
+    async def _quietly(self, call: Any, doing: str) -> Any:
+        """Await a store call whose failure in an outage costs nothing but the write (done again when the store
+        is back); None then."""
+        try:
+            return await call
+        except StoreUnavailable as exc:
+            self.store_failed(exc, doing)
+            return None
+
+    async def start(self) -> bool:
+        """The node's first beat: True when the room store answers (else logged; tried again in the background)."""
+        await self._beat()
+        return bool(self.store_up)
+
+    async def _registered(self) -> None:
+        """Before a join: this node's liveness is in the store (its placements are then freed quickly when it
+        dies). Raises StoreUnavailable at once while the store is known to be down (tried again at most twice a
+        second here: 400 classrooms retrying must not each wait for a connect timeout)."""
+        if self.store_up:
+            return
+        if self.store_up is False and time.monotonic() - self._last_beat_try < STORE_RETRY_FIRST_S:
+            raise StoreUnavailable(self.store_error)
+        await self._beat()
+        if not self.store_up:
+            raise StoreUnavailable(self.store_error)
+
+    async def _node_loop(self) -> None:
+        """This node's liveness, renewed every node_heartbeat_s (its key lives node_ttl_s): a node that stops
+        renewing it is dead, and its lessons go to the next node their pages reach. Also how the node notices
+        that the store is unreachable, back, or lost what it knew."""
+        delay, backoff = self.config.node_heartbeat_s, 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._beat()
+            except Exception:  # noqa: BLE001 - a bug must not stop the node's liveness
+                log.exception("node heartbeat failed")
+            if self.store_up is False:
+                backoff = min(backoff * 2, STORE_RETRY_MAX_S) if backoff else STORE_RETRY_FIRST_S
+                delay = min(backoff, self.config.node_heartbeat_s * 2)
+                now = time.monotonic()
+                if now - self._down_logged_at >= STILL_DOWN_LOG_EVERY_S:
+                    self._down_logged_at = now
+                    log.warning("room state still unavailable after %.0f s (%s); trying every %g s",
+                                now - self._down_since, self.store_error, delay)
+            else:
+                delay, backoff = self.config.node_heartbeat_s, 0.0
+
+    async def _beat(self) -> None:
+        was_up = self.store_up
+        self._last_beat_try = time.monotonic()
+        try:
+            alive_already = await self.store.node_heartbeat(self.config.node_id, self.config.url,
+                                                            self.config.node_ttl_s)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "renewing this node's liveness")
+            return
+        self.store_up = True
+        if was_up is False:
+            log.warning("room state reachable again after %.1f s", time.monotonic() - self._down_since)
+        if was_up is False or (was_up and not alive_already):
+            # back from an outage (writes were missed), or this node's key is gone although it kept beating
+            # (the store restarted empty, or this node stalled past its TTL): write everything it carries again
+            await self._rebuild("after an outage" if was_up is False else "the room state had lost this node")
+
+    async def _rebuild(self, why: str) -> None:
+        """Write again what this node knows: each lesson it carries, its participants (with their tracks) and its
+        lock and removals; and the leaves, releases and endings an outage kept from the store."""
+        async with self._rebuild_lock:
+            started = time.monotonic()
+            people = tracks = lessons = 0
+            try:
+                for lesson_id, pid in list(self._unsynced_leaves):
+                    if pid not in self.connections.get(lesson_id, {}):
+                        await self.store.remove_participant(lesson_id, pid)
+                    self._unsynced_leaves.discard((lesson_id, pid))
+                for lesson_id in list(self._unreleased):
+                    if not self.connections.get(lesson_id):
+                        await self.store.release_lesson(lesson_id, self.config.node_id)
+                    self._unreleased.discard(lesson_id)
+                for lesson_id in list(self._uncleared):
+                    await self.store.clear_admission(lesson_id)
+                    self._uncleared.discard(lesson_id)
+                for lesson_id, members in list(self.connections.items()):
+                    if not members or not await self._renew_placement(lesson_id, members):
+                        continue
+                    lesson = self.lessons.get(lesson_id)
+                    if lesson is not None:
+                        await self.store.restore_lesson(lesson)
+                    lessons += 1
+                    for pid in list(members):
+                        if (lesson_id, pid) in self.participants:
+                            tracks += await self._write_participant(lesson_id, pid)
+                            people += 1
+                    await self._write_admission(lesson_id)
+            except StoreUnavailable as exc:
+                self.store_failed(exc, "writing the room state again")
+                return
+            if lessons or people:
+                log.warning("room state written again (%s): %d lesson(s), %d participant(s), %d track(s) in %.2f s",
+                            why, lessons, people, tracks, time.monotonic() - started)
+
+    async def _write_participant(self, lesson_id: str, pid: str) -> int:
+        """A participant connected here, and its tracks, into the store; returns how many tracks."""
+        participant = self.participants[(lesson_id, pid)]
+        await self.store.add_participant(participant, self.config.participant_ttl_s)
+        own = [t for t in self.tracks.get(lesson_id, {}).values() if t.participant_id == pid]
+        for track in own:
+            await self.store.add_track(track)
+        return len(own)
+
+    async def _write_admission(self, lesson_id: str) -> None:
+        inter = self.interactions.get(lesson_id)
+        if inter is None or lesson_id not in self._admission_loaded:
+            return  # (never read here: the store's is the one)
+        await self.store.set_locked(lesson_id, inter.locked)
+        await self.store.add_removed(lesson_id, sorted(inter.removed))
+        await self.store.add_seen(lesson_id, sorted(self.seen.get(lesson_id, ())))
+
+    async def _write_admission_logged(self, lesson_id: str) -> None:
+        try:
+            await self._write_admission(lesson_id)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "the teacher locked the lesson or removed a classroom")
+        except Exception:  # noqa: BLE001
+            log.exception("could not keep the lock and removals of lesson %s", lesson_id)
+
+    async def _forget_dead_node(self, node: str, lesson_id: str) -> None:
+        """This node took a lesson over from a dead node: that node's participants are ghosts everywhere."""
+        removed = await self.store.remove_node(node)
+        log.warning("node %s is dead (its liveness expired): lesson %s is carried here now; its %d participant(s) "
+                    "left the room state", node, lesson_id, removed)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _sample_loop(self) -> None:
         """Every SAMPLE_EVERY_S: each connected classroom's reception, for attendance."""
@@ -360,25 +641,50 @@ class Hub:
                                         video=sub.video and (sub.ladder is None or sub.ladder.video) if sub else None)
 
     async def health(self) -> dict[str, Any]:
-        counts = await self.store.counts()
-        return {"status": "ok", "node": self.config.node_id, "lessons": counts["lessons"],
-                "participants": counts["participants"], "routers": len(self.routers),
-                "uptime_s": round(time.time() - self.started_at, 1)}
+        """`status` "ok", or "degraded" naming what is down (`redis`: "down"); lessons and participants in the
+        room state (all nodes), `here`: this node's own."""
+        here = {"lessons": sum(1 for m in self.connections.values() if m),
+                "participants": sum(len(m) for m in self.connections.values())}
+        common = {"node": self.config.node_id, "routers": len(self.routers), "here": here,
+                  "uptime_s": round(time.time() - self.started_at, 1)}
+        try:
+            counts = await self.store.counts()
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "answering /healthz")
+            return {"status": "degraded", self.store.backend or "store": "down", "error": self.store_error,
+                    "down_s": round(time.monotonic() - self._down_since, 1), **common}
+        backend = {self.store.backend: "up"} if self.store.backend == "redis" else {}
+        return {"status": "ok", **backend, "lessons": counts["lessons"], "participants": counts["participants"],
+                **common}
 
     async def close(self) -> None:
         self._heartbeats.cancel()
         self._samples.cancel()
+        self._node_beats.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         for lesson_id in list(self.recorders):
             self._stop_recording(lesson_id)
         for members in list(self.connections.values()):
             for conn in list(members.values()):
                 await conn.close(code=1001, reason="server shutting down")
         for router in list(self.routers.values()):
-            await router.close()
+            try:
+                await router.close()
+            except Exception:  # noqa: BLE001 - shutting down: the others still close
+                log.exception("could not close a router")
         self.routers.clear()
-        for lesson_id in list(self.connections):
-            await self.store.release_lesson(lesson_id, self.config.node_id)
-        await self.store.remove_node(self.config.node_id)
+        if self.store_up is False:
+            log.warning("room state unavailable at shutdown: this node's placements and participants expire by "
+                        "themselves (its liveness within %g s)", self.config.node_ttl_s)
+            return
+        try:
+            for lesson_id in list(self.connections):
+                await self.store.release_lesson(lesson_id, self.config.node_id)
+            await self.store.remove_node(self.config.node_id)
+        except StoreUnavailable as exc:
+            log.warning("room state unavailable at shutdown (%s): this node's placements and participants expire "
+                        "by themselves (its liveness within %g s)", exc, self.config.node_ttl_s)
 
 
 class LessonEnded(Exception):

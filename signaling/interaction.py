@@ -17,7 +17,7 @@ import io
 import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -438,9 +438,23 @@ class LessonInteraction:
         self.stage = Stage(stage_max)
         self.chat = ChatLog(classrooms_enabled=chat_classrooms)
         self.attendance = Attendance()
-        self.locked = locked
+        self._locked = locked
         self.removed: set[str] = set()
         self.muted: set[str] = set()
+        # called after the lock or the removed classrooms changed (the hub keeps them in the room store, so that
+        # they outlive this process)
+        self.on_admission: Callable[[], None] | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self._locked
+
+    @locked.setter
+    def locked(self, value: bool) -> None:
+        changed = bool(value) != self._locked
+        self._locked = bool(value)
+        if changed and self.on_admission is not None:
+            self.on_admission()
 
     # settings
 
@@ -472,6 +486,8 @@ class LessonInteraction:
         self.removed.add(participant)
         self.hands.forget(participant)
         self.stage.take_off(participant, now)
+        if self.on_admission is not None:
+            self.on_admission()
         return True
 
     # stage

@@ -184,6 +184,8 @@ class RoomStore(abc.ABC):
       since such a track could never be listed.
     """
 
+    backend = ""  # "memory" or "redis": what /healthz names
+
     def __init__(self, clock: Clock = time.time) -> None:
         # injected so tests can move time without sleeping
         self.clock = clock

@@ -29,6 +29,8 @@ from .base import (
 
 
 class MemoryRoomStore(RoomStore):
+    backend = "memory"
+
     def __init__(self, clock: Clock = time.time) -> None:
         super().__init__(clock)
         self._lessons: dict[str, Lesson] = {}

@@ -248,6 +248,8 @@ def _client(url: str) -> aioredis.Redis:
 
 @_translating_outages
 class RedisRoomStore(RoomStore):
+    backend = "redis"
+
     def __init__(
         self,
         url: str,
