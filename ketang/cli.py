@@ -13,7 +13,7 @@ from .config import CLASSROOM_UPLINK_KBPS, STAGE_MAX, DEFAULT_HOST, DEFAULT_PORT
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sfu.seams import SeamError, install as install_seams
+    from sfu.seams import SeamError, install as install_seams, set_media_addresses
     from signaling.app import run_server
     from signaling.tokens import load_or_create_secret
 
@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SeamError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
+    set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
     data_dir = Config.data_dir_from(args.data_dir)
     try:
         ttl = Config.float_from("KETANG_PARTICIPANT_TTL_S", PARTICIPANT_TTL_S)
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
+    serve.add_argument("--media-addresses", default=None,
+                       help="comma-separated local IP addresses the media (ICE host candidates) uses (or "
+                            "KETANG_MEDIA_ADDRESSES; default: every interface address but 127.0.0.1)")
     serve.add_argument("--turn-urls", default=None,
                        help="comma-separated TURN URLs handed to the browsers with per-participant credentials "
                             "(or KETANG_TURN_URLS; needs KETANG_TURN_SECRET)")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from .peers import Publisher, SdpError, Subscriber, SubscriberSignals
 from .producer import Producer
+from .seams import GUARD
 
 log = logging.getLogger("ketang.sfu")
 
@@ -302,6 +303,7 @@ class Router:
                 "video": {pid: {"chosen": s.video, "state": s.ladder.state if s.ladder else "video",
                                 "reason": s.ladder.reason if s.ladder else "", "simulcast": s.layer_states()}
                           for pid, s in self.subscribers.items()},
+                "datagram_guard": GUARD.counts(),  # process-wide: what never reached DTLS/SRTP
                 "layers": {p.id: [{"id": layer.id, "ssrc": layer.ssrc, "packets_in": layer.packets_in,
                                    "kbps": round(layer.rate_bps / 1000)} for layer in p.layers]
                            for p in self.producers.values() if p.layers}}

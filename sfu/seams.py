@@ -102,6 +102,8 @@ def check_seams() -> None:
             problems.append(f"pylibsrtp.Session no longer sets {attr}")
     if not hasattr(_lib, "srtp_protect"):
         problems.append("pylibsrtp's binding lacks srtp_protect")
+    if not callable(getattr(aioice_ice, "get_host_addresses", None)):
+        problems.append("aioice.ice.get_host_addresses is missing")
     if problems:
         raise SeamError(
             f"aiortc {aiortc.__version__} / aioice {aioice.__version__} lacks what ketang's packet forwarding "
@@ -271,3 +273,17 @@ def guard_datagrams() -> None:
     protocol_class.datagram_received = datagram_received  # type: ignore[method-assign]
     connection_class.check_incoming = check_incoming  # type: ignore[method-assign]
     GUARD.installed = True
+
+
+def set_media_addresses(addresses: list[str]) -> None:
+    """Gather ICE host candidates on these addresses only (seam: `aioice.ice.get_host_addresses`, looked up at
+    each gathering). aioice's own choice is every interface address except 127.0.0.1; a server with several
+    interfaces, or a test that must stay on loopback, names them."""
+    chosen = [a.strip() for a in addresses if a.strip()]
+    if not chosen:
+        return
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+    aioice_ice.get_host_addresses = host_addresses
