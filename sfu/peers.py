@@ -102,9 +102,61 @@ def _prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
     transceiver.setCodecPreferences([c for c in caps if c.name.lower() in (wanted, "rtx")])
 
 
-async def _set_description(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
-    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > SDP_MAX_CHARS:
-        raise SdpError("not an SDP description")
+# what an offer may hold: a teacher's camera, microphone, courseware and its sound fit in 2 tracks of each kind;
+# m-sections of stopped tracks stay in a browser's offers (and are reused), so the sections themselves may be more
+PUBLISH_MAX_SECTIONS = 16
+TEACHER_MAX_TRACKS_PER_KIND = 2
+MID_MAX_CHARS = 16
+_MID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
+
+
+def check_description(text: Any, kind: str, max_sections: int = PUBLISH_MAX_SECTIONS,
+                      max_per_kind: int | None = None) -> sdp.SessionDescription:
+    """Refuse, before aiortc sees it, an SDP that would fail inside aiortc or cost the lesson: every refusal an
+    SdpError with a message a client author can act on (docs/protocol.md, `bad_sdp`, `too_many_tracks`).
+    `max_per_kind`: how many audio (and video) tracks an offer may send."""
+    if not isinstance(text, str) or not text.startswith("v=0") or len(text) > SDP_MAX_CHARS:
+        raise SdpError(f"not an SDP description (v=0 first, {SDP_MAX_CHARS} characters at most)")
+    try:
+        parsed = sdp.SessionDescription.parse(text)
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises ValueError, KeyError, IndexError...
+        raise SdpError(f"the SDP {kind} cannot be parsed ({type(exc).__name__})") from exc
+    if not parsed.media:
+        raise SdpError(f"the SDP {kind} has no media section", "nothing_to_publish" if kind == "offer" else "bad_sdp")
+    if len(parsed.media) > max_sections:
+        raise SdpError(f"the SDP {kind} has {len(parsed.media)} media sections; {max_sections} at most",
+                       "too_many_tracks")
+    mids: set[str] = set()
+    sending = {"audio": 0, "video": 0}
+    for media in parsed.media:
+        if media.kind not in ("audio", "video"):
+            raise SdpError(f"m={media.kind}: only audio and video are carried")
+        mid = media.rtp.muxId
+        if not mid or len(mid) > MID_MAX_CHARS or not set(mid) <= _MID_CHARS:
+            raise SdpError(f"every media section needs an a=mid of 1-{MID_MAX_CHARS} letters, digits, '-', '_' or '.'")
+        if mid in mids:
+            raise SdpError(f"a=mid:{mid} is used by two media sections")
+        mids.add(mid)
+        if media.port == 0:
+            continue  # a rejected or stopped section: nothing more to check
+        if media.dtls is None or not any(f.algorithm.lower() in _FINGERPRINT_ALGORITHMS
+                                         for f in media.dtls.fingerprints):
+            raise SdpError("a media section has no a=fingerprint (sha-256, sha-384 or sha-512): DTLS needs one")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise SdpError("a media section has no a=ice-ufrag / a=ice-pwd")
+        if media.direction in (None, "sendrecv", "sendonly"):
+            sending[media.kind] += 1
+    if max_per_kind is not None:
+        for media_kind, n in sending.items():
+            if n > max_per_kind:
+                raise SdpError(f"the offer sends {n} {media_kind} tracks; {max_per_kind} at most", "too_many_tracks")
+    return parsed
+
+
+async def _set_description(pc: RTCPeerConnection, sdp: str, kind: str, max_sections: int = PUBLISH_MAX_SECTIONS,
+                           max_per_kind: int | None = None) -> None:
+    check_description(sdp, kind, max_sections, max_per_kind)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
     except SdpError:
@@ -192,7 +244,8 @@ class Publisher:
 
     async def accept_offer(self, sdp: str, sources: dict[str, str] | None = None) -> str:
         """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP."""
-        await _set_description(self.pc, sdp, "offer")
+        await _set_description(self.pc, sdp, "offer", max_per_kind=TEACHER_MAX_TRACKS_PER_KIND
+                               if self.role == "teacher" else CLASSROOM_MAX_TRACKS_PER_KIND)
         self._declared = declared_ssrcs(sdp)
         # simulcast (the camera sent as 2-3 layers, told apart by RIDs): aiortc ignores it, we accept it
         simulcast = parse_simulcast_offer(sdp) if self.role == "teacher" else {}
@@ -200,10 +253,6 @@ class Publisher:
                      if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
         if not receiving:
             raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
-        if self.role == "classroom":
-            for kind in ("audio", "video"):
-                if sum(t.kind == kind for t in receiving) > CLASSROOM_MAX_TRACKS_PER_KIND:
-                    raise SdpError(f"a classroom publishes one {kind} track at most", "too_many_tracks")
         for t in receiving:
             # a classroom's microphone is muted most of the lesson: with DTX its silence costs ~2 packets a
             # second instead of 50 (400 classrooms: 20,000 packets a second the server would take in for nothing)
@@ -584,7 +633,7 @@ class Subscriber:
     async def accept_answer(self, sdp: str) -> None:
         if not self._awaiting_answer:
             raise SdpError("no offer is waiting for an answer", "unexpected_answer")
-        await _set_description(self.pc, sdp, "answer")
+        await _set_description(self.pc, sdp, "answer", max_sections=len(self.pc.getTransceivers()))
         self._awaiting_answer = False
         for slot in self.slots:
             try:

@@ -71,12 +71,14 @@ class Router:
         if self.closed:
             raise SdpError("the lesson is closed", "lesson_closed")
         self.roles[participant_id] = role
+        fresh_teacher = False
         if role == "teacher":
-            if self.publisher is not None and self.publisher.participant_id != participant_id:
-                await self.remove_publisher(self.publisher)
-            if self.publisher is None:
-                self.publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
             publisher = self.publisher
+            if publisher is None or publisher.participant_id != participant_id:
+                # a new teacher connection takes over only once its offer has been answered: a bad offer from a
+                # second teacher link must not cost the live teacher's tracks
+                publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
+                fresh_teacher = True
         else:
             publisher = self.classroom_publishers.get(participant_id)  # type: ignore[assignment]
             if publisher is None:
@@ -86,9 +88,15 @@ class Router:
         try:
             answer = await publisher.accept_offer(sdp, sources)
         except SdpError:
-            if not publisher.producers:
+            if fresh_teacher:
+                await publisher.close()
+            elif not publisher.producers:
                 await self.remove_publisher(publisher)
             raise
+        if fresh_teacher:
+            previous, self.publisher = self.publisher, publisher
+            if previous is not None and previous is not publisher:
+                await previous.close()
         if role != "teacher":  # the publish answer tells it (a new connection starts sending): no event
             self.demand[participant_id] = self.demand_of(participant_id)
         return answer
@@ -229,18 +237,33 @@ class Router:
     # -- subscribing ---------------------------------------------------------------------------------------
 
     async def subscribe(self, participant_id: str, signals: SubscriberSignals, role: str = "classroom") -> Subscriber:
-        old = self.subscribers.pop(participant_id, None)
-        if old is not None:
-            await old.close()
+        """A participant's subscriber, replacing any it had. The new one is in place before anything is awaited,
+        so of several joins at once with one link, the last stays and every other is closed (was: a subscriber
+        stored across the await of another's close was overwritten and never closed, its sockets leaked)."""
+        if self.closed:
+            raise SdpError("the lesson is closed", "lesson_closed")
         self.roles.setdefault(participant_id, role)
         sub = Subscriber(self, participant_id, signals, self.ice_servers)
-        self.subscribers[participant_id] = sub
-        await sub.start([p for p in self.producers.values() if self.wants(participant_id, p)])
+        old, self.subscribers[participant_id] = self.subscribers.get(participant_id), sub
+        if old is not None:
+            await old.close()
+        if self.subscribers.get(participant_id) is sub:
+            try:
+                await sub.start([p for p in self.producers.values() if self.wants(participant_id, p)])
+            except Exception:  # noqa: BLE001 - closed under it by a newer join: nothing lost
+                if self.subscribers.get(participant_id) is sub:
+                    raise
+        if self.subscribers.get(participant_id) is not sub:  # replaced or removed meanwhile
+            await sub.close()
         return sub
 
-    async def remove_subscriber(self, participant_id: str) -> None:
-        sub = self.subscribers.pop(participant_id, None)
-        if sub is not None:
+    async def remove_subscriber(self, participant_id: str, sub: Subscriber | None = None) -> None:
+        """Close the participant's subscriber (only if it is still `sub`, when given)."""
+        current = self.subscribers.get(participant_id)
+        if current is not None and (sub is None or current is sub):
+            del self.subscribers[participant_id]
+            await current.close()
+        if sub is not None and sub is not current:
             await sub.close()
 
     async def remove_participant(self, participant_id: str) -> None:

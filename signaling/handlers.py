@@ -77,9 +77,19 @@ class _ClientSignals:
         self.conn.send({"type": "tracks", "tracks": tracks})
 
 
+def _current(hub: Hub, conn: Connection) -> bool:
+    """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""
+    return not conn.closed and hub.connections.get(conn.lesson_id or "", {}).get(conn.participant_id or "") is conn
+
+
 async def _subscribe(hub: Hub, conn: Connection) -> None:
     assert conn.lesson_id is not None and conn.participant_id is not None
-    await hub.router(conn.lesson_id).subscribe(conn.participant_id, _ClientSignals(conn), conn.role or "classroom")
+    if not _current(hub, conn):
+        return  # replaced while it was joining: the newer connection subscribes
+    router = hub.router(conn.lesson_id)
+    sub = await router.subscribe(conn.participant_id, _ClientSignals(conn), conn.role or "classroom")
+    if not _current(hub, conn):  # replaced or gone while its media was being set up: nobody else will close it
+        await router.remove_subscriber(conn.participant_id, sub)
 
 
 async def handle_publish(hub: Hub, conn: Connection, msg: Message) -> Reply:

@@ -5,7 +5,6 @@ two classrooms decode. Everything stays on 127.0.0.1 (the server's and the peers
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import struct
@@ -13,9 +12,8 @@ import time
 
 import psutil
 import pytest
-from aioice import ice as aioice_ice
-
-from tests.support import Classroom, Server, Teacher, WsClient, hang_up, token
+from tests.loopback import join as _join, loopback_server  # noqa: F401 - a fixture
+from tests.support import Classroom, Teacher, hang_up
 
 pytestmark = pytest.mark.slow
 
@@ -60,22 +58,6 @@ def _own_socket(pc) -> tuple[socket.socket, tuple]:
         pc.getTransceivers()[0].sender.transport.transport._connection._nominated[1]
     fd = pair.protocol.transport.get_extra_info("socket").fileno()
     return socket.fromfd(fd, socket.AF_INET, socket.SOCK_DGRAM), pair.remote_addr
-
-
-@pytest.fixture
-def loopback_server(tmp_path, monkeypatch):
-    monkeypatch.setattr(aioice_ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    srv = Server(tmp_path, env={"KETANG_MEDIA_ADDRESSES": "127.0.0.1"})
-    srv.wait_ready()
-    yield srv
-    srv.stop()
-
-
-async def _join(server: Server, role: str, lesson: str, name: str) -> WsClient:
-    ws = await WsClient().connect(server.ws_url)
-    reply = await ws.request({"type": "join", "token": token(role, lesson, name), "lesson": lesson})
-    assert reply["type"] == "joined", reply
-    return ws
 
 
 async def test_100000_hostile_datagrams_at_every_media_port_leave_the_lesson_playing(loopback_server, tmp_path):
