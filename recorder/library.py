@@ -372,14 +372,25 @@ class Library:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. What it logs (state changes) is logged once it is committed. A write or a
+        COMMIT that fails (a full disk) leaves no transaction open on the connection: it is rolled back."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
+        self._local.after_commit = []
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # (SQLite may have rolled it back itself)
             raise
-        db.execute("COMMIT")
+        finally:
+            lines, self._local.after_commit = self._local.after_commit, None
+        for args in lines:
+            log.info(*args)
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
@@ -685,7 +696,12 @@ class Library:
         db.execute(f"UPDATE recordings SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND state = ?",
                    (*values.values(), rec.id, rec.state))
         self._log(db, rec.id, viewer, action, rec.state, to_state, note)
-        log.info("recording %s: %s -> %s (%s by %s)", rec.id, rec.state, to_state, action, viewer.name or viewer.role)
+        line = ("recording %s: %s -> %s (%s by %s)", rec.id, rec.state, to_state, action, viewer.name or viewer.role)
+        pending = getattr(self._local, "after_commit", None)
+        if pending is None:
+            log.info(*line)
+        else:
+            pending.append(line)
 
     def _log(self, db: sqlite3.Connection, rec_id: str, viewer: Viewer, action: str, from_state: str | None,
              to_state: str | None, note: str | None) -> None:

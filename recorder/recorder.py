@@ -69,6 +69,8 @@ class Catalog(Protocol):
 # what a failed write of the catalog (SQLite) or of a file raises
 CATALOG_ERRORS = (sqlite3.Error, OSError)
 INCOMPLETE_SUFFIX = ".incomplete"
+# why, when the marker file is empty (the disk was too full for its few bytes of text)
+INCOMPLETE_UNKNOWN = "the recording stopped before the lesson ended: writing it failed (the disk was full)"
 
 
 def incomplete_marker(path: Path) -> Path:
@@ -801,7 +803,7 @@ def _repair_one(catalog: Catalog, rec: Any) -> bool:
             incomplete = marker.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
             incomplete = ""
-        incomplete = incomplete or "the recorder stopped writing before the lesson ended (a write error)"
+        incomplete = incomplete or INCOMPLETE_UNKNOWN
     if getattr(rec, "state", "recording") == "processing":
         duration, size = rec.duration_s or 0.0, rec.size_bytes or 0  # the file was finished already
     else:
