@@ -191,6 +191,11 @@ def make_app(config: Config) -> web.Application:
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def going_away(app: web.Application) -> None:  # (before aiohttp waits for the open websockets)
+        await app[HUB_KEY].disconnect_all()
+
+    app.on_shutdown.append(going_away)
     return app
 
 

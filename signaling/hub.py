@@ -75,7 +75,7 @@ class Hub:
         self.store_error = ""
         self._down_since = 0.0
         self._down_logged_at = 0.0
-        self._last_beat_try = 0.0
+        self._beating: asyncio.Future[None] | None = None
         self._rebuild_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
@@ -482,20 +482,23 @@ class Hub:
 
     async def start(self) -> bool:
         """The node's first beat: True when the room store answers (else logged; tried again in the background)."""
-        await self._beat()
+        await self._beat_shared()
         return bool(self.store_up)
 
     async def _registered(self) -> None:
         """Before a join: this node's liveness is in the store (its placements are then freed quickly when it
-        dies). Raises StoreUnavailable at once while the store is known to be down (tried again at most twice a
-        second here: 400 classrooms retrying must not each wait for a connect timeout)."""
+        dies). While the store is down, the joins arriving together share one try (400 classrooms retrying must
+        not make 400 connection attempts); StoreUnavailable when it fails."""
         if self.store_up:
             return
-        if self.store_up is False and time.monotonic() - self._last_beat_try < STORE_RETRY_FIRST_S:
-            raise StoreUnavailable(self.store_error)
-        await self._beat()
+        await self._beat_shared()
         if not self.store_up:
             raise StoreUnavailable(self.store_error)
+
+    async def _beat_shared(self) -> None:
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.ensure_future(self._beat())
+        await asyncio.shield(self._beating)
 
     async def _node_loop(self) -> None:
         """This node's liveness, renewed every node_heartbeat_s (its key lives node_ttl_s): a node that stops
@@ -505,7 +508,7 @@ class Hub:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._beat()
+                await self._beat_shared()
             except Exception:  # noqa: BLE001 - a bug must not stop the node's liveness
                 log.exception("node heartbeat failed")
             if self.store_up is False:
@@ -521,7 +524,6 @@ class Hub:
 
     async def _beat(self) -> None:
         was_up = self.store_up
-        self._last_beat_try = time.monotonic()
         try:
             alive_already = await self.store.node_heartbeat(self.config.node_id, self.config.url,
                                                             self.config.node_ttl_s)
@@ -657,10 +659,19 @@ class Hub:
         return {"status": "ok", **backend, "lessons": counts["lessons"], "participants": counts["participants"],
                 **common}
 
+    async def disconnect_all(self) -> None:
+        """Server shutting down: every websocket is closed (1001), so their handlers end (each one's leave keeps
+        the lesson's record) instead of holding the shutdown until aiohttp's timeout."""
+        conns = [conn for members in list(self.connections.values()) for conn in list(members.values())]
+        await asyncio.gather(*(conn.close(code=1001, reason="server shutting down") for conn in conns),
+                             return_exceptions=True)
+
     async def close(self) -> None:
         self._heartbeats.cancel()
         self._samples.cancel()
         self._node_beats.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
         for task in list(self._tasks):
             task.cancel()
         for lesson_id in list(self.recorders):
