@@ -48,7 +48,8 @@ def _print_table(items: list[Recording], total: int) -> None:
     for r in items:
         duration = f"{r.duration_s / 60:.0f}min" if r.duration_s else "-"
         curriculum = "/".join(x for x in (r.stage, r.subject, r.grade, r.chapter) if x) or "-"
-        print(f"{r.id}  {r.state:<15}  {r.created_at}  {duration:>6}  {r.teacher or '-'}  {curriculum}  {r.title}")
+        state = r.state + ("*" if r.incomplete else "")  # * incomplete: the recording stopped early (`show`)
+        print(f"{r.id}  {state:<16}  {r.created_at}  {duration:>6}  {r.teacher or '-'}  {curriculum}  {r.title}")
     print(f"({len(items)} of {total})")
 
 
