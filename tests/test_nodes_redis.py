@@ -117,3 +117,53 @@ async def test_a_lesson_whose_last_participant_left_may_start_on_any_node(tmp_pa
     finally:
         a.stop()
         b.stop()
+
+
+async def _join_as(server: Server, role: str, lesson: str, name: str) -> tuple[WsClient, dict]:
+    """Join with a token whose participant id is the name: the same classroom link opened again."""
+    from signaling.tokens import issue_token
+    from tests.support import TEST_SECRET
+
+    ws = await WsClient().connect(server.ws_url)
+    return ws, await ws.request({"type": "join", "token": issue_token(TEST_SECRET, role, lesson, name=name,
+                                                                     sub=name)})
+
+
+async def test_a_removed_classroom_stays_out_and_a_locked_lesson_stays_locked_on_the_next_node(
+        tmp_path, redis_url, redis_prefix):
+    a = Server(node_dir(tmp_path, "a"), redis_url, redis_prefix)
+    clients: list[WsClient] = []
+    b = None
+    try:
+        a.wait_ready()
+        teacher, reply = await _join_as(a, "teacher", "kept", "Ms Li")
+        clients.append(teacher)
+        assert reply["type"] == "joined", reply
+        for name in ("north", "east"):
+            ws, reply = await _join_as(a, "classroom", "kept", name)
+            clients.append(ws)
+            assert reply["type"] == "joined", reply
+        assert (await teacher.request({"type": "remove", "participant": "east"}))["type"] == "removed"
+        assert (await teacher.request({"type": "lock", "locked": True}))["settings"]["locked"] is True
+        a.stop()  # the node restarts (or another takes the lesson): its memory is gone
+        b = Server(node_dir(tmp_path, "b"), redis_url, redis_prefix)
+        b.wait_ready()
+        ws, reply = await _join_as(b, "teacher", "kept", "Ms Li")
+        clients.append(ws)
+        assert reply["type"] == "joined", reply
+        assert reply["settings"]["locked"] is True  # the teacher's page shows it locked
+        ws, refused = await _join_as(b, "classroom", "kept", "east")
+        clients.append(ws)
+        assert refused.get("code") == "removed", refused
+        ws, refused = await _join_as(b, "classroom", "kept", "west")  # new to the locked lesson
+        clients.append(ws)
+        assert refused.get("code") == "lesson_locked", refused
+        ws, reply = await _join_as(b, "classroom", "kept", "north")  # it was in the lesson: let in
+        clients.append(ws)
+        assert reply["type"] == "joined", reply
+    finally:
+        for ws in clients:
+            await ws.close()
+        a.stop()
+        if b is not None:
+            b.stop()
