@@ -18,11 +18,11 @@ HEARTBEAT_INTERVAL_S = 10.0  # how often a node refreshes its participants' TTL
 NODE_TTL_S = 3.0
 MESSAGES_PER_S = 20.0  # per websocket connection, sustained
 MESSAGE_BURST = 40
-SEND_QUEUE_MAX = 256
+JOIN_TIMEOUT_S = 10.0  # KETANG_JOIN_TIMEOUT_S: a websocket that has not joined by then is closed
 TURN_TTL_S = 12 * 3600.0  # lifetime of the TURN credentials minted for each participant (a school day)
 CLASSROOM_UPLINK_KBPS = 150  # a classroom's thumbnail for the teacher's wall (about 320x180)
 STAGE_MAX = 2  # classrooms on stage at once: each is heard by every classroom
-TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets  # messages queued to one slow client before it is disconnected
+TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class Config:
         "KETANG_NODE_HEARTBEAT_S", Config.float_from("KETANG_NODE_TTL_S", NODE_TTL_S) / 3))
     messages_per_s: float = MESSAGES_PER_S
     message_burst: int = MESSAGE_BURST
-    send_queue_max: int = SEND_QUEUE_MAX
+    # a websocket that has not joined within this is closed (4008); read from KETANG_JOIN_TIMEOUT_S when not given
+    join_timeout_s: float = field(default_factory=lambda: Config.float_from("KETANG_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S))
 
     @property
     def url(self) -> str:

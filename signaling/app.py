@@ -29,6 +29,11 @@ log = logging.getLogger("ketang.signaling")
 # aiohttp closes the socket above this; below it, but above MAX_MESSAGE_BYTES, the client gets a clear error
 WS_HARD_LIMIT_BYTES = 1 << 20
 WS_HEARTBEAT_S = 20.0
+# a request's line and headers must arrive within this after the connection opens (or after the previous
+# response); an idle keep-alive connection is closed after it too
+HTTP_TIMEOUT_S = 15.0
+HTTP_LINGER_S = 10.0  # what is left of a body the handler did not read, at most this long
+CLOSE_JOIN_TIMEOUT = 4008  # a websocket that did not join within Config.join_timeout_s (docs/protocol.md)
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
@@ -40,7 +45,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=WS_HARD_LIMIT_BYTES, heartbeat=WS_HEARTBEAT_S)
     await ws.prepare(request)
     conn = Connection(ws, TokenBucket(hub.config.messages_per_s, hub.config.message_burst, time.monotonic()),
-                      hub.config.send_queue_max)
+                      transport=request.transport)
+    # a socket must join within join_timeout_s: one that never does would hold a descriptor for good
+    join_deadline = asyncio.get_running_loop().call_later(hub.config.join_timeout_s, _join_timeout, conn,
+                                                          hub.config.join_timeout_s)
     try:
         async for frame in ws:
             if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -50,9 +58,27 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if conn.closed:
                 break
     finally:
+        join_deadline.cancel()
         await hub.leave(conn)
         await conn.close()
     return ws
+
+
+_CLOSING: set[asyncio.Future[None]] = set()  # the join-timeout closes under way (a task needs a reference)
+
+
+def _join_timeout(conn: Connection, timeout_s: float) -> None:
+    if conn.claims is not None or conn.closed:
+        return
+    conn.send(error_reply("join_timeout", f"no join within {timeout_s:g} s: closing"))
+    task = asyncio.ensure_future(_close_unjoined(conn, timeout_s))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+async def _close_unjoined(conn: Connection, timeout_s: float) -> None:
+    await conn.drain()
+    await conn.close(code=CLOSE_JOIN_TIMEOUT, reason=f"no join within {timeout_s:g} s")
 
 
 async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
@@ -199,9 +225,19 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
+def http_timeouts() -> dict[str, float]:
+    """The HTTP server's timeouts (KETANG_HTTP_TIMEOUT_S, default HTTP_TIMEOUT_S). aiohttp starts its keep-alive
+    timer when a connection opens and again after each response, and closes the connection when it fires while no
+    complete request has arrived: it bounds the time to send a request's line and headers as well as idle
+    keep-alive. (Its default, an hour, let a slowloris client hold sockets open for good.) A body that does not
+    arrive is bounded by lingering_time, or by the handler that reads it (recorder.web: BODY_TIMEOUT_S)."""
+    timeout_s = Config.float_from("KETANG_HTTP_TIMEOUT_S", HTTP_TIMEOUT_S)
+    return {"keepalive_timeout": timeout_s, "lingering_time": min(timeout_s, HTTP_LINGER_S)}
+
+
 async def run_server(config: Config) -> None:
     app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, **http_timeouts())
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
