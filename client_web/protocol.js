@@ -16,7 +16,13 @@ const REQUEST_TIMEOUT_MS = 10000;
 const WATCHDOG_INTERVAL_MS = 1000;
 const DISCONNECTED_GRACE_MS = 3000;
 const STALL_GRACE_MS = 6000;
-const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000];
+// After a drop: quick tries first (a crashed server's lessons are free on another one within ~3 s: docs/config.md),
+// then slower ones. Each delay is spread by ± RECONNECT_JITTER so that hundreds of classrooms do not all arrive
+// in the same instant.
+const RECONNECT_DELAYS_MS = [250, 500, 500, 500, 500, 500, 500, 1000, 2000, 4000, 8000];
+const RECONNECT_JITTER = 0.25;
+// A websocket that has not opened by then is given up (a server whose machine died answers nothing at all).
+const CONNECT_TIMEOUT_MS = 3000;
 // Close code the server uses when the same participant joined again elsewhere (another tab).
 const CLOSE_REPLACED = 4001;
 // Close code the server uses when the teacher removed this classroom: it cannot join this lesson again.
@@ -63,6 +69,11 @@ export class ProtocolError extends Error {
 // a lesson lives on one server process; a page sent from one to another follows at most this many times
 const MAX_HOPS = 2;
 
+/** A join refused for a moment only: the server cannot reach its room state (Redis) just now. */
+function unavailable(err) {
+  return err instanceof ProtocolError && err.code === "unavailable";
+}
+
 /** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */
 export function wsUrlOf(base) {
   return `${base.replace(/\/+$/, "").replace(/^http/, "ws")}/ws`;
@@ -83,7 +94,14 @@ export class Signaling extends EventTarget {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
-      ws.onopen = () => resolve(this);
+      const timer = setTimeout(() => {
+        reject(new Error("websocket connect timed out"));
+        ws.close();
+      }, CONNECT_TIMEOUT_MS);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve(this);
+      };
       ws.onerror = () => reject(new Error("websocket failed"));
       ws.onmessage = (e) => this._receive(e.data);
       ws.onclose = (e) => {
@@ -92,6 +110,7 @@ export class Signaling extends EventTarget {
           fail(new Error("websocket closed"));
         }
         this.pending.clear();
+        clearTimeout(timer);
         reject(new Error("websocket closed"));
         this.dispatchEvent(new CustomEvent("close", { detail: { code: e.code, reason: e.reason } }));
       };
@@ -559,7 +578,8 @@ class LessonSession extends EventTarget {
     this._teardown();
     this.emit("media", { tracks: [] });
     while (!this.closedByUs && !this.ended) {
-      const delay = RECONNECT_DELAYS_MS[Math.min(this._attempt, RECONNECT_DELAYS_MS.length - 1)];
+      const base = RECONNECT_DELAYS_MS[Math.min(this._attempt, RECONNECT_DELAYS_MS.length - 1)];
+      const delay = base * (1 + RECONNECT_JITTER * (2 * Math.random() - 1));
       this._attempt += 1;
       await new Promise((r) => setTimeout(r, delay));
       if (this.closedByUs || this.ended) break;
@@ -689,6 +709,11 @@ export class TeacherSession extends LessonSession {
     try {
       await this._connect();
     } catch (err) {
+      if (unavailable(err)) { // the server's room state is down for a moment: try again as after a drop
+        this._startWatchdog(false);
+        this._rebuild(err.message);
+        return;
+      }
       this.close(); // the page may start again with a new session
       throw err;
     }
@@ -895,6 +920,11 @@ export class ClassroomSession extends LessonSession {
       await this._connect();
     } catch (err) {
       if (this._refused(err)) return; // removed, or the lesson has ended: the page shows it
+      if (unavailable(err)) { // the server's room state is down for a moment: try again as after a drop
+        this._startWatchdog(true);
+        this._rebuild(err.message);
+        return;
+      }
       this.close(); // lesson_locked, a bad link, no server: the page says so and may start again
       throw err;
     }
