@@ -14,6 +14,9 @@ const STRINGS = {
     review: "审核", publish: "通过并发布", reject: "退回修改", note: "审核意见", resubmit: "重新提交审核",
     reviewNote: "审核意见：{note}（{who}）", back: "返回资源库", notFound: "找不到这节课，或您无权查看。",
     signIn: "未登录：只显示已发布的课例。", error: "出错了：{e}", minutes: "{m} 分钟",
+    incomplete: "不完整",
+    "incomplete.disk": "录像不完整：录制时服务器磁盘已满，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
+    "incomplete.other": "录像不完整：录制时服务器写入失败，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
   },
   en: {
     library: "Resource library", search: "Search", searchPlaceholder: "Topic, teacher, school, chapter…", all: "All",
@@ -29,6 +32,11 @@ const STRINGS = {
     resubmit: "Submit for review again", reviewNote: "Review note: {note} ({who})", back: "Back to the library",
     notFound: "This lesson does not exist, or you may not see it.", signIn: "Not signed in: published lessons only.",
     error: "Error: {e}", minutes: "{m} min",
+    incomplete: "Incomplete",
+    "incomplete.disk": "Incomplete recording: the server's disk filled up during the lesson, so the recording stops "
+      + "early at that point and the rest is missing; seeking may be slow.",
+    "incomplete.other": "Incomplete recording: the server could not write it during the lesson, so the recording "
+      + "stops early at that point and the rest is missing; seeking may be slow.",
   },
 };
 
@@ -37,6 +45,12 @@ export const LANG = new URLSearchParams(location.search).get("lang") === "en" ? 
 export function t(key, vars = {}) {
   const text = STRINGS[LANG][key] ?? STRINGS.zh[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
+}
+
+// What an incomplete item (`incomplete`: the server's reason, in English words) means for the viewer, in one
+// line of the page's language: a full disk, or another failed write.
+export function incompleteText(reason) {
+  return t(/disk (is|was) full/.test(reason || "") ? "incomplete.disk" : "incomplete.other");
 }
 
 export function translatePage(root = document) {

@@ -1,7 +1,7 @@
 // The library page: search box + curriculum filters -> /api/library, results as cards, paging.
 // The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
 import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
-import { t, translatePage } from "./i18n.js";
+import { incompleteText, t, translatePage } from "./i18n.js";
 
 const PER_PAGE = 24;
 const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
@@ -15,7 +15,10 @@ export function card(rec) {
       el("div", { class: "meta" }, [rec.teacher, rec.school].filter(Boolean).join(" · ")),
       el("div", { class: "meta" }, curriculum),
       el("div", { class: "meta" }, formatDuration(rec.duration_s), " ",
-        rec.state === "published" ? null : el("span", { class: `badge ${rec.state}` }, t(`state.${rec.state}`))))));
+        rec.state === "published" ? null : el("span", { class: `badge ${rec.state}` }, t(`state.${rec.state}`)), " ",
+        // the recording stopped early (a full disk): the player page says what that means
+        rec.incomplete
+          ? el("span", { class: "badge incomplete", title: incompleteText(rec.incomplete) }, t("incomplete")) : null))));
 }
 
 function currentParams() {

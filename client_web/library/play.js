@@ -1,7 +1,7 @@
 // The player page: the recording (WebM, or the MP4 once exported) in a seekable <video>, its details,
 // download links, an edit form for its teacher and reviewers, and the publish/reject form for reviewers.
 import { api, el, formatDuration, formatSize, pageLink } from "./api.js";
-import { t, translatePage } from "./i18n.js";
+import { incompleteText, t, translatePage } from "./i18n.js";
 
 const EXPORT_POLL_MS = 1000;
 const SHOWN = ["teacher", "school", "stage", "subject", "grade", "edition", "volume", "unit", "chapter", "date",
@@ -20,7 +20,13 @@ function showError(err) {
 function renderDetails(rec) {
   document.title = `${rec.title} · ${t("library")}`;
   $("title").textContent = rec.title;
-  const rows = [["state", t(`state.${rec.state}`)], ["duration", formatDuration(rec.duration_s)],
+  // an incomplete recording (it stops where the disk filled): a badge by the state, one line above the video
+  const state = rec.incomplete
+    ? [t(`state.${rec.state}`), " ", el("span", { class: "badge incomplete" }, t("incomplete"))] : t(`state.${rec.state}`);
+  $("incomplete").hidden = !rec.incomplete;
+  $("incomplete").textContent = rec.incomplete ? incompleteText(rec.incomplete) : "";
+  $("incomplete").title = rec.incomplete || "";  // the server's own words, for a reviewer
+  const rows = [["state", state], ["duration", formatDuration(rec.duration_s)],
     ["size", formatSize(rec.size_bytes)], ...SHOWN.map((k) => [k, rec[k]])];
   $("fields").replaceChildren(...rows.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, t(k)), el("dd", {}, v)]));
   $("reviewnote").textContent = rec.review_note ? t("reviewNote", { note: rec.review_note, who: rec.reviewer || "" }) : "";
