@@ -36,6 +36,7 @@ from signaling.tokens import TokenError, verify_token
 from .library import (
     AWAITING_REVIEW,
     FILTER_FIELDS,
+    MAX_PER_PAGE,
     PUBLISHED,
     REJECTED,
     REVIEWER,
@@ -59,7 +60,14 @@ CONTENT_TYPES: Final[dict[str, str]] = {".webm": "video/webm", ".mkv": "video/x-
 # HTTP status per LibraryError code.
 STATUS: Final[dict[str, int]] = {"not_found": 404, "forbidden": 403, "invalid_transition": 409,
                                  "invalid_field": 400, "bad_request": 400, "unauthorized": 401,
-                                 "export_failed": 500}
+                                 "request_timeout": 408, "export_failed": 500}
+# A request body (metadata, a review) that has not fully arrived by then is refused (408): a client sending it a
+# byte at a time must not hold a handler and its socket for good.
+BODY_TIMEOUT_S: Final[float] = 15.0
+# Numeric query parameters: ASCII digits only, and within these bounds (SQLite's integers are 64-bit: a page of
+# 10**20 once reached it and failed with a 500).
+MAX_PAGE: Final[int] = 1_000_000
+MAX_DIGITS: Final[int] = 12
 EXPORT_WORKERS: Final[int] = 1  # an export takes a core; lessons keep the others
 EXPORT_NICENESS: Final[int] = 10
 
@@ -76,6 +84,24 @@ class ExportJob:
     def to_dict(self) -> dict[str, Any]:
         return {"rec_id": self.rec_id, "state": self.state, "progress": round(self.progress, 3),
                 "error": self.error}
+
+
+def int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
+    """A numeric query parameter: absent -> default; anything but ASCII digits within [low, high] -> 400."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_DIGITS) or not low <= int(raw) <= high:
+        raise LibraryError("bad_request", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def flag_param(query: Any, name: str) -> bool:
+    """A yes/no query parameter: absent, 0 or 1; anything else -> 400."""
+    raw = query.get(name, "0")
+    if raw not in ("0", "1"):
+        raise LibraryError("bad_request", f"{name} must be 0 or 1")
+    return raw == "1"
 
 
 def _error(exc: LibraryError) -> web.Response:
@@ -113,10 +139,11 @@ class LibraryRoutes:
         return base64.urlsafe_b64encode(mac).decode()[:SIGNATURE_CHARS]
 
     def _signed_ok(self, request: web.Request, rec_id: str) -> bool:
-        sig, exp = request.query.get("sig", ""), request.query.get("exp", "")
-        if not sig or not exp.isdigit() or int(exp) < time.time():
+        sig = request.query.get("sig", "")
+        exp = int_param(request.query, "exp", 0, 0, 10 ** MAX_DIGITS - 1)
+        if not sig or exp < time.time():
             return False
-        return hmac.compare_digest(sig, self.sign(rec_id, int(exp)))
+        return hmac.compare_digest(sig, self.sign(rec_id, exp))
 
     def urls(self, rec: Recording) -> dict[str, str | None]:
         query = ""
@@ -151,11 +178,8 @@ class LibraryRoutes:
     async def search(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
         q = request.query
-        try:
-            page = int(q.get("page", "1"))
-            per_page = int(q.get("per_page", "20"))
-        except ValueError:
-            raise LibraryError("bad_request", "page and per_page must be integers") from None
+        page = int_param(q, "page", 1, 1, MAX_PAGE)
+        per_page = int_param(q, "per_page", 20, 1, MAX_PER_PAGE)
         filters = {k: v for k, v in q.items() if k in FILTER_FIELDS and v}
         unknown = set(q) - set(FILTER_FIELDS) - {"q", "page", "per_page", "lang"}
         if unknown:
@@ -173,7 +197,17 @@ class LibraryRoutes:
         return web.json_response(data)
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        raw = b""
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while len(raw) <= MAX_BODY_BYTES:
+                    chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
+        except TimeoutError:
+            raise LibraryError("request_timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") \
+                from None
         if len(raw) > MAX_BODY_BYTES:
             raise LibraryError("bad_request", f"body larger than {MAX_BODY_BYTES} bytes")
         try:
@@ -212,7 +246,10 @@ class LibraryRoutes:
         if not self.view(rec, viewer)["can"]["export"]:
             raise LibraryError("unauthorized" if viewer.role is None else "forbidden",
                                "exporting costs server time: sign in with a ketang token")
-        force = request.query.get("force") == "1"
+        force = flag_param(request.query, "force")
+        if force and not viewer.actors(rec):
+            # an export costs a core for minutes: only those responsible for the lesson may throw one away
+            raise LibraryError("forbidden", "only a reviewer or the lesson's teacher may redo an export (force=1)")
         if rec.mp4 and not force and self.library.path_of(rec.mp4).is_file():
             return web.json_response({"rec_id": rec.id, "state": "done", "progress": 1.0, "error": None})
         job = self.start_export(rec)
@@ -295,14 +332,18 @@ class LibraryRoutes:
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         rec, public = await self._file_recording(request)
-        if request.query.get("format", "webm") == "mp4":
+        fmt = request.query.get("format", "webm")
+        if fmt not in ("webm", "mp4"):
+            raise LibraryError("bad_request", "format must be webm or mp4")
+        download = flag_param(request.query, "download")
+        if fmt == "mp4":
             if not rec.mp4:
                 raise LibraryError("not_found", "no MP4 yet: POST /api/library/{id}/export")
             path = self.library.path_of(rec.mp4)
         else:
             path = self.library.path_of(rec.file)
         name = None
-        if request.query.get("download") == "1":
+        if download:
             name = f"{rec.title}{path.suffix}".replace("/", "_")
         return self._send(path, public, name)
 

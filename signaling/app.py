@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import signal
 import time
 from pathlib import Path
@@ -184,8 +187,71 @@ async def lesson_preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=CORS_HEADERS)  # (answered by lesson_api_cors)
 
 
+# -- security headers on every response (docs/protocol.md, "HTTP") ------------------------------------------
+
+# the inline <script> blocks of the pages (index.html's few lines): allowed by their hash, nothing else inline
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+# a Host header fit to be named in the policy (anything else is left out, never copied into a header)
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def inline_script_hashes(*dirs: Path) -> list[str]:
+    """CSP sources ('sha256-...') for every inline script of the HTML pages in these directories."""
+    hashes = set()
+    for directory in dirs:
+        for page in sorted(directory.glob("*.html")):
+            for body in _INLINE_SCRIPT.findall(page.read_text(encoding="utf-8")):
+                digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
+                hashes.add(f"'sha256-{digest}'")
+    return sorted(hashes)
+
+
+def content_security_policy(script_hashes: list[str], other_nodes: bool) -> str:
+    """The pages load their scripts, styles, posters and recordings from this server only (no inline style, no
+    eval); their websocket goes to this server (added per request by its Host, since CSP's 'self' has not always
+    covered ws:) or — with several nodes on one Redis — to the node carrying the lesson, whose origin is only
+    learnt from `lesson_elsewhere`: then any http(s)/ws(s) origin may be connected to. No page may be framed."""
+    connect = "'self'" + (" http: https: ws: wss:" if other_nodes else "")
+    scripts = " ".join(["'self'", *script_hashes])
+    return "; ".join([
+        "default-src 'self'", f"script-src {scripts}", "style-src 'self'",
+        "img-src 'self' blob:", "media-src 'self' blob:", f"connect-src {connect}", "object-src 'none'",
+        "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'"])
+
+
+def security_headers(policy: str):  # type: ignore[no-untyped-def]
+    """Middleware: Content-Security-Policy, nosniff, no referrer (the pages carry tokens in their URL fragment;
+    a fragment is never sent, but a page's own URL may hold ?lang= and more) and no framing, on every response
+    — pages, API, files, static files and errors alike."""
+    fixed = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+    def add(headers, request: web.Request) -> None:  # type: ignore[no-untyped-def]
+        csp = policy
+        host = request.headers.get("Host", "")
+        if _HOST.fullmatch(host):
+            csp = csp.replace("connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}", 1)
+        headers["Content-Security-Policy"] = csp
+        headers.update(fixed)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            add(exc.headers, request)
+            raise
+        if not response.prepared:  # (a websocket's handshake has gone out already)
+            add(response.headers, request)
+        return response
+
+    return middleware
+
+
 def make_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[lesson_api_cors])
+    policy = content_security_policy(inline_script_hashes(CLIENT_WEB_DIR, CLIENT_WEB_DIR / "library"),
+                                     other_nodes=bool(config.redis_url))
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES,
+                          middlewares=[security_headers(policy), lesson_api_cors])
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
