@@ -77,6 +77,7 @@ class Hub:
         self._down_logged_at = 0.0
         self._beating: asyncio.Future[None] | None = None
         self._rebuild_lock = asyncio.Lock()
+        self._admission_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
@@ -585,12 +586,15 @@ class Hub:
         return len(own)
 
     async def _write_admission(self, lesson_id: str) -> None:
-        inter = self.interactions.get(lesson_id)
-        if inter is None or lesson_id not in self._admission_loaded:
-            return  # (never read here: the store's is the one)
-        await self.store.set_locked(lesson_id, inter.locked)
-        await self.store.add_removed(lesson_id, sorted(inter.removed))
-        await self.store.add_seen(lesson_id, sorted(self.seen.get(lesson_id, ())))
+        # one writer at a time: each writes the state as it is when it runs, so an earlier write (which read the
+        # lock before the teacher changed it) can never land after a later one
+        async with self._admission_lock:
+            inter = self.interactions.get(lesson_id)
+            if inter is None or lesson_id not in self._admission_loaded:
+                return  # (never read here: the store's is the one)
+            await self.store.set_locked(lesson_id, inter.locked)
+            await self.store.add_removed(lesson_id, sorted(inter.removed))
+            await self.store.add_seen(lesson_id, sorted(self.seen.get(lesson_id, ())))
 
     async def _write_admission_logged(self, lesson_id: str) -> None:
         try:
@@ -672,6 +676,8 @@ class Hub:
         self._node_beats.cancel()
         if self._beating is not None:
             self._beating.cancel()
+        if self._tasks:  # a lock or a removal being written: let it reach the store (it must outlive the node)
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         for lesson_id in list(self.recorders):

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -79,6 +80,10 @@ async def test_a_leave_during_a_redis_outage_completes_here_and_reaches_redis_wh
         assert redis.exists(store.placement_key("outage"))
 
         own_redis.stop(keep_data=True)  # Redis goes away (it comes back with its data)
+        # a track ending meanwhile (the router's task) is still announced, and raises nothing
+        screen = SimpleNamespace(id="screen-1", owner="teacher", owner_role="teacher", kind="video", source="screen")
+        await hub._on_track("outage", "removed", screen)  # type: ignore[arg-type]
+        assert [e["track"]["id"] for e in _events(rooms[1], "track-removed")] == ["screen-1"]
         await hub.leave(rooms[0])  # type: ignore[arg-type]
         # the others are told, its attendance is closed
         assert [e["participant"]["id"] for e in _events(teacher, "participant-left")] == ["school-0"]
