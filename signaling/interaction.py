@@ -17,6 +17,7 @@ import io
 import math
 import re
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -27,12 +28,20 @@ CHAT_MAX_CHARS = 500
 CHAT_RECENT = 100  # what `joined` carries, so a reconnecting page finds the conversation
 # a message keeps at most one empty line in a row: enough for paragraphs, not for pushing the chat off screen
 CHAT_MAX_NEWLINES = 2
+# Chat rates (docs/protocol.md): every message goes to every page of the lesson, so what one writer or all the
+# classrooms together may write bounds what the server fans out (10 classrooms once wrote 5,570 messages in 30 s,
+# 61,270 events). In any CHAT_WINDOW_S: at most CHAT_PER_SENDER messages from one participant (teacher included),
+# and at most CHAT_PER_LESSON from the lesson's classrooms together (the teacher is never crowded out by them).
+CHAT_WINDOW_S = 10.0
+CHAT_PER_SENDER = 5
+CHAT_PER_LESSON = 20
 
 ERR_STAGE_FULL = "stage_full"
 ERR_BAD_MESSAGE = "bad_message"
 ERR_CHAT_OFF = "chat_off"
 ERR_REMOVED = "removed"
 ERR_LESSON_LOCKED = "lesson_locked"
+ERR_RATE_LIMITED = "rate_limited"
 
 CSV_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 UTF8_BOM = "\ufeff"  # spreadsheet programs read a CSV as UTF-8 only when it starts with one
@@ -289,6 +298,46 @@ class ChatLog:
         return self._visible
 
 
+class ChatLimiter:
+    """Sliding windows of accepted chat messages: per sender and, for classrooms, per lesson. Memory: at most
+    ``per_sender`` times per participant that wrote in the last window, and ``per_lesson`` for the lesson."""
+
+    def __init__(self, window_s: float = CHAT_WINDOW_S, per_sender: int = CHAT_PER_SENDER,
+                 per_lesson: int = CHAT_PER_LESSON) -> None:
+        self.window_s, self.per_sender, self.per_lesson = window_s, per_sender, per_lesson
+        self._senders: dict[str, deque[float]] = {}
+        self._classrooms: deque[float] = deque()
+        self.refused = 0
+
+    def _recent(self, times: deque[float], now: float) -> deque[float]:
+        while times and (times[0] <= now - self.window_s or times[0] > now):  # (a clock stepped back: forget)
+            times.popleft()
+        return times
+
+    def check(self, participant: str, role: str, now: float) -> None:
+        """Raises ChatRejected(rate_limited) when this message would exceed a limit; nothing is counted then."""
+        mine = self._recent(self._senders.get(participant, deque()), now)
+        if len(mine) >= self.per_sender:
+            self.refused += 1
+            wait = max(1, math.ceil(mine[0] + self.window_s - now))
+            raise ChatRejected(ERR_RATE_LIMITED, f"at most {self.per_sender} chat messages in {self.window_s:g} s: "
+                                                 f"wait {wait} s")
+        if role == "classroom" and len(self._recent(self._classrooms, now)) >= self.per_lesson:
+            self.refused += 1
+            wait = max(1, math.ceil(self._classrooms[0] + self.window_s - now))
+            raise ChatRejected(ERR_RATE_LIMITED, f"the classrooms wrote {self.per_lesson} chat messages in the last "
+                                                 f"{self.window_s:g} s: wait {wait} s")
+
+    def count(self, participant: str, role: str, now: float) -> None:
+        """An accepted message."""
+        self._senders.setdefault(participant, deque()).append(now)
+        if role == "classroom":
+            self._classrooms.append(now)
+        if len(self._senders) > 64:  # forget writers whose window has passed (a lesson of 400 classrooms)
+            for pid in [p for p, t in self._senders.items() if not self._recent(t, now)]:
+                del self._senders[pid]
+
+
 # -- attendance ---------------------------------------------------------------------------------------------
 
 
@@ -437,6 +486,7 @@ class LessonInteraction:
         self.hands = HandQueue()
         self.stage = Stage(stage_max)
         self.chat = ChatLog(classrooms_enabled=chat_classrooms)
+        self.chat_limit = ChatLimiter()
         self.attendance = Attendance()
         self._locked = locked
         self.removed: set[str] = set()
@@ -468,6 +518,14 @@ class LessonInteraction:
 
     def settings_dict(self) -> dict[str, bool]:
         return {"locked": self.locked, "chat_classrooms": self.chat_classrooms}
+
+    def write_chat(self, participant: str, name: str, role: str, text: str, now: float) -> dict[str, Any]:
+        """A chat message within the lesson's rates (ChatLimiter); raises ChatRejected (rate_limited, chat_off,
+        bad_message). Only accepted messages count towards the rates."""
+        self.chat_limit.check(participant, role, now)
+        message = self.chat.add(participant, name, role, text, now)
+        self.chat_limit.count(participant, role, now)
+        return message
 
     # admission
 

@@ -164,8 +164,8 @@ async def handle_chat(hub: Hub, conn: Connection, msg: Message) -> Reply:
     lesson_id = _joined_as(conn, msg, "teacher", "classroom")
     name = conn.claims.name if conn.claims else ""
     try:
-        message = hub.interaction(lesson_id).chat.add(conn.participant_id or "", name, conn.role or "",
-                                                      msg.fields["text"], time.time())
+        message = hub.interaction(lesson_id).write_chat(conn.participant_id or "", name, conn.role or "",
+                                                        msg.fields["text"], time.time())
     except InteractionError as exc:
         raise _refused(exc, msg) from exc
     hub.broadcast(lesson_id, {"type": "event", "event": "chat", "message": message})
