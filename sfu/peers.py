@@ -123,7 +123,9 @@ def check_description(text: Any, kind: str, max_sections: int = PUBLISH_MAX_SECT
     except Exception as exc:  # noqa: BLE001 - aiortc's parser raises ValueError, KeyError, IndexError...
         raise SdpError(f"the SDP {kind} cannot be parsed ({type(exc).__name__})") from exc
     if not parsed.media:
-        raise SdpError(f"the SDP {kind} has no media section", "nothing_to_publish" if kind == "offer" else "bad_sdp")
+        if kind == "offer":
+            raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
+        raise SdpError(f"the SDP {kind} has no media section")
     if len(parsed.media) > max_sections:
         raise SdpError(f"the SDP {kind} has {len(parsed.media)} media sections; {max_sections} at most",
                        "too_many_tracks")
