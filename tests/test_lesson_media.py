@@ -4,7 +4,6 @@ publishing a synthetic moving VP8 video plus Opus, classrooms that decode what t
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -145,8 +144,8 @@ async def test_a_teacher_reloading_the_page_with_the_same_token_takes_over_and_c
 
 
 async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
-    """Garbage and oversized websocket messages, a flood, a publish attempt, garbage datagrams at the SFU's
-    media socket and a classroom that vanishes without leaving: the others keep decoding."""
+    """Garbage and oversized websocket messages, a flood, a publish attempt and a classroom that vanishes without
+    leaving: the others keep decoding."""
     lesson = "media-misbehave"
     good = Classroom(await _join(server, "classroom", lesson, "good"))
     bad_ws = await _join(server, "classroom", lesson, "bad")
@@ -177,14 +176,7 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
             await bad_ws.send({"type": "ping"})
         await bad_ws.wait_for(lambda m: m.get("code") == "rate_limited", start=start)
 
-        # garbage datagrams at the server's media port (taken from its offer to the bad classroom)
-        offer = next(m for m in bad_ws.messages if m.get("type") == "offer")
-        ports = {int(line.split()[5]) for line in offer["sdp"].splitlines()
-                 if line.startswith("a=candidate") and " udp " in line.lower() and "." in line.split()[4]}
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for port in ports:
-                for payload in (b"", b"\x00" * 10, b"\x80\x60" + b"\x00" * 40, bytes(range(256)) * 4):
-                    s.sendto(payload, ("127.0.0.1", port))
+        # (hostile datagrams at the media ports: tests/test_udp_fuzz.py)
 
         # the bad classroom disappears without a word
         await bad.close()
