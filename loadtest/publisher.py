@@ -18,6 +18,7 @@ from collections.abc import MutableSequence
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from sfu import seams
 from sfu.vp8 import vp8_picture_id
 
 from .media import Clip, PacketTrack, SimulcastLayer
@@ -73,9 +74,8 @@ class MediaPublisher:
         await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
-                self._video_pts.update(c.payloadType for c in transceiver._codecs)
+                self._video_pts.update(c.payloadType for c in seams.transceiver_codecs(transceiver))
         dtls = self.pc.getTransceivers()[0].sender.transport
-        original = dtls._send_rtp
         stamp = self.send_times is not None and self.simulcast is None  # the simulcast sender stamps its own
 
         async def send_rtp(data: bytes) -> None:
@@ -87,10 +87,10 @@ class MediaPublisher:
                     self._stamp(data)
             await original(data)
 
-        dtls._send_rtp = send_rtp  # this publisher's transport only
+        original = seams.hook_dtls_send(dtls, send_rtp)  # this publisher's transport only
         if self.simulcast is not None:
             video = next(t for t in self.pc.getTransceivers() if t.kind == "video")
-            self.simulcast.start(video, reply["sdp"], self.pc._RTCPeerConnection__cname)
+            self.simulcast.start(video, reply["sdp"], seams.peer_cname(self.pc))
         self.published_at = time.monotonic()
         return reply
 

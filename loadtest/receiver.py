@@ -42,6 +42,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
+from sfu import seams
 from sfu.peers import declared_ssrcs
 from sfu.vp8 import vp8_is_keyframe_start, vp8_picture_id
 
@@ -118,7 +119,7 @@ class _Stream:
         """First packet (or a new SSRC): register RFC 3550 statistics where aiortc's RTCP loop reads them."""
         self.ssrc = ssrc
         self.rtcp_stats = StreamStatistics(self.clock)
-        self.receiver._RTCRtpReceiver__remote_streams[ssrc] = self.rtcp_stats
+        seams.set_receiver_stream_statistics(self.receiver, ssrc, self.rtcp_stats)
 
     def jitter_ms(self) -> float | None:
         if self.rtcp_stats is None or self.rtcp_stats.packets_received < 2:
@@ -219,9 +220,9 @@ class CountingReceiver:
                 continue
             self._hooked.add(id(dtls))
             if self.stock:
-                dtls._handle_rtp_data = self._stock_caller(dtls._handle_rtp_data)
+                seams.hook_dtls(dtls, self._stock_caller(seams.dtls_handlers(dtls)[0]))
             else:
-                dtls._handle_rtp_data = self._on_rtp  # instance attribute: only this receiver's transport
+                seams.hook_dtls(dtls, self._on_rtp)  # only this receiver's transport
 
     def _route(self, ssrc: int) -> tuple[_Stream, bool] | None:
         for mid, (media, rtx) in self._declared.items():
@@ -250,14 +251,11 @@ class CountingReceiver:
             return
         for transceiver in self.pc.getTransceivers():
             dtls = transceiver.receiver.transport
-            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-            pair = connection._nominated.get(1) if connection is not None else None
-            srtp = getattr(dtls, "_rx_srtp", None)
-            if pair is None or pair.protocol is None or srtp is None or getattr(pair.protocol, "_lt_fast", False):
+            path = seams.receive_path(dtls) if dtls is not None else None
+            if path is None or getattr(path[0], "_lt_fast", False):
                 continue
-            protocol = pair.protocol
+            protocol, unprotect = path
             original = protocol.datagram_received
-            unprotect = srtp.unprotect
 
             def datagram_received(data: bytes, addr: tuple, original=original, unprotect=unprotect) -> None:
                 # RTP: first byte 128-191 and not an RTCP packet type (RFC 5761/7983 demultiplexing)
@@ -311,7 +309,7 @@ class CountingReceiver:
         if self.stock:
             stream.seq.add(seq)  # the stock receiver keeps the RTCP statistics and sends the NACKs
             if stream.rtcp_stats is None:
-                stream.rtcp_stats = stream.receiver._RTCRtpReceiver__remote_streams.get(ssrc)
+                stream.rtcp_stats = seams.receiver_remote_streams(stream.receiver).get(ssrc)
             gap = None
         else:
             if ssrc != stream.ssrc:
@@ -323,7 +321,7 @@ class CountingReceiver:
             gap = stream.seq.add(seq)
         if gap:
             # like a browser: ask for the holes at once (the stock NackGenerator's behaviour, minus re-asking)
-            asyncio.ensure_future(stream.receiver._send_rtcp_nack(ssrc, gap))
+            asyncio.ensure_future(seams.receiver_send_nack(stream.receiver, ssrc, gap))
         if stream.kind == "video" and (data[pos] & VP8_START_MASK) == 0x10:
             now = time.monotonic()
             head = data[pos:pos + 16]
@@ -395,12 +393,12 @@ class CountingReceiver:
             if not video:
                 continue
             receiver = video[0].receiver
-            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
+            rtcp_ssrc = seams.receiver_rtcp_ssrc(receiver)
             if rtcp_ssrc is None:
                 continue
             fci = pack_remb_fci(self.remb_bps, sorted({s.ssrc for s in video}))
             try:
-                await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
+                await seams.receiver_send_rtcp(receiver, RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
             except ConnectionError:
                 return
 

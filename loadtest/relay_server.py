@@ -30,6 +30,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from sfu import seams
 from signaling.tokens import SECRET_ENV_VAR, TokenError, verify_token
 
 log = logging.getLogger("ketang.loadtest.relay")
@@ -69,8 +70,8 @@ class RelayServer:
         lesson = self.lessons.get(request.match_info["lesson"])
         subs: dict[str, list[dict]] = {}
         for pid, pc in (lesson.subscribers.items() if lesson else ()):
-            subs[pid] = [{"kind": s.kind, "packets_out": getattr(s, "_RTCRtpSender__packet_count", 0),
-                          "octets_out": getattr(s, "_RTCRtpSender__octet_count", 0)} for s in pc.getSenders()]
+            subs[pid] = [{"kind": s.kind, "packets_out": seams.sender_counts(s)[0],
+                          "octets_out": seams.sender_counts(s)[1]} for s in pc.getSenders()]
         return web.json_response({"producers": [], "subscribers": subs})
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:

@@ -34,7 +34,6 @@ from collections.abc import MutableSequence
 from typing import Any
 
 from aiortc import clock
-from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
@@ -51,6 +50,7 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
+from sfu import seams
 from sfu.simulcast_sdp import URI_RID, URI_RRID, split_sections
 
 from .media import VIDEO_CLOCK, VIDEO_FPS, SimulcastLayer
@@ -190,7 +190,7 @@ class SimulcastSender:
         """After setRemoteDescription(answer): pick the negotiated payload types and extension ids, register the
         SSRCs for RTCP and start sending (media flows once DTLS is up)."""
         self.mid = transceiver.mid
-        codecs = transceiver._codecs
+        codecs = seams.transceiver_codecs(transceiver)
         vp8 = next(c for c in codecs if c.mimeType.lower() == "video/vp8")
         self.payload_type = vp8.payloadType
         self.rtx_payload_type = next((c.payloadType for c in codecs if c.mimeType.lower() == "video/rtx"
@@ -203,16 +203,15 @@ class SimulcastSender:
         self._ext.configure(params)
         self.cname = cname
         self.dtls = transceiver.sender.transport
-        router = self.dtls._rtp_router
         for layer in self.layers:
             self._by_ssrc[layer.ssrc] = (layer, False)
             self._by_ssrc[layer.rtx_ssrc] = (layer, True)
-            router.register_sender(self, layer.ssrc)
-            router.register_sender(self, layer.rtx_ssrc)
+            seams.register_rtp_sender(self.dtls, self, layer.ssrc)
+            seams.register_rtp_sender(self.dtls, self, layer.rtx_ssrc)
         self._tasks = [asyncio.ensure_future(self._run_rtp()), asyncio.ensure_future(self._run_rtcp())]
 
     async def _send(self, data: bytes) -> None:
-        await self.dtls._send_rtp(data)  # looked up each time: the publisher's counting hook is in place
+        await seams.dtls_send_rtp(self.dtls, data)  # looked up each time: the publisher's counting hook is in place
 
     # -- RTP -----------------------------------------------------------------------------------------------
 
@@ -244,7 +243,7 @@ class SimulcastSender:
         idx, data, _forced = layer.next_frame(now)
         ts = (layer.ts_origin + layer.sent_frames * layer.step) & 0xFFFFFFFF
         layer.sent_frames += 1
-        payloads = Vp8Encoder._packetize(data, layer.picture_id)
+        payloads = seams.vp8_packetize(data, layer.picture_id)
         layer.picture_id = (layer.picture_id + 1) & 0x7FFF
         if self.send_times is not None:
             self.send_times[layer.spec.slot_offset + idx] = now
@@ -355,7 +354,7 @@ class SimulcastSender:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.dtls is not None:
-            senders = self.dtls._rtp_router.senders
+            senders = seams.rtp_senders(self.dtls)
             for ssrc in list(self._by_ssrc):
                 if senders.get(ssrc) is self:
                     del senders[ssrc]

@@ -22,6 +22,7 @@ from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_
 
 from .producer import CONSUMER_MAX_ERRORS, Packet, Producer
 from .rtp import RTP_HEADER, ExtensionLayout, abs_send_time_bytes, ntp_from_unix
+from . import seams
 from .seams import datagram_sender, sender_set_report_counters
 from .seqmap import SeqMap, TsMap
 
@@ -69,8 +70,7 @@ class Consumer:
         self.producer = producer
         self.sender = sender
         self.kind = producer.kind
-        self.ssrc: int = sender._ssrc
-        self.rtx_ssrc: int = sender._rtx_ssrc
+        self.ssrc, self.rtx_ssrc = seams.sender_ssrcs(sender)
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         self.closed = False
@@ -107,9 +107,8 @@ class Consumer:
         self._nack_budget = NACK_RETRANSMIT_PER_S
         self._nack_bytes = float("inf")
         self._last_retransmit: dict[int, float] = {}
-        self._original_rtcp = sender._handle_rtcp_packet
-        # seam: feedback from the subscriber for this sender is routed here (instance attribute wins)
-        sender._handle_rtcp_packet = self.handle_rtcp  # type: ignore[method-assign]
+        # feedback from the subscriber for this sender is routed here
+        self._original_rtcp = seams.hook_sender_rtcp(sender, self.handle_rtcp)
         producer.attach(self)
 
     # -- media ---------------------------------------------------------------------------------------------
@@ -324,7 +323,7 @@ class Consumer:
             return
         self.closed = True
         self.producer.detach(self)
-        self.sender._handle_rtcp_packet = self._original_rtcp  # type: ignore[method-assign]
+        seams.unhook_sender_rtcp(self.sender, self._original_rtcp)
         self._send = None
 
     def stats(self) -> dict:
@@ -336,5 +335,5 @@ class Consumer:
 
     def rtt_ms(self) -> float | None:
         """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""
-        rtt = getattr(self.sender, "_RTCRtpSender__rtt", None)
+        rtt = seams.sender_rtt(self.sender)
         return round(rtt * 1000, 1) if rtt is not None else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
+from . import seams
 from .producer import Packet, Producer
 from .rtp import AUDIO_LEVEL_SILENT, find_extension, parse_header
 from .simulcast import LayerDemux
@@ -53,10 +54,8 @@ class Ingress:
         # SSRCs of tracks taken down (the courseware stopped): the browser goes on sending them for a moment,
         # and such a packet must be dropped, never learned as another track's
         self._retired: set[int] = set()
-        self._original_rtp = dtls._handle_rtp_data
-        self._original_rtcp = dtls._handle_rtcp_data
-        dtls._handle_rtp_data = self._on_rtp  # type: ignore[method-assign]
-        dtls._handle_rtcp_data = self._on_rtcp  # type: ignore[method-assign]
+        self._stock = seams.hook_dtls(dtls, self._on_rtp, self._on_rtcp)
+        self._original_rtp, self._original_rtcp = self._stock
         self.malformed = 0
         self.unrouted = 0
         self.errors = 0
@@ -195,5 +194,4 @@ class Ingress:
 
     def close(self) -> None:
         """Give the transport its own handlers back (idempotent)."""
-        self.dtls._handle_rtp_data = self._original_rtp  # type: ignore[method-assign]
-        self.dtls._handle_rtcp_data = self._original_rtcp  # type: ignore[method-assign]
+        seams.unhook_dtls(self.dtls, self._stock)

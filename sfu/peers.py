@@ -25,6 +25,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import (RTCP_PSFB_APP, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket,
                         RtcpRtpfbPacket, pack_remb_fci)
 
+from . import seams
 from .consumer import Consumer, ResumePoint
 from .feedback import LayerFeedback
 from .ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
@@ -62,7 +63,7 @@ def make_peer_connection(ice_servers: list[str] | None = None) -> RTCPeerConnect
 
 
 def _ext_id(transceiver: RTCRtpTransceiver, uri: str) -> int:
-    for ext in transceiver._headerExtensions:
+    for ext in seams.transceiver_header_extensions(transceiver):
         if ext.uri == uri:
             return ext.id
     return 0
@@ -71,11 +72,12 @@ def _ext_id(transceiver: RTCRtpTransceiver, uri: str) -> int:
 def _lesson_codecs(transceiver: RTCRtpTransceiver) -> tuple[int, int | None, str, int]:
     """(payload type, RTX payload type, codec name, clock rate) of the lesson codec negotiated here."""
     wanted = LESSON_CODECS[transceiver.kind]
-    primary = next((c for c in transceiver._codecs if c.name.lower() == wanted), None)
+    codecs = seams.transceiver_codecs(transceiver)
+    primary = next((c for c in codecs if c.name.lower() == wanted), None)
     if primary is None:
         raise SdpError(f"{transceiver.kind} must use {wanted.upper()} (offered: "
-                       f"{', '.join(c.name for c in transceiver._codecs) or 'none'})", "unsupported_codec")
-    rtx = next((c.payloadType for c in transceiver._codecs
+                       f"{', '.join(c.name for c in codecs) or 'none'})", "unsupported_codec")
+    rtx = next((c.payloadType for c in codecs
                 if is_rtx(c) and c.parameters.get("apt") == primary.payloadType), None)
     return primary.payloadType, rtx, primary.name, primary.clockRate
 
@@ -89,11 +91,11 @@ def _restrict_codecs(transceiver: RTCRtpTransceiver, dtx: bool = False) -> None:
     """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs); `dtx`
     asks the browser's Opus encoder to send (almost) nothing during silence."""
     pt, rtx, _, _ = _lesson_codecs(transceiver)
-    kept = [c for c in transceiver._codecs if c.payloadType in (pt, rtx)]
+    kept = [c for c in seams.transceiver_codecs(transceiver) if c.payloadType in (pt, rtx)]
     opus = {**OPUS_ANSWER_PARAMETERS, **({"usedtx": 1} if dtx else {})}
-    transceiver._codecs = [
+    seams.set_transceiver_codecs(transceiver, [
         dataclasses.replace(c, parameters={**c.parameters, **opus})
-        if c.name.lower() == "opus" else c for c in kept]
+        if c.name.lower() == "opus" else c for c in kept])
 
 
 def _prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
@@ -205,20 +207,19 @@ def classroom_loss(producer: Producer, now: float) -> float:
 
 
 def _report_classroom_loss(receiver: RTCRtpReceiver, producer: Producer) -> None:
-    """Seam (the receiver's `_send_rtcp`): the receiver reports to the teacher for its microphone carry the
-    classrooms' loss when it is higher than the server's own, so the teacher's Opus encoder adds in-band FEC
-    for the classrooms' links (it sizes FEC by the loss it is told of), capped at CLASSROOM_LOSS_MAX."""
-    original = receiver._send_rtcp
+    """The receiver reports to the teacher for its microphone carry the classrooms' loss when it is higher than
+    the server's own, so the teacher's Opus encoder adds in-band FEC for the classrooms' links (it sizes FEC by
+    the loss it is told of), capped at CLASSROOM_LOSS_MAX."""
 
-    async def send_rtcp(packet: Any) -> None:
+    async def send_rtcp(packet: Any, send: Any) -> None:
         if isinstance(packet, RtcpRrPacket):
             loss = min(classroom_loss(producer, time.monotonic()), CLASSROOM_LOSS_MAX)
             for block in packet.reports:
                 if block.ssrc == producer.ssrc:
                     block.fraction_lost = max(block.fraction_lost, int(loss * 256))
-        await original(packet)
+        await send(packet)
 
-    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    seams.wrap_receiver_rtcp(receiver, send_rtcp)
 
 
 class Publisher:
@@ -252,7 +253,7 @@ class Publisher:
         # simulcast (the camera sent as 2-3 layers, told apart by RIDs): aiortc ignores it, we accept it
         simulcast = parse_simulcast_offer(sdp) if self.role == "teacher" else {}
         receiving = [t for t in self.pc.getTransceivers()
-                     if t.kind in LESSON_CODECS and t._offerDirection in ("recvonly", "sendrecv")]  # ours: reversed
+                     if t.kind in LESSON_CODECS and seams.offer_direction(t) in ("recvonly", "sendrecv")]  # ours: reversed
         if not receiving:
             raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
         for t in receiving:
@@ -278,7 +279,7 @@ class Publisher:
             self.ingress = Ingress(dtls)
 
         def send_pli(ssrc: int) -> None:
-            asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+            asyncio.ensure_future(seams.request_keyframe(receiver, ssrc))
 
         track_id = f"{self.participant_id[:8]}-{t.mid}-{uuid.uuid4().hex[:6]}"
         source = source or ("microphone" if t.kind == "audio" else "camera")
@@ -316,8 +317,7 @@ class Publisher:
         if t.kind == "audio" and self.role == "teacher":
             _report_classroom_loss(receiver, producer)
         if t.kind == "video" and self.uplink is not None:
-            # seam: the stock receiver's own REMB would contradict ours
-            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+            seams.disable_receiver_remb(receiver)  # the stock receiver's own REMB would contradict ours
             self._video_receivers[producer.id] = receiver
         self.router.add_producer(producer)
 
@@ -335,9 +335,9 @@ class Publisher:
             expected, lost = expected + e, lost + lo
         bps = self.uplink.update(expected, lost)
         receiver = next(self._video_receivers[p.id] for p in self.producers.values() if p.id in self._video_receivers)
-        rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        rtcp_ssrc = seams.receiver_rtcp_ssrc(receiver)
         if rtcp_ssrc is not None:
-            await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+            await seams.receiver_send_rtcp(receiver, RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
                                                      fci=pack_remb_fci(bps, [p.ssrc for p in video])))
         return bps
 
@@ -347,7 +347,7 @@ class Publisher:
         sent = 0
         for producer in list(self.producers.values()):
             receiver = self._receivers.get(producer.id)
-            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc if receiver is not None else None  # type: ignore[attr-defined]
+            rtcp_ssrc = seams.receiver_rtcp_ssrc(receiver) if receiver is not None else None
             if rtcp_ssrc is None:
                 continue
             blocks = []
@@ -357,8 +357,8 @@ class Publisher:
                     continue
                 lost = feedback.nacks(now)
                 if lost and layer.kind == "video":  # audio has no retransmissions to ask for
-                    await receiver._send_rtcp(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc,  # type: ignore[union-attr]
-                                                              media_ssrc=layer.ssrc, lost=lost))
+                    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=layer.ssrc, lost=lost)
+                    await seams.receiver_send_rtcp(receiver, nack)  # type: ignore[arg-type]
                     sent += 1
                 figures = feedback.report() if reports else None
                 if figures is not None:
@@ -369,7 +369,7 @@ class Publisher:
                     blocks.append(RtcpReceiverInfo(ssrc=layer.ssrc, fraction_lost=figures[0], packets_lost=figures[1],
                                                    highest_sequence=figures[2], jitter=0, lsr=lsr, dlsr=dlsr))
             if blocks:
-                await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=blocks))  # type: ignore[union-attr]
+                await seams.receiver_send_rtcp(receiver, RtcpRrPacket(ssrc=rtcp_ssrc, reports=blocks))  # type: ignore[arg-type]
                 sent += 1
         return sent
 

@@ -26,6 +26,7 @@ from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 from aiortc import rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -50,6 +51,7 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",)),
     (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",)),
     (RTCRtpReceiver, "_send_rtcp", ("packet",)),
+    (RTCRtpReceiver, "_send_rtcp_nack", ("media_ssrc", "lost")),
     (aioice_ice.StunProtocol, "datagram_received", ("data", "addr")),
     (aioice.Connection, "check_incoming", ("message", "addr", "protocol")),
     (aioice.Connection, "data_received", ("data", "component")),
@@ -57,9 +59,10 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
 _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCRtpSender, ("self._ssrc", "self._rtx_ssrc", "self.__ntp_timestamp", "self.__rtp_timestamp",
                     "self.__packet_count", "self.__octet_count", "self.__rtt")),
-    (RTCRtpTransceiver, ("self._codecs", "self._headerExtensions")),
-    (RTCRtpReceiver, ("self.__remote_bitrate_estimator", "self.__rtcp_ssrc")),
-    (RTCDtlsTransport, ("self._rtp_header_extensions_map", "self._tx_srtp", "self._rx_srtp")),
+    (RTCRtpTransceiver, ("self._codecs", "self._headerExtensions", "self._offerDirection")),
+    (RTCRtpReceiver, ("self.__remote_bitrate_estimator", "self.__rtcp_ssrc", "self.__remote_streams")),
+    (RTCDtlsTransport, ("self._rtp_header_extensions_map", "self._tx_srtp", "self._rx_srtp", "self._rtp_router")),
+    (RTCPeerConnection, ("self.__cname",)),
     (RTCIceTransport, ("self._connection",)),
 ]
 
@@ -287,3 +290,170 @@ def set_media_addresses(addresses: list[str]) -> None:
         return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
 
     aioice_ice.get_host_addresses = host_addresses
+
+
+# -- the accessors: the rest of the project reaches aiortc's private state only through these -------------------
+# (tests/test_seams.py walks every module's AST and fails on a private aiortc/aioice name used anywhere else)
+
+def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The codecs negotiated on a transceiver."""
+    return transceiver._codecs
+
+
+def set_transceiver_codecs(transceiver: RTCRtpTransceiver, codecs: list[Any]) -> None:
+    """What the next answer offers (the lesson codec only)."""
+    transceiver._codecs = codecs
+
+
+def transceiver_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The header extensions negotiated on a transceiver (the list itself: appending adds one)."""
+    return transceiver._headerExtensions
+
+
+def offer_direction(transceiver: RTCRtpTransceiver) -> str | None:
+    """The direction the remote offer gave this transceiver (ours reversed)."""
+    return transceiver._offerDirection
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) a sender writes."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def hook_sender_rtcp(sender: RTCRtpSender, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Route the RTCP a subscriber sends about this sender (NACK, PLI, REMB, RR) to `handler`; returns the stock
+    handler, for `handler` to pass packets on and for `unhook_sender_rtcp`."""
+    original = sender._handle_rtcp_packet
+    sender._handle_rtcp_packet = handler  # type: ignore[method-assign]
+    return original
+
+
+def unhook_sender_rtcp(sender: RTCRtpSender, original: Callable[[Any], Any]) -> None:
+    sender._handle_rtcp_packet = original  # type: ignore[method-assign]
+
+
+DtlsHandlers = tuple[Callable[..., Any], Callable[..., Any]]
+
+
+def dtls_handlers(dtls: RTCDtlsTransport) -> DtlsHandlers:
+    """The transport's current (decrypted RTP, RTCP) handlers."""
+    return dtls._handle_rtp_data, dtls._handle_rtcp_data
+
+
+def hook_dtls(dtls: RTCDtlsTransport, on_rtp: Callable[..., Any], on_rtcp: Callable[..., Any] | None = None
+              ) -> DtlsHandlers:
+    """Take the decrypted RTP (and RTCP) of a DTLS transport; returns the stock handlers, to pass packets on
+    and for `unhook_dtls`."""
+    original = dtls_handlers(dtls)
+    dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
+    if on_rtcp is not None:
+        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+    return original
+
+
+def unhook_dtls(dtls: RTCDtlsTransport, original: DtlsHandlers) -> None:
+    dtls._handle_rtp_data, dtls._handle_rtcp_data = original  # type: ignore[method-assign]
+
+
+def dtls_send_rtp(dtls: RTCDtlsTransport, data: bytes) -> Any:
+    """SRTP-protect and send one RTP packet (a coroutine)."""
+    return dtls._send_rtp(data)
+
+
+def receiver_send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> Any:
+    """Send an RTCP packet from a receiver to its remote sender (a coroutine)."""
+    return receiver._send_rtcp(packet)
+
+
+def wrap_receiver_rtcp(receiver: RTCRtpReceiver, wrapper: Callable[[Any, Callable[[Any], Any]], Any]) -> None:
+    """Every RTCP packet the receiver sends goes through `wrapper(packet, send)` (a coroutine function)."""
+    original = receiver._send_rtcp
+
+    async def send_rtcp(packet: Any) -> None:
+        await wrapper(packet, original)
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC a receiver's RTCP goes out with (None until it has one)."""
+    return receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+
+
+def disable_receiver_remb(receiver: RTCRtpReceiver) -> None:
+    """Stop the stock receiver's own REMB (the SFU sends its own budget)."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
+def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> Any:
+    """A PLI from a receiver to the stream's sender (a coroutine)."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+def receiver_send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> Any:
+    """A generic NACK from a receiver for `lost` sequence numbers (a coroutine)."""
+    return receiver._send_rtcp_nack(media_ssrc, lost)
+
+
+def receiver_remote_streams(receiver: RTCRtpReceiver) -> dict[int, Any]:
+    """The receiver's per-SSRC receive statistics."""
+    return receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+
+
+def peer_cname(pc: Any) -> str:
+    """The CNAME a peer connection's RTCP carries."""
+    return pc._RTCPeerConnection__cname
+
+
+def nominated_pair(connection: Any, component: int = 1) -> Any:
+    """The ICE pair aioice nominated for a component (None before)."""
+    return connection._nominated.get(component)
+
+
+def hook_dtls_send(dtls: RTCDtlsTransport, send_rtp: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Send this transport's RTP and RTCP through `send_rtp` (a coroutine function); returns the stock sender."""
+    original = dtls._send_rtp
+    dtls._send_rtp = send_rtp  # type: ignore[method-assign]
+    return original
+
+
+def receive_path(dtls: RTCDtlsTransport) -> tuple[Any, Callable[[bytes], bytes]] | None:
+    """(the nominated ICE pair's socket protocol, the SRTP unprotect of this transport), for a receiver that reads
+    SRTP straight off its socket (the load tester); None until ICE and DTLS are up."""
+    connection = getattr(dtls.transport, "_connection", None)
+    pair = connection._nominated.get(1) if connection is not None else None
+    srtp = getattr(dtls, "_rx_srtp", None)
+    if pair is None or pair.protocol is None or srtp is None:
+        return None
+    return pair.protocol, srtp.unprotect
+
+
+def register_rtp_sender(dtls: RTCDtlsTransport, sender: Any, ssrc: int) -> None:
+    """Have the transport hand RTCP about `ssrc` (NACK, PLI, receiver reports) to `sender._handle_rtcp_packet`."""
+    dtls._rtp_router.register_sender(sender, ssrc)
+
+
+def rtp_senders(dtls: RTCDtlsTransport) -> Any:
+    """The senders the transport knows, by SSRC."""
+    return dtls._rtp_router.senders
+
+
+def vp8_packetize(data: bytes, picture_id: int) -> list[bytes]:
+    """aiortc's VP8 payloader: one encoded frame into RTP payloads."""
+    from aiortc.codecs.vpx import Vp8Encoder
+    return Vp8Encoder._packetize(data, picture_id)
+
+
+def set_receiver_stream_statistics(receiver: RTCRtpReceiver, ssrc: int, statistics: Any) -> None:
+    """Where the receiver's RTCP loop reads a stream's RFC 3550 figures from."""
+    receiver._RTCRtpReceiver__remote_streams[ssrc] = statistics  # type: ignore[attr-defined]
+
+
+def sender_rtt(sender: RTCRtpSender) -> float | None:
+    """Round-trip time (s) the stock sender estimates from the remote's receiver reports (None before one)."""
+    return getattr(sender, "_RTCRtpSender__rtt", None)
+
+
+def sender_counts(sender: RTCRtpSender) -> tuple[int, int]:
+    """(packets, octets) the stock sender has sent."""
+    return (getattr(sender, "_RTCRtpSender__packet_count", 0), getattr(sender, "_RTCRtpSender__octet_count", 0))

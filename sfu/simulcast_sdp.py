@@ -244,7 +244,10 @@ def add_rid_extensions(transceiver: Any, offer: SimulcastOffer) -> None:
     """
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 
-    have = {ext.uri for ext in transceiver._headerExtensions}
+    from .seams import transceiver_header_extensions
+
+    extensions = transceiver_header_extensions(transceiver)
+    have = {ext.uri for ext in extensions}
     for ext_id, uri in ((offer.rid_ext_id, URI_RID), (offer.rrid_ext_id, URI_RRID)):
         if ext_id and uri not in have:
-            transceiver._headerExtensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))

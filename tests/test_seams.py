@@ -233,3 +233,71 @@ async def test_the_lean_egress_path_protects_then_sends_to_the_nominated_pair():
     assert [receiver.unprotect(data) for data, _ in sent] == rtp  # real SRTP, decryptable by the peer
     with pytest.raises(ValueError):
         protect(bytes(1500))
+
+
+# -- aiortc's private names are reached only through sfu/seams.py ------------------------------------------------
+PROJECT_PACKAGES = ("sfu", "signaling", "recorder", "ketang", "loadtest", "bench")
+# private names the project defines itself and reaches on its own objects (a Consumer's `_send`), though some
+# aiortc class has a private of the same name
+OWN_PRIVATE_NAMES = {"_send"}
+
+
+def _private_names_of_aiortc() -> set[str]:
+    """Every `_name` aiortc, aioice and pylibsrtp define or read as an attribute (not dunders)."""
+    import ast
+    from pathlib import Path
+
+    names: set[str] = set()
+    for package in (aiortc, aioice, pylibsrtp):
+        for path in Path(package.__file__).parent.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                name = node.attr if isinstance(node, ast.Attribute) else \
+                    node.name if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+                if name and name.startswith("_") and not name.startswith("__"):
+                    names.add(name)
+    return names
+
+
+def _private_accesses(source: str, theirs: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of each access to an aiortc private outside `self`/`cls`: `x._name`, a name-mangled
+    `x._Class__name`, or `getattr(x, "_name")`."""
+    import ast
+    import re
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            name, base = node.attr, node.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                continue
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr") \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            name = node.args[1].value
+        else:
+            continue
+        if name in OWN_PRIVATE_NAMES:
+            continue
+        if name in theirs or re.match(r"_[A-Z][A-Za-z]*__\w+", name):
+            found.append((node.lineno, name))
+    return sorted(found)
+
+
+def test_aiortc_private_names_are_used_only_in_seams():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    theirs = _private_names_of_aiortc()
+    assert {"_codecs", "_send_rtcp", "_nominated", "_handle_rtp_data"} <= theirs  # the scan found them
+    offenders = [f"{path.relative_to(root)}:{line}: {name}"
+                 for package in PROJECT_PACKAGES for path in sorted((root / package).rglob("*.py"))
+                 if path.name != "seams.py" or path.parent.name != "sfu"
+                 for line, name in _private_accesses(path.read_text(encoding="utf-8"), theirs)]
+    assert not offenders, "aiortc/aioice privates outside sfu/seams.py:\n" + "\n".join(offenders)
+
+
+def test_the_private_access_scan_can_fail():
+    theirs = {"_codecs", "_nominated"}
+    source = ("t._codecs\nself._codecs\nc._nominated.get(1)\nr._RTCRtpReceiver__rtcp_ssrc\n"
+              "getattr(d, '_nominated', None)\nx._mine\n")
+    assert _private_accesses(source, theirs) == [(1, "_codecs"), (3, "_nominated"), (4, "_RTCRtpReceiver__rtcp_ssrc"),
+                                                 (5, "_nominated")]
