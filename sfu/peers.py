@@ -108,7 +108,7 @@ def _prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
 # m-sections of stopped tracks stay in a browser's offers (and are reused), so the sections themselves may be more
 PUBLISH_MAX_SECTIONS = 16
 TEACHER_MAX_TRACKS_PER_KIND = 2
-MID_MAX_CHARS = 16
+MID_MAX_CHARS = 32  # as `sources` in messages.py
 _MID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
 
