@@ -1,5 +1,6 @@
 """A `ketang serve` subprocess whose media stays on 127.0.0.1, and this process's aiortc peers with it
-(aioice leaves 127.0.0.1 out of its host candidates by default): for tests that throw datagrams at media ports."""
+(aioice leaves 127.0.0.1 out of its host candidates by default): for tests that throw datagrams at media ports
+(tests/support.py has the clients)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from aioice import ice as aioice_ice
 
-from tests.support import Server, WsClient, token
+from tests.support import Server
 
 
 @pytest.fixture
@@ -19,10 +20,3 @@ def loopback_server(tmp_path, monkeypatch) -> Iterator[Server]:
     yield srv
     srv.stop()
 
-
-async def join(server: Server, role: str, lesson: str, name: str, participant_token: str | None = None) -> WsClient:
-    ws = await WsClient().connect(server.ws_url)
-    reply = await ws.request({"type": "join", "token": participant_token or token(role, lesson, name),
-                              "lesson": lesson})
-    assert reply["type"] == "joined", reply
-    return ws

@@ -239,6 +239,24 @@ class Teacher:
         await self.pc.close()
 
 
+async def join_lesson(server: Server, role: str, lesson: str, name: str, participant_token: str | None = None
+                      ) -> WsClient:
+    """A websocket that has joined `lesson` (with a fresh token of `role`, or the one given)."""
+    ws = await WsClient().connect(server.ws_url)
+    reply = await ws.request({"type": "join", "token": participant_token or token(role, lesson, name),
+                              "lesson": lesson})
+    assert reply["type"] == "joined", reply
+    return ws
+
+
+async def publishing_teacher(server: Server, lesson: str, name: str = "Ms Li") -> Teacher:
+    """A teacher that has joined `lesson` and published its camera and microphone."""
+    teacher = Teacher(await join_lesson(server, "teacher", lesson, name))
+    reply = await teacher.publish()
+    assert reply["type"] == "answer", reply
+    return teacher
+
+
 async def hang_up(*peers: Teacher | Classroom) -> None:
     """Close each peer connection and its websocket (test teardown)."""
     for peer in peers:

@@ -71,10 +71,11 @@ async def browser() -> AsyncIterator[object]:
             await b.close()
 
 
-async def open_page(browser, url: str):  # type: ignore[no-untyped-def]
-    # wait_for_function evals its predicate, which the server's CSP forbids: test_browser_csp.py checks the pages
-    # under the policy
-    context = await browser.new_context(viewport=VIEWPORT, bypass_csp=True)
+async def open_page(browser, url: str, viewport: dict[str, int] | None = None,  # type: ignore[no-untyped-def]
+                    bypass_csp: bool = True):
+    """A page at `url` that collects its JS errors. `bypass_csp`: wait_for_function evals its predicate, which the
+    server's CSP forbids (test_browser_csp.py checks the pages under the policy)."""
+    context = await browser.new_context(viewport=viewport or VIEWPORT, bypass_csp=bypass_csp)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -20,6 +20,7 @@ from recorder.web import add_routes
 from signaling.tokens import issue_token
 
 from .test_browser import CHROMIUM, SCREENSHOTS, browser  # noqa: F401 - the headless Chromium fixture
+from .test_browser import open_page as browser_page
 from .test_library import webm_master  # noqa: F401 - the session fixture: one real WebM for all tests
 
 pytestmark = pytest.mark.slow
@@ -74,13 +75,7 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
 
 
 async def open_page(browser, url: str, viewport: dict[str, int]):  # type: ignore[no-untyped-def]  # noqa: F811
-    context = await browser.new_context(viewport=viewport)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.ketang_errors = errors  # type: ignore[attr-defined]
-    await page.goto(url)
-    return page
+    return await browser_page(browser, url, viewport, bypass_csp=False)
 
 
 def page_url(site: Site, path: str, lang: str) -> str:

@@ -8,30 +8,16 @@ import time
 
 import pytest
 
-from tests.support import VIDEO_CLOCK, Classroom, Server, Teacher, WsClient, hang_up, token
+from tests.support import VIDEO_CLOCK, Classroom, Teacher, WsClient, hang_up, join_lesson, publishing_teacher, token
 
 pytestmark = pytest.mark.slow
 
 
-async def _join(server: Server, role: str, lesson: str, name: str) -> WsClient:
-    ws = await WsClient().connect(server.ws_url)
-    reply = await ws.request({"type": "join", "token": token(role, lesson, name), "lesson": lesson})
-    assert reply["type"] == "joined", reply
-    return ws
-
-
-async def _teacher(server: Server, lesson: str) -> Teacher:
-    teacher = Teacher(await _join(server, "teacher", lesson, "Ms Li"))
-    reply = await teacher.publish()
-    assert reply["type"] == "answer", reply
-    return teacher
-
-
 async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent_loss_keeps_95_percent(server):
     lesson = "media-three"
-    rooms = [Classroom(await _join(server, "classroom", lesson, f"school {i}"), loss=0.03 if i == 0 else 0.0)
+    rooms = [Classroom(await join_lesson(server, "classroom", lesson, f"school {i}"), loss=0.03 if i == 0 else 0.0)
              for i in range(3)]
-    teacher = await _teacher(server, lesson)
+    teacher = await publishing_teacher(server, lesson)
     try:
         for room in rooms:
             await room.wait_frames(1, timeout_s=10)
@@ -67,13 +53,13 @@ async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent
 
 async def test_a_classroom_joining_5_s_late_decodes_its_first_frame_within_1_s_of_connecting(server):
     lesson = "media-late"
-    teacher = await _teacher(server, lesson)
-    early = Classroom(await _join(server, "classroom", lesson, "early"))
+    teacher = await publishing_teacher(server, lesson)
+    early = Classroom(await join_lesson(server, "classroom", lesson, "early"))
     try:
         await early.wait_frames(1, timeout_s=10)
         await asyncio.sleep(5)
         joined_at = time.monotonic()
-        late = Classroom(await _join(server, "classroom", lesson, "late"))
+        late = Classroom(await join_lesson(server, "classroom", lesson, "late"))
         connected = asyncio.Event()
         connected_at: list[float] = []
 
@@ -96,8 +82,8 @@ async def test_a_classroom_joining_5_s_late_decodes_its_first_frame_within_1_s_o
 
 async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_forwarded_again(server):
     lesson = "media-leave"
-    room = Classroom(await _join(server, "classroom", lesson, "school"))
-    teacher = await _teacher(server, lesson)
+    room = Classroom(await join_lesson(server, "classroom", lesson, "school"))
+    teacher = await publishing_teacher(server, lesson)
     try:
         await room.wait_frames(5)
         start = len(room.ws.messages)
@@ -110,7 +96,7 @@ async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_
 
         # the teacher comes back (page reload): the same classroom connection gets the new tracks
         frames_before = len(room.frames)
-        teacher = await _teacher(server, lesson)
+        teacher = await publishing_teacher(server, lesson)
         await room.wait_frames(frames_before + 10, timeout_s=10)
     finally:
         await hang_up(room, teacher)
@@ -118,7 +104,7 @@ async def test_the_teacher_leaving_is_announced_and_a_new_teacher_connection_is_
 
 async def test_a_teacher_reloading_the_page_with_the_same_token_takes_over_and_classrooms_keep_playing(server):
     lesson = "media-reload"
-    room = Classroom(await _join(server, "classroom", lesson, "school"))
+    room = Classroom(await join_lesson(server, "classroom", lesson, "school"))
     same = token("teacher", lesson, "Ms Li")
     first_ws = await WsClient().connect(server.ws_url)
     assert (await first_ws.request({"type": "join", "token": same}))["type"] == "joined"
@@ -147,10 +133,10 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
     """Garbage and oversized websocket messages, a flood, a publish attempt and a classroom that vanishes without
     leaving: the others keep decoding."""
     lesson = "media-misbehave"
-    good = Classroom(await _join(server, "classroom", lesson, "good"))
-    bad_ws = await _join(server, "classroom", lesson, "bad")
+    good = Classroom(await join_lesson(server, "classroom", lesson, "good"))
+    bad_ws = await join_lesson(server, "classroom", lesson, "bad")
     bad = Classroom(bad_ws)
-    teacher = await _teacher(server, lesson)
+    teacher = await publishing_teacher(server, lesson)
     try:
         await good.wait_frames(5)
         await bad.wait_frames(1)
@@ -195,8 +181,8 @@ async def test_a_misbehaving_classroom_does_not_disturb_the_lesson(server):
 
 async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_renegotiation(server):
     lesson = "media-screen"
-    room = Classroom(await _join(server, "classroom", lesson, "school"))
-    teacher = await _teacher(server, lesson)
+    room = Classroom(await join_lesson(server, "classroom", lesson, "school"))
+    teacher = await publishing_teacher(server, lesson)
     try:
         await room.wait_frames(5)
         start = len(room.ws.messages)
@@ -220,9 +206,9 @@ async def test_a_screen_share_added_mid_lesson_is_offered_to_classrooms_by_reneg
 async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and_gets_video_back(server):
     """Weak links: the SFU stops sending the video (saving the bandwidth), never the audio."""
     lesson = "media-audio-only"
-    weak = Classroom(await _join(server, "classroom", lesson, "mountain school"))
-    other = Classroom(await _join(server, "classroom", lesson, "town school"))
-    teacher = await _teacher(server, lesson)
+    weak = Classroom(await join_lesson(server, "classroom", lesson, "mountain school"))
+    other = Classroom(await join_lesson(server, "classroom", lesson, "town school"))
+    teacher = await publishing_teacher(server, lesson)
     try:
         await weak.wait_frames(5)
         reply = await weak.ws.request({"type": "prefer", "video": False})
@@ -252,8 +238,8 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
 async def test_a_classroom_whose_link_collapses_falls_to_audio_only_and_gets_video_back_when_it_recovers(server):
     """The audio-first ladder, automatic: the SFU reads the classroom's loss and REMB."""
     lesson = "media-ladder"
-    weak = Classroom(await _join(server, "classroom", lesson, "mountain school"), impair=True)
-    teacher = await _teacher(server, lesson)
+    weak = Classroom(await join_lesson(server, "classroom", lesson, "mountain school"), impair=True)
+    teacher = await publishing_teacher(server, lesson)
 
     async def state() -> str:
         video = (await server.stats(lesson))["video"]
@@ -291,9 +277,9 @@ async def test_the_teachers_microphone_is_told_of_the_classrooms_loss_so_its_enc
     """The server's receiver reports to the teacher carry the weak classrooms' audio loss (its own link loses
     nothing), which is what a browser's Opus encoder sizes its in-band FEC by."""
     lesson = "media-fec"
-    lossy = Classroom(await _join(server, "classroom", lesson, "mountain school"), loss=0.15)
-    clean = Classroom(await _join(server, "classroom", lesson, "town school"))
-    teacher = await _teacher(server, lesson)
+    lossy = Classroom(await join_lesson(server, "classroom", lesson, "mountain school"), loss=0.15)
+    clean = Classroom(await join_lesson(server, "classroom", lesson, "town school"))
+    teacher = await publishing_teacher(server, lesson)
     try:
         await lossy.wait_frames(5)
         deadline = time.monotonic() + 10

@@ -11,9 +11,9 @@ import time
 import psutil
 import pytest
 
-from tests.loopback import join, loopback_server  # noqa: F401 - a fixture
-from tests.support import Classroom, Server, Teacher, WsClient, hang_up, token
-from tests.test_sdp_check import CASES, OFFER
+from tests.loopback import loopback_server  # noqa: F401 - a fixture
+from tests.support import Classroom, Server, WsClient, hang_up, join_lesson, publishing_teacher, token
+from tests.test_sdp_check import CASES
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +32,12 @@ async def _settle(server: Server, expected: int, timeout_s: float = 15.0) -> int
         await asyncio.sleep(0.2)
 
 
-async def _publishing_teacher(server: Server, lesson: str) -> Teacher:
-    teacher = Teacher(await join(server, "teacher", lesson, "Ms Li"))
-    answer = await teacher.publish()
-    assert answer["type"] == "answer", answer
-    return teacher
-
-
 async def test_50_concurrent_joins_with_one_classroom_link_leave_one_subscriber_and_no_extra_socket(loopback_server):
     server = loopback_server
     lesson = "join-race"
-    teacher = await _publishing_teacher(server, lesson)
+    teacher = await publishing_teacher(server, lesson)
     link = token("classroom", lesson, "第三小学")
-    first = await join(server, "classroom", lesson, "", link)
+    first = await join_lesson(server, "classroom", lesson, "", link)
     sockets: list[WsClient] = [first]
     try:
         await first.wait_for(lambda m: m.get("type") == "offer")
@@ -77,9 +70,9 @@ async def test_50_concurrent_joins_with_one_classroom_link_leave_one_subscriber_
 async def test_a_second_teacher_link_with_bad_offers_leaves_the_live_teacher_on_air(loopback_server):
     server = loopback_server
     lesson = "second-teacher"
-    room = Classroom(await join(server, "classroom", lesson, "school"))
-    teacher = await _publishing_teacher(server, lesson)
-    intruder = await join(server, "teacher", lesson, "someone else")
+    room = Classroom(await join_lesson(server, "classroom", lesson, "school"))
+    teacher = await publishing_teacher(server, lesson)
+    intruder = await join_lesson(server, "teacher", lesson, "someone else")
     try:
         await room.wait_frames(5)
         tracks = {p["id"] for p in (await server.stats(lesson))["producers"]}
@@ -104,8 +97,8 @@ async def test_a_second_teacher_link_with_bad_offers_leaves_the_live_teacher_on_
 async def test_oversized_offers_are_refused_and_classrooms_can_still_negotiate(loopback_server):
     server = loopback_server
     lesson = "many-mlines"
-    room = Classroom(await join(server, "classroom", lesson, "school"))
-    teacher = await _publishing_teacher(server, lesson)
+    room = Classroom(await join_lesson(server, "classroom", lesson, "school"))
+    teacher = await publishing_teacher(server, lesson)
     try:
         await room.wait_frames(5)
         head, *sections = re.split(r"(?=^m=)", teacher.pc.localDescription.sdp, flags=re.M)
@@ -114,7 +107,7 @@ async def test_oversized_offers_are_refused_and_classrooms_can_still_negotiate(l
         reply = await teacher.ws.request({"type": "publish", "sdp": many})
         assert reply["type"] == "error" and reply["code"] == "too_many_tracks", reply
         # the live lesson is untouched, and a new classroom negotiates and decodes
-        late = Classroom(await join(server, "classroom", lesson, "late school"))
+        late = Classroom(await join_lesson(server, "classroom", lesson, "late school"))
         await late.wait_frames(5)
         frames = len(room.frames)
         await asyncio.sleep(1)

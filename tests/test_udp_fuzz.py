@@ -12,8 +12,8 @@ import time
 
 import psutil
 import pytest
-from tests.loopback import join as _join, loopback_server  # noqa: F401 - a fixture
-from tests.support import Classroom, Teacher, hang_up
+from tests.loopback import loopback_server  # noqa: F401 - a fixture
+from tests.support import Classroom, Teacher, hang_up, join_lesson
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +63,8 @@ def _own_socket(pc) -> tuple[socket.socket, tuple]:
 async def test_100000_hostile_datagrams_at_every_media_port_leave_the_lesson_playing(loopback_server, tmp_path):
     server = loopback_server
     lesson = "udp-fuzz"
-    rooms = [Classroom(await _join(server, "classroom", lesson, f"school {i}")) for i in range(2)]
-    teacher = Teacher(await _join(server, "teacher", lesson, "Ms Li"))
+    rooms = [Classroom(await join_lesson(server, "classroom", lesson, f"school {i}")) for i in range(2)]
+    teacher = Teacher(await join_lesson(server, "teacher", lesson, "Ms Li"))
     answer = await teacher.publish()
     assert answer["type"] == "answer", answer
     owns: list[tuple[socket.socket, tuple]] = []
