@@ -238,6 +238,7 @@ class Publisher:
         self.ingress: Ingress | None = None
         self.producers: dict[str, Producer] = {}  # by mid
         self._declared: dict[str, tuple[int | None, int | None]] = {}
+        self._lock = asyncio.Lock()  # an offer being answered (ICE gathering its sockets) and close: one at a time
         self.closed = False
 
         @self.pc.on("connectionstatechange")
@@ -246,7 +247,14 @@ class Publisher:
                 await self.router.remove_publisher(self)
 
     async def accept_offer(self, sdp: str, sources: dict[str, str] | None = None) -> str:
-        """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP."""
+        """Answer the teacher's offer (first publish or renegotiation); returns the answer SDP. One at a time, and
+        never with `close` midway (see `close`)."""
+        async with self._lock:
+            if self.closed:
+                raise SdpError("this connection was replaced or closed", "lesson_closed")
+            return await self._accept_offer(sdp, sources)
+
+    async def _accept_offer(self, sdp: str, sources: dict[str, str] | None) -> str:
         await _set_description(self.pc, sdp, "offer", max_per_kind=TEACHER_MAX_TRACKS_PER_KIND
                                if self.role == "teacher" else CLASSROOM_MAX_TRACKS_PER_KIND)
         self._declared = declared_ssrcs(sdp)
@@ -381,7 +389,8 @@ class Publisher:
             producer.close()
         if self.ingress is not None:
             self.ingress.close()
-        await self.pc.close()
+        async with self._lock:  # not while an answer is being made: its ICE sockets would outlive the close
+            await self.pc.close()
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -658,4 +667,7 @@ class Subscriber:
         for slot in self.slots:
             if slot.consumer is not None:
                 slot.consumer.close()
-        await self.pc.close()
+        # not while an offer is being made: aiortc gathers the ICE sockets then, and a close in the middle left
+        # them open for good (50 joins at once with one link once leaked one)
+        async with self._lock:
+            await self.pc.close()

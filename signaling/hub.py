@@ -159,7 +159,9 @@ class Hub:
             # the same token again (a reloaded page): the new connection takes over, with fresh media
             await previous.close(code=4001, reason="replaced by a new connection")
             router = self.routers.get(lesson.id)
-            if router is not None:
+            # unless a newer connection took over meanwhile (the same link joined again and again at once): the
+            # media is then the newest one's, and removing it here left the newest without any
+            if router is not None and members.get(conn.participant_id) is conn:
                 await router.remove_participant(conn.participant_id)
         if claims.role != "observer":  # observers watch without being listed to others
             self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",

@@ -56,6 +56,10 @@ async def test_50_concurrent_joins_with_one_classroom_link_leave_one_subscriber_
               f"subscribers {list(stats['subscribers'])}")
         assert after == one, f"{after - one} sockets leaked"
         assert len(stats["subscribers"]) == 1
+        # one connection is left, the others closed as replaced (4001), and the one left has its media offered
+        open_ones = [ws for ws in sockets if not ws.ws.closed]
+        assert len(open_ones) == 1 and {ws.close_code for ws in sockets if ws.ws.closed} == {4001}
+        assert any(m.get("type") == "offer" for m in open_ones[0].messages)
         for ws in sockets:
             await ws.close()
         teacher_only = await _settle(server, one - 1)
