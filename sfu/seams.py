@@ -407,9 +407,9 @@ def peer_cname(pc: Any) -> str:
     return pc._RTCPeerConnection__cname
 
 
-def nominated_pair(connection: Any, component: int = 1) -> Any:
-    """The ICE pair aioice nominated for a component (None before)."""
-    return connection._nominated.get(component)
+def nominate(connection: Any, pair: Any, component: int = 1) -> None:
+    """Set the nominated pair as ICE leaves it (benchmarks only: a connection without a peer)."""
+    connection._nominated[component] = pair
 
 
 def hook_dtls_send(dtls: RTCDtlsTransport, send_rtp: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
