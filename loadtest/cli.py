@@ -33,6 +33,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _with_extra(command):  # type: ignore[no-untyped-def]
+    """The load tester's own packages (psutil, matplotlib) are an extra the server does not install."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            import matplotlib  # noqa: F401
+            import psutil  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(f"ketang loadtest needs the load tester's packages ({exc.name} is missing): "
+                             "pip install -e '.[loadtest]'") from exc
+        return command(args)
+    return run
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `loadtest` on a parent CLI (ketang/cli.py)."""
     p = subparsers.add_parser("loadtest", help="one synthetic teacher to N synthetic classrooms; CPU, loss, delay",
@@ -60,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--simulcast-size", default="640x360", metavar="WxH",
                    help="with --simulcast: the full layer's size (default 640x360; the page's camera is 1280x720)")
     _add_run_options(p)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_with_extra(_run))
     return p
 
 
@@ -146,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile-largest", default=None, metavar="PATH",
                    help="after the sweep, profile the server at the largest size (separate run)")
     _add_run_options(s)
-    s.set_defaults(func=_sweep)
+    s.set_defaults(func=_with_extra(_sweep))
     u = sub.add_parser("uplink", help="what the interactive classroom costs: at each size one run without classroom "
                                       "uplinks and one with them (--classroom-uplink, default 150, and the teacher's "
                                       "wall); prints a markdown table")
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--json", default=None, metavar="PATH", help="all reports")
     u.add_argument("--from-json", default=None, metavar="PATH", help="only re-render an earlier --json")
     _add_run_options(u)
-    u.set_defaults(func=_uplink)
+    u.set_defaults(func=_with_extra(_uplink))
     return parser
 
 

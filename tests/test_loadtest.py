@@ -4,6 +4,7 @@ MediaRelay reference server. Functional checks of the report's consistency, not 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -365,3 +366,15 @@ def test_a_simulcast_teacher_reaches_the_server_as_three_layers_and_every_classr
     assert sum(sc["frames_received_by_layer"].values()) > 0 and sc["frames_unrecognised"] == 0
     # delivery delay measured per (layer, frame) although the server rewrites picture ids on a switch
     assert report["delivery_ms"]["samples"] > 0 and 0 < report["delivery_ms"]["p50"] < 100
+
+
+def test_the_server_install_leaves_the_load_testers_packages_out():
+    """`pip install .` (no extras) installs no matplotlib and no psutil: they are the `loadtest` extra's."""
+    from importlib.metadata import requires
+
+    base = [r.split(";")[0].strip() for r in requires("ketang") or [] if "extra ==" not in r]
+    names = {re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0].lower() for r in base}
+    assert "aiortc" in names  # the scan read the base requirements
+    assert not names & {"matplotlib", "psutil"}, base
+    loadtest = [r for r in requires("ketang") or [] if 'extra == "loadtest"' in r]
+    assert any(r.startswith("matplotlib") for r in loadtest) and any(r.startswith("psutil") for r in loadtest)
