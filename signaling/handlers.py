@@ -12,13 +12,12 @@ from .connection import Connection
 from .hub import UNAVAILABLE_MESSAGE, Hub, JoinRefused, LessonElsewhere, LessonEnded
 from .messages import Message, ProtocolError, error_reply
 from .state import StoreUnavailable
-from .tokens import TokenError, verify_token
+from .tokens import LESSON_ROLES, TokenError, verify_token
 from .turn import ice_servers_for
 
 log = logging.getLogger("ketang.signaling")
 
 Reply = dict[str, Any] | None
-LESSON_ROLES = ("teacher", "classroom", "observer")
 Handler = Callable[[Hub, Connection, Message], Awaitable[Reply]]
 
 

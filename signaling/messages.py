@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+from .interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
+from .tokens import MAX_TOKEN_CHARS
+
 # Largest accepted message, in encoded bytes. An SDP offer for a teacher
 # with camera, screen and audio is ~10-20 KB; 64 KiB leaves room while
 # bounding what one frame can cost us to parse.
@@ -25,7 +28,6 @@ MAX_MESSAGE_BYTES: Final[int] = 65536
 
 # Field limits, in characters.
 MAX_ID_CHARS: Final[int] = 64
-MAX_TOKEN_CHARS: Final[int] = 4096  # same cap as signaling.tokens.MAX_TOKEN_CHARS
 MAX_SDP_CHARS: Final[int] = 60000
 MAX_TRACK_CHARS: Final[int] = 128
 MAX_LESSON_CHARS: Final[int] = 128
@@ -39,7 +41,6 @@ MAX_MID_CHARS: Final[int] = 32
 # The classroom tiles a teacher's wall shows at once (a page of 16, or a few pages' worth on a big screen).
 MAX_WALL_TILES: Final[int] = 64
 # Chat text, in characters (checked again after cleaning, in signaling.interaction).
-MAX_CHAT_CHARS: Final[int] = 500
 
 # Integer ids must survive a round trip through a browser's JavaScript
 # number (IEEE double) unchanged, or the client could not match the reply.

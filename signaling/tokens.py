@@ -27,7 +27,9 @@ from typing import Any, Final
 
 import jwt
 
-ROLES: Final[tuple[str, ...]] = ("teacher", "classroom", "observer", "reviewer")
+# who joins a lesson, and every role a token may carry (a reviewer's is for the library, not for lessons)
+LESSON_ROLES: Final[tuple[str, ...]] = ("teacher", "classroom", "observer")
+ROLES: Final[tuple[str, ...]] = (*LESSON_ROLES, "reviewer")
 
 ALGORITHM: Final[str] = "HS256"
 ISSUER: Final[str] = "ketang"

@@ -57,6 +57,7 @@ from sfu.rtp import (
     abs_send_time_bytes,
     ntp_from_unix,
 )
+from tests.clock import FakeClock
 
 VIDEO_CLOCK = 90000
 TEACHER_PT = 96
@@ -133,17 +134,6 @@ def packetize(frames: list[Frame], first_seq: int = 1000, ts_base: int = 5_000_0
 
 
 # -- the graph -------------------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
 
 
 EXTMAP = HeaderExtensionsMap()

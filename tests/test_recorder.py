@@ -17,19 +17,12 @@ from recorder.recorder import RecordingFile, repair_file
 from sfu.producer import Producer
 from sfu.rtp import ntp_from_unix
 from sfu.vp8 import vp8_descriptor_len
+from tests.clock import FakeClock
 from tests.support import read_recording
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 FPS = 30
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def encode_video(n: int, width: int = 320, height: int = 240) -> list[tuple[list[bytes], int]]:

@@ -26,22 +26,12 @@ from signaling.state import (
     open_store,
 )
 from signaling.state.redis import KEY_TTL_MARGIN_S
+from tests.clock import FakeClock
 
 T0 = 1_700_000_000.0
 TTL = 30.0
 LESSON = "math-1"
 OTHER_LESSON = "art-2"
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def person(
@@ -90,7 +80,7 @@ def ids(items: list[Lesson] | list[Participant] | list[TrackInfo]) -> list[str]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -693,7 +683,7 @@ async def test_redis_participant_keys_carry_a_real_redis_ttl(redis_url: str, red
 async def test_two_redis_nodes_sharing_a_prefix_see_each_others_participants(
     redis_url: str, redis_prefix: str
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     a = RedisRoomStore(redis_url, prefix=redis_prefix, clock=clock)
     b = RedisRoomStore(redis_url, prefix=redis_prefix, clock=clock)
     elsewhere = RedisRoomStore(redis_url, prefix=f"{redis_prefix}other:", clock=clock)
@@ -732,7 +722,7 @@ async def test_redis_store_works_with_a_supplied_bytes_client_and_leaves_it_open
     # decode_responses=False: replies are bytes, which the store must cope with
     client = aioredis.Redis.from_url(redis_url, client_name=name)
     observer = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store = RedisRoomStore(redis_url, prefix=redis_prefix, clock=clock, client=client)
     try:
         await store.ensure_lesson(LESSON, title="Algebra")

@@ -34,7 +34,6 @@ Role = Literal["teacher", "classroom", "observer"]
 TrackKind = Literal["audio", "video"]
 
 LESSON_STATES: tuple[str, ...] = get_args(LessonState)
-ROLES: tuple[str, ...] = get_args(Role)
 TRACK_KINDS: tuple[str, ...] = get_args(TrackKind)
 
 Clock = Callable[[], float]
