@@ -7,13 +7,23 @@ import logging
 import os
 import sys
 
-from .config import CLASSROOM_UPLINK_KBPS, STAGE_MAX, DEFAULT_HOST, DEFAULT_PORT, PARTICIPANT_TTL_S, TEACHER_UPLINK_KBPS, TURN_TTL_S, Config
+from signaling.config import (
+    CLASSROOM_UPLINK_KBPS,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    PARTICIPANT_TTL_S,
+    STAGE_MAX,
+    TEACHER_UPLINK_KBPS,
+    TURN_TTL_S,
+    Config,
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sfu.seams import SeamError, install as install_seams, set_media_addresses
+    from sfu.seams import SeamError, set_media_addresses
+    from sfu.seams import install as install_seams
     from signaling.app import run_server
     from signaling.tokens import load_or_create_secret
 
@@ -62,10 +72,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from loadtest.cli import add_parser as add_loadtest_parser
-    from recorder.cli import add_parser as add_library_parser
-
-    from .lesson_cmd import add_parser as add_lesson_parser
+    from ketang.lesson_cmd import add_parser as add_lesson_parser
+    from recorder.library.cli import add_parser as add_library_parser
     from signaling.tokens import ROLES
 
     parser = argparse.ArgumentParser(prog="ketang", description="ketang live-lesson server")
@@ -102,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_token)
     add_lesson_parser(sub)
     add_library_parser(sub)
-    add_loadtest_parser(sub)
     return parser
 
 

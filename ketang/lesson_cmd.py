@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, Config
+from signaling.config import DEFAULT_HOST, DEFAULT_PORT, Config
 
 DEFAULT_BASE_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TTL_S = 6 * 3600  # a school day

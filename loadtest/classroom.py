@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from .media import Clip
-from .publisher import MediaPublisher
-from .receiver import CountingReceiver, ReceiveOptions
-from .wsclient import WsClient
+from loadtest.media import Clip
+from loadtest.publisher import MediaPublisher
+from loadtest.receiver import CountingReceiver, ReceiveOptions
+from loadtest.wsclient import WsClient
 
 
 def classroom_id(index: int) -> str:

@@ -1,4 +1,4 @@
-"""`ketang loadtest` / `python -m loadtest`: one teacher to N classrooms, and `python -m loadtest sweep`."""
+"""`python -m loadtest` (from the checkout): one teacher to N classrooms, and `python -m loadtest sweep`."""
 
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ def _with_extra(command):  # type: ignore[no-untyped-def]
             import matplotlib  # noqa: F401
             import psutil  # noqa: F401
         except ImportError as exc:
-            raise SystemExit(f"ketang loadtest needs the load tester's packages ({exc.name} is missing): "
+            raise SystemExit(f"python -m loadtest needs the load tester's packages ({exc.name} is missing): "
                              "pip install -e '.[loadtest]'") from exc
         return command(args)
     return run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `loadtest` on a parent CLI (ketang/cli.py)."""
+    """Register `loadtest` on a parent parser (this module's own main)."""
     p = subparsers.add_parser("loadtest", help="one synthetic teacher to N synthetic classrooms; CPU, loss, delay",
                               description="Start a ketang server (or target --url), publish a looped pre-encoded "
                                           "VP8 + Opus clip, ramp N real WebRTC classrooms in, hold, report.")
@@ -88,19 +88,19 @@ def _simulcast_options(args: argparse.Namespace) -> dict:
     """LoadTestConfig's simulcast fields from the command line (none unless --simulcast)."""
     if not args.simulcast:
         if args.layers is not None or args.simulcast_size != "640x360":
-            raise SystemExit("ketang loadtest: --layers and --simulcast-size go with --simulcast")
+            raise SystemExit("loadtest: --layers and --simulcast-size go with --simulcast")
         return {}
     try:
         kbps = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
         w, h = (int(x) for x in args.simulcast_size.lower().split("x"))
     except ValueError as exc:
-        raise SystemExit(f"ketang loadtest: --layers Q,H,F and --simulcast-size WxH: {exc}") from exc
+        raise SystemExit(f"loadtest: --layers Q,H,F and --simulcast-size WxH: {exc}") from exc
     return {"simulcast": True, "simulcast_kbps": kbps, "simulcast_size": (w, h)}
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .report import summary_line
-    from .runner import LoadTestConfig, run_loadtest, write_json
+    from loadtest.report import summary_line
+    from loadtest.runner import LoadTestConfig, run_loadtest, write_json
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = LoadTestConfig(classrooms=args.classrooms, duration_s=args.duration, ramp_per_s=args.ramp,
@@ -114,10 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = run_loadtest(cfg)
     except ValueError as exc:
-        print(f"ketang loadtest: {exc}", file=sys.stderr)
+        print(f"loadtest: {exc}", file=sys.stderr)
         return 2
     if args.profile_server:
-        from .profile import summarize
+        from loadtest.profile import summarize
         report["server_profile"] = summarize(args.profile_server, args.profile_server + ".txt")
     if args.json:
         write_json(report, args.json)
@@ -128,14 +128,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from loadtest.sweep import run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_sweep(args)
 
 
 def _uplink(args: argparse.Namespace) -> int:
-    from .uplink import run_pairs
+    from loadtest.uplink import run_pairs
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_pairs(args)

@@ -30,7 +30,7 @@ def summarize(path: str, text_path: str | None = None, top: int = TOP) -> list[d
 # (label, function key as "file:line(name)" suffix) — cumulative time of these entry points, as shares of the total
 CATEGORIES = [
     ("fan-out: Producer.fan_out -> Consumer.forward (all subscribers, in slices)", "sfu/producer.py", "fan_out"),
-    ("  of which Consumer._write own time (header, tail, sendto + kernel loopback)", "sfu/consumer.py", "_write"),
+    ("  of which Consumer._write own time (header, tail, sendto + kernel loopback)", "sfu/consumer/base.py", "_write"),
     ("  of which SRTP protect (sfu.seams lean protect + libsrtp C)", "sfu/seams.py", "protect_packet"),
     ("event loop itself (uvloop C: epoll, UDP reads, callbacks)", "runners.py", "run"),
     ("RTCP out: sender reports per classroom stream (aiortc)", "rtcrtpsender.py", "_run_rtcp"),

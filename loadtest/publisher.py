@@ -18,11 +18,10 @@ from collections.abc import MutableSequence
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from loadtest.media import Clip, PacketTrack, SimulcastLayer
+from loadtest.wsclient import WsClient
 from sfu import seams
-from sfu.vp8 import vp8_picture_id
-
-from .media import Clip, PacketTrack, SimulcastLayer
-from .wsclient import WsClient
+from sfu.rtp.vp8 import vp8_picture_id
 
 PICTURE_IDS = 1 << 15
 
@@ -35,7 +34,7 @@ class MediaPublisher:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.simulcast = None
         if simulcast:
-            from .simulcast import SimulcastSender
+            from loadtest.simulcast import SimulcastSender
 
             self.simulcast = SimulcastSender(simulcast, send_times)
             self.video = None
@@ -67,7 +66,7 @@ class MediaPublisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = self.pc.localDescription.sdp
         if self.simulcast is not None:
-            from .simulcast import chromium_simulcast_offer
+            from loadtest.simulcast import chromium_simulcast_offer
 
             offer = chromium_simulcast_offer(offer, self.simulcast.rids)
         reply = await self.ws.request({"type": "publish", "sdp": offer})

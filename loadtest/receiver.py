@@ -42,15 +42,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
+from loadtest.media import FRAME_KEY_BYTES
+from loadtest.streamstats import SeqCounter
+from loadtest.wsclient import WsClient
 from sfu import seams
-from sfu.peers import declared_ssrcs
-from sfu.vp8 import vp8_is_keyframe_start, vp8_picture_id
-
-from .media import FRAME_KEY_BYTES
+from sfu.peers.sdp import declared_ssrcs
+from sfu.rtp.vp8 import vp8_is_keyframe_start, vp8_picture_id
 
 REMB_INTERVAL_S = 1.0  # as Chromium sends its REMB (receive-side estimate) about once a second
-from .streamstats import SeqCounter
-from .wsclient import WsClient
 
 RTP_FIXED = struct.Struct("!BBHII")
 VP8_START_MASK = 0x17  # S bit + partition index: 0x10 means "first packet of the frame"

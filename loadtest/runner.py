@@ -32,12 +32,17 @@ from typing import Any
 import aiohttp
 import psutil
 
+from loadtest.classroom import SyntheticClassroom, Uplink, classroom_id
+from loadtest.receiver import ReceiveOptions
+from loadtest.report import (
+    ServerCounts,
+    Window,
+    build_report,
+    simulcast_report,
+    uplink_report,
+)
 from signaling.messages import MAX_WALL_TILES
 from signaling.tokens import issue_token
-
-from .classroom import SyntheticClassroom, Uplink, classroom_id
-from .receiver import ReceiveOptions
-from .report import ServerCounts, Window, build_report, simulcast_report, uplink_report
 
 log = logging.getLogger("ketang.loadtest")
 
@@ -228,7 +233,7 @@ def _worker_main(worker: int, plan: _WorkerPlan, shared: _Shared) -> None:
     logging.getLogger("aioice").setLevel(logging.WARNING)
     uplink = None
     if plan.uplink_kbps:
-        from .media import make_uplink_clips
+        from loadtest.media import make_uplink_clips
 
         uplink = Uplink(*make_uplink_clips(plan.uplink_kbps), follow_demand=plan.follow_demand)  # once per process
     uvloop.run(_worker(worker, plan, shared, uplink))
@@ -520,8 +525,8 @@ class _Run:
 
 async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_url: str,
                server: ServerProcess | None, workers: list, shared: _Shared) -> dict[str, Any]:
-    from .media import frame_keys, make_clips, make_simulcast_clips
-    from .teacher import SyntheticTeacher
+    from loadtest.media import frame_keys, make_clips, make_simulcast_clips
+    from loadtest.teacher import SyntheticTeacher
 
     logging.getLogger("aioice").setLevel(logging.WARNING)
     layers = None

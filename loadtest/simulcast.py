@@ -3,7 +3,7 @@ sendEncodings (client_web/protocol.js): three RTP streams q (÷4, 15 fps), h (÷
 SSRC, named only by the RID header extension on its first packets. aiortc cannot send simulcast, so:
 
 - **Offer** (`chromium_simulcast_offer`): aiortc's own offer text, with the video m-section reshaped like
-  Chromium's simulcast offer (tests/test_simulcast.py's CHROMIUM_OFFER): the RID and repaired-RID extmaps (ids 10
+  Chromium's simulcast offer (tests/unit/sfu/test_simulcast.py's CHROMIUM_OFFER): the RID and repaired-RID extmaps (ids 10
   and 11, Chromium's), `a=rid:<q|h|f> send`, `a=simulcast:send q;h;f`, and no `a=ssrc`/`a=ssrc-group` lines.
   aiortc keeps its own local description; only the server sees the reshaped text. The server's answer must
   accept the layers (its `munge_answer` adds the RID extmaps and `a=simulcast:recv`), or publishing fails.
@@ -50,10 +50,9 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
+from loadtest.media import VIDEO_CLOCK, VIDEO_FPS, SimulcastLayer
 from sfu import seams
-from sfu.simulcast_sdp import URI_RID, URI_RRID, split_sections
-
-from .media import VIDEO_CLOCK, VIDEO_FPS, SimulcastLayer
+from sfu.simulcast.sdp import URI_RID, URI_RRID, split_sections
 
 log = logging.getLogger("ketang.loadtest.simulcast")
 

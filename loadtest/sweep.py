@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .report import TARGET_LOSS, summary_line
-from .runner import LoadTestConfig, run_loadtest
+from loadtest.report import TARGET_LOSS, summary_line
+from loadtest.runner import LoadTestConfig, run_loadtest
 
 SECTION_TITLE = "## Load test: one teacher to N classrooms"
 BASELINE_STOP_LOSS = 0.20
@@ -88,7 +88,7 @@ def render_from(args: argparse.Namespace) -> int:
 
 def _add_profile(data: dict, args: argparse.Namespace) -> None:
     if args.profile_largest and Path(args.profile_largest).exists():
-        from .profile import categories, summarize
+        from loadtest.profile import categories, summarize
         data["profile"] = summarize(args.profile_largest, args.profile_largest + ".txt")
         data["profile_categories"] = categories(args.profile_largest)
         data["profile_n"] = max(r["classrooms_requested"] for r in data["ketang"])
@@ -187,7 +187,7 @@ def render_section(data: dict, args: argparse.Namespace) -> str:
              "(aiortc's `MediaRelay`: decode once, one encoder per subscriber)? Same scenario, same synthetic "
              "clients, same machine, one sweep."), "",
              "```", data["command"], "```", "",
-             "Single runs (`ketang loadtest` takes the same options; `--help` lists them all):", "",
+             "Single runs (`python -m loadtest` takes the same options; `--help` lists them all):", "",
              "```",
              "python -m loadtest --classrooms 400 --duration 20 --json report.json   # against its own ketang server",
              "python -m loadtest --classrooms 8 --duration 20 --baseline relay       # the MediaRelay reference",

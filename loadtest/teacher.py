@@ -15,10 +15,10 @@ from collections.abc import MutableSequence
 
 import aiohttp
 
-from .media import Clip, SimulcastLayer
-from .publisher import MediaPublisher
-from .receiver import CountingReceiver
-from .wsclient import WsClient
+from loadtest.media import Clip, SimulcastLayer
+from loadtest.publisher import MediaPublisher
+from loadtest.receiver import CountingReceiver
+from loadtest.wsclient import WsClient
 
 WALL_INDEX = -1  # the wall's receiver seeds its (unused) loss emulation apart from the classrooms'
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .report import summary_line
-from .runner import DEFAULT_WALL, LoadTestConfig, run_loadtest
+from loadtest.report import summary_line
+from loadtest.runner import DEFAULT_WALL, LoadTestConfig, run_loadtest
 
 DEFAULT_CAMERA_KBPS = 150  # KETANG_CLASSROOM_UPLINK_KBPS's default
 PLAN_N = 400  # the lesson size the conclusions are extrapolated to

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
-from . import seams
-from .producer import Packet, Producer
-from .rtp import AUDIO_LEVEL_SILENT, find_extension, parse_header
-from .simulcast import LayerDemux
+from sfu import seams
+from sfu.producer import Packet, Producer
+from sfu.rtp.header import AUDIO_LEVEL_SILENT, find_extension, parse_header
+from sfu.simulcast.demux import LayerDemux
 
 log = logging.getLogger("ketang.sfu.rtp")
 

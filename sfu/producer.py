@@ -7,15 +7,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .feedback import LayerFeedback
-from .keyframe import KeyframeThrottle
-from .packetcache import PacketCache
-from .rtp import abs_send_time_bytes
-from .seqmap import SeqUnwrapper
-from .vp8 import vp8_is_keyframe_start
+from sfu.peers.feedback import LayerFeedback
+from sfu.rtp.header import abs_send_time_bytes
+from sfu.rtp.keyframe import KeyframeThrottle
+from sfu.rtp.packetcache import PacketCache
+from sfu.rtp.seqmap import SeqUnwrapper
+from sfu.rtp.vp8 import vp8_is_keyframe_start
 
 if TYPE_CHECKING:
-    from .consumer import Consumer
+    from sfu.consumer.base import Consumer
 
 log = logging.getLogger("ketang.sfu.rtp")
 
@@ -48,7 +48,7 @@ class Packet:
         self.tail = b""
         self.tail_layout: object = None
         self.tail_ast = b""
-        # the VP8 numbering fields (sfu.vp8.vp8_numbering; () when there are none), parsed once by the first
+        # the VP8 numbering fields (sfu.rtp.vp8.vp8_numbering; () when there are none), parsed once by the first
         # simulcast subscriber that renumbers this packet and shared by the others; None: not parsed yet
         self.vp8: tuple | None = None
 

@@ -11,9 +11,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .peers import Publisher, SdpError, Subscriber, SubscriberSignals
-from .producer import Producer
-from .seams import GUARD
+from sfu.peers.publisher import Publisher
+from sfu.peers.sdp import SdpError
+from sfu.peers.subscriber import Subscriber, SubscriberSignals
+from sfu.producer import Producer
+from sfu.seams import GUARD
 
 log = logging.getLogger("ketang.sfu")
 

@@ -19,18 +19,18 @@ from typing import Any
 
 import aioice
 import aiortc
+import pylibsrtp
 from aioice import ice as aioice_ice
 from aioice import stun as aioice_stun
-import pylibsrtp
-from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 from aiortc import rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 log = logging.getLogger("ketang.sfu.seams")
 
@@ -213,7 +213,7 @@ class DatagramGuard:
         self.dropped_unproven = 0  # DTLS/RTP from an address that never proved the ICE credentials
         self.dropped_malformed = 0  # empty, STUN that does not parse, or a first byte no peer sends
         self.installed = False
-        self.stock_received: Any = None  # aioice's own datagram_received, kept (bench/guard.py times both)
+        self.stock_received: Any = None  # aioice's own datagram_received, kept (loadtest/bench/guard.py times both)
 
     def counts(self) -> dict[str, int]:
         return {"dropped_unproven": self.dropped_unproven, "dropped_malformed": self.dropped_malformed}
@@ -295,7 +295,7 @@ def set_media_addresses(addresses: list[str]) -> None:
 
 
 # -- the accessors: the rest of the project reaches aiortc's private state only through these -------------------
-# (tests/test_seams.py walks every module's AST and fails on a private aiortc/aioice name used anywhere else)
+# (tests/unit/sfu/test_seams.py walks every module's AST and fails on a private aiortc/aioice name used anywhere else)
 
 def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The codecs negotiated on a transceiver."""

@@ -9,23 +9,27 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from ketang.config import Config
-
-from .connection import Connection
-from .handlers import HANDLERS
-from .hub import UNAVAILABLE_MESSAGE, Hub
-from .messages import MAX_MESSAGE_BYTES, ProtocolError, error_reply, parse_message
-from .ratelimit import TokenBucket
-from recorder.library import Library
-from recorder.recorder import repair_unfinished
-from recorder.web import add_routes as add_library_routes
-
-from .state import StoreUnavailable, open_store
-from .tokens import TokenError, verify_token
+from recorder.library.catalog import Library, LibraryError, Viewer
+from recorder.library.web import add_routes as add_library_routes
+from recorder.record.recorder import repair_unfinished
+from signaling.config import Config
+from signaling.connection import Connection
+from signaling.handlers import HANDLERS
+from signaling.hub import UNAVAILABLE_MESSAGE, Hub
+from signaling.messages import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    error_reply,
+    parse_message,
+)
+from signaling.ratelimit import TokenBucket
+from signaling.state import StoreUnavailable, open_store
+from signaling.tokens import TokenError, verify_token
 
 log = logging.getLogger("ketang.signaling")
 
@@ -247,6 +251,18 @@ def security_headers(policy: str):  # type: ignore[no-untyped-def]
     return middleware
 
 
+def token_viewer(secret: str) -> Callable[[str], Viewer]:
+    """How the library (a layer below) learns who holds a bearer token: this layer's tokens, checked here."""
+
+    def authenticate(token: str) -> Viewer:
+        try:
+            return Viewer.from_claims(verify_token(secret, token))
+        except TokenError as exc:
+            raise LibraryError("unauthorized", exc.message) from exc
+
+    return authenticate
+
+
 def make_app(config: Config) -> web.Application:
     policy = content_security_policy(inline_script_hashes(CLIENT_WEB_DIR, CLIENT_WEB_DIR / "library"),
                                      other_nodes=bool(config.redis_url))
@@ -262,7 +278,7 @@ def make_app(config: Config) -> web.Application:
         app.router.add_get(path, _page(filename))
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
     library = Library(config.data_dir)
-    add_library_routes(app, library, config.secret)
+    add_library_routes(app, library, config.secret, token_viewer(config.secret))
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         # recordings a crash left open are repaired and put in the library before anything new starts
@@ -296,7 +312,7 @@ def http_timeouts() -> dict[str, float]:
     timer when a connection opens and again after each response, and closes the connection when it fires while no
     complete request has arrived: it bounds the time to send a request's line and headers as well as idle
     keep-alive. (Its default, an hour, let a slowloris client hold sockets open for good.) A body that does not
-    arrive is bounded by lingering_time, or by the handler that reads it (recorder.web: BODY_TIMEOUT_S)."""
+    arrive is bounded by lingering_time, or by the handler that reads it (recorder.library.web: BODY_TIMEOUT_S)."""
     timeout_s = Config.float_from("KETANG_HTTP_TIMEOUT_S", HTTP_TIMEOUT_S)
     return {"keepalive_timeout": timeout_s, "lingering_time": min(timeout_s, HTTP_LINGER_S)}
 

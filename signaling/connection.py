@@ -24,8 +24,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .ratelimit import TokenBucket
-from .tokens import Claims
+from signaling.ratelimit import TokenBucket
+from signaling.tokens import Claims
 
 log = logging.getLogger("ketang.signaling")
 

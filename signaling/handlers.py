@@ -6,14 +6,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sfu.peers import SdpError, Subscriber
-
-from .connection import Connection
-from .hub import UNAVAILABLE_MESSAGE, Hub, JoinRefused, LessonElsewhere, LessonEnded
-from .messages import Message, ProtocolError, error_reply
-from .state import StoreUnavailable
-from .tokens import LESSON_ROLES, TokenError, verify_token
-from .turn import ice_servers_for
+from sfu.peers.sdp import SdpError
+from sfu.peers.subscriber import Subscriber
+from signaling.connection import Connection
+from signaling.hub import (
+    UNAVAILABLE_MESSAGE,
+    Hub,
+    JoinRefused,
+    LessonElsewhere,
+    LessonEnded,
+)
+from signaling.messages import Message, ProtocolError, error_reply
+from signaling.state import StoreUnavailable
+from signaling.tokens import LESSON_ROLES, TokenError, verify_token
+from signaling.turn import ice_servers_for
 
 log = logging.getLogger("ketang.signaling")
 
@@ -169,7 +175,7 @@ async def handle_ping(hub: Hub, conn: Connection, msg: Message) -> Reply:
     return {"type": "pong", "ref": msg.id}
 
 
-from .moderation import MODERATION_HANDLERS  # noqa: E402 - they use _subscribe and _require_joined above
+from signaling.moderation import MODERATION_HANDLERS  # noqa: E402 - they use _subscribe and _require_joined above
 
 HANDLERS: dict[str, Handler] = {
     **MODERATION_HANDLERS,

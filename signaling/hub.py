@@ -8,15 +8,13 @@ import logging
 import time
 from typing import Any
 
-from ketang.config import Config
+from recorder.record.recorder import Catalog, LessonRecorder
 from sfu.producer import Producer
 from sfu.router import Router
-
-from .connection import Connection
-from recorder.recorder import Catalog, LessonRecorder
-
-from .interaction import LessonInteraction
-from .state import Lesson, Participant, RoomStore, StoreUnavailable, TrackInfo
+from signaling.config import Config
+from signaling.connection import Connection
+from signaling.interaction import LessonInteraction
+from signaling.state import Lesson, Participant, RoomStore, StoreUnavailable, TrackInfo
 
 # each classroom's reception (loss, round-trip time, bitrate, video) is sampled this often for attendance
 SAMPLE_EVERY_S = 2.0

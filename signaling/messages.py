@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-from .interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
-from .tokens import MAX_TOKEN_CHARS
+from signaling.interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
+from signaling.tokens import MAX_TOKEN_CHARS
 
 # Largest accepted message, in encoded bytes. An SDP offer for a teacher
 # with camera, screen and audio is ~10-20 KB; 64 KiB leaves room while

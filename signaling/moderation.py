@@ -9,10 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .connection import Connection
-from .hub import Hub
-from .interaction import InteractionError
-from .messages import Message, ProtocolError
+from signaling.connection import Connection
+from signaling.hub import Hub
+from signaling.interaction import InteractionError
+from signaling.messages import Message, ProtocolError
 
 Reply = dict[str, Any] | None
 
@@ -63,7 +63,7 @@ async def handle_wall(hub: Hub, conn: Connection, msg: Message) -> Reply:
     """The classroom tiles on the teacher's (or an observer's) screen: only theirs flow to it. The first wall
     also opens the teacher's receiving connection (the server's offer)."""
     lesson_id = _joined_as(conn, msg, "teacher", "observer")
-    from .handlers import _subscribe  # the same path as a classroom's
+    from signaling.handlers import _subscribe  # the same path as a classroom's
 
     classrooms = hub.classrooms(lesson_id)
     visible = [pid for pid in dict.fromkeys(msg.fields["visible"]) if pid in classrooms]

@@ -24,6 +24,11 @@ from typing import Iterator
 import pytest
 import redis
 
+# fixtures every test directory uses (unit/, scenario/, browser/): defined with their helpers, offered here
+from tests.chromium import browser  # noqa: F401 - headless Chromium with a fake camera
+from tests.loopback import loopback_server  # noqa: F401 - a ketang server whose media stays on 127.0.0.1
+from tests.webm import webm_master  # noqa: F401 - one real WebM lesson for the library tests
+
 REDIS_URL_ENV = "KETANG_TEST_REDIS_URL"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT_S = 0.5

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import LESSON_STATES, Admission, Lesson, Participant, Placement, RoomStore, StoreUnavailable, TrackInfo
-from .memory import MemoryRoomStore
-from .redis import RedisRoomStore
+from signaling.state.base import (
+    LESSON_STATES,
+    Admission,
+    Lesson,
+    Participant,
+    Placement,
+    RoomStore,
+    StoreUnavailable,
+    TrackInfo,
+)
+from signaling.state.memory import MemoryRoomStore
+from signaling.state.redis import RedisRoomStore
 
 
 def open_store(redis_url: str | None, **kw: Any) -> RoomStore:

@@ -3,7 +3,7 @@
 The signaling layer only talks to :class:`RoomStore`; whether state lives in
 this process (``MemoryRoomStore``) or is shared by several server processes
 through Redis (``RedisRoomStore``) is a deployment choice.  Both backends pass
-the same contract tests (tests/test_state_contract.py).
+the same contract tests (tests/scenario/test_state_contract.py).
 
 Expiry model: a participant is alive while ``expires_at > clock()``.  Expired
 participants, and the tracks they published, are invisible to every read, so a

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Iterable
 
-from .base import (
+from signaling.state.base import (
     Admission,
     Clock,
     Lesson,

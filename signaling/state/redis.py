@@ -52,7 +52,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import (
+from signaling.state.base import (
     Admission,
     Clock,
     Lesson,

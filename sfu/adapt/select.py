@@ -1,0 +1,218 @@
+"""Which simulcast layer one classroom should receive, from its bandwidth estimate (REMB) and receiver reports.
+
+Pure, with the clock passed in, like ``sfu.adapt.ladder.VideoLadder`` (which still decides video or audio only: this
+chooses among the layers while video flows; the ladder's ``video_bps`` is then the smallest layer's rate).
+
+- Down is quick: when the classroom's REMB stays below what the current layer needs for DOWN_HOLD_S, or two
+  receiver reports in a row show heavy loss, it goes straight to the largest layer the REMB can carry (one
+  layer down when only loss speaks).
+- Up cannot be read from REMB: a receiver's estimate stays within ~1.5x of what it receives (DESIGN.md), so a
+  classroom on 180p never reports room for 720p. After a trouble-free stretch it *tries* the next layer up
+  for a while and falls back at the first sign of trouble, waiting twice as long before the next try.
+- Layers the teacher's browser is not sending (rate 0) are never chosen; when the chosen one stops, the
+  selector moves to the nearest one still arriving.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# REMB below this share of the current layer's measured rate means the link is not carrying it (a receiver's
+# estimate sits at 1-1.5x of what it gets while the link keeps up, and drops to ~0.85x when its delay-based
+# detector sees overuse); 0.8 also absorbs the rate measurement's swing when a key frame lands in its window
+REMB_DOWN_RATIO = 0.8
+# ...for this long (REMB comes every 200-250 ms from Chromium: four or five reports that agree)
+DOWN_HOLD_S = 1.0
+# when going down by REMB: the largest layer whose rate is at most this share of the REMB, so the
+# down condition above cannot hold on the new layer at once (0.8 x REMB < REMB / 0.8)
+REMB_FIT_RATIO = 0.8
+# loss above this in a receiver report is congestion (Google congestion control cuts its rate above 10 %;
+# RTX repairs up to a few percent, the rural link in DESIGN.md runs at 1.3 %)...
+LOSS_DOWN = 0.10
+# ...in this many reports in a row (reports come about once a second: one burst alone is not a trend)
+LOSS_DOWN_REPORTS = 2
+# a try of the next layer starts only when the latest loss is at most this (GCC's "increase" zone: < 2 %)
+LOSS_UP_MAX = 0.02
+# first try of the next layer after this long on the current one without trouble; doubled after each failed
+# try, up to the maximum, and back to the start after a try succeeds
+UP_AFTER_S = 6.0
+UP_AFTER_MAX_S = 120.0
+# a try lasts at least this long; it succeeds then if the REMB (when the classroom sends one) has grown to
+# carry the new layer (REMB_DOWN_RATIO of its rate, so the down rule will not fire at once)...
+TRIAL_S = 4.0
+# ...while it has not, the try goes on only as long as the REMB keeps growing by this factor a second
+# (Chromium's estimate climbs ~8 %/s towards 1.5x of what arrives while the link keeps up; on a link that
+# cannot carry the layer it stalls near 0.85x of what gets through), judged from TRIAL_JUDGE_FROM_S on,
+# and never beyond TRIAL_MAX_S (180p -> 360p needs ~7.5 s of growth at 8 %/s)
+TRIAL_MIN_GROWTH = 1.03
+TRIAL_JUDGE_FROM_S = 1.5
+TRIAL_MAX_S = 12.0
+# on a try, any of these ends it at once: a receiver report with more loss than this (a link that just
+# carries the layer shows some; one that cannot shows much more)...
+TRIAL_LOSS_FAIL = 0.05
+# ...counted from reports this long after the switch (an earlier report covers time before it)...
+TRIAL_LOSS_GRACE_S = 1.0
+# ...or a REMB this far below the highest REMB of the try (the delay-based detector saw overuse: it sets
+# its estimate to 0.85x of what arrives)
+TRIAL_REMB_DROP = 0.85
+# reports older than this say nothing about the link now
+STALE_S = 3.0
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the server knows of one classroom's link, and of the teacher's layers, at one moment."""
+
+    remb_bps: int | None  # the classroom's receive estimate, if it sends REMB
+    remb_at: float | None
+    loss: float  # fraction lost in its latest receiver report, 0..1
+    loss_at: float | None  # when that report came (None: unknown; every update then counts as a new report)
+    rates: Sequence[float]  # each layer's measured rate from the teacher, smallest first; 0 = not arriving
+
+
+class LayerSelector:
+    """States: "steady" on ``layer``, or "trial" of ``layer`` (``fallback`` is where a failed try returns)."""
+
+    def __init__(self, now: float, start_layer: int = 0) -> None:
+        self.layer = start_layer
+        self.state = "steady"
+        self.reason = "start"
+        self.fallback = start_layer
+        self.changes = 0
+        self.failed_trials = 0
+        self._since = now  # when the current layer (or try) began
+        self._up_after = UP_AFTER_S
+        self._remb_bad_since: float | None = None
+        self._bad_loss_reports = 0
+        self._last_loss_at: float | None = None
+        self._trial_remb_peak = 0  # the highest REMB of the try (including the one when it started)
+        self._trial_rembs: deque[tuple[float, int]] = deque()  # (time, REMB) during the try
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _available(rates: Sequence[float]) -> list[int]:
+        return [i for i, r in enumerate(rates) if r > 0]
+
+    def _fresh_remb(self, report: LayerReport, now: float) -> int | None:
+        if report.remb_bps is None or report.remb_at is None or now - report.remb_at > STALE_S:
+            return None
+        return report.remb_bps
+
+    def _new_loss_report(self, report: LayerReport, now: float) -> bool:
+        """True once per receiver report (by its time): loss is judged per report, not per update."""
+        if report.loss_at is None:
+            return True
+        if now - report.loss_at > STALE_S or report.loss_at == self._last_loss_at:
+            return False
+        self._last_loss_at = report.loss_at
+        return True
+
+    def _go(self, layer: int, now: float, reason: str, state: str = "steady") -> None:
+        if layer != self.layer:
+            self.changes += 1
+        self.layer, self.state, self.reason, self._since = layer, state, reason, now
+        self._remb_bad_since = None
+        self._bad_loss_reports = 0
+
+    def _fail_trial(self, now: float, why: str) -> None:
+        self.failed_trials += 1
+        self._up_after = min(self._up_after * 2, UP_AFTER_MAX_S)
+        self._go(self.fallback, now, f"try failed: {why}")
+
+    # -- the decision ----------------------------------------------------------------------------------------
+
+    def update(self, report: LayerReport, now: float) -> int:
+        """Feed the latest figures; returns the layer this classroom should receive."""
+        rates = report.rates
+        available = self._available(rates)
+        if not available:
+            return self.layer  # no video arriving from the teacher: nothing to choose
+        if self.layer not in available:
+            below = [i for i in available if i < self.layer]
+            self._go(below[-1] if below else available[0], now, "layer stopped by the teacher")
+            return self.layer
+        remb = self._fresh_remb(report, now)
+        new_report = self._new_loss_report(report, now)
+        if self.state == "trial":
+            self._judge_trial(report, remb, new_report, available, now)
+        else:
+            self._judge_steady(report, remb, new_report, available, now)
+        return self.layer
+
+    def _judge_trial(self, report: LayerReport, remb: int | None, new_report: bool, available: list[int],
+                     now: float) -> None:
+        elapsed = now - self._since
+        if new_report and report.loss > TRIAL_LOSS_FAIL and (
+                report.loss_at is None or report.loss_at >= self._since + TRIAL_LOSS_GRACE_S):
+            self._fail_trial(now, f"loss {report.loss:.0%}")
+            return
+        history = self._trial_rembs
+        if remb is not None and report.remb_at is not None and report.remb_at > self._since \
+                and (not history or report.remb_at > history[-1][0]):
+            history.append((report.remb_at, remb))
+            if remb < TRIAL_REMB_DROP * self._trial_remb_peak:
+                self._fail_trial(now, f"bandwidth fell to {remb // 1000} kbit/s")
+                return
+            self._trial_remb_peak = max(self._trial_remb_peak, remb)
+        need = rates_of(report, self.layer)
+        if remb is None or remb >= REMB_DOWN_RATIO * need:
+            if elapsed >= TRIAL_S:
+                self._up_after = UP_AFTER_S
+                self._go(self.layer, now, "try succeeded")
+            return
+        if elapsed >= TRIAL_MAX_S:
+            self._fail_trial(now, f"bandwidth {remb // 1000} kbit/s < {int(need) // 1000} kbit/s")
+            return
+        if elapsed >= TRIAL_JUDGE_FROM_S and history:
+            # growth over the last second of REMBs: the oldest one at least a second before the newest
+            newest_at, newest = history[-1]
+            while len(history) > 2 and history[1][0] <= newest_at - 1.0:
+                history.popleft()
+            old_at, old = history[0]
+            if newest_at - old_at >= 1.0 and old > 0 and newest / old < TRIAL_MIN_GROWTH ** (newest_at - old_at):
+                self._fail_trial(now, f"bandwidth {remb // 1000} kbit/s not growing towards "
+                                      f"{int(need) // 1000} kbit/s")
+
+    def _judge_steady(self, report: LayerReport, remb: int | None, new_report: bool, available: list[int],
+                      now: float) -> None:
+        rate = rates_of(report, self.layer)
+        # down: REMB short for DOWN_HOLD_S, or LOSS_DOWN_REPORTS lossy reports in a row
+        remb_short = remb is not None and remb < REMB_DOWN_RATIO * rate
+        if remb_short:
+            if self._remb_bad_since is None:
+                self._remb_bad_since = now
+        else:
+            self._remb_bad_since = None
+        if new_report:
+            self._bad_loss_reports = self._bad_loss_reports + 1 if report.loss > LOSS_DOWN else 0
+        by_remb = self._remb_bad_since is not None and now - self._remb_bad_since >= DOWN_HOLD_S
+        by_loss = self._bad_loss_reports >= LOSS_DOWN_REPORTS
+        below = [i for i in available if i < self.layer]
+        if (by_remb or by_loss) and below:
+            target = below[-1]  # loss: one layer down
+            if by_remb and remb is not None:
+                fitting = [i for i in below if report.rates[i] <= REMB_FIT_RATIO * remb]
+                target = min(target, fitting[-1] if fitting else below[0])
+            why = (f"bandwidth {remb // 1000} kbit/s < {int(rate) // 1000} kbit/s" if by_remb and remb is not None
+                   else f"loss {report.loss:.0%}")
+            self._go(target, now, why)
+            return
+        if remb_short or self._bad_loss_reports:
+            return  # trouble building up: no try now
+        above = [i for i in available if i > self.layer]
+        if not above or now - self._since < self._up_after:
+            return
+        if report.loss_at is not None and now - report.loss_at <= STALE_S and report.loss > LOSS_UP_MAX:
+            return
+        self.fallback = self.layer
+        self._trial_remb_peak = remb or 0
+        self._trial_rembs.clear()
+        self._go(above[0], now, f"trying layer {above[0]}", state="trial")
+
+
+def rates_of(report: LayerReport, layer: int) -> float:
+    rates = report.rates
+    return rates[layer] if 0 <= layer < len(rates) else 0.0

@@ -1,0 +1,166 @@
+"""The SDP side of the peer connections: the lesson's codecs, what an offer may hold, and the checks made on
+every description before aiortc parses it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    sdp,
+)
+from aiortc.codecs import is_rtx
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from sfu import seams
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("ketang.sfu")
+
+# the lesson's codecs: forwarding never transcodes, so teacher and classrooms must share one per kind
+LESSON_CODECS = {"audio": "opus", "video": "vp8"}
+SDP_MAX_CHARS = 60000
+
+
+class SdpError(ValueError):
+    """An SDP we cannot use; .code is the protocol error code."""
+
+    def __init__(self, message: str, code: str = "bad_sdp") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def make_peer_connection(ice_servers: list[str] | None = None) -> RTCPeerConnection:
+    # an explicit empty list: otherwise aiortc queries a public STUN server for every connection
+    servers = [RTCIceServer(urls=u) for u in (ice_servers or [])]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
+def ext_id(transceiver: RTCRtpTransceiver, uri: str) -> int:
+    for ext in seams.transceiver_header_extensions(transceiver):
+        if ext.uri == uri:
+            return ext.id
+    return 0
+
+
+def lesson_codecs(transceiver: RTCRtpTransceiver) -> tuple[int, int | None, str, int]:
+    """(payload type, RTX payload type, codec name, clock rate) of the lesson codec negotiated here."""
+    wanted = LESSON_CODECS[transceiver.kind]
+    codecs = seams.transceiver_codecs(transceiver)
+    primary = next((c for c in codecs if c.name.lower() == wanted), None)
+    if primary is None:
+        raise SdpError(f"{transceiver.kind} must use {wanted.upper()} (offered: "
+                       f"{', '.join(c.name for c in codecs) or 'none'})", "unsupported_codec")
+    rtx = next((c.payloadType for c in codecs
+                if is_rtx(c) and c.parameters.get("apt") == primary.payloadType), None)
+    return primary.payloadType, rtx, primary.name, primary.clockRate
+
+
+# Opus in-band FEC: asked of the teacher's encoder in our answer, so a classroom that loses a packet can rebuild
+# most of it from the next one without waiting for a retransmission (audio has no NACK)
+OPUS_ANSWER_PARAMETERS = {"useinbandfec": 1, "minptime": 10}
+
+
+def restrict_codecs(transceiver: RTCRtpTransceiver, dtx: bool = False) -> None:
+    """Keep only the lesson codec (and its RTX) in what we answer (seam: RTCRtpTransceiver._codecs); `dtx`
+    asks the browser's Opus encoder to send (almost) nothing during silence."""
+    pt, rtx, _, _ = lesson_codecs(transceiver)
+    kept = [c for c in seams.transceiver_codecs(transceiver) if c.payloadType in (pt, rtx)]
+    opus = {**OPUS_ANSWER_PARAMETERS, **({"usedtx": 1} if dtx else {})}
+    seams.set_transceiver_codecs(transceiver, [
+        dataclasses.replace(c, parameters={**c.parameters, **opus})
+        if c.name.lower() == "opus" else c for c in kept])
+
+
+def prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
+    caps = RTCRtpSender.getCapabilities(transceiver.kind).codecs
+    wanted = LESSON_CODECS[transceiver.kind]
+    transceiver.setCodecPreferences([c for c in caps if c.name.lower() in (wanted, "rtx")])
+
+
+# what an offer may hold: a teacher's camera, microphone, courseware and its sound fit in 2 tracks of each kind;
+# m-sections of stopped tracks stay in a browser's offers (and are reused), so the sections themselves may be more
+PUBLISH_MAX_SECTIONS = 16
+TEACHER_MAX_TRACKS_PER_KIND = 2
+MID_MAX_CHARS = 32  # as `sources` in messages.py
+_MID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
+
+
+def check_description(text: Any, kind: str, max_sections: int = PUBLISH_MAX_SECTIONS,
+                      max_per_kind: int | None = None) -> sdp.SessionDescription:
+    """Refuse, before aiortc sees it, an SDP that would fail inside aiortc or cost the lesson: every refusal an
+    SdpError with a message a client author can act on (docs/protocol.md, `bad_sdp`, `too_many_tracks`).
+    `max_per_kind`: how many audio (and video) tracks an offer may send."""
+    if not isinstance(text, str) or not text.startswith("v=0") or len(text) > SDP_MAX_CHARS:
+        raise SdpError(f"not an SDP description (v=0 first, {SDP_MAX_CHARS} characters at most)")
+    try:
+        parsed = sdp.SessionDescription.parse(text)
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises ValueError, KeyError, IndexError...
+        raise SdpError(f"the SDP {kind} cannot be parsed ({type(exc).__name__})") from exc
+    if not parsed.media:
+        if kind == "offer":
+            raise SdpError("the offer publishes no audio or video track", "nothing_to_publish")
+        raise SdpError(f"the SDP {kind} has no media section")
+    if len(parsed.media) > max_sections:
+        raise SdpError(f"the SDP {kind} has {len(parsed.media)} media sections; {max_sections} at most",
+                       "too_many_tracks")
+    mids: set[str] = set()
+    sending = {"audio": 0, "video": 0}
+    for media in parsed.media:
+        if media.kind not in ("audio", "video"):
+            raise SdpError(f"m={media.kind}: only audio and video are carried")
+        mid = media.rtp.muxId
+        if not mid or len(mid) > MID_MAX_CHARS or not set(mid) <= _MID_CHARS:
+            raise SdpError(f"every media section needs an a=mid of 1-{MID_MAX_CHARS} letters, digits, '-', '_' or '.'")
+        if mid in mids:
+            raise SdpError(f"a=mid:{mid} is used by two media sections")
+        mids.add(mid)
+        if media.port == 0:
+            continue  # a rejected or stopped section: nothing more to check
+        if media.dtls is None or not any(f.algorithm.lower() in _FINGERPRINT_ALGORITHMS
+                                         for f in media.dtls.fingerprints):
+            raise SdpError("a media section has no a=fingerprint (sha-256, sha-384 or sha-512): DTLS needs one")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise SdpError("a media section has no a=ice-ufrag / a=ice-pwd")
+        if media.direction in (None, "sendrecv", "sendonly"):
+            sending[media.kind] += 1
+    if max_per_kind is not None:
+        for media_kind, n in sending.items():
+            if n > max_per_kind:
+                raise SdpError(f"the offer sends {n} {media_kind} tracks; {max_per_kind} at most", "too_many_tracks")
+    return parsed
+
+
+async def set_description(pc: RTCPeerConnection, sdp: str, kind: str, max_sections: int = PUBLISH_MAX_SECTIONS,
+                           max_per_kind: int | None = None) -> None:
+    check_description(sdp, kind, max_sections, max_per_kind)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    except SdpError:
+        raise
+    except Exception as exc:  # aiortc raises ValueError, InvalidStateError, OperationError, KeyError...
+        raise SdpError(f"SDP {kind} rejected: {exc}") from exc
+
+
+def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
+    """mid -> (media SSRC, RTX SSRC) as declared by a=ssrc / a=ssrc-group:FID lines (none with simulcast)."""
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for media in sdp.SessionDescription.parse(sdp_text).media:
+        mid = media.rtp.muxId
+        fid = next((g.items for g in media.ssrc_group if g.semantic == "FID" and len(g.items) == 2), None)
+        if fid is not None:
+            found[mid] = (int(fid[0]), int(fid[1]))
+        elif len({s.ssrc for s in media.ssrc}) == 1:
+            found[mid] = (media.ssrc[0].ssrc, None)
+    return found
+

@@ -1,0 +1,314 @@
+"""A classroom's (or observer's) connection (Subscriber), offered by the server.
+
+It keeps "slots" (send-only transceivers with a placeholder track) and binds a Consumer into a slot for each
+producer, renegotiating only when it needs a new slot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from aiortc import MediaStreamTrack
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
+from sfu.adapt.select import LayerReport, LayerSelector
+from sfu.consumer.base import Consumer, ResumePoint
+from sfu.consumer.simulcast import SimulcastConsumer
+from sfu.peers.publisher import START_LAYER
+from sfu.peers.sdp import (
+    SdpError,
+    ext_id,
+    lesson_codecs,
+    make_peer_connection,
+    prefer_lesson_codecs,
+    set_description,
+)
+from sfu.producer import Producer
+from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
+
+if TYPE_CHECKING:
+    from sfu.router import Router
+
+log = logging.getLogger("ketang.sfu")
+
+class PlaceholderTrack(MediaStreamTrack):
+    """A track whose recv() never returns: a forward-only sender with no track would poll every 20 ms."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    async def recv(self):  # type: ignore[override]
+        await self._never
+        raise asyncio.CancelledError
+
+
+@dataclass
+class Slot:
+    transceiver: RTCRtpTransceiver
+    kind: str
+    producer: Producer | None = None
+    consumer: Consumer | None = None
+    negotiated: bool = False
+    resume: ResumePoint | None = None  # where the previous producer's stream in this slot stopped
+
+
+class SubscriberSignals(Protocol):
+    """How a Subscriber reaches its client (the signalling layer implements it)."""
+
+    async def send_offer(self, sdp: str, tracks: list[dict]) -> None: ...
+
+    def send_tracks(self, tracks: list[dict]) -> None: ...
+
+
+@dataclass
+class Subscriber:
+    """A classroom's (or observer's) connection, offered by the server."""
+
+    router: Router
+    participant_id: str
+    signals: SubscriberSignals
+    ice_servers: list[str] | None = None
+    slots: list[Slot] = field(default_factory=list)
+    closed: bool = False
+    video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
+    ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
+    selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
+    pinned_layer: int | None = None  # the classroom's own cap on the simulcast layer (0: "low"); None: automatic
+
+    def __post_init__(self) -> None:
+        self.pc = make_peer_connection(self.ice_servers)
+        self._awaiting_answer = False
+        self._renegotiate = False
+        self._lock = asyncio.Lock()
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if self.pc.connectionState == "failed":
+                await self.router.remove_subscriber(self.participant_id)
+
+    def _add_slot(self, kind: str) -> Slot:
+        t = self.pc.addTransceiver(PlaceholderTrack(kind), direction="sendonly")
+        prefer_lesson_codecs(t)
+        slot = Slot(t, kind)
+        self.slots.append(slot)
+        return slot
+
+    async def start(self, producers: list[Producer]) -> None:
+        """One audio and one video slot from the start, so ICE/DTLS are up before the teacher publishes."""
+        for kind in ("audio", "video"):
+            self._add_slot(kind)
+        for producer in producers:
+            self.place(producer)
+        await self.negotiate()
+
+    def place(self, producer: Producer) -> bool:
+        """Put a producer into a free slot (binding it now if negotiated); True if a new slot is needed."""
+        new, bound = self._put(producer)
+        if bound:
+            self.signals.send_tracks(self.track_map())
+        return new
+
+    def unplace(self, producer: Producer) -> None:
+        for slot in self.slots:
+            if slot.producer is producer:
+                self._free(slot)
+                self.signals.send_tracks(self.track_map())
+
+    def sync(self, wanted: list[Producer], among: list[Producer] | None = None) -> bool:
+        """Receive the `wanted` producers and none of the others of `among` (None: of all it receives now),
+        with one `tracks` message for the whole change (a wall page of 16 tiles is one message, not 32).
+        Freed slots are reused first; True when new slots are needed (the caller sends a new offer)."""
+        keep = {id(p) for p in wanted}
+        scope = None if among is None else {id(p) for p in among}
+        changed = new = False
+        for slot in self.slots:
+            p = slot.producer
+            if p is not None and id(p) not in keep and (scope is None or id(p) in scope):
+                self._free(slot)
+                changed = True
+        have = {id(s.producer) for s in self.slots if s.producer is not None}
+        for producer in wanted:
+            if id(producer) not in have:
+                added, _ = self._put(producer)
+                new |= added
+                changed = True
+        if changed:
+            self.signals.send_tracks(self.track_map())
+        return new
+
+    def _put(self, producer: Producer) -> tuple[bool, bool]:
+        """(a new slot was added, the producer is bound now)."""
+        slot = next((s for s in self.slots if s.kind == producer.kind and s.producer is None), None)
+        new = slot is None
+        if slot is None:
+            slot = self._add_slot(producer.kind)
+        slot.producer = producer
+        if slot.negotiated:
+            self._bind(slot)
+            return new, True
+        return new, False
+
+    def _free(self, slot: Slot) -> None:
+        """The slot's track goes; a later one in this slot continues its sequence numbers and timestamps."""
+        if slot.consumer is not None:
+            slot.resume = slot.consumer.resume_point()
+            slot.consumer.close()
+        if slot.producer is not None and slot.producer.closed:
+            self.selectors.pop(slot.producer.id, None)  # a track that ended (kept while only paged away)
+        slot.producer = slot.consumer = None
+
+    def _bind(self, slot: Slot) -> None:
+        producer = slot.producer
+        if producer is None or slot.consumer is not None or producer.closed:
+            return
+        t = slot.transceiver
+        pt, rtx, _, _ = lesson_codecs(t)
+        layout = extension_layout(t.mid, ext_id(t, URI_MID), ext_id(t, URI_ABS_SEND_TIME),
+                                  ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
+        if producer.layers:
+            selector = self.selectors.get(producer.id)
+            start = selector.layer if selector is not None else START_LAYER
+            if self.pinned_layer is not None:
+                start = min(start, self.pinned_layer)
+            slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
+                                              start_layer=min(start, len(producer.layers) - 1))
+        else:
+            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
+        if slot.kind == "video" and not self._flows(producer):
+            slot.consumer.pause()
+
+    def _flows(self, producer: Producer) -> bool:
+        """Whether this video track flows to the classroom now (its choice, then the ladder's rung)."""
+        if not self.video:
+            return False
+        level = self.ladder.level if self.ladder is not None else VIDEO
+        return level == VIDEO or (level == COURSEWARE and producer.source == "screen")
+
+    def set_video(self, enabled: bool) -> None:
+        """Audio only (the school's choice) or video again, as far as the link allows (the ladder decides);
+        enforced here, not in the page, so the bandwidth is really saved."""
+        self.video = enabled
+        self.ladder = None  # a fresh start for the automatic choice
+        self._apply_video()
+
+    def _apply_video(self) -> None:
+        for slot in self.slots:
+            if slot.kind == "video" and slot.consumer is not None and slot.producer is not None:
+                if self._flows(slot.producer):
+                    slot.consumer.unpause()
+                else:
+                    slot.consumer.pause()
+
+    def adapt(self, now: float, video_bps: float, screen_bps: float = 0.0) -> None:
+        """Audio first: pause this classroom's video while its link cannot carry it (REMB, loss)."""
+        if not self.video:
+            return  # the school chose audio only
+        consumers = self.consumers()
+        video = [c for c in consumers if c.kind == "video"]
+        if not video:
+            return
+        if self.ladder is None:
+            self.ladder = VideoLadder(now)
+        with_remb = [c for c in video if c.remb_at is not None]
+        latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
+        lossiest = max(consumers, key=lambda c: c.fraction_lost)
+        report = LinkReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
+                            lossiest.fraction_lost / 256, video_bps, lossiest.report_at, screen_bps)
+        self._choose_layers(now, latest, lossiest)
+        was = self.ladder.level
+        self.ladder.update(report, now)
+        if self.ladder.level != was:
+            log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
+            self._apply_video()
+
+    def _choose_layers(self, now: float, latest: Consumer | None, lossiest: Consumer) -> None:
+        """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
+        for consumer in self.consumers():
+            if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
+                continue
+            selector = self.selectors.get(consumer.producer.id)
+            if selector is None:
+                selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
+            report = LayerReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
+                                 lossiest.fraction_lost / 256, lossiest.report_at, consumer.layer_rates())
+            chosen = selector.update(report, now)
+            if self.pinned_layer is not None:
+                chosen = min(chosen, self.pinned_layer)
+            consumer.set_layer(chosen)
+
+    def pin_layer(self, layer: int | None) -> None:
+        """The classroom's own choice: at most this simulcast layer (0: the smallest), or None: automatic."""
+        self.pinned_layer = layer
+        if layer is not None:
+            for consumer in self.consumers():
+                if isinstance(consumer, SimulcastConsumer):
+                    consumer.set_layer(min(consumer.switcher.target, layer))
+
+    def layer_states(self) -> dict[str, dict]:
+        """Per simulcast track: the layer forwarded, the one chosen, and why (for the teacher's page)."""
+        out = {}
+        for consumer in self.consumers():
+            if isinstance(consumer, SimulcastConsumer):
+                selector = self.selectors.get(consumer.producer.id)
+                reason = selector.reason if selector else ""
+                if self.pinned_layer is not None:
+                    reason = "the classroom chose the low layer"
+                out[consumer.producer.id] = {"layer": consumer.current, "target": consumer.switcher.target,
+                                             "layers": len(consumer.layers), "reason": reason}
+        return out
+
+    def track_map(self) -> list[dict]:
+        """Which mid carries which lesson track, for the client."""
+        return [{"mid": s.transceiver.mid, "kind": s.kind, "track": s.producer.id if s.producer else None,
+                 "source": s.producer.source if s.producer else None,
+                 "participant": s.producer.owner if s.producer else None} for s in self.slots]
+
+    async def negotiate(self) -> None:
+        """Send a (re)offer, unless one is already waiting for its answer: then offer again after it."""
+        async with self._lock:
+            if self.closed:
+                return
+            if self._awaiting_answer:
+                self._renegotiate = True
+                return
+            self._awaiting_answer = True
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            sdp = self.pc.localDescription.sdp
+        await self.signals.send_offer(sdp, self.track_map())
+
+    async def accept_answer(self, sdp: str) -> None:
+        if not self._awaiting_answer:
+            raise SdpError("no offer is waiting for an answer", "unexpected_answer")
+        await set_description(self.pc, sdp, "answer", max_sections=len(self.pc.getTransceivers()))
+        self._awaiting_answer = False
+        for slot in self.slots:
+            try:
+                lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
+            except SdpError:
+                continue  # that slot stays dark; the others play
+            slot.negotiated = True
+            self._bind(slot)
+        if self._renegotiate:
+            self._renegotiate = False
+            await self.negotiate()
+
+    def consumers(self) -> list[Consumer]:
+        return [s.consumer for s in self.slots if s.consumer is not None]
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for slot in self.slots:
+            if slot.consumer is not None:
+                slot.consumer.close()
+        # not while an offer is being made: aiortc gathers the ICE sockets then, and a close in the middle left
+        # them open for good (50 joins at once with one link once leaked one)
+        async with self._lock:
+            await self.pc.close()
