@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+from sfu.peers.sdp import MID_MAX_CHARS  # the SFU's own caps, checked again there
+from sfu.peers.sdp import SDP_MAX_CHARS as MAX_SDP_CHARS
 from signaling.interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
 from signaling.tokens import MAX_TOKEN_CHARS
 
@@ -28,7 +30,6 @@ MAX_MESSAGE_BYTES: Final[int] = 65536
 
 # Field limits, in characters.
 MAX_ID_CHARS: Final[int] = 64
-MAX_SDP_CHARS: Final[int] = 60000
 MAX_TRACK_CHARS: Final[int] = 128
 MAX_LESSON_CHARS: Final[int] = 128
 
@@ -36,7 +37,7 @@ MAX_LESSON_CHARS: Final[int] = 128
 # (microphone, camera, screen); mids are short tokens (RFC 8843 allows up to 16 characters in practice).
 SOURCES: Final[tuple[str, ...]] = ("camera", "screen", "microphone")
 MAX_SOURCES: Final[int] = 16
-MAX_MID_CHARS: Final[int] = 32
+MAX_MID_CHARS: Final[int] = MID_MAX_CHARS
 
 # The classroom tiles a teacher's wall shows at once (a page of 16, or a few pages' worth on a big screen).
 MAX_WALL_TILES: Final[int] = 64

@@ -28,7 +28,7 @@ log = logging.getLogger("ketang.sfu")
 
 # the lesson's codecs: forwarding never transcodes, so teacher and classrooms must share one per kind
 LESSON_CODECS = {"audio": "opus", "video": "vp8"}
-SDP_MAX_CHARS = 60000
+SDP_MAX_CHARS = 60000  # a description's length; the websocket schema (signaling/messages.py) uses this one
 
 
 class SdpError(ValueError):
@@ -91,7 +91,7 @@ def prefer_lesson_codecs(transceiver: RTCRtpTransceiver) -> None:
 # m-sections of stopped tracks stay in a browser's offers (and are reused), so the sections themselves may be more
 PUBLISH_MAX_SECTIONS = 16
 TEACHER_MAX_TRACKS_PER_KIND = 2
-MID_MAX_CHARS = 32  # as `sources` in messages.py
+MID_MAX_CHARS = 32  # also the cap on `sources` keys in the websocket schema (signaling/messages.py)
 _MID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _FINGERPRINT_ALGORITHMS = frozenset({"sha-256", "sha-384", "sha-512"})
 
