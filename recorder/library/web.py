@@ -412,7 +412,8 @@ def add_routes(app: web.Application, library: Library, secret: str, authenticate
     r.add_get("/api/library/{id}/export", _errors(routes.export_status))
     r.add_get("/library/files/{id}", _errors(routes.file))
     r.add_get("/library/files/{id}/poster", _errors(routes.poster))
-    r.add_get("/api/library/{id}/lesson/{name:attendance\\.csv|chat\\.csv|record\\.json}", _errors(routes.lesson_record))
+    r.add_get("/api/library/{id}/lesson/{name:attendance\\.csv|chat\\.csv|record\\.json}",
+              _errors(routes.lesson_record))
     r.add_get("/library", routes.page_index)
     r.add_get("/library/play/{id}", routes.page_play)
     r.add_static("/library/static/", LIBRARY_WEB_DIR, append_version=False)

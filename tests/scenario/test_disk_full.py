@@ -35,8 +35,11 @@ import pytest
 
 from recorder.library import catalog as library_mod
 from recorder.library.catalog import AWAITING_REVIEW, RECORDING, Library
-from recorder.record import recorder as recorder_mod
-from recorder.record.recorder import LessonRecorder, repair_unfinished
+from recorder.record import handoff
+from recorder.record.marker import incomplete_marker
+from recorder.record.recorder import LessonRecorder
+from recorder.record.repair import repair_unfinished
+from recorder.record.webm import CLUSTER_MS
 from sfu.producer import Producer
 from sfu.rtp.header import ntp_from_unix
 from tests.unit.recorder.test_recorder import (
@@ -52,7 +55,7 @@ LESSON = "full-disk"
 DISK_BYTES = 4 * 1024 * 1024
 LESSON_S = 8.0
 FULL_AT_S = 4.0  # the disk fills up here
-CLUSTER_S = recorder_mod.CLUSTER_MS / 1000
+CLUSTER_S = CLUSTER_MS / 1000
 
 
 class Disk:
@@ -165,7 +168,7 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
         _inject(disk, monkeypatch)
     print(f"disk full: {'a real 4 MiB tmpfs filled to ENOSPC' if mounted else 'ENOSPC injected (no mount)'}")
     # an isolated process-wide list of finishes the catalog could not take (as in a fresh server process)
-    monkeypatch.setattr(recorder_mod, "_PENDING_FINISHES", {}, raising=False)
+    monkeypatch.setattr(handoff, "PENDING_FINISHES", {})
     try:
         yield disk
     finally:
@@ -328,7 +331,7 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
 
     (rec,) = [library.get(recorder.main_id)]
     path = library.path_of(rec.file)
-    marker = recorder_mod.incomplete_marker(path)
+    marker = incomplete_marker(path)
     if free_before_end:
         # finished as incomplete at the lesson's end, with the reason; the lesson record is written
         assert rec.state == AWAITING_REVIEW
@@ -373,7 +376,7 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
     disk.free()
     assert library.retry_pending() == 0
     assert (data / "lessons" / LESSON / "record.json").exists()
-    recorder_mod._PENDING_FINISHES.clear()  # a new process: only the marker file knows why it is incomplete
+    handoff.PENDING_FINISHES.clear()  # a new process: only the marker file knows why it is incomplete
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ketang"):
         fresh = Library(data)

@@ -13,7 +13,8 @@ from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from recorder.record.depacketize import HOLD_S, Frame, TrackDepacketizer, vp8_dimensions
-from recorder.record.recorder import RecordingFile, repair_file
+from recorder.record.repair import repair_file
+from recorder.record.webm import RecordingFile
 from sfu.producer import Producer
 from sfu.rtp.header import ntp_from_unix
 from sfu.rtp.vp8 import vp8_descriptor_len

@@ -3,8 +3,9 @@
 A fake teacher publishes a camera as three simulcast layers of real VP8 (aiortc's PyAV/libvpx encoder at
 160x90, 320x180 and 640x360; each layer its own RTP stream: SSRC, sequence numbers, timestamp offset,
 sender reports) and a microphone of real Opus. It answers a PLI on a layer with a key frame on that layer, as
-Chromium does (a couple of frames later). Mid-lesson its top layer stops for a few seconds (a congested uplink) and comes back. The
-LessonRecorder records it through a stand-in for the router; the file is then read and decoded by PyAV.
+Chromium does (a couple of frames later). Mid-lesson its top layer stops for a few seconds (a congested uplink)
+and comes back. The LessonRecorder records it through a stand-in for the router; the file is then read and
+decoded by PyAV.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from recorder.library import export as media
 from recorder.record.depacketize import vp8_dimensions
-from recorder.record.recorder import (
-    RECORD_LAYER_UP_AFTER_S,
-    LessonRecorder,
-    repair_file,
-)
+from recorder.record.follower import RECORD_LAYER_UP_AFTER_S
+from recorder.record.recorder import LessonRecorder
+from recorder.record.repair import repair_file
 from sfu.producer import Producer
 from sfu.rtp.header import ntp_from_unix
 from sfu.rtp.vp8 import vp8_descriptor_len
@@ -310,7 +309,8 @@ def test_audio_and_video_stay_in_sync_across_the_switches(followed):
     # every frame sits where the teacher captured it, whichever layer (RTP clock) it came from
     told = [w for w in video if w.index is not None]
     assert len(told) >= 0.9 * len(video)
-    late = [(w.pts, w.layer, w.pts - (w.index / FPS - zero)) for w in told if abs(w.pts - (w.index / FPS - zero)) > 0.02]
+    late = [(w.pts, w.layer, w.pts - (w.index / FPS - zero)) for w in told
+            if abs(w.pts - (w.index / FPS - zero)) > 0.02]
     assert late == []
 
 
