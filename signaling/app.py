@@ -133,7 +133,8 @@ async def lesson_stats(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     lesson_id = request.match_info["lesson"]
-    router = request.app[HUB_KEY].routers.get(lesson_id)
+    lesson = request.app[HUB_KEY].lessons.get(lesson_id)
+    router = lesson.router if lesson is not None else None
     return web.json_response(router.stats() if router else {"lesson": lesson_id, "producers": [], "subscribers": {}})
 
 
@@ -143,7 +144,7 @@ async def lesson_attendance(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     hub, lesson_id = request.app[HUB_KEY], request.match_info["lesson"]
-    inter, now = hub.interaction(lesson_id), time.time()
+    inter, now = hub.lesson(lesson_id).interaction, time.time()
     if request.match_info.get("csv"):
         return web.Response(body=inter.attendance.to_csv(now, inter.hands, inter.stage).encode("utf-8"),
                             headers={"Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",

@@ -1,20 +1,22 @@
-"""The lessons this node serves: room state, one SFU Router per lesson, and lesson events to the clients."""
+"""The lessons this node serves: a registry of live Lessons (signaling.lesson.live), and what is node-wide: the
+room store (placement of lessons on nodes, participants, tracks, admission), this node's liveness, and riding out
+the store's outages."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
-from recorder.record.recorder import Catalog, LessonRecorder
+from recorder.record.recorder import Catalog
 from sfu.producer import Producer
-from sfu.router import Router
 from signaling.config import Config
 from signaling.connection import Connection
-from signaling.interaction import LessonInteraction
-from signaling.state import Lesson, Participant, RoomStore, StoreUnavailable, TrackInfo
+from signaling.lesson.live import Lesson
+from signaling.lesson.outcome import sees
+from signaling.state import Lesson as StoredLesson
+from signaling.state import Participant, RoomStore, StoreUnavailable, TrackInfo
 
 # each classroom's reception (loss, round-trip time, bitrate, video) is sampled this often for attendance
 SAMPLE_EVERY_S = 2.0
@@ -31,12 +33,6 @@ UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try agai
 log = logging.getLogger("ketang.signaling")
 
 
-def sees(viewer: str | None, role: str | None, itself: bool = False) -> bool:
-    """Who is told about whom: the teacher and observers see everyone; a classroom sees the teacher (and
-    itself), not the hundreds of other classrooms."""
-    return viewer != "classroom" or role != "classroom" or itself
-
-
 def public_participant(p: Participant) -> dict[str, Any]:
     return {"id": p.id, "role": p.role, "name": p.name, "joined_at": p.joined_at}
 
@@ -46,25 +42,15 @@ def public_track(t: TrackInfo) -> dict[str, Any]:
 
 
 class Hub:
+    """Lesson id -> Lesson (the one owner of each lesson's live state here), the room store, and this node's
+    liveness, placements and heartbeats. Joins and leaves go through here: they write the store first."""
+
     def __init__(self, config: Config, store: RoomStore, catalog: Catalog | None = None) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog  # the resource library; None: lessons are not recorded
-        self.recorders: dict[str, LessonRecorder] = {}
-        self.recorded: dict[str, dict] = {}  # a finished recording's summary, for the lesson's record.json
-        self.not_recorded: set[str] = set()  # lessons whose teacher switched recording off
-        self.routers: dict[str, Router] = {}
-        self.connections: dict[str, dict[str, Connection]] = {}  # lesson -> participant -> connection
-        # the interactive classroom: hands, stage, moderation, chat, attendance (per lesson, on its node)
-        self.interactions: dict[str, LessonInteraction] = {}
-        self.seen: dict[str, set[str]] = {}  # lesson -> classrooms that have been in it (a locked lesson's own)
-        self.started_at = time.time()
-        # what this node knows of the lessons it carries, written back when the store lost it (Redis restarted
-        # empty) or missed writes (an outage): lesson, participants, tracks; moderation is in self.interactions
         self.lessons: dict[str, Lesson] = {}
-        self.participants: dict[tuple[str, str], Participant] = {}
-        self.tracks: dict[str, dict[str, TrackInfo]] = {}  # lesson -> track id -> track
-        self._admission_loaded: set[str] = set()  # lessons whose lock/removals were read from the store here
+        self.started_at = time.time()
         # store writes an outage made fail, done when it is back: leaves, placement releases, ended admissions
         self._unsynced_leaves: set[tuple[str, str]] = set()
         self._unreleased: set[str] = set()
@@ -80,29 +66,24 @@ class Hub:
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
         self._node_beats = asyncio.ensure_future(self._node_loop())
-        self._octets: dict[tuple[str, str], tuple[int, float]] = {}
 
-    def interaction(self, lesson_id: str) -> LessonInteraction:
-        inter = self.interactions.get(lesson_id)
-        if inter is None:
-            inter = self.interactions[lesson_id] = LessonInteraction(stage_max=self.config.stage_max)
-            inter.on_admission = lambda: self._spawn(self._write_admission_logged(lesson_id))
-        return inter
+    def lesson(self, lesson_id: str) -> Lesson:
+        """The lesson's live state here, made on first use."""
+        lesson = self.lessons.get(lesson_id)
+        if lesson is None:
+            lesson = self.lessons[lesson_id] = Lesson(
+                lesson_id, self.config, self.catalog, on_track=self._on_track,
+                on_admission=lambda: self._spawn(self._write_admission_logged(lesson_id)))
+        return lesson
 
-    def classrooms(self, lesson_id: str) -> dict[str, Connection]:
-        """The classrooms connected to this lesson here."""
-        return {pid: c for pid, c in self.connections.get(lesson_id, {}).items() if c.role == "classroom"}
+    def carried(self) -> list[Lesson]:
+        """The lessons somebody is connected to here."""
+        return [lesson for lesson in self.lessons.values() if lesson.connections]
 
-    def send_to(self, lesson_id: str, participant_id: str, message: dict[str, Any]) -> None:
-        conn = self.connections.get(lesson_id, {}).get(participant_id)
-        if conn is not None:
-            conn.send(message)
-
-    def classroom_state(self, lesson_id: str, participant_id: str) -> None:
-        """Tell a classroom, the teacher and observers what the classroom's hand, stage and mute are now."""
-        event = {"type": "event", "event": "classroom-state", **self.interaction(lesson_id).state_of(participant_id)}
-        self.send_to(lesson_id, participant_id, event)
-        self.broadcast(lesson_id, event, about="classroom")
+    def current(self, conn: Connection) -> bool:
+        """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""
+        lesson = self.lessons.get(conn.lesson_id or "")
+        return not conn.closed and lesson is not None and lesson.connections.get(conn.participant_id or "") is conn
 
     # -- membership ----------------------------------------------------------------------------------------
 
@@ -121,50 +102,49 @@ class Hub:
             raise LessonElsewhere(placement.url)
         if placement.previous:
             await self._forget_dead_node(placement.previous, claims.lesson)
-        lesson = await self.store.ensure_lesson(claims.lesson, title=claims.title or None,
+        stored = await self.store.ensure_lesson(claims.lesson, title=claims.title or None,
                                                 teacher=claims.name if claims.role == "teacher" else None)
-        self.lessons[lesson.id] = lesson
-        if lesson.state == "ended" and claims.role != "teacher":
-            raise LessonEnded(lesson.id)
-        inter = self.interaction(lesson.id)
-        seen = self.seen.setdefault(lesson.id, set())
-        if lesson.id not in self._admission_loaded:
+        lesson = self.lesson(stored.id)
+        lesson.stored = stored
+        if stored.state == "ended" and claims.role != "teacher":
+            raise LessonEnded(stored.id)
+        inter = lesson.interaction
+        if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
             admission = await self.store.admission(lesson.id)
             inter.locked = admission.locked
             inter.removed |= admission.removed
-            seen |= admission.seen
-            self._admission_loaded.add(lesson.id)
+            lesson.seen |= admission.seen
+            lesson.admission_loaded = True
         if claims.role == "classroom":
-            refused = inter.may_join(conn.participant_id, conn.participant_id in seen)
+            refused = inter.may_join(conn.participant_id, conn.participant_id in lesson.seen)
             if refused is not None:
                 raise JoinRefused(refused)
-            if conn.participant_id not in seen:
+            if conn.participant_id not in lesson.seen:
                 await self.store.add_seen(lesson.id, [conn.participant_id])
-                seen.add(conn.participant_id)
+                lesson.seen.add(conn.participant_id)
         now = time.time()
         participant = Participant(id=conn.participant_id, lesson_id=lesson.id, role=claims.role, name=claims.name,
                                   joined_at=now, last_seen=now, node=self.config.node_id, expires_at=0.0)
         await self.store.add_participant(participant, self.config.participant_ttl_s)
         everyone = await self.store.list_participants(lesson.id)
         stored_tracks = await self.store.list_tracks(lesson.id)
-        self.participants[(lesson.id, participant.id)] = participant
+        lesson.participants[participant.id] = participant
         self._unsynced_leaves.discard((lesson.id, participant.id))
-        members = self.connections.setdefault(lesson.id, {})
+        members = lesson.connections
         previous = members.get(conn.participant_id)
         members[conn.participant_id] = conn
         if previous is not None and previous is not conn:
             # the same token again (a reloaded page): the new connection takes over, with fresh media
             await previous.close(code=4001, reason="replaced by a new connection")
-            router = self.routers.get(lesson.id)
+            router = lesson.router
             # unless a newer connection took over meanwhile (the same link joined again and again at once): the
             # media is then the newest one's, and removing it here left the newest without any
             if router is not None and members.get(conn.participant_id) is conn:
                 await router.remove_participant(conn.participant_id)
         if claims.role != "observer":  # observers watch without being listed to others
-            self.broadcast(lesson.id, {"type": "event", "event": "participant-joined",
-                                       "participant": public_participant(participant)}, exclude=conn,
-                           about=claims.role)
+            lesson.broadcast({"type": "event", "event": "participant-joined",
+                              "participant": public_participant(participant)}, exclude=conn, about=claims.role)
         participants = [public_participant(p) for p in everyone
                         if p.role != "observer" and sees(claims.role, p.role, p.id == participant.id)]
         classrooms = {p.id for p in everyone if p.role == "classroom"}
@@ -175,7 +155,7 @@ class Hub:
                   or t.participant_id in on_stage or t.participant_id == participant.id]
         state: dict[str, Any] = {"participant": {"id": participant.id, "role": participant.role,
                                                  "name": participant.name},
-                                 "lesson": lesson.to_dict(), "participants": participants, "tracks": tracks,
+                                 "lesson": stored.to_dict(), "participants": participants, "tracks": tracks,
                                  "settings": inter.settings_dict(), "stage": inter.stage.on(),
                                  "chat": inter.chat.recent()}
         if claims.role == "classroom":
@@ -192,17 +172,18 @@ class Hub:
         lesson_id, pid = conn.lesson_id, conn.participant_id
         if lesson_id is None or pid is None:
             return
-        members = self.connections.get(lesson_id, {})
-        if members.get(pid) is not conn:
+        lesson = self.lessons.get(lesson_id)
+        if lesson is None or lesson.connections.get(pid) is not conn:
             return  # already replaced by a newer connection of the same participant
+        members = lesson.connections
         del members[pid]
-        self.participants.pop((lesson_id, pid), None)
+        lesson.participants.pop(pid, None)
         # decided now, before the awaits below: when a whole lesson's classrooms drop at once, every leave
         # would find the lesson empty after them and save its record (400 times, each with 400 rows)
         last = not members
         # every step below is done whatever the others do: a store outage or an SFU failure must not leave the
         # others uninformed, the attendance open, the recording unfinished or the lesson placed here
-        router = self.routers.get(lesson_id)
+        router = lesson.router
         if router is not None:
             try:
                 await router.remove_participant(pid)
@@ -217,17 +198,12 @@ class Hub:
         except Exception:  # noqa: BLE001
             log.exception("could not remove %s from the room state of lesson %s", pid, lesson_id)
         if conn.role == "classroom":
-            inter = self.interaction(lesson_id)
-            # its hand stays up: a classroom whose link dropped finds it so when it is back
-            inter.attendance.left(pid, time.time())
-            self._octets.pop((lesson_id, pid), None)
+            lesson.left(pid, time.time())
         if conn.role != "observer":
-            self.broadcast(lesson_id, {"type": "event", "event": "participant-left",
-                                       "participant": {"id": pid, "role": conn.role,
-                                                       "name": conn.claims.name if conn.claims else ""}},
-                           about=conn.role)
-        if last and not self.connections.get(lesson_id):  # (nobody joined meanwhile)
-            self.connections.pop(lesson_id, None)
+            lesson.broadcast({"type": "event", "event": "participant-left",
+                              "participant": {"id": pid, "role": conn.role,
+                                              "name": conn.claims.name if conn.claims else ""}}, about=conn.role)
+        if last and not members:  # (nobody joined meanwhile)
             try:  # the next participant may start the lesson on any node
                 await self.store.release_lesson(lesson_id, self.config.node_id)
             except StoreUnavailable as exc:
@@ -235,54 +211,18 @@ class Hub:
                 self._unreleased.add(lesson_id)  # released when the store is back (or it expires)
             except Exception:  # noqa: BLE001 - it expires anyway
                 log.exception("could not release the placement of lesson %s", lesson_id)
-            if self.connections.get(lesson_id):  # somebody joined while it was being released: it goes on here
+            if members:  # somebody joined while it was being released: it goes on here
                 self._unreleased.discard(lesson_id)
-                await self._renew_placement(lesson_id, self.connections[lesson_id])
+                await self._renew_placement(lesson)
                 return
-            self._stop_recording(lesson_id)
-            self._save_record(lesson_id)
-            # what this node knew of the lesson goes with it (the next node to carry it reads the store)
-            self.lessons.pop(lesson_id, None)
-            self.tracks.pop(lesson_id, None)
-            self._admission_loaded.discard(lesson_id)
-            if router is not None:
-                self.routers.pop(lesson_id, None)
+            vacated = lesson.vacate()
+            if vacated is not None:
                 try:
-                    await router.close()
+                    await vacated.close()
                 except Exception:  # noqa: BLE001
                     log.exception("could not close the SFU router of lesson %s", lesson_id)
 
-    def broadcast_hands(self, lesson_id: str) -> None:
-        """The hand queue, in order, to the teacher and observers."""
-        self.broadcast(lesson_id, {"type": "event", "event": "hands", "queue": self.interaction(lesson_id).hands.queue()},
-                       about="classroom")
-
-    def broadcast(self, lesson_id: str, message: dict[str, Any], exclude: Connection | None = None,
-                  about: str | None = None) -> None:
-        """Send one message to a lesson's connections, encoded once. With `about` (the role a participant event
-        concerns), only those who see that role get it: 400 classrooms joining must not cost 400² messages."""
-        text = json.dumps(message, ensure_ascii=False)
-        for conn in list(self.connections.get(lesson_id, {}).values()):
-            if conn is not exclude and (about is None or sees(conn.role, about)):
-                conn.send_text(text)
-
     # -- media ---------------------------------------------------------------------------------------------
-
-    def router(self, lesson_id: str) -> Router:
-        router = self.routers.get(lesson_id)
-        if router is None:
-            router = Router(lesson_id, list(self.config.ice_servers),
-                            self.config.teacher_uplink_kbps * 1000 or None,
-                            self.config.classroom_uplink_kbps * 1000 or None)
-            inter = self.interactions.get(lesson_id)
-            if inter is not None:  # a router made again (everyone had left): stage and mutes as they were
-                router.stage = [s["id"] for s in inter.stage.on()]
-                router.muted = set(inter.muted)
-            router.on_track(lambda change, producer: self._on_track(lesson_id, change, producer))
-            router.on_demand(lambda classroom, video, audio: self.send_to(
-                lesson_id, classroom, {"type": "event", "event": "demand", "video": video, "audio": audio}))
-            self.routers[lesson_id] = router
-        return router
 
     async def _on_track(self, lesson_id: str, change: str, producer: Producer) -> None:
         """(A task of the router's.) The room state follows the SFU's tracks; a store outage costs the store
@@ -295,114 +235,61 @@ class Hub:
     async def _track_changed(self, lesson_id: str, change: str, producer: Producer) -> None:
         track = TrackInfo(id=producer.id, lesson_id=lesson_id, participant_id=producer.owner, kind=producer.kind,
                           source=producer.source, published_at=time.time())
+        lesson = self.lesson(lesson_id)
         # a classroom's own camera and microphone are news to the teacher and observers, not to 400 classrooms
         about = "classroom" if producer.owner_role == "classroom" else None
         if change == "added":
-            self.tracks.setdefault(lesson_id, {})[track.id] = track
+            lesson.tracks[track.id] = track
             await self._quietly(self.store.add_track(track), "a track was published")
-            lesson = self.lessons.get(lesson_id)
-            if lesson is None:
-                lesson = await self._quietly(self.store.get_lesson(lesson_id), "a track was published")
-            if lesson is not None and about is None:
-                self._start_recording(lesson, producer)
-            if lesson is not None and lesson.state != "live" and about is None:
-                lesson = await self._set_lesson_state(lesson, "live")
-                self.broadcast(lesson_id, {"type": "event", "event": "lesson-started", "lesson": lesson.to_dict()})
-            self.broadcast(lesson_id, {"type": "event", "event": "track-added", "track": public_track(track)},
-                           about=about)
+            stored = lesson.stored
+            if stored is None:
+                stored = await self._quietly(self.store.get_lesson(lesson_id), "a track was published")
+            if stored is not None and about is None:
+                lesson.start_recording(stored, producer)
+            if stored is not None and stored.state != "live" and about is None:
+                stored = await self._set_lesson_state(stored, "live")
+                lesson.broadcast({"type": "event", "event": "lesson-started", "lesson": stored.to_dict()})
+            lesson.broadcast({"type": "event", "event": "track-added", "track": public_track(track)}, about=about)
         else:
-            self.tracks.get(lesson_id, {}).pop(track.id, None)
+            lesson.tracks.pop(track.id, None)
             await self._quietly(self.store.remove_track(lesson_id, producer.id), "a track ended")
-            self.broadcast(lesson_id, {"type": "event", "event": "track-removed", "track": public_track(track)},
-                           about=about)
+            lesson.broadcast({"type": "event", "event": "track-removed", "track": public_track(track)}, about=about)
 
-    async def _set_lesson_state(self, lesson: Lesson, state: str) -> Lesson:
+    async def _set_lesson_state(self, stored: StoredLesson, state: str) -> StoredLesson:
         """The lesson's new state, in the store, or (store unreachable) here only until it is written back."""
         try:
-            changed = await self.store.set_lesson_state(lesson.id, state)
+            changed = await self.store.set_lesson_state(stored.id, state)
         except StoreUnavailable as exc:
             self.store_failed(exc, f"the lesson went {state}")
             now = time.time()
-            changed = Lesson(**lesson.to_dict())
+            changed = StoredLesson(**stored.to_dict())
             changed.state = state  # type: ignore[assignment]
             if state == "live":
                 changed.started_at = changed.started_at or now
                 changed.ended_at = None
             elif state == "ended":
                 changed.ended_at = changed.ended_at or now
-        if lesson.id in self.lessons or lesson.id in self.connections:
-            self.lessons[lesson.id] = changed
+        lesson = self.lessons.get(stored.id)
+        if lesson is not None and (lesson.stored is not None or lesson.connections):
+            lesson.stored = changed
         return changed
 
-    def _start_recording(self, lesson: Lesson, producer: Producer) -> None:
-        """Every lesson is recorded from its first track (unless switched off), without transcoding."""
-        router = self.routers.get(lesson.id)
-        if self.catalog is None or lesson.id in self.recorders or router is None or lesson.id in self.not_recorded:
-            return
-        try:
-            self.recorders[lesson.id] = LessonRecorder(router, self.catalog, lesson.title, lesson.teacher,
-                                                       producer.owner)
-        except Exception:  # noqa: BLE001 - a recorder failure must not stop the lesson itself
-            log.exception("could not start recording lesson %s", lesson.id)
-
-    def set_recording(self, lesson_id: str, enabled: bool) -> None:
-        """The teacher's per-lesson choice (on by default); switching off mid-lesson closes the recording."""
-        if enabled:
-            self.not_recorded.discard(lesson_id)
-        else:
-            self.not_recorded.add(lesson_id)
-            self._stop_recording(lesson_id)
-
-    def _stop_recording(self, lesson_id: str) -> None:
-        recorder = self.recorders.pop(lesson_id, None)
-        if recorder is not None:
-            try:
-                recorder.close()
-                main = recorder.stats()["main"]
-                if main is not None:  # for the lesson's record: how the camera's recording followed its layers
-                    video = next((t for t in main["tracks"] if t["kind"] == "video"), {})
-                    self.recorded[lesson_id] = {"duration_s": main["duration_s"],
-                                                "layer_switches": main["layer_switches"],
-                                                "layer_timeline": video.get("layer_timeline", [])}
-            except Exception:  # noqa: BLE001
-                log.exception("could not finish the recording of lesson %s", lesson_id)
-
-    def _save_record(self, lesson_id: str) -> None:
-        """Attendance, chat and the stage timeline, kept with the lesson's library entry."""
-        inter = self.interactions.get(lesson_id)
-        if inter is None or self.catalog is None:
-            return
-        try:
-            now = time.time()
-            record = inter.record(now)
-            recording = self.recorded.pop(lesson_id, None)
-            if recording is not None:
-                record["recording"] = recording
-            self.catalog.save_lesson_record(lesson_id, record,
-                                            inter.attendance.to_csv(now, inter.hands, inter.stage),
-                                            inter.chat.transcript_csv())
-        except Exception:  # noqa: BLE001 - the record is an extra; the lesson's end must go on
-            log.exception("could not save the record of lesson %s", lesson_id)
-
     async def end_lesson(self, lesson_id: str) -> None:
-        self._stop_recording(lesson_id)
-        self._save_record(lesson_id)
-        # kept in the library now; a teacher who starts the ended lesson again starts a fresh record
-        self.interactions.pop(lesson_id, None)
-        self.seen.pop(lesson_id, None)
+        lesson = self.lesson(lesson_id)
+        lesson.finish()
         try:
             await self.store.clear_admission(lesson_id)
         except StoreUnavailable as exc:
             self.store_failed(exc, "a lesson ended")
             self._uncleared.add(lesson_id)
-        known = self.lessons.get(lesson_id)
+        known = lesson.stored
         if known is None:
             known = await self.store.get_lesson(lesson_id)
         if known is None:
             raise KeyError(lesson_id)
-        lesson = await self._set_lesson_state(known, "ended")
-        self.broadcast(lesson_id, {"type": "event", "event": "lesson-ended", "lesson": lesson.to_dict()})
-        router = self.routers.pop(lesson_id, None)
+        stored = await self._set_lesson_state(known, "ended")
+        lesson.broadcast({"type": "event", "event": "lesson-ended", "lesson": stored.to_dict()})
+        router = lesson.drop_router()
         if router is not None:
             await router.close()
 
@@ -422,23 +309,24 @@ class Hub:
                 log.exception("heartbeat failed")
 
     async def _heartbeat_round(self) -> None:
-        for lesson_id, members in list(self.connections.items()):
-            if not await self._renew_placement(lesson_id, members):
+        for lesson in self.carried():
+            if not await self._renew_placement(lesson):
                 continue
-            for pid in list(members):
-                if await self.store.heartbeat(lesson_id, pid, self.config.participant_ttl_s):
+            for pid in list(lesson.connections):
+                if await self.store.heartbeat(lesson.id, pid, self.config.participant_ttl_s):
                     continue
                 # gone from the store although connected here (a node that took this node for dead cleared
                 # it, or the store lost it): written again, with its tracks
-                if members.get(pid) is not None and (lesson_id, pid) in self.participants:
+                if lesson.connections.get(pid) is not None and pid in lesson.participants:
                     log.info("participant %s of lesson %s was missing from the room state: written again",
-                             pid, lesson_id)
-                    await self._write_participant(lesson_id, pid)
+                             pid, lesson.id)
+                    await self._write_participant(lesson, pid)
 
-    async def _renew_placement(self, lesson_id: str, members: dict[str, Connection]) -> bool:
+    async def _renew_placement(self, lesson: Lesson) -> bool:
         """Keep the lessons this node carries placed here; True when it still is. Lost to another node (this one
         stalled past the TTL): its participants are disconnected, and their pages reconnect and are sent to that
         node."""
+        lesson_id, members = lesson.id, lesson.connections
         try:
             placement = await self.store.place_lesson(lesson_id, self.config.node_id, self.config.url,
                                                       self.config.participant_ttl_s)
@@ -547,28 +435,27 @@ class Hub:
             people = tracks = lessons = 0
             try:
                 for lesson_id, pid in list(self._unsynced_leaves):
-                    if pid not in self.connections.get(lesson_id, {}):
+                    if not self._connected(lesson_id, pid):
                         await self.store.remove_participant(lesson_id, pid)
                     self._unsynced_leaves.discard((lesson_id, pid))
                 for lesson_id in list(self._unreleased):
-                    if not self.connections.get(lesson_id):
+                    if not self._connected(lesson_id):
                         await self.store.release_lesson(lesson_id, self.config.node_id)
                     self._unreleased.discard(lesson_id)
                 for lesson_id in list(self._uncleared):
                     await self.store.clear_admission(lesson_id)
                     self._uncleared.discard(lesson_id)
-                for lesson_id, members in list(self.connections.items()):
-                    if not members or not await self._renew_placement(lesson_id, members):
+                for lesson in self.carried():
+                    if not await self._renew_placement(lesson):
                         continue
-                    lesson = self.lessons.get(lesson_id)
-                    if lesson is not None:
-                        await self.store.restore_lesson(lesson)
+                    if lesson.stored is not None:
+                        await self.store.restore_lesson(lesson.stored)
                     lessons += 1
-                    for pid in list(members):
-                        if (lesson_id, pid) in self.participants:
-                            tracks += await self._write_participant(lesson_id, pid)
+                    for pid in list(lesson.connections):
+                        if pid in lesson.participants:
+                            tracks += await self._write_participant(lesson, pid)
                             people += 1
-                    await self._write_admission(lesson_id)
+                    await self._write_admission(lesson.id)
             except StoreUnavailable as exc:
                 self.store_failed(exc, "writing the room state again")
                 return
@@ -576,11 +463,18 @@ class Hub:
                 log.warning("room state written again (%s): %d lesson(s), %d participant(s), %d track(s) in %.2f s",
                             why, lessons, people, tracks, time.monotonic() - started)
 
-    async def _write_participant(self, lesson_id: str, pid: str) -> int:
+    def _connected(self, lesson_id: str, pid: str | None = None) -> bool:
+        """Whether anybody (pid None) or this participant is connected to the lesson here."""
+        lesson = self.lessons.get(lesson_id)
+        if lesson is None:
+            return False
+        return bool(lesson.connections) if pid is None else pid in lesson.connections
+
+    async def _write_participant(self, lesson: Lesson, pid: str) -> int:
         """A participant connected here, and its tracks, into the store; returns how many tracks."""
-        participant = self.participants[(lesson_id, pid)]
+        participant = lesson.participants[pid]
         await self.store.add_participant(participant, self.config.participant_ttl_s)
-        own = [t for t in self.tracks.get(lesson_id, {}).values() if t.participant_id == pid]
+        own = [t for t in list(lesson.tracks.values()) if t.participant_id == pid]
         for track in own:
             await self.store.add_track(track)
         return len(own)
@@ -589,12 +483,12 @@ class Hub:
         # one writer at a time: each writes the state as it is when it runs, so an earlier write (which read the
         # lock before the teacher changed it) can never land after a later one
         async with self._admission_lock:
-            inter = self.interactions.get(lesson_id)
-            if inter is None or lesson_id not in self._admission_loaded:
+            lesson = self.lessons.get(lesson_id)
+            if lesson is None or not lesson.has_interaction or not lesson.admission_loaded:
                 return  # (never read here: the store's is the one)
-            await self.store.set_locked(lesson_id, inter.locked)
-            await self.store.add_removed(lesson_id, sorted(inter.removed))
-            await self.store.add_seen(lesson_id, sorted(self.seen.get(lesson_id, ())))
+            await self.store.set_locked(lesson_id, lesson.interaction.locked)
+            await self.store.add_removed(lesson_id, sorted(lesson.interaction.removed))
+            await self.store.add_seen(lesson_id, sorted(lesson.seen))
 
     async def _write_admission_logged(self, lesson_id: str) -> None:
         try:
@@ -625,33 +519,16 @@ class Hub:
                 log.exception("attendance sampling failed")
 
     def sample(self, now: float) -> None:
-        for lesson_id, router in list(self.routers.items()):
-            inter = self.interactions.get(lesson_id)
-            if inter is None:
-                continue
-            for pid in self.classrooms(lesson_id):
-                sub = router.subscribers.get(pid)
-                consumers = sub.consumers() if sub is not None else []
-                if not consumers:
-                    inter.attendance.sample(pid, now)
-                    continue
-                octets = sum(c.octets_out for c in consumers)
-                before = self._octets.get((lesson_id, pid))
-                self._octets[(lesson_id, pid)] = (octets, now)
-                kbps = None
-                if before is not None and now > before[1] and octets >= before[0]:
-                    kbps = (octets - before[0]) * 8 / 1000 / (now - before[1])
-                rtts = [r for r in (c.rtt_ms() for c in consumers) if r is not None]
-                inter.attendance.sample(pid, now, loss=max(c.fraction_lost for c in consumers) / 256,
-                                        rtt_ms=sum(rtts) / len(rtts) if rtts else None, kbps=kbps,
-                                        video=sub.video and (sub.ladder is None or sub.ladder.video) if sub else None)
+        for lesson in list(self.lessons.values()):
+            lesson.sample(now)
 
     async def health(self) -> dict[str, Any]:
         """`status` "ok", or "degraded" naming what is down (`redis`: "down"); lessons and participants in the
         room state (all nodes), `here`: this node's own."""
-        here = {"lessons": sum(1 for m in self.connections.values() if m),
-                "participants": sum(len(m) for m in self.connections.values())}
-        common = {"node": self.config.node_id, "routers": len(self.routers), "here": here,
+        carried = self.carried()
+        here = {"lessons": len(carried), "participants": sum(len(lesson.connections) for lesson in carried)}
+        common = {"node": self.config.node_id, "routers": sum(1 for lesson in self.lessons.values() if lesson.router),
+                  "here": here,
                   "uptime_s": round(time.time() - self.started_at, 1)}
         try:
             counts = await self.store.counts()
@@ -666,7 +543,7 @@ class Hub:
     async def disconnect_all(self) -> None:
         """Server shutting down: every websocket is closed (1001), so their handlers end (each one's leave keeps
         the lesson's record) instead of holding the shutdown until aiohttp's timeout."""
-        conns = [conn for members in list(self.connections.values()) for conn in list(members.values())]
+        conns = [conn for lesson in self.carried() for conn in list(lesson.connections.values())]
         await asyncio.gather(*(conn.close(code=1001, reason="server shutting down") for conn in conns),
                              return_exceptions=True)
 
@@ -680,24 +557,26 @@ class Hub:
             await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
-        for lesson_id in list(self.recorders):
-            self._stop_recording(lesson_id)
-        for members in list(self.connections.values()):
-            for conn in list(members.values()):
+        for lesson in list(self.lessons.values()):
+            lesson.stop_recording()
+        for lesson in self.carried():
+            for conn in list(lesson.connections.values()):
                 await conn.close(code=1001, reason="server shutting down")
-        for router in list(self.routers.values()):
+        for lesson in list(self.lessons.values()):
+            router = lesson.drop_router()
+            if router is None:
+                continue
             try:
                 await router.close()
             except Exception:  # noqa: BLE001 - shutting down: the others still close
                 log.exception("could not close a router")
-        self.routers.clear()
         if self.store_up is False:
             log.warning("room state unavailable at shutdown: this node's placements and participants expire by "
                         "themselves (its liveness within %g s)", self.config.node_ttl_s)
             return
         try:
-            for lesson_id in list(self.connections):
-                await self.store.release_lesson(lesson_id, self.config.node_id)
+            for lesson in self.carried():
+                await self.store.release_lesson(lesson.id, self.config.node_id)
             await self.store.remove_node(self.config.node_id)
         except StoreUnavailable as exc:
             log.warning("room state unavailable at shutdown (%s): this node's placements and participants expire "

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from sfu.peers.sdp import MID_MAX_CHARS  # the SFU's own caps, checked again there
 from sfu.peers.sdp import SDP_MAX_CHARS as MAX_SDP_CHARS
-from signaling.interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
+from signaling.lesson.interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
 from signaling.tokens import MAX_TOKEN_CHARS
 
 # Largest accepted message, in encoded bytes. An SDP offer for a teacher

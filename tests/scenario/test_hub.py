@@ -66,11 +66,11 @@ async def test_a_lesson_whose_classrooms_all_drop_at_once_keeps_its_record_once(
         rooms = [_Conn("drop-all", f"school-{i}", "classroom") for i in range(40)]
         for conn in rooms:
             await hub.join(conn)  # type: ignore[arg-type]
-        hub.router("drop-all")  # the lesson's SFU router, as once anyone publishes or subscribes
+        hub.lesson("drop-all").media()  # the lesson's SFU router, as once anyone publishes or subscribes
         await asyncio.gather(*(hub.leave(conn) for conn in rooms))  # type: ignore[arg-type]
         # one record, with every classroom in it; the lesson's router closed and forgotten
         assert catalog.records == [("drop-all", 40)]
-        assert "drop-all" not in hub.routers and "drop-all" not in hub.connections
+        assert hub.lessons["drop-all"].router is None and not hub.lessons["drop-all"].connections
         # a classroom coming back starts the lesson's connections afresh, and its leaving keeps the record again
         again = _Conn("drop-all", "school-0", "classroom")
         await hub.join(again)  # type: ignore[arg-type]

@@ -75,8 +75,8 @@ async def test_a_leave_during_a_redis_outage_completes_here_and_reaches_redis_wh
         rooms = [_Conn("outage", f"school-{i}", "classroom") for i in range(3)]
         for conn in (teacher, *rooms):
             await hub.join(conn)  # type: ignore[arg-type]
-        router = hub.router("outage")
-        inter = hub.interaction("outage")
+        router = hub.lesson("outage").media()
+        inter = hub.lesson("outage").interaction
         assert redis.exists(store.placement_key("outage"))
 
         own_redis.stop(keep_data=True)  # Redis goes away (it comes back with its data)
@@ -91,7 +91,7 @@ async def test_a_leave_during_a_redis_outage_completes_here_and_reaches_redis_wh
         # the whole lesson leaves: its record is kept, its router closed, nothing of it stays on the node
         await asyncio.gather(*(hub.leave(c) for c in (teacher, *rooms[1:])))  # type: ignore[arg-type]
         assert catalog.records == [("outage", 3)]
-        assert router.closed and "outage" not in hub.routers and "outage" not in hub.connections
+        assert router.closed and hub.lessons["outage"].router is None and not hub.lessons["outage"].connections
         health = await hub.health()
         assert health["status"] == "degraded" and health["redis"] == "down", health
 

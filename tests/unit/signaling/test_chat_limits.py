@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from signaling.interaction import (
+from signaling.lesson.interaction import (
     CHAT_PER_LESSON,
     CHAT_PER_SENDER,
     CHAT_WINDOW_S,

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from signaling.interaction import (
+from signaling.lesson.interaction import (
     CHAT_MAX_CHARS,
     CSV_HEADER,
     DEFAULT_STAGE_MAX,
