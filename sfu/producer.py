@@ -1,21 +1,22 @@
-"""A Producer is one track the teacher publishes: it caches its packets and fans them out to Consumers."""
+"""A Producer is one track the teacher publishes: it caches its packets and fans them out to its Sinks
+(classrooms' Consumers, the recorder's taps: sfu/sink.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from sfu.peers.feedback import LayerFeedback
+from sfu.rtp.feedback import LayerFeedback
 from sfu.rtp.header import abs_send_time_bytes
 from sfu.rtp.keyframe import KeyframeThrottle
+from sfu.rtp.packet import Packet
 from sfu.rtp.packetcache import PacketCache
 from sfu.rtp.seqmap import SeqUnwrapper
 from sfu.rtp.vp8 import vp8_is_keyframe_start
+from sfu.sink import Sink
 
-if TYPE_CHECKING:
-    from sfu.consumer.base import Consumer
+__all__ = ["CONSUMER_MAX_ERRORS", "KEYFRAME_REPLAY_MAX_PACKETS", "LAYER_STOPPED_S", "Packet", "Producer"]
 
 log = logging.getLogger("ketang.sfu.rtp")
 
@@ -26,31 +27,6 @@ KEYFRAME_REPLAY_MAX_PACKETS = 120
 LAYER_STOPPED_S = 1.0
 # failures in a row after which a consumer's sends are considered broken and it is detached
 CONSUMER_MAX_ERRORS = 50
-
-
-class Packet:
-    """One incoming media packet, shared by every consumer and by the cache (never copied per subscriber)."""
-
-    __slots__ = ("ext_seq", "ts", "marker", "payload", "arrival", "keyframe", "audio_level",
-                 "tail", "tail_layout", "tail_ast", "vp8")
-
-    def __init__(self, ext_seq: int, ts: int, marker: int, payload: bytes, arrival: float, keyframe: bool,
-                 audio_level: int) -> None:
-        self.ext_seq = ext_seq
-        self.ts = ts
-        self.marker = marker
-        self.payload = payload
-        self.arrival = arrival
-        self.keyframe = keyframe
-        self.audio_level = audio_level
-        # the bytes after the RTP fixed header, as last built for (layout, abs-send-time): shared by every
-        # subscriber with that layout in one fan-out
-        self.tail = b""
-        self.tail_layout: object = None
-        self.tail_ast = b""
-        # the VP8 numbering fields (sfu.rtp.vp8.vp8_numbering; () when there are none), parsed once by the first
-        # simulcast subscriber that renumbers this packet and shared by the others; None: not parsed yet
-        self.vp8: tuple | None = None
 
 
 class Producer:
@@ -79,7 +55,7 @@ class Producer:
         self.source = source
         self.ssrc: int | None = None
         self.cache = PacketCache()
-        self.consumers: tuple[Consumer, ...] = ()  # snapshot iterated by the hot loop, rebuilt on attach/detach
+        self.consumers: tuple[Sink, ...] = ()  # snapshot iterated by the hot loop, rebuilt on attach/detach
         self.keyframes = KeyframeThrottle()
         self.last_keyframe_seq: int | None = None
         self.closed = False
@@ -146,7 +122,7 @@ class Producer:
             self._ref_unix, self._ref_ts = time.time(), ts
         return packet
 
-    def fan_out(self, packet: Packet, consumers: tuple[Consumer, ...]) -> None:
+    def fan_out(self, packet: Packet, consumers: tuple[Sink, ...]) -> None:
         """Hot loop: hand the packet to each consumer, every one isolated from the others."""
         ast = abs_send_time_bytes()
         for consumer in consumers:
@@ -215,11 +191,11 @@ class Producer:
 
     # -- consumers -----------------------------------------------------------------------------------------
 
-    def attach(self, consumer: Consumer) -> None:
+    def attach(self, consumer: Sink) -> None:
         if consumer not in self.consumers:
             self.consumers = self.consumers + (consumer,)
 
-    def detach(self, consumer: Consumer) -> None:
+    def detach(self, consumer: Sink) -> None:
         self.consumers = tuple(c for c in self.consumers if c is not consumer)
 
     def on_close(self, callback: Callable[[Producer], None]) -> None:

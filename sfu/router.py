@@ -16,6 +16,7 @@ from sfu.peers.sdp import SdpError
 from sfu.peers.subscriber import Subscriber, SubscriberSignals
 from sfu.producer import Producer
 from sfu.seams import GUARD
+from sfu.sink import SubscriberStream
 
 log = logging.getLogger("ketang.sfu")
 
@@ -211,10 +212,9 @@ class Router:
         for producer in self.producers.values():
             if producer.owner == classroom and producer.kind == "audio":
                 if producer.muted and not muted:
-                    for consumer in producer.consumers:
-                        close_gap = getattr(consumer, "close_gap", None)  # the recorder has none: a gap is fine
-                        if close_gap is not None:
-                            close_gap()  # the muted stretch is no loss to the classrooms
+                    for sink in producer.consumers:
+                        if isinstance(sink, SubscriberStream):  # the recorder's taps: a gap is fine
+                            sink.close_gap()  # the muted stretch is no loss to the classrooms
                 producer.muted = muted
         self._update_demand()
 

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.rtp import AnyRtcpPacket
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
@@ -362,7 +363,7 @@ def dtls_send_rtp(dtls: RTCDtlsTransport, data: bytes) -> Any:
     return dtls._send_rtp(data)
 
 
-def receiver_send_rtcp(receiver: RTCRtpReceiver, packet: Any) -> Any:
+def receiver_send_rtcp(receiver: RTCRtpReceiver, packet: AnyRtcpPacket) -> Coroutine[Any, Any, None]:
     """Send an RTCP packet from a receiver to its remote sender (a coroutine)."""
     return receiver._send_rtcp(packet)
 

@@ -79,7 +79,7 @@ class SimulcastConsumer(Consumer):
                                           producer.clock_rate, start_layer)
         self._taps = [_LayerTap(self, i) for i in range(len(self.layers))]
         for layer, tap in zip(self.layers, self._taps):
-            layer.attach(tap)  # type: ignore[arg-type]
+            layer.attach(tap)
 
     # -- media ---------------------------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class SimulcastConsumer(Consumer):
         if self.closed:
             return
         for layer, tap in zip(self.layers, self._taps):
-            layer.detach(tap)  # type: ignore[arg-type]
+            layer.detach(tap)
         super().close()
 
     def stats(self) -> dict:

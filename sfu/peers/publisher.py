@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
@@ -25,7 +25,6 @@ from aiortc.rtp import (
 from sfu import seams
 from sfu.adapt.uplink import UplinkBudget
 from sfu.ingress import Ingress, Route
-from sfu.peers.feedback import LayerFeedback
 from sfu.peers.sdp import (
     LESSON_CODECS,
     TEACHER_MAX_TRACKS_PER_KIND,
@@ -38,6 +37,7 @@ from sfu.peers.sdp import (
     set_description,
 )
 from sfu.producer import Producer
+from sfu.rtp.feedback import LayerFeedback
 from sfu.rtp.header import URI_AUDIO_LEVEL, URI_MID
 from sfu.simulcast.demux import LayerDemux
 from sfu.simulcast.sdp import (
@@ -46,9 +46,7 @@ from sfu.simulcast.sdp import (
     munge_answer,
     parse_simulcast_offer,
 )
-
-if TYPE_CHECKING:
-    from sfu.router import Router
+from sfu.sink import SubscriberStream
 
 log = logging.getLogger("ketang.sfu")
 
@@ -66,11 +64,19 @@ SIMULCAST_UPLINK_BPS = 2_300_000
 CLASSROOM_MAX_TRACKS_PER_KIND = 1
 
 
+class PublisherHost(Protocol):
+    """What a Publisher needs of the lesson it publishes into (the Router implements it)."""
+
+    def add_producer(self, producer: Producer) -> None: ...
+
+    async def remove_publisher(self, publisher: Publisher) -> None: ...
+
+
 def classroom_loss(producer: Producer, now: float) -> float:
     """The loss the classrooms report for a track: the CLASSROOM_LOSS_QUANTILE of their latest receiver
     reports (fresh ones only), as a fraction."""
-    lost = sorted(c.fraction_lost for c in producer.consumers
-                  if getattr(c, "report_at", None) is not None and now - c.report_at <= CLASSROOM_LOSS_STALE_S)
+    lost = sorted(c.fraction_lost for c in producer.consumers if isinstance(c, SubscriberStream)
+                  and c.report_at is not None and now - c.report_at <= CLASSROOM_LOSS_STALE_S)
     if not lost:
         return 0.0
     return lost[min(len(lost) - 1, int(CLASSROOM_LOSS_QUANTILE * len(lost)))] / 256
@@ -95,7 +101,7 @@ def _report_classroom_loss(receiver: RTCRtpReceiver, producer: Producer) -> None
 class Publisher:
     """The teacher's connection: every received transceiver becomes a Producer."""
 
-    def __init__(self, router: Router, participant_id: str, ice_servers: list[str] | None = None,
+    def __init__(self, router: PublisherHost, participant_id: str, ice_servers: list[str] | None = None,
                  uplink_bps: int | None = None, role: str = "teacher") -> None:
         self.router = router
         self.participant_id = participant_id
@@ -225,7 +231,9 @@ class Publisher:
         sent = 0
         for producer in list(self.producers.values()):
             receiver = self._receivers.get(producer.id)
-            rtcp_ssrc = seams.receiver_rtcp_ssrc(receiver) if receiver is not None else None
+            if receiver is None:
+                continue
+            rtcp_ssrc = seams.receiver_rtcp_ssrc(receiver)
             if rtcp_ssrc is None:
                 continue
             blocks = []
@@ -236,7 +244,7 @@ class Publisher:
                 lost = feedback.nacks(now)
                 if lost and layer.kind == "video":  # audio has no retransmissions to ask for
                     nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=layer.ssrc, lost=lost)
-                    await seams.receiver_send_rtcp(receiver, nack)  # type: ignore[arg-type]
+                    await seams.receiver_send_rtcp(receiver, nack)
                     sent += 1
                 figures = feedback.report() if reports else None
                 if figures is not None:
@@ -247,7 +255,7 @@ class Publisher:
                     blocks.append(RtcpReceiverInfo(ssrc=layer.ssrc, fraction_lost=figures[0], packets_lost=figures[1],
                                                    highest_sequence=figures[2], jitter=0, lsr=lsr, dlsr=dlsr))
             if blocks:
-                await seams.receiver_send_rtcp(receiver, RtcpRrPacket(ssrc=rtcp_ssrc, reports=blocks))  # type: ignore[arg-type]
+                await seams.receiver_send_rtcp(receiver, RtcpRrPacket(ssrc=rtcp_ssrc, reports=blocks))
                 sent += 1
         return sent
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from aiortc import MediaStreamTrack
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
@@ -28,9 +28,6 @@ from sfu.peers.sdp import (
 )
 from sfu.producer import Producer
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
-
-if TYPE_CHECKING:
-    from sfu.router import Router
 
 log = logging.getLogger("ketang.sfu")
 
@@ -65,11 +62,17 @@ class SubscriberSignals(Protocol):
     def send_tracks(self, tracks: list[dict]) -> None: ...
 
 
+class SubscriberHost(Protocol):
+    """What a Subscriber needs of the lesson it receives from (the Router implements it)."""
+
+    async def remove_subscriber(self, participant_id: str) -> None: ...
+
+
 @dataclass
 class Subscriber:
     """A classroom's (or observer's) connection, offered by the server."""
 
-    router: Router
+    router: SubscriberHost
     participant_id: str
     signals: SubscriberSignals
     ice_servers: list[str] | None = None

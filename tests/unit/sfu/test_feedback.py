@@ -3,14 +3,14 @@ figures of a receiver report (RFC 3550), clock injected."""
 
 from __future__ import annotations
 
-from sfu.peers.feedback import (
+from sfu.producer import Producer
+from sfu.rtp.feedback import (
     MISSING_FORGET_S,
     MISSING_MAX,
     NACK_EVERY_S,
     NACK_TRIES,
     LayerFeedback,
 )
-from sfu.producer import Producer
 
 
 def test_a_gap_is_nacked_again_until_repaired_and_never_more_than_the_tries():
