@@ -1,6 +1,7 @@
 """Which simulcast layer of the teacher's camera a recording holds: the largest one that arrives.
 
-A FlowTap rides each layer's producer like a consumer and only says "a packet arrived"; the LayerFollower keeps
+A recording starts from the largest layer flowing once they all had time to start (StartingLayers). A
+FlowTap rides each layer's producer like a consumer and only says "a packet arrived"; the LayerFollower keeps
 when each layer last arrived and since when it has been arriving, decides (`wanted_layer`) which layer the file
 should hold, and when that changes opens a depacketizer on the new layer, which asks for its key frame. The
 writer (webm.RecordingFile) changes over at that key frame, so the file never holds a delta frame of a layer it
@@ -31,6 +32,36 @@ RECORD_LAYER_CHECK_S = 0.05
 # the awaited layer's key frame is asked for again this often (a PLI is lost, or throttled by others' requests)
 RECORD_KEYFRAME_RETRY_S = 0.5
 RECORD_LAYER_TIMELINE_MAX = 200  # switches kept in the stats (the count goes on)
+# a simulcast camera's layers start within a second of each other: the recording waits this long after the
+# first one to see which is the largest the teacher's browser really sends
+SIMULCAST_SETTLE_S = 1.5
+
+
+class StartingLayers:
+    """The layer each simulcast camera's recording starts from: its largest that flows (a browser sends fewer
+    layers than asked for from a small camera), chosen once its layers have had SIMULCAST_SETTLE_S to start
+    and kept for that camera. A file then follows the layers as they stop and come back (LayerFollower)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.chosen: list[Producer] = []  # the layers chosen so far, one per camera
+        self._first_seen: dict[int, float] = {}  # id(camera) -> when one of its layers first flowed
+
+    def choose(self, producer: Producer) -> Producer | None:
+        """The layer to record `producer` from (itself when it is not simulcast); None: not known yet."""
+        if not producer.layers:
+            return producer
+        chosen = next((layer for layer in self.chosen if layer in producer.layers), None)
+        if chosen is not None:
+            return chosen
+        flowing = [layer for layer in producer.layers if layer.packets_in > 0]
+        if not flowing:
+            return None
+        first = self._first_seen.setdefault(id(producer), self._clock())
+        if self._clock() - first < SIMULCAST_SETTLE_S:
+            return None
+        self.chosen.append(flowing[-1])
+        return flowing[-1]
 
 
 def wanted_layer(now: float, current: int, last: Sequence[float], since: Sequence[float]) -> int:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from recorder.record.follower import SIMULCAST_SETTLE_S, StartingLayers
 from recorder.record.handoff import (
     CATALOG_ERRORS,
     Catalog,
@@ -23,25 +24,21 @@ from recorder.record.handoff import (
     finish_or_keep,
     retry_pending_finishes,
 )
-from recorder.record.repair import repair_file, repair_unfinished
+from recorder.record.repair import repair_unfinished
 from recorder.record.webm import RecordingFile, write_failure
 from sfu.producer import Producer
 from sfu.router import Router
 
-# Names imported from this module before the recorder was split up: their homes are handoff.py (Catalog),
-# repair.py (repair_unfinished, repair_file) and webm.py (RecordingFile).
-__all__ = ["LessonRecorder", "SIMULCAST_SETTLE_S", "Catalog", "RecordingFile", "repair_file", "repair_unfinished"]
+# Also importable from here, as they were before the recorder was split up: their homes are handoff.py
+# (Catalog), repair.py (repair_unfinished) and webm.py (RecordingFile).
+__all__ = ["LessonRecorder", "Catalog", "RecordingFile", "repair_unfinished"]
 
 log = logging.getLogger("ketang.recorder")
 
 
-# a simulcast camera's layers start within a second of each other: the recording waits this long after the
-# first one to see which is the largest the teacher's browser really sends
-SIMULCAST_SETTLE_S = 1.5
-
-
 class LessonRecorder:
-    """Records a lesson: camera + microphone into the main file, each screen share into its own file."""
+    """Records a lesson: the teacher's camera + microphone into the main file, each screen share and each
+    classroom's turn on stage into a file of its own, each file a library item."""
 
     def __init__(self, router: Router, catalog: Catalog, title: str, teacher: str, teacher_sub: str,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
@@ -57,8 +54,7 @@ class LessonRecorder:
         self.stage: dict[str, tuple[RecordingFile, str]] = {}  # classroom participant id -> (file, library id)
         self.stage_turns = 0
         self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
-        self._recorded_layers: list[Producer] = []  # the simulcast layers chosen for the main file
-        self._first_layer_at: dict[int, float] = {}
+        self._starting_layers = StartingLayers(clock)  # which layer of a simulcast camera a file starts from
         self.closed = False
         # why the lesson's recording stopped before its end (a full disk): no file of it is written any more
         self.failed: str | None = None
@@ -139,30 +135,12 @@ class LessonRecorder:
         if not self.closed and self.failed is None:
             self._sync()
 
-    def _layer_to_record(self, producer: Producer) -> Producer | None:
-        """The layer a simulcast camera's recording starts from: its largest that flows (a browser sends fewer
-        layers than asked for from a small camera); None until its layers have had SIMULCAST_SETTLE_S to start.
-        The file then follows the layers as they stop and come back (follower.LayerFollower)."""
-        if not producer.layers:
-            return producer
-        chosen = next((layer for layer in self._recorded_layers if layer in producer.layers), None)
-        if chosen is not None:
-            return chosen
-        flowing = [layer for layer in producer.layers if layer.packets_in > 0]
-        if not flowing:
-            return None
-        first = self._first_layer_at.setdefault(id(producer), self._clock())
-        if self._clock() - first < SIMULCAST_SETTLE_S:
-            return None
-        self._recorded_layers.append(flowing[-1])
-        return flowing[-1]
-
     def _sync(self) -> None:
         """(Re)start files for the producers now live: the main file when camera or microphone start."""
         if self.closed or self.failed is not None:
             return  # (a lesson whose recording stopped on a write error is not recorded again)
         teachers = [p for p in self.router.producers.values() if p.owner_role == "teacher"]
-        live = [self._layer_to_record(p) for p in teachers]
+        live = [self._starting_layers.choose(p) for p in teachers]
         pending = any(p is None for p in live)
         if pending:
             # a simulcast camera whose layers are not all known yet: the main file starts once they are

@@ -1,4 +1,4 @@
-"""The recorder's small pieces on their own: the layer decision, the incomplete marker, write failures in
+"""The recorder's small pieces on their own: the layer decisions, the incomplete marker, write failures in
 words, RTP timestamps on the wall clock, and a catalog finish that waits for room."""
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from recorder.record import handoff
-from recorder.record.follower import RECORD_LAYER_STOPPED_S, RECORD_LAYER_UP_AFTER_S, wanted_layer
+from recorder.record.follower import (
+    RECORD_LAYER_STOPPED_S,
+    RECORD_LAYER_UP_AFTER_S,
+    SIMULCAST_SETTLE_S,
+    StartingLayers,
+    wanted_layer,
+)
 from recorder.record.marker import (
     INCOMPLETE_UNKNOWN,
     clear_incomplete,
@@ -135,3 +141,45 @@ def test_a_finish_the_catalog_cannot_take_waits_and_is_done_once_there_is_room(
     done = handoff.PendingFinish(catalog, "r2", "lesson", tmp_path / "b.webm", 3.0, 10, None)  # type: ignore[arg-type]
     handoff.finish_or_keep(done)
     assert catalog.finished[-1] == ("r2", 3.0, 10, None) and not handoff.PENDING_FINISHES
+
+
+def _camera(clock: FakeClock, n: int = 3) -> Producer:
+    layers = [Producer(f"cam{i}", "video", "vp8", 90000, lambda ssrc: None, clock=clock) for i in range(n)]
+    layers[0].layers = layers
+    return layers[0]
+
+
+@pytest.mark.parametrize("flowing, after_s, want", [
+    ([], SIMULCAST_SETTLE_S * 2, None),  # no layer flows yet
+    ([0, 1, 2], 0.0, None),  # the layers had no time to start: which is the largest is not known
+    ([0, 1, 2], SIMULCAST_SETTLE_S / 2, None),
+    ([0, 1, 2], SIMULCAST_SETTLE_S, 2),
+    ([0, 1], SIMULCAST_SETTLE_S, 1),  # a small camera: the browser sends two layers of the three
+    ([0], SIMULCAST_SETTLE_S * 3, 0),
+])
+def test_a_simulcast_recording_starts_from_the_largest_layer_flowing_once_they_had_time_to_start(
+        flowing: list[int], after_s: float, want: int | None) -> None:
+    clock = FakeClock()
+    camera = _camera(clock)
+    starting = StartingLayers(clock)
+    for i in flowing:
+        camera.layers[i].packets_in = 10  # type: ignore[index]
+    assert starting.choose(camera) is None  # the first look starts the wait
+    clock.advance(after_s)
+    chosen = starting.choose(camera)
+    assert chosen is (camera.layers[want] if want is not None else None)  # type: ignore[index]
+
+
+def test_the_starting_layer_is_kept_for_its_camera_and_a_plain_track_is_itself() -> None:
+    clock = FakeClock()
+    camera, other = _camera(clock), _camera(clock, 2)
+    starting = StartingLayers(clock)
+    camera.layers[1].packets_in = 10  # type: ignore[index]
+    starting.choose(camera)
+    clock.advance(SIMULCAST_SETTLE_S)
+    assert starting.choose(camera) is camera.layers[1]  # type: ignore[index]
+    camera.layers[2].packets_in = 10  # type: ignore[index]
+    assert starting.choose(camera) is camera.layers[1]  # chosen once: the follower moves on from there
+    assert starting.choose(other) is None  # each camera its own
+    mic = Producer("mic", "audio", "opus", 48000, lambda ssrc: None, clock=clock)
+    assert starting.choose(mic) is mic
