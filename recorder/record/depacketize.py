@@ -1,10 +1,10 @@
 """Turn one producer's RTP packets back into codec frames, in order, without decoding them.
 
-A TrackDepacketizer rides the producer like a classroom's Consumer does (the producer calls `forward` for every
-new packet, including late retransmissions the teacher sent after the server's NACK), restores sequence
-order with a short hold, and emits whole frames: a VP8 frame is the payloads of one timestamp with their
-payload descriptors removed, ending at the marker bit; an Opus packet is one frame. A hole that is not filled
-within HOLD_S is a loss beyond repair: video then waits for the next keyframe (and asks for one).
+A TrackDepacketizer rides the producer like a classroom's Consumer does (a Sink of sfu/sink.py: the producer
+calls `forward` for every new packet, including late retransmissions the teacher sent after the server's NACK),
+restores sequence order with a short hold, and emits whole frames: a VP8 frame is the payloads of one
+timestamp with their payload descriptors removed, ending at the marker bit; an Opus packet is one frame. A hole
+that is not filled within HOLD_S is a loss beyond repair: video then waits for the next keyframe (and asks for one).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sfu.producer import Packet, Producer
+from sfu.producer import Producer
+from sfu.rtp.packet import Packet
 from sfu.rtp.seqmap import TsUnwrapper
 from sfu.rtp.vp8 import vp8_descriptor_len, vp8_is_keyframe_start
 
@@ -55,7 +56,7 @@ class TrackDepacketizer:
         self._ts = TsUnwrapper()
         if self._need_keyframe:
             self._ask_keyframe()
-        producer.attach(self)  # type: ignore[arg-type]
+        producer.attach(self)
 
     # -- the Consumer-shaped interface the producer calls --------------------------------------------------
 
@@ -72,7 +73,7 @@ class TrackDepacketizer:
         if self.closed:
             return
         self.closed = True
-        self.producer.detach(self)  # type: ignore[arg-type]
+        self.producer.detach(self)
 
     # -- ordering ------------------------------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ class LayerFollower:
         self.timeline: list[dict[str, Any]] = []  # {at_s, layer, size} of each switch
         self._taps = [FlowTap(self, i) for i in range(n)]
         for layer, tap in zip(self.layers, self._taps):
-            layer.attach(tap)  # type: ignore[arg-type]
+            layer.attach(tap)
 
     def arrived(self, index: int) -> None:
         now = self._clock()
@@ -180,7 +180,7 @@ class LayerFollower:
     def close(self) -> None:
         self._drop_candidate()
         for layer, tap in zip(self.layers, self._taps):
-            layer.detach(tap)  # type: ignore[arg-type]
+            layer.detach(tap)
 
     def stats(self) -> dict[str, Any]:
         return {"layer": self.layers.index(self.track.producer), "layer_switches": self.switches,

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from recorder.record import handoff
+from recorder.record.depacketize import TrackDepacketizer
 from recorder.record.follower import (
     RECORD_LAYER_STOPPED_S,
     RECORD_LAYER_UP_AFTER_S,
     SIMULCAST_SETTLE_S,
+    FlowTap,
     StartingLayers,
     wanted_layer,
 )
@@ -27,6 +29,7 @@ from recorder.record.marker import (
 from recorder.record.webm import opus_head, wall_of_rtp, write_failure
 from sfu.producer import Producer
 from sfu.rtp.header import ntp_from_unix
+from sfu.sink import Sink
 from tests.clock import FakeClock
 
 NOW = 100.0
@@ -183,3 +186,10 @@ def test_the_starting_layer_is_kept_for_its_camera_and_a_plain_track_is_itself()
     assert starting.choose(other) is None  # each camera its own
     mic = Producer("mic", "audio", "opus", 48000, lambda ssrc: None, clock=clock)
     assert starting.choose(mic) is mic
+
+
+@pytest.mark.parametrize("tap", [TrackDepacketizer, FlowTap])
+def test_the_recorders_taps_have_every_method_a_producer_calls_on_what_it_feeds(tap: type) -> None:
+    called = {name for name, value in vars(Sink).items() if callable(value) and not name.startswith("_")}
+    assert called == {"forward", "skip", "on_error", "close"}
+    assert called <= {name for name in dir(tap) if callable(getattr(tap, name))}
