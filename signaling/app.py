@@ -144,13 +144,12 @@ async def lesson_attendance(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     hub, lesson_id = request.app[HUB_KEY], request.match_info["lesson"]
-    inter, now = hub.lesson(lesson_id).interaction, time.time()
+    lesson, now = hub.lesson(lesson_id), time.time()
     if request.match_info.get("csv"):
-        return web.Response(body=inter.attendance.to_csv(now, inter.hands, inter.stage).encode("utf-8"),
+        return web.Response(body=lesson.attendance_csv(now).encode("utf-8"),
                             headers={"Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
                                      "Content-Disposition": f'attachment; filename="attendance-{lesson_id}.csv"'})
-    return web.json_response({"lesson": lesson_id, "classrooms": inter.attendance.rows(now, inter.hands, inter.stage),
-                              "stage_timeline": inter.stage.timeline()})
+    return web.json_response(lesson.attendance(now))
 
 
 async def healthz(request: web.Request) -> web.Response:

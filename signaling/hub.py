@@ -14,7 +14,7 @@ from sfu.producer import Producer
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.lesson.live import Lesson
-from signaling.lesson.outcome import sees
+from signaling.lesson.outcome import public_participant, public_track
 from signaling.state import Lesson as StoredLesson
 from signaling.state import Participant, RoomStore, StoreUnavailable, TrackInfo
 
@@ -31,14 +31,6 @@ STILL_DOWN_LOG_EVERY_S = 60.0
 UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try again in a few seconds"
 
 log = logging.getLogger("ketang.signaling")
-
-
-def public_participant(p: Participant) -> dict[str, Any]:
-    return {"id": p.id, "role": p.role, "name": p.name, "joined_at": p.joined_at}
-
-
-def public_track(t: TrackInfo) -> dict[str, Any]:
-    return {"id": t.id, "kind": t.kind, "source": t.source, "participant": t.participant_id}
 
 
 class Hub:
@@ -108,21 +100,15 @@ class Hub:
         lesson.stored = stored
         if stored.state == "ended" and claims.role != "teacher":
             raise LessonEnded(stored.id)
-        inter = lesson.interaction
         if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
-            admission = await self.store.admission(lesson.id)
-            inter.locked = admission.locked
-            inter.removed |= admission.removed
-            lesson.seen |= admission.seen
-            lesson.admission_loaded = True
-        if claims.role == "classroom":
-            refused = inter.may_join(conn.participant_id, conn.participant_id in lesson.seen)
-            if refused is not None:
-                raise JoinRefused(refused)
-            if conn.participant_id not in lesson.seen:
-                await self.store.add_seen(lesson.id, [conn.participant_id])
-                lesson.seen.add(conn.participant_id)
+            lesson.load_admission(await self.store.admission(lesson.id))
+        refused, first_time = lesson.admit(conn.participant_id, claims.role)
+        if refused is not None:
+            raise JoinRefused(refused)
+        if first_time:
+            await self.store.add_seen(lesson.id, [conn.participant_id])
+            lesson.seen.add(conn.participant_id)
         now = time.time()
         participant = Participant(id=conn.participant_id, lesson_id=lesson.id, role=claims.role, name=claims.name,
                                   joined_at=now, last_seen=now, node=self.config.node_id, expires_at=0.0)
@@ -145,27 +131,7 @@ class Hub:
         if claims.role != "observer":  # observers watch without being listed to others
             lesson.broadcast({"type": "event", "event": "participant-joined",
                               "participant": public_participant(participant)}, exclude=conn, about=claims.role)
-        participants = [public_participant(p) for p in everyone
-                        if p.role != "observer" and sees(claims.role, p.role, p.id == participant.id)]
-        classrooms = {p.id for p in everyone if p.role == "classroom"}
-        on_stage = {s["id"] for s in inter.stage.on()}
-        # a classroom hears of the teacher's tracks and of those on stage, not of every classroom's camera
-        tracks = [public_track(t) for t in stored_tracks
-                  if claims.role != "classroom" or t.participant_id not in classrooms
-                  or t.participant_id in on_stage or t.participant_id == participant.id]
-        state: dict[str, Any] = {"participant": {"id": participant.id, "role": participant.role,
-                                                 "name": participant.name},
-                                 "lesson": stored.to_dict(), "participants": participants, "tracks": tracks,
-                                 "settings": inter.settings_dict(), "stage": inter.stage.on(),
-                                 "chat": inter.chat.recent()}
-        if claims.role == "classroom":
-            inter.attendance.joined(participant.id, participant.name, now)
-            state["state"] = inter.state_of(participant.id)
-        else:
-            state["hands"] = inter.hands.queue()
-            # a reloaded teacher page finds every classroom's hand, stage and mute as they are
-            state["classrooms"] = [inter.state_of(pid) for pid in sorted(classrooms)]
-        return state
+        return lesson.welcome(stored, participant, everyone, stored_tracks, now)
 
     async def leave(self, conn: Connection) -> None:
         """Idempotent: forget the participant here, in room state and in the SFU, and tell the others."""

@@ -24,9 +24,15 @@ from sfu.router import Router
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.lesson.interaction import InteractionError, LessonInteraction
-from signaling.lesson.outcome import Event, Outcome, sees
+from signaling.lesson.outcome import (
+    Event,
+    Outcome,
+    public_participant,
+    public_track,
+    sees,
+)
+from signaling.state import Admission, Participant, TrackInfo
 from signaling.state import Lesson as StoredLesson
-from signaling.state import Participant, TrackInfo
 
 log = logging.getLogger("ketang.signaling")
 
@@ -86,6 +92,59 @@ class Lesson:
         if participant in self.seen:
             return participant
         return None
+
+    def load_admission(self, admission: Admission) -> None:
+        """The lock, removals and seen classrooms kept in the room store (they outlive the node that set them)."""
+        inter = self.interaction
+        inter.locked = admission.locked
+        inter.removed |= admission.removed
+        self.seen |= admission.seen
+        self.admission_loaded = True
+
+    def admit(self, participant: str, role: str) -> tuple[str | None, bool]:
+        """(refusal, first time): the protocol's error code when this participant may not join (a removed
+        classroom, or one new to a locked lesson), and whether it is a classroom the lesson has not seen yet."""
+        if role != "classroom":
+            return None, False
+        known = participant in self.seen
+        return self.interaction.may_join(participant, known), not known
+
+    def welcome(self, stored: StoredLesson, participant: Participant, everyone: list[Participant],
+                tracks: list[TrackInfo], now: float) -> dict[str, Any]:
+        """A participant joined (its connection registered): what its `joined` reply carries. A classroom's
+        attendance opens."""
+        inter, role = self.interaction, participant.role
+        participants = [public_participant(p) for p in everyone
+                        if p.role != "observer" and sees(role, p.role, p.id == participant.id)]
+        classrooms = {p.id for p in everyone if p.role == "classroom"}
+        on_stage = {s["id"] for s in inter.stage.on()}
+        # a classroom hears of the teacher's tracks and of those on stage, not of every classroom's camera
+        visible_tracks = [public_track(t) for t in tracks
+                          if role != "classroom" or t.participant_id not in classrooms
+                          or t.participant_id in on_stage or t.participant_id == participant.id]
+        state: dict[str, Any] = {"participant": {"id": participant.id, "role": role, "name": participant.name},
+                                 "lesson": stored.to_dict(),
+                                 "participants": participants, "tracks": visible_tracks,
+                                 "settings": inter.settings_dict(), "stage": inter.stage.on(),
+                                 "chat": inter.chat.recent()}
+        if role == "classroom":
+            inter.attendance.joined(participant.id, participant.name, now)
+            state["state"] = inter.state_of(participant.id)
+        else:
+            state["hands"] = inter.hands.queue()
+            # a reloaded teacher page finds every classroom's hand, stage and mute as they are
+            state["classrooms"] = [inter.state_of(pid) for pid in sorted(classrooms)]
+        return state
+
+    def attendance(self, now: float) -> dict[str, Any]:
+        """Each classroom's attendance and reception so far, and the stage timeline."""
+        inter = self.interaction
+        return {"lesson": self.id, "classrooms": inter.attendance.rows(now, inter.hands, inter.stage),
+                "stage_timeline": inter.stage.timeline()}
+
+    def attendance_csv(self, now: float) -> str:
+        inter = self.interaction
+        return inter.attendance.to_csv(now, inter.hands, inter.stage)
 
     # -- media -------------------------------------------------------------------------------------------------
 

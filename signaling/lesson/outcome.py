@@ -9,11 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from signaling.state import Participant, TrackInfo
+
 
 def sees(viewer: str | None, role: str | None, itself: bool = False) -> bool:
     """Who is told about whom: the teacher and observers see everyone; a classroom sees the teacher (and
     itself), not the hundreds of other classrooms."""
     return viewer != "classroom" or role != "classroom" or itself
+
+
+def public_participant(p: Participant) -> dict[str, Any]:
+    """A participant as the events and the `joined` reply show it."""
+    return {"id": p.id, "role": p.role, "name": p.name, "joined_at": p.joined_at}
+
+
+def public_track(t: TrackInfo) -> dict[str, Any]:
+    """A track as the events and the `joined` reply show it."""
+    return {"id": t.id, "kind": t.kind, "source": t.source, "participant": t.participant_id}
 
 
 @dataclass(frozen=True)

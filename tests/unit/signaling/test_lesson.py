@@ -13,6 +13,8 @@ from signaling.config import Config
 from signaling.lesson.interaction import ChatRejected, InteractionError, StageFull
 from signaling.lesson.live import Lesson
 from signaling.lesson.outcome import Event, Outcome, sees
+from signaling.state import Admission, Participant, TrackInfo
+from signaling.state import Lesson as StoredLesson
 from signaling.tokens import Claims
 
 T0 = 1_700_000_000.0
@@ -297,3 +299,63 @@ async def test_a_router_made_again_is_told_the_stage_and_mutes_as_they_are() -> 
         assert lesson.drop_router() is router and lesson.router is None
     finally:
         await router.close()
+
+
+# -- admission and the `joined` reply -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("locked, removed, seen, pid, role, expected", [
+    (False, set(), set(), "c1", "classroom", (None, True)),
+    (False, set(), {"c1"}, "c1", "classroom", (None, False)),
+    (True, set(), set(), "c1", "classroom", ("lesson_locked", True)),
+    (True, set(), {"c1"}, "c1", "classroom", (None, False)),
+    (False, {"c1"}, {"c1"}, "c1", "classroom", ("removed", False)),
+    (True, set(), set(), "t", "teacher", (None, False)),  # the lock and removals are for classrooms
+    (True, set(), set(), "o", "observer", (None, False)),
+])
+def test_admit(locked: bool, removed: set, seen: set, pid: str, role: str, expected: tuple) -> None:
+    lesson = Lesson("l1", Config())
+    lesson.load_admission(Admission(locked=locked, removed=set(removed), seen=set(seen)))
+    assert lesson.admission_loaded
+    assert lesson.admit(pid, role) == expected
+
+
+def _participant(pid: str, role: str) -> Participant:
+    return Participant(id=pid, lesson_id="l1", role=role, name=pid.upper(), joined_at=T0, last_seen=T0,
+                       node="n", expires_at=0.0)
+
+
+def _track(tid: str, owner: str) -> TrackInfo:
+    return TrackInfo(id=tid, lesson_id="l1", participant_id=owner, kind="video", source="camera", published_at=T0)
+
+
+@pytest.mark.parametrize("who, participants, tracks, extra", [
+    # a classroom sees the teacher and itself, the teacher's tracks, its own and those on stage
+    ("c1", ["t", "c1"], ["t-cam", "c1-cam", "c2-cam"], {"state"}),
+    # the teacher sees everyone but observers, every track, the hands and every classroom's state
+    ("t", ["t", "c1", "c2", "c3"], ["t-cam", "c1-cam", "c2-cam", "c3-cam"], {"hands", "classrooms"}),
+    ("o", ["t", "c1", "c2", "c3"], ["t-cam", "c1-cam", "c2-cam", "c3-cam"], {"hands", "classrooms"}),
+])
+def test_welcome(who: str, participants: list, tracks: list, extra: set) -> None:
+    lesson = _lesson("c1", "c2")
+    lesson.stage("c2", "C2", True, T0)
+    everyone = [_participant("t", "teacher"), _participant("o", "observer"), _participant("c1", "classroom"),
+                _participant("c2", "classroom"), _participant("c3", "classroom")]
+    stored = StoredLesson(id="l1", title="Maths", teacher="T", state="live", created_at=T0)
+    me = next(p for p in everyone if p.id == who)
+    state = lesson.welcome(stored, me, everyone, [_track(f"{o}-cam", o) for o in ("t", "c1", "c2", "c3")], T0)
+    assert [p["id"] for p in state["participants"]] == participants
+    assert [t["id"] for t in state["tracks"]] == tracks
+    assert state["lesson"] == stored.to_dict() and state["stage"] == [{"id": "c2", "name": "C2"}]
+    assert set(state) == {"participant", "lesson", "participants", "tracks", "settings", "stage", "chat"} | extra
+    assert lesson.interaction.attendance.is_present(who) is (who == "c1")
+    if "classrooms" in extra:
+        assert [c["participant"] for c in state["classrooms"]] == ["c1", "c2", "c3"]
+
+
+def test_attendance_views() -> None:
+    lesson = _lesson("c1")
+    lesson.interaction.attendance.joined("c1", "C1", T0)
+    view = lesson.attendance(T0 + 60)
+    assert view["lesson"] == "l1" and [r["participant"] for r in view["classrooms"]] == ["c1"]
+    assert view["classrooms"][0]["present_s"] == 60.0 and view["stage_timeline"] == []
+    assert lesson.attendance_csv(T0 + 60).splitlines()[1].startswith("c1,C1,")
