@@ -1,3 +1,4 @@
+// @ts-check
 // Classroom page: one click to enter, the teacher large (or the courseware large with the teacher small),
 // a connection-quality indicator from this page's own getStats, full screen, and a visible note while
 // the session rebuilds itself after a drop. The interactive classroom: this classroom's small camera view and
@@ -6,6 +7,7 @@
 // protocol.js.
 import { ClassroomSession, ProtocolError, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { byId } from "./dom.js";
 import { attach, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
@@ -17,14 +19,21 @@ const params = new URLSearchParams(location.search);
 const [CAMERA_W, CAMERA_H] = (params.get("video") || "320x180").split("x").map(Number);
 const CAMERA_FPS = 15;
 
-const $ = (id) => document.getElementById(id);
+const $ = byId;
 const token = fragmentParams().get("token");
 const claims = token ? readClaims(token) : null;
 
+/** @typedef {import("./protocol.js").ReceivedMedia} ReceivedMedia */
+
+/** @type {ClassroomSession | null} */
 let session = null;
+/** @type {MediaStream | null} */
 let localStream = null;
+/** @type {import("./protocol.js").Quality | null} */
 let lastQuality = null;
-let qualityTimer = null;
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let qualityTimer;
+/** @type {ReturnType<typeof setInterval> | null} */
 let handTimer = null;
 let layout = "none"; // what is on screen: none | camera | screen
 
@@ -36,32 +45,37 @@ window.ketang = {
   get stream() { return localStream; },
 };
 
+/** @param {HTMLElement} el  @param {string} key  @param {Record<string, string | number>} [vars] */
 function label(el, key, vars) {
   el.dataset.i18n = key;
   el.textContent = t(key, vars);
 }
 
+/** @param {string} text  @param {string} [cls] */
 function banner(text, cls = "") {
   $("banner").textContent = text;
   $("banner").className = `banner ${cls}`;
   $("banner").hidden = !text;
 }
 
+/** @param {string} text */
 function message(text) {
   $("message").textContent = text;
   $("message").hidden = !text;
 }
 
+/** @param {unknown} err */
 function errorText(err) {
   if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
-  return t("error", { error: err.message });
+  return t("error", { error: /** @type {Error} */ (err).message });
 }
 
 
-/** Whose track an `offer`/`tracks` entry is: the teacher's, or a classroom's on stage. */
+/** Whose track an `offer`/`tracks` entry is: the teacher's, or a classroom's on stage.
+ *  @param {ReceivedMedia} m */
 function fromTeacher(m) {
   if (!m.participant) return true;
-  const p = session.participants.get(m.participant);
+  const p = session?.participants.get(m.participant);
   return Boolean(p && p.role === "teacher");
 }
 
@@ -73,39 +87,45 @@ function showMedia() {
   const screen = teacher.find((m) => m.kind === "video" && m.source === "screen");
   const camera = teacher.find((m) => m.kind === "video" && m.source !== "screen");
   const audio = teacher.find((m) => m.kind === "audio");
-  attach($("main-video"), (screen || camera)?.receiverTrack || null);
-  attach($("pip-video"), screen && camera ? camera.receiverTrack : null);
-  $("pip-video").hidden = !(screen && camera);
-  attach($("audio"), audio ? audio.receiverTrack : null);
+  attach($("main-video", HTMLVideoElement), (screen || camera)?.receiverTrack || null);
+  attach($("pip-video", HTMLVideoElement), screen && camera ? camera.receiverTrack : null);
+  $("pip-video", HTMLVideoElement).hidden = !(screen && camera);
+  attach($("audio", HTMLAudioElement), audio ? audio.receiverTrack : null);
   layout = screen ? "screen" : camera ? "camera" : "none";
   document.body.dataset.layout = layout;
-  $("main-video").title = screen ? t("classroom.courseware") : t("classroom.teacher");
+  $("main-video", HTMLVideoElement).title = screen ? t("classroom.courseware") : t("classroom.teacher");
   if (session && !session.ended && !session.removed) message(layout === "none" ? t("classroom.waiting") : "");
   showGuests(media.filter((m) => !fromTeacher(m)));
 }
 
+/** @param {ReceivedMedia[]} guestMedia */
 function showGuests(guestMedia) {
   const names = new Map((session ? session.onStage : []).map((p) => [p.id, p.name]));
   const videos = guestMedia.filter((m) => m.kind === "video");
   const box = $("guests");
   const figures = videos.map((m) => {
-    let fig = box.querySelector(`figure[data-participant="${CSS.escape(m.participant)}"]`);
+    const participant = m.participant || "";
+    const found = box.querySelector(`figure[data-participant="${CSS.escape(participant)}"]`);
+    let fig = found instanceof HTMLElement ? found : null;
     if (!fig) {
       fig = document.createElement("figure");
-      fig.dataset.participant = m.participant;
+      fig.dataset.participant = participant;
       const video = document.createElement("video");
       video.autoplay = true;
       video.muted = true; // its sound plays through #guest-audio
       video.playsInline = true;
       fig.append(video, document.createElement("figcaption"));
     }
-    fig.querySelector("figcaption").textContent = t("classroom.stageGuest", { name: names.get(m.participant) || "" });
-    attach(fig.querySelector("video"), m.receiverTrack);
+    const caption = fig.querySelector("figcaption");
+    const video = fig.querySelector("video");
+    if (!caption || !video) throw new Error("a guest figure without its caption or video");
+    caption.textContent = t("classroom.stageGuest", { name: names.get(participant) || "" });
+    attach(video, m.receiverTrack);
     return fig;
   });
   if (figures.length !== box.children.length || figures.some((f, i) => box.children[i] !== f)) {
     box.replaceChildren(...figures);
-    for (const f of figures) f.querySelector("video").play().catch(() => {});
+    for (const f of figures) f.querySelector("video")?.play().catch(() => {});
   }
   const sound = $("guest-audio");
   syncAudio(sound, guestMedia.filter((m) => m.kind === "audio"));
@@ -133,14 +153,14 @@ async function updateQuality() {
 function renderSpeak() {
   const live = Boolean(session && session.me && !session.ended && !session.removed);
   const state = (session && session.state) || { hand: false, stage: false, muted: false };
-  const hand = $("hand");
+  const hand = $("hand", HTMLButtonElement);
   hand.disabled = !live || state.stage;
   label(hand, state.hand ? "classroom.handDown" : "classroom.hand");
   hand.classList.toggle("on", state.hand);
   const status = $("hand-status");
   if (state.stage) {
     status.textContent = t("classroom.onStage");
-  } else if (state.hand) {
+  } else if (session && state.hand) {
     status.textContent = session.handPosition
       ? t("classroom.handPosition", { position: session.handPosition }) : t("classroom.handUp");
   } else if (state.muted) {
@@ -152,20 +172,20 @@ function renderSpeak() {
   status.className = `side-status${state.stage ? " onstage" : state.muted ? " muted" : ""}`;
   $("self-box").classList.toggle("onstage", state.stage);
 
-  const mic = $("mic");
+  const mic = $("mic", HTMLButtonElement);
   const hasMic = Boolean(session && session.sending.get("microphone"));
   mic.disabled = !live || !hasMic || state.muted;
   if (!hasMic) label(mic, "classroom.noMic");
   else if (state.muted) label(mic, "classroom.micMuted");
-  else label(mic, session.microphoneOn ? "classroom.micOff" : "classroom.micOn");
-  mic.classList.toggle("on", hasMic && session.microphoneOn && !state.muted);
+  else label(mic, session?.microphoneOn ? "classroom.micOff" : "classroom.micOn");
+  mic.classList.toggle("on", hasMic && Boolean(session?.microphoneOn) && !state.muted);
   mic.classList.toggle("muted", state.muted);
   document.body.classList.toggle("on-stage", state.stage);
 
   if (live && state.hand) {
     handTimer ??= setInterval(refreshHand, HAND_REFRESH_MS);
   } else {
-    clearInterval(handTimer);
+    if (handTimer !== null) clearInterval(handTimer);
     handTimer = null;
   }
 }
@@ -184,7 +204,7 @@ async function refreshHand() {
 async function toggleHand() {
   if (!session) return;
   const up = !(session.state && session.state.hand);
-  $("hand").disabled = true;
+  $("hand", HTMLButtonElement).disabled = true;
   try {
     await session.hand(up);
   } catch (err) {
@@ -207,7 +227,7 @@ function renderChat() {
   list.replaceChildren(...messages.map((m) => {
     const li = document.createElement("li");
     li.dataset.message = m.id;
-    li.className = m.role === "teacher" ? "from-teacher" : m.participant === session.me?.id ? "mine" : "";
+    li.className = m.role === "teacher" ? "from-teacher" : m.participant === session?.me?.id ? "mine" : "";
     const who = document.createElement("b");
     who.textContent = m.role === "teacher" ? `${m.name}（${t("chat.teacher")}）` : m.name;
     const text = document.createElement("p");
@@ -223,13 +243,14 @@ function renderChatMode() {
   const live = Boolean(session && session.me && !session.ended && !session.removed);
   const open = !session || session.settings.chat_classrooms;
   $("chat-off").hidden = open;
-  $("chat-input").disabled = !live || !open;
-  $("chat-send").disabled = !live || !open;
+  $("chat-input", HTMLInputElement).disabled = !live || !open;
+  $("chat-send", HTMLButtonElement).disabled = !live || !open;
 }
 
+/** @param {Event} e */
 async function sendChat(e) {
   try {
-    await submitChat(e, session, $("chat-input"), $("chat-send"));
+    await submitChat(e, session, $("chat-input", HTMLInputElement), $("chat-send", HTMLButtonElement));
   } catch (err) {
     banner(errorText(err), "warn");
     setTimeout(() => { if ($("banner").textContent === errorText(err)) banner(""); }, RECONNECTED_NOTE_MS);
@@ -252,28 +273,29 @@ async function openCamera() {
     } catch {
       localStream = null;
     }
-    banner(t("classroom.noCamera", { error: err.message }), "warn");
+    banner(t("classroom.noCamera", { error: /** @type {Error} */ (err).message }), "warn");
   }
   if (localStream) {
     for (const track of localStream.getVideoTracks()) track.contentHint = "motion";
-    $("self-video").srcObject = localStream;
-    $("self-video").play().catch(() => {});
+    $("self-video", HTMLVideoElement).srcObject = localStream;
+    $("self-video", HTMLVideoElement).play().catch(() => {});
   }
   $("self-box").hidden = !(localStream && localStream.getVideoTracks().length);
   return localStream;
 }
 
+/** @param {string} text */
 function stopped(text) {
   banner("");
   message(text);
   clearInterval(qualityTimer);
-  for (const id of ["main-video", "pip-video", "audio"]) $(id).srcObject = null;
+  for (const id of ["main-video", "pip-video", "audio"]) $(id, HTMLMediaElement).srcObject = null;
   $("guests").replaceChildren();
   $("guest-audio").replaceChildren();
   if (localStream) for (const track of localStream.getTracks()) track.stop();
-  $("self-video").srcObject = null;
-  $("audio-only").disabled = true;
-  $("low-video").disabled = true;
+  $("self-video", HTMLVideoElement).srcObject = null;
+  $("audio-only", HTMLButtonElement).disabled = true;
+  $("low-video", HTMLButtonElement).disabled = true;
   renderSpeak();
   renderChatMode();
 }
@@ -281,45 +303,49 @@ function stopped(text) {
 async function enter() {
   $("overlay").hidden = true;
   // audio plays only after this click (browsers' autoplay rule): the audio element is started here
-  $("audio").play().catch(() => {});
+  $("audio", HTMLAudioElement).play().catch(() => {});
   const stream = await openCamera();
-  session = new ClassroomSession(token);
-  $("audio-only").disabled = false;
-  $("low-video").disabled = false;
-  session.addEventListener("lesson", (e) => {
-    $("lesson-title").textContent = e.detail.lesson.title || claims.lesson;
+  if (!token || !claims) return; // main() does not offer to enter then
+  const lesson = claims.lesson;
+  const current = new ClassroomSession(token);
+  session = current;
+  $("audio-only", HTMLButtonElement).disabled = false;
+  $("low-video", HTMLButtonElement).disabled = false;
+  current.on("lesson", (e) => {
+    $("lesson-title").textContent = e.detail.lesson?.title || lesson || "";
   });
-  session.addEventListener("media", showMedia);
-  session.addEventListener("stage", () => {
+  current.on("media", showMedia);
+  current.on("stage", () => {
     showMedia();
     renderSpeak();
     refreshHand(); // a classroom put on stage has left the queue: ours may have moved up
   });
-  session.addEventListener("classroom-state", (e) => {
+  current.on("classroom-state", (e) => {
     // on stage with the hand up: our position refresh crossed the server's lowering it; lower it again
-    if (e.detail.participant === session.me?.id && e.detail.stage && e.detail.hand) {
-      session.hand(false).catch((err) => console.warn("hand:", err));
+    if (e.detail.participant === current.me?.id && e.detail.stage && e.detail.hand) {
+      current.hand(false).catch((err) => console.warn("hand:", err));
     }
     renderSpeak();
   });
-  session.addEventListener("hand", renderSpeak);
-  session.addEventListener("microphone", renderSpeak);
-  session.addEventListener("settings", renderChatMode);
-  session.addEventListener("chat", renderChat);
-  session.addEventListener("chat-deleted", renderChat);
-  session.addEventListener("publishing", (e) => {
+  current.on("hand", renderSpeak);
+  current.on("microphone", renderSpeak);
+  current.on("settings", renderChatMode);
+  current.on("chat", renderChat);
+  current.on("chat-deleted", renderChat);
+  current.on("publishing", (e) => {
     if (e.detail.error) banner(t("classroom.publishError", { error: errorText(e.detail.error) }), "warn");
   });
-  session.addEventListener("demand", (e) => {
+  current.on("demand", (e) => {
     // the server says whether anyone receives our camera; what nobody receives is not sent
     const box = $("self-box");
     box.dataset.seen = e.detail.video ? "yes" : "no";
     const caption = box.querySelector("figcaption");
+    if (!caption) return;
     caption.dataset.i18n = e.detail.video ? "classroom.seen" : "classroom.unseen";
     caption.textContent = t(caption.dataset.i18n);
   });
   let reconnecting = false;
-  session.addEventListener("status", (e) => {
+  current.on("status", (e) => {
     const { state } = e.detail;
     if (state === "connecting") banner(t("classroom.connecting"));
     else if (state === "reconnecting") {
@@ -342,12 +368,12 @@ async function enter() {
       stopped(t("classroom.removed"));
     }
   });
-  session.addEventListener("ended", () => {
+  current.on("ended", () => {
     document.body.dataset.layout = "ended";
     stopped(t("lesson.ended"));
   });
   try {
-    await session.start(stream);
+    await current.start(stream);
   } catch (err) {
     if (err instanceof ProtocolError && err.code === "lesson_locked") {
       banner("");
@@ -356,10 +382,10 @@ async function enter() {
     } else {
       banner(errorText(err), "warn");
     }
-    $("audio-only").disabled = true;
+    $("audio-only", HTMLButtonElement).disabled = true;
     return;
   }
-  if (session.removed || session.ended) return;
+  if (current.removed || current.ended) return;
   showMedia();
   renderSpeak();
   renderChat();
@@ -370,32 +396,32 @@ async function enter() {
 async function toggleLowVideo() {
   if (!session) return;
   const low = session.layer !== "low"; // the click switches
-  $("low-video").disabled = true;
+  $("low-video", HTMLButtonElement).disabled = true;
   try {
     await session.setLayer(low ? "low" : "auto");
     const key = low ? "classroom.autoVideo" : "classroom.lowVideo";
-    $("low-video").dataset.i18n = key;
-    $("low-video").textContent = t(key);
-    $("low-video").classList.toggle("active", low);
+    $("low-video", HTMLButtonElement).dataset.i18n = key;
+    $("low-video", HTMLButtonElement).textContent = t(key);
+    $("low-video", HTMLButtonElement).classList.toggle("active", low);
     banner(low ? t("classroom.lowVideoOn") : "");
   } finally {
-    $("low-video").disabled = false;
+    $("low-video", HTMLButtonElement).disabled = false;
   }
 }
 
 async function toggleAudioOnly() {
   if (!session) return;
   const audioOnly = session.video; // the click switches
-  $("audio-only").disabled = true;
+  $("audio-only", HTMLButtonElement).disabled = true;
   try {
     await session.setVideo(!audioOnly);
     const key = audioOnly ? "classroom.videoBack" : "classroom.audioOnly";
-    $("audio-only").dataset.i18n = key;
-    $("audio-only").textContent = t(key);
-    $("audio-only").classList.toggle("active", audioOnly);
+    $("audio-only", HTMLButtonElement).dataset.i18n = key;
+    $("audio-only", HTMLButtonElement).textContent = t(key);
+    $("audio-only", HTMLButtonElement).classList.toggle("active", audioOnly);
     banner(audioOnly ? t("classroom.audioOnlyOn") : "");
   } finally {
-    $("audio-only").disabled = false;
+    $("audio-only", HTMLButtonElement).disabled = false;
   }
 }
 
@@ -406,23 +432,23 @@ function toggleFullscreen() {
 
 function main() {
   applyText();
-  $("lang").textContent = otherLanguageLabel;
-  $("lang").href = otherLanguageHref();
+  $("lang", HTMLAnchorElement).textContent = otherLanguageLabel;
+  $("lang", HTMLAnchorElement).href = otherLanguageHref();
   $("quality-text").textContent = t("quality.none");
   if (!token || !claims) {
     $("overlay").hidden = true;
     message(t("token.missing"));
     return;
   }
-  $("lesson-title").textContent = claims.title || claims.lesson;
-  $("classroom-name").textContent = claims.name;
+  $("lesson-title").textContent = claims.title || claims.lesson || "";
+  $("classroom-name").textContent = claims.name || "";
   document.title = `${t("app.name")} · ${claims.name}`;
-  $("enter").addEventListener("click", enter);
+  $("enter", HTMLButtonElement).addEventListener("click", enter);
   $("fullscreen").addEventListener("click", toggleFullscreen);
-  $("audio-only").addEventListener("click", toggleAudioOnly);
-  $("low-video").addEventListener("click", toggleLowVideo);
-  $("hand").addEventListener("click", toggleHand);
-  $("mic").addEventListener("click", toggleMic);
+  $("audio-only", HTMLButtonElement).addEventListener("click", toggleAudioOnly);
+  $("low-video", HTMLButtonElement).addEventListener("click", toggleLowVideo);
+  $("hand", HTMLButtonElement).addEventListener("click", toggleHand);
+  $("mic", HTMLButtonElement).addEventListener("click", toggleMic);
   $("chat-form").addEventListener("submit", sendChat);
   document.addEventListener("fullscreenchange", () => {
     const key = document.fullscreenElement ? "classroom.exitFullscreen" : "classroom.fullscreen";

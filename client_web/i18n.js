@@ -1,6 +1,8 @@
+// @ts-check
 // Interface text: Simplified Chinese by default, English with ?lang=en. A teacher who reads no English
 // must be able to run a lesson, so every visible string comes from here.
 
+/** @type {{zh: Record<string, string>, en: Record<string, string>}} */
 const TEXT = {
   zh: {
     "app.name": "课堂",
@@ -322,23 +324,32 @@ const TEXT = {
 
 export const lang = new URLSearchParams(location.search).get("lang") === "en" ? "en" : "zh";
 
-/** The text for `key`, with {name} placeholders filled from `vars`. */
+/** The text for `key`, with {name} placeholders filled from `vars`.
+ *  @param {string} key  @param {Record<string, string | number>} [vars]  @returns {string} */
 export function t(key, vars = {}) {
   const text = TEXT[lang][key] ?? TEXT.zh[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
+  return text.replace(/\{(\w+)\}/g, (_, /** @type {string} */ name) => String(vars[name] ?? ""));
 }
 
-/** Whether `key` has a text (error codes the page knows how to say). */
+/** Whether `key` has a text (error codes the page knows how to say).
+ *  @param {string} key */
 export function hasText(key) {
   return key in TEXT.zh;
 }
 
-/** Fill every element carrying data-i18n (text), data-i18n-title (tooltip) or data-i18n-placeholder. */
+/** Fill every element carrying data-i18n (text), data-i18n-title (tooltip) or data-i18n-placeholder.
+ *  @param {ParentNode} [root] */
 export function applyText(root = document) {
   document.documentElement.lang = lang === "en" ? "en" : "zh-CN";
-  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
-  for (const el of root.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
-  for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.getAttribute("data-i18n") || "");
+  for (const el of root.querySelectorAll("[data-i18n-title]")) {
+    if (el instanceof HTMLElement) el.title = t(el.dataset.i18nTitle || "");
+  }
+  for (const el of root.querySelectorAll("[data-i18n-placeholder]")) {
+    if (el instanceof HTMLInputElement || el instanceof HTMLTextAreaElement) {
+      el.placeholder = t(el.dataset.i18nPlaceholder || "");
+    }
+  }
 }
 
 /** A link to the same page in the other language, keeping the fragment (the token). */

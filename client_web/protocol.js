@@ -1,3 +1,4 @@
+// @ts-check
 // ketang signalling protocol for browsers (docs/protocol.md), apart from any page's UI.
 //
 //   Signaling         one websocket: request/reply by id, server messages as DOM events
@@ -9,6 +10,65 @@
 //
 // Sessions emit events (addEventListener) and never touch the DOM, so pages stay small and the
 // protocol can be read in one place.
+
+// -- the messages (docs/protocol.md), as this code reads them ------------------------------------------------
+
+/** @typedef {{id: string, role: string, name: string, joined_at?: number,
+ *    state?: Partial<ClassroomState>}} Participant */
+/** @typedef {{participant: string, hand: boolean, stage: boolean, muted: boolean,
+ *    position?: number | null}} ClassroomState */
+/** @typedef {{participant: string, hand?: boolean, stage?: boolean, muted?: boolean}} StateUpdate */
+/** @typedef {{id: string, title?: string, teacher?: string, state?: string, created_at?: number,
+ *    started_at?: number, ended_at?: number}} Lesson */
+/** A track of the lesson: `joined.tracks`, `track-added`, `track-removed`.
+ *  @typedef {{id: string, kind: string, source: string, participant: string}} LessonTrack */
+/** What one mid of the receiving peer connection carries (`offer`/`tracks` entries; nulls: a free slot).
+ *  @typedef {{mid: string, kind: string, track: string | null, source: string | null,
+ *    participant: string | null}} MidEntry */
+/** @typedef {MidEntry & {receiverTrack: MediaStreamTrack}} ReceivedMedia */
+/** @typedef {{id: string, participant: string, role: string, name: string, text: string, at: number}} ChatMessage */
+/** @typedef {{participant: string, name: string, raised_at: number}} Hand */
+/** @typedef {{id: string, name: string}} StageGuest */
+/** @typedef {{locked: boolean, chat_classrooms: boolean}} Settings */
+/** @typedef {{video?: boolean, audio?: boolean}} Demand */
+/** @typedef {{type: string, ref?: number}} Reply */
+/** @typedef {Reply & {participant: Participant, lesson: Lesson, participants: Participant[], tracks: LessonTrack[],
+ *    settings?: Partial<Settings>, stage?: StageValue, chat?: ChatMessage[], hands?: Hand[],
+ *    state?: Partial<ClassroomState>, ice_servers?: RTCIceServer[]}} Joined */
+/** `joined.stage` and the `stage` event: [{id, name}] (also accepted: {participants: [...]}, or bare ids).
+ *  @typedef {Array<StageGuest | string> | {participants?: Array<StageGuest | string>} | null | undefined} StageValue */
+
+/** What each request is answered with (a refusal is an `error` message: ProtocolError).
+ *  @typedef {{
+ *    join: Joined, publish: Reply & {sdp: string, demand?: Demand}, unpublish: Reply, wall: Reply,
+ *    stage: Reply & {participants: StageValue}, mute: Reply & {participants?: string[], muted: boolean},
+ *    remove: Reply, lock: Reply & {settings?: Partial<Settings>}, chat_mode: Reply & {settings?: Partial<Settings>},
+ *    chat: Reply & {message: ChatMessage}, chat_delete: Reply, prefer: Reply,
+ *    hand: Reply & {up: boolean, position?: number | null},
+ *  }} Replies */
+/** A request: its type and its fields (the id is added on sending).
+ *  @typedef {{type: keyof Replies, [field: string]: unknown}} Request */
+
+/** A lesson event (`type: "event"`), by its `event` name.
+ *  @typedef {{type: "event", event: "participant-joined" | "participant-left", participant: Participant}
+ *    | {type: "event", event: "track-added" | "track-removed", track: LessonTrack}
+ *    | {type: "event", event: "lesson-started" | "lesson-ended", lesson: Lesson}
+ *    | {type: "event", event: "hands", queue?: Hand[]}
+ *    | ({type: "event", event: "classroom-state"} & StateUpdate)
+ *    | {type: "event", event: "stage", participants: StageValue}
+ *    | {type: "event", event: "settings", settings?: Partial<Settings>}
+ *    | {type: "event", event: "chat", message: ChatMessage}
+ *    | {type: "event", event: "chat-deleted", message: string}
+ *    | ({type: "event", event: "demand"} & Demand)} LessonEvent */
+/** @typedef {{type: "offer", sdp: string, tracks: MidEntry[]}} Offer */
+/** @typedef {{type: "tracks", tracks: MidEntry[]}} Tracks */
+/** @typedef {{type: "error", ref?: number, code: string, message: string, url?: string}} ErrorMessage */
+/** Any server message: the ones above, and replies (which `request` hands over).
+ *  @typedef {(LessonEvent | Offer | Tracks | ErrorMessage | Reply) & {ref?: number}} ServerMessage */
+
+/** The events a Signaling dispatches, by name (each a CustomEvent with this detail).
+ *  @typedef {{message: ServerMessage, offer: Offer, tracks: Tracks, event: LessonEvent,
+ *    close: {code: number, reason: string}}} SignalingEvents */
 
 const REQUEST_TIMEOUT_MS = 10000;
 // A session's watchdog: how often it looks, how long "disconnected" or "no packets" may last before
@@ -33,11 +93,16 @@ export const SOURCES = ["camera", "screen", "microphone"];
 
 /** The token and other values carried in the page's URL fragment (#token=...&invite=...).
  *  The fragment never reaches a server's access log. */
+/** @param {string} [hash] */
 export function fragmentParams(hash = location.hash) {
   return new URLSearchParams(hash.replace(/^#/, ""));
 }
 
-/** The claims of a token, read without verifying (the server verifies): for display only. */
+/** @typedef {{role?: string, lesson?: string, name?: string, title?: string, sub?: string}} Claims */
+
+/** The claims of a token, read without verifying (the server verifies): for display only.
+ *  @param {string} token
+ *  @returns {Claims | null} */
 export function readClaims(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -48,17 +113,21 @@ export function readClaims(token) {
   }
 }
 
+/** @param {{protocol: string, host: string}} [loc] */
 export function signalingUrl(loc = location) {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
 }
 
 /** `?relay=1` in the page's URL: media only through the TURN relay that `joined.ice_servers` names (a
- *  school whose firewall lets only TCP out; also what tests/test_turn.py uses). */
+ *  school whose firewall lets only TCP out; also what tests/test_turn.py uses).
+ *  @param {string} [search] */
 export function relayOnly(search = location.search) {
   return new URLSearchParams(search).get("relay") === "1";
 }
 
+/** A request refused by the server: its `error` message's code and text. */
 export class ProtocolError extends Error {
+  /** @param {string} code  @param {string} message  @param {ErrorMessage | null} [reply] */
   constructor(code, message, reply = null) {
     super(message);
     this.code = code;
@@ -70,11 +139,13 @@ export class ProtocolError extends Error {
 const MAX_HOPS = 2;
 
 /** A join refused for a moment only: the server cannot reach its room state (Redis) just now. */
+/** @param {unknown} err */
 function unavailable(err) {
   return err instanceof ProtocolError && err.code === "unavailable";
 }
 
 /** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */
+/** @param {string} base */
 export function wsUrlOf(base) {
   return `${base.replace(/\/+$/, "").replace(/^http/, "ws")}/ws`;
 }
@@ -82,14 +153,26 @@ export function wsUrlOf(base) {
 /** One websocket. Dispatches "message" (every server message), "<type>" per message type,
  *  "event:<name>" per lesson event, and "close" ({code, reason}). */
 export class Signaling extends EventTarget {
+  /** @param {string} url */
   constructor(url) {
     super();
     this.url = url;
+    /** @type {WebSocket | null} */
     this.ws = null;
     this.nextId = 1;
-    this.pending = new Map(); // id -> {resolve, reject, timer}
+    /** @type {Map<number, {resolve: (reply: any) => void, reject: (err: Error) => void,
+     *    timer: ReturnType<typeof setTimeout>}>} id -> the caller waiting for its reply */
+    this.pending = new Map();
   }
 
+  /** Listen to one of the events this dispatches, typed by name (addEventListener, as the pages use it).
+   *  @template {keyof SignalingEvents} K
+   *  @param {K} type  @param {(e: CustomEvent<SignalingEvents[K]>) => void} listener */
+  on(type, listener) {
+    this.addEventListener(type, /** @type {EventListener} */ (listener));
+  }
+
+  /** @returns {Promise<Signaling>} */
   connect() {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
@@ -121,11 +204,15 @@ export class Signaling extends EventTarget {
     return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
   }
 
+  /** @param {object} message */
   send(message) {
-    if (this.open) this.ws.send(JSON.stringify(message));
+    if (this.ws && this.open) this.ws.send(JSON.stringify(message));
   }
 
-  /** Send with an id; resolves with the reply that references it, rejects with a ProtocolError. */
+  /** Send with an id; resolves with the reply that references it, rejects with a ProtocolError.
+   *  @template {keyof Replies} K
+   *  @param {{type: K, [field: string]: unknown}} message
+   *  @returns {Promise<Replies[K]>} */
   request(message) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
@@ -138,23 +225,26 @@ export class Signaling extends EventTarget {
     });
   }
 
+  /** @param {string} data */
   _receive(data) {
+    /** @type {ServerMessage} */
     let msg;
     try {
       msg = JSON.parse(data);
     } catch {
       return;
     }
-    const waiting = msg.ref !== undefined ? this.pending.get(msg.ref) : undefined;
-    if (waiting) {
-      this.pending.delete(msg.ref);
+    const ref = msg.ref;
+    const waiting = ref !== undefined ? this.pending.get(ref) : undefined;
+    if (ref !== undefined && waiting) {
+      this.pending.delete(ref);
       clearTimeout(waiting.timer);
-      if (msg.type === "error") waiting.reject(new ProtocolError(msg.code, msg.message, msg));
+      if (isError(msg)) waiting.reject(new ProtocolError(msg.code, msg.message, msg));
       else waiting.resolve(msg);
     }
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));
     this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
-    if (msg.type === "event") this.dispatchEvent(new CustomEvent(`event:${msg.event}`, { detail: msg }));
+    if (isEvent(msg)) this.dispatchEvent(new CustomEvent(`event:${msg.event}`, { detail: msg }));
   }
 
   close() {
@@ -167,22 +257,41 @@ export class Signaling extends EventTarget {
   }
 }
 
+/** @param {ServerMessage} msg  @returns {msg is ErrorMessage} */
+function isError(msg) {
+  return msg.type === "error";
+}
+
+/** @param {ServerMessage} msg  @returns {msg is LessonEvent} */
+function isEvent(msg) {
+  return msg.type === "event";
+}
+
+/** How a peer connection tells its session what changed: ("media") when the mid map or the transceivers
+ *  change, ("connection", state) when its connection state does.
+ *  @typedef {(what: "media" | "connection", state?: RTCPeerConnectionState) => void} OnChange */
+
 /** A receiving peer connection, the server being the offerer: a classroom receives the lesson through one,
  *  the teacher receives the classrooms through one. Answers each `offer` in turn and keeps which mid carries
  *  which track of whom (`offer`/`tracks` entries: {mid, kind, track, source, participant}). The peer
  *  connection is made at the first offer, which follows `joined`: this join's ICE servers are known then. */
 class Receiving {
+  /** @param {() => RTCConfiguration} configuration  @param {OnChange} onChange */
   constructor(configuration, onChange) {
-    this.configuration = configuration; // () => RTCConfiguration
-    this.onChange = onChange; // ("media") when the mid map or the transceivers change, ("connection", state)
+    this.configuration = configuration;
+    this.onChange = onChange;
+    /** @type {RTCPeerConnection | null} */
     this.pc = null;
-    this.mids = new Map(); // mid -> {mid, kind, track, source, participant}
+    /** @type {Map<string, MidEntry>} mid -> what it carries */
+    this.mids = new Map();
     this.closed = false;
+    /** @type {Promise<void>} */
     this._answering = Promise.resolve(); // offers are answered one after the other
   }
 
+  /** @param {Signaling} sig */
   listen(sig) {
-    sig.addEventListener("offer", (e) => {
+    sig.on("offer", (e) => {
       // the offer's map is newer than any `tracks` before it; a `tracks` that arrives while we answer wins
       this.mids = new Map(e.detail.tracks.map((t) => [t.mid, t]));
       const sdp = e.detail.sdp;
@@ -190,29 +299,33 @@ class Receiving {
         .then(() => this._answer(sig, sdp))
         .catch((err) => { if (!this.closed) console.warn("answering the server's offer failed:", err); });
     });
-    sig.addEventListener("tracks", (e) => {
+    sig.on("tracks", (e) => {
       this.mids = new Map(e.detail.tracks.map((t) => [t.mid, t]));
       this.onChange("media");
     });
   }
 
+  /** @param {Signaling} sig  @param {string} sdp */
   async _answer(sig, sdp) {
     if (this.closed) return;
-    if (!this.pc) {
-      const pc = new RTCPeerConnection(this.configuration());
-      pc.addEventListener("connectionstatechange", () => this.onChange("connection", pc.connectionState));
-      this.pc = pc;
+    let pc = this.pc;
+    if (!pc) {
+      const made = new RTCPeerConnection(this.configuration());
+      made.addEventListener("connectionstatechange", () => this.onChange("connection", made.connectionState));
+      this.pc = pc = made;
     }
-    await this.pc.setRemoteDescription({ type: "offer", sdp });
-    await this.pc.setLocalDescription(await this.pc.createAnswer());
-    sig.send({ type: "answer", sdp: this.pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    sig.send({ type: "answer", sdp: pc.localDescription?.sdp });
     this.onChange("media");
   }
 
-  /** What arrives, live slots only: [{mid, kind, track, source, participant, receiverTrack}]. */
+  /** What arrives, live slots only: [{mid, kind, track, source, participant, receiverTrack}].
+   *  @returns {ReceivedMedia[]} */
   media() {
     if (!this.pc) return [];
     const transceivers = this.pc.getTransceivers();
+    /** @type {ReceivedMedia[]} */
     const out = [];
     for (const t of this.mids.values()) {
       if (!t.track) continue;
@@ -233,31 +346,39 @@ class Receiving {
  *  ({mid: camera | screen | microphone}) and the server answers. The teacher publishes microphone, camera
  *  and courseware; a classroom its microphone and a small camera view. */
 class Publishing {
+  /** @param {() => RTCConfiguration} configuration  @param {OnChange} onChange */
   constructor(configuration, onChange) {
     const pc = new RTCPeerConnection(configuration());
     pc.addEventListener("connectionstatechange", () => onChange("connection", pc.connectionState));
     this.pc = pc;
-    this.sources = new Map(); // RTCRtpTransceiver -> source
+    /** @type {Map<RTCRtpTransceiver, string>} transceiver -> source */
+    this.sources = new Map();
+    /** @type {Promise<void> | undefined} the last of the setActive calls */
+    this._active = undefined;
   }
 
+  /** @param {string} source  @param {MediaStreamTrack} track  @param {RTCRtpTransceiverInit} [init] */
   add(source, track, init = {}) {
     const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", ...init });
     this.sources.set(transceiver, source);
     return transceiver;
   }
 
-  /** Offer (or re-offer) what we send; the server answers. */
+  /** Offer (or re-offer) what we send; the server answers.
+   *  @param {Signaling} sig  @param {object} [extra] more fields of the `publish` request */
   async publish(sig, extra = {}) {
     await this.pc.setLocalDescription(await this.pc.createOffer());
+    /** @type {Record<string, string>} */
     const sources = {};
     for (const [t, source] of this.sources) if (t.mid !== null) sources[t.mid] = source;
-    const reply = await sig.request({ type: "publish", sdp: this.pc.localDescription.sdp, sources, ...extra });
+    const reply = await sig.request({ type: "publish", sdp: this.pc.localDescription?.sdp, sources, ...extra });
     await this.pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
     return reply;
   }
 
   /** Send `source` or not (`active`: its encodings on or off; no renegotiation). A track nobody receives costs
-   *  a school's uplink nothing this way. Calls are applied one after another, the last one wins. */
+   *  a school's uplink nothing this way. Calls are applied one after another, the last one wins.
+   *  @param {string} source  @param {boolean} active */
   setActive(source, active) {
     this._active = (this._active || Promise.resolve()).then(async () => {
       for (const [t, s] of this.sources) {
@@ -272,7 +393,8 @@ class Publishing {
     return this._active;
   }
 
-  /** Another device for a source: no renegotiation needed. */
+  /** Another device for a source: no renegotiation needed.
+   *  @param {string} source  @param {MediaStreamTrack} track */
   async replaceTrack(source, track) {
     for (const [t, s] of this.sources) if (s === source) await t.sender.replaceTrack(track);
   }
@@ -282,7 +404,8 @@ class Publishing {
   }
 }
 
-/** `joined.stage` and the `stage` event: [{id, name}] (also accepted: {participants: [...]}, or bare ids). */
+/** `joined.stage` and the `stage` event: [{id, name}] (also accepted: {participants: [...]}, or bare ids).
+ *  @param {StageValue} value  @returns {StageGuest[]} */
 function stageList(value) {
   const list = Array.isArray(value) ? value : (value && value.participants) || [];
   return list.map((p) => (typeof p === "string" ? { id: p, name: "" } : p));
@@ -296,43 +419,93 @@ function stageList(value) {
  *  "status" ({state: connecting|connected|reconnecting|replaced|removed|ended}), "connection", "ended",
  *  "settings", "hands" ({queue, added}), "stage" ({participants}), "classroom-state" (a classroom's
  *  {participant, hand, stage, muted}), "chat" ({message} or {reset: true}), "chat-deleted" ({message}). */
+/** The events a session dispatches, by name (each a CustomEvent with this detail); TeacherSession and
+ *  ClassroomSession add theirs.
+ *  @typedef {{lesson: {lesson: Lesson | null}, participants: {participants: Participant[]},
+ *    "lesson-tracks": {added?: LessonTrack, removed?: LessonTrack}, media: {tracks: ReceivedMedia[]},
+ *    status: {state: string, reconnects?: number, why?: string}, connection: {state?: RTCPeerConnectionState},
+ *    ended: {}, settings: {settings: Settings}, hands: {queue: Hand[], added: string[]},
+ *    stage: {participants: StageGuest[]}, "classroom-state": ClassroomState,
+ *    chat: {message?: ChatMessage, reset?: boolean}, "chat-deleted": {message: string},
+ *    screen: {sharing: boolean}, hand: {up: boolean, position: number | null}, microphone: {on: boolean},
+ *    publishing: {ok?: boolean, error?: ProtocolError}, demand: {video: boolean, audio: boolean}}} SessionEvents */
+
 class LessonSession extends EventTarget {
+  /** @param {string} token  @param {string} [url] */
   constructor(token, url = signalingUrl()) {
     super();
     this.token = token;
     this.homeUrl = url; // where every (re)join starts: it sends us on if the lesson lives elsewhere
     this.url = url; // the websocket of the server carrying the lesson, as last joined
+    /** @type {Claims} */
     this.claims = readClaims(token) || {};
+    /** @type {Signaling | null} */
     this.sig = null;
-    this.receiving = null; // Receiving: what the server sends us
-    this.publishing = null; // Publishing: what we send (null: nothing)
+    /** @type {Receiving | null} what the server sends us */
+    this.receiving = null;
+    /** @type {Publishing | null} what we send (null: nothing) */
+    this.publishing = null;
+    /** @type {Participant | null} */
     this.me = null;
+    /** @type {Lesson | null} */
     this.lesson = null;
-    this.participants = new Map(); // id -> {id, role, name, joined_at}
-    this.lessonTracks = new Map(); // track id -> {id, kind, source, participant}
+    /** @type {Map<string, Participant>} */
+    this.participants = new Map();
+    /** @type {Map<string, LessonTrack>} track id -> track */
+    this.lessonTracks = new Map();
     this.ended = false;
     this.removed = false;
-    this.iceServers = []; // TURN with this participant's credentials, from joined.ice_servers
+    /** @type {string | undefined} the code of a join refused for good (`_refused`) */
+    this.refusal = undefined;
+    /** @type {RTCIceServer[]} TURN with this participant's credentials, from joined.ice_servers */
+    this.iceServers = [];
     this.relay = relayOnly();
     this.closedByUs = false;
     this.reconnects = 0;
     this._attempt = 0;
     this._rebuilding = false;
-    this._watchdog = null;
+    /** @type {ReturnType<typeof setInterval> | undefined} */
+    this._watchdog = undefined;
     this._stallCheck = false;
+    /** @type {number | null} */
     this._badSince = null;
     this._lastBytes = 0;
     this._lastBytesAt = 0;
     this._joinedAt = 0;
     // the interactive classroom (docs/protocol.md "The interactive classroom")
+    /** @type {Settings} */
     this.settings = { locked: false, chat_classrooms: true };
-    this.hands = []; // [{participant, name, raised_at}] in the order raised (teacher, observers)
-    this.onStage = []; // [{id, name}]
-    this.messages = []; // chat messages not deleted, oldest first
-    this.states = new Map(); // classroom id -> {participant, hand, stage, muted}
+    /** @type {Hand[]} in the order raised (teacher, observers) */
+    this.hands = [];
+    /** @type {StageGuest[]} */
+    this.onStage = [];
+    /** @type {ChatMessage[]} chat messages not deleted, oldest first */
+    this.messages = [];
+    /** @type {Map<string, ClassroomState>} classroom id -> its state */
+    this.states = new Map();
   }
 
-  /** The RTCConfiguration of our peer connections. */
+  /** The peer connection whose state is this session's (each kind of session says which).
+   *  @returns {RTCPeerConnection | null} */
+  get pc() {
+    return null;
+  }
+
+  /** Join, and publish what this kind of session sends (each kind of session says how).
+   *  @returns {Promise<void>} */
+  async _connect() {
+    throw new Error("a session class defines _connect");
+  }
+
+  /** Listen to one of the events this dispatches, typed by name (addEventListener, as the pages use it).
+   *  @template {keyof SessionEvents} K
+   *  @param {K} type  @param {(e: CustomEvent<SessionEvents[K]>) => void} listener */
+  on(type, listener) {
+    this.addEventListener(type, /** @type {EventListener} */ (listener));
+  }
+
+  /** The RTCConfiguration of our peer connections.
+   *  @returns {RTCConfiguration} */
   rtcConfiguration() {
     return { iceServers: this.iceServers, iceTransportPolicy: this.relay ? "relay" : "all" };
   }
@@ -345,16 +518,19 @@ class LessonSession extends EventTarget {
     return this.publishing ? this.publishing.pc : null;
   }
 
-  emit(type, detail = {}) {
+  /** @template {keyof SessionEvents} K  @param {K} type  @param {SessionEvents[K]} [detail] */
+  emit(type, detail = /** @type {SessionEvents[K]} */ ({})) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  /** What the receiving peer connection carries: [{mid, kind, track, source, participant, receiverTrack}]. */
+  /** What the receiving peer connection carries: [{mid, kind, track, source, participant, receiverTrack}].
+   *  @returns {ReceivedMedia[]} */
   media() {
     return this.receiving ? this.receiving.media() : [];
   }
 
-  /** Connect and join; the receiving side listens first, as the server's offer follows `joined` at once. */
+  /** Connect and join; the receiving side listens first, as the server's offer follows `joined` at once.
+   *  @param {string} [url]  @param {number} [hops]  @returns {Promise<Joined>} */
   async _join(url = this.homeUrl, hops = 0) {
     this.url = url;
     const sig = new Signaling(url);
@@ -363,8 +539,8 @@ class LessonSession extends EventTarget {
     this.receiving = receiving;
     this.publishing = null;
     receiving.listen(sig);
-    sig.addEventListener("event", (e) => this._onEvent(e.detail));
-    sig.addEventListener("close", (e) => this._onSignalClose(sig, e));
+    sig.on("event", (e) => this._onEvent(e.detail));
+    sig.on("close", (e) => this._onSignalClose(sig, e));
     await sig.connect();
     let joined;
     try {
@@ -390,12 +566,13 @@ class LessonSession extends EventTarget {
     return joined;
   }
 
-  /** The interactive state `joined` carries: a reconnecting page finds everything as it was. */
+  /** The interactive state `joined` carries: a reconnecting page finds everything as it was.
+   *  @param {Joined} joined */
   _restore(joined) {
     this.settings = { locked: false, chat_classrooms: true, ...(joined.settings || {}) };
     this.emit("settings", { settings: this.settings });
     for (const p of joined.participants) if (p.state) this._setState({ participant: p.id, ...p.state });
-    if (joined.state) this._setState({ participant: this.me.id, ...joined.state });
+    if (joined.state) this._setState({ participant: joined.participant.id, ...joined.state });
     if (joined.hands) this._setHands(joined.hands);
     this._setStage(joined.stage);
     this.messages = (joined.chat || []).slice();
@@ -409,6 +586,8 @@ class LessonSession extends EventTarget {
     return publishing;
   }
 
+  /** @param {Receiving | Publishing} owner  @param {"media" | "connection"} what
+   *  @param {RTCPeerConnectionState} [state] */
   _onPc(owner, what, state) {
     if (owner !== this.receiving && owner !== this.publishing) return; // a connection we replaced
     if (what === "media") {
@@ -425,6 +604,7 @@ class LessonSession extends EventTarget {
     if (state === "failed") this._rebuild(`${owner === this.receiving ? "receiving" : "publishing"} peer connection failed`);
   }
 
+  /** @param {LessonEvent} msg */
   _onEvent(msg) {
     switch (msg.event) {
       case "participant-joined":
@@ -473,6 +653,7 @@ class LessonSession extends EventTarget {
     }
   }
 
+  /** @param {Hand[]} queue */
   _setHands(queue) {
     const before = new Set(this.hands.map((h) => h.participant));
     const up = new Set(queue.map((h) => h.participant));
@@ -483,6 +664,7 @@ class LessonSession extends EventTarget {
     this.emit("hands", { queue, added });
   }
 
+  /** @param {StageValue} value */
   _setStage(value) {
     this.onStage = stageList(value);
     const on = new Set(this.onStage.map((p) => p.id));
@@ -491,15 +673,21 @@ class LessonSession extends EventTarget {
     this.emit("stage", { participants: this.onStage });
   }
 
-  /** A classroom's {hand, stage, muted}: from `classroom-state`, `joined` and the replies to our requests. */
+  /** A classroom's {hand, stage, muted}: from `classroom-state`, `joined` and the replies to our requests.
+   *  @param {StateUpdate} update  @param {boolean} [announce] */
   _setState(update, announce = true) {
     const id = update.participant;
+    /** @type {ClassroomState} */
     const next = { participant: id, hand: false, stage: false, muted: false, ...this.states.get(id) };
-    for (const key of ["hand", "stage", "muted"]) if (typeof update[key] === "boolean") next[key] = update[key];
+    for (const key of /** @type {const} */ (["hand", "stage", "muted"])) {
+      const value = update[key];
+      if (typeof value === "boolean") next[key] = value;
+    }
     this.states.set(id, next);
     if (announce) this.emit("classroom-state", { ...next });
   }
 
+  /** @param {ChatMessage | undefined} message */
   _addMessage(message) {
     if (!message || this.messages.some((m) => m.id === message.id)) return; // our own: the reply and the event
     this.messages.push(message);
@@ -507,19 +695,38 @@ class LessonSession extends EventTarget {
     this.emit("chat", { message });
   }
 
+  /** @param {string} id */
   _deleteMessage(id) {
     const count = this.messages.length;
     this.messages = this.messages.filter((m) => m.id !== id);
     if (this.messages.length !== count) this.emit("chat-deleted", { message: id });
   }
 
-  /** A request on the current websocket (rejects while reconnecting). */
+  /** The current websocket; throws while there is none (between a drop and the next join).
+   *  @returns {Signaling} */
+  _signaling() {
+    if (!this.sig) throw new Error("not connected");
+    return this.sig;
+  }
+
+  /** The publishing peer connection of this join; throws while there is none.
+   *  @returns {Publishing} */
+  _publishing() {
+    if (!this.publishing) throw new Error("not publishing");
+    return this.publishing;
+  }
+
+  /** A request on the current websocket (rejects while reconnecting).
+   *  @template {keyof Replies} K
+   *  @param {{type: K, [field: string]: unknown}} message
+   *  @returns {Promise<Replies[K]>} */
   async _request(message) {
     if (!this.sig || !this.sig.open) throw new Error("not connected");
     return this.sig.request(message);
   }
 
-  /** Write in the lesson's chat (a classroom gets `chat_off` while the teacher has turned classroom chat off). */
+  /** Write in the lesson's chat (a classroom gets `chat_off` while the teacher has turned classroom chat off).
+   *  @param {string} text */
   async chat(text) {
     const reply = await this._request({ type: "chat", text });
     this._addMessage(reply.message);
@@ -539,7 +746,8 @@ class LessonSession extends EventTarget {
   }
 
   /** Our websocket closed: rebuild, unless we closed it, the lesson ended, the same link was opened elsewhere
-   *  (fighting over it would flap both pages) or the teacher removed us. */
+   *  (fighting over it would flap both pages) or the teacher removed us.
+   *  @param {Signaling} sig  @param {CustomEvent<{code: number, reason: string}>} e */
   _onSignalClose(sig, e) {
     if (sig !== this.sig || this.closedByUs || this.ended) return;
     if (e.detail.code === CLOSE_REPLACED) {
@@ -554,7 +762,8 @@ class LessonSession extends EventTarget {
     this._rebuild("websocket closed");
   }
 
-  /** A join refused for good: removed by the teacher, or a classroom joining a lesson that has ended. */
+  /** A join refused for good: removed by the teacher, or a classroom joining a lesson that has ended.
+   *  @param {unknown} err */
   _refused(err) {
     if (!(err instanceof ProtocolError)) return false;
     this.refusal = err.code;
@@ -569,7 +778,8 @@ class LessonSession extends EventTarget {
     return false;
   }
 
-  /** The websocket or a peer connection died: join again with new peer connections, after a back-off. */
+  /** The websocket or a peer connection died: join again with new peer connections, after a back-off.
+   *  @param {string} why */
   async _rebuild(why) {
     if (this._rebuilding || this.closedByUs || this.ended) return;
     this._rebuilding = true;
@@ -590,7 +800,7 @@ class LessonSession extends EventTarget {
         if (this._refused(err)) break;
         console.warn("reconnect failed:", err);
         this._teardown();
-        this.emit("status", { state: "reconnecting", why: String(err.message || err) });
+        this.emit("status", { state: "reconnecting", why: String((err instanceof Error && err.message) || err) });
       }
     }
     this._rebuilding = false;
@@ -605,7 +815,8 @@ class LessonSession extends EventTarget {
   }
 
   /** Look at the peer connections every second. `stall`: also rebuild when the receiving one gets no media
-   *  bytes for a while although the lesson sends some (a classroom; the teacher receives nothing at times). */
+   *  bytes for a while although the lesson sends some (a classroom; the teacher receives nothing at times).
+   *  @param {boolean} stall */
   _startWatchdog(stall) {
     this._stallCheck = stall;
     clearInterval(this._watchdog);
@@ -617,7 +828,7 @@ class LessonSession extends EventTarget {
   async _check() {
     if (this.closedByUs || this.ended || this._rebuilding || !this.sig || !this.me) return;
     const now = performance.now();
-    const pcs = [this.recvPc, this.sendPc].filter(Boolean);
+    const pcs = [this.recvPc, this.sendPc].filter((pc) => pc !== null);
     if (pcs.some((pc) => pc.connectionState === "closed" || pc.signalingState === "closed")) {
       return this._rebuild("peer connection closed");
     }
@@ -668,18 +879,24 @@ class LessonSession extends EventTarget {
  *  answerer of a receiving one (the classrooms' cameras on its wall, their microphones, whoever is on stage).
  *  Call start(stream), then shareScreen/stopScreen, setMuted, the moderation methods, end(). */
 export class TeacherSession extends LessonSession {
+  /** @param {string} token  @param {string} [url] */
   constructor(token, url) {
     super(token, url);
-    this.sending = new Map(); // source -> the track we send (what a rebuilt connection publishes again)
+    /** @type {Map<string, MediaStreamTrack>} source -> the track we send (what a rebuilt connection publishes again) */
+    this.sending = new Map();
+    /** @type {RTCRtpTransceiver | null} */
     this.screenTransceiver = null;
+    /** @type {MediaStreamTrack | null} */
     this.screenTrack = null;
     this.record = true; // the lesson goes into the resource library unless the teacher says no
-    this.wallVisible = null; // the classroom tiles on screen (`wall`), sent again after a reconnect
+    /** @type {string[] | null} the classroom tiles on screen (`wall`), sent again after a reconnect */
+    this.wallVisible = null;
     this.simulcast = true; // the camera as three layers: each classroom gets the largest its link carries
   }
 
   /** How each source is encoded: the camera in three simulcast layers (RIDs q, h, f, smallest first — the
-   *  server reads them in that order), the courseware sharp rather than smooth (slides must stay legible). */
+   *  server reads them in that order), the courseware sharp rather than smooth (slides must stay legible).
+   *  @param {string} source  @returns {RTCRtpTransceiverInit} */
   _sendInit(source) {
     if (source === "camera" && this.simulcast) {
       return { sendEncodings: [
@@ -697,11 +914,13 @@ export class TeacherSession extends LessonSession {
     return this.sendPc;
   }
 
+  /** @returns {Map<RTCRtpTransceiver, string>} */
   get sources() {
     return this.publishing ? this.publishing.sources : new Map();
   }
 
-  /** Join, publish the microphone and camera of `stream`, and receive the classrooms. */
+  /** Join, publish the microphone and camera of `stream`, and receive the classrooms.
+   *  @param {MediaStream} stream */
   async start(stream) {
     this.reconnects = 0;
     this.closedByUs = false;
@@ -711,7 +930,7 @@ export class TeacherSession extends LessonSession {
     } catch (err) {
       if (unavailable(err)) { // the server's room state is down for a moment: try again as after a drop
         this._startWatchdog(false);
-        this._rebuild(err.message);
+        this._rebuild(/** @type {ProtocolError} */ (err).message);
         return;
       }
       this.close(); // the page may start again with a new session
@@ -744,16 +963,18 @@ export class TeacherSession extends LessonSession {
 
   /** Offer (or re-offer) what we send; the server answers. `sources` tells it which mid is the screen. */
   async publish() {
-    await this.publishing.publish(this.sig, { record: this.record });
+    await this._publishing().publish(this._signaling(), { record: this.record });
   }
 
-  /** Replace the camera or microphone (a device chosen during the lesson): no renegotiation needed. */
+  /** Replace the camera or microphone (a device chosen during the lesson): no renegotiation needed.
+   *  @param {string} source  @param {MediaStreamTrack} track */
   async replaceTrack(source, track) {
     this.sending.set(source, track);
     if (this.publishing) await this.publishing.replaceTrack(source, track);
   }
 
-  /** Publish `track` as the courseware ("screen"): a second video m-line, offered again (renegotiation). */
+  /** Publish `track` as the courseware ("screen"): a second video m-line, offered again (renegotiation).
+   *  @param {MediaStreamTrack} track */
   async shareScreen(track) {
     if (this.screenTrack) await this.stopScreen();
     this.screenTrack = track;
@@ -763,10 +984,10 @@ export class TeacherSession extends LessonSession {
       // track from the MID header extension, and Chromium stops sending that extension on an SSRC once
       // the server has acknowledged it, so a restarted track on the old SSRC could not be told apart.
       this.screenTransceiver.direction = "inactive";
-      this.publishing.sources.delete(this.screenTransceiver);
+      this._publishing().sources.delete(this.screenTransceiver);
     }
     track.contentHint = "detail"; // keep the resolution, drop frames instead: text must stay legible
-    this.screenTransceiver = this.publishing.add("screen", track, this._sendInit("screen"));
+    this.screenTransceiver = this._publishing().add("screen", track, this._sendInit("screen"));
     track.addEventListener("ended", () => this.stopScreen()); // the browser's own "stop sharing" bar
     await this.publish();
     this.emit("screen", { sharing: true });
@@ -778,19 +999,21 @@ export class TeacherSession extends LessonSession {
     const track = this.screenTrack;
     this.screenTrack = null;
     this.sending.delete("screen");
-    const mine = [...this.lessonTracks.values()].filter((t) => t.source === "screen" && t.participant === this.me.id);
+    const me = this.me?.id;
+    const mine = [...this.lessonTracks.values()].filter((t) => t.source === "screen" && t.participant === me);
     for (const t of mine) {
       try {
-        await this.sig.request({ type: "unpublish", track: t.id });
+        await this._signaling().request({ type: "unpublish", track: t.id });
       } catch (err) {
         console.warn("unpublish failed", err);
       }
     }
-    await this.screenTransceiver.sender.replaceTrack(null);
+    await this.screenTransceiver?.sender.replaceTrack(null); // set with screenTrack
     track.stop();
     this.emit("screen", { sharing: false });
   }
 
+  /** @param {string} kind  @param {boolean} muted */
   setMuted(kind, muted) {
     for (const [t, source] of this.sources) {
       const track = t.sender.track;
@@ -799,52 +1022,60 @@ export class TeacherSession extends LessonSession {
   }
 
   end() {
-    this.sig.send({ type: "end_lesson" }); // everyone, us included, then receives lesson-ended
+    this._signaling().send({ type: "end_lesson" }); // everyone, us included, then receives lesson-ended
   }
 
   // -- the interactive classroom (docs/protocol.md): each resolves with the server's reply ------------------
 
-  /** The classroom tiles on screen: the server sends their video (and no other classroom's). */
+  /** The classroom tiles on screen: the server sends their video (and no other classroom's).
+   *  @param {Iterable<string>} visible */
   async wall(visible) {
     this.wallVisible = [...visible];
     return this._request({ type: "wall", visible: this.wallVisible });
   }
 
-  /** Bring a classroom on stage (every classroom sees and hears it) or take it off; `stage_full` when full. */
+  /** Bring a classroom on stage (every classroom sees and hears it) or take it off; `stage_full` when full.
+   *  @param {string} participant  @param {boolean} on */
   async stage(participant, on) {
     const reply = await this._request({ type: "stage", participant, on });
     this._setStage(reply.participants);
     return reply;
   }
 
-  /** Hard-mute (or unmute) one classroom, or every classroom when `participant` is absent. */
+  /** Hard-mute (or unmute) one classroom, or every classroom when `participant` is absent.
+   *  @param {boolean} muted  @param {string} [participant] */
   async mute(muted, participant = undefined) {
     const reply = await this._request({ type: "mute", muted, ...(participant ? { participant } : {}) });
     for (const id of reply.participants || []) this._setState({ participant: id, muted: reply.muted });
     return reply;
   }
 
-  /** Remove a classroom from the lesson: its page is closed and its link cannot join this lesson again. */
+  /** Remove a classroom from the lesson: its page is closed and its link cannot join this lesson again.
+   *  @param {string} participant */
   async remove(participant) {
     return this._request({ type: "remove", participant });
   }
 
-  /** Lock the lesson: classrooms that were not in it cannot join (those reconnecting can). */
+  /** Lock the lesson: classrooms that were not in it cannot join (those reconnecting can).
+   *  @param {boolean} locked */
   async lock(locked) {
     return this._applySettings(await this._request({ type: "lock", locked }));
   }
 
+  /** @param {string} message the message's id */
   async chatDelete(message) {
     const reply = await this._request({ type: "chat_delete", message });
     this._deleteMessage(message);
     return reply;
   }
 
-  /** May classrooms write in the chat. */
+  /** May classrooms write in the chat.
+   *  @param {boolean} classrooms */
   async chatMode(classrooms) {
     return this._applySettings(await this._request({ type: "chat_mode", classrooms }));
   }
 
+  /** @template {{settings?: Partial<Settings>}} R  @param {R} reply  @returns {R} */
   _applySettings(reply) {
     if (reply.settings) {
       this.settings = { ...this.settings, ...reply.settings };
@@ -853,24 +1084,28 @@ export class TeacherSession extends LessonSession {
     return reply;
   }
 
+  /** @param {string} path */
   _apiUrl(path) {
     // the server carrying the lesson (another origin when this page was sent on to it)
     const base = this.url.replace(/^ws/, "http").replace(/\/ws$/, "");
-    return `${base}/api/lessons/${encodeURIComponent(this.claims.lesson)}/${path}`;
+    return `${base}/api/lessons/${encodeURIComponent(String(this.claims.lesson))}/${path}`;
   }
 
+  /** @param {string} path */
   async _get(path) {
     const res = await fetch(this._apiUrl(path), { headers: { Authorization: `Bearer ${this.token}` } });
     if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
     return res;
   }
 
-  /** The server's forwarding figures for this lesson (docs/protocol.md "HTTP"). */
+  /** The server's forwarding figures for this lesson (docs/protocol.md "HTTP").
+   *  @returns {Promise<LessonStats>} */
   async fetchStats() {
     return (await this._get("stats")).json();
   }
 
-  /** Attendance: {classrooms: [{participant, name, joined_at, left_at, present_s, ...}]}. */
+  /** Attendance: {classrooms: [{participant, name, joined_at, left_at, present_s, ...}]}.
+   *  @returns {Promise<Attendance>} */
   async fetchAttendance() {
     return (await this._get("attendance")).json();
   }
@@ -881,17 +1116,38 @@ export class TeacherSession extends LessonSession {
   }
 }
 
+/** The server's forwarding figures for a lesson (GET /api/lessons/<id>/stats, docs/protocol.md "HTTP"): per
+ *  classroom, what each of its consumers sent and heard back, and its video ladder.
+ *  @typedef {{subscribers?: Record<string, ConsumerStats[]>, video?: Record<string, VideoLadder>}} LessonStats */
+/** @typedef {{octets_out?: number, fraction_lost?: number, rtt_ms?: number | null}} ConsumerStats */
+/** @typedef {{chosen?: boolean, state: string, reason?: string,
+ *    simulcast?: Record<string, {layer: number | null, layers: number, reason?: string}>}} VideoLadder */
+/** GET /api/lessons/<id>/attendance: one row per classroom.
+ *  @typedef {{classrooms?: AttendanceRow[]}} Attendance */
+/** @typedef {{participant: string, name: string, left_at?: number | null, present_s?: number | null,
+ *    sessions?: number | null, hands?: number | null, stage_s?: number | null, loss_avg?: number | null,
+ *    rtt_ms_avg?: number | null, kbps_avg?: number | null, video_share?: number | null}} AttendanceRow */
+
+/** @typedef {"good" | "fair" | "poor" | "none"} QualityLevel */
+/** What a classroom receives, from its getStats: the best video, the audio's jitter, the round trip (s), packets
+ *  so far, the loss over the last interval and its level.
+ *  @typedef {{at: number, video: {fps: number, width: number, height: number} | null, audio: {jitter: number} | null,
+ *    rtt: number | null, packetsLost: number, packetsReceived: number, loss: number, level: QualityLevel}} Quality */
+
 /** A classroom: answers the server's offers, maps mids to tracks (the teacher's, and those of a classroom on
  *  stage), publishes its small camera view and its microphone (off until the classroom speaks), raises its
  *  hand, chats, and rebuilds itself when the websocket or a peer connection dies. More events: "hand"
  *  ({up, position}), "microphone" ({on}), "publishing" ({ok} or {error}). */
 export class ClassroomSession extends LessonSession {
+  /** @param {string} token  @param {string} [url] */
   constructor(token, url) {
     super(token, url);
     this.layer = "auto"; // the simulcast layer the classroom pinned ("low") or "auto"
     this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
-    this.sending = new Map(); // source -> the track we publish (camera, microphone)
-    this.handPosition = null; // our place in the hand queue (1-based), null when down or not known
+    /** @type {Map<string, MediaStreamTrack>} source -> the track we publish (camera, microphone) */
+    this.sending = new Map();
+    /** @type {number | null} our place in the hand queue (1-based), null when down or not known */
+    this.handPosition = null;
     // whether anyone receives our camera / microphone (the teacher's wall shows our tile, or we are on
     // stage): the server says so in its answer and with `demand` events; what nobody receives is not sent
     this.demand = { video: true, audio: true };
@@ -902,13 +1158,15 @@ export class ClassroomSession extends LessonSession {
     return this.recvPc;
   }
 
-  /** Our own {hand, stage, muted}. */
+  /** Our own {hand, stage, muted}.
+   *  @returns {Omit<ClassroomState, "participant"> | null} */
   get state() {
     return this.me ? this.states.get(this.me.id) || { hand: false, stage: false, muted: false } : null;
   }
 
   /** Join and receive the lesson; publish the camera and microphone of `stream` (null: receive only). The
-   *  microphone starts disabled: the classroom turns it on to speak. */
+   *  microphone starts disabled: the classroom turns it on to speak.
+   *  @param {MediaStream | null} [stream] */
   async start(stream = null) {
     if (stream) {
       for (const track of stream.getTracks()) this.sending.set(track.kind === "audio" ? "microphone" : "camera", track);
@@ -922,7 +1180,7 @@ export class ClassroomSession extends LessonSession {
       if (this._refused(err)) return; // removed, or the lesson has ended: the page shows it
       if (unavailable(err)) { // the server's room state is down for a moment: try again as after a drop
         this._startWatchdog(true);
-        this._rebuild(err.message);
+        this._rebuild(/** @type {ProtocolError} */ (err).message);
         return;
       }
       this.close(); // lesson_locked, a bad link, no server: the page says so and may start again
@@ -935,7 +1193,7 @@ export class ClassroomSession extends LessonSession {
     this._resetWatch();
     await this._join();
     if (!this.video || this.layer !== "auto") { // kept across reconnects
-      await this.sig.request({ type: "prefer", video: this.video, layer: this.layer });
+      await this._signaling().request({ type: "prefer", video: this.video, layer: this.layer });
     }
     if (this.sending.size) await this._publish();
   }
@@ -944,7 +1202,7 @@ export class ClassroomSession extends LessonSession {
     const publishing = this._newPublishing();
     for (const [source, track] of this.sending) publishing.add(source, track);
     try {
-      const reply = await publishing.publish(this.sig);
+      const reply = await publishing.publish(this._signaling());
       if (reply.demand) this._setDemand(reply.demand);
       else this._applyDemand();
       this.emit("publishing", { ok: true });
@@ -958,11 +1216,13 @@ export class ClassroomSession extends LessonSession {
     }
   }
 
+  /** @param {LessonEvent} msg */
   _onEvent(msg) {
     if (msg.event === "demand") this._setDemand(msg);
     else super._onEvent(msg);
   }
 
+  /** @param {Demand} demand */
   _setDemand(demand) {
     this.demand = { video: demand.video !== false, audio: demand.audio !== false };
     this._applyDemand();
@@ -975,22 +1235,25 @@ export class ClassroomSession extends LessonSession {
     this.publishing.setActive("microphone", this.demand.audio);
   }
 
+  /** @param {StateUpdate} update  @param {boolean} [announce] */
   _setState(update, announce = true) {
     super._setState(update, announce);
-    if (this.me && update.participant === this.me.id) {
-      const state = this.state;
+    const state = this.state;
+    if (this.me && update.participant === this.me.id && state) {
       if (!state.hand) this.handPosition = null;
       if (state.muted) this.setMicrophone(false); // hard-muted: the server drops it anyway, say so here too
     }
   }
 
-  /** Audio only (false) or video again (true): the server stops or restarts sending the video. */
+  /** Audio only (false) or video again (true): the server stops or restarts sending the video.
+   *  @param {boolean} enabled */
   async setVideo(enabled) {
     this.video = enabled;
     if (this.sig) await this.sig.request({ type: "prefer", video: enabled });
   }
 
-  /** "low": the smallest of the teacher's camera layers only (a calm link); "auto": the server chooses. */
+  /** "low": the smallest of the teacher's camera layers only (a calm link); "auto": the server chooses.
+   *  @param {string} choice */
   async setLayer(choice) {
     this.layer = choice;
     if (this.sig) await this.sig.request({ type: "prefer", video: this.video, layer: choice });
@@ -1001,7 +1264,8 @@ export class ClassroomSession extends LessonSession {
     return Boolean(mic && mic.enabled);
   }
 
-  /** Turn our microphone on (to speak) or off; not on while the teacher has muted us. */
+  /** Turn our microphone on (to speak) or off; not on while the teacher has muted us.
+   *  @param {boolean} on */
   setMicrophone(on) {
     const mic = this.sending.get("microphone");
     if (!mic) return false;
@@ -1014,18 +1278,22 @@ export class ClassroomSession extends LessonSession {
   }
 
   /** Raise (true) or lower our hand; resolves with {up, position}. Raising again while up keeps our place
-   *  (the server's rule), so the page may ask again to learn the current position. */
+   *  (the server's rule), so the page may ask again to learn the current position.
+   *  @param {boolean} up */
   async hand(up) {
     const reply = await this._request({ type: "hand", up });
     this.handPosition = reply.up ? reply.position ?? null : null;
-    this._setState({ participant: this.me.id, hand: Boolean(reply.up) });
+    if (this.me) this._setState({ participant: this.me.id, hand: Boolean(reply.up) });
     this.emit("hand", { up: Boolean(reply.up), position: this.handPosition });
     return reply;
   }
 
-  /** What this classroom receives, from its own getStats: for the quality indicator. */
+  /** What this classroom receives, from its own getStats: for the quality indicator.
+   *  @param {Quality | null} previous  @returns {Promise<Quality>} */
   async quality(previous) {
-    const q = { at: performance.now(), video: null, audio: null, rtt: null, packetsLost: 0, packetsReceived: 0 };
+    /** @type {Quality} */
+    const q = { at: performance.now(), video: null, audio: null, rtt: null, packetsLost: 0, packetsReceived: 0,
+      loss: 0, level: "none" };
     if (!this.pc) return q;
     const live = new Set(this.media().map((m) => m.mid));
     (await this.pc.getStats()).forEach((s) => {
@@ -1049,7 +1317,8 @@ export class ClassroomSession extends LessonSession {
 }
 
 /** good | fair | poor, with the field figures in DESIGN.md: ≤ 1 % loss and ≤ 150 ms good, ≤ 5 % and
- *  ≤ 400 ms acceptable. */
+ *  ≤ 400 ms acceptable (none: nothing received).
+ *  @param {Pick<Quality, "video" | "audio" | "rtt" | "loss">} q  @returns {QualityLevel} */
 export function qualityLevel(q) {
   const rtt = q.rtt ?? 0;
   if (!q.video && !q.audio) return "none";

@@ -1,9 +1,11 @@
+// @ts-check
 // Teacher page: devices and preview, start the lesson, courseware share, mute, end; the classrooms with
 // their reception figures from the server (polled every 2 s); the interactive classroom: a wall of classroom
 // cameras (a page at a time: only the tiles on screen are sent), raised hands with a chime, stage, mute,
 // remove, lock, chat, attendance. Protocol work is in protocol.js.
 import { ProtocolError, TeacherSession, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { byId } from "./dom.js";
 import { attach, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
@@ -19,25 +21,43 @@ const [VIDEO_W, VIDEO_H] = (params.get("video") || "1280x720").split("x").map(Nu
 // ?fakescreen=1: the courseware is a drawn slide instead of getDisplayMedia (headless tests, demos)
 const FAKE_SCREEN = params.get("fakescreen") === "1";
 
-const $ = (id) => document.getElementById(id);
+const $ = byId;
 const fragment = fragmentParams();
 const token = fragment.get("token");
 const invites = fragment.getAll("invite");
 const claims = token ? readClaims(token) : null;
 
+/** @typedef {import("./protocol.js").Participant} Participant */
+/** @typedef {import("./protocol.js").LessonStats} LessonStats */
+/** A classroom's tile on the wall: its camera, quality dot, name, marks and buttons.
+ *  @typedef {{el: HTMLElement, video: HTMLVideoElement, dot: HTMLElement, name: HTMLElement, marks: HTMLElement,
+ *    stage: HTMLButtonElement, mute: HTMLButtonElement, remove: HTMLButtonElement,
+ *    removeArmed: ReturnType<typeof setTimeout> | null}} Tile */
+
+/** @type {TeacherSession | null} */
 let session = null;
+/** @type {MediaStream | null} */
 let stream = null;
 let micMuted = false;
 let cameraOff = false;
-let previousStats = null; // {at, octets: {participant: bytes}}
-let statsTimer = null;
-let attendanceTimer = null;
-let quality = {}; // participant id -> good | fair | poor | none, from the last stats
+/** @type {{at: number, octets: Record<string, number>} | null} */
+let previousStats = null;
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let statsTimer;
+/** @type {ReturnType<typeof setInterval> | undefined} */
+let attendanceTimer;
+/** @type {Record<string, string>} participant id -> good | fair | poor | none, from the last stats */
+let quality = {};
 let wallPage = 0;
-const wallOrder = []; // classroom ids in the order first seen: a classroom that reconnects keeps its tile's place
-const tiles = new Map(); // participant id -> {el, video, ...}
-let wallSent = null; // the visible list last sent (JSON), null: send at the next render
+/** @type {string[]} classroom ids in the order first seen: a classroom that reconnects keeps its tile's place */
+const wallOrder = [];
+/** @type {Map<string, Tile>} participant id -> its tile */
+const tiles = new Map();
+/** @type {string | null} the visible list last sent (JSON), null: send at the next render */
+let wallSent = null;
+/** @type {string[]} */
 let wallVisible = [];
+/** @type {AudioContext | null} */
 let audioContext = null;
 let chimes = 0;
 
@@ -51,28 +71,33 @@ window.ketang = {
   get chimes() { return chimes; },
 };
 
+/** @param {HTMLElement} el  @param {string} key */
 function label(el, key) {
   el.dataset.i18n = key;
   el.textContent = t(key);
 }
 
+/** @param {string} text  @param {string} [cls] */
 function status(text, cls = "") {
   const el = $("status");
   el.textContent = text;
   el.className = `status ${cls}`;
 }
 
+/** @param {string} text */
 function notice(text) {
   $("notice").textContent = text;
   $("notice").hidden = !text;
 }
 
-/** A refusal from the server in words the teacher reads. */
+/** A refusal from the server in words the teacher reads.
+ *  @param {unknown} err */
 function errorText(err) {
   if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
-  return t("error", { error: err.message });
+  return t("error", { error: /** @type {Error} */ (err).message });
 }
 
+/** @param {string} key  @param {() => void} onClick  @param {string} [cls] */
 function button(key, onClick, cls = "") {
   const b = document.createElement("button");
   b.type = "button";
@@ -105,21 +130,24 @@ function chime() {
   }
 }
 
+/** @param {number} unixSeconds */
 function clock(unixSeconds) {
   return new Date(unixSeconds * 1000).toLocaleTimeString(document.documentElement.lang, { hour12: false });
 }
 
 // -- the wall: classroom cameras, a page at a time --------------------------------------------------------
 
-/** The classrooms present, in the order first seen. */
+/** The classrooms present, in the order first seen.
+ *  @returns {Participant[]} */
 function presentClassrooms() {
   if (!session) return [];
   const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
   for (const p of rooms) if (!wallOrder.includes(p.id)) wallOrder.push(p.id);
-  const byId = new Map(rooms.map((p) => [p.id, p]));
-  return wallOrder.filter((id) => byId.has(id)).map((id) => byId.get(id));
+  const present = new Map(rooms.map((p) => [p.id, p]));
+  return wallOrder.flatMap((id) => present.get(id) ?? []);
 }
 
+/** @param {Participant} p  @returns {Tile} */
 function makeTile(p) {
   const el = document.createElement("figure");
   el.className = "tile";
@@ -136,12 +164,13 @@ function makeTile(p) {
   const marks = document.createElement("span");
   marks.className = "marks";
   caption.append(dot, name, marks);
-  const tile = { el, video, dot, name, marks, removeArmed: null };
-  tile.stage = button("tile.stageOn", () => toggleStage(p.id));
+  /** @type {Tile} */
+  const tile = { el, video, dot, name, marks, removeArmed: null,
+    stage: button("tile.stageOn", () => toggleStage(p.id)),
+    mute: button("tile.mute", () => toggleMute(p.id)),
+    remove: button("tile.remove", () => removeClassroom(p.id, tile), "danger") };
   tile.stage.title = t("tile.stageTitle");
-  tile.mute = button("tile.mute", () => toggleMute(p.id));
   tile.mute.title = t("tile.muteTitle");
-  tile.remove = button("tile.remove", () => removeClassroom(p.id, tile), "danger");
   tile.remove.title = t("tile.removeTitle");
   const actions = document.createElement("div");
   actions.className = "actions";
@@ -150,8 +179,10 @@ function makeTile(p) {
   return tile;
 }
 
+/** @param {Participant} p  @param {Tile} tile */
 function updateTile(p, tile) {
-  const state = session.states.get(p.id) || {};
+  /** @type {Partial<import("./protocol.js").ClassroomState>} */
+  const state = session?.states.get(p.id) || {};
   tile.name.textContent = p.name;
   const level = quality[p.id] || "none";
   tile.dot.className = `dot ${level}`;
@@ -159,6 +190,7 @@ function updateTile(p, tile) {
   tile.el.classList.toggle("hand", Boolean(state.hand));
   tile.el.classList.toggle("muted", Boolean(state.muted));
   tile.el.classList.toggle("onstage", Boolean(state.stage));
+  /** @type {[string, string][]} */
   const marks = [];
   if (state.hand) marks.push(["hand", t("tile.hand")]);
   if (state.muted) marks.push(["muted", t("tile.muted")]);
@@ -181,32 +213,33 @@ function renderWall() {
   const pages = Math.max(1, Math.ceil(rooms.length / WALL_PAGE_SIZE));
   wallPage = Math.min(wallPage, pages - 1);
   const visible = rooms.slice(wallPage * WALL_PAGE_SIZE, (wallPage + 1) * WALL_PAGE_SIZE);
-  $("wall-count").textContent = rooms.length;
+  $("wall-count").textContent = String(rooms.length);
   $("no-wall").hidden = rooms.length > 0;
   for (const id of tiles.keys()) if (!rooms.some((p) => p.id === id)) tiles.delete(id);
   const els = visible.map((p) => {
-    if (!tiles.has(p.id)) tiles.set(p.id, makeTile(p));
-    const tile = tiles.get(p.id);
+    const tile = tiles.get(p.id) ?? makeTile(p);
+    tiles.set(p.id, tile);
     updateTile(p, tile);
     return tile.el;
   });
   const wall = $("wall");
   if (els.length !== wall.children.length || els.some((el, i) => wall.children[i] !== el)) {
     wall.replaceChildren(...els);
-    for (const el of els) el.querySelector("video").play().catch(() => {});
+    for (const el of els) el.querySelector("video")?.play().catch(() => {});
   }
   renderPager(pages);
   sendWall(visible.map((p) => p.id));
   showMedia();
 }
 
+/** @param {number} pages */
 function renderPager(pages) {
   const pager = $("pager");
   if (pages <= 1) {
     pager.replaceChildren();
     return;
   }
-  const go = (page) => () => { wallPage = page; renderWall(); };
+  const go = (/** @type {number} */ page) => () => { wallPage = page; renderWall(); };
   const items = [button("teacher.prevPage", go(Math.max(0, wallPage - 1)))];
   items[0].disabled = wallPage === 0;
   items[0].classList.add("page-prev");
@@ -229,6 +262,7 @@ function renderPager(pages) {
   pager.replaceChildren(...items, next, where);
 }
 
+/** @param {string[]} ids */
 function sendWall(ids) {
   wallVisible = ids;
   const key = JSON.stringify(ids);
@@ -244,6 +278,7 @@ function sendWall(ids) {
 function showMedia() {
   if (!session) return;
   const media = session.media();
+  /** @type {Map<string, MediaStreamTrack>} */
   const videoOf = new Map();
   for (const m of media) if (m.kind === "video" && m.participant) videoOf.set(m.participant, m.receiverTrack);
   for (const [id, tile] of tiles) attach(tile.video, videoOf.get(id) || null);
@@ -252,11 +287,13 @@ function showMedia() {
   syncAudio(box, media.filter((m) => m.kind === "audio"));
 }
 
+/** @param {Map<string, MediaStreamTrack>} videoOf */
 function renderStage(videoOf) {
   const box = $("stage-videos");
   const on = session ? session.onStage : [];
   const figures = on.map((p) => {
-    let fig = box.querySelector(`figure[data-participant="${CSS.escape(p.id)}"]`);
+    const found = box.querySelector(`figure[data-participant="${CSS.escape(p.id)}"]`);
+    let fig = found instanceof HTMLElement ? found : null;
     if (!fig) {
       fig = document.createElement("figure");
       fig.className = "onstage";
@@ -269,17 +306,22 @@ function renderStage(videoOf) {
       const off = button("tile.stageOff", () => toggleStage(p.id));
       fig.append(video, caption, off);
     }
-    const name = p.name || session.participants.get(p.id)?.name || "";
-    fig.querySelector("figcaption").textContent = t("teacher.stageCaption", { name });
-    attach(fig.querySelector("video"), videoOf.get(p.id) || null);
+    const name = p.name || session?.participants.get(p.id)?.name || "";
+    const caption = fig.querySelector("figcaption");
+    const video = fig.querySelector("video");
+    if (!caption || !video) throw new Error("a stage figure without its caption or video");
+    caption.textContent = t("teacher.stageCaption", { name });
+    attach(video, videoOf.get(p.id) || null);
     return fig;
   });
   if (figures.length !== box.children.length || figures.some((f, i) => box.children[i] !== f)) {
     box.replaceChildren(...figures);
-    for (const f of figures) f.querySelector("video").play().catch(() => {});
+    for (const f of figures) f.querySelector("video")?.play().catch(() => {});
   }
 }
 
+/** A moderation request: its reply, or null with the refusal shown.
+ *  @template R  @param {Promise<R>} promise  @returns {Promise<R | null>} */
 async function act(promise) {
   try {
     return await promise;
@@ -289,19 +331,24 @@ async function act(promise) {
   }
 }
 
+/** @param {string} id */
 async function toggleStage(id) {
-  const on = !(session.states.get(id) || {}).stage;
+  if (!session) return;
+  const on = !session.states.get(id)?.stage;
   if (await act(session.stage(id, on))) notice("");
   renderAll();
 }
 
+/** @param {string} id */
 async function toggleMute(id) {
-  const muted = !(session.states.get(id) || {}).muted;
+  if (!session) return;
+  const muted = !session.states.get(id)?.muted;
   if (await act(session.mute(muted, id))) notice("");
   renderAll();
 }
 
-/** Remove needs a second press within a few seconds (a dialog is easy to dismiss by mistake, or to confirm). */
+/** Remove needs a second press within a few seconds (a dialog is easy to dismiss by mistake, or to confirm).
+ *  @param {string} id  @param {Tile} tile */
 async function removeClassroom(id, tile) {
   if (!tile.removeArmed) {
     label(tile.remove, "tile.removeConfirm");
@@ -311,14 +358,14 @@ async function removeClassroom(id, tile) {
   clearTimeout(tile.removeArmed);
   tile.removeArmed = null;
   label(tile.remove, "tile.remove");
-  if (await act(session.remove(id))) notice("");
+  if (session && await act(session.remove(id))) notice("");
 }
 
 // -- hands, moderation, chat -------------------------------------------------------------------------------
 
 function renderHands() {
   const queue = session ? session.hands : [];
-  $("hand-count").textContent = queue.length;
+  $("hand-count").textContent = String(queue.length);
   $("no-hands").hidden = queue.length > 0;
   $("hands").replaceChildren(...queue.map((h) => {
     const li = document.createElement("li");
@@ -362,7 +409,7 @@ function renderChat() {
     at.textContent = clock(m.at);
     const text = document.createElement("p");
     text.textContent = m.text;
-    const del = button("chat.delete", () => act(session.chatDelete(m.id)), "small");
+    const del = button("chat.delete", () => { if (session) act(session.chatDelete(m.id)); }, "small");
     del.classList.add("delete");
     li.append(who, at, del, text);
     return li;
@@ -370,29 +417,32 @@ function renderChat() {
   list.scrollTop = list.scrollHeight;
 }
 
+/** @param {Event} e */
 async function sendChat(e) {
   try {
-    if (await submitChat(e, session, $("chat-input"), $("chat-send"))) notice("");
+    if (await submitChat(e, session, $("chat-input", HTMLInputElement), $("chat-send", HTMLButtonElement))) notice("");
   } catch (err) {
     notice(errorText(err));
   } finally {
-    $("chat-send").disabled = false;
-    $("chat-input").focus();
+    $("chat-send", HTMLButtonElement).disabled = false;
+    $("chat-input", HTMLInputElement).focus();
   }
 }
 
 // -- attendance ---------------------------------------------------------------------------------------------
 
+/** @param {number | null | undefined} seconds */
 function minutes(seconds) {
   return seconds === null || seconds === undefined ? "—" : (seconds / 60).toFixed(1);
 }
 
+/** @param {import("./protocol.js").Attendance | null} data */
 function renderAttendance(data) {
   const rows = (data && data.classrooms) || [];
   $("no-attendance").hidden = rows.length > 0;
   $("attendance-csv").hidden = !session;
-  const pct = (v, digits = 1) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(digits)}%`);
-  $("attendance").tBodies[0].replaceChildren(...rows.map((r) => {
+  const pct = (/** @type {number | null | undefined} */ v, digits = 1) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(digits)}%`);
+  $("attendance", HTMLTableElement).tBodies[0].replaceChildren(...rows.map((r) => {
     const tr = document.createElement("tr");
     tr.dataset.participant = r.participant;
     const cells = [
@@ -418,13 +468,14 @@ function renderAttendance(data) {
 
 async function pollAttendance() {
   try {
-    renderAttendance(await session.fetchAttendance());
+    if (session) renderAttendance(await session.fetchAttendance());
   } catch (err) {
     console.warn("attendance:", err);
   }
 }
 
 /** The CSV needs the teacher's token in a header, which a plain link cannot carry: fetch it, save a Blob. */
+/** @param {Event} e */
 async function downloadAttendance(e) {
   e.preventDefault();
   if (!session) return;
@@ -433,7 +484,7 @@ async function downloadAttendance(e) {
     const url = URL.createObjectURL(blob);
     const a = document.createElement("a");
     a.href = url;
-    a.download = `attendance-${claims.lesson}.csv`;
+    a.download = `attendance-${claims?.lesson}.csv`;
     document.body.append(a);
     a.click();
     a.remove();
@@ -449,10 +500,12 @@ function renderAll() {
   renderSettings();
 }
 
+/** @param {string} [deviceId] */
 function videoConstraints(deviceId) {
   return { width: { ideal: VIDEO_W }, height: { ideal: VIDEO_H }, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) };
 }
 
+/** @param {string} [cameraId]  @param {string} [microphoneId] */
 async function openDevices(cameraId, microphoneId) {
   const next = await navigator.mediaDevices.getUserMedia({
     video: videoConstraints(cameraId),
@@ -460,10 +513,10 @@ async function openDevices(cameraId, microphoneId) {
   });
   const old = stream;
   stream = next;
-  $("preview").srcObject = stream;
+  $("preview", HTMLVideoElement).srcObject = next;
   if (session && session.pc) {
-    await session.replaceTrack("camera", stream.getVideoTracks()[0]);
-    await session.replaceTrack("microphone", stream.getAudioTracks()[0]);
+    await session.replaceTrack("camera", next.getVideoTracks()[0]);
+    await session.replaceTrack("microphone", next.getAudioTracks()[0]);
   }
   applyMute();
   if (old) for (const track of old.getTracks()) track.stop();
@@ -471,6 +524,7 @@ async function openDevices(cameraId, microphoneId) {
 
 async function listDevices() {
   const devices = await navigator.mediaDevices.enumerateDevices();
+  /** @param {HTMLSelectElement} select  @param {MediaDeviceKind} kind  @param {string | undefined} current */
   const fill = (select, kind, current) => {
     select.replaceChildren();
     devices.filter((d) => d.kind === kind).forEach((d, i) => {
@@ -479,8 +533,8 @@ async function listDevices() {
       select.append(option);
     });
   };
-  fill($("camera"), "videoinput", stream.getVideoTracks()[0]?.getSettings().deviceId);
-  fill($("microphone"), "audioinput", stream.getAudioTracks()[0]?.getSettings().deviceId);
+  fill($("camera", HTMLSelectElement), "videoinput", stream?.getVideoTracks()[0]?.getSettings().deviceId);
+  fill($("microphone", HTMLSelectElement), "audioinput", stream?.getAudioTracks()[0]?.getSettings().deviceId);
 }
 
 function applyMute() {
@@ -495,6 +549,7 @@ function fakeScreenTrack() {
   canvas.width = 1280;
   canvas.height = 720;
   const g = canvas.getContext("2d");
+  if (!g) throw new Error("no 2d canvas");
   let n = 0;
   const draw = () => {
     g.fillStyle = "#fdfbf3";
@@ -525,17 +580,19 @@ function fakeScreenTrack() {
   return track;
 }
 
-async function shareScreen() {
+/** @param {TeacherSession} current */
+async function shareScreen(current) {
   const track = FAKE_SCREEN
     ? fakeScreenTrack()
     : (await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 10 } }, audio: false })).getVideoTracks()[0];
   track.contentHint = "detail"; // slides: keep text sharp, drop frames rather than resolution
-  $("screen-preview").srcObject = new MediaStream([track]);
+  $("screen-preview", HTMLVideoElement).srcObject = new MediaStream([track]);
   $("screen-box").hidden = false;
-  await session.shareScreen(track);
+  await current.shareScreen(track);
 }
 
 /** The classroom's audio-first ladder as the server reports it (docs/weak-networks.md). */
+/** @param {LessonStats | null} stats  @param {string} id */
 function videoState(stats, id) {
   const ladder = stats && stats.video && stats.video[id];
   if (!ladder) return "—";
@@ -549,6 +606,7 @@ function videoState(stats, id) {
 }
 
 /** Why the server chose this classroom's video state and layer (shown on hover). */
+/** @param {LessonStats | null} stats  @param {string} id */
 function videoReason(stats, id) {
   const ladder = stats && stats.video && stats.video[id];
   if (!ladder) return "";
@@ -556,23 +614,26 @@ function videoReason(stats, id) {
   return [ladder.reason, layers.length ? layers[0].reason : ""].filter(Boolean).join(" · ");
 }
 
+/** @param {LessonStats | null} stats */
 function renderClassrooms(stats) {
+  if (!session) return;
   const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
-  $("classroom-count").textContent = rooms.length;
+  $("classroom-count").textContent = String(rooms.length);
   $("no-classrooms").hidden = rooms.length > 0;
   const now = performance.now();
+  /** @type {Record<string, number>} */
   const octets = {};
   const rows = rooms.map((p) => {
     const consumers = (stats && stats.subscribers && stats.subscribers[p.id]) || [];
     const bytes = consumers.reduce((sum, c) => sum + (c.octets_out || 0), 0);
     octets[p.id] = bytes;
     const before = previousStats ? previousStats.octets[p.id] : undefined; // (classrooms there before the teacher)
-    const kbps = before !== undefined && now > previousStats.at
+    const kbps = previousStats && before !== undefined && now > previousStats.at
       ? Math.max(0, ((bytes - before) * 8) / (now - previousStats.at)) : null;
     const loss = consumers.length ? Math.max(...consumers.map((c) => (c.fraction_lost || 0) / 256)) : null;
     const rtts = consumers.map((c) => c.rtt_ms).filter((v) => typeof v === "number");
     const rtt = rtts.length ? Math.max(...rtts) : null;
-    const level = !consumers.length ? "none" : loss > 0.05 ? "poor" : loss > 0.01 ? "fair" : "good";
+    const level = loss === null ? "none" : loss > 0.05 ? "poor" : loss > 0.01 ? "fair" : "good";
     const tr = document.createElement("tr");
     tr.dataset.participant = p.id;
     tr.className = level;
@@ -589,12 +650,12 @@ function renderClassrooms(stats) {
       td.textContent = text;
       tr.append(td);
     }
-    if (rtt === null) tr.children[3].title = t("teacher.rttUnknown");
+    if (rtt === null) tr.cells[3].title = t("teacher.rttUnknown");
     const why = videoReason(stats, p.id);
-    if (why) tr.children[5].title = why; // why the server paused its video, or chose that layer
+    if (why) tr.cells[5].title = why; // why the server paused its video, or chose that layer
     return tr;
   });
-  $("classrooms").tBodies[0].replaceChildren(...rows);
+  $("classrooms", HTMLTableElement).tBodies[0].replaceChildren(...rows);
   if (stats) {
     previousStats = { at: now, octets };
     quality = Object.fromEntries(rows.map((tr) => [tr.dataset.participant, tr.className]));
@@ -604,15 +665,15 @@ function renderClassrooms(stats) {
 
 async function pollStats() {
   try {
-    renderClassrooms(await session.fetchStats());
+    if (session) renderClassrooms(await session.fetchStats());
   } catch (err) {
     renderClassrooms(null);
   }
 }
 
 async function start() {
-  $("start").disabled = true;
-  label($("start"), "teacher.starting");
+  $("start", HTMLButtonElement).disabled = true;
+  label($("start", HTMLButtonElement), "teacher.starting");
   // the chime's audio context starts inside this click (browsers let sound start only after one)
   try {
     audioContext ??= new AudioContext();
@@ -620,38 +681,40 @@ async function start() {
   } catch {
     audioContext = null;
   }
-  session = new TeacherSession(token);
+  if (!token) return; // main() does not offer to start then
+  const current = new TeacherSession(token);
+  session = current;
   session.simulcast = params.get("simulcast") !== "0"; // ?simulcast=0: one camera layer only
-  session.record = $("record").checked;
-  $("record").disabled = true;
+  session.record = $("record", HTMLInputElement).checked;
+  $("record", HTMLInputElement).disabled = true;
   wallSent = null;
-  session.addEventListener("participants", () => {
+  current.on("participants", () => {
     renderClassrooms(null);
     renderWall();
   });
-  session.addEventListener("media", showMedia);
-  session.addEventListener("classroom-state", renderWall);
-  session.addEventListener("stage", () => {
+  current.on("media", showMedia);
+  current.on("classroom-state", renderWall);
+  current.on("stage", () => {
     renderWall();
     showMedia();
   });
-  session.addEventListener("hands", (e) => {
+  current.on("hands", (e) => {
     renderHands();
     renderWall();
     if (e.detail.added.length) chime();
   });
-  session.addEventListener("settings", renderSettings);
-  session.addEventListener("chat", renderChat);
-  session.addEventListener("chat-deleted", renderChat);
-  session.addEventListener("ended", () => {
+  current.on("settings", renderSettings);
+  current.on("chat", renderChat);
+  current.on("chat-deleted", renderChat);
+  current.on("ended", () => {
     clearInterval(statsTimer);
     clearInterval(attendanceTimer);
     pollAttendance(); // the final figures stay on screen
     status(t("lesson.ended"), "ended");
-    for (const id of INTERACTIVE_CONTROLS) $(id).disabled = true;
+    for (const id of INTERACTIVE_CONTROLS) control(id).disabled = true;
     notice(t("lesson.ended"));
   });
-  session.addEventListener("status", (e) => {
+  current.on("status", (e) => {
     if (e.detail.state === "reconnecting") {
       status(t("teacher.reconnecting"), "warn");
       notice(t("teacher.reconnecting"));
@@ -663,24 +726,25 @@ async function start() {
       notice(t("teacher.replaced"));
     }
   });
-  session.addEventListener("screen", (e) => {
-    label($("share"), e.detail.sharing ? "teacher.stopShare" : "teacher.share");
+  current.on("screen", (e) => {
+    label($("share", HTMLButtonElement), e.detail.sharing ? "teacher.stopShare" : "teacher.share");
     if (!e.detail.sharing) {
       $("screen-box").hidden = true;
-      $("screen-preview").srcObject = null;
+      $("screen-preview", HTMLVideoElement).srcObject = null;
     }
   });
   try {
-    await session.start(stream);
+    if (!stream) throw new Error("no camera or microphone");
+    await current.start(stream);
   } catch (err) {
-    notice(t("error", { error: err.message }));
-    label($("start"), "teacher.start");
-    $("start").disabled = false;
+    notice(t("error", { error: /** @type {Error} */ (err).message }));
+    label($("start", HTMLButtonElement), "teacher.start");
+    $("start", HTMLButtonElement).disabled = false;
     return;
   }
-  label($("start"), "teacher.live");
+  label($("start", HTMLButtonElement), "teacher.live");
   status(t("teacher.live"), "live");
-  for (const id of INTERACTIVE_CONTROLS) $(id).disabled = false;
+  for (const id of INTERACTIVE_CONTROLS) control(id).disabled = false;
   statsTimer = setInterval(pollStats, STATS_INTERVAL_MS);
   pollStats();
   attendanceTimer = setInterval(pollAttendance, ATTENDANCE_INTERVAL_MS);
@@ -692,19 +756,28 @@ async function start() {
 const INTERACTIVE_CONTROLS = ["share", "mute", "camera-toggle", "end", "mute-all", "unmute-all", "lock", "chat-mode",
                               "chat-input", "chat-send"];
 
+/** One of INTERACTIVE_CONTROLS: a button or an input.
+ *  @param {string} id */
+function control(id) {
+  const el = $(id);
+  if (el instanceof HTMLButtonElement || el instanceof HTMLInputElement) return el;
+  throw new Error(`#${id} is not a control`);
+}
+
 function setupControls() {
-  $("start").addEventListener("click", start);
-  $("share").addEventListener("click", async () => {
-    $("share").disabled = true;
+  $("start", HTMLButtonElement).addEventListener("click", start);
+  $("share", HTMLButtonElement).addEventListener("click", async () => {
+    $("share", HTMLButtonElement).disabled = true;
     try {
+      if (!session) return;
       if (session.screenTrack) await session.stopScreen();
-      else await shareScreen();
+      else await shareScreen(session);
       notice("");
     } catch (err) {
       $("screen-box").hidden = true;
-      notice(t("teacher.shareError", { error: err.message }));
+      notice(t("teacher.shareError", { error: /** @type {Error} */ (err).message }));
     } finally {
-      $("share").disabled = session.ended;
+      $("share", HTMLButtonElement).disabled = Boolean(session?.ended);
     }
   });
   $("mute").addEventListener("click", () => {
@@ -719,6 +792,7 @@ function setupControls() {
     label($("camera-toggle"), cameraOff ? "teacher.cameraOn" : "teacher.cameraOff");
   });
   // no confirm(): a second press within a few seconds ends the lesson (dialogs are easy to dismiss by mistake)
+  /** @type {ReturnType<typeof setTimeout> | null} */
   let armed = null;
   $("end").addEventListener("click", () => {
     if (!armed) {
@@ -729,21 +803,21 @@ function setupControls() {
     clearTimeout(armed);
     armed = null;
     label($("end"), "teacher.end");
-    session.end();
+    session?.end();
   });
   const change = async () => {
     try {
-      await openDevices($("camera").value, $("microphone").value);
+      await openDevices($("camera", HTMLSelectElement).value, $("microphone", HTMLSelectElement).value);
     } catch (err) {
-      notice(t("teacher.deviceError", { error: err.message }));
+      notice(t("teacher.deviceError", { error: /** @type {Error} */ (err).message }));
     }
   };
-  $("camera").addEventListener("change", change);
-  $("microphone").addEventListener("change", change);
-  $("mute-all").addEventListener("click", () => act(session.mute(true)).then(renderWall));
-  $("unmute-all").addEventListener("click", () => act(session.mute(false)).then(renderWall));
-  $("lock").addEventListener("click", () => act(session.lock(!session.settings.locked)));
-  $("chat-mode").addEventListener("click", () => act(session.chatMode(!session.settings.chat_classrooms)));
+  $("camera", HTMLSelectElement).addEventListener("change", change);
+  $("microphone", HTMLSelectElement).addEventListener("change", change);
+  $("mute-all").addEventListener("click", () => session && act(session.mute(true)).then(renderWall));
+  $("unmute-all").addEventListener("click", () => session && act(session.mute(false)).then(renderWall));
+  $("lock").addEventListener("click", () => session && act(session.lock(!session.settings.locked)));
+  $("chat-mode").addEventListener("click", () => session && act(session.chatMode(!session.settings.chat_classrooms)));
   $("chat-form").addEventListener("submit", sendChat);
   $("attendance-csv").addEventListener("click", downloadAttendance);
 }
@@ -785,13 +859,13 @@ function renderLinks() {
 
 async function main() {
   applyText();
-  $("lang").textContent = otherLanguageLabel;
-  $("lang").href = otherLanguageHref();
+  $("lang", HTMLAnchorElement).textContent = otherLanguageLabel;
+  $("lang", HTMLAnchorElement).href = otherLanguageHref();
   if (!token || !claims) {
     notice(t("token.missing"));
     return;
   }
-  $("lesson-title").textContent = claims.title || claims.lesson;
+  $("lesson-title").textContent = claims.title || claims.lesson || "";
   document.title = `${t("app.name")} · ${claims.title || claims.lesson}`;
   renderLinks();
   setupControls();
@@ -800,10 +874,10 @@ async function main() {
     await openDevices();
     await listDevices();
   } catch (err) {
-    notice(t("teacher.deviceError", { error: err.message }));
+    notice(t("teacher.deviceError", { error: /** @type {Error} */ (err).message }));
     return;
   }
-  $("start").disabled = false;
+  $("start", HTMLButtonElement).disabled = false;
 }
 
 main();

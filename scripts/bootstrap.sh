@@ -18,6 +18,9 @@ if [ "${1:-}" = "test" ]; then
   dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need_apt+=(fonts-wqy-microhei)
   # the TURN-over-TCP test starts a throwaway coturn (the server itself needs no TURN)
   command -v turnserver >/dev/null || need_apt+=(coturn)
+  # the browser code is type-checked by the TypeScript that package.json pins (npm ci below)
+  command -v node >/dev/null || need_apt+=(nodejs)
+  command -v npm >/dev/null || need_apt+=(npm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -29,3 +32,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 if [ -n "${1:-}" ]; then spec=".[$1]"; else spec="."; fi
 .venv/bin/python -m pip install -q -e "$spec"
+if [ "${1:-}" = "test" ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -1,13 +1,30 @@
+// @ts-check
 // The library's HTTP API. The token comes in the URL fragment (#token=…): fragments never reach server
 // logs or Referer headers. It is sent as a Bearer header, and carried along on links between pages.
 const fragment = new URLSearchParams(location.hash.slice(1));
 export const TOKEN = fragment.get("token") || "";
 
+/** A library item as the API gives it (GET /api/library, /api/library/<id>).
+ *  @typedef {{id: string, title: string, state: string, incomplete?: string | null, duration_s?: number,
+ *    size_bytes?: number, teacher?: string, school?: string, stage?: string, subject?: string, grade?: string,
+ *    edition?: string, volume?: string, unit?: string, chapter?: string, date?: string, language?: string,
+ *    license?: string, description?: string, review_note?: string, reviewer?: string,
+ *    urls: {play: string, poster?: string, webm: string, mp4?: string, webm_download: string, mp4_download?: string},
+ *    export?: {state: string, progress: number, error?: string} | null,
+ *    can: {edit?: boolean, review?: boolean, resubmit?: boolean, export?: boolean}}} LibraryItem */
+/** @typedef {{items: LibraryItem[], total: number}} LibraryPage */
+
+/** A refused API call: its HTTP status and the server's error code. */
 export class ApiError extends Error {
+  /** @param {number} status  @param {string} code  @param {string} message */
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
+/** A call of the library's API: its JSON reply (what the caller expects), or an ApiError.
+ *  @param {string} path  @param {{method?: string, body?: unknown}} [options]
+ *  @returns {Promise<unknown>} */
 export async function api(path, { method = "GET", body } = {}) {
+  /** @type {Record<string, string>} */
   const headers = {};
   if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -17,25 +34,45 @@ export async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
-// A link to another library page keeping ?lang and the #token.
+/** A link to another library page keeping ?lang and the #token.
+ *  @param {string} path */
 export function pageLink(path) {
   const lang = new URLSearchParams(location.search).get("lang");
   const url = lang ? `${path}?lang=${encodeURIComponent(lang)}` : path;
   return TOKEN ? `${url}#token=${encodeURIComponent(TOKEN)}` : url;
 }
 
+/** The page's element with this `id`, checked to be a `kind` (HTMLElement unless said). The lesson pages have
+ *  the same in ../dom.js, which the library's static route does not serve.
+ *  @template {HTMLElement} [T=HTMLElement]
+ *  @param {string} id  @param {{new (): T, name: string}} [kind]  @returns {T} */
+export function byId(id, kind) {
+  const node = document.getElementById(id);
+  const want = kind || HTMLElement;
+  if (!(node instanceof want)) throw new Error(`#${id} is not a ${want.name} on this page`);
+  return /** @type {T} */ (node);
+}
+
+/** @typedef {Node | string | null | undefined} Child */
+
+/** An element: `props` are attributes (true: present, false/null: absent), `class`, `dataset`, or `on<event>`
+ *  listeners.
+ *  @template {keyof HTMLElementTagNameMap} K
+ *  @param {K} tag  @param {Record<string, unknown>} [props]  @param {...(Child | Child[])} children
+ *  @returns {HTMLElementTagNameMap[K]} */
 export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(props)) {
-    if (k === "class") node.className = v;
+    if (k === "class") node.className = String(v);
     else if (k === "dataset") Object.assign(node.dataset, v);
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), /** @type {EventListener} */ (v));
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : String(v));
   }
   for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
   return node;
 }
 
+/** @param {number | undefined} seconds */
 export function formatDuration(seconds) {
   if (!seconds) return "";
   const s = Math.round(seconds);
@@ -43,6 +80,7 @@ export function formatDuration(seconds) {
   return (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(r).padStart(2, "0")}`;
 }
 
+/** @param {number | undefined} bytes */
 export function formatSize(bytes) {
   if (!bytes) return "";
   const units = ["B", "KB", "MB", "GB"];

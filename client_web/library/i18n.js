@@ -1,5 +1,7 @@
+// @ts-check
 // Interface text: Chinese by default, English with ?lang=en. Elements carry data-i18n="key"
 // (textContent) or data-i18n-placeholder="key".
+/** @type {{zh: Record<string, string>, en: Record<string, string>}} */
 const STRINGS = {
   zh: {
     library: "资源库", search: "搜索", searchPlaceholder: "课题、教师、学校、章节……", all: "全部",
@@ -42,19 +44,26 @@ const STRINGS = {
 
 export const LANG = new URLSearchParams(location.search).get("lang") === "en" ? "en" : "zh";
 
+/** @param {string} key  @param {Record<string, string | number>} [vars]  @returns {string} */
 export function t(key, vars = {}) {
   const text = STRINGS[LANG][key] ?? STRINGS.zh[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ""));
+  return text.replace(/\{(\w+)\}/g, (_, /** @type {string} */ name) => String(vars[name] ?? ""));
 }
 
 // What an incomplete item (`incomplete`: the server's reason, in English words) means for the viewer, in one
 // line of the page's language: a full disk, or another failed write.
+/** @param {string | null | undefined} reason */
 export function incompleteText(reason) {
   return t(/disk (is|was) full/.test(reason || "") ? "incomplete.disk" : "incomplete.other");
 }
 
+/** @param {ParentNode} [root] */
 export function translatePage(root = document) {
   document.documentElement.lang = LANG === "en" ? "en" : "zh-CN";
-  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
-  for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.getAttribute("data-i18n") || "");
+  for (const el of root.querySelectorAll("[data-i18n-placeholder]")) {
+    if (el instanceof HTMLInputElement || el instanceof HTMLTextAreaElement) {
+      el.placeholder = t(el.dataset.i18nPlaceholder || "");
+    }
+  }
 }

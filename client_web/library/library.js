@@ -1,11 +1,13 @@
+// @ts-check
 // The library page: search box + curriculum filters -> /api/library, results as cards, paging.
 // The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
-import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
+import { api, byId, el, formatDuration, pageLink, TOKEN } from "./api.js";
 import { incompleteText, t, translatePage } from "./i18n.js";
 
 const PER_PAGE = 24;
 const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
 
+/** @param {import("./api.js").LibraryItem} rec */
 export function card(rec) {
   const curriculum = [rec.stage, rec.subject, rec.grade, rec.chapter].filter(Boolean).join(" · ");
   const poster = rec.urls.poster ? el("img", { src: rec.urls.poster, alt: "", loading: "lazy" }) : el("div", { class: "noposter" });
@@ -27,17 +29,23 @@ function currentParams() {
 
 async function load() {
   const params = currentParams();
-  const form = document.getElementById("search");
-  for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = params.get(name) || "";
+  const form = byId("search", HTMLFormElement);
+  for (const name of FILTERS) {
+    const field = form.elements.namedItem(name);
+    if (field instanceof HTMLInputElement || field instanceof HTMLSelectElement) field.value = params.get(name) || "";
+  }
   const query = new URLSearchParams();
-  for (const name of FILTERS) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of FILTERS) {
+    const value = params.get(name);
+    if (value) query.set(name, value);
+  }
   const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
-  query.set("page", page); query.set("per_page", PER_PAGE);
-  const status = document.getElementById("status");
-  const results = document.getElementById("results");
-  const pager = document.getElementById("pager");
+  query.set("page", String(page)); query.set("per_page", String(PER_PAGE));
+  const status = byId("status");
+  const results = byId("results");
+  const pager = byId("pager");
   try {
-    const data = await api(`/api/library?${query}`);
+    const data = /** @type {import("./api.js").LibraryPage} */ (await api(`/api/library?${query}`));
     results.replaceChildren(...data.items.map(card));
     status.textContent = (data.total ? t("results", { n: data.total }) : t("noResults")) + (TOKEN ? "" : "  " + t("signIn"));
     const pages = Math.max(1, Math.ceil(data.total / PER_PAGE));
@@ -46,24 +54,29 @@ async function load() {
       el("span", {}, t("page", { p: page, n: pages })),
       el("button", { disabled: page >= pages, onclick: () => go({ page: page + 1 }) }, t("next")));
   } catch (err) {
-    status.replaceChildren(el("span", { class: "error" }, t("error", { e: err.message })));
+    status.replaceChildren(el("span", { class: "error" }, t("error", { e: /** @type {Error} */ (err).message })));
   }
 }
 
+/** @param {Record<string, string | number>} changes */
 function go(changes) {
   const params = currentParams();
-  for (const [k, v] of Object.entries(changes)) v ? params.set(k, v) : params.delete(k);
+  for (const [k, v] of Object.entries(changes)) v ? params.set(k, String(v)) : params.delete(k);
   history.pushState(null, "", `${location.pathname}?${params}${location.hash}`);
   load();
 }
 
 function init() {
   translatePage();
-  document.getElementById("search").addEventListener("submit", (event) => {
+  const form = byId("search", HTMLFormElement);
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const form = event.target;
+    /** @type {Record<string, string>} */
     const changes = { page: "" };
-    for (const name of FILTERS) if (form.elements[name]) changes[name] = form.elements[name].value.trim();
+    for (const name of FILTERS) {
+      const field = form.elements.namedItem(name);
+      if (field instanceof HTMLInputElement || field instanceof HTMLSelectElement) changes[name] = field.value.trim();
+    }
     go(changes);
   });
   window.addEventListener("popstate", load);
