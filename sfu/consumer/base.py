@@ -1,9 +1,11 @@
-"""A Consumer sends one Producer's packets to one subscriber, rewritten into the subscriber's stream.
+"""What both kinds of Consumer share: one subscriber's stream of one lesson track, on one send-only sender.
 
-Per packet it rewrites SSRC, sequence number, timestamp, payload type and the header-extension block, then
-SRTP-protects and sends on the subscriber's ICE socket. It answers the subscriber's NACKs from the
-producer's cache (as RTX when negotiated), turns its PLI/FIR into throttled keyframe requests to the teacher,
-records its REMB, and keeps the figures the stock sender puts in its sender reports.
+`Consumer` (sfu/consumer/simple.py) forwards one Producer; `SimulcastConsumer` (sfu/consumer/simulcast.py)
+forwards one layer at a time of a simulcast track. Both rewrite SSRC, sequence number, timestamp, payload type and
+the header-extension block, SRTP-protect and send on the subscriber's ICE socket; what they share is here: the
+sender's RTCP (NACKs answered from the producer's cache, as RTX when negotiated; PLI/FIR turned into throttled
+keyframe requests to the teacher; REMB and receiver reports recorded), the retransmission budget, pause, errors
+and closing. Each kind decides how a packet is numbered (`_resend_of`, `_begin_at_keyframe`, `close_gap`, ...).
 """
 
 from __future__ import annotations
@@ -31,14 +33,8 @@ from aiortc.rtp import (
 
 from sfu import seams
 from sfu.producer import CONSUMER_MAX_ERRORS, Packet, Producer
-from sfu.rtp.header import (
-    RTP_HEADER,
-    ExtensionLayout,
-    abs_send_time_bytes,
-    ntp_from_unix,
-)
-from sfu.rtp.seqmap import SeqMap, TsMap
-from sfu.seams import datagram_sender, sender_set_report_counters
+from sfu.rtp.header import RTP_HEADER, ExtensionLayout, abs_send_time_bytes
+from sfu.seams import datagram_sender
 
 log = logging.getLogger("ketang.sfu.rtp")
 
@@ -75,8 +71,10 @@ class ResumePoint:
     octets: int = 0
 
 
-class Consumer:
-    """One subscriber's copy of one producer's stream."""
+class BaseConsumer:
+    """One subscriber's copy of one track: the sender, its RTCP, retransmissions, pause and lifecycle. Not a Sink
+    itself: a subclass attaches what the producer(s) feed (itself, or one tap per layer) and detaches it in
+    `_detach`."""
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None,
@@ -101,16 +99,7 @@ class Consumer:
         self.errors = 0
         self._clock = clock
         self._resume = resume
-        if resume is None:
-            self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
-            self._ts = TsMap(random.getrandbits(32))
-            self._rtx_seq = random.randrange(1, OUTPUT_SEQ_START_MAX)
-        else:
-            self._seq = SeqMap(resume.next_seq)
-            self._ts = TsMap(0)
-            self._rtx_seq = resume.rtx_seq
-        self._last_ts = 0  # input timestamp of the newest packet sent (retransmissions never move it)
-        self._last_seq = -1  # its extended input sequence number
+        self._rtx_seq = resume.rtx_seq if resume is not None else random.randrange(1, OUTPUT_SEQ_START_MAX)
         self._ext = extensions
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
         self._protect: Any = None
@@ -123,60 +112,38 @@ class Consumer:
         self._last_retransmit: dict[int, float] = {}
         # feedback from the subscriber for this sender is routed here
         self._original_rtcp = seams.hook_sender_rtcp(sender, self.handle_rtcp)
-        producer.attach(self)
 
-    # -- media ---------------------------------------------------------------------------------------------
+    # -- what each kind of consumer defines --------------------------------------------------------------------
 
-    def forward(self, packet: Packet, ast: bytes) -> None:
-        """Hot path: called by the producer for every new packet (`ast`: this instant's abs-send-time)."""
-        if self.paused:
-            return
-        if self._send is None and not self._start(packet):
-            return
-        if self._waiting_keyframe:
-            if not packet.keyframe:
-                self.producer.request_keyframe()
-                return
-            self._waiting_keyframe = False
-        if self._resume is not None:
-            self._continue_from(self._resume, packet)
-        out = self._seq.forward(packet.ext_seq)
-        if out is not None:
-            self._write(packet, out, ast)
-            if packet.ext_seq > self._last_seq:
-                self._last_seq, self._last_ts = packet.ext_seq, packet.ts
+    def _begin_at_keyframe(self, current: Packet | None) -> None:
+        """Video (re)starts at a keyframe: the cached one replayed when recent, else one is asked for."""
+        raise NotImplementedError
 
-    def _continue_from(self, resume: ResumePoint, packet: Packet) -> None:
-        """First packet after a producer change: its timestamp follows the last one sent by the wall clock."""
-        elapsed = max(1, round((self._clock() - resume.at) * self.producer.clock_rate))
-        self._ts.rebase(packet.ts, (resume.last_ts + elapsed) & 0xFFFFFFFF)
-        self._resume = None
+    def _resend_of(self, seq16: int) -> tuple[int, int, bytes, int] | None:
+        """(output timestamp, marker, payload, audio level) of the packet sent as `seq16`, from the cache."""
+        raise NotImplementedError
+
+    def close_gap(self) -> None:
+        """Packets were held back on purpose (paused, hard-muted): continue without a hole the receiver NACKs."""
+        raise NotImplementedError
 
     def resume_point(self) -> ResumePoint | None:
-        newest = self._seq.newest_out
-        if newest is None:
-            return self._resume
-        return ResumePoint(newest + 1, self._ts.map(self._last_ts), self._clock(), self._rtx_seq,
-                           self.packets_out, self.octets_out)
+        """Where this stream got to, for the next producer in the same slot."""
+        raise NotImplementedError
 
-    def skip(self, ext_seq: int) -> None:
-        """The producer got a packet that is not forwarded (padding): keep this subscriber's sequence gapless."""
-        if self._started:
-            self._seq.drop(ext_seq)
+    def update_report(self, now_unix: float) -> None:
+        """Give the stock sender an NTP/RTP pair in this subscriber's timestamp space (keeps lip-sync)."""
+        raise NotImplementedError
 
-    def _write(self, packet: Packet, out_seq: int, ast: bytes) -> None:
-        layout = self._ext
-        if packet.tail_layout is layout and packet.tail_ast is ast:
-            tail = packet.tail  # built by an earlier subscriber in this fan-out
-        else:
-            tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
-            packet.tail_layout, packet.tail_ast = layout, ast
-        self._send(self._protect(RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.payload_type,
-                                                 out_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF,
-                                                 self.ssrc) + tail))
-        self.packets_out += 1
-        self.octets_out += len(packet.payload)
-        self.errors = 0
+    def ask_keyframe(self) -> None:
+        """The subscriber asked for a keyframe (PLI/FIR): ask the teacher, throttled per stream."""
+        raise NotImplementedError
+
+    def _detach(self) -> None:
+        """Stop being fed by the producer(s)."""
+        raise NotImplementedError
+
+    # -- sending -----------------------------------------------------------------------------------------------
 
     def _start(self, current: Packet) -> bool:
         """Begin once ICE and DTLS are up: a late joiner gets the cached keyframe, or one is requested."""
@@ -191,26 +158,6 @@ class Consumer:
             self._begin_at_keyframe(current)
         return True
 
-    def _begin_at_keyframe(self, current: Packet | None) -> None:
-        """Video starts at a keyframe: the cached one when it is recent (replayed now), else a requested one."""
-        replay = self.producer.replayable_keyframe()
-        if not replay:
-            self._waiting_keyframe = True
-            self.producer.request_keyframe()
-            return
-        self._waiting_keyframe = False
-        ast = abs_send_time_bytes()
-        if self._resume is not None:
-            self._continue_from(self._resume, replay[0])
-        for packet in replay:
-            if packet is current:
-                continue  # forward() sends it, in its place, right after
-            out = self._seq.forward(packet.ext_seq)
-            if out is not None:
-                self._write(packet, out, ast)
-                if packet.ext_seq > self._last_seq:
-                    self._last_seq, self._last_ts = packet.ext_seq, packet.ts
-
     def pause(self) -> None:
         """Stop sending this track to the subscriber (it chose audio only, or its link cannot carry video)."""
         self.paused = True
@@ -224,13 +171,6 @@ class Consumer:
         self.close_gap()
         if self.kind == "video" and self._started:
             self._begin_at_keyframe(None)
-
-    def close_gap(self) -> None:
-        """Packets were held back on purpose (paused, hard-muted): audio goes on right after the last packet
-        sent, so the receiver counts no loss; video jumps RESUME_SEQ_JUMP (it restarts at a keyframe)."""
-        newest = self._seq.newest_out
-        if newest is not None:
-            self._seq = SeqMap(newest + 1 + (RESUME_SEQ_JUMP if self.kind == "video" else 0))
 
     # -- feedback from the subscriber ----------------------------------------------------------------------
 
@@ -288,18 +228,6 @@ class Consumer:
             return float("inf")
         return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * self.remb_bps / 8)
 
-    def _resend_of(self, seq16: int) -> tuple[int, int, bytes, int] | None:
-        """(output timestamp, marker, payload, audio level) of the packet sent as `seq16`, from the cache."""
-        ext_in = self._seq.reverse(seq16)
-        packet: Packet | None = self.producer.cache.get(ext_in) if ext_in is not None else None  # type: ignore[assignment]
-        if packet is None:
-            return None
-        return (packet.ts + self._ts.offset) & 0xFFFFFFFF, packet.marker, packet.payload, packet.audio_level
-
-    def ask_keyframe(self) -> None:
-        """The subscriber asked for a keyframe (PLI/FIR): ask the teacher, throttled per stream."""
-        self.producer.request_keyframe()
-
     def _send_again(self, seq16: int, out_ts: int, marker: int, payload: bytes, audio_level: int, ast: bytes) -> None:
         """A retransmission: RFC 4588 RTX (its own SSRC and sequence; the payload starts with the original
         sequence number) when negotiated, else the packet again under its own number."""
@@ -313,15 +241,7 @@ class Consumer:
         self._rtx_seq += 1
         self._send(self._protect(header + self._ext.tail(ast, audio_level, _U16.pack(seq16 & 0xFFFF) + payload)))
 
-    # -- reports, errors, lifecycle ------------------------------------------------------------------------
-
-    def update_report(self, now_unix: float) -> None:
-        """Give the stock sender an NTP/RTP pair in this subscriber's timestamp space (keeps lip-sync)."""
-        in_ts = self.producer.rtp_time_at(now_unix)
-        if in_ts is None or not self._started or self._resume is not None:
-            return  # after a producer change, keep the old figures until the new offset is known
-        sender_set_report_counters(self.sender, ntp_from_unix(now_unix), self._ts.map(in_ts),
-                                   self.packets_out & 0xFFFFFFFF, self.octets_out & 0xFFFFFFFF)
+    # -- errors, lifecycle -------------------------------------------------------------------------------------
 
     def on_error(self) -> None:
         """A send raised: count it; after many in a row, stop feeding this subscriber (the others go on)."""
@@ -332,11 +252,11 @@ class Consumer:
             self.close()
 
     def close(self) -> None:
-        """Idempotent: detach from the producer and give the sender its own RTCP handling back."""
+        """Idempotent: stop being fed and give the sender its own RTCP handling back."""
         if self.closed:
             return
         self.closed = True
-        self.producer.detach(self)
+        self._detach()
         seams.unhook_sender_rtcp(self.sender, self._original_rtcp)
         self._send = None
 
@@ -351,3 +271,12 @@ class Consumer:
         """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""
         rtt = seams.sender_rtt(self.sender)
         return round(rtt * 1000, 1) if rtt is not None else None
+
+
+def __getattr__(name: str) -> Any:
+    """`sfu.consumer.base.Consumer`, the plain consumer's old home, still resolves (it lives in
+    sfu/consumer/simple.py, which imports this module: a lazy lookup, not an import cycle)."""
+    if name == "Consumer":
+        import importlib
+        return importlib.import_module("sfu.consumer.simple").Consumer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """One subscriber's copy of a simulcast track: every layer's packets arrive, one layer is forwarded.
 
-A `SimulcastConsumer` is a `Consumer` (same SSRC rewrite, SRTP send, RTCP handling, pause) whose packets go
-through a `LayerSwitcher` (sfu/simulcast/switch.py): it forwards the current layer, switches at a keyframe
-start of the target layer, and keeps sequence numbers, timestamps and VP8 picture ids continuous. The target
+A `SimulcastConsumer` is the plain `Consumer`'s sibling (the SSRC rewrite, SRTP send, RTCP handling and pause
+they share are in base.py) whose packets go through a `LayerSwitcher` (sfu/simulcast/switch.py): it forwards
+the current layer, switches at a keyframe start of the target layer, and keeps sequence numbers, timestamps and VP8 picture ids continuous. The target
 comes from the classroom's `LayerSelector` (Subscriber.adapt). NACKs map back through the switcher to the
 right layer's cache.
 """
@@ -18,7 +18,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from sfu.consumer.base import (
     OUTPUT_SEQ_START_MAX,
     RESUME_SEQ_JUMP,
-    Consumer,
+    BaseConsumer,
     ResumePoint,
 )
 from sfu.producer import Packet, Producer
@@ -60,14 +60,14 @@ class _LayerTap:
         self.owner.close()
 
 
-class SimulcastConsumer(Consumer):
-    """A classroom's stream of a simulcast track (`producer.layers`, smallest first)."""
+class SimulcastConsumer(BaseConsumer):
+    """A classroom's stream of a simulcast track (`producer.layers`, smallest first). The layers' producers feed
+    one tap each (`_LayerTap`, a Sink); the consumer itself is attached to none of them."""
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None, start_layer: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock)
-        producer.detach(self)  # the taps are attached instead, one per layer
         self.layers: list[Producer] = list(producer.layers or [producer])
         self.current: int | None = None
         self._last_out: tuple[int, int, float] | None = None  # (extended seq, ts, when) of the newest sent
@@ -83,9 +83,6 @@ class SimulcastConsumer(Consumer):
 
     # -- media ---------------------------------------------------------------------------------------------
 
-    def forward(self, packet: Packet, ast: bytes) -> None:  # pragma: no cover - the taps call forward_layer
-        self.forward_layer(0, packet, ast)
-
     def forward_layer(self, layer: int, packet: Packet, ast: bytes) -> None:
         if self.paused:
             return
@@ -99,26 +96,20 @@ class SimulcastConsumer(Consumer):
             # _forward -> Vp8Rewriter.rewrite -> _send_out do for it, without the Out, the list, the segment
             # scan, the overdue check and a clock read (the packet's arrival is the time: same fan-out)
             numbering = None
-            if switcher._vp8:
+            if switcher.vp8:
                 numbering = packet.vp8
                 if numbering is None:
                     numbering = packet.vp8 = vp8_numbering(packet.payload) or ()  # once per input packet
-                if numbering and switcher.rewriter._current is not seg:
+                if numbering and switcher.rewriter.current_source is not seg:
                     numbering = None
                     seg = None  # the segment's numbering starts here (a rebase): the full path
             if seg is not None:
-                seq = seg.seq.forward(ext_seq)
+                out_ts = (packet.ts + seg.ts_offset) & TS_MASK
+                marker = packet.marker
+                seq = switcher.advance(seg, ext_seq, out_ts, marker, packet.arrival)
                 if seq is None:
                     return
                 nums = switcher.rewriter.renumber(numbering) if numbering else None
-                out_ts = (packet.ts + seg.ts_offset) & TS_MASK
-                marker = packet.marker
-                seg.last_in = ext_seq
-                if out_ts != switcher._last_ts:
-                    switcher._last_ts = out_ts
-                    switcher._frame_arrival = packet.arrival
-                switcher._frame_open = not marker
-                switcher.forwarded += 1
                 layout = self._ext
                 header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq & 0xFFFF, out_ts,
                                          self.ssrc)
@@ -131,13 +122,10 @@ class SimulcastConsumer(Consumer):
                     self._send(self._protect(header + tail))
                     self.octets_out += len(packet.payload)
                 else:
-                    # this subscriber's picture ids: one copy, header + extension block + the descriptor's first
-                    # bytes + the new numbers + the rest of the payload (a view shared by every subscriber)
+                    # this subscriber's picture ids: one copy, header + extension block (stamped once per layout
+                    # in this fan-out) + the descriptor's first bytes + the new numbers + the rest of the payload
                     _, _, _, _, head, rest, grow = numbering  # type: ignore[misc]
-                    if layout._stamped_ast is ast and layout._stamped_level == packet.audio_level:
-                        block = layout._stamped  # stamped by an earlier subscriber in this fan-out
-                    else:
-                        block = layout.stamped(ast, packet.audio_level)
+                    block = layout.stamped(ast, packet.audio_level)
                     self._send(self._protect(b"".join((header, block, head, nums, rest))))
                     self.octets_out += len(packet.payload) + grow
                 self.packets_out += 1
@@ -254,12 +242,9 @@ class SimulcastConsumer(Consumer):
         sender_set_report_counters(self.sender, ntp_from_unix(now_unix), out_ts,
                                    self.packets_out & 0xFFFFFFFF, self.octets_out & 0xFFFFFFFF)
 
-    def close(self) -> None:
-        if self.closed:
-            return
+    def _detach(self) -> None:
         for layer, tap in zip(self.layers, self._taps):
             layer.detach(tap)
-        super().close()
 
     def stats(self) -> dict:
         return {**super().stats(), "layer": self.current, "target": self.switcher.target,

@@ -15,7 +15,8 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from sfu.adapt.select import LayerReport, LayerSelector
-from sfu.consumer.base import Consumer, ResumePoint
+from sfu.consumer.base import BaseConsumer, ResumePoint
+from sfu.consumer.simple import Consumer
 from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.peers.publisher import START_LAYER
 from sfu.peers.sdp import (
@@ -49,7 +50,7 @@ class Slot:
     transceiver: RTCRtpTransceiver
     kind: str
     producer: Producer | None = None
-    consumer: Consumer | None = None
+    consumer: BaseConsumer | None = None
     negotiated: bool = False
     resume: ResumePoint | None = None  # where the previous producer's stream in this slot stopped
 
@@ -229,7 +230,7 @@ class Subscriber:
             log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
             self._apply_video()
 
-    def _choose_layers(self, now: float, latest: Consumer | None, lossiest: Consumer) -> None:
+    def _choose_layers(self, now: float, latest: BaseConsumer | None, lossiest: BaseConsumer) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
         for consumer in self.consumers():
             if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
@@ -301,7 +302,7 @@ class Subscriber:
             self._renegotiate = False
             await self.negotiate()
 
-    def consumers(self) -> list[Consumer]:
+    def consumers(self) -> list[BaseConsumer]:
         return [s.consumer for s in self.slots if s.consumer is not None]
 
     async def close(self) -> None:

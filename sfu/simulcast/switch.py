@@ -73,7 +73,7 @@ class LayerSwitcher:
         self._first_seq = first_seq_out
         self._first_ts = first_ts_out & TS_MASK
         self._rate = clock_rate
-        self._vp8 = vp8
+        self.vp8 = vp8  # payloads are VP8: picture ids renumbered (``rewriter``)
         self.rewriter = Vp8Rewriter()
         self._segments: list[_Segment] = []
         self._open: _Segment | None = None
@@ -92,6 +92,15 @@ class LayerSwitcher:
         self.switches = 0
         self.cut_frames = 0  # switches made before the old layer's frame ended (its end was lost)
         self.forwarded = 0
+
+    @property
+    def _vp8(self) -> bool:
+        """The old private name of ``vp8`` (tests/unit/loadtest/test_bench_simulcast.py turns it off)."""
+        return self.vp8
+
+    @_vp8.setter
+    def _vp8(self, value: bool) -> None:
+        self.vp8 = value
 
     @property
     def current(self) -> int | None:
@@ -159,6 +168,22 @@ class LayerSwitcher:
             self._switch_pending(out, cut=self._frame_open)
         return out
 
+    def advance(self, seg: _Segment, ext_seq: int, out_ts: int, marker: int, arrival: float) -> int | None:
+        """The steady state's step for a new packet of the open segment (``steady``, ``ext_seq > seg.last_in``,
+        ``out_ts`` its timestamp through ``seg.ts_offset``): what ``_forward`` does for it, but the VP8
+        renumbering, which the caller does with ``rewriter.renumber`` while ``rewriter.current_source is seg``.
+        Returns the extended output sequence number, or None when the packet is not to be sent."""
+        seq = seg.seq.forward(ext_seq)
+        if seq is None:
+            return None
+        seg.last_in = ext_seq
+        if out_ts != self._last_ts:
+            self._last_ts = out_ts
+            self._frame_arrival = arrival
+        self._frame_open = not marker
+        self.forwarded += 1
+        return seq
+
     def skip(self, layer: int, ext_seq: int) -> None:
         """A packet of ``layer`` that carries nothing to forward (padding): no hole for the subscriber."""
         seg = self._open
@@ -175,7 +200,7 @@ class LayerSwitcher:
             return
         out_ts = (ts + seg.ts_offset) & TS_MASK
         live = seg is self._open
-        if self._vp8:
+        if self.vp8:
             if live:
                 payload = self.rewriter.rewrite(payload, seg)
             else:
@@ -263,7 +288,7 @@ class LayerSwitcher:
         seg = self._segment_for(layer, ext_seq)
         if seg is None:
             return None
-        if self._vp8:
+        if self.vp8:
             remapped = self.rewriter.remap(payload, seg)
             if remapped is None:
                 return None

@@ -50,8 +50,8 @@ from sfu.consumer.base import (
     NACK_RETRANSMIT_PER_S,
     OUTPUT_SEQ_START_MAX,
     RESUME_SEQ_JUMP,
-    Consumer,
 )
+from sfu.consumer.simple import Consumer
 from sfu.ingress import Ingress, Route
 from sfu.producer import CONSUMER_MAX_ERRORS, KEYFRAME_REPLAY_MAX_PACKETS, Producer
 from sfu.rtp.header import (
