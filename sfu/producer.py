@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
+from sfu.rtp.clock import Clock, as_clock
 from sfu.rtp.feedback import LayerFeedback
 from sfu.rtp.header import abs_send_time_bytes
 from sfu.rtp.keyframe import KeyframeThrottle
@@ -34,7 +34,7 @@ class Producer:
 
     def __init__(self, track_id: str, kind: str, codec_name: str, clock_rate: int,
                  send_pli: Callable[[int], None], source: str = "camera", owner: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | Callable[[], float] | None = None) -> None:
         self.id = track_id
         self.owner = owner  # participant id of whoever publishes it (the teacher, or a classroom)
         self.owner_role = "teacher"  # "classroom": forwarded only to the teacher and observers, or on stage
@@ -60,7 +60,9 @@ class Producer:
         self.last_keyframe_seq: int | None = None
         self.closed = False
         self._send_pli = send_pli
-        self._clock = clock
+        self.clock = as_clock(clock)  # the system's by default; a bare callable is its monotonic time
+        self._clock = self.clock.monotonic  # () -> float (the recorder's depacketizer and layer follower read it)
+        self._wall = self.clock.wall
         self._unwrap = SeqUnwrapper()
         self._is_vp8 = self.codec_name == "vp8"
         # timing reference for sender reports: (unix seconds, rtp timestamp) from the teacher's SR, else a packet
@@ -119,12 +121,12 @@ class Producer:
             self.last_keyframe_seq = ext_seq
             self.keyframes.keyframe_seen(now)
         if not self._ref_from_sr:
-            self._ref_unix, self._ref_ts = time.time(), ts
+            self._ref_unix, self._ref_ts = self._wall(), ts
         return packet
 
     def fan_out(self, packet: Packet, consumers: tuple[Sink, ...]) -> None:
         """Hot loop: hand the packet to each consumer, every one isolated from the others."""
-        ast = abs_send_time_bytes()
+        ast = abs_send_time_bytes(self._wall())
         for consumer in consumers:
             # one subscriber's failure must never reach the teacher's DTLS loop or the other subscribers
             try:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from sfu.peers.publisher import Publisher
 from sfu.peers.sdp import SdpError
 from sfu.peers.subscriber import Subscriber, SubscriberSignals
 from sfu.producer import Producer
+from sfu.rtp.clock import Clock, as_clock
 from sfu.seams import GUARD
 from sfu.sink import SubscriberStream
 
@@ -35,8 +35,9 @@ class Router:
     recorder) while it is on stage (`set_stage`). A hard-muted classroom's audio goes to nobody."""
 
     def __init__(self, lesson_id: str, ice_servers: list[str] | None = None, uplink_bps: int | None = None,
-                 classroom_uplink_bps: int | None = None) -> None:
+                 classroom_uplink_bps: int | None = None, clock: Clock | None = None) -> None:
         self.lesson_id = lesson_id
+        self.clock = as_clock(clock)  # the system's by default: every publisher, subscriber and track gets it
         self.ice_servers = ice_servers
         self.uplink_bps = uplink_bps  # the teacher's video budget, asked for by REMB (None: aiortc's estimate)
         self.classroom_uplink_bps = classroom_uplink_bps  # a classroom's thumbnail budget, the same way
@@ -80,13 +81,13 @@ class Router:
             if publisher is None or publisher.participant_id != participant_id:
                 # a new teacher connection takes over only once its offer has been answered: a bad offer from a
                 # second teacher link must not cost the live teacher's tracks
-                publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps)
+                publisher = Publisher(self, participant_id, self.ice_servers, self.uplink_bps, clock=self.clock)
                 fresh_teacher = True
         else:
             publisher = self.classroom_publishers.get(participant_id)  # type: ignore[assignment]
             if publisher is None:
                 publisher = Publisher(self, participant_id, self.ice_servers, self.classroom_uplink_bps,
-                                      role="classroom")
+                                      role="classroom", clock=self.clock)
                 self.classroom_publishers[participant_id] = publisher
         try:
             answer = await publisher.accept_offer(sdp, sources)
@@ -245,7 +246,7 @@ class Router:
         if self.closed:
             raise SdpError("the lesson is closed", "lesson_closed")
         self.roles.setdefault(participant_id, role)
-        sub = Subscriber(self, participant_id, signals, self.ice_servers)
+        sub = Subscriber(self, participant_id, signals, self.ice_servers, clock=self.clock)
         old, self.subscribers[participant_id] = self.subscribers.get(participant_id), sub
         if old is not None:
             await old.close()
@@ -283,14 +284,14 @@ class Router:
 
     async def _refresh_reports(self) -> None:
         """Every REPORT_REFRESH_S: sender-report figures, and each classroom's audio-first ladder."""
-        video_bytes, then = 0, time.monotonic()
+        video_bytes, then = 0, self.clock.monotonic()
         tick = 0
         while not self.closed:
             await asyncio.sleep(REPORT_REFRESH_S)
             tick += 1
             for publisher in self.publishers():
                 try:  # NACKs every tick, receiver reports about once a second (upper layers, classroom uplinks)
-                    await publisher.send_layer_feedback(time.monotonic(), tick % UPLINK_REMB_EVERY == 0)
+                    await publisher.send_layer_feedback(self.clock.monotonic(), tick % UPLINK_REMB_EVERY == 0)
                 except Exception:  # noqa: BLE001
                     log.exception("publisher feedback failed")
             if tick % UPLINK_REMB_EVERY == 0:
@@ -299,7 +300,7 @@ class Router:
                         await publisher.send_uplink_remb()
                     except Exception:  # noqa: BLE001
                         log.exception("uplink REMB failed")
-            now, mono = time.time(), time.monotonic()
+            now, mono = self.clock.wall(), self.clock.monotonic()
             # what a classroom needs: the teacher's video (thumbnails go to the teacher, judged the same way)
             total = sum(p.bytes_in for p in self.producers.values() if p.kind == "video" and p.owner_role == "teacher")
             rate = max(0, total - video_bytes) * 8 / max(mono - then, 1e-3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from aiortc.rtp import (
 
 from sfu import seams
 from sfu.producer import CONSUMER_MAX_ERRORS, Packet, Producer
+from sfu.rtp.clock import Clock, as_clock
 from sfu.rtp.header import RTP_HEADER, ExtensionLayout, abs_send_time_bytes
 from sfu.seams import datagram_sender
 
@@ -78,7 +78,7 @@ class BaseConsumer:
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | Callable[[], float] | None = None) -> None:
         self.producer = producer
         self.sender = sender
         self.kind = producer.kind
@@ -97,7 +97,8 @@ class BaseConsumer:
         self.nack_unanswered = 0
         self.keyframe_requests = 0
         self.errors = 0
-        self._clock = clock
+        self.clock = as_clock(clock)
+        self._clock = self.clock.monotonic
         self._resume = resume
         self._rtx_seq = resume.rtx_seq if resume is not None else random.randrange(1, OUTPUT_SEQ_START_MAX)
         self._ext = extensions
@@ -203,7 +204,7 @@ class BaseConsumer:
             self._nack_bytes = self._retransmit_bytes_per_s(now)
             self._last_retransmit = {s: t for s, t in self._last_retransmit.items() if now - t < 1.0}
         sent = 0
-        ast = abs_send_time_bytes()
+        ast = abs_send_time_bytes(self.clock.wall())
         for seq16 in lost:
             again = self._resend_of(seq16)
             if again is None:

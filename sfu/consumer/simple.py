@@ -8,7 +8,6 @@ payload (built once per layout per fan-out). What it shares with the simulcast c
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -20,6 +19,7 @@ from sfu.consumer.base import (
     ResumePoint,
 )
 from sfu.producer import Packet, Producer
+from sfu.rtp.clock import Clock
 from sfu.rtp.header import (
     RTP_HEADER,
     ExtensionLayout,
@@ -35,7 +35,7 @@ class Consumer(BaseConsumer):
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | Callable[[], float] | None = None) -> None:
         if resume is None:
             self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
             self._ts = TsMap(random.getrandbits(32))
@@ -108,7 +108,7 @@ class Consumer(BaseConsumer):
             self.producer.request_keyframe()
             return
         self._waiting_keyframe = False
-        ast = abs_send_time_bytes()
+        ast = abs_send_time_bytes(self.clock.wall())
         if self._resume is not None:
             self._continue_from(self._resume, replay[0])
         for packet in replay:
@@ -130,7 +130,8 @@ class Consumer(BaseConsumer):
     def _resend_of(self, seq16: int) -> tuple[int, int, bytes, int] | None:
         """(output timestamp, marker, payload, audio level) of the packet sent as `seq16`, from the cache."""
         ext_in = self._seq.reverse(seq16)
-        packet: Packet | None = self.producer.cache.get(ext_in) if ext_in is not None else None  # type: ignore[assignment]
+        packet: Packet | None = (self.producer.cache.get(ext_in)  # type: ignore[assignment]
+                                 if ext_in is not None else None)
         if packet is None:
             return None
         return (packet.ts + self._ts.offset) & 0xFFFFFFFF, packet.marker, packet.payload, packet.audio_level

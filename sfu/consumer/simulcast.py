@@ -2,15 +2,14 @@
 
 A `SimulcastConsumer` is the plain `Consumer`'s sibling (the SSRC rewrite, SRTP send, RTCP handling and pause
 they share are in base.py) whose packets go through a `LayerSwitcher` (sfu/simulcast/switch.py): it forwards
-the current layer, switches at a keyframe start of the target layer, and keeps sequence numbers, timestamps and VP8 picture ids continuous. The target
-comes from the classroom's `LayerSelector` (Subscriber.adapt). NACKs map back through the switcher to the
-right layer's cache.
+the current layer, switches at a keyframe start of the target layer, and keeps sequence numbers, timestamps
+and VP8 picture ids continuous. The target comes from the classroom's `LayerSelector` (Subscriber.adapt).
+NACKs map back through the switcher to the right layer's cache.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -22,6 +21,7 @@ from sfu.consumer.base import (
     ResumePoint,
 )
 from sfu.producer import Packet, Producer
+from sfu.rtp.clock import Clock
 from sfu.rtp.header import (
     RTP_HEADER,
     ExtensionLayout,
@@ -66,13 +66,13 @@ class SimulcastConsumer(BaseConsumer):
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None, start_layer: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | Callable[[], float] | None = None) -> None:
         super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock)
         self.layers: list[Producer] = list(producer.layers or [producer])
         self.current: int | None = None
         self._last_out: tuple[int, int, float] | None = None  # (extended seq, ts, when) of the newest sent
         if resume is not None:
-            elapsed = max(1, round((clock() - resume.at) * producer.clock_rate))
+            elapsed = max(1, round((self._clock() - resume.at) * producer.clock_rate))
             self.switcher = LayerSwitcher(resume.next_seq, resume.last_ts + elapsed, producer.clock_rate, start_layer)
         else:
             self.switcher = LayerSwitcher(random.randrange(1, OUTPUT_SEQ_START_MAX), random.getrandbits(32),
@@ -175,7 +175,7 @@ class SimulcastConsumer(BaseConsumer):
         if not replay:
             layer.request_keyframe()
             return
-        ast = abs_send_time_bytes()
+        ast = abs_send_time_bytes(self.clock.wall())
         now = self._clock()
         for packet in replay:
             if packet is current:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from typing import Any, Protocol
 
@@ -37,6 +36,7 @@ from sfu.peers.sdp import (
     set_description,
 )
 from sfu.producer import Producer
+from sfu.rtp.clock import Clock, as_clock
 from sfu.rtp.feedback import LayerFeedback
 from sfu.rtp.header import URI_AUDIO_LEVEL, URI_MID
 from sfu.simulcast.demux import LayerDemux
@@ -82,14 +82,14 @@ def classroom_loss(producer: Producer, now: float) -> float:
     return lost[min(len(lost) - 1, int(CLASSROOM_LOSS_QUANTILE * len(lost)))] / 256
 
 
-def _report_classroom_loss(receiver: RTCRtpReceiver, producer: Producer) -> None:
+def _report_classroom_loss(receiver: RTCRtpReceiver, producer: Producer, clock: Clock) -> None:
     """The receiver reports to the teacher for its microphone carry the classrooms' loss when it is higher than
     the server's own, so the teacher's Opus encoder adds in-band FEC for the classrooms' links (it sizes FEC by
     the loss it is told of), capped at CLASSROOM_LOSS_MAX."""
 
     async def send_rtcp(packet: Any, send: Any) -> None:
         if isinstance(packet, RtcpRrPacket):
-            loss = min(classroom_loss(producer, time.monotonic()), CLASSROOM_LOSS_MAX)
+            loss = min(classroom_loss(producer, clock.monotonic()), CLASSROOM_LOSS_MAX)
             for block in packet.reports:
                 if block.ssrc == producer.ssrc:
                     block.fraction_lost = max(block.fraction_lost, int(loss * 256))
@@ -102,8 +102,9 @@ class Publisher:
     """The teacher's connection: every received transceiver becomes a Producer."""
 
     def __init__(self, router: PublisherHost, participant_id: str, ice_servers: list[str] | None = None,
-                 uplink_bps: int | None = None, role: str = "teacher") -> None:
+                 uplink_bps: int | None = None, role: str = "teacher", clock: Clock | None = None) -> None:
         self.router = router
+        self.clock = as_clock(clock)
         self.participant_id = participant_id
         self.role = role  # "classroom": one small camera and one microphone at most
         self.pc = make_peer_connection(ice_servers)
@@ -169,7 +170,7 @@ class Publisher:
         source = source or ("microphone" if t.kind == "audio" else "camera")
 
         def new_producer(pid: str) -> Producer:
-            p = Producer(pid, t.kind, name, rate, send_pli, source, owner=self.participant_id)
+            p = Producer(pid, t.kind, name, rate, send_pli, source, owner=self.participant_id, clock=self.clock)
             p.owner_role = self.role
             return p
 
@@ -199,7 +200,7 @@ class Publisher:
         self.producers[t.mid or producer.id] = producer
         self._receivers[producer.id] = receiver
         if t.kind == "audio" and self.role == "teacher":
-            _report_classroom_loss(receiver, producer)
+            _report_classroom_loss(receiver, producer, self.clock)
         if t.kind == "video" and self.uplink is not None:
             seams.disable_receiver_remb(receiver)  # the stock receiver's own REMB would contradict ours
             self._video_receivers[producer.id] = receiver
@@ -251,7 +252,7 @@ class Publisher:
                     lsr = dlsr = 0
                     if layer.last_sr is not None:
                         ntp, at = layer.last_sr
-                        lsr, dlsr = (ntp >> 16) & 0xFFFFFFFF, int((time.monotonic() - at) * 65536)
+                        lsr, dlsr = (ntp >> 16) & 0xFFFFFFFF, int((now - at) * 65536)
                     blocks.append(RtcpReceiverInfo(ssrc=layer.ssrc, fraction_lost=figures[0], packets_lost=figures[1],
                                                    highest_sequence=figures[2], jitter=0, lsr=lsr, dlsr=dlsr))
             if blocks:

@@ -28,6 +28,7 @@ from sfu.peers.sdp import (
     set_description,
 )
 from sfu.producer import Producer
+from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
 
 log = logging.getLogger("ketang.sfu")
@@ -83,6 +84,7 @@ class Subscriber:
     ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
     selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
     pinned_layer: int | None = None  # the classroom's own cap on the simulcast layer (0: "low"); None: automatic
+    clock: Clock = SYSTEM_CLOCK  # its consumers' (the Router's)
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
@@ -180,9 +182,9 @@ class Subscriber:
             if self.pinned_layer is not None:
                 start = min(start, self.pinned_layer)
             slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
-                                              start_layer=min(start, len(producer.layers) - 1))
+                                              start_layer=min(start, len(producer.layers) - 1), clock=self.clock)
         else:
-            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume)
+            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock)
         if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
 

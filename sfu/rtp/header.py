@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import struct
-import time
+
+from sfu.rtp.clock import SYSTEM_CLOCK
 
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
@@ -111,8 +112,10 @@ def find_extension(data: bytes, hdr: RtpHeader, ext_id: int) -> bytes | None:
 
 
 def abs_send_time_bytes(now_s: float | None = None) -> bytes:
-    """abs-send-time: 6.18 fixed-point seconds, 24 bits (restamped on egress so subscribers can send REMB)."""
-    t = time.time() if now_s is None else now_s
+    """abs-send-time of a wall-clock (UNIX) time: 6.18 fixed-point seconds, 24 bits (restamped on egress so
+    subscribers can send REMB). The SFU always passes its clock's `wall()`; None (the benchmarks' old calls) is
+    the system's wall clock."""
+    t = SYSTEM_CLOCK.wall() if now_s is None else now_s
     return (int((t + NTP_EPOCH_OFFSET_S) * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 

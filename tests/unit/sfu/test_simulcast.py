@@ -26,7 +26,6 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from loadtest.bench.simulcast import OutputCheck
 from recorder.record.depacketize import vp8_dimensions
-from sfu import producer as producer_mod
 from sfu.adapt.select import (
     DOWN_HOLD_S,
     TRIAL_MAX_S,
@@ -34,8 +33,6 @@ from sfu.adapt.select import (
     LayerReport,
     LayerSelector,
 )
-from sfu.consumer import base as consumer_mod
-from sfu.consumer import simulcast as simulcast_consumer_mod
 from sfu.consumer.base import ResumePoint
 from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.producer import Producer
@@ -59,6 +56,7 @@ from sfu.simulcast.sdp import (
     parse_simulcast_offer,
 )
 from sfu.simulcast.switch import PENDING_MAX_S, LayerSwitcher, Out
+from tests.clock import FakeClock
 from tests.unit.sfu import test_forwarding
 from tests.unit.sfu.test_forwarding import VIDEO_CLOCK, Frame, encode_clip
 
@@ -972,10 +970,6 @@ def _at(events: list[tuple], layer: int, frame: int, first: bool = True) -> int:
     return found[0] if first else found[-1]
 
 
-def _fixed_ast(now_s: float | None = None) -> bytes:
-    return (0x123456).to_bytes(3, "big")  # a new object each call, as abs_send_time_bytes gives
-
-
 def run_consumer(events: list[tuple], fast: bool = True, next_seq: int = 500, start_layer: int = 1) -> dict:
     """Feed ``events`` to one SimulcastConsumer on three layer Producers; what it sent (plaintext, RTX
     included), the key frames it asked for, its state, and the NACK mapping of every output. ``fast=False``:
@@ -988,12 +982,11 @@ def run_consumer(events: list[tuple], fast: bool = True, next_seq: int = 500, st
         return real_push(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        for mod in (producer_mod, consumer_mod, simulcast_consumer_mod):
-            mp.setattr(mod, "abs_send_time_bytes", _fixed_ast)
         mp.setattr(LayerSwitcher, "push", counting_push)
         if not fast:
             mp.setattr(LayerSwitcher, "steady", property(lambda self: None, lambda self, value: None), raising=False)
-        clock = test_forwarding.FakeClock()
+        # a fake wall clock too: abs-send-time is the same in the runs compared (a new bytes object each fan-out)
+        clock = FakeClock(wall_offset=1_700_000_000.0)
         plis: list[tuple[int, float]] = []
         producers = [Producer("cam" if i == 0 else f"cam~{i}", "video", "vp8", VIDEO_CLOCK,
                               send_pli=lambda ssrc: plis.append((ssrc, clock.now)), clock=clock) for i in range(3)]
