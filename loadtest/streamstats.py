@@ -1,10 +1,14 @@
 """Receive-side figures of one RTP stream, from headers only: loss from sequence gaps (after retransmission),
 duplicates, retransmissions. Pure: no clock, no I/O (jitter comes from aiortc's own RFC 3550 StreamStatistics,
-which the classroom also feeds for its receiver reports)."""
+which the classroom also feeds for its receiver reports). The bookkeeping is the SFU's receive log
+(sfu/rtp/receive_log.py); this adds the 16-bit unwrapping, the duplicates and the gap to NACK."""
 
 from __future__ import annotations
 
+from sfu.rtp.receive_log import FILLED, NEW, ReceiveLog
+
 MAX_TRACKED_MISSING = 4096  # gaps older than this many packets are counted lost for good
+NACK_GAP_MAX = 64  # of a new gap, at most the newest this many are returned to NACK
 
 
 def seq_delta(a: int, b: int) -> int:
@@ -15,58 +19,66 @@ def seq_delta(a: int, b: int) -> int:
 class SeqCounter:
     """Unwraps 16-bit sequence numbers and counts received, missing, recovered and duplicate packets."""
 
-    __slots__ = ("base", "duplicates", "given_up", "highest", "missing", "received", "recovered")
+    __slots__ = ("duplicates", "log")
 
     def __init__(self) -> None:
-        self.base: int | None = None  # extended sequence number of the first packet
-        self.highest = -1  # highest extended sequence number seen
-        self.received = 0  # distinct packets (originals and repairs)
+        self.log = ReceiveLog(window=MAX_TRACKED_MISSING)
         self.duplicates = 0
-        self.recovered = 0  # holes filled later (retransmission or reordering)
-        self.missing: set[int] = set()
-        self.given_up = 0  # holes dropped from `missing` when it grew past MAX_TRACKED_MISSING
+
+    def _extend(self, seq16: int) -> int:
+        highest = self.log.highest
+        return highest + seq_delta(seq16, highest & 0xFFFF)
 
     def add(self, seq16: int) -> list[int]:
         """Count one packet; returns the 16-bit sequence numbers of a new gap it revealed (to NACK)."""
-        if self.base is None:
-            self.base = self.highest = seq16
-            self.received = 1
+        log = self.log
+        if log.base is None:
+            log.add(seq16)
             return []
-        ext = self.highest + seq_delta(seq16, self.highest & 0xFFFF)
-        if ext > self.highest:
-            gap = list(range(self.highest + 1, ext)) if ext > self.highest + 1 else []
-            self.highest = ext
-            self.received += 1
-            if gap:
-                self.missing.update(gap)
-                if len(self.missing) > MAX_TRACKED_MISSING:
-                    oldest = sorted(self.missing)[:len(self.missing) - MAX_TRACKED_MISSING]
-                    self.missing.difference_update(oldest)
-                    self.given_up += len(oldest)
-                return [s & 0xFFFF for s in gap[-64:]]
-            return gap
-        self._fill(ext)
+        before = log.highest
+        ext = self._extend(seq16)
+        arrived = log.add(ext)
+        if arrived == NEW:
+            return [s & 0xFFFF for s in range(max(before + 1, ext - NACK_GAP_MAX), ext)]
+        if arrived != FILLED:
+            self.duplicates += 1  # seen before, or from before the first packet
         return []
 
     def repair(self, seq16: int) -> None:
         """A retransmission (RTX) of `seq16`: fills a hole, or is a duplicate."""
-        if self.base is None:
+        if self.log.base is None:
             return
-        self._fill(self.highest + seq_delta(seq16, self.highest & 0xFFFF))
-
-    def _fill(self, ext: int) -> None:
-        """A packet at or below the highest: a hole filled late, or a duplicate."""
-        if ext in self.missing:
-            self.missing.discard(ext)
-            self.recovered += 1
-            self.received += 1
-        else:
+        if not self.log.fill(self._extend(seq16)):
             self.duplicates += 1
 
     @property
+    def base(self) -> int | None:
+        return self.log.base
+
+    @property
+    def highest(self) -> int:
+        return self.log.highest
+
+    @property
+    def received(self) -> int:
+        return self.log.received
+
+    @property
+    def recovered(self) -> int:
+        return self.log.recovered
+
+    @property
+    def missing(self) -> set[int]:
+        return self.log.missing
+
+    @property
+    def given_up(self) -> int:
+        return self.log.given_up
+
+    @property
     def expected(self) -> int:
-        return 0 if self.base is None else self.highest - self.base + 1
+        return self.log.expected
 
     @property
     def lost(self) -> int:
-        return len(self.missing) + self.given_up
+        return self.log.lost

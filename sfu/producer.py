@@ -12,6 +12,7 @@ from sfu.rtp.header import abs_send_time_bytes
 from sfu.rtp.keyframe import KeyframeThrottle
 from sfu.rtp.packet import Packet
 from sfu.rtp.packetcache import PacketCache
+from sfu.rtp.receive_log import NEW, ReceiveLog
 from sfu.rtp.seqmap import SeqUnwrapper
 from sfu.rtp.vp8 import vp8_is_keyframe_start
 from sfu.sink import Sink
@@ -74,10 +75,9 @@ class Producer:
         self.bytes_in = 0
         self.duplicates = 0
         # the teacher's uplink, for its REMB: holes in the sequence as they appear (a retransmission repairs the
-        # picture, but the loss still says the link is congested)
-        self._highest = -1
-        self._expected = 0
-        self._holes = 0
+        # picture, but the loss still says the link is congested); counts only, no holes kept
+        self.log = ReceiveLog(window=0)
+        self._uplink_mark = (0, 0)  # (sequence advance, holes) at the last take_uplink_loss
 
     # -- ingress -------------------------------------------------------------------------------------------
 
@@ -97,18 +97,17 @@ class Producer:
             return None
         self.packets_in += 1
         self.bytes_in += len(payload)
+        log = self.log
+        started, next_seq = log.base is not None, log.highest + 1
+        arrived = log.add(ext_seq)
         feedback = self.feedback
-        if ext_seq > self._highest:
-            if self._highest >= 0:
-                self._expected += ext_seq - self._highest
-                self._holes += ext_seq - self._highest - 1
-                if feedback is not None and ext_seq > self._highest + 1:
-                    feedback.missing(self._highest + 1, ext_seq, now)
-            self._highest = ext_seq
-            if feedback is not None:
+        if feedback is not None:
+            if arrived == NEW:
+                if started and ext_seq > next_seq:
+                    feedback.missing(next_seq, ext_seq, now)
                 feedback.received_new(ext_seq)
-        elif feedback is not None:
-            feedback.repaired(ext_seq)
+            else:
+                feedback.repaired(ext_seq)
         if not payload:
             # padding-only packets are bandwidth probes between teacher and server, not media
             for consumer in self.consumers:
@@ -153,8 +152,10 @@ class Producer:
 
     def take_uplink_loss(self) -> tuple[int, int]:
         """(packets expected, lost on first transmission) since the last call: what the teacher's uplink loses."""
-        counts = (self._expected, self._holes)
-        self._expected = self._holes = 0
+        log = self.log
+        advance, holes = (log.highest - log.base if log.base is not None else 0), log.skipped
+        counts = (advance - self._uplink_mark[0], holes - self._uplink_mark[1])
+        self._uplink_mark = (advance, holes)
         return counts
 
     def on_sender_report(self, ntp: int, rtp_ts: int) -> None:

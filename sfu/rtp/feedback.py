@@ -8,34 +8,32 @@ LSR/DLSR for the browser's round-trip time). Pure bookkeeping here; the Publishe
 
 from __future__ import annotations
 
+from sfu.rtp.receive_log import ReceiveLog
+
 # a missing packet is asked for again this often, this many times, and forgotten after this long (the
 # classrooms' own NACKs for it come later and are answered from the cache once it arrives)
 NACK_EVERY_S = 0.1
 NACK_TRIES = 3
 MISSING_FORGET_S = 1.0
 MISSING_MAX = 256  # a burst beyond this is a reset, not a loss to repair packet by packet
+# a packet this far behind the newest is no longer told apart from a duplicate (it is counted lost)
+RECEIVE_LOG_WINDOW = 4096
 
 
 class LayerFeedback:
-    """Missing packets and reception figures of one stream, as an RTP receiver keeps them (RFC 3550 A.3)."""
+    """Missing packets to NACK and the reception figures of one stream, as an RTP receiver keeps them (RFC 3550
+    A.3): the figures in a ReceiveLog, the NACK schedule (when each hole was asked for, how often) here."""
 
-    __slots__ = ("_missing", "_base", "_highest", "_received", "_prior_expected", "_prior_received")
+    __slots__ = ("_missing", "log")
 
     def __init__(self) -> None:
         self._missing: dict[int, list[float]] = {}  # ext seq -> [first missed at, last asked at, tries]
-        self._base: int | None = None
-        self._highest = -1
-        self._received = 0
-        self._prior_expected = 0
-        self._prior_received = 0
+        self.log = ReceiveLog(window=RECEIVE_LOG_WINDOW)
 
     # -- fed by Producer.receive ---------------------------------------------------------------------------
 
     def received_new(self, ext_seq: int) -> None:
-        if self._base is None:
-            self._base = ext_seq
-        self._highest = ext_seq
-        self._received += 1
+        self.log.add(ext_seq)
 
     def missing(self, first: int, end: int, now: float) -> None:
         """Packets first .. end-1 did not arrive (a gap before `end`)."""
@@ -49,8 +47,8 @@ class LayerFeedback:
 
     def repaired(self, ext_seq: int) -> None:
         """A late or retransmitted packet arrived."""
-        if self._missing.pop(ext_seq, None) is not None:
-            self._received += 1
+        self._missing.pop(ext_seq, None)
+        self.log.add(ext_seq)
 
     # -- read by the Publisher -----------------------------------------------------------------------------
 
@@ -68,13 +66,9 @@ class LayerFeedback:
     def report(self) -> tuple[int, int, int] | None:
         """(fraction lost since the last report in 1/256, cumulative lost, extended highest seq), or None
         before the first packet."""
-        if self._base is None:
+        log = self.log
+        if log.base is None:
             return None
-        expected = self._highest - self._base + 1
-        lost = max(0, expected - self._received)
-        interval_expected = expected - self._prior_expected
-        interval_received = self._received - self._prior_received
-        self._prior_expected, self._prior_received = expected, self._received
-        interval_lost = interval_expected - interval_received
+        interval_expected, interval_lost = log.interval()
         fraction = (interval_lost << 8) // interval_expected if interval_expected > 0 and interval_lost > 0 else 0
-        return min(fraction, 255), min(lost, 0x7FFFFF), self._highest & 0xFFFFFFFF
+        return min(fraction, 255), min(log.lost, 0x7FFFFF), log.highest & 0xFFFFFFFF

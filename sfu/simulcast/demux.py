@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from sfu.rtp.header import RtpHeader, find_extension, parse_header
+from sfu.rtp.receive_log import DUPLICATE, OLD, ReceiveLog
 from sfu.rtp.seqmap import SEQ_HALF, SEQ_MASK, SeqUnwrapper
 from sfu.rtp.vp8 import vp8_is_keyframe_start
 
@@ -49,11 +50,7 @@ class LayerStats:
     """Receive figures of one layer (its media SSRC; RTX counted apart)."""
 
     __slots__ = (
-        "_base",
-        "_lost_before",
-        "_max",
-        "_missing",
-        "_received",
+        "_log",
         "_unwrap",
         "_window",
         "_window_bytes",
@@ -89,27 +86,23 @@ class LayerStats:
         self.last_keyframe_at: float | None = None
         self.last_packet_at: float | None = None
         self._unwrap = SeqUnwrapper()
-        self._base: int | None = None  # first extended seq of the current SSRC
-        self._max = 0
-        self._received = 0  # media packets (payload or padding) of the current SSRC, first transmissions
-        self._lost_before = 0  # loss counted on earlier SSRCs of this layer
+        # media packets (payload or padding) of the current SSRC, and the loss counted on earlier SSRCs
+        self._log = ReceiveLog(window=MISSING_REMEMBERED, restart_gap=MAX_GAP_PACKETS)
         self._window: deque[tuple[float, int]] = deque()
         self._window_bytes = 0
-        self._missing: set[int] = set()
 
     @property
     def expected(self) -> int:
         """Packets the teacher sent on the current SSRC, as the sequence numbers say (RFC 3550 A.3)."""
-        return 0 if self._base is None else self._max - self._base + 1
+        return self._log.expected
 
     @property
     def lost(self) -> int:
         """Packets lost on the way from the teacher (not counting retransmissions that repaired them)."""
-        return self._lost_before + max(0, self.expected - self._received)
+        return self._log.lost
 
     def loss_fraction(self) -> float:
-        expected = self.expected
-        return 0.0 if expected <= 0 else max(0, expected - self._received) / expected
+        return self._log.loss_fraction()
 
     def bitrate_bps(self, now: float) -> float:
         """Media payload bit rate over the last BITRATE_WINDOW_S (RTX and padding excluded)."""
@@ -126,38 +119,13 @@ class LayerStats:
             self._window_bytes -= window.popleft()[1]
 
     def _new_ssrc(self, ssrc: int) -> None:
-        self._lost_before = self.lost
         self.ssrc = ssrc
         self._unwrap = SeqUnwrapper()
-        self._base = None
-        self._max = 0
-        self._received = 0
-        self._missing.clear()
+        self._log.reset()
 
     def _media(self, seq16: int, size: int, keyframe: bool, now: float) -> None:
-        ext = self._unwrap.unwrap(seq16)
-        if self._base is None:
-            self._base = self._max = ext
-        elif ext > self._max:
-            gap = ext - self._max - 1
-            if gap > MAX_GAP_PACKETS:
-                self._lost_before = self.lost  # a restart: count from here
-                self._base, self._received = ext, 0
-                self._missing.clear()
-            elif gap:
-                missing = self._missing
-                missing.update(range(self._max + 1, ext))
-                if len(missing) > MISSING_REMEMBERED:
-                    floor = ext - MISSING_REMEMBERED
-                    self._missing = {s for s in missing if s >= floor}
-            self._max = ext
-        elif ext < self._base:
-            return  # from before the first one seen: not part of what is counted
-        elif ext in self._missing:
-            self._missing.discard(ext)  # late, not lost
-        else:
-            return  # a duplicate
-        self._received += 1
+        if self._log.add(self._unwrap.unwrap(seq16)) in (DUPLICATE, OLD):
+            return  # seen before, or from before the first one seen: not part of what is counted
         self.last_packet_at = now
         if size:
             self.packets += 1
@@ -175,12 +143,10 @@ class LayerStats:
         """Count an RTX packet; True iff it brings a packet known to be missing (which is then no longer)."""
         self.rtx_packets += 1
         self.rtx_bytes += size
-        if osn16 is not None and self._base is not None:
-            back = (self._max - osn16) & SEQ_MASK  # how far behind the newest media packet
-            ext = self._max - back
-            if back < SEQ_HALF and ext in self._missing:
-                self._missing.discard(ext)
-                self._received += 1
+        log = self._log
+        if osn16 is not None and log.base is not None:
+            back = (log.highest - osn16) & SEQ_MASK  # how far behind the newest media packet
+            if back < SEQ_HALF and log.fill(log.highest - back):
                 self.rtx_repairs += 1
                 return True
         self.rtx_probes += 1
