@@ -11,18 +11,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# down to audio only when, for DOWN_HOLD_S, the classroom's estimate is below this share of the video rate...
-REMB_DOWN_RATIO = 0.8
-# ...or its receiver reports show more loss than this (RTX repairs a little loss; this much stalls video)
-LOSS_DOWN = 0.10
+from sfu.adapt.link import (
+    LOSS_DOWN,
+    REMB_DOWN_RATIO,
+    STALE_S,
+    congested,
+    fresh,
+    remb_short,
+)
+
+__all__ = ["AUDIO", "COURSEWARE", "DOWN_HOLD_S", "LEVEL_NAMES", "LOSS_DOWN", "REMB_DOWN_RATIO", "REMB_SETTLE_S",
+           "RETRY_AFTER_MAX_S", "RETRY_AFTER_S", "STALE_S", "TRIAL_LOSS_GRACE_S", "TRIAL_S", "VIDEO", "LinkReport",
+           "VideoLadder"]
+
+# down a rung when, for DOWN_HOLD_S, the classroom's estimate is short of what the rung needs or its receiver
+# reports show congestion (the thresholds: sfu/adapt/link.py)
 DOWN_HOLD_S = 2.0
 # first try of video again after this long on audio only; doubled after each failed try, up to the maximum
 RETRY_AFTER_S = 8.0
 RETRY_AFTER_MAX_S = 64.0
 # a try succeeds when the link carries video this long without a down condition
 TRIAL_S = 5.0
-# reports older than this say nothing about the link now
-STALE_S = 3.0
 # a receiver's estimate climbs slowly from wherever it was (aiortc's ~8 %/s): at the start and after video comes
 # back it says more about the past than about the link, so it counts only after this long; loss always counts
 REMB_SETTLE_S = 20.0
@@ -74,13 +83,12 @@ class VideoLadder:
 
     def _short(self, report: LinkReport, now: float, need_bps: float) -> str:
         """Why the link cannot carry this rung now ("" when it can)."""
-        if report.loss > LOSS_DOWN and not (self.trial and report.loss_at is not None
-                                            and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
+        if congested(report.loss) and not (self.trial and report.loss_at is not None
+                                           and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
             return f"loss {report.loss:.0%}"
-        fresh = report.remb_at is not None and now - report.remb_at <= STALE_S \
-            and not self.trial and report.remb_at >= self._remb_from
-        if fresh and report.remb_bps is not None and need_bps > 0 and report.remb_bps < REMB_DOWN_RATIO * need_bps:
-            return f"bandwidth {report.remb_bps // 1000} kbit/s < video {int(need_bps) // 1000} kbit/s"
+        settled = fresh(report.remb_at, now) and not self.trial and (report.remb_at or 0.0) >= self._remb_from
+        if settled and remb_short(report.remb_bps, need_bps):
+            return f"bandwidth {(report.remb_bps or 0) // 1000} kbit/s < video {int(need_bps) // 1000} kbit/s"
         return ""
 
     def _go(self, level: int, now: float, trial: bool = False) -> None:

@@ -19,18 +19,27 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# REMB below this share of the current layer's measured rate means the link is not carrying it (a receiver's
-# estimate sits at 1-1.5x of what it gets while the link keeps up, and drops to ~0.85x when its delay-based
-# detector sees overuse); 0.8 also absorbs the rate measurement's swing when a key frame lands in its window
-REMB_DOWN_RATIO = 0.8
+from sfu.adapt.link import (
+    LOSS_DOWN,
+    REMB_DOWN_RATIO,
+    STALE_S,
+    congested,
+    fresh,
+    remb_short,
+)
+
+__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO",
+           "STALE_S", "TRIAL_JUDGE_FROM_S", "TRIAL_LOSS_FAIL", "TRIAL_LOSS_GRACE_S", "TRIAL_MAX_S",
+           "TRIAL_MIN_GROWTH", "TRIAL_REMB_DROP", "TRIAL_S", "UP_AFTER_MAX_S", "UP_AFTER_S", "LayerReport",
+           "LayerSelector", "rates_of"]
+
+# a REMB short of what the current layer needs (sfu/adapt/link.py: the thresholds the ladder uses too)...
 # ...for this long (REMB comes every 200-250 ms from Chromium: four or five reports that agree)
 DOWN_HOLD_S = 1.0
 # when going down by REMB: the largest layer whose rate is at most this share of the REMB, so the
 # down condition above cannot hold on the new layer at once (0.8 x REMB < REMB / 0.8)
 REMB_FIT_RATIO = 0.8
-# loss above this in a receiver report is congestion (Google congestion control cuts its rate above 10 %;
-# RTX repairs up to a few percent, the rural link in DESIGN.md runs at 1.3 %)...
-LOSS_DOWN = 0.10
+# congestion in a receiver report (link.congested)...
 # ...in this many reports in a row (reports come about once a second: one burst alone is not a trend)
 LOSS_DOWN_REPORTS = 2
 # a try of the next layer starts only when the latest loss is at most this (GCC's "increase" zone: < 2 %)
@@ -57,8 +66,6 @@ TRIAL_LOSS_GRACE_S = 1.0
 # ...or a REMB this far below the highest REMB of the try (the delay-based detector saw overuse: it sets
 # its estimate to 0.85x of what arrives)
 TRIAL_REMB_DROP = 0.85
-# reports older than this say nothing about the link now
-STALE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,15 +104,13 @@ class LayerSelector:
         return [i for i, r in enumerate(rates) if r > 0]
 
     def _fresh_remb(self, report: LayerReport, now: float) -> int | None:
-        if report.remb_bps is None or report.remb_at is None or now - report.remb_at > STALE_S:
-            return None
-        return report.remb_bps
+        return report.remb_bps if fresh(report.remb_at, now) else None
 
     def _new_loss_report(self, report: LayerReport, now: float) -> bool:
         """True once per receiver report (by its time): loss is judged per report, not per update."""
         if report.loss_at is None:
             return True
-        if now - report.loss_at > STALE_S or report.loss_at == self._last_loss_at:
+        if not fresh(report.loss_at, now) or report.loss_at == self._last_loss_at:
             return False
         self._last_loss_at = report.loss_at
         return True
@@ -158,7 +163,7 @@ class LayerSelector:
                 return
             self._trial_remb_peak = max(self._trial_remb_peak, remb)
         need = rates_of(report, self.layer)
-        if remb is None or remb >= REMB_DOWN_RATIO * need:
+        if not remb_short(remb, need):
             if elapsed >= TRIAL_S:
                 self._up_after = UP_AFTER_S
                 self._go(self.layer, now, "try succeeded")
@@ -180,14 +185,14 @@ class LayerSelector:
                       now: float) -> None:
         rate = rates_of(report, self.layer)
         # down: REMB short for DOWN_HOLD_S, or LOSS_DOWN_REPORTS lossy reports in a row
-        remb_short = remb is not None and remb < REMB_DOWN_RATIO * rate
-        if remb_short:
+        short = remb_short(remb, rate)
+        if short:
             if self._remb_bad_since is None:
                 self._remb_bad_since = now
         else:
             self._remb_bad_since = None
         if new_report:
-            self._bad_loss_reports = self._bad_loss_reports + 1 if report.loss > LOSS_DOWN else 0
+            self._bad_loss_reports = self._bad_loss_reports + 1 if congested(report.loss) else 0
         by_remb = self._remb_bad_since is not None and now - self._remb_bad_since >= DOWN_HOLD_S
         by_loss = self._bad_loss_reports >= LOSS_DOWN_REPORTS
         below = [i for i in available if i < self.layer]
@@ -200,12 +205,12 @@ class LayerSelector:
                    else f"loss {report.loss:.0%}")
             self._go(target, now, why)
             return
-        if remb_short or self._bad_loss_reports:
+        if short or self._bad_loss_reports:
             return  # trouble building up: no try now
         above = [i for i in available if i > self.layer]
         if not above or now - self._since < self._up_after:
             return
-        if report.loss_at is not None and now - report.loss_at <= STALE_S and report.loss > LOSS_UP_MAX:
+        if fresh(report.loss_at, now) and report.loss > LOSS_UP_MAX:
             return
         self.fallback = self.layer
         self._trial_remb_peak = remb or 0
