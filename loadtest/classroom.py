@@ -44,7 +44,7 @@ class SyntheticClassroom:
         self.index = index
         self.lesson = lesson
         self.token = token
-        self.ws = WsClient(session, ws_url)
+        self.ws = WsClient(session, ws_url, keep=False)
         self.receiver = CountingReceiver(self.ws, index, send_times, options, frame_keys)
         self.publish_time = publish_time  # the teacher's publish time (a multiprocessing Value), shared
         self.uplink = uplink
@@ -73,7 +73,7 @@ class SyntheticClassroom:
         self.started_at = time.monotonic()
         try:
             await self.ws.connect()
-            await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s)
+            await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s, check=True)
             await asyncio.wait_for(self.receiver.connected.wait(), timeout_s)
             if self.uplink is not None and self.receiver.error is None:
                 t0 = time.monotonic()

@@ -69,7 +69,7 @@ class MediaPublisher:
             from loadtest.simulcast import chromium_simulcast_offer
 
             offer = chromium_simulcast_offer(offer, self.simulcast.rids)
-        reply = await self.ws.request({"type": "publish", "sdp": offer})
+        reply = await self.ws.request({"type": "publish", "sdp": offer}, 30.0, check=True)
         await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":

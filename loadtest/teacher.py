@@ -29,7 +29,7 @@ class SyntheticTeacher:
                  simulcast: list[SimulcastLayer] | None = None) -> None:
         self.lesson = lesson
         self.token = token
-        self.ws = WsClient(session, ws_url)
+        self.ws = WsClient(session, ws_url, keep=False)
         # simulcast: the camera as three layers q/h/f, the way Chromium sends it (loadtest/simulcast.py)
         self.publisher = MediaPublisher(self.ws, video, audio, send_times, simulcast)
         self.participant_id: str | None = None
@@ -52,7 +52,7 @@ class SyntheticTeacher:
 
     async def publish(self) -> None:
         await self.ws.connect()
-        joined = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson})
+        joined = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, 30.0, check=True)
         self.participant_id = joined["participant"]["id"]
         await self.publisher.publish()
 
@@ -60,7 +60,7 @@ class SyntheticTeacher:
         """Put these classrooms' tiles on the wall; return once every one of them has sent audio and video."""
         started = time.monotonic()
         self.wall = CountingReceiver(self.ws, WALL_INDEX)  # registers for the server's offer before it comes
-        reply = await self.ws.request({"type": "wall", "visible": classrooms})
+        reply = await self.ws.request({"type": "wall", "visible": classrooms}, 30.0, check=True)
         self.wall_visible = list(reply["visible"])
         await asyncio.wait_for(self.wall.connected.wait(), timeout_s)
         if self.wall.error:

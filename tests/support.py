@@ -27,6 +27,10 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
+from loadtest.wsclient import (
+    WsClient,  # the one protocol client, shared with the load tester
+)
+
 VIDEO_CLOCK = 90000
 TEST_SECRET = "integration-test-secret-0123456789"
 
@@ -105,76 +109,6 @@ def token(role: str, lesson: str, name: str | None = None, ttl_s: int = 3600, no
           secret: str = TEST_SECRET) -> str:
     from signaling.tokens import issue_token
     return issue_token(secret, role, lesson, name=name, ttl_s=ttl_s, now=now)
-
-
-class WsClient:
-    """A websocket participant that records every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self._new = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task | None = None
-        self.close_code: int | None = None
-
-    async def connect(self, url: str) -> WsClient:
-        self._session = aiohttp.ClientSession()
-        self.ws = await self._session.ws_connect(url, max_msg_size=0)
-        self._reader = asyncio.ensure_future(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        async for frame in self.ws:
-            if frame.type == aiohttp.WSMsgType.TEXT:
-                self.messages.append(json.loads(frame.data))
-                self._new.set()
-        self.close_code = self.ws.close_code
-        self._new.set()
-
-    async def send(self, message: dict | str | bytes) -> None:
-        assert self.ws is not None
-        if isinstance(message, dict):
-            await self.ws.send_str(json.dumps(message))
-        elif isinstance(message, bytes):
-            await self.ws.send_bytes(message)
-        else:
-            await self.ws.send_str(message)
-
-    async def wait_for(self, predicate: Any, timeout_s: float = 10.0, start: int = 0) -> dict:
-        """The first message (from index `start`) matching predicate(msg)."""
-        deadline = time.monotonic() + timeout_s
-        seen = start
-        while True:
-            while seen < len(self.messages):
-                msg = self.messages[seen]
-                seen += 1
-                if predicate(msg):
-                    return msg
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self.ws is not None and self.ws.closed and seen >= len(self.messages)):
-                raise TimeoutError(f"no matching message; got {self.messages[start:]!r:.2000}")
-            self._new.clear()
-            try:
-                await asyncio.wait_for(self._new.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-
-    async def request(self, message: dict, timeout_s: float = 10.0) -> dict:
-        """Send a message with an id and wait for the reply (or error) that references it."""
-        ref = message.setdefault("id", random.randrange(1 << 30))
-        start = len(self.messages)
-        await self.send(message)
-        return await self.wait_for(lambda m: m.get("ref") == ref, timeout_s, start)
-
-    async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self._reader is not None:
-            await asyncio.wait([self._reader], timeout=2)
-        if self._session is not None:
-            await self._session.close()
 
 
 class MovingVideoTrack(MediaStreamTrack):

@@ -725,7 +725,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_simulcast(args: argparse.Namespace) -> int:
-    from loadtest.bench import simulcast  # imports this module: loaded only when asked for
+    from loadtest.bench import (
+        simulcast,  # imports this module: loaded only when asked for
+    )
 
     bench = simulcast.SimulcastBench(args.subscribers, args.packets, simulcast.parse_ints(args.layer_sizes),
                                      simulcast.parse_ints(args.layer_packets), sink=args.sink, srtp=args.srtp)

@@ -129,7 +129,9 @@ async def test_shaper_loss_is_near_its_setting_and_the_delay_is_added_each_way()
                 await asyncio.sleep(0.001)
             rtts.append(client.got[-1][0] - at)
         print(f"shaper with 30 + 70 ms: round trip {min(rtts) * 1000:.0f}..{max(rtts) * 1000:.0f} ms")
-        assert 0.099 <= min(rtts) and max(rtts) < 0.13, rtts
+        # never less than the delay set; the median near it (a loaded machine may wake a sleeper late, so no
+        # bound is put on the slowest one)
+        assert 0.099 <= min(rtts) and sorted(rtts)[len(rtts) // 2] < 0.13, rtts
         # the server saw the shaper, never the client
         assert {addr for _, _, addr in server.got} == {shaper.address}
     finally:
