@@ -49,7 +49,7 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
-from loadtest.bench.forward import (
+from loadtest.bench.wire import (
     ABS_SEND_TIME_ID,
     AUDIO_LEVEL_NONE,
     CLASSROOMS_PLANNED,
@@ -64,11 +64,11 @@ from loadtest.bench.forward import (
     Background,
     ProcessSink,
     Sink,
-    _aiortc_senders,
-    _make_send,
-    _srtp_session,
+    aiortc_senders,
+    make_send,
     open_sink,
     profile_round,
+    srtp_session,
 )
 from sfu.consumer.base import Consumer
 from sfu.consumer.simulcast import SimulcastConsumer
@@ -329,19 +329,19 @@ class SimulcastBench:
         n, nl = self.subscribers, len(self.sizes)
         loop = asyncio.new_event_loop()
         try:
-            senders = loop.run_until_complete(_aiortc_senders(2 * n))
+            senders = loop.run_until_complete(aiortc_senders(2 * n))
         finally:
             loop.close()
         self.layout = ExtensionLayout(MID, MID_ID, ABS_SEND_TIME_ID, 0)
         profile, key_len, self.srtp_tag = SRTP_PROFILES[self.srtp]
         self.keys = [rng.randbytes(key_len) for _ in range(n)]
-        self.sessions = [_srtp_session(k, profile) for k in self.keys]
+        self.sessions = [srtp_session(k, profile) for k in self.keys]
         self.socks: list[socket.socket] = []
         for _ in range(n):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("127.0.0.1", 0))
             self.socks.append(sock)
-        self.sends = [_make_send(sock, self.sink.addr) for sock in self.socks]
+        self.sends = [make_send(sock, self.sink.addr) for sock in self.socks]
         # the teacher: the largest layer's sequence numbers wrap in the middle of the first measured round
         self.stream = SimulcastStream(self.sizes, self.per_frame, seed=rng.getrandbits(32),
                                       first_seqs=first_seqs_wrapping(self.per_frame, self.warmup, self.packets, rng))

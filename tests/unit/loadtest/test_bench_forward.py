@@ -11,15 +11,8 @@ import math
 import pytest
 from pylibsrtp import Policy, Session
 
-from loadtest.bench.forward import (
-    ABS_SEND_TIME_ID,
-    MID,
-    MID_ID,
-    SRTP_PROFILES,
-    VP8_PT,
-    ForwardBench,
-    main,
-)
+from loadtest.bench.forward import ForwardBench, main
+from loadtest.bench.wire import ABS_SEND_TIME_ID, MID, MID_ID, SRTP_PROFILES, VP8_PT
 from sfu.rtp.header import find_extension, parse_header
 
 SUBSCRIBERS = 3
