@@ -65,7 +65,7 @@ class ReceiveOptions:
     # also run aiortc's stock receiver on every packet (`--classroom-mode stock`): only to measure what it costs
     stock: bool = False
     # downlink loss emulated in user space on the receiver's socket (RTP only, seeded per receiver), e.g. 0.013
-    # for the rural link in DESIGN.md; retransmissions can be lost too
+    # for the rural link in docs/architecture.md (measured facts); retransmissions can be lost too
     loss: float = 0.0
     # the downlink estimate this receiver reports by REMB about once a second, bit/s (0: none), as a browser's
     # bandwidth estimator does: the server's layer selection (simulcast) and audio-first ladder follow it

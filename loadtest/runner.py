@@ -74,7 +74,7 @@ class LoadTestConfig:
     profile_server: str | None = None  # cProfile output path for the server subprocess
     server_pid: int | None = None  # with `url`: measure this process's CPU and memory (same machine)
     classroom_mode: str = "counter"  # "stock": classrooms also run aiortc's receiver per packet (cost study)
-    classroom_loss: float = 0.0  # emulated downlink loss at each classroom (0.013 = the rural link in DESIGN.md)
+    classroom_loss: float = 0.0  # emulated downlink loss at each classroom (0.013 = the rural link, docs/architecture.md)
     # the interactive classroom: each classroom also publishes a 320x180 VP8 camera at this many kbit/s + Opus
     classroom_uplink_kbps: int = 0
     wall: int | None = None  # classroom tiles on the teacher's wall; None: DEFAULT_WALL with uplinks, else none

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -378,3 +379,17 @@ def test_the_server_install_leaves_the_load_testers_packages_out():
     assert not names & {"matplotlib", "psutil"}, base
     loadtest = [r for r in requires("ketang") or [] if 'extra == "loadtest"' in r]
     assert any(r.startswith("matplotlib") for r in loadtest) and any(r.startswith("psutil") for r in loadtest)
+
+
+def test_the_server_install_holds_no_load_test_or_benchmark_code():
+    """The packages `pip install .` puts in the wheel, found by setuptools from pyproject's own rule: the server's,
+    never loadtest/ (nor its benchmarks, loadtest/bench/) nor the tests."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[2]
+    rule = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(root), include=rule["include"], exclude=rule.get("exclude", ()))
+    assert {"ketang", "sfu", "sfu.rtp", "signaling", "recorder", "recorder.library", "client_web"} <= set(packages)
+    assert not [p for p in packages if p.split(".")[0] in ("loadtest", "tests", "bench")], packages
