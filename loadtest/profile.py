@@ -36,8 +36,8 @@ CATEGORIES = [
     ("RTCP out: sender reports per classroom stream (aiortc)", "rtcrtpsender.py", "_run_rtcp"),
     ("RTCP in: receiver reports / NACK from classrooms", "rtcdtlstransport.py", "_handle_rtcp_data"),
     ("ICE: STUN in (consent checks, binding requests)", "aioice/ice.py", "datagram_received"),
-    ("signalling: join handler", "handlers.py", "handle_join"),
-    ("signalling: subscribe (offer to a classroom)", "handlers.py", "_subscribe"),
+    ("signalling: join handler", "signaling/handlers/session.py", "handle_join"),
+    ("signalling: subscribe (offer to a classroom)", "signaling/handlers/common.py", "subscribe"),
     ("signalling: websocket writes (events, offers)", "signaling/connection.py", "_write_loop"),
 ]
 

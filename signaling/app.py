@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
-from recorder.record.recorder import repair_unfinished
+from recorder.record.repair import repair_unfinished
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.handlers import HANDLERS

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from recorder.record.recorder import Catalog
+from recorder.record.handoff import Catalog
 from sfu.producer import Producer
 from signaling.config import Config
 from signaling.connection import Connection

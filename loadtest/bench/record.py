@@ -23,7 +23,7 @@ import numpy as np
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from recorder.record.recorder import RecordingFile
+from recorder.record.webm import RecordingFile
 from sfu.producer import Producer
 from sfu.rtp.header import ntp_from_unix
 from sfu.rtp.vp8 import vp8_descriptor_len

@@ -24,14 +24,9 @@ from recorder.record.handoff import (
     finish_or_keep,
     retry_pending_finishes,
 )
-from recorder.record.repair import repair_unfinished
 from recorder.record.webm import RecordingFile, write_failure
 from sfu.producer import Producer
 from sfu.router import Router
-
-# Also importable from here, as they were before the recorder was split up: their homes are handoff.py
-# (Catalog), repair.py (repair_unfinished) and webm.py (RecordingFile).
-__all__ = ["LessonRecorder", "Catalog", "RecordingFile", "repair_unfinished"]
 
 log = logging.getLogger("ketang.recorder")
 

@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from recorder.record.recorder import Catalog, LessonRecorder
+from recorder.record.handoff import Catalog
+from recorder.record.recorder import LessonRecorder
 from sfu.producer import Producer
 from sfu.router import Router
 from signaling.config import Config
