@@ -42,17 +42,6 @@ export function pageLink(path) {
   return TOKEN ? `${url}#token=${encodeURIComponent(TOKEN)}` : url;
 }
 
-/** The page's element with this `id`, checked to be a `kind` (HTMLElement unless said). The lesson pages have
- *  the same in ../dom.js, which the library's static route does not serve.
- *  @template {HTMLElement} [T=HTMLElement]
- *  @param {string} id  @param {{new (): T, name: string}} [kind]  @returns {T} */
-export function byId(id, kind) {
-  const node = document.getElementById(id);
-  const want = kind || HTMLElement;
-  if (!(node instanceof want)) throw new Error(`#${id} is not a ${want.name} on this page`);
-  return /** @type {T} */ (node);
-}
-
 /** @typedef {Node | string | null | undefined} Child */
 
 /** An element: `props` are attributes (true: present, false/null: absent), `class`, `dataset`, or `on<event>`

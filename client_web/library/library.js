@@ -1,8 +1,9 @@
 // @ts-check
 // The library page: search box + curriculum filters -> /api/library, results as cards, paging.
 // The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
-import { api, byId, el, formatDuration, pageLink, TOKEN } from "./api.js";
-import { incompleteText, t, translatePage } from "./i18n.js";
+import { byId } from "../dom.js";
+import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
+import { applyText, incompleteText, t } from "../i18n.js";
 
 const PER_PAGE = 24;
 const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
@@ -54,7 +55,7 @@ async function load() {
       el("span", {}, t("page", { p: page, n: pages })),
       el("button", { disabled: page >= pages, onclick: () => go({ page: page + 1 }) }, t("next")));
   } catch (err) {
-    status.replaceChildren(el("span", { class: "error" }, t("error", { e: /** @type {Error} */ (err).message })));
+    status.replaceChildren(el("span", { class: "error" }, t("error", { error: /** @type {Error} */ (err).message })));
   }
 }
 
@@ -67,7 +68,7 @@ function go(changes) {
 }
 
 function init() {
-  translatePage();
+  applyText();
   const form = byId("search", HTMLFormElement);
   form.addEventListener("submit", (event) => {
     event.preventDefault();

@@ -1,8 +1,9 @@
 // @ts-check
 // The player page: the recording (WebM, or the MP4 once exported) in a seekable <video>, its details,
 // download links, an edit form for its teacher and reviewers, and the publish/reject form for reviewers.
-import { ApiError, api, byId, el, formatDuration, formatSize, pageLink } from "./api.js";
-import { incompleteText, t, translatePage } from "./i18n.js";
+import { byId } from "../dom.js";
+import { ApiError, api, el, formatDuration, formatSize, pageLink } from "./api.js";
+import { applyText, incompleteText, t } from "../i18n.js";
 
 const EXPORT_POLL_MS = 1000;
 /** @typedef {import("./api.js").LibraryItem} LibraryItem */
@@ -24,7 +25,7 @@ const $ = byId;
 function showError(err) {
   $("error").hidden = false;
   $("error").textContent = err instanceof ApiError && err.status === 404
-    ? t("notFound") : t("error", { e: /** @type {Error} */ (err).message });
+    ? t("notFound") : t("error", { error: /** @type {Error} */ (err).message });
 }
 
 /** @param {LibraryItem} rec */
@@ -101,7 +102,7 @@ function renderEdit(rec) {
       const updated = /** @type {LibraryItem} */ (await api(`/api/library/${recId}`, { method: "PATCH", body }));
       status.textContent = t("saved");
       renderDetails(updated);
-    } catch (err) { status.textContent = t("error", { e: /** @type {Error} */ (err).message }); }
+    } catch (err) { status.textContent = t("error", { error: /** @type {Error} */ (err).message }); }
   };
 }
 
@@ -130,7 +131,7 @@ function renderReview(rec) {
       await api(`/api/library/${recId}/review`, { method: "POST", body: { decision, note: fieldValue(form, "note") } });
       $("reviewstatus").textContent = t(`state.${decision === "publish" ? "published" : "rejected"}`);
       refresh();
-    } catch (err) { $("reviewstatus").textContent = t("error", { e: /** @type {Error} */ (err).message }); }
+    } catch (err) { $("reviewstatus").textContent = t("error", { error: /** @type {Error} */ (err).message }); }
   };
 }
 
@@ -146,6 +147,6 @@ async function refresh() {
   } catch (err) { showError(err); }
 }
 
-translatePage();
+applyText();
 $("back", HTMLAnchorElement).href = pageLink("/library");
 refresh();

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,11 @@ from recorder.library.export import MediaError, export_mp4
 
 log = logging.getLogger("ketang.recorder.web")
 
-LIBRARY_WEB_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "client_web" / "library"
+CLIENT_WEB_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "client_web"
+LIBRARY_WEB_DIR: Final[Path] = CLIENT_WEB_DIR / "library"
+# modules the library's pages share with the lesson pages (one i18n, one element lookup), imported as "../x.js"
+# from /library/static/: served at /library/x.js
+SHARED_MODULES: Final[tuple[str, ...]] = ("i18n.js", "dom.js")
 MAX_BODY_BYTES: Final[int] = 16 * 1024  # metadata is a few KB at most (description ≤ 4000 chars)
 # A signed file URL lasts a lesson's length and then some: a reviewer watches a whole lesson on one link.
 FILE_URL_TTL_S: Final[int] = 6 * 3600
@@ -398,6 +402,12 @@ def _errors(handler):  # type: ignore[no-untyped-def]
     return wrapped
 
 
+def _shared_module(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    return serve
+
+
 def add_routes(app: web.Application, library: Library, secret: str, authenticate: Authenticate, *,
                export_on_publish: bool = True) -> LibraryRoutes:
     """Mount the library's API, files and pages on ``app``; returns the routes object (its export jobs)."""
@@ -417,5 +427,7 @@ def add_routes(app: web.Application, library: Library, secret: str, authenticate
     r.add_get("/library", routes.page_index)
     r.add_get("/library/play/{id}", routes.page_play)
     r.add_static("/library/static/", LIBRARY_WEB_DIR, append_version=False)
+    for name in SHARED_MODULES:
+        r.add_get(f"/library/{name}", _shared_module(CLIENT_WEB_DIR / name))
     app.on_cleanup.append(routes.close)
     return routes

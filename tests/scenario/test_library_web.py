@@ -354,7 +354,8 @@ async def test_the_poster_is_a_decodable_image(site: Site, tmp_path: Path) -> No
         pytest.param("/library/play/abc", "text/html", "<video", id="the-player-page"),
         pytest.param("/library/static/library.js", "javascript", "export", id="the-list-script"),
         pytest.param("/library/static/play.js", "javascript", "export", id="the-player-script"),
-        pytest.param("/library/static/i18n.js", "javascript", "资源库", id="the-translations"),
+        pytest.param("/library/i18n.js", "javascript", "资源库", id="the-translations, shared with the lesson pages"),
+        pytest.param("/library/dom.js", "javascript", "export function byId", id="the-element-lookup, shared"),
     ],
 )
 async def test_the_pages_are_served(site: Site, path: str, content_type: str, text: str) -> None:
