@@ -1,26 +1,5 @@
-"""Room state model and the storage interface every backend implements.
-
-The signaling layer only talks to :class:`RoomStore`; whether state lives in
-this process (``MemoryRoomStore``) or is shared by several server processes
-through Redis (``RedisRoomStore``) is a deployment choice.  Both backends pass
-the same contract tests (tests/scenario/test_state_contract.py).
-
-Expiry model: a participant is alive while ``expires_at > clock()``.  Expired
-participants, and the tracks they published, are invisible to every read, so a
-crashed server that stops heart-beating leaves no ghost participants or tracks.
-
-Node liveness: each node renews a short-lived key of its own (``node_heartbeat``,
-about every second with a 3 s TTL). A lesson placed by a node that stopped
-renewing it is free for the next node at once, without waiting for the
-placement's (and participants') much longer TTL: failover in seconds.
-
-Admission (who may join a lesson): its lock, the classrooms the teacher removed
-and the classrooms that have been in it live in the store too, so that a
-restart or a failover keeps a removed classroom out and a locked lesson locked.
-
-A backend that cannot reach its server raises :class:`StoreUnavailable` (and
-nothing else) for it, so callers can tell an outage from a bug.
-"""
+"""Room state model and the storage interface every backend implements (in this process, or shared by nodes
+through Redis); the expiry, liveness and admission model is in docs/architecture.md, "Room state"."""
 
 from __future__ import annotations
 

@@ -1,40 +1,5 @@
-"""RoomStore shared by several server processes ("nodes") through Redis.
-
-Key layout (ids are percent-encoded so an id containing ":" cannot collide
-with another key; every key starts with the prefix):
-
-    {prefix}lessons                                 ZSET  lesson id -> created_at
-    {prefix}lessons:ended                           SET   ids of ended lessons (for counts)
-    {prefix}lesson:{lid}                            HASH  Lesson fields (None = field absent)
-    {prefix}participants                            ZSET  json [lid, pid] -> expires_at (all lessons)
-    {prefix}lesson:{lid}:participants               ZSET  pid -> expires_at
-    {prefix}lesson:{lid}:participant:{pid}          HASH  Participant fields      (key TTL)
-    {prefix}lesson:{lid}:participant:{pid}:tracks   HASH  track id -> TrackInfo json (key TTL)
-    {prefix}lesson:{lid}:node                       HASH  placement: node, url, expires_at, node_key (key TTL)
-    {prefix}lesson:{lid}:locked                     STRING "1" while the lesson is locked
-    {prefix}lesson:{lid}:removed                    SET   classrooms the teacher removed
-    {prefix}lesson:{lid}:seen                       SET   classrooms that have been in the lesson
-    {prefix}node:{node}                             STRING the node's liveness: expires_at (key TTL)
-
-Liveness is decided by the zset scores against the injected clock, so it is
-consistent across processes (nodes are assumed NTP-synced).  The participant
-hashes additionally carry a real Redis TTL of ttl_s + KEY_TTL_MARGIN_S, so the
-keys of a server that crashed are garbage-collected by Redis itself; zset
-entries of expired participants are pruned lazily by readers.  Tracks live in
-a per-participant hash so they vanish with their participant.
-
-A placement records the key of its node's liveness (when that node was heart-beating as it placed the lesson);
-once that key has expired the node is dead and the placement is free, whatever its own expiry.
-
-Connection problems (refused, reset, timed out, Redis loading its data) are retried briefly by the client
-(a pooled connection that went stale in an outage is replaced on its first use) and then raised as
-StoreUnavailable, never as redis-py's own exceptions.
-
-Check-then-write operations (heartbeat, add_track, remove_node, placement) are Lua scripts
-so they stay atomic against other nodes; the rest are MULTI pipelines.  Keys of
-different lessons share no hash tag, so this targets a single Redis (or a
-primary with replicas), not Redis Cluster.
-"""
+"""RoomStore shared by several server processes ("nodes") through one Redis: the key layout, the liveness model,
+the atomic (Lua) check-then-write operations and what an outage raises are in docs/architecture.md, "Room state"."""
 
 from __future__ import annotations
 
