@@ -62,7 +62,7 @@ class Producer:
         self.closed = False
         self._send_pli = send_pli
         self.clock = as_clock(clock)  # the system's by default; a bare callable is its monotonic time
-        self._clock = self.clock.monotonic  # () -> float (the recorder's depacketizer and layer follower read it)
+        self._clock = self.clock.monotonic
         self._wall = self.clock.wall
         self._unwrap = SeqUnwrapper()
         self._is_vp8 = self.codec_name == "vp8"

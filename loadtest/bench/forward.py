@@ -69,8 +69,9 @@ from loadtest.bench.wire import (
     profile_round,
     srtp_session,
 )
-from sfu.consumer.base import Consumer
+from sfu.consumer.simple import Consumer
 from sfu.producer import Producer
+from sfu.rtp.clock import SYSTEM_CLOCK
 from sfu.rtp.header import (
     RTP_HEADER,
     URI_ABS_SEND_TIME,
@@ -181,7 +182,7 @@ class ForwardBench:
         """Exactly what a consumer writes: 12-byte header + this layout's extension block + payload."""
         block = bytearray(self.layout.block)
         at = self.layout.abs_send_time_at - 12
-        block[at:at + 3] = abs_send_time_bytes()
+        block[at:at + 3] = abs_send_time_bytes(SYSTEM_CLOCK.wall())
         block = bytes(block)
         out = []
         for _, ts, marker, payload, _ in self._floor_stream.take(count):
@@ -219,7 +220,7 @@ class ForwardBench:
         for raw in raws:
             packet = parse(raw, ext_map)
             ext = packet.extensions
-            ext.abs_send_time = int.from_bytes(abs_send_time_bytes(), "big")
+            ext.abs_send_time = int.from_bytes(abs_send_time_bytes(SYSTEM_CLOCK.wall()), "big")
             ts_in = packet.timestamp
             for i in range(n):
                 protect, sendto, ssrc, ts_off = targets[i]

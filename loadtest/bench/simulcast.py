@@ -70,10 +70,11 @@ from loadtest.bench.wire import (
     profile_round,
     srtp_session,
 )
-from sfu.consumer.base import Consumer
+from sfu.consumer.simple import Consumer
 from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.peers.publisher import START_LAYER
 from sfu.producer import Packet, Producer
+from sfu.rtp.clock import SYSTEM_CLOCK
 from sfu.rtp.header import (
     RTP_HEADER,
     ExtensionLayout,
@@ -427,7 +428,7 @@ class SimulcastBench:
         subscribers (own SSRC and continuing sequence numbers in each subscriber's session)."""
         block = bytearray(self.layout.block)
         at = self.layout.abs_send_time_at - 12
-        block[at:at + 3] = abs_send_time_bytes()
+        block[at:at + 3] = abs_send_time_bytes(SYSTEM_CLOCK.wall())
         block = bytes(block)
         pkts = []
         for layer, _, ts, marker, payload, _ in self._floor_stream.take(self.packets if count is None else count):

@@ -45,7 +45,7 @@ class TrackDepacketizer:
         self.frames = 0
         self.lost_packets = 0
         self.keyframe_requests = 0
-        self._clock = clock or producer._clock
+        self._clock = clock or producer.clock.monotonic
         self._next: int | None = None  # next extended sequence number expected
         self._held: dict[int, Packet | None] = {}  # out-of-order packets (None: padding skipped upstream)
         self._hole_since: float | None = None

@@ -117,7 +117,7 @@ class LayerFollower:
                  listen: Callable[[Producer], TrackDepacketizer], writing: Callable[[], bool]) -> None:
         self.track, self.layers, self.name = track, list(layers), name
         self._listen, self._writing = listen, writing
-        self._clock = track.producer._clock  # the producers' clock: the arrival times compared with it
+        self._clock = track.producer.clock.monotonic  # the producers' clock: the arrival times compared with it
         now = self._clock()
         n = len(self.layers)
         self.last = [layer.arrived_at if layer.packets_in else -1e9 for layer in self.layers]

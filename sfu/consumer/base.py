@@ -272,12 +272,3 @@ class BaseConsumer:
         """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""
         rtt = seams.sender_rtt(self.sender)
         return round(rtt * 1000, 1) if rtt is not None else None
-
-
-def __getattr__(name: str) -> Any:
-    """`sfu.consumer.base.Consumer`, the plain consumer's old home, still resolves (it lives in
-    sfu/consumer/simple.py, which imports this module: a lazy lookup, not an import cycle)."""
-    if name == "Consumer":
-        import importlib
-        return importlib.import_module("sfu.consumer.simple").Consumer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import struct
 
-from sfu.rtp.clock import SYSTEM_CLOCK
-
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
 RTP_HEADER_LEN = 12
@@ -111,12 +109,10 @@ def find_extension(data: bytes, hdr: RtpHeader, ext_id: int) -> bytes | None:
     return None
 
 
-def abs_send_time_bytes(now_s: float | None = None) -> bytes:
+def abs_send_time_bytes(now_s: float) -> bytes:
     """abs-send-time of a wall-clock (UNIX) time: 6.18 fixed-point seconds, 24 bits (restamped on egress so
-    subscribers can send REMB). The SFU always passes its clock's `wall()`; None (the benchmarks' old calls) is
-    the system's wall clock."""
-    t = SYSTEM_CLOCK.wall() if now_s is None else now_s
-    return (int((t + NTP_EPOCH_OFFSET_S) * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
+    subscribers can send REMB); the caller passes its clock's `wall()`."""
+    return (int((now_s + NTP_EPOCH_OFFSET_S) * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 
 def ntp_from_unix(t: float) -> int:

@@ -94,15 +94,6 @@ class LayerSwitcher:
         self.forwarded = 0
 
     @property
-    def _vp8(self) -> bool:
-        """The old private name of ``vp8`` (tests/unit/loadtest/test_bench_simulcast.py turns it off)."""
-        return self.vp8
-
-    @_vp8.setter
-    def _vp8(self, value: bool) -> None:
-        self.vp8 = value
-
-    @property
     def current(self) -> int | None:
         """The layer being forwarded (None before the first key frame)."""
         return self._open.layer if self._open is not None else None

@@ -91,7 +91,7 @@ def test_simulcast_check_catches_a_broken_rewrite() -> None:
     bench = SimulcastBench(3, 130, seed=7)
     try:
         for c in bench.consumers:
-            c.switcher._vp8 = False
+            c.switcher.vp8 = False
         r = bench.run(repeat=1)
     finally:
         bench.close()
