@@ -23,6 +23,7 @@ import pylibsrtp
 from aioice import ice as aioice_ice
 from aioice import stun as aioice_stun
 from aiortc import rtcrtpreceiver
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcpeerconnection import RTCPeerConnection
@@ -56,6 +57,7 @@ _METHOD_SEAMS: list[tuple[type, str, tuple[str, ...]]] = [
     (aioice_ice.StunProtocol, "datagram_received", ("data", "addr")),
     (aioice.Connection, "check_incoming", ("message", "addr", "protocol")),
     (aioice.Connection, "data_received", ("data", "component")),
+    (Vp8Encoder, "_packetize", ("buffer", "picture_id")),  # the load tester's synthetic teacher
 ]
 _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCRtpSender, ("self._ssrc", "self._rtx_ssrc", "self.__ntp_timestamp", "self.__rtp_timestamp",
@@ -66,6 +68,22 @@ _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
     (RTCPeerConnection, ("self.__cname",)),
     (RTCIceTransport, ("self._connection",)),
 ]
+
+# set in aioice's ICE module (the Connection, its check list and candidate pairs) and in pylibsrtp.Session
+_ICE_ATTRIBUTES = ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id")
+_SRTP_ATTRIBUTES = ("self._srtp", "self._cdata", "self._buffer")
+
+
+def checked_private_names() -> set[str]:
+    """Every private name of aiortc, aioice and pylibsrtp that check_seams() looks for (name-mangled ones as they
+    are reached from outside: `_RTCRtpSender__ntp_timestamp`); a test holds every private this module uses to it."""
+    names = {name for _, name, _ in _METHOD_SEAMS}
+    for owner, attrs in [*_INIT_ATTRIBUTE_SEAMS, (aioice.Connection, _ICE_ATTRIBUTES),
+                         (pylibsrtp.Session, _SRTP_ATTRIBUTES)]:
+        for attr in attrs:
+            name = attr.removeprefix("self.")
+            names.add(f"_{owner.__name__}{name}" if name.startswith("__") else name)
+    return {name for name in names if name.startswith("_")}
 
 
 def _module_source(owner: type) -> str:
@@ -97,11 +115,11 @@ def check_seams() -> None:
             and worker is not _forward_only_decoder_worker:
         problems.append("aiortc.rtcrtpreceiver.decoder_worker changed its arguments")
     ice_source = _module_source(aioice.Connection)
-    for attr in ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id"):
+    for attr in _ICE_ATTRIBUTES:
         if attr not in ice_source:
             problems.append(f"aioice's ICE module no longer sets {attr}")
     session_source = _module_source(pylibsrtp.Session)
-    for attr in ("self._srtp", "self._cdata", "self._buffer"):
+    for attr in _SRTP_ATTRIBUTES:
         if attr not in session_source:
             problems.append(f"pylibsrtp.Session no longer sets {attr}")
     if not hasattr(_lib, "srtp_protect"):
@@ -443,7 +461,6 @@ def rtp_senders(dtls: RTCDtlsTransport) -> Any:
 
 def vp8_packetize(data: bytes, picture_id: int) -> list[bytes]:
     """aiortc's VP8 payloader: one encoded frame into RTP payloads."""
-    from aiortc.codecs.vpx import Vp8Encoder
     return Vp8Encoder._packetize(data, picture_id)
 
 

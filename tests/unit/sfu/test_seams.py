@@ -295,6 +295,18 @@ def test_aiortc_private_names_are_used_only_in_seams():
     assert not offenders, "aiortc/aioice privates outside sfu/seams.py:\n" + "\n".join(offenders)
 
 
+def test_the_start_up_self_test_checks_every_private_seams_uses():
+    from pathlib import Path
+
+    from sfu.seams import checked_private_names
+
+    source = Path(seams.__file__).read_text(encoding="utf-8")
+    used = {name for _, name in _private_accesses(source, _private_names_of_aiortc())}
+    assert {"_handle_rtp_data", "_RTCRtpSender__ntp_timestamp", "_nominated"} <= used  # the scan found them
+    unchecked = used - checked_private_names()
+    assert not unchecked, f"sfu/seams.py uses these without check_seams() looking for them: {sorted(unchecked)}"
+
+
 def test_the_private_access_scan_can_fail():
     theirs = {"_codecs", "_nominated"}
     source = ("t._codecs\nself._codecs\nc._nominated.get(1)\nr._RTCRtpReceiver__rtcp_ssrc\n"
