@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from sfu.seams import SeamError, set_media_addresses
     from sfu.seams import install as install_seams
-    from signaling.app import run_server
+    from signaling.app import run_server, tls_context
     from signaling.tokens import load_or_create_secret
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -37,6 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
     set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
     data_dir = Config.data_dir_from(args.data_dir)
     try:
+        tls_cert, tls_key = Config.tls_from(args.tls_cert, args.tls_key)
+        ssl_context = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
         ttl = Config.float_from("KETANG_PARTICIPANT_TTL_S", PARTICIPANT_TTL_S)
         config = Config(host=args.host, port=args.port, redis_url=Config.redis_url_from(args.redis_url),
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
@@ -51,11 +53,12 @@ def _serve(args: argparse.Namespace) -> int:
                                                                     CLASSROOM_UPLINK_KBPS)),
                         stage_max=int(Config.float_from("KETANG_STAGE_MAX", STAGE_MAX)),
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3),
-                        public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""))
+                        public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""),
+                        tls_cert=tls_cert, tls_key=tls_key)
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
-    uvloop.run(run_server(config))
+    uvloop.run(run_server(config, ssl_context))
     return 0
 
 
@@ -84,9 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")
     serve.add_argument("--public-url", default=None,
-                       help="how browsers reach this process, e.g. http://10.0.0.5:8080 (or KETANG_PUBLIC_URL; "
-                            "default http://HOST:PORT): with several processes on one Redis, each lesson lives "
-                            "on one of them and a participant joining another is sent there")
+                       help="how browsers reach this process, e.g. https://ketang.example.cn:8443 (or "
+                            "KETANG_PUBLIC_URL; default http(s)://HOST:PORT): with several processes on one Redis, "
+                            "each lesson lives on one of them and a participant joining another is sent there")
+    serve.add_argument("--tls-cert", default=None, metavar="FILE",
+                       help="serve https and wss with this PEM certificate (chain) (or KETANG_TLS_CERT; needs "
+                            "--tls-key): browsers open the camera only on https pages or localhost")
+    serve.add_argument("--tls-key", default=None, metavar="FILE",
+                       help="the certificate's unencrypted PEM private key (or KETANG_TLS_KEY)")
     serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--ice-servers", default=None,

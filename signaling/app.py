@@ -6,8 +6,10 @@ import asyncio
 import base64
 import hashlib
 import logging
+import os
 import re
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -317,27 +319,73 @@ def http_timeouts() -> dict[str, float]:
     return {"keepalive_timeout": timeout_s, "lingering_time": min(timeout_s, HTTP_LINGER_S)}
 
 
-async def run_server(config: Config) -> None:
-    app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False, **http_timeouts())
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    base = f"http://{config.host}:{config.port}"
+TLS_MIN_VERSION = ssl.TLSVersion.TLSv1_2  # what every browser in a school speaks; older versions are broken
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("encrypted")
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server's TLS context from a PEM certificate (chain) and its private key, or a ValueError saying in one
+    line which file is wrong and how (checked at start: a bad file must not surface as a handshake failure)."""
+    for what, path in (("certificate", cert), ("private key", key)):
+        if not path.is_file():
+            raise ValueError(f"TLS {what} file {path} does not exist")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"TLS {what} file {path} is not readable by this user")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_MIN_VERSION
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ValueError(f"TLS private key {key} does not belong to the certificate {cert}") from None
+        raise ValueError(f"TLS files {cert} and {key} are not a PEM certificate and its private key") from None
+    except ValueError:
+        raise ValueError(f"TLS private key {key} is encrypted: give the server an unencrypted key "
+                         "(readable by its user only)") from None
+    except OSError as exc:
+        raise ValueError(f"TLS files {cert} and {key} cannot be read ({exc.strerror})") from None
+    return context
+
+
+def _print_urls(config: Config, app: web.Application) -> None:
+    scheme = "https" if config.tls else "http"
+    listen = f"{scheme}://{config.host}:{config.port}"
+    base = config.url
     state = f"Redis at {config.redis_url}" if config.redis_url else "in process (embedded)"
     if config.redis_url:
-        hub = app[HUB_KEY]
         state += f"; lessons placed here are joined at {config.url}"
-        if not hub.store_up:
+        if not app[HUB_KEY].store_up:
             state += "; NOT REACHABLE yet, retrying: joins wait for it"
-    print(f"ketang serving on {base}  (room state: {state}; node {config.node_id})", flush=True)
+    print(f"ketang serving on {listen}  (room state: {state}; node {config.node_id})", flush=True)
     print(f"  health:     {base}/healthz", flush=True)
-    print(f"  signalling: ws://{config.host}:{config.port}/ws", flush=True)
+    print(f"  signalling: {'wss' if base.startswith('https:') else 'ws'}://{base.split('://', 1)[1]}/ws", flush=True)
     print(f"  teacher:    {base}/teacher#token=TEACHER_TOKEN", flush=True)
     print(f"  classroom:  {base}/classroom#token=CLASSROOM_TOKEN", flush=True)
     print(f"  library:    {base}/library   (资源库: recorded lessons)", flush=True)
-    print("  links:      ketang lesson create --title \"七年级数学\"   (prints both links with their tokens)", flush=True)
-    print("  tokens:     ketang token --role teacher --lesson LESSON_ID", flush=True)
+    print(f"  links:      ketang lesson create --title \"七年级数学\" --data-dir {config.data_dir} --url {base}"
+          "   (prints the teacher link and the classroom links with their tokens)", flush=True)
+    print(f"  tokens:     ketang token --role teacher --lesson LESSON_ID --data-dir {config.data_dir}", flush=True)
+    host = base.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    if base.startswith("http:") and host not in LOOPBACK_HOSTS:
+        print("  注意 NOTE:  浏览器只在 HTTPS 页面（或本机 localhost）打开摄像头和麦克风。browsers open the camera "
+              "only on https pages (or localhost): start with --tls-cert/--tls-key or behind a TLS proxy "
+              "(docs/deploy.md)", flush=True)
+
+
+async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve pages, REST and the websocket on one port (https and wss with TLS) until SIGINT or SIGTERM."""
+    if ssl_context is None and config.tls_cert is not None and config.tls_key is not None:
+        ssl_context = tls_context(config.tls_cert, config.tls_key)
+    app = make_app(config)
+    runner = web.AppRunner(app, handle_signals=False, **http_timeouts())
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+    await site.start()
+    _print_urls(config, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

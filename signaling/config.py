@@ -55,15 +55,41 @@ class Config:
     message_burst: int = MESSAGE_BURST
     # a websocket that has not joined within this is closed (4008); read from KETANG_JOIN_TIMEOUT_S when not given
     join_timeout_s: float = field(default_factory=lambda: Config.float_from("KETANG_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S))
+    # HTTPS: a PEM certificate (chain) and its private key; both or neither. Browsers open the camera only on
+    # https pages (or localhost), so a server that teachers reach by address or name needs them (or a TLS proxy)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def url(self) -> str:
         """This process's address for browsers and other nodes' redirects."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @staticmethod
     def data_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path:
         return Path(flag or env.get("KETANG_DATA_DIR") or DEFAULT_DATA_DIR)
+
+    @staticmethod
+    def tls_from(cert_flag: str | None, key_flag: str | None,
+                 env: Mapping[str, str] = os.environ) -> tuple[Path | None, Path | None]:
+        """--tls-cert/--tls-key (or KETANG_TLS_CERT/KETANG_TLS_KEY): both or neither, else ValueError."""
+        cert = cert_flag or env.get("KETANG_TLS_CERT") or None
+        key = key_flag or env.get("KETANG_TLS_KEY") or None
+        if bool(cert) != bool(key):
+            raise ValueError("HTTPS needs both --tls-cert and --tls-key (or KETANG_TLS_CERT and KETANG_TLS_KEY)")
+        return (Path(cert), Path(key)) if cert and key else (None, None)
+
+    @staticmethod
+    def public_url_from(flag: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tls: bool = False,
+                        env: Mapping[str, str] = os.environ) -> str:
+        """How browsers reach the server: the flag, KETANG_PUBLIC_URL, else http(s)://HOST:PORT."""
+        url = flag or env.get("KETANG_PUBLIC_URL") or f"{'https' if tls else 'http'}://{host}:{port}"
+        return url.rstrip("/")
 
     @staticmethod
     def float_from(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:

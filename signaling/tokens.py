@@ -264,6 +264,15 @@ def _read_secret_file(path: pathlib.Path) -> str | None:
     return value
 
 
+def load_secret(data_dir: pathlib.Path, env: Mapping[str, str] = os.environ) -> str | None:
+    """The secret a server with this data dir and environment signs with, or None if it has none yet (for
+    tools that mint links: a secret they made up would sign tokens no running server accepts)."""
+    from_env = env.get(SECRET_ENV_VAR, "").strip()
+    if from_env:
+        return from_env
+    return _read_secret_file(pathlib.Path(data_dir) / SECRET_FILE_NAME)
+
+
 def load_or_create_secret(
     data_dir: pathlib.Path,
     env: Mapping[str, str] = os.environ,
