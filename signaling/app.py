@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
 from recorder.record.repair import repair_unfinished
+from signaling import metrics
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.handlers import HANDLERS
@@ -280,7 +281,15 @@ def make_app(config: Config) -> web.Application:
         app.router.add_get(path, _page(filename))
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
     library = Library(config.data_dir)
-    add_library_routes(app, library, config.secret, token_viewer(config.secret))
+    library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret))
+    # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
+    collector = metrics.ServerCollector(lambda: app.get(HUB_KEY), lambda: library_routes.jobs)
+    registry = metrics.make_registry(collector)
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.generate_latest(registry), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    app.router.add_get("/metrics", scrape)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         # recordings a crash left open are repaired and put in the library before anything new starts
@@ -290,11 +299,13 @@ def make_app(config: Config) -> web.Application:
         store = open_store(config.redis_url, prefix=config.redis_prefix)
         hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
+        lag = asyncio.ensure_future(metrics.measure_loop_lag())
         if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
             log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "
                         "`unavailable` and /healthz answers 503 until it answers (tried again every few seconds)",
                         config.redis_url, hub.store_error)
         yield
+        lag.cancel()
         try:
             await hub.close()
         finally:

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from signaling.metrics import count_error
 from signaling.ratelimit import TokenBucket
 from signaling.tokens import Claims
 
@@ -75,6 +76,7 @@ class Connection:
         return self._queued_chars
 
     def send(self, message: dict[str, Any]) -> None:
+        count_error(message)
         self.send_text(json.dumps(message, ensure_ascii=False))
 
     def send_text(self, text: str) -> None:

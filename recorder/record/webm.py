@@ -39,6 +39,17 @@ OPUS_PRE_SKIP = 312  # samples; what libopus encoders announce and browsers use
 FALLBACK_VIDEO_SIZE = (1280, 720)
 
 
+class WriteTotals:
+    """Process-wide: media bytes written to recordings and files stopped by a write error (read by /metrics)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.errors = 0
+
+
+WRITTEN = WriteTotals()
+
+
 def write_failure(exc: BaseException) -> str:
     """An OSError in words: "the disk is full (No space left on device)"."""
     no = getattr(exc, "errno", None)
@@ -226,6 +237,7 @@ class RecordingFile:
         track.last_ms = ms  # (only once written: a failed write ends the file's duration before it)
         track.frames += 1
         track.bytes += len(frame.data)
+        WRITTEN.bytes += len(frame.data)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -264,6 +276,7 @@ class RecordingFile:
         if self.failed is not None:
             return
         self.failed = f"{write_failure(exc)} at {self.duration_s:.1f} s into the recording"
+        WRITTEN.errors += 1
         self._stop_writing()
         if self._on_failure is not None:
             self._on_failure(self, exc)

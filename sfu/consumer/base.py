@@ -95,6 +95,8 @@ class BaseConsumer:
         self.octets_out = resume.octets if resume else 0
         self.retransmits = 0
         self.nack_unanswered = 0
+        self.nacks_received = 0  # sequence numbers NACKed (read by /metrics)
+        self.retransmit_capped = 0  # NACKed packets not resent: the retransmission budget was spent
         self.keyframe_requests = 0
         self.errors = 0
         self.clock = as_clock(clock)
@@ -196,6 +198,7 @@ class BaseConsumer:
 
     def on_nack(self, lost: list[int]) -> int:
         """Retransmit what the subscriber lost from the producer's cache; returns how many were sent."""
+        self.nacks_received += len(lost)
         if self._send is None or self.paused:
             return 0  # paused video: its link was short of bandwidth; old video must not crowd out the audio
         now = self._clock()
@@ -211,8 +214,10 @@ class BaseConsumer:
                 # never forwarded to this subscriber, or too old: nothing honest to resend
                 self.nack_unanswered += 1
                 continue
-            if self._nack_budget <= 0 or self._nack_bytes <= 0 \
-                    or now - self._last_retransmit.get(seq16, -1.0) < NACK_REPEAT_MIN_S:
+            if self._nack_budget <= 0 or self._nack_bytes <= 0:
+                self.retransmit_capped += 1
+                continue
+            if now - self._last_retransmit.get(seq16, -1.0) < NACK_REPEAT_MIN_S:
                 continue
             self._nack_budget -= 1
             self._nack_bytes -= len(again[2])
@@ -264,6 +269,7 @@ class BaseConsumer:
     def stats(self) -> dict:
         return {"producer": self.producer.id, "kind": self.kind, "ssrc": self.ssrc,
                 "packets_out": self.packets_out, "octets_out": self.octets_out, "retransmits": self.retransmits,
+                "nacks_received": self.nacks_received, "retransmit_capped": self.retransmit_capped,
                 "nack_unanswered": self.nack_unanswered, "keyframe_requests": self.keyframe_requests,
                 "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost, "rtt_ms": self.rtt_ms(),
                 "paused": self.paused}

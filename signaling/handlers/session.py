@@ -13,6 +13,7 @@ from signaling.hub import (
     LessonEnded,
 )
 from signaling.messages import Message, ProtocolError, error_reply
+from signaling.metrics import count_join, count_refusal
 from signaling.state import StoreUnavailable
 from signaling.tokens import LESSON_ROLES, TokenError, verify_token
 from signaling.turn import ice_servers_for
@@ -24,8 +25,10 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     try:
         claims = verify_token(hub.config.secret, msg.fields["token"], lesson=msg.fields.get("lesson"))
     except TokenError as exc:
+        count_refusal(exc.code)
         raise ProtocolError(exc.code, str(exc), msg.id) from exc
     if claims.role not in LESSON_ROLES:
+        count_refusal("forbidden_role")
         raise ProtocolError("forbidden", f"a {claims.role} token is for the library, not for joining lessons", msg.id)
     conn.claims, conn.participant_id, conn.lesson_id = claims, claims.sub, claims.lesson
     try:
@@ -43,6 +46,7 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
         hub.store_failed(exc, "a participant joined")
         raise ProtocolError("unavailable", UNAVAILABLE_MESSAGE, msg.id) from exc
     except JoinRefused as exc:
+        count_refusal(exc.code)
         conn.claims = conn.participant_id = conn.lesson_id = None
         why = {"removed": "the teacher removed this classroom from the lesson",
                "lesson_locked": "the teacher has locked the lesson to new classrooms"}.get(exc.code, exc.code)
@@ -50,6 +54,7 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     cfg = hub.config  # TURN credentials minted for this participant (firewalled schools; docs/weak-networks.md)
     ice = ice_servers_for(cfg.turn_urls, cfg.turn_secret, claims.sub, cfg.turn_ttl_s)
     conn.send({"type": "joined", "ref": msg.id, **state, "ice_servers": ice})
+    count_join(claims.role)
     if claims.role in ("classroom", "observer"):
         await subscribe(hub, conn)
     return None

@@ -22,6 +22,7 @@ from recorder.record.handoff import Catalog
 from recorder.record.recorder import LessonRecorder
 from sfu.producer import Producer
 from sfu.router import Router
+from signaling import metrics
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.lesson.interaction import InteractionError, LessonInteraction
@@ -168,6 +169,7 @@ class Lesson:
 
     def drop_router(self) -> Router | None:
         """The Router, no longer this lesson's (the caller closes it)."""
+        metrics.router_leaving(self.router)
         router, self.router = self.router, None
         return router
 

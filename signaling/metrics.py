@@ -1,0 +1,386 @@
+"""Prometheus metrics (/metrics): what the server does, read from its own state when scraped.
+
+Most figures are counters the SFU, the recorder and the library already keep on their objects (a producer's
+packets in, a consumer's packets out and retransmissions, the datagram guard's drops, the recorder's bytes
+written). `ServerCollector` reads them at scrape time, so forwarding pays nothing for metrics. Objects come and go
+(a classroom leaves, a lesson ends) while a Prometheus counter may never go down: `Monotonic` keeps each object's
+last counts and, once the object is gone, adds them to a retired total. What no state holds (a websocket error
+sent, a token refused, the event loop's lag) is counted where it happens by the counters below; the layers below
+signalling never import this module. No label ever carries a lesson or a participant id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import re
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+)
+from prometheus_client import disable_created_metrics
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from recorder.record.webm import WRITTEN
+from sfu.adapt.ladder import LEVEL_NAMES
+from sfu.seams import GUARD
+
+# -- counted where they happen (signalling) ----------------------------------------------------------------------
+
+disable_created_metrics()  # no `_created` series beside every counter: nothing here reads them
+
+WEBSOCKET_ERRORS = Counter("ketang_websocket_errors", "Error replies sent on signalling websockets, by code",
+                           ["code"], registry=None)
+TOKEN_REFUSALS = Counter("ketang_token_refusals", "Joins refused because of the token or what it may do, by reason",
+                         ["reason"], registry=None)
+JOINS = Counter("ketang_joins", "Participants that joined a lesson on this process, by role", ["role"],
+                registry=None)
+LOOP_LAG = Histogram("ketang_event_loop_lag_seconds",
+                     "How late the event loop ran a task due now (sampled every LOOP_LAG_EVERY_S)",
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+                     registry=None)
+EVENT_METRICS = (WEBSOCKET_ERRORS, TOKEN_REFUSALS, JOINS, LOOP_LAG)
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # an error code fit to be a label (ours are; anything else: "other")
+LOOP_LAG_EVERY_S = 0.25
+ROLES = ("teacher", "classroom", "observer")
+KINDS = (("audio",), ("video",))
+KIND_SOURCE = tuple((kind, role) for kind in ("audio", "video") for role in ("teacher", "classroom"))
+# classrooms' downlink estimates (REMB), in bit/s: the buckets of the gauge histogram
+REMB_BUCKETS = (150e3, 300e3, 500e3, 800e3, 1.2e6, 2e6, 3e6, 5e6, 10e6)
+REMB_QUANTILES = (0.1, 0.5, 0.9)
+REMB_FRESH_S = 10.0  # an estimate older than this says nothing about the link now
+
+
+def _code(code: Any) -> str:
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else "other"
+
+
+def count_error(message: dict[str, Any]) -> None:
+    """A message about to go to a client: counted when it is an error reply."""
+    if message.get("type") == "error":
+        WEBSOCKET_ERRORS.labels(_code(message.get("code"))).inc()
+
+
+def count_refusal(reason: str) -> None:
+    TOKEN_REFUSALS.labels(_code(reason)).inc()
+
+
+def count_join(role: str | None) -> None:
+    JOINS.labels(role if role in ROLES else "other").inc()
+
+
+async def measure_loop_lag(every_s: float = LOOP_LAG_EVERY_S) -> None:
+    """Sleep `every_s` again and again; how much later than asked each wake-up comes is the loop's lag (a
+    busy loop makes every websocket reply and every RTCP answer that much later)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
+
+
+# -- counters read from objects that come and go -------------------------------------------------------------------
+
+Key = tuple[str, tuple[str, ...]]  # (metric, label values)
+
+
+class Monotonic:
+    """Sums counters kept on short-lived objects into totals that never go down.
+
+    `observe(objects)` takes each live object's counts ({key: value}); an object seen before and not now is
+    retired: its last counts stay in the totals. An object whose counts went down is taken as a new one (its id
+    was reused). `retire(obj, counts)` retires one at once with its final counts (a lesson that ends)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, dict[Key, float]] = {}
+        self._retired: dict[Key, float] = {}
+
+    def _add_retired(self, counts: dict[Key, float]) -> None:
+        for key, value in counts.items():
+            self._retired[key] = self._retired.get(key, 0.0) + value
+
+    def retire(self, obj: object, counts: dict[Key, float]) -> None:
+        self._seen.pop(id(obj), None)
+        self._add_retired(counts)
+
+    def observe(self, live: Iterable[tuple[object, dict[Key, float]]]) -> dict[Key, float]:
+        seen: dict[int, dict[Key, float]] = {}
+        totals = dict(self._retired)
+        for obj, counts in live:
+            before = self._seen.pop(id(obj), None)
+            if before is not None and any(counts.get(k, 0.0) < v for k, v in before.items()):
+                self._add_retired(before)  # not the same object: the old one's counts stay
+                for key, value in before.items():
+                    totals[key] = totals.get(key, 0.0) + value
+            seen[id(obj)] = counts
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0.0) + value
+        for gone in self._seen.values():
+            self._add_retired(gone)
+            for key, value in gone.items():
+                totals[key] = totals.get(key, 0.0) + value
+        self._seen = seen
+        return totals
+
+
+def _producer_counts(producer: Any) -> dict[Key, float]:
+    labels = (producer.kind, producer.owner_role)
+    return {("packets_in", labels): producer.packets_in, ("bytes_in", labels): producer.bytes_in,
+            ("duplicates", labels): producer.duplicates,
+            ("keyframes_forwarded", (producer.kind,)): producer.keyframes.requested,
+            ("keyframes_suppressed", (producer.kind,)): producer.keyframes.suppressed}
+
+
+def _consumer_counts(consumer: Any) -> dict[Key, float]:
+    kind = (consumer.kind,)
+    return {("retransmits", kind): consumer.retransmits, ("nack_unanswered", kind): consumer.nack_unanswered,
+            ("nacks", kind): getattr(consumer, "nacks_received", 0),
+            ("retransmit_capped", kind): getattr(consumer, "retransmit_capped", 0),
+            ("keyframes_asked", kind): consumer.keyframe_requests}
+
+
+def _slot_counts(slot: Any) -> dict[Key, float]:
+    """Packets and bytes out, per subscriber slot: a consumer that continues a slot's stream (the teacher
+    reconnected) continues its counts too, so they are the slot's, not the consumer's."""
+    consumer = slot.consumer
+    if consumer is None:
+        return {}
+    return {("packets_out", (consumer.kind,)): consumer.packets_out,
+            ("bytes_out", (consumer.kind,)): consumer.octets_out}
+
+
+def _producers(router: Any) -> Iterator[Any]:
+    for producer in list(router.producers.values()):
+        yield from (producer.layers or [producer])
+
+
+def router_objects(router: Any) -> Iterator[tuple[object, dict[Key, float]]]:
+    """Every counting object of one lesson's media graph, with its counts now."""
+    for producer in _producers(router):
+        yield producer, _producer_counts(producer)
+    for sub in list(router.subscribers.values()):
+        for slot in list(sub.slots):
+            yield slot, _slot_counts(slot)
+            if slot.consumer is not None:
+                yield slot.consumer, _consumer_counts(slot.consumer)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class ServerCollector(Collector):
+    """Read at scrape time: lessons, participants, classrooms' rungs and layers, the SFU's counters, the
+    recorder's and the library's. `hub()` gives the Hub (None before it has started); `exports()` the library's
+    export jobs ({id: job with .state})."""
+
+    def __init__(self, hub: Callable[[], Any], exports: Callable[[], dict[str, Any]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._hub = hub
+        self._exports = exports
+        self._clock = clock
+        self.sfu = Monotonic()
+        _COLLECTORS.add(self)
+
+    def router_leaving(self, router: Any) -> None:
+        """A router of this collector's hub is leaving it: its counts are final now, not at the next scrape."""
+        hub = self._hub()
+        if hub is None or not any(lesson.router is router for lesson in list(hub.lessons.values())):
+            return  # another server's (tests run several in one process)
+        for obj, counts in list(router_objects(router)):
+            self.sfu.retire(obj, counts)
+
+    def describe(self) -> list[Metric]:
+        return []  # (collected only when scraped: no sample at registration)
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._hub()
+        lessons = list(hub.lessons.values()) if hub is not None else []
+        yield from self._lessons(lessons)
+        routers = [lesson.router for lesson in lessons if lesson.router is not None]
+        totals = self.sfu.observe(obj for router in routers for obj in router_objects(router))
+        yield from self._sfu(totals)
+        yield from self._classrooms(routers)
+        yield from self._recorder(lessons)
+        yield from self._library()
+
+    def _lessons(self, lessons: list[Any]) -> Iterator[Metric]:
+        live = GaugeMetricFamily("ketang_lessons_live", "Lessons with at least one participant on this process")
+        live.add_metric([], sum(1 for lesson in lessons if lesson.connections))
+        yield live
+        people = GaugeMetricFamily("ketang_participants", "Participants connected to this process, by role",
+                                   labels=["role"])
+        counts = dict.fromkeys(ROLES, 0)
+        for lesson in lessons:
+            for conn in list(lesson.connections.values()):
+                role = conn.role if conn.role in counts else "other"
+                counts[role] = counts.get(role, 0) + 1
+        for role, n in counts.items():
+            people.add_metric([role], n)
+        yield people
+
+    def _classrooms(self, routers: list[Any]) -> Iterator[Metric]:
+        rungs = GaugeMetricFamily("ketang_classrooms_by_rung", "Classrooms receiving media, by the audio-first "
+                                  "ladder's rung (video, courseware, audio; trial: trying the rung above)",
+                                  labels=["rung"])
+        layers = GaugeMetricFamily("ketang_classrooms_by_simulcast_layer", "Classrooms receiving a simulcast "
+                                   "camera, by the layer forwarded (0: the smallest; paused: no video now)",
+                                   labels=["layer"])
+        by_rung = dict.fromkeys((*LEVEL_NAMES, "trial"), 0)
+        by_layer: dict[str, int] = {}
+        estimates: list[float] = []
+        now = self._clock()
+        for router in routers:
+            for pid, sub in list(router.subscribers.items()):
+                if router.roles.get(pid) != "classroom":
+                    continue
+                rung = "audio" if not sub.video else (sub.ladder.state if sub.ladder is not None else "video")
+                by_rung[rung] = by_rung.get(rung, 0) + 1
+                remb = None
+                for consumer in sub.consumers():
+                    if consumer.kind != "video":
+                        continue
+                    if consumer.remb_bps is not None and consumer.remb_at is not None \
+                            and now - consumer.remb_at <= REMB_FRESH_S:
+                        remb = max(remb or 0, consumer.remb_bps)
+                    if getattr(consumer, "layers", None) and consumer.producer.owner_role == "teacher" \
+                            and consumer.producer.source == "camera":
+                        layer = "paused" if consumer.paused or consumer.current is None else str(consumer.current)
+                        by_layer[layer] = by_layer.get(layer, 0) + 1
+                if remb is not None:
+                    estimates.append(float(remb))
+        for rung, n in by_rung.items():
+            rungs.add_metric([rung], n)
+        for layer, n in sorted(by_layer.items()):
+            layers.add_metric([layer], n)
+        yield rungs
+        yield layers
+        yield from self._estimates(sorted(estimates))
+
+    def _estimates(self, values: list[float]) -> Iterator[Metric]:
+        hist = GaugeHistogramMetricFamily(
+            "ketang_classroom_downlink_estimate_bits_per_second",
+            "Classrooms' latest downlink estimates (REMB, fresh within REMB_FRESH_S), as a distribution now")
+        buckets = [(f"{bound:g}", float(bisect.bisect_right(values, bound))) for bound in REMB_BUCKETS]
+        buckets.append(("+Inf", float(len(values))))
+        hist.add_metric([], buckets, gsum_value=sum(values))
+        yield hist
+        quant = GaugeMetricFamily("ketang_classroom_downlink_estimate_quantile_bits_per_second",
+                                  "Quantiles of the classrooms' latest downlink estimates (NaN: no estimate)",
+                                  labels=["quantile"])
+        for q in REMB_QUANTILES:
+            quant.add_metric([f"{q:g}"], _quantile(values, q))
+        yield quant
+
+    def _sfu(self, totals: dict[Key, float]) -> Iterator[Metric]:
+        def family(name: str, doc: str, key: str, labels: list[str]) -> CounterMetricFamily:
+            metric = CounterMetricFamily(name, doc, labels=labels)
+            # every series from the first scrape on (at 0), so that rate() has a start
+            series = {values: 0.0 for values in (KIND_SOURCE if len(labels) == 2 else KINDS)}
+            for (k, values), value in totals.items():
+                if k == key:
+                    series[values] = value
+            for values, value in sorted(series.items()):
+                metric.add_metric(list(values), value)
+            return metric
+
+        src = ["kind", "source"]
+        yield family("ketang_sfu_received_packets", "RTP media packets received from publishers (teacher or "
+                     "classroom), duplicates and padding excluded", "packets_in", src)
+        yield family("ketang_sfu_received_bytes", "RTP payload bytes received from publishers", "bytes_in", src)
+        yield family("ketang_sfu_received_duplicate_packets", "Packets received again (retransmissions of what "
+                     "had arrived, probes)", "duplicates", src)
+        yield family("ketang_sfu_sent_packets", "RTP packets forwarded to subscribers (retransmissions excluded)",
+                     "packets_out", ["kind"])
+        yield family("ketang_sfu_sent_bytes", "RTP payload bytes forwarded to subscribers", "bytes_out", ["kind"])
+        yield family("ketang_sfu_nacks_received", "Sequence numbers subscribers asked again for (NACK)", "nacks",
+                     ["kind"])
+        yield family("ketang_sfu_retransmissions", "Retransmissions sent (as RTX when negotiated) answering NACKs",
+                     "retransmits", ["kind"])
+        yield family("ketang_sfu_nacks_unanswered", "NACKed packets no longer in the cache, or never sent",
+                     "nack_unanswered", ["kind"])
+        yield family("ketang_sfu_retransmission_cap_hits", "NACKed packets not resent because the subscriber's "
+                     "retransmission budget (count or bytes a second) was spent", "retransmit_capped", ["kind"])
+        yield family("ketang_sfu_keyframe_requests_received", "PLI/FIR received from subscribers",
+                     "keyframes_asked", ["kind"])
+        yield family("ketang_sfu_keyframe_requests_forwarded", "Keyframe requests (PLI) sent on to the publisher "
+                     "(after the throttle)", "keyframes_forwarded", ["kind"])
+        yield family("ketang_sfu_keyframe_requests_suppressed", "Keyframe requests held back by the throttle",
+                     "keyframes_suppressed", ["kind"])
+        guard = CounterMetricFamily("ketang_sfu_datagrams_dropped", "Datagrams the guard in front of DTLS/SRTP "
+                                    "dropped (unproven: from an address without ICE credentials)", labels=["reason"])
+        guard.add_metric(["unproven"], GUARD.dropped_unproven)
+        guard.add_metric(["malformed"], GUARD.dropped_malformed)
+        yield guard
+
+    def _recorder(self, lessons: list[Any]) -> Iterator[Metric]:
+        active = GaugeMetricFamily("ketang_recordings_active", "Lessons being recorded on this process")
+        active.add_metric([], sum(1 for lesson in lessons if getattr(lesson, "recorder", None) is not None
+                                  and not lesson.recorder.closed and lesson.recorder.failed is None))
+        yield active
+        written = CounterMetricFamily("ketang_recorder_written_bytes", "Media bytes written to recordings")
+        written.add_metric([], WRITTEN.bytes)
+        yield written
+        errors = CounterMetricFamily("ketang_recorder_write_errors", "Recording files stopped by a write error "
+                                     "(a full disk)")
+        errors.add_metric([], WRITTEN.errors)
+        yield errors
+
+    def _library(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("ketang_library_export_jobs", "MP4 export jobs known to this process, by state",
+                                 labels=["state"])
+        by_state = dict.fromkeys(("queued", "running", "done", "failed", "cancelled"), 0)
+        for job in list((self._exports() if self._exports else {}).values()):
+            by_state[job.state] = by_state.get(job.state, 0) + 1
+        for state, n in by_state.items():
+            jobs.add_metric([state], n)
+        yield jobs
+
+
+def make_registry(collector: ServerCollector) -> CollectorRegistry:
+    """One registry per app (tests run several servers in one process): the server's collector, the event
+    counters, and prometheus-client's process, platform and GC collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    for metric in (*EVENT_METRICS, collector, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(metric)
+    return registry
+
+
+_COLLECTORS: weakref.WeakSet[ServerCollector] = weakref.WeakSet()
+
+
+def router_leaving(router: Any) -> None:
+    """A lesson's router is about to leave its hub (the lesson ended, or its last participant left): the
+    collector of that hub takes its final counts now."""
+    if router is None:
+        return
+    for collector in list(_COLLECTORS):
+        collector.router_leaving(router)
+
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus (and Grafana Agent) version reads
+
+
+def generate_latest(registry: CollectorRegistry) -> bytes:
+    """The exposition text of a registry (prometheus-client's, named here so the app imports one module)."""
+    return _generate_latest(registry)
