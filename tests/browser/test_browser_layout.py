@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from ketang.lesson_cmd import create_lesson
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TEACHER_QUERY, open_page, wait_decoding
+from tests import chromium
+from tests.chromium import SCREENSHOTS, TEACHER_QUERY, open_page, wait_decoding
 from tests.support import TEST_SECRET, token
 
 pytestmark = pytest.mark.slow
@@ -248,8 +249,8 @@ async def wechat() -> AsyncIterator[object]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=[*CHROMIUM_ARGS, "--autoplay-policy=user-gesture-required"])
+        b = await pw.chromium.launch(executable_path=chromium.CHROMIUM, headless=True,
+                                     args=[*chromium.CHROMIUM_ARGS, "--autoplay-policy=user-gesture-required"])
         try:
             yield b
         finally:
