@@ -5,15 +5,16 @@
 // microphone go to the teacher (the microphone off until the classroom speaks), a raise-hand button with the
 // place in the queue, a classroom on stage seen and heard, and the lesson's chat. Protocol work is in
 // protocol.js.
-import { ClassroomSession, ProtocolError, fragmentParams, readClaims } from "./protocol.js";
-import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { ClassroomSession, fragmentParams, readClaims } from "./protocol.js";
+import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 import { byId } from "./dom.js";
-import { attach, syncAudio } from "./media.js";
+import { attach, capture, createdTracks, liveTrack, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
-const HAND_REFRESH_MS = 5000; // while the hand is up, ask for our place again (others' hands go down)
+const HAND_REFRESH_MS = 5000;
+const RETRY_S = 10; // a server that cannot be reached: enter again after this many seconds // while the hand is up, ask for our place again (others' hands go down)
 const params = new URLSearchParams(location.search);
 // the camera view the teacher sees: small (the server caps a classroom's uplink at ~150 kbit/s)
 const [CAMERA_W, CAMERA_H] = (params.get("video") || "320x180").split("x").map(Number);
@@ -36,6 +37,8 @@ let qualityTimer;
 /** @type {ReturnType<typeof setInterval> | null} */
 let handTimer = null;
 let layout = "none"; // what is on screen: none | camera | screen
+/** @type {ReturnType<typeof setInterval> | null} the countdown to the next try when the server cannot be reached */
+let retryTimer = null;
 
 window.ketang = {
   get session() { return session; },
@@ -43,6 +46,7 @@ window.ketang = {
   get sendPc() { return session && session.sendPc; },
   get layout() { return layout; },
   get stream() { return localStream; },
+  get tracks() { return createdTracks; }, // every camera and microphone track this page opened
 };
 
 /** @param {HTMLElement} el  @param {string} key  @param {Record<string, string | number>} [vars] */
@@ -64,10 +68,73 @@ function message(text) {
   $("message").hidden = !text;
 }
 
-/** @param {unknown} err */
-function errorText(err) {
-  if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
-  return t("error", { error: /** @type {Error} */ (err).message });
+/** The overlay over the lesson (it takes clicks, #message does not): a note of what happened, and either the
+ *  进入课堂 button or one action of its own (「在此处继续」); `note` "" and no action: the usual 进入课堂.
+ *  @param {string} note  @param {{key: string, run: () => void} | null} [action] */
+function overlay(note, action = null) {
+  const box = $("overlay");
+  const found = box.querySelector("p.overlay-note");
+  const p = found instanceof HTMLElement ? found : document.createElement("p");
+  if (!found) {
+    p.className = "overlay-note";
+    box.prepend(p);
+  }
+  p.textContent = note;
+  p.hidden = !note;
+  const hint = box.querySelector("p[data-i18n]");
+  if (hint instanceof HTMLElement) hint.hidden = Boolean(note);
+  box.querySelector("button.overlay-action")?.remove();
+  $("enter").hidden = Boolean(action);
+  if (action) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "primary big overlay-action";
+    b.dataset.i18n = action.key;
+    b.textContent = t(action.key);
+    b.addEventListener("click", action.run);
+    box.append(b);
+  }
+  box.hidden = false;
+}
+
+/** A live mark in the header whenever this classroom's camera or microphone is on: nobody is watched unknowingly. */
+function renderLive() {
+  const found = document.querySelector(".live-indicator");
+  const el = found instanceof HTMLElement ? found : document.createElement("span");
+  if (!found) {
+    el.className = "live-indicator";
+    el.setAttribute("role", "status");
+    $("quality").before(el);
+  }
+  const parts = [];
+  if (liveTrack("video", true)) parts.push(t("live.camera"));
+  if (liveTrack("audio", true)) parts.push(t("live.mic"));
+  el.textContent = parts.length ? `● ${parts.join(" · ")}` : "";
+  el.hidden = !parts.length;
+  el.dataset.camera = String(liveTrack("video", true));
+  el.dataset.microphone = String(liveTrack("audio", true));
+}
+
+/** The server cannot be reached: say so with a countdown, then enter again (or at once, with the button). */
+function retryLater() {
+  let left = RETRY_S;
+  const tick = () => {
+    if (left <= 0) {
+      stopRetry();
+      enter();
+      return;
+    }
+    overlay(t("error.unreachable", { seconds: left }));
+    left -= 1;
+  };
+  stopRetry();
+  tick();
+  retryTimer = setInterval(tick, 1000);
+}
+
+function stopRetry() {
+  if (retryTimer !== null) clearInterval(retryTimer);
+  retryTimer = null;
 }
 
 
@@ -134,6 +201,7 @@ function showGuests(guestMedia) {
 async function updateQuality() {
   if (!session || !session.pc || session.ended || session.removed) return;
   const q = await session.quality(lastQuality);
+  if (!session || session.ended || session.removed || session.closedByUs) return; // ended meanwhile: stays reset
   lastQuality = q;
   const el = $("quality");
   el.className = `quality ${q.level}`;
@@ -148,18 +216,24 @@ async function updateQuality() {
   $("quality-detail").textContent = detail;
 }
 
+/** Whether this page is in the lesson now: joined, and not ended, removed or replaced. */
+function isLive() {
+  return Boolean(session && session.me && !session.ended && !session.removed && !session.replaced);
+}
+
 // -- speaking: hand and microphone ---------------------------------------------------------------------------
 
 function renderSpeak() {
-  const live = Boolean(session && session.me && !session.ended && !session.removed);
-  const state = (session && session.state) || { hand: false, stage: false, muted: false };
+  const live = isLive();
+  // after the end (or a replaced page) nothing of the lesson's state holds any more: no hand, stage or mute
+  const state = (live && session && session.state) || { hand: false, stage: false, muted: false };
   const hand = $("hand", HTMLButtonElement);
   hand.disabled = !live || state.stage;
   label(hand, state.hand ? "classroom.handDown" : "classroom.hand");
   hand.classList.toggle("on", state.hand);
   const status = $("hand-status");
   if (state.stage) {
-    status.textContent = t("classroom.onStage");
+    status.textContent = t(state.muted ? "classroom.onStageMuted" : "classroom.onStage");
   } else if (session && state.hand) {
     status.textContent = session.handPosition
       ? t("classroom.handPosition", { position: session.handPosition }) : t("classroom.handUp");
@@ -175,12 +249,14 @@ function renderSpeak() {
   const mic = $("mic", HTMLButtonElement);
   const hasMic = Boolean(session && session.sending.get("microphone"));
   mic.disabled = !live || !hasMic || state.muted;
-  if (!hasMic) label(mic, "classroom.noMic");
+  if (!live && session) label(mic, "classroom.micClosed");
+  else if (!hasMic) label(mic, "classroom.noMic");
   else if (state.muted) label(mic, "classroom.micMuted");
   else label(mic, session?.microphoneOn ? "classroom.micOff" : "classroom.micOn");
   mic.classList.toggle("on", hasMic && Boolean(session?.microphoneOn) && !state.muted);
   mic.classList.toggle("muted", state.muted);
   document.body.classList.toggle("on-stage", state.stage);
+  renderLive();
 
   if (live && state.hand) {
     handTimer ??= setInterval(refreshHand, HAND_REFRESH_MS);
@@ -240,7 +316,7 @@ function renderChat() {
 }
 
 function renderChatMode() {
-  const live = Boolean(session && session.me && !session.ended && !session.removed);
+  const live = isLive();
   const open = !session || session.settings.chat_classrooms;
   $("chat-off").hidden = open;
   $("chat-input", HTMLInputElement).disabled = !live || !open;
@@ -266,14 +342,21 @@ async function openCamera() {
   const video = { width: { ideal: CAMERA_W }, height: { ideal: CAMERA_H }, frameRate: { ideal: CAMERA_FPS, max: CAMERA_FPS } };
   const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
   try {
-    localStream = await navigator.mediaDevices.getUserMedia({ video, audio });
+    localStream = await capture({ video, audio });
   } catch (err) {
-    try {
-      localStream = await navigator.mediaDevices.getUserMedia({ audio }); // no camera: still heard
-    } catch {
-      localStream = null;
+    localStream = null;
+    if (errorCode(err) !== "insecure") {
+      for (const constraints of [{ audio }, { video }]) { // no camera: still heard; no microphone: still seen
+        try {
+          localStream = await capture(constraints);
+          break;
+        } catch {
+          localStream = null;
+        }
+      }
     }
-    banner(t("classroom.noCamera", { error: /** @type {Error} */ (err).message }), "warn");
+    const code = localStream && !localStream.getAudioTracks().length ? "no_microphone" : errorCode(err);
+    banner(t("classroom.stillWatching", { error: errorText(code) }), "warn");
   }
   if (localStream) {
     for (const track of localStream.getVideoTracks()) track.contentHint = "motion";
@@ -281,19 +364,36 @@ async function openCamera() {
     $("self-video", HTMLVideoElement).play().catch(() => {});
   }
   $("self-box").hidden = !(localStream && localStream.getVideoTracks().length);
+  renderLive();
   return localStream;
 }
 
-/** @param {string} text */
+/** The lesson is over for this page (ended, removed, replaced): every camera and microphone track stops, and
+ *  nothing on screen claims otherwise (signal, 老师正在看, mute, hand).
+ *  @param {string} text */
 function stopped(text) {
   banner("");
   message(text);
   clearInterval(qualityTimer);
+  lastQuality = null;
+  $("quality").className = "quality none";
+  $("quality").title = "";
+  $("quality-text").textContent = t("quality.none");
+  $("quality-detail").textContent = "";
+  const box = $("self-box");
+  delete box.dataset.seen;
+  const caption = box.querySelector("figcaption");
+  if (caption) {
+    caption.dataset.i18n = "classroom.self";
+    caption.textContent = t("classroom.self");
+  }
   for (const id of ["main-video", "pip-video", "audio"]) $(id, HTMLMediaElement).srcObject = null;
   $("guests").replaceChildren();
   $("guest-audio").replaceChildren();
-  if (localStream) for (const track of localStream.getTracks()) track.stop();
+  stopAll();
+  localStream = null;
   $("self-video", HTMLVideoElement).srcObject = null;
+  box.hidden = true;
   $("audio-only", HTMLButtonElement).disabled = true;
   $("low-video", HTMLButtonElement).disabled = true;
   renderSpeak();
@@ -301,7 +401,10 @@ function stopped(text) {
 }
 
 async function enter() {
+  stopRetry();
+  overlay("");
   $("overlay").hidden = true;
+  message("");
   // audio plays only after this click (browsers' autoplay rule): the audio element is started here
   $("audio", HTMLAudioElement).play().catch(() => {});
   const stream = await openCamera();
@@ -362,27 +465,43 @@ async function enter() {
       renderSpeak();
       renderChatMode();
     } else if (state === "replaced") {
-      banner(t("classroom.replaced"), "warn");
+      // the same link opened elsewhere (close code 4001): this page lets go of everything; it may take it back
+      stopped("");
+      overlay(t("error.replaced"), { key: "resume", run: enter });
     } else if (state === "removed") {
       document.body.dataset.layout = "removed";
-      stopped(t("classroom.removed"));
+      stopped(errorText("removed"));
     }
   });
   current.on("ended", () => {
     document.body.dataset.layout = "ended";
     stopped(t("lesson.ended"));
+    banner(t("lesson.endedNext"));
   });
   try {
     await current.start(stream);
   } catch (err) {
-    if (err instanceof ProtocolError && err.code === "lesson_locked") {
-      banner("");
-      message(t("classroom.locked"));
-      $("overlay").hidden = false; // they may press 进入课堂 again once the teacher unlocks
-    } else {
-      banner(errorText(err), "warn");
-    }
+    // a failed join keeps no camera or microphone open
+    stopAll();
+    localStream = null;
+    $("self-video", HTMLVideoElement).srcObject = null;
+    $("self-box").hidden = true;
+    renderLive();
+    banner("");
     $("audio-only", HTMLButtonElement).disabled = true;
+    $("low-video", HTMLButtonElement).disabled = true;
+    const code = errorCode(err);
+    if (code === "lesson_locked") {
+      // readable on the overlay, above 进入课堂: they may press it again once the teacher unlocks
+      overlay(errorText(code));
+      $("message").textContent = errorText(code);
+      $("message").hidden = true;
+    } else if (code === "unreachable" || code === "unavailable") {
+      retryLater();
+    } else {
+      document.body.dataset.layout = "removed"; // the plain full-page note (a bad link cannot be retried)
+      message(errorText(err));
+    }
     return;
   }
   if (current.removed || current.ended) return;

@@ -25,10 +25,10 @@ const TEXT = {
     "teacher.ready": "未开始：请检查摄像头和麦克风，然后点击“开始上课”",
     "teacher.share": "共享屏幕（课件）",
     "teacher.stopShare": "停止共享",
-    "teacher.mute": "静音",
-    "teacher.unmute": "取消静音",
-    "teacher.cameraOff": "关闭摄像头",
-    "teacher.cameraOn": "打开摄像头",
+    "teacher.mute": "静音（我的麦克风）",
+    "teacher.unmute": "取消静音（我的麦克风）",
+    "teacher.cameraOff": "关闭我的摄像头",
+    "teacher.cameraOn": "打开我的摄像头",
     "teacher.end": "结束课程",
     "teacher.endConfirm": "再次点击确认结束",
     "teacher.link": "听讲教室链接（每个教室一个，复制后发给该教室）",
@@ -55,7 +55,6 @@ const TEXT = {
     "teacher.screenOn": "正在共享课件",
     "teacher.reconnecting": "网络中断，正在重新连接…（各教室稍后自动恢复）",
     "teacher.replaced": "本课程已在另一个窗口打开，本窗口已停止。",
-    "teacher.deviceError": "无法打开摄像头或麦克风：{error}",
     "teacher.shareError": "无法共享屏幕：{error}",
     "classroom.title": "听讲教室",
     "classroom.enter": "进入课堂",
@@ -65,7 +64,6 @@ const TEXT = {
     "classroom.connecting": "正在连接…",
     "classroom.reconnecting": "网络中断，正在重新连接…",
     "classroom.reconnected": "已重新连接",
-    "classroom.replaced": "此教室链接已在另一个窗口打开，本窗口已停止。",
     "classroom.fullscreen": "全屏",
     "classroom.audioOnly": "只听声音",
     "classroom.videoBack": "恢复视频",
@@ -104,8 +102,8 @@ const TEXT = {
     "teacher.noHands": "暂无举手",
     "teacher.handAt": "{time} 举手",
     "teacher.manage": "课堂管理",
-    "teacher.muteAll": "全部静音",
-    "teacher.unmuteAll": "全部取消静音",
+    "teacher.muteAll": "全部教室静音",
+    "teacher.unmuteAll": "全部教室取消静音",
     "teacher.lock": "锁定课堂",
     "teacher.unlock": "解除锁定",
     "teacher.locked": "课堂已锁定：新教室不能加入（断线的教室仍可回来）",
@@ -148,9 +146,6 @@ const TEXT = {
     "classroom.seen": "本教室画面（老师正在看）",
     "classroom.unseen": "本教室画面（老师暂未在看：暂停发送，节省网络）",
     "classroom.mutedByTeacher": "老师已将本教室静音",
-    "classroom.removed": "本教室已被老师移出课堂，不能再次进入。如有疑问，请联系主讲老师。",
-    "classroom.locked": "课堂已锁定，新教室暂时不能进入。请联系主讲老师解除锁定后再点击“进入课堂”。",
-    "classroom.noCamera": "无法打开摄像头或麦克风（{error}）：老师看不到、听不到本教室，本教室仍可收看。",
     "classroom.publishError": "老师暂时看不到本教室的画面：{error}",
     "error.stage_full": "台上已满，请先让一个教室下台",
     "error.not_found": "这个教室已不在课堂中",
@@ -161,7 +156,33 @@ const TEXT = {
     "error.removed": "已被移出课堂",
     "error.unavailable": "服务器暂时无法读取课堂状态，正在重试…",
     "lesson.ended": "课程已结束",
-    "error": "出错了：{error}",
+    "lesson.endedNext": "课程已结束，摄像头和麦克风已关闭。可以关闭本页；本课录像审核后可在资源库观看。",
+    "teacher.endedNext": "课程已结束，摄像头和麦克风已关闭。要再上课，请点击“开始上课”。",
+    "teacher.endConfirmText": "结束后所有教室停止收看，不能撤销。",
+    "teacher.endYes": "确认结束",
+    "confirm.cancel": "取消",
+    "tile.removeConfirmText": "移出“{name}”：它的链接不能再进入本节课。",
+    "classroom.onStageMuted": "你们正在台上，但老师已将本教室静音：暂时不能发言，等老师取消静音。",
+    "classroom.micClosed": "麦克风已关闭",
+    "live.camera": "摄像头开启中",
+    "live.mic": "麦克风开启中（老师能听到）",
+    "live.micOff": "麦克风已关闭",
+    "resume": "在此处继续",
+    "retryNow": "立即重试",
+    "error.link": "链接无效或已过期，请联系主讲老师重新发送。",
+    "error.locked": "课堂已锁定，新教室暂时不能进入。请联系主讲老师解除锁定后再点击“进入课堂”。",
+    "error.removedForGood": "本教室已被老师移出课堂，不能再次进入。如有疑问，请联系主讲老师。",
+    "error.replaced": "此链接已在另一个窗口或设备上打开，本窗口已停止（摄像头和麦克风已关闭）。要在这里继续，请点击“在此处继续”。",
+    "error.lesson_ended": "课程已结束。可以关闭本页；本课录像审核后可在资源库观看。",
+    "error.unreachable": "无法连接服务器：请检查网络。{seconds} 秒后自动重试……",
+    "error.unreachableNow": "无法连接服务器：请检查网络，正在重试……",
+    "error.cameraDenied": "摄像头或麦克风被浏览器拒绝：请点击地址栏左侧的锁形（或摄像头）图标，把“摄像头”和“麦克风”设为“允许”，然后刷新本页。在微信里打开的，请点右上角“…”选择“在浏览器中打开”。",
+    "error.cameraBusy": "摄像头或麦克风正被其他程序使用（另一个浏览器窗口、视频会议软件等）：请关闭它们，然后刷新本页。",
+    "error.noCamera": "没有找到摄像头或麦克风：请接好设备，然后刷新本页。",
+    "error.noMicrophone": "没有找到麦克风：老师和其他教室听不到本教室。请接好麦克风后刷新本页。",
+    "error.insecure": "摄像头和麦克风只能在 HTTPS 页面使用（地址以 https:// 开头，或在本机用 localhost 打开）。请改用 https:// 开头的链接打开本页；如果没有，请联系管理员为服务器配置 HTTPS。",
+    "error.generic": "出错了（代码：{code}）。请刷新页面重试；如果仍然不行，请联系主讲老师。",
+    "classroom.stillWatching": "{error}本教室仍可收看。",
     // the resource library's pages (client_web/library/)
     library: "资源库", search: "搜索", searchPlaceholder: "课题、教师、学校、章节……", all: "全部",
     stage: "学段", subject: "学科", grade: "年级", edition: "教材版本", volume: "册", unit: "单元",
@@ -171,7 +192,7 @@ const TEXT = {
     "state.recording": "录制中", "state.processing": "处理中", "state.awaiting_review": "待审核",
     "state.published": "已发布", "state.rejected": "未通过",
     download: "下载", downloadWebm: "下载 WebM 原始录像", downloadMp4: "下载 MP4", makeMp4: "生成 MP4",
-    exporting: "正在生成 MP4：{p}", exportFailed: "生成失败：{e}", edit: "编辑信息", save: "保存", saved: "已保存",
+    exporting: "正在生成 MP4：{p}", exportFailed: "生成 MP4 失败：请稍后再点“生成 MP4”；仍不行请联系管理员", edit: "编辑信息", save: "保存", saved: "已保存",
     review: "审核", publish: "通过并发布", reject: "退回修改", note: "审核意见", resubmit: "重新提交审核",
     reviewNote: "审核意见：{note}（{who}）", back: "返回资源库", notFound: "找不到这节课，或您无权查看。",
     signIn: "未登录：只显示已发布的课例。", minutes: "{m} 分钟",
@@ -199,10 +220,10 @@ const TEXT = {
     "teacher.ready": "Not started: check camera and microphone, then press “Start the lesson”",
     "teacher.share": "Share screen (courseware)",
     "teacher.stopShare": "Stop sharing",
-    "teacher.mute": "Mute",
-    "teacher.unmute": "Unmute",
-    "teacher.cameraOff": "Camera off",
-    "teacher.cameraOn": "Camera on",
+    "teacher.mute": "Mute (my microphone)",
+    "teacher.unmute": "Unmute (my microphone)",
+    "teacher.cameraOff": "Turn my camera off",
+    "teacher.cameraOn": "Turn my camera on",
     "teacher.end": "End the lesson",
     "teacher.endConfirm": "Press again to end",
     "teacher.link": "Classroom links (one per classroom: copy and send)",
@@ -229,7 +250,6 @@ const TEXT = {
     "teacher.screenOn": "Sharing courseware",
     "teacher.reconnecting": "Connection lost, reconnecting… (classrooms resume by themselves)",
     "teacher.replaced": "This lesson was opened in another window; this one has stopped.",
-    "teacher.deviceError": "Cannot open camera or microphone: {error}",
     "teacher.shareError": "Cannot share the screen: {error}",
     "classroom.title": "Classroom",
     "classroom.enter": "Enter the lesson",
@@ -239,7 +259,6 @@ const TEXT = {
     "classroom.connecting": "Connecting…",
     "classroom.reconnecting": "Connection lost, reconnecting…",
     "classroom.reconnected": "Reconnected",
-    "classroom.replaced": "This classroom link was opened in another window; this one has stopped.",
     "classroom.fullscreen": "Full screen",
     "classroom.audioOnly": "Audio only",
     "classroom.videoBack": "Video again",
@@ -278,8 +297,8 @@ const TEXT = {
     "teacher.noHands": "No raised hands",
     "teacher.handAt": "raised at {time}",
     "teacher.manage": "Moderation",
-    "teacher.muteAll": "Mute all",
-    "teacher.unmuteAll": "Unmute all",
+    "teacher.muteAll": "Mute all classrooms",
+    "teacher.unmuteAll": "Unmute all classrooms",
     "teacher.lock": "Lock the lesson",
     "teacher.unlock": "Unlock",
     "teacher.locked": "Locked: new classrooms cannot join (dropped ones can come back)",
@@ -322,9 +341,6 @@ const TEXT = {
     "classroom.seen": "This classroom (the teacher is watching)",
     "classroom.unseen": "This classroom (not on the teacher's screen: not sent, to save the network)",
     "classroom.mutedByTeacher": "The teacher has muted this classroom",
-    "classroom.removed": "The teacher removed this classroom from the lesson; it cannot join again. Ask the teacher if this is a mistake.",
-    "classroom.locked": "The lesson is locked: new classrooms cannot join now. Ask the teacher to unlock it, then press “Enter the lesson” again.",
-    "classroom.noCamera": "Cannot open the camera or microphone ({error}): the teacher cannot see or hear this classroom; you can still watch.",
     "classroom.publishError": "The teacher cannot see this classroom for now: {error}",
     "error.stage_full": "The stage is full: take a classroom off stage first",
     "error.not_found": "That classroom is no longer in the lesson",
@@ -335,7 +351,33 @@ const TEXT = {
     "error.removed": "Removed from the lesson",
     "error.unavailable": "The server cannot reach the lesson's state just now; trying again…",
     "lesson.ended": "The lesson has ended",
-    "error": "Something went wrong: {error}",
+    "lesson.endedNext": "The lesson has ended; the camera and microphone are off. You may close this page; the recording appears in the library once reviewed.",
+    "teacher.endedNext": "The lesson has ended; the camera and microphone are off. To teach again, press “Start the lesson”.",
+    "teacher.endConfirmText": "Every classroom stops watching; this cannot be undone.",
+    "teacher.endYes": "Yes, end it",
+    "confirm.cancel": "Cancel",
+    "tile.removeConfirmText": "Remove “{name}”: its link cannot join this lesson again.",
+    "classroom.onStageMuted": "You are on stage, but the teacher has muted this classroom: wait until the teacher unmutes it to speak.",
+    "classroom.micClosed": "Microphone off",
+    "live.camera": "Camera on",
+    "live.mic": "Microphone on (the teacher hears it)",
+    "live.micOff": "Microphone off",
+    "resume": "Continue here",
+    "retryNow": "Try again now",
+    "error.link": "This link is invalid or has expired. Ask the teacher to send it again.",
+    "error.locked": "The lesson is locked: new classrooms cannot join now. Ask the teacher to unlock it, then press “Enter the lesson” again.",
+    "error.removedForGood": "The teacher removed this classroom from the lesson; it cannot join again. Ask the teacher if this is a mistake.",
+    "error.replaced": "This link was opened in another window or device; this one has stopped (camera and microphone off). Press “Continue here” to continue in this window.",
+    "error.lesson_ended": "The lesson has ended. You may close this page; the recording appears in the library once reviewed.",
+    "error.unreachable": "Cannot reach the server: check the network. Trying again in {seconds} s…",
+    "error.unreachableNow": "Cannot reach the server: check the network. Trying again…",
+    "error.cameraDenied": "The browser blocked the camera or microphone: click the lock (or camera) icon left of the address bar, set Camera and Microphone to Allow, then reload this page. Inside WeChat, tap “…” and choose “Open in browser”.",
+    "error.cameraBusy": "Another program is using the camera or microphone (another browser window, a video-call app…): close it, then reload this page.",
+    "error.noCamera": "No camera or microphone found: connect one, then reload this page.",
+    "error.noMicrophone": "No microphone found: nobody hears this classroom. Connect one, then reload this page.",
+    "error.insecure": "The camera and microphone work only on HTTPS pages (an address starting with https://, or localhost on this computer). Open this page with an https:// link; if there is none, ask the administrator to set up HTTPS for the server.",
+    "error.generic": "Something went wrong (code: {code}). Reload the page; if it still fails, ask the teacher.",
+    "classroom.stillWatching": "{error} You can still watch.",
     // the resource library's pages (client_web/library/)
     library: "Resource library", search: "Search", searchPlaceholder: "Topic, teacher, school, chapter…", all: "All",
     stage: "Stage", subject: "Subject", grade: "Grade", edition: "Textbook edition", volume: "Volume", unit: "Unit",
@@ -345,7 +387,7 @@ const TEXT = {
     "state.recording": "Recording", "state.processing": "Processing", "state.awaiting_review": "Awaiting review",
     "state.published": "Published", "state.rejected": "Rejected",
     download: "Download", downloadWebm: "Download original WebM", downloadMp4: "Download MP4", makeMp4: "Make MP4",
-    exporting: "Making MP4: {p}", exportFailed: "Export failed: {e}", edit: "Edit details", save: "Save", saved: "Saved",
+    exporting: "Making MP4: {p}", exportFailed: "Making the MP4 failed: press “Make MP4” again later; if it still fails, ask the administrator", edit: "Edit details", save: "Save", saved: "Saved",
     review: "Review", publish: "Approve and publish", reject: "Send back", note: "Reviewer's note",
     resubmit: "Submit for review again", reviewNote: "Review note: {note} ({who})", back: "Back to the library",
     notFound: "This lesson does not exist, or you may not see it.", signIn: "Not signed in: published lessons only.",
@@ -403,4 +445,75 @@ export const otherLanguageLabel = lang === "en" ? "中文" : "English";
  *  @param {string | null | undefined} reason */
 export function incompleteText(reason) {
   return t(/disk (is|was) full/.test(reason || "") ? "incomplete.disk" : "incomplete.other");
+}
+
+// -- errors: every error a page shows goes through this one table ------------------------------------------------
+
+/** What the page says for each error code: the server's codes (docs/protocol.md, *Errors* and close codes), the
+ *  page's own (`replaced`, `unreachable`, the camera's). A code not listed gets `error.generic` with the code;
+ *  exception or server text never reaches the page. */
+const ERRORS = /** @type {Record<string, string>} */ ({
+  token_invalid: "error.link",
+  token_expired: "error.link",
+  token_wrong_lesson: "error.link",
+  token_missing: "token.missing",
+  lesson_locked: "error.locked",
+  removed: "error.removedForGood",
+  replaced: "error.replaced",
+  lesson_ended: "error.lesson_ended",
+  unreachable: "error.unreachableNow",
+  unavailable: "error.unavailable",
+  stage_full: "error.stage_full",
+  not_found: "error.not_found",
+  chat_off: "error.chat_off",
+  forbidden: "error.forbidden",
+  rate_limited: "error.rate_limited",
+  camera_denied: "error.cameraDenied",
+  camera_busy: "error.cameraBusy",
+  no_camera: "error.noCamera",
+  no_microphone: "error.noMicrophone",
+  insecure: "error.insecure",
+});
+
+/** The browser's names for getUserMedia's failures, as our codes. */
+const MEDIA_ERRORS = /** @type {Record<string, string>} */ ({
+  NotAllowedError: "camera_denied",
+  SecurityError: "camera_denied",
+  PermissionDeniedError: "camera_denied",
+  NotReadableError: "camera_busy",
+  TrackStartError: "camera_busy",
+  AbortError: "camera_busy",
+  NotFoundError: "no_camera",
+  DevicesNotFoundError: "no_camera",
+  OverconstrainedError: "no_camera",
+});
+
+/** The code of any error a page meets: a server refusal's or a page error's `code` (a string), a media error by
+ *  its name, a failed fetch as `unreachable`; anything else `client`.
+ *  @param {unknown} err  @returns {string} */
+export function errorCode(err) {
+  if (err && typeof err === "object") {
+    const { code, name } = /** @type {{code?: unknown, name?: unknown}} */ (err);
+    if (typeof code === "string" && code) return code;
+    if (typeof name === "string" && name in MEDIA_ERRORS) return MEDIA_ERRORS[name];
+    if (err instanceof TypeError && /fetch|network/i.test(err.message)) return "unreachable";
+  }
+  return "client";
+}
+
+/** What the page says for `err` (an error object or a code), in its language, with what to do next.
+ *  @param {unknown} err  @returns {string} */
+export function errorText(err) {
+  const code = typeof err === "string" ? err : errorCode(err);
+  const key = ERRORS[code] ?? (hasText(`error.${code}`) ? `error.${code}` : "error.generic");
+  return t(key, { code });
+}
+
+/** An error of the page itself (not a refusal of the server), with one of the codes above. */
+export class PageError extends Error {
+  /** @param {string} code */
+  constructor(code) {
+    super(code);
+    this.code = code;
+  }
 }

@@ -135,6 +135,16 @@ export class ProtocolError extends Error {
   }
 }
 
+/** The server could not be reached, or stopped answering: the websocket failed, closed or timed out (code
+ *  `unreachable`; not a refusal: ProtocolError is one). */
+export class ConnectionError extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.code = "unreachable";
+  }
+}
+
 // a lesson lives on one server process; a page sent from one to another follows at most this many times
 const MAX_HOPS = 2;
 
@@ -178,23 +188,23 @@ export class Signaling extends EventTarget {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       const timer = setTimeout(() => {
-        reject(new Error("websocket connect timed out"));
+        reject(new ConnectionError("websocket connect timed out"));
         ws.close();
       }, CONNECT_TIMEOUT_MS);
       ws.onopen = () => {
         clearTimeout(timer);
         resolve(this);
       };
-      ws.onerror = () => reject(new Error("websocket failed"));
+      ws.onerror = () => reject(new ConnectionError("websocket failed"));
       ws.onmessage = (e) => this._receive(e.data);
       ws.onclose = (e) => {
         for (const { reject: fail, timer } of this.pending.values()) {
           clearTimeout(timer);
-          fail(new Error("websocket closed"));
+          fail(new ConnectionError("websocket closed"));
         }
         this.pending.clear();
         clearTimeout(timer);
-        reject(new Error("websocket closed"));
+        reject(new ConnectionError("websocket closed"));
         this.dispatchEvent(new CustomEvent("close", { detail: { code: e.code, reason: e.reason } }));
       };
     });
@@ -218,7 +228,7 @@ export class Signaling extends EventTarget {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new Error(`no reply to ${message.type}`));
+        reject(new ConnectionError(`no reply to ${message.type}`));
       }, REQUEST_TIMEOUT_MS);
       this.pending.set(id, { resolve, reject, timer });
       this.send({ ...message, id });
@@ -455,6 +465,7 @@ class LessonSession extends EventTarget {
     this.lessonTracks = new Map();
     this.ended = false;
     this.removed = false;
+    this.replaced = false; // the same link joined elsewhere (close code 4001): this session stopped for good
     /** @type {string | undefined} the code of a join refused for good (`_refused`) */
     this.refusal = undefined;
     /** @type {RTCIceServer[]} TURN with this participant's credentials, from joined.ice_servers */
@@ -705,7 +716,7 @@ class LessonSession extends EventTarget {
   /** The current websocket; throws while there is none (between a drop and the next join).
    *  @returns {Signaling} */
   _signaling() {
-    if (!this.sig) throw new Error("not connected");
+    if (!this.sig) throw new ConnectionError("not connected");
     return this.sig;
   }
 
@@ -721,7 +732,7 @@ class LessonSession extends EventTarget {
    *  @param {{type: K, [field: string]: unknown}} message
    *  @returns {Promise<Replies[K]>} */
   async _request(message) {
-    if (!this.sig || !this.sig.open) throw new Error("not connected");
+    if (!this.sig || !this.sig.open) throw new ConnectionError("not connected");
     return this.sig.request(message);
   }
 
@@ -751,8 +762,9 @@ class LessonSession extends EventTarget {
   _onSignalClose(sig, e) {
     if (sig !== this.sig || this.closedByUs || this.ended) return;
     if (e.detail.code === CLOSE_REPLACED) {
+      this.replaced = true;
+      this.close(); // closed before the page hears of it: nothing of this session counts as live any more
       this.emit("status", { state: "replaced" });
-      this.close();
       return;
     }
     if (e.detail.code === CLOSE_REMOVED) {

@@ -3,16 +3,17 @@
 // their reception figures from the server (polled every 2 s); the interactive classroom: a wall of classroom
 // cameras (a page at a time: only the tiles on screen are sent), raised hands with a chime, stage, mute,
 // remove, lock, chat, attendance. Protocol work is in protocol.js.
-import { ProtocolError, TeacherSession, fragmentParams, readClaims } from "./protocol.js";
-import { applyText, hasText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
+import { TeacherSession, fragmentParams, readClaims } from "./protocol.js";
+import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
 import { byId } from "./dom.js";
-import { attach, syncAudio } from "./media.js";
+import { attach, capture, createdTracks, mediaAvailable, own, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
 const STATS_INTERVAL_MS = 2000;
 const ATTENDANCE_INTERVAL_MS = 5000;
 const END_CONFIRM_MS = 4000;
 const REMOVE_CONFIRM_MS = 4000;
+const RETRY_S = 10; // a server that cannot be reached: start again after this many seconds
 const params = new URLSearchParams(location.search);
 // ?wall=N: classroom tiles per wall page (default 16; tests use 2 to show paging with three classrooms)
 const WALL_PAGE_SIZE = Math.max(1, Math.min(64, Number(params.get("wall")) || 16));
@@ -60,6 +61,8 @@ let wallVisible = [];
 /** @type {AudioContext | null} */
 let audioContext = null;
 let chimes = 0;
+/** @type {ReturnType<typeof setInterval> | null} the countdown to the next start when the server cannot be reached */
+let retryTimer = null;
 
 // `pc` is what this page receives (the classrooms), as on the classroom page; `sendPc` what it publishes
 window.ketang = {
@@ -69,6 +72,7 @@ window.ketang = {
   get wallVisible() { return wallVisible; },
   get wallPage() { return wallPage; },
   get chimes() { return chimes; },
+  get tracks() { return createdTracks; }, // every camera, microphone and screen track this page opened
 };
 
 /** @param {HTMLElement} el  @param {string} key */
@@ -84,17 +88,14 @@ function status(text, cls = "") {
   el.className = `status ${cls}`;
 }
 
-/** @param {string} text */
-function notice(text) {
+/** The notice line; with `action`, one button after the text (「在此处继续」, 立即重试).
+ *  @param {string} text  @param {{key: string, run: () => void} | null} [action] */
+function notice(text, action = null) {
   $("notice").textContent = text;
+  if (action) {
+    $("notice").append(" ", button(action.key, action.run, "notice-action"));
+  }
   $("notice").hidden = !text;
-}
-
-/** A refusal from the server in words the teacher reads.
- *  @param {unknown} err */
-function errorText(err) {
-  if (err instanceof ProtocolError && hasText(`error.${err.code}`)) return t(`error.${err.code}`);
-  return t("error", { error: /** @type {Error} */ (err).message });
 }
 
 /** @param {string} key  @param {() => void} onClick  @param {string} [cls] */
@@ -350,14 +351,21 @@ async function toggleMute(id) {
 /** Remove needs a second press within a few seconds (a dialog is easy to dismiss by mistake, or to confirm).
  *  @param {string} id  @param {Tile} tile */
 async function removeClassroom(id, tile) {
+  const disarm = () => {
+    if (tile.removeArmed) clearTimeout(tile.removeArmed);
+    tile.removeArmed = null;
+    label(tile.remove, "tile.remove");
+    tile.remove.title = t("tile.removeTitle");
+    tile.el.querySelector("button.remove-cancel")?.remove();
+  };
   if (!tile.removeArmed) {
     label(tile.remove, "tile.removeConfirm");
-    tile.removeArmed = setTimeout(() => { tile.removeArmed = null; label(tile.remove, "tile.remove"); }, REMOVE_CONFIRM_MS);
+    tile.remove.title = t("tile.removeConfirmText", { name: tile.name.textContent || "" });
+    tile.removeArmed = setTimeout(disarm, REMOVE_CONFIRM_MS);
+    tile.remove.after(button("confirm.cancel", disarm, "remove-cancel"));
     return;
   }
-  clearTimeout(tile.removeArmed);
-  tile.removeArmed = null;
-  label(tile.remove, "tile.remove");
+  disarm();
   if (session && await act(session.remove(id))) notice("");
 }
 
@@ -507,7 +515,7 @@ function videoConstraints(deviceId) {
 
 /** @param {string} [cameraId]  @param {string} [microphoneId] */
 async function openDevices(cameraId, microphoneId) {
-  const next = await navigator.mediaDevices.getUserMedia({
+  const next = await capture({
     video: videoConstraints(cameraId),
     audio: microphoneId ? { deviceId: { exact: microphoneId } } : true,
   });
@@ -572,7 +580,7 @@ function fakeScreenTrack() {
     n += 1;
   };
   draw();
-  const track = canvas.captureStream(10).getVideoTracks()[0];
+  const track = own(canvas.captureStream(10).getVideoTracks()[0]);
   const timer = setInterval(draw, 100);
   track.addEventListener("ended", () => clearInterval(timer));
   const stop = track.stop.bind(track);
@@ -584,7 +592,8 @@ function fakeScreenTrack() {
 async function shareScreen(current) {
   const track = FAKE_SCREEN
     ? fakeScreenTrack()
-    : (await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 10 } }, audio: false })).getVideoTracks()[0];
+    : own((await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 10 } }, audio: false }))
+      .getVideoTracks()[0]);
   track.contentHint = "detail"; // slides: keep text sharp, drop frames rather than resolution
   $("screen-preview", HTMLVideoElement).srcObject = new MediaStream([track]);
   $("screen-box").hidden = false;
@@ -671,9 +680,79 @@ async function pollStats() {
   }
 }
 
+/** Let go of the camera, microphone and courseware (the lesson ended, the page was replaced, a start failed):
+ *  every track stops and the previews go blank; a new start opens the devices again. */
+function releaseDevices() {
+  stopAll();
+  stream = null;
+  $("preview", HTMLVideoElement).srcObject = null;
+  $("screen-preview", HTMLVideoElement).srcObject = null;
+  $("screen-box").hidden = true;
+  label($("share", HTMLButtonElement), "teacher.share");
+  micMuted = false;
+  cameraOff = false;
+  label($("mute"), "teacher.mute");
+  $("mute").classList.remove("on");
+  label($("camera-toggle"), "teacher.cameraOff");
+}
+
+/** The lesson is over for this page: timers stop, nothing live is claimed (the reception table's figures, the
+ *  quality dots, 正在上课), and 开始上课 may start it again.
+ *  @param {string} statusText  @param {string} cls */
+function stoppedLesson(statusText, cls) {
+  clearInterval(statsTimer);
+  clearInterval(attendanceTimer);
+  releaseDevices();
+  status(statusText, cls);
+  for (const id of INTERACTIVE_CONTROLS) control(id).disabled = true;
+  disarmEnd();
+  previousStats = null;
+  quality = {};
+  $("classrooms", HTMLTableElement).tBodies[0].replaceChildren();
+  $("classroom-count").textContent = "0";
+  $("no-classrooms").hidden = false;
+  renderWall();
+  label($("start", HTMLButtonElement), "teacher.start");
+  $("start", HTMLButtonElement).disabled = false;
+}
+
+/** The server cannot be reached: a countdown in the notice, then start again (or at once, with the button). */
+function retryLater() {
+  let left = RETRY_S;
+  const tick = () => {
+    if (left <= 0) {
+      stopRetry();
+      start();
+      return;
+    }
+    notice(t("error.unreachable", { seconds: left }), { key: "retryNow", run: start });
+    left -= 1;
+  };
+  stopRetry();
+  tick();
+  retryTimer = setInterval(tick, 1000);
+}
+
+function stopRetry() {
+  if (retryTimer !== null) clearInterval(retryTimer);
+  retryTimer = null;
+}
+
 async function start() {
+  stopRetry();
   $("start", HTMLButtonElement).disabled = true;
   label($("start", HTMLButtonElement), "teacher.starting");
+  if (!stream) { // released after an end, a replaced page or a failed start: open the devices again
+    try {
+      await openDevices($("camera", HTMLSelectElement).value || undefined,
+                        $("microphone", HTMLSelectElement).value || undefined);
+    } catch (err) {
+      notice(errorText(err));
+      label($("start", HTMLButtonElement), "teacher.start");
+      $("start", HTMLButtonElement).disabled = false;
+      return;
+    }
+  }
   // the chime's audio context starts inside this click (browsers let sound start only after one)
   try {
     audioContext ??= new AudioContext();
@@ -707,12 +786,9 @@ async function start() {
   current.on("chat", renderChat);
   current.on("chat-deleted", renderChat);
   current.on("ended", () => {
-    clearInterval(statsTimer);
-    clearInterval(attendanceTimer);
+    stoppedLesson(t("lesson.ended"), "ended");
     pollAttendance(); // the final figures stay on screen
-    status(t("lesson.ended"), "ended");
-    for (const id of INTERACTIVE_CONTROLS) control(id).disabled = true;
-    notice(t("lesson.ended"));
+    notice(t("teacher.endedNext"));
   });
   current.on("status", (e) => {
     if (e.detail.state === "reconnecting") {
@@ -722,8 +798,9 @@ async function start() {
       status(t("teacher.live"), "live");
       notice("");
     } else if (e.detail.state === "replaced") {
-      status(t("teacher.replaced"), "ended");
-      notice(t("teacher.replaced"));
+      // the same link opened elsewhere (close code 4001): let go of everything; 「在此处继续」 takes it back
+      stoppedLesson(t("teacher.replaced"), "ended");
+      notice(errorText("replaced"), { key: "resume", run: start });
     }
   });
   current.on("screen", (e) => {
@@ -734,12 +811,15 @@ async function start() {
     }
   });
   try {
-    if (!stream) throw new Error("no camera or microphone");
+    if (!stream) throw Object.assign(new Error("no camera or microphone"), { code: "no_camera" });
     await current.start(stream);
   } catch (err) {
-    notice(t("error", { error: /** @type {Error} */ (err).message }));
+    releaseDevices(); // a failed join keeps no camera or microphone open
     label($("start", HTMLButtonElement), "teacher.start");
     $("start", HTMLButtonElement).disabled = false;
+    $("record", HTMLInputElement).disabled = false;
+    if (errorCode(err) === "unreachable") retryLater();
+    else notice(errorText(err));
     return;
   }
   label($("start", HTMLButtonElement), "teacher.live");
@@ -751,6 +831,33 @@ async function start() {
   pollAttendance();
   renderAll();
   renderChat();
+}
+
+/** @type {ReturnType<typeof setTimeout> | null} while 结束课程 waits for its confirmation */
+let endArmed = null;
+
+/** Ask before ending: what it does, 确认结束 and 取消, built next to the button. */
+function armEnd() {
+  label($("end"), "teacher.endConfirm");
+  const box = document.createElement("span");
+  box.className = "end-confirm";
+  box.setAttribute("role", "alert");
+  const text = document.createElement("span");
+  text.textContent = t("teacher.endConfirmText");
+  const yes = button("teacher.endYes", () => {
+    disarmEnd();
+    session?.end();
+  }, "danger end-yes");
+  box.append(text, " ", yes, " ", button("confirm.cancel", disarmEnd, "end-cancel"));
+  $("end").after(box);
+  endArmed = setTimeout(disarmEnd, END_CONFIRM_MS);
+}
+
+function disarmEnd() {
+  if (endArmed) clearTimeout(endArmed);
+  endArmed = null;
+  label($("end"), "teacher.end");
+  document.querySelector(".end-confirm")?.remove();
 }
 
 const INTERACTIVE_CONTROLS = ["share", "mute", "camera-toggle", "end", "mute-all", "unmute-all", "lock", "chat-mode",
@@ -775,7 +882,7 @@ function setupControls() {
       notice("");
     } catch (err) {
       $("screen-box").hidden = true;
-      notice(t("teacher.shareError", { error: /** @type {Error} */ (err).message }));
+      notice(t("teacher.shareError", { error: errorText(err) }));
     } finally {
       $("share", HTMLButtonElement).disabled = Boolean(session?.ended);
     }
@@ -791,25 +898,21 @@ function setupControls() {
     applyMute();
     label($("camera-toggle"), cameraOff ? "teacher.cameraOn" : "teacher.cameraOff");
   });
-  // no confirm(): a second press within a few seconds ends the lesson (dialogs are easy to dismiss by mistake)
-  /** @type {ReturnType<typeof setTimeout> | null} */
-  let armed = null;
+  // no confirm(): an inline confirmation (确认结束 / 取消) next to the button, and a second press within a few
+  // seconds also ends the lesson (dialogs are easy to dismiss by mistake)
   $("end").addEventListener("click", () => {
-    if (!armed) {
-      label($("end"), "teacher.endConfirm");
-      armed = setTimeout(() => { armed = null; label($("end"), "teacher.end"); }, END_CONFIRM_MS);
+    if (!endArmed) {
+      armEnd();
       return;
     }
-    clearTimeout(armed);
-    armed = null;
-    label($("end"), "teacher.end");
+    disarmEnd();
     session?.end();
   });
   const change = async () => {
     try {
       await openDevices($("camera", HTMLSelectElement).value, $("microphone", HTMLSelectElement).value);
     } catch (err) {
-      notice(t("teacher.deviceError", { error: /** @type {Error} */ (err).message }));
+      notice(errorText(err));
     }
   };
   $("camera", HTMLSelectElement).addEventListener("change", change);
@@ -870,11 +973,15 @@ async function main() {
   renderLinks();
   setupControls();
   status(t("teacher.ready"));
+  if (!mediaAvailable()) { // http:// from another computer: the browser offers no camera at all
+    notice(errorText("insecure"));
+    return;
+  }
   try {
     await openDevices();
     await listDevices();
   } catch (err) {
-    notice(t("teacher.deviceError", { error: /** @type {Error} */ (err).message }));
+    notice(errorText(err));
     return;
   }
   $("start", HTMLButtonElement).disabled = false;

@@ -3,7 +3,7 @@
 // The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
 import { byId } from "../dom.js";
 import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
-import { applyText, incompleteText, t } from "../i18n.js";
+import { applyText, errorText, incompleteText, t } from "../i18n.js";
 
 const PER_PAGE = 24;
 const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
@@ -55,7 +55,7 @@ async function load() {
       el("span", {}, t("page", { p: page, n: pages })),
       el("button", { disabled: page >= pages, onclick: () => go({ page: page + 1 }) }, t("next")));
   } catch (err) {
-    status.replaceChildren(el("span", { class: "error" }, t("error", { error: /** @type {Error} */ (err).message })));
+    status.replaceChildren(el("span", { class: "error" }, errorText(err)));
   }
 }
 

@@ -3,7 +3,7 @@
 // download links, an edit form for its teacher and reviewers, and the publish/reject form for reviewers.
 import { byId } from "../dom.js";
 import { ApiError, api, el, formatDuration, formatSize, pageLink } from "./api.js";
-import { applyText, incompleteText, t } from "../i18n.js";
+import { applyText, errorText, incompleteText, t } from "../i18n.js";
 
 const EXPORT_POLL_MS = 1000;
 /** @typedef {import("./api.js").LibraryItem} LibraryItem */
@@ -25,7 +25,7 @@ const $ = byId;
 function showError(err) {
   $("error").hidden = false;
   $("error").textContent = err instanceof ApiError && err.status === 404
-    ? t("notFound") : t("error", { error: /** @type {Error} */ (err).message });
+    ? t("notFound") : errorText(err);
 }
 
 /** @param {LibraryItem} rec */
@@ -68,7 +68,7 @@ function renderDownloads(rec) {
     setTimeout(refresh, EXPORT_POLL_MS);
   } else if (rec.can.export) {
     if (job && job.state === "failed") {
-      links.push(" · ", el("span", { class: "error" }, t("exportFailed", { e: job.error ?? "" })));
+      links.push(" · ", el("span", { class: "error" }, t("exportFailed")));
     }
     links.push(" · ", el("button", { onclick: startExport }, t("makeMp4")));
   }
@@ -102,7 +102,7 @@ function renderEdit(rec) {
       const updated = /** @type {LibraryItem} */ (await api(`/api/library/${recId}`, { method: "PATCH", body }));
       status.textContent = t("saved");
       renderDetails(updated);
-    } catch (err) { status.textContent = t("error", { error: /** @type {Error} */ (err).message }); }
+    } catch (err) { status.textContent = errorText(err); }
   };
 }
 
@@ -131,7 +131,7 @@ function renderReview(rec) {
       await api(`/api/library/${recId}/review`, { method: "POST", body: { decision, note: fieldValue(form, "note") } });
       $("reviewstatus").textContent = t(`state.${decision === "publish" ? "published" : "rejected"}`);
       refresh();
-    } catch (err) { $("reviewstatus").textContent = t("error", { error: /** @type {Error} */ (err).message }); }
+    } catch (err) { $("reviewstatus").textContent = errorText(err); }
   };
 }
 

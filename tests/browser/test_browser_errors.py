@@ -1,0 +1,86 @@
+"""What a classroom is told when it cannot join, in real Chromium against a real server: a bad or expired link
+says so in Chinese (English with ?lang=en) with what to do, never the server's or an exception's text; a locked
+lesson's note is readable above 进入课堂 (visible, and the element at its centre is the note itself); a failed join
+leaves no camera or microphone open."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ketang.lesson_cmd import create_lesson
+from tests.chromium import browser, lesson, open_page  # noqa: F401  (fixture)
+from tests.support import TEST_SECRET, token
+
+pytestmark = pytest.mark.slow
+
+LINK_ZH = "链接无效或已过期，请联系主讲老师重新发送"
+LINK_EN = "invalid or has expired"
+# what must never reach a page: the server's own words, exception names, the old 「出错了：…」 form
+RAW = ("InvalidSignatureError", "token", "expired", "Error", "出错了：", "undefined")
+
+# whether the element's centre is the element itself (or inside it): not covered by another one
+UNCOVERED_JS = """(sel) => {
+  const el = document.querySelector(sel);
+  if (!el || el.hidden) return false;
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return false;
+  const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return top !== null && (top === el || el.contains(top));
+}"""
+
+
+async def refused_message(browser, url: str) -> str:  # noqa: F811
+    """Enter with `url` and return the message the page shows once the server refused the join."""
+    page = await open_page(browser, url)
+    try:
+        await page.click("#enter")
+        await page.wait_for_function("!document.getElementById('message').hidden", timeout=8000)
+        text = await page.text_content("#message") or ""
+        assert await page.is_visible("#message")
+        # the camera and microphone opened for the join are released when it fails
+        states = await page.evaluate("window.ketang.tracks.map(t => t.readyState)")
+        assert states and all(s == "ended" for s in states), states
+        assert not page.ketang_errors, page.ketang_errors
+        return text
+    finally:
+        await page.context.close()
+
+
+def tampered(tok: str) -> str:
+    """The same token with its signature changed (its claims still read fine in the page)."""
+    head, payload, sig = tok.split(".")
+    return f"{head}.{payload}.{('A' if sig[0] != 'A' else 'B') + sig[1:]}"
+
+
+async def test_an_expired_and_a_tampered_link_say_so_in_chinese_and_english(server, browser):  # noqa: F811
+    links = create_lesson(TEST_SECRET, "七年级数学", server.url, classroom_names=["第1小学"])
+    expired = token("classroom", links.lesson, name="第1小学", ttl_s=60, now=time.time() - 3600)
+    good = links.classrooms[0][1].split("#token=")[1]
+    for tok in (expired, tampered(good)):
+        zh = await refused_message(browser, f"{server.url}/classroom#token={tok}")
+        assert LINK_ZH in zh, zh
+        assert not any(raw in zh for raw in RAW), zh
+        en = await refused_message(browser, f"{server.url}/classroom?lang=en#token={tok}")
+        assert LINK_EN in en, en
+        assert not any(raw in en for raw in ("InvalidSignatureError", "出错了")), en
+
+
+async def test_a_locked_lessons_note_is_readable_above_the_enter_button(server, browser):  # noqa: F811
+    async with lesson(server, browser) as (teacher, [_room]):
+        lesson_id = await teacher.evaluate("window.ketang.session.claims.lesson")
+        await teacher.click("#lock")
+        await teacher.wait_for_function("!document.getElementById('settings-note').hidden", timeout=5000)
+        late = await open_page(browser, f"{server.url}/classroom#token={token('classroom', lesson_id, '第9小学')}")
+        try:
+            await late.click("#enter")
+            await late.wait_for_function(
+                "document.querySelector('#overlay .overlay-note')?.textContent.includes('课堂已锁定')", timeout=8000)
+            assert await late.evaluate(UNCOVERED_JS, "#overlay .overlay-note"), "the locked note is covered"
+            assert await late.evaluate(UNCOVERED_JS, "#enter"), "进入课堂 is covered"
+            states = await late.evaluate("window.ketang.tracks.map(t => t.readyState)")
+            assert states and all(s == "ended" for s in states), states
+            assert not late.ketang_errors, late.ketang_errors
+        finally:
+            await late.context.close()
