@@ -3,9 +3,6 @@ taps; and the SFU's modules import one another without a cycle."""
 
 from __future__ import annotations
 
-import grimp
-import pytest
-
 from recorder.record.depacketize import TrackDepacketizer
 from sfu.producer import Producer
 from sfu.sink import Sink, SubscriberStream
@@ -38,44 +35,3 @@ def test_a_producer_feeds_any_sink_and_only_a_subscriber_stream_is_one():
     assert not isinstance(tap, SubscriberStream)
     depacketizer = TrackDepacketizer(producer, lambda frame: None)
     assert not isinstance(depacketizer, SubscriberStream)  # the recorder's: no receiver reports, no gap to close
-
-
-def _cycles(package: str) -> list[list[str]]:
-    graph = grimp.build_graph(package)
-    modules = sorted(graph.modules)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph.find_modules_directly_imported_by(v):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for module in modules:
-        if module not in index:
-            visit(module)
-    return found
-
-
-@pytest.mark.parametrize("package", ["sfu"])
-def test_no_import_cycle_inside_the_sfu(package):
-    assert _cycles(package) == []
