@@ -75,6 +75,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ketang.audit_cmd import add_parser as add_audit_parser
     from ketang.lesson_cmd import add_parser as add_lesson_parser
     from recorder.library.cli import add_parser as add_library_parser
     from signaling.tokens import ROLES
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_token)
     add_lesson_parser(sub)
     add_library_parser(sub)
+    add_audit_parser(sub)
     return parser
 
 

@@ -20,12 +20,20 @@ from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
 from recorder.record.repair import repair_unfinished
 from signaling import metrics
+from signaling.audit import (
+    AUDITED_MESSAGES,
+    AuditLog,
+    actor_of,
+    audit_path,
+    message_detail,
+)
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.handlers import HANDLERS
 from signaling.hub import UNAVAILABLE_MESSAGE, Hub
 from signaling.messages import (
     MAX_MESSAGE_BYTES,
+    Message,
     ProtocolError,
     error_reply,
     parse_message,
@@ -45,6 +53,7 @@ HTTP_TIMEOUT_S = 15.0
 HTTP_LINGER_S = 10.0  # what is left of a body the handler did not read, at most this long
 CLOSE_JOIN_TIMEOUT = 4008  # a websocket that did not join within Config.join_timeout_s (docs/protocol.md)
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
 PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html"}
@@ -62,7 +71,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for frame in ws:
             if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                await _dispatch(hub, conn, frame.data)
+                await _dispatch(hub, conn, frame.data, request.app.get(AUDIT_KEY), request.remote)
             elif frame.type == WSMsgType.ERROR:
                 break
             if conn.closed:
@@ -91,18 +100,22 @@ async def _close_unjoined(conn: Connection, timeout_s: float) -> None:
     await conn.close(code=CLOSE_JOIN_TIMEOUT, reason=f"no join within {timeout_s:g} s")
 
 
-async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
+async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes, audit: AuditLog | None = None,
+                    address: str | None = None) -> None:
     """Validate and handle one message; every refusal becomes an error reply and the connection carries on."""
     if not conn.bucket.allow(time.monotonic()):
         conn.send(error_reply("rate_limited", "too many messages: slow down"))
         return
     ref = None
+    msg: Message | None = None
     try:
         msg = parse_message(raw)
         ref = msg.id
         reply = await HANDLERS[msg.type](hub, conn, msg)
     except ProtocolError as exc:
         conn.send(error_reply(exc.code, exc.message, exc.ref))
+        if audit is not None and msg is not None and msg.type in AUDITED_MESSAGES:
+            _audit(audit, conn, msg, address, exc.code)
         return
     except StoreUnavailable as exc:  # an outage, not a bug: the page tries again (logged once per outage)
         hub.store_failed(exc, "handling a client's message")
@@ -114,6 +127,15 @@ async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes) -> None:
         return
     if reply is not None:
         conn.send(reply)
+    if audit is not None and msg.type in AUDITED_MESSAGES:
+        _audit(audit, conn, msg, address, "ok" if msg.type != "join" or conn.claims is not None else "elsewhere")
+
+
+def _audit(audit: AuditLog, conn: Connection, msg: Message, address: str | None, outcome: str) -> None:
+    """One audit line for a message that joins, moderates or ends a lesson: who (the joined connection's claims;
+    nobody for a refused join), from where, and what it asked."""
+    audit.record(msg.type, actor=actor_of(conn.claims), address=address, outcome=outcome,
+                 lesson=conn.lesson_id or msg.fields.get("lesson"), **message_detail(msg.fields))
 
 
 def _lesson_staff(request: web.Request) -> web.Response | None:
@@ -266,6 +288,20 @@ def token_viewer(secret: str) -> Callable[[str], Viewer]:
     return authenticate
 
 
+def library_audit(audit: AuditLog) -> Callable[..., None]:
+    """How the library (a layer below) records its audited actions in this layer's audit log."""
+
+    def record(action: str, viewer: Viewer | None, address: str | None, outcome: str, **detail: object) -> None:
+        actor = actor_of(viewer) if viewer is not None else None
+        audit.record(action, actor=actor, address=address, outcome=outcome, lesson=None, **detail)
+
+    return record
+
+
+async def _close(audit: AuditLog) -> None:
+    audit.close()
+
+
 def make_app(config: Config) -> web.Application:
     policy = content_security_policy(inline_script_hashes(CLIENT_WEB_DIR, CLIENT_WEB_DIR / "library"),
                                      other_nodes=bool(config.redis_url))
@@ -281,7 +317,10 @@ def make_app(config: Config) -> web.Application:
         app.router.add_get(path, _page(filename))
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
     library = Library(config.data_dir)
-    library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret))
+    audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
+    app.on_cleanup.append(lambda _app: _close(audit))
+    library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
+                                        audit=library_audit(audit))
     # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
     collector = metrics.ServerCollector(lambda: app.get(HUB_KEY), lambda: library_routes.jobs)
     registry = metrics.make_registry(collector)

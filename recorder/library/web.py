@@ -110,6 +110,8 @@ def flag_param(query: Any, name: str) -> bool:
 
 # a bearer token -> who holds it; raises LibraryError("unauthorized", ...) for a bad one (signaling.app makes it)
 Authenticate = Callable[[str], Viewer]
+# records an audited action: (action, viewer or None, client address, outcome, details); signaling.app makes it
+LibraryAudit = Callable[..., None]
 
 
 def _error(exc: LibraryError) -> web.Response:
@@ -119,9 +121,10 @@ def _error(exc: LibraryError) -> web.Response:
 
 class LibraryRoutes:
     def __init__(self, library: Library, secret: str, authenticate: Authenticate, *,
-                 export_on_publish: bool = True) -> None:
+                 export_on_publish: bool = True, audit: LibraryAudit | None = None) -> None:
         self.library = library
         self._authenticate = authenticate
+        self._audit = audit
         self.export_on_publish = export_on_publish
         self._secret = secret
         # a key of its own: a file-URL signature can never be replayed as (part of) a token
@@ -138,7 +141,17 @@ class LibraryRoutes:
             return Viewer.anonymous()
         if not auth.startswith("Bearer "):
             raise LibraryError("unauthorized", "Authorization must be 'Bearer <token>'")
-        return self._authenticate(auth.removeprefix("Bearer ").strip())
+        try:
+            return self._authenticate(auth.removeprefix("Bearer ").strip())
+        except LibraryError as exc:
+            self.record("library_token", request, None, exc.code, path=request.path)
+            raise
+
+    def record(self, action: str, request: web.Request, viewer: Viewer | None, outcome: str = "ok",
+               **detail: Any) -> None:
+        """An audited action (a review, an edit, an export, a refused token) with who and from where."""
+        if self._audit is not None:
+            self._audit(action, viewer, request.remote, outcome, **detail)
 
     def sign(self, rec_id: str, exp: int) -> str:
         mac = hmac.new(self._file_key, f"{rec_id}:{exp}".encode(), hashlib.sha256).digest()
@@ -228,6 +241,7 @@ class LibraryRoutes:
         viewer = self.viewer(request)
         body = await self._json_body(request)
         rec = await asyncio.to_thread(self.library.update_metadata, request.match_info["id"], body, viewer)
+        self.record("library_edit", request, viewer, recording=rec.id, fields=sorted(body)[:20])
         return web.json_response(self.view(rec, viewer))
 
     async def review(self, request: web.Request) -> web.Response:
@@ -237,6 +251,7 @@ class LibraryRoutes:
         if not isinstance(decision, str) or not isinstance(note, str):
             raise LibraryError("bad_request", "expected {decision: publish|reject, note: string}")
         rec = await asyncio.to_thread(self.library.review, request.match_info["id"], decision, note, viewer)
+        self.record("library_review", request, viewer, recording=rec.id, decision=decision, state=rec.state)
         if rec.state == PUBLISHED and self.export_on_publish and not rec.mp4:
             self.start_export(rec)  # what schools most want is the MP4: have it ready
         return web.json_response(self.view(rec, viewer))
@@ -244,6 +259,7 @@ class LibraryRoutes:
     async def resubmit(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
         rec = await asyncio.to_thread(self.library.resubmit, request.match_info["id"], viewer)
+        self.record("library_resubmit", request, viewer, recording=rec.id)
         return web.json_response(self.view(rec, viewer))
 
     async def export_start(self, request: web.Request) -> web.Response:
@@ -259,6 +275,7 @@ class LibraryRoutes:
         if rec.mp4 and not force and self.library.path_of(rec.mp4).is_file():
             return web.json_response({"rec_id": rec.id, "state": "done", "progress": 1.0, "error": None})
         job = self.start_export(rec)
+        self.record("library_export", request, viewer, recording=rec.id, force=force)
         return web.json_response(job.to_dict(), status=202)
 
     async def export_status(self, request: web.Request) -> web.Response:
@@ -409,9 +426,9 @@ def _shared_module(path: Path) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 
 def add_routes(app: web.Application, library: Library, secret: str, authenticate: Authenticate, *,
-               export_on_publish: bool = True) -> LibraryRoutes:
+               export_on_publish: bool = True, audit: LibraryAudit | None = None) -> LibraryRoutes:
     """Mount the library's API, files and pages on ``app``; returns the routes object (its export jobs)."""
-    routes = LibraryRoutes(library, secret, authenticate, export_on_publish=export_on_publish)
+    routes = LibraryRoutes(library, secret, authenticate, export_on_publish=export_on_publish, audit=audit)
     r = app.router
     r.add_get("/api/library", _errors(routes.search))
     r.add_get("/api/library/{id}", _errors(routes.show))
