@@ -22,7 +22,7 @@ from signaling.config import (
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sfu.seams import SeamError, set_media_addresses
+    from sfu.seams import MediaPorts, SeamError, set_media_addresses, set_media_ports
     from sfu.seams import install as install_seams
     from signaling.app import run_server, tls_context
     from signaling.tokens import load_or_create_secret
@@ -35,6 +35,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
     set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
+    ports = args.media_ports or os.environ.get("KETANG_MEDIA_PORTS", "")
+    try:
+        set_media_ports(MediaPorts.parse(ports) if ports else None)
+    except ValueError as exc:
+        print(f"ketang: {exc}", file=sys.stderr)
+        return 2
     data_dir = Config.data_dir_from(args.data_dir)
     try:
         tls_cert, tls_key = Config.tls_from(args.tls_cert, args.tls_key)
@@ -103,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-addresses", default=None,
                        help="comma-separated local IP addresses the media (ICE host candidates) uses (or "
                             "KETANG_MEDIA_ADDRESSES; default: every interface address but 127.0.0.1)")
+    serve.add_argument("--media-ports", default=None, metavar="FIRST-LAST",
+                       help="UDP ports the media binds, e.g. 40000-49999: one rule in the firewall (or "
+                            "KETANG_MEDIA_PORTS; default: any port the system gives)")
     serve.add_argument("--turn-urls", default=None,
                        help="comma-separated TURN URLs handed to the browsers with per-participant credentials "
                             "(or KETANG_TURN_URLS; needs KETANG_TURN_SECRET)")

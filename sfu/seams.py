@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import queue
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
 # set in aioice's ICE module (the Connection, its check list and candidate pairs) and in pylibsrtp.Session
 _ICE_ATTRIBUTES = ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id")
 _SRTP_ATTRIBUTES = ("self._srtp", "self._cdata", "self._buffer")
+# how aioice binds a host candidate's socket, which set_media_ports() relies on
+_ICE_SOURCE_SNIPPETS = ("loop = asyncio.get_running_loop()", "local_addr=(address, 0)")
 
 
 def checked_private_names() -> set[str]:
@@ -118,6 +120,9 @@ def check_seams() -> None:
     for attr in _ICE_ATTRIBUTES:
         if attr not in ice_source:
             problems.append(f"aioice's ICE module no longer sets {attr}")
+    for snippet in _ICE_SOURCE_SNIPPETS:
+        if snippet not in ice_source:
+            problems.append(f"aioice's ICE module no longer has {snippet!r} (the media port range)")
     session_source = _module_source(pylibsrtp.Session)
     for attr in _SRTP_ATTRIBUTES:
         if attr not in session_source:
@@ -311,6 +316,80 @@ def set_media_addresses(addresses: list[str]) -> None:
         return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
 
     aioice_ice.get_host_addresses = host_addresses
+
+
+class MediaPorts:
+    """The UDP ports media sockets bind to: a fixed range a firewall rule can name (`--media-ports 40000-49999`),
+    handed out round the range, a port in use skipped. None: the system's ephemeral ports."""
+
+    def __init__(self, first: int, last: int) -> None:
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError(f"media ports {first}-{last}: give a range within 1024-65535, first <= last")
+        self.first, self.last = first, last
+        self._next = first
+
+    @classmethod
+    def parse(cls, text: str) -> MediaPorts:
+        first, sep, last = text.strip().partition("-")
+        try:
+            return cls(int(first), int(last if sep else first))
+        except ValueError as exc:
+            raise ValueError(f"media ports {text!r}: give a range such as 40000-49999 ({exc})") from None
+
+    def candidates(self) -> Iterator[int]:
+        """Every port of the range once, starting after the last one handed out."""
+        size = self.last - self.first + 1
+        start = self._next
+        for i in range(size):
+            port = self.first + (start - self.first + i) % size
+            self._next = self.first + (port - self.first + 1) % size
+            yield port
+
+
+MEDIA_PORTS: MediaPorts | None = None
+
+
+class _RangedLoop:
+    """The running loop as aioice's host-candidate gathering sees it: a datagram endpoint asked for port 0 gets a
+    port of MEDIA_PORTS instead (the seam: aioice.ice calls `asyncio.get_running_loop().create_datagram_endpoint(
+    ..., local_addr=(address, 0))`); everything else is the loop itself."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Any, local_addr: tuple[str, int] | None = None,
+                                       **kwargs: Any) -> Any:
+        ports = MEDIA_PORTS
+        if ports is None or local_addr is None or local_addr[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, local_addr=local_addr, **kwargs)
+        error: OSError | None = None
+        for port in ports.candidates():
+            try:
+                return await self._loop.create_datagram_endpoint(factory, local_addr=(local_addr[0], port), **kwargs)
+            except OSError as exc:  # in use (another peer connection, another process): the next one
+                error = exc
+        raise OSError(f"no free UDP port in the media range {ports.first}-{ports.last} on {local_addr[0]}") from error
+
+
+class _RangedAsyncio:
+    """`asyncio` as aioice.ice sees it, with get_running_loop() giving the ranged loop."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def get_running_loop() -> Any:
+        return _RangedLoop(asyncio.get_running_loop())
+
+
+def set_media_ports(ports: MediaPorts | None) -> None:
+    """Bind every ICE host socket within `ports` (None: any port, aioice's own behaviour)."""
+    global MEDIA_PORTS
+    MEDIA_PORTS = ports
+    aioice_ice.asyncio = _RangedAsyncio() if ports is not None else asyncio  # type: ignore[attr-defined]
 
 
 # -- the accessors: the rest of the project reaches aiortc's private state only through these -------------------
