@@ -180,7 +180,8 @@ const TEXT = {
     "error.cameraBusy": "摄像头或麦克风正被其他程序使用（另一个浏览器窗口、视频会议软件等）：请关闭它们，然后刷新本页。",
     "error.noCamera": "没有找到摄像头或麦克风：请接好设备，然后刷新本页。",
     "error.noMicrophone": "没有找到麦克风：老师和其他教室听不到本教室。请接好麦克风后刷新本页。",
-    "error.insecure": "摄像头和麦克风只能在 HTTPS 页面使用（地址以 https:// 开头，或在本机用 localhost 打开）。请改用 https:// 开头的链接打开本页；如果没有，请联系管理员为服务器配置 HTTPS。",
+    "error.insecure": "摄像头和麦克风只能在 HTTPS 页面使用（地址以 https:// 开头，或在本机用 localhost 打开）。"
+      + "请改用 https:// 开头的链接打开本页；如果没有，请联系管理员为服务器配置 HTTPS。",
     "error.generic": "出错了（代码：{code}）。请刷新页面重试；如果仍然不行，请联系主讲老师。",
     "classroom.stillWatching": "{error}本教室仍可收看。",
     // the resource library's pages (client_web/library/)
@@ -192,7 +193,7 @@ const TEXT = {
     "state.recording": "录制中", "state.processing": "处理中", "state.awaiting_review": "待审核",
     "state.published": "已发布", "state.rejected": "未通过",
     download: "下载", downloadWebm: "下载 WebM 原始录像", downloadMp4: "下载 MP4", makeMp4: "生成 MP4",
-    exporting: "正在生成 MP4：{p}", exportFailed: "生成 MP4 失败：请稍后再点“生成 MP4”；仍不行请联系管理员", edit: "编辑信息", save: "保存", saved: "已保存",
+    exporting: "正在生成 MP4：{p}", exportFailed: "生成 MP4 失败：请稍后重试", edit: "编辑信息", save: "保存", saved: "已保存",
     review: "审核", publish: "通过并发布", reject: "退回修改", note: "审核意见", resubmit: "重新提交审核",
     reviewNote: "审核意见：{note}（{who}）", back: "返回资源库", notFound: "找不到这节课，或您无权查看。",
     signIn: "未登录：只显示已发布的课例。", minutes: "{m} 分钟",
@@ -351,13 +352,18 @@ const TEXT = {
     "error.removed": "Removed from the lesson",
     "error.unavailable": "The server cannot reach the lesson's state just now; trying again…",
     "lesson.ended": "The lesson has ended",
-    "lesson.endedNext": "The lesson has ended; the camera and microphone are off. You may close this page; the recording appears in the library once reviewed.",
-    "teacher.endedNext": "The lesson has ended; the camera and microphone are off. To teach again, press “Start the lesson”.",
+    "lesson.endedNext":
+      "The lesson has ended; the camera and microphone are off. You may close this page; the recording "
+      + "appears in the library once reviewed.",
+    "teacher.endedNext":
+      "The lesson has ended; the camera and microphone are off. To teach again, press “Start the lesson”.",
     "teacher.endConfirmText": "Every classroom stops watching; this cannot be undone.",
     "teacher.endYes": "Yes, end it",
     "confirm.cancel": "Cancel",
     "tile.removeConfirmText": "Remove “{name}”: its link cannot join this lesson again.",
-    "classroom.onStageMuted": "You are on stage, but the teacher has muted this classroom: wait until the teacher unmutes it to speak.",
+    "classroom.onStageMuted":
+      "You are on stage, but the teacher has muted this classroom: wait until the teacher unmutes it to "
+      + "speak.",
     "classroom.micClosed": "Microphone off",
     "live.camera": "Camera on",
     "live.mic": "Microphone on (the teacher hears it)",
@@ -365,17 +371,32 @@ const TEXT = {
     "resume": "Continue here",
     "retryNow": "Try again now",
     "error.link": "This link is invalid or has expired. Ask the teacher to send it again.",
-    "error.locked": "The lesson is locked: new classrooms cannot join now. Ask the teacher to unlock it, then press “Enter the lesson” again.",
-    "error.removedForGood": "The teacher removed this classroom from the lesson; it cannot join again. Ask the teacher if this is a mistake.",
-    "error.replaced": "This link was opened in another window or device; this one has stopped (camera and microphone off). Press “Continue here” to continue in this window.",
-    "error.lesson_ended": "The lesson has ended. You may close this page; the recording appears in the library once reviewed.",
+    "error.locked":
+      "The lesson is locked: new classrooms cannot join now. Ask the teacher to unlock it, then press "
+      + "“Enter the lesson” again.",
+    "error.removedForGood":
+      "The teacher removed this classroom from the lesson; it cannot join again. Ask the teacher if this "
+      + "is a mistake.",
+    "error.replaced":
+      "This link was opened in another window or device; this one has stopped (camera and microphone off). "
+      + "Press “Continue here” to continue in this window.",
+    "error.lesson_ended":
+      "The lesson has ended. You may close this page; the recording appears in the library once reviewed.",
     "error.unreachable": "Cannot reach the server: check the network. Trying again in {seconds} s…",
     "error.unreachableNow": "Cannot reach the server: check the network. Trying again…",
-    "error.cameraDenied": "The browser blocked the camera or microphone: click the lock (or camera) icon left of the address bar, set Camera and Microphone to Allow, then reload this page. Inside WeChat, tap “…” and choose “Open in browser”.",
-    "error.cameraBusy": "Another program is using the camera or microphone (another browser window, a video-call app…): close it, then reload this page.",
+    "error.cameraDenied":
+      "The browser blocked the camera or microphone: click the lock (or camera) icon left of the address "
+      + "bar, set Camera and Microphone to Allow, then reload this page. Inside WeChat, tap “…” and choose "
+      + "“Open in browser”.",
+    "error.cameraBusy":
+      "Another program is using the camera or microphone (another browser window, a video-call app…): "
+      + "close it, then reload this page.",
     "error.noCamera": "No camera or microphone found: connect one, then reload this page.",
     "error.noMicrophone": "No microphone found: nobody hears this classroom. Connect one, then reload this page.",
-    "error.insecure": "The camera and microphone work only on HTTPS pages (an address starting with https://, or localhost on this computer). Open this page with an https:// link; if there is none, ask the administrator to set up HTTPS for the server.",
+    "error.insecure":
+      "The camera and microphone work only on HTTPS pages (an address starting with https://, or localhost "
+      + "on this computer). Open this page with an https:// link; if there is none, ask the administrator to "
+      + "set up HTTPS for the server.",
     "error.generic": "Something went wrong (code: {code}). Reload the page; if it still fails, ask the teacher.",
     "classroom.stillWatching": "{error} You can still watch.",
     // the resource library's pages (client_web/library/)
@@ -387,7 +408,7 @@ const TEXT = {
     "state.recording": "Recording", "state.processing": "Processing", "state.awaiting_review": "Awaiting review",
     "state.published": "Published", "state.rejected": "Rejected",
     download: "Download", downloadWebm: "Download original WebM", downloadMp4: "Download MP4", makeMp4: "Make MP4",
-    exporting: "Making MP4: {p}", exportFailed: "Making the MP4 failed: press “Make MP4” again later; if it still fails, ask the administrator", edit: "Edit details", save: "Save", saved: "Saved",
+    exporting: "Making MP4: {p}", exportFailed: "Making the MP4 failed: try again later", edit: "Edit details", save: "Save", saved: "Saved",
     review: "Review", publish: "Approve and publish", reject: "Send back", note: "Reviewer's note",
     resubmit: "Submit for review again", reviewNote: "Review note: {note} ({who})", back: "Back to the library",
     notFound: "This lesson does not exist, or you may not see it.", signIn: "Not signed in: published lessons only.",
