@@ -18,6 +18,8 @@ if [ "${1:-}" = "test" ]; then
   dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need_apt+=(fonts-wqy-microhei)
   # the TURN-over-TCP test starts a throwaway coturn (the server itself needs no TURN)
   command -v turnserver >/dev/null || need_apt+=(coturn)
+  # the reverse-proxy test runs a throwaway nginx (TLS in front of ketang, docs/deploy.md)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
   # the browser code is type-checked by the TypeScript that package.json pins (npm ci below)
   command -v node >/dev/null || need_apt+=(nodejs)
   command -v npm >/dev/null || need_apt+=(npm)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -20,7 +22,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from loadtest.wsclient import WsClient
 from signaling.config import Config
-from tests.support import TEST_SECRET, Server, token
+from tests.support import TEST_SECRET, Server, free_port, token
 from tests.tlscerts import TEST_HOST, TlsFiles, make_certs, other_key
 
 START_TIMEOUT_S = 20.0
@@ -174,3 +176,82 @@ def test_an_unreadable_key_stops_the_start_with_one_clear_line(tmp_path: Path, c
     key.chmod(0)
     out = _serve(tmp_path, "--tls-cert", str(certs.cert), "--tls-key", str(key))
     assert out.returncode == 2 and "is not readable" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- nginx in front (docs/deploy.md): the site configuration from the docs, run for real ---------------------
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+DEPLOY_DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+
+
+def nginx_site_from_docs(https_port: int, http_port: int, upstream_port: int, certs: TlsFiles) -> str:
+    """The nginx site of docs/deploy.md with this test's ports, name and certificate: what the docs tell a county
+    to write is what is tested."""
+    site = re.search(r"```nginx\n(.*?)```", DEPLOY_DOC.read_text(), re.S).group(1)
+    replacements = {"listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
+                    "listen 80;": f"listen 127.0.0.1:{http_port};",
+                    "server_name ketang.county.cn;": f"server_name {TEST_HOST};",
+                    "/etc/ketang/tls/fullchain.pem": str(certs.cert),
+                    "/etc/ketang/tls/privkey.pem": str(certs.key),
+                    "proxy_pass http://127.0.0.1:8080;": f"proxy_pass http://127.0.0.1:{upstream_port};"}
+    for old, new in replacements.items():
+        assert site.count(old) >= 1, f"docs/deploy.md's nginx site no longer has {old!r}"
+        site = site.replace(old, new)
+    return site
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory, certs: TlsFiles, server: Server) -> Iterator[tuple[int, int]]:
+    """A throwaway nginx on free ports, TLS in front of the plain-http `server` (scripts/bootstrap.sh installs
+    nginx); yields its https and http ports."""
+    if not Path(NGINX).exists():
+        pytest.fail("nginx is missing: `bash scripts/bootstrap.sh test` installs it (Debian's nginx)")
+    tmp = tmp_path_factory.mktemp("nginx")
+    https_port, http_port = free_port(), free_port()
+    temp_paths = "\n".join(f"{name}_temp_path {tmp}/{name};" for name in
+                           ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp / "nginx.conf").write_text(
+        f"{'user root;' if os.geteuid() == 0 else ''}\nworker_processes 1;\npid {tmp}/nginx.pid;\n"
+        f"error_log {tmp}/error.log;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\naccess_log {tmp}/access.log;\n{temp_paths}\n"
+        f"{nginx_site_from_docs(https_port, http_port, server.port, certs)}\n}}\n")
+    proc = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"nginx exited: {proc.stdout.read().decode()} {(tmp / 'error.log').read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", https_port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail("nginx did not listen")
+            time.sleep(0.05)
+        yield https_port, http_port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_through_nginx_https_pages_and_a_wss_join_reach_ketang(nginx: tuple[int, int],
+                                                                     certs: TlsFiles) -> None:
+    base = f"https://{TEST_HOST}:{nginx[0]}"
+    async with session(certs) as http:
+        async with http.get(f"{base}/healthz") as resp:
+            assert resp.status == 200 and "participants" in await resp.json()
+        ws = await WsClient(http).connect(f"wss://{TEST_HOST}:{nginx[0]}/ws")
+        try:
+            reply = await ws.request({"type": "join", "token": token("teacher", "proxied", "李老师"),
+                                      "lesson": "proxied"})
+            assert reply["type"] == "joined", reply
+        finally:
+            await ws.close()
+
+
+async def test_nginx_sends_an_http_link_to_the_https_page(nginx: tuple[int, int]) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=NameMap())) as http:
+        async with http.get(f"http://{TEST_HOST}:{nginx[1]}/teacher", allow_redirects=False) as resp:
+            assert resp.status == 301
+            # $host has no port: a county's server answers on the default ports 80 and 443
+            assert resp.headers["Location"] == f"https://{TEST_HOST}/teacher"
