@@ -26,8 +26,8 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
 )
-from prometheus_client import disable_created_metrics
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -61,6 +61,7 @@ EVENT_METRICS = (WEBSOCKET_ERRORS, TOKEN_REFUSALS, JOINS, LOOP_LAG)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # an error code fit to be a label (ours are; anything else: "other")
 LOOP_LAG_EVERY_S = 0.25
 ROLES = ("teacher", "classroom", "observer")
+SIMULCAST_LAYERS = ("0", "1", "2", "paused")  # the teacher's camera goes out as three layers (docs/simulcast.md)
 KINDS = (("audio",), ("video",))
 KIND_SOURCE = tuple((kind, role) for kind in ("audio", "video") for role in ("teacher", "classroom"))
 # classrooms' downlink estimates (REMB), in bit/s: the buckets of the gauge histogram
@@ -247,7 +248,7 @@ class ServerCollector(Collector):
                                    "camera, by the layer forwarded (0: the smallest; paused: no video now)",
                                    labels=["layer"])
         by_rung = dict.fromkeys((*LEVEL_NAMES, "trial"), 0)
-        by_layer: dict[str, int] = {}
+        by_layer = dict.fromkeys(SIMULCAST_LAYERS, 0)  # (every series from the first scrape on)
         estimates: list[float] = []
         now = self._clock()
         for router in routers:
@@ -271,7 +272,7 @@ class ServerCollector(Collector):
                     estimates.append(float(remb))
         for rung, n in by_rung.items():
             rungs.add_metric([rung], n)
-        for layer, n in sorted(by_layer.items()):
+        for layer, n in by_layer.items():
             layers.add_metric([layer], n)
         yield rungs
         yield layers
@@ -281,7 +282,7 @@ class ServerCollector(Collector):
         hist = GaugeHistogramMetricFamily(
             "ketang_classroom_downlink_estimate_bits_per_second",
             "Classrooms' latest downlink estimates (REMB, fresh within REMB_FRESH_S), as a distribution now")
-        buckets = [(f"{bound:g}", float(bisect.bisect_right(values, bound))) for bound in REMB_BUCKETS]
+        buckets = [(f"{bound:.0f}", float(bisect.bisect_right(values, bound))) for bound in REMB_BUCKETS]
         buckets.append(("+Inf", float(len(values))))
         hist.add_metric([], buckets, gsum_value=sum(values))
         yield hist

@@ -10,7 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.wsclient import WsClient
-from tests.support import Classroom, Server, hang_up, join_lesson, publishing_teacher, token
+from tests.support import (
+    Classroom,
+    Server,
+    hang_up,
+    join_lesson,
+    publishing_teacher,
+    token,
+)
 
 pytestmark = pytest.mark.slow
 
