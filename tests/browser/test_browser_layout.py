@@ -227,12 +227,12 @@ async def test_the_library_pages_fit_every_viewport(server, browser) -> None:  #
     assert items, "the recorded lesson did not reach the library"
     problems: list[str] = []
     for lang in ("zh", "en"):
-        listing = await open_page(browser, with_lang(f"{server.url}/library#token={viewer}", lang), bypass_csp=False)
+        listing = await open_page(browser, with_lang(f"{server.url}/library#token={viewer}", lang))
         await listing.wait_for_selector("#results .card", timeout=TIMEOUT_MS)
         for size in VIEWPORTS:
             problems += await check(listing, "library-list", size, lang)
         player = await open_page(browser, with_lang(f"{server.url}/library/play/{items[0]['id']}#token={viewer}",
-                                                    lang), bypass_csp=False)
+                                                    lang))
         await player.wait_for_function("document.querySelectorAll('#fields dt').length > 0 && "
                                        "document.getElementById('video').readyState >= 1", timeout=TIMEOUT_MS)
         for size in VIEWPORTS:
