@@ -37,6 +37,9 @@ let qualityTimer;
 /** @type {ReturnType<typeof setInterval> | null} */
 let handTimer = null;
 let layout = "none"; // what is on screen: none | camera | screen
+/** What this classroom's camera or microphone could not do (no camera, denied, http://): shown whenever the
+ *  banner has nothing more pressing to say. */
+let deviceNote = "";
 /** @type {ReturnType<typeof setInterval> | null} the countdown to the next try when the server cannot be reached */
 let retryTimer = null;
 
@@ -339,6 +342,7 @@ async function sendChat(e) {
 /** The classroom's camera (small) and microphone for the teacher; the lesson goes on without them. */
 async function openCamera() {
   if (localStream) return localStream;
+  deviceNote = "";
   const video = { width: { ideal: CAMERA_W }, height: { ideal: CAMERA_H }, frameRate: { ideal: CAMERA_FPS, max: CAMERA_FPS } };
   const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
   try {
@@ -356,7 +360,8 @@ async function openCamera() {
       }
     }
     const code = localStream && !localStream.getAudioTracks().length ? "no_microphone" : errorCode(err);
-    banner(t("classroom.stillWatching", { error: errorText(code) }), "warn");
+    deviceNote = t("classroom.stillWatching", { error: errorText(code) });
+    banner(deviceNote, "warn");
   }
   if (localStream) {
     for (const track of localStream.getVideoTracks()) track.contentHint = "motion";
@@ -457,10 +462,10 @@ async function enter() {
     } else if (state === "connected") {
       if (reconnecting) {
         banner(t("classroom.reconnected"), "ok");
-        setTimeout(() => { if (!reconnecting) banner(""); }, RECONNECTED_NOTE_MS);
+        setTimeout(() => { if (!reconnecting) banner(deviceNote, "warn"); }, RECONNECTED_NOTE_MS);
         reconnecting = false;
       } else {
-        banner("");
+        banner(deviceNote, "warn");
       }
       renderSpeak();
       renderChatMode();

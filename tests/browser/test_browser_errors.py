@@ -84,3 +84,31 @@ async def test_a_locked_lessons_note_is_readable_above_the_enter_button(server, 
             assert not late.ketang_errors, late.ketang_errors
         finally:
             await late.context.close()
+
+
+async def test_an_insecure_origin_says_https_is_needed_and_the_classroom_still_watches(server):
+    """http:// by a name other than localhost: the browser offers no camera at all (navigator.mediaDevices is
+    undefined); the page says HTTPS is needed, not 「Cannot read properties of undefined」."""
+    from playwright.async_api import async_playwright
+
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+
+    port = server.url.rsplit(":", 1)[1]
+    links = create_lesson(TEST_SECRET, "七年级数学", server.url, classroom_names=["第1小学"])
+    insecure = links.classrooms[0][1].replace(server.url, f"http://ketang.test:{port}")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP ketang.test 127.0.0.1"])
+        try:
+            page = await open_page(b, insecure)
+            assert await page.evaluate("window.isSecureContext") is False
+            await page.click("#enter")
+            await page.wait_for_function("document.getElementById('banner').textContent.includes('HTTPS')",
+                                         timeout=8000)
+            text = await page.text_content("#banner") or ""
+            assert "摄像头和麦克风只能在 HTTPS 页面使用" in text and "仍可收看" in text, text
+            assert "undefined" not in text and "getUserMedia" not in text, text
+            assert await page.evaluate("window.ketang.tracks.length") == 0
+            assert not page.ketang_errors, page.ketang_errors
+        finally:
+            await b.close()
