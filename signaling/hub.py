@@ -11,6 +11,7 @@ from typing import Any
 
 from recorder.record.handoff import Catalog
 from sfu.producer import Producer
+from signaling import metrics
 from signaling.config import Config
 from signaling.connection import Connection
 from signaling.lesson.live import Lesson
@@ -151,6 +152,7 @@ class Hub:
         # others uninformed, the attendance open, the recording unfinished or the lesson placed here
         router = lesson.router
         if router is not None:
+            metrics.participant_leaving(router, pid)
             try:
                 await router.remove_participant(pid)
             except Exception:  # noqa: BLE001

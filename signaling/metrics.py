@@ -107,12 +107,21 @@ class Monotonic:
     """Sums counters kept on short-lived objects into totals that never go down.
 
     `observe(objects)` takes each live object's counts ({key: value}); an object seen before and not now is
-    retired: its last counts stay in the totals. An object whose counts went down is taken as a new one (its id
-    was reused). `retire(obj, counts)` retires one at once with its final counts (a lesson that ends)."""
+    retired: its last counts stay in the totals. `retire(obj, counts)` retires one at once with its final counts
+    (a classroom that leaves, a lesson that ends); it is not counted again while it lingers. Objects are told
+    apart by a weak reference (by their counts going down where one cannot be taken)."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, dict[Key, float]] = {}
+        self._seen: dict[int, tuple[Callable[[], object] | None, dict[Key, float]]] = {}
+        self._done: dict[int, Callable[[], object] | None] = {}  # retired, perhaps still live for a moment
         self._retired: dict[Key, float] = {}
+
+    @staticmethod
+    def _ref(obj: object) -> Callable[[], object] | None:
+        try:
+            return weakref.ref(obj)
+        except TypeError:
+            return None
 
     def _add_retired(self, counts: dict[Key, float]) -> None:
         for key, value in counts.items():
@@ -120,25 +129,34 @@ class Monotonic:
 
     def retire(self, obj: object, counts: dict[Key, float]) -> None:
         self._seen.pop(id(obj), None)
+        self._done[id(obj)] = self._ref(obj)
         self._add_retired(counts)
 
     def observe(self, live: Iterable[tuple[object, dict[Key, float]]]) -> dict[Key, float]:
-        seen: dict[int, dict[Key, float]] = {}
-        totals = dict(self._retired)
+        seen: dict[int, tuple[Callable[[], object] | None, dict[Key, float]]] = {}
+        done: dict[int, Callable[[], object] | None] = {}
         for obj, counts in live:
-            before = self._seen.pop(id(obj), None)
-            if before is not None and any(counts.get(k, 0.0) < v for k, v in before.items()):
-                self._add_retired(before)  # not the same object: the old one's counts stay
-                for key, value in before.items():
-                    totals[key] = totals.get(key, 0.0) + value
-            seen[id(obj)] = counts
+            key = id(obj)
+            if key in self._done:
+                ref = self._done[key]
+                if ref is None or ref() is obj:
+                    done[key] = ref  # retired already: its counts are in the totals
+                    continue
+            before = self._seen.pop(key, None)
+            if before is not None:
+                ref, old = before
+                moved_back = any(counts.get(k, 0.0) < v for k, v in old.items())
+                if moved_back or (ref is not None and ref() is not obj):
+                    self._add_retired(old)  # another object (or a slot's stream started again): old counts stay
+            seen[key] = (before[0] if before is not None and before[0] is not None and before[0]() is obj
+                         else self._ref(obj), counts)
+        for _, gone in self._seen.values():
+            self._add_retired(gone)
+        self._seen, self._done = seen, done
+        totals = dict(self._retired)
+        for _, counts in seen.values():
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0.0) + value
-        for gone in self._seen.values():
-            self._add_retired(gone)
-            for key, value in gone.items():
-                totals[key] = totals.get(key, 0.0) + value
-        self._seen = seen
         return totals
 
 
@@ -173,15 +191,29 @@ def _producers(router: Any) -> Iterator[Any]:
         yield from (producer.layers or [producer])
 
 
+def _subscriber_objects(sub: Any) -> Iterator[tuple[object, dict[Key, float]]]:
+    for slot in list(sub.slots):
+        yield slot, _slot_counts(slot)
+        if slot.consumer is not None:
+            yield slot.consumer, _consumer_counts(slot.consumer)
+
+
 def router_objects(router: Any) -> Iterator[tuple[object, dict[Key, float]]]:
     """Every counting object of one lesson's media graph, with its counts now."""
     for producer in _producers(router):
         yield producer, _producer_counts(producer)
     for sub in list(router.subscribers.values()):
-        for slot in list(sub.slots):
-            yield slot, _slot_counts(slot)
-            if slot.consumer is not None:
-                yield slot.consumer, _consumer_counts(slot.consumer)
+        yield from _subscriber_objects(sub)
+
+
+def participant_objects(router: Any, participant: str) -> Iterator[tuple[object, dict[Key, float]]]:
+    """The counting objects of one participant: what it publishes, and its subscriber."""
+    for producer in _producers(router):
+        if producer.owner == participant:
+            yield producer, _producer_counts(producer)
+    sub = router.subscribers.get(participant)
+    if sub is not None:
+        yield from _subscriber_objects(sub)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -203,13 +235,21 @@ class ServerCollector(Collector):
         self.sfu = Monotonic()
         _COLLECTORS.add(self)
 
+    def _ours(self, router: Any) -> bool:
+        hub = self._hub()  # (tests run several servers in one process: another's router is not counted here)
+        return hub is not None and any(lesson.router is router for lesson in list(hub.lessons.values()))
+
     def router_leaving(self, router: Any) -> None:
         """A router of this collector's hub is leaving it: its counts are final now, not at the next scrape."""
-        hub = self._hub()
-        if hub is None or not any(lesson.router is router for lesson in list(hub.lessons.values())):
-            return  # another server's (tests run several in one process)
-        for obj, counts in list(router_objects(router)):
-            self.sfu.retire(obj, counts)
+        if self._ours(router):
+            for obj, counts in list(router_objects(router)):
+                self.sfu.retire(obj, counts)
+
+    def participant_leaving(self, router: Any, participant: str) -> None:
+        """A participant is leaving a router of this hub: its subscriber's and its tracks' counts, final now."""
+        if self._ours(router):
+            for obj, counts in list(participant_objects(router, participant)):
+                self.sfu.retire(obj, counts)
 
     def describe(self) -> list[Metric]:
         return []  # (collected only when scraped: no sample at registration)
@@ -378,6 +418,12 @@ def router_leaving(router: Any) -> None:
     for collector in list(_COLLECTORS):
         collector.router_leaving(router)
 
+
+
+def participant_leaving(router: Any, participant: str) -> None:
+    """A participant is about to be removed from a router (it left): its counts are taken now."""
+    for collector in list(_COLLECTORS):
+        collector.participant_leaving(router, participant)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus (and Grafana Agent) version reads
 

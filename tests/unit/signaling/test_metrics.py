@@ -121,6 +121,22 @@ def test_an_object_whose_counts_went_down_is_a_new_one() -> None:
     assert mono.observe([(obj, {key: 10})])[key] == 110
 
 
+class _Counting:
+    """An object a weak reference can be taken of (as producers, consumers and slots are)."""
+
+
+def test_a_retired_object_that_lingers_is_not_counted_twice() -> None:
+    mono = metrics.Monotonic()
+    key = ("retransmits", ("video",))
+    leaving, staying = _Counting(), _Counting()
+    assert mono.observe([(leaving, {key: 4}), (staying, {key: 1})])[key] == 5
+    mono.retire(leaving, {key: 6})  # it left: its final counts, now
+    assert mono.observe([(leaving, {key: 6}), (staying, {key: 2})])[key] == 8  # (still listed while it closes)
+    assert mono.observe([(staying, {key: 3})])[key] == 9
+    # a slot whose stream starts again from 0 (a new consumer without a resume point): nothing is lost
+    assert mono.observe([(staying, {key: 1})])[key] == 10
+
+
 # -- the collector on a real hub and router ------------------------------------------------------------------------
 
 async def test_packets_and_participants_of_a_live_lesson(hub: Hub) -> None:
@@ -160,6 +176,21 @@ async def test_a_lesson_that_ends_keeps_its_counts_including_those_after_the_las
     after = _scrape(registry)
     assert _value(after, "ketang_sfu_received_packets_total", kind="video") == 42
     assert hub.lessons["lesson-b"].router is None
+
+
+async def test_hub_leave_takes_a_classroom_s_final_counts(hub: Hub) -> None:
+    registry = metrics.make_registry(metrics.ServerCollector(lambda: hub))
+    router = await _lesson(hub, "lesson-f", classrooms=1)
+    thumb = _producer("thumb", "video", owner="c0")
+    thumb.owner_role = "classroom"
+    router.producers["thumb"] = thumb
+    _feed(thumb, 4)
+    assert _value(_scrape(registry), "ketang_sfu_received_packets_total", source="classroom") == 4
+    _feed(thumb, 3)  # after the last scrape
+    conn = hub.lessons["lesson-f"].connections["c0"]
+    await hub.leave(conn)  # type: ignore[arg-type]
+    router.producers.pop("thumb", None)
+    assert _value(_scrape(registry), "ketang_sfu_received_packets_total", source="classroom") == 7
 
 
 async def test_a_router_of_another_hub_is_not_counted_here(hub: Hub, tmp_path: Path) -> None:
