@@ -112,3 +112,36 @@ async def test_an_insecure_origin_says_https_is_needed_and_the_classroom_still_w
             assert not page.ketang_errors, page.ketang_errors
         finally:
             await b.close()
+
+
+async def test_a_server_that_cannot_be_reached_is_retried_with_a_countdown(browser, tmp_path):  # noqa: F811
+    """Both pages loaded, then the server gone: each says so with a countdown to its next try (no exception
+    text), and keeps no camera or microphone open meanwhile."""
+    from tests.support import Server
+
+    srv = Server(tmp_path)
+    try:
+        srv.wait_ready()
+        links = create_lesson(TEST_SECRET, "七年级数学", srv.url, classroom_names=["第1小学"])
+        teacher = await open_page(browser, links.teacher.replace("/teacher#", "/teacher?video=320x180#"))
+        room = await open_page(browser, links.classrooms[0][1])
+        await teacher.wait_for_function("!document.getElementById('start').disabled", timeout=10000)
+    finally:
+        srv.stop()
+    try:
+        await teacher.click("#start")
+        await room.click("#enter")
+        for page, where in ((teacher, "#notice"), (room, "#overlay .overlay-note")):
+            await page.wait_for_function(f"document.querySelector('{where}')?.textContent.includes('秒后自动重试')",
+                                         timeout=10000)
+            first = await page.text_content(where) or ""
+            assert "无法连接服务器" in first and "websocket" not in first, first
+            await page.wait_for_function(f"document.querySelector('{where}').textContent !== {first!r}",
+                                         timeout=3000)  # counting down
+            states = await page.evaluate("window.ketang.tracks.map(t => t.readyState)")
+            assert states and all(s == "ended" for s in states), states
+            assert not page.ketang_errors, page.ketang_errors
+        assert await room.evaluate(UNCOVERED_JS, "#enter"), "进入课堂 (try now) is covered"
+    finally:
+        for page in (teacher, room):
+            await page.context.close()
