@@ -76,6 +76,13 @@ async def test_counters_move_during_a_lesson_and_nacks_appear_under_loss(server:
         assert total(second, "ketang_sfu_nacks_received_total", kind="video") > 0
         assert total(second, "ketang_sfu_retransmissions_total", kind="video") > 0
         assert total(second, "ketang_event_loop_lag_seconds_count") > 0
+        # the lesson is recorded (the server's default): the WebM writer's bytes grow once the teacher's first
+        # sender report has come (about a second in)
+        third = await wait_for(lambda s: total(s, "ketang_recorder_written_bytes_total")
+                               > total(second, "ketang_recorder_written_bytes_total"), server)
+        assert total(third, "ketang_recorder_written_bytes_total") > total(second, "ketang_recorder_written_bytes_total")
+        assert total(third, "ketang_recordings_active") >= 1
+        assert total(third, "ketang_recorder_write_errors_total") == 0
         assert total(second, "process_resident_memory_bytes") > 0
         # no lesson or participant id is ever a label
         for (_, labels), _ in second.items():
