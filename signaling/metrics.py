@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import operator
 import re
 import time
 import weakref
@@ -101,20 +102,29 @@ async def measure_loop_lag(every_s: float = LOOP_LAG_EVERY_S) -> None:
 # -- counters read from objects that come and go -------------------------------------------------------------------
 
 Key = tuple[str, tuple[str, ...]]  # (metric, label values)
+# what one object counts: (group, values); a group names the metrics and labels of its values (GROUPS)
+Counts = tuple[tuple[str, ...], tuple[float, ...]]
+Group = tuple[str, ...]
+GROUPS: dict[str, tuple[str, ...]] = {  # group kind -> its metrics, in the order of the values
+    "producer": ("packets_in", "bytes_in", "duplicates", "keyframes_forwarded", "keyframes_suppressed"),
+    "consumer": ("retransmits", "nack_unanswered", "nacks", "retransmit_capped", "keyframes_asked"),
+    "slot": ("packets_out", "bytes_out"),
+}
 
 
 class Monotonic:
     """Sums counters kept on short-lived objects into totals that never go down.
 
-    `observe(objects)` takes each live object's counts ({key: value}); an object seen before and not now is
-    retired: its last counts stay in the totals. `retire(obj, counts)` retires one at once with its final counts
-    (a classroom that leaves, a lesson that ends); it is not counted again while it lingers. Objects are told
-    apart by a weak reference (by their counts going down where one cannot be taken)."""
+    `observe(objects)` takes each live object's counts, (group, values); an object seen before and not now is
+    retired: its last counts stay in the totals. Counts of None: the object has nothing to say now (a slot between
+    two consumers), its last counts stand. `retire(obj, counts)` retires one at once with its final counts (a
+    classroom that leaves, a lesson that ends); it is not counted again while it lingers. Objects are told apart
+    by a weak reference; counts that went down start again (a slot's stream restarted, or a reused id)."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[Callable[[], object] | None, dict[Key, float]]] = {}
+        self._seen: dict[int, tuple[Callable[[], object] | None, Counts]] = {}
         self._done: dict[int, Callable[[], object] | None] = {}  # retired, perhaps still live for a moment
-        self._retired: dict[Key, float] = {}
+        self._retired: dict[Group, list[float]] = {}
 
     @staticmethod
     def _ref(obj: object) -> Callable[[], object] | None:
@@ -123,18 +133,28 @@ class Monotonic:
         except TypeError:
             return None
 
-    def _add_retired(self, counts: dict[Key, float]) -> None:
-        for key, value in counts.items():
-            self._retired[key] = self._retired.get(key, 0.0) + value
+    @staticmethod
+    def _add(totals: dict[Group, list[float]], counts: Counts) -> None:
+        group, values = counts
+        sums = totals.get(group)
+        if sums is None:
+            totals[group] = list(values)
+        else:
+            for i, value in enumerate(values):
+                sums[i] += value
 
-    def retire(self, obj: object, counts: dict[Key, float]) -> None:
-        self._seen.pop(id(obj), None)
+    def retire(self, obj: object, counts: Counts | None) -> None:
+        before = self._seen.pop(id(obj), None)
+        if counts is None:
+            counts = before[1] if before is not None else None
         self._done[id(obj)] = self._ref(obj)
-        self._add_retired(counts)
+        if counts is not None:
+            self._add(self._retired, counts)
 
-    def observe(self, live: Iterable[tuple[object, dict[Key, float]]]) -> dict[Key, float]:
-        seen: dict[int, tuple[Callable[[], object] | None, dict[Key, float]]] = {}
+    def observe(self, live: Iterable[tuple[object, Counts | None]]) -> dict[Key, float]:
+        seen: dict[int, tuple[Callable[[], object] | None, Counts]] = {}
         done: dict[int, Callable[[], object] | None] = {}
+        previous, retired = self._seen, self._retired
         for obj, counts in live:
             key = id(obj)
             if key in self._done:
@@ -142,48 +162,51 @@ class Monotonic:
                 if ref is None or ref() is obj:
                     done[key] = ref  # retired already: its counts are in the totals
                     continue
-            before = self._seen.pop(key, None)
-            if before is not None:
-                ref, old = before
-                moved_back = any(counts.get(k, 0.0) < v for k, v in old.items())
-                if moved_back or (ref is not None and ref() is not obj):
-                    self._add_retired(old)  # another object (or a slot's stream started again): old counts stay
-            seen[key] = (before[0] if before is not None and before[0] is not None and before[0]() is obj
-                         else self._ref(obj), counts)
-        for _, gone in self._seen.values():
-            self._add_retired(gone)
+            before = previous.pop(key, None)
+            if before is None:
+                if counts is not None:
+                    seen[key] = (self._ref(obj), counts)
+                continue
+            ref, old = before
+            if ref is not None and ref() is not obj:
+                self._add(retired, old)  # another object under a reused id: the old one's counts stay
+                ref = self._ref(obj)
+            elif counts is None:
+                seen[key] = before
+                continue
+            elif old[0] != counts[0] or any(map(operator.lt, counts[1], old[1])):
+                self._add(retired, old)  # started again from 0: what it had counted stays
+            if counts is not None:
+                seen[key] = (ref, counts)
+        for _, gone in previous.values():
+            self._add(retired, gone)
         self._seen, self._done = seen, done
-        totals = dict(self._retired)
+        totals = {group: list(sums) for group, sums in retired.items()}
         for _, counts in seen.values():
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0.0) + value
-        return totals
+            self._add(totals, counts)
+        return {(metric, group[1:]): value for group, sums in totals.items()
+                for metric, value in zip(GROUPS[group[0]], sums)}
 
 
-def _producer_counts(producer: Any) -> dict[Key, float]:
-    labels = (producer.kind, producer.owner_role)
-    return {("packets_in", labels): producer.packets_in, ("bytes_in", labels): producer.bytes_in,
-            ("duplicates", labels): producer.duplicates,
-            ("keyframes_forwarded", (producer.kind,)): producer.keyframes.requested,
-            ("keyframes_suppressed", (producer.kind,)): producer.keyframes.suppressed}
+def _producer_counts(producer: Any) -> Counts:
+    keyframes = producer.keyframes
+    return (("producer", producer.kind, producer.owner_role),
+            (producer.packets_in, producer.bytes_in, producer.duplicates, keyframes.requested, keyframes.suppressed))
 
 
-def _consumer_counts(consumer: Any) -> dict[Key, float]:
-    kind = (consumer.kind,)
-    return {("retransmits", kind): consumer.retransmits, ("nack_unanswered", kind): consumer.nack_unanswered,
-            ("nacks", kind): getattr(consumer, "nacks_received", 0),
-            ("retransmit_capped", kind): getattr(consumer, "retransmit_capped", 0),
-            ("keyframes_asked", kind): consumer.keyframe_requests}
+def _consumer_counts(consumer: Any) -> Counts:
+    return (("consumer", consumer.kind),
+            (consumer.retransmits, consumer.nack_unanswered, getattr(consumer, "nacks_received", 0),
+             getattr(consumer, "retransmit_capped", 0), consumer.keyframe_requests))
 
 
-def _slot_counts(slot: Any) -> dict[Key, float]:
+def _slot_counts(slot: Any) -> Counts | None:
     """Packets and bytes out, per subscriber slot: a consumer that continues a slot's stream (the teacher
-    reconnected) continues its counts too, so they are the slot's, not the consumer's."""
+    reconnected) continues its counts too, so they are the slot's, not the consumer's. None between consumers."""
     consumer = slot.consumer
     if consumer is None:
-        return {}
-    return {("packets_out", (consumer.kind,)): consumer.packets_out,
-            ("bytes_out", (consumer.kind,)): consumer.octets_out}
+        return None
+    return ("slot", consumer.kind), (consumer.packets_out, consumer.octets_out)
 
 
 def _producers(router: Any) -> Iterator[Any]:
@@ -191,14 +214,14 @@ def _producers(router: Any) -> Iterator[Any]:
         yield from (producer.layers or [producer])
 
 
-def _subscriber_objects(sub: Any) -> Iterator[tuple[object, dict[Key, float]]]:
+def _subscriber_objects(sub: Any) -> Iterator[tuple[object, Counts | None]]:
     for slot in list(sub.slots):
         yield slot, _slot_counts(slot)
         if slot.consumer is not None:
             yield slot.consumer, _consumer_counts(slot.consumer)
 
 
-def router_objects(router: Any) -> Iterator[tuple[object, dict[Key, float]]]:
+def router_objects(router: Any) -> Iterator[tuple[object, Counts | None]]:
     """Every counting object of one lesson's media graph, with its counts now."""
     for producer in _producers(router):
         yield producer, _producer_counts(producer)
@@ -206,7 +229,7 @@ def router_objects(router: Any) -> Iterator[tuple[object, dict[Key, float]]]:
         yield from _subscriber_objects(sub)
 
 
-def participant_objects(router: Any, participant: str) -> Iterator[tuple[object, dict[Key, float]]]:
+def participant_objects(router: Any, participant: str) -> Iterator[tuple[object, Counts | None]]:
     """The counting objects of one participant: what it publishes, and its subscriber."""
     for producer in _producers(router):
         if producer.owner == participant:
@@ -339,8 +362,8 @@ class ServerCollector(Collector):
             # every series from the first scrape on (at 0), so that rate() has a start
             series = {values: 0.0 for values in (KIND_SOURCE if len(labels) == 2 else KINDS)}
             for (k, values), value in totals.items():
-                if k == key:
-                    series[values] = value
+                if k == key:  # (summed over the labels this family does not have)
+                    series[values[:len(labels)]] = series.get(values[:len(labels)], 0.0) + value
             for values, value in sorted(series.items()):
                 metric.add_metric(list(values), value)
             return metric

@@ -99,42 +99,54 @@ async def _lesson(hub: Hub, lesson_id: str, classrooms: int) -> Any:
 
 # -- counters that never go down ----------------------------------------------------------------------------------
 
-def test_totals_keep_the_counts_of_objects_that_are_gone() -> None:
-    mono = metrics.Monotonic()
-    key = ("packets_in", ("video", "teacher"))
-    a, b = object(), object()
-    assert mono.observe([(a, {key: 10}), (b, {key: 5})])[key] == 15
-    assert mono.observe([(a, {key: 12})])[key] == 17  # b left: its 5 stay
-    assert mono.observe([])[key] == 17
-    c = object()
-    mono.retire(c, {key: 3})  # retired at once with its final counts
-    assert mono.observe([])[key] == 20
-
-
-def test_an_object_whose_counts_went_down_is_a_new_one() -> None:
-    """(An id reused by a new object: the old object's counts are kept, the new one's added.)"""
-    mono = metrics.Monotonic()
-    key = ("bytes_in", ("audio", "teacher"))
-    obj = object()
-    assert mono.observe([(obj, {key: 100})])[key] == 100
-    assert mono.observe([(obj, {key: 4})])[key] == 104
-    assert mono.observe([(obj, {key: 10})])[key] == 110
-
-
 class _Counting:
     """An object a weak reference can be taken of (as producers, consumers and slots are)."""
 
 
+def _in(n: float) -> metrics.Counts:
+    """A teacher video producer's counts with `n` packets in."""
+    return ("producer", "video", "teacher"), (n, 0, 0, 0, 0)
+
+
+PACKETS_IN = ("packets_in", ("video", "teacher"))
+
+
+def test_totals_keep_the_counts_of_objects_that_are_gone() -> None:
+    mono = metrics.Monotonic()
+    a, b, c = _Counting(), _Counting(), _Counting()
+    assert mono.observe([(a, _in(10)), (b, _in(5))])[PACKETS_IN] == 15
+    assert mono.observe([(a, _in(12))])[PACKETS_IN] == 17  # b left: its 5 stay
+    assert mono.observe([])[PACKETS_IN] == 17
+    mono.retire(c, _in(3))  # retired at once with its final counts
+    assert mono.observe([])[PACKETS_IN] == 20
+
+
+def test_counts_that_went_down_start_again() -> None:
+    """(An id reused by an object no weak reference can be taken of; a slot whose stream restarted at 0.)"""
+    mono = metrics.Monotonic()
+    obj = object()
+    assert mono.observe([(obj, _in(100))])[PACKETS_IN] == 100
+    assert mono.observe([(obj, _in(4))])[PACKETS_IN] == 104
+    assert mono.observe([(obj, _in(10))])[PACKETS_IN] == 110
+
+
 def test_a_retired_object_that_lingers_is_not_counted_twice() -> None:
     mono = metrics.Monotonic()
-    key = ("retransmits", ("video",))
     leaving, staying = _Counting(), _Counting()
-    assert mono.observe([(leaving, {key: 4}), (staying, {key: 1})])[key] == 5
-    mono.retire(leaving, {key: 6})  # it left: its final counts, now
-    assert mono.observe([(leaving, {key: 6}), (staying, {key: 2})])[key] == 8  # (still listed while it closes)
-    assert mono.observe([(staying, {key: 3})])[key] == 9
-    # a slot whose stream starts again from 0 (a new consumer without a resume point): nothing is lost
-    assert mono.observe([(staying, {key: 1})])[key] == 10
+    assert mono.observe([(leaving, _in(4)), (staying, _in(1))])[PACKETS_IN] == 5
+    mono.retire(leaving, _in(6))  # it left: its final counts, now
+    assert mono.observe([(leaving, _in(6)), (staying, _in(2))])[PACKETS_IN] == 8  # (still listed while it closes)
+    assert mono.observe([(staying, _in(3))])[PACKETS_IN] == 9
+
+
+def test_a_slot_between_two_consumers_keeps_its_counts() -> None:
+    """A slot's next consumer continues its stream's counts (a resume point): neither lost nor counted twice."""
+    mono = metrics.Monotonic()
+    slot = _Counting()
+    out = ("slot", "video"), (50, 5000)
+    assert mono.observe([(slot, out)])[("packets_out", ("video",))] == 50
+    assert mono.observe([(slot, None)])[("packets_out", ("video",))] == 50  # no consumer for a moment
+    assert mono.observe([(slot, (("slot", "video"), (55, 5500)))])[("packets_out", ("video",))] == 55
 
 
 # -- the collector on a real hub and router ------------------------------------------------------------------------
