@@ -522,7 +522,7 @@ async function openDevices(cameraId, microphoneId) {
   const old = stream;
   stream = next;
   $("preview", HTMLVideoElement).srcObject = next;
-  if (session && session.pc) {
+  if (session && session.pc && !session.closedByUs && !session.ended) { // a stopped session keeps its closed pc
     await session.replaceTrack("camera", next.getVideoTracks()[0]);
     await session.replaceTrack("microphone", next.getAudioTracks()[0]);
   }
@@ -747,6 +747,7 @@ async function start() {
       await openDevices($("camera", HTMLSelectElement).value || undefined,
                         $("microphone", HTMLSelectElement).value || undefined);
     } catch (err) {
+      console.warn("devices:", err);
       notice(errorText(err));
       label($("start", HTMLButtonElement), "teacher.start");
       $("start", HTMLButtonElement).disabled = false;
@@ -814,6 +815,7 @@ async function start() {
     if (!stream) throw Object.assign(new Error("no camera or microphone"), { code: "no_camera" });
     await current.start(stream);
   } catch (err) {
+    console.warn("start:", err); // the details for the console; the page says it in words
     releaseDevices(); // a failed join keeps no camera or microphone open
     label($("start", HTMLButtonElement), "teacher.start");
     $("start", HTMLButtonElement).disabled = false;

@@ -84,3 +84,31 @@ async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_
             assert not other.ketang_errors, other.ketang_errors
         finally:
             await other.context.close()
+
+
+async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_here(server, browser):  # noqa: F811
+    async with lesson(server, browser, query="?video=320x180") as (teacher, [room]):
+        await wait_decoding(room, audio=False)
+        other = await open_page(browser, teacher.url)
+        try:
+            await other.wait_for_function("!document.getElementById('start').disabled", timeout=10000)
+            await other.click("#start")
+            await other.wait_for_function("document.getElementById('status').classList.contains('live')",
+                                          timeout=10000)
+            await teacher.wait_for_function(
+                "document.querySelector('#notice .notice-action')?.textContent === '在此处继续'", timeout=8000)
+            states = await track_states(teacher)
+            assert states and all(s.endswith(":ended") for s in states), states
+            assert "另一个窗口" in (await teacher.text_content("#notice") or "")
+            assert await teacher.evaluate("document.getElementById('end').disabled")
+            assert await teacher.evaluate("document.querySelectorAll('#classrooms tbody tr').length") == 0
+            await teacher.click("#notice .notice-action")  # take it back: the other page is replaced in turn
+            await teacher.wait_for_function("document.getElementById('status').classList.contains('live')",
+                                            timeout=10000)
+            await other.wait_for_function(
+                "document.querySelector('#notice .notice-action')?.textContent === '在此处继续'", timeout=8000)
+            assert {"audio:live", "video:live"} <= set(await track_states(teacher))
+            await wait_decoding(room, audio=False, timeout_s=15)  # the classroom sees the teacher again
+            assert not other.ketang_errors, other.ketang_errors
+        finally:
+            await other.context.close()
