@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sfu.consumer.base import NACK_REPEAT_MIN_S, NACK_RETRANSMIT_PER_S
 from sfu.producer import Producer
 from signaling import metrics
 from signaling.config import Config
 from signaling.hub import Hub
 from signaling.state import MemoryRoomStore
 from signaling.tokens import Claims
+from tests.unit.sfu.test_forwarding import clip, graph, packetize, parse  # noqa: F401 - (fixtures)
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "docs" / "grafana-ketang.json"
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
@@ -147,6 +149,26 @@ def test_a_slot_between_two_consumers_keeps_its_counts() -> None:
     assert mono.observe([(slot, out)])[("packets_out", ("video",))] == 50
     assert mono.observe([(slot, None)])[("packets_out", ("video",))] == 50  # no consumer for a moment
     assert mono.observe([(slot, (("slot", "video"), (55, 5500)))])[("packets_out", ("video",))] == 55
+
+
+# -- what a real consumer counts of NACKs (the forwarding tests' graph: real Producer, Consumer, sender) ----------
+
+async def test_a_real_consumer_counts_the_nacks_it_received_and_the_cap_hits(clip, graph) -> None:  # noqa: F811
+    consumer, wire = graph.consumer(rtx=97)
+    graph.feed(packetize(clip[:80]))
+    seqs = [parse(d).sequence_number for d in wire]
+    asked = sent = 0
+    for _ in range(10):  # storms a little apart within a second, each asking for every packet again
+        sent += consumer.on_nack(seqs)
+        asked += len(seqs)
+        graph.clock.advance(NACK_REPEAT_MIN_S * 1.01)
+    assert consumer.nacks_received == asked
+    assert asked > NACK_RETRANSMIT_PER_S
+    assert sent == consumer.retransmits == NACK_RETRANSMIT_PER_S
+    assert consumer.retransmit_capped == asked - sent > 0
+    group, values = metrics._consumer_counts(consumer)
+    counted = dict(zip(metrics.GROUPS[group[0]], values))
+    assert (counted["nacks"], counted["retransmits"], counted["retransmit_capped"]) == (asked, sent, asked - sent)
 
 
 # -- the collector on a real hub and router ------------------------------------------------------------------------
