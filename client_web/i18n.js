@@ -170,6 +170,8 @@ const TEXT = {
     "resume": "在此处继续",
     "retryNow": "立即重试",
     "error.link": "链接无效或已过期，请联系主讲老师重新发送。",
+    "error.link.teacher": "链接无效或已过期：请用 “ketang lesson create” 重新生成课程链接（由服务器管理员运行）。",
+    "error.generic.teacher": "出错了（代码：{code}）。请刷新页面重试；如果仍然不行，请联系服务器管理员。",
     "error.locked": "课堂已锁定，新教室暂时不能进入。请联系主讲老师解除锁定后再点击“进入课堂”。",
     "error.removedForGood": "本教室已被老师移出课堂，不能再次进入。如有疑问，请联系主讲老师。",
     "error.replaced": "此链接已在另一个窗口或设备上打开，本窗口已停止（摄像头和麦克风已关闭）。要在这里继续，请点击“在此处继续”。",
@@ -371,6 +373,10 @@ const TEXT = {
     "resume": "Continue here",
     "retryNow": "Try again now",
     "error.link": "This link is invalid or has expired. Ask the teacher to send it again.",
+    "error.link.teacher": "This link is invalid or has expired: make new links with “ketang lesson create” "
+      + "(the server's administrator runs it).",
+    "error.generic.teacher": "Something went wrong (code: {code}). Reload the page; if it still fails, ask the "
+      + "server's administrator.",
     "error.locked":
       "The lesson is locked: new classrooms cannot join now. Ask the teacher to unlock it, then press "
       + "“Enter the lesson” again.",
@@ -523,12 +529,13 @@ export function errorCode(err) {
   return "client";
 }
 
-/** What the page says for `err` (an error object or a code), in its language, with what to do next.
- *  @param {unknown} err  @returns {string} */
-export function errorText(err) {
+/** What the page says for `err` (an error object or a code), in its language, with what to do next; `who`
+ *  ("teacher") picks that reader's variant of a text where there is one (`<key>.teacher`).
+ *  @param {unknown} err  @param {string} [who]  @returns {string} */
+export function errorText(err, who = "") {
   const code = typeof err === "string" ? err : errorCode(err);
   const key = ERRORS[code] ?? (hasText(`error.${code}`) ? `error.${code}` : "error.generic");
-  return t(key, { code });
+  return t(who && hasText(`${key}.${who}`) ? `${key}.${who}` : key, { code });
 }
 
 /** An error of the page itself (not a refusal of the server), with one of the codes above. */

@@ -131,6 +131,12 @@ function chime() {
   }
 }
 
+/** Whether the lesson goes on for this page: after the end, or once replaced, its last classrooms, hands and
+ *  stage are no longer true and are not shown. */
+function inLesson() {
+  return Boolean(session && !session.ended && !session.replaced);
+}
+
 /** @param {number} unixSeconds */
 function clock(unixSeconds) {
   return new Date(unixSeconds * 1000).toLocaleTimeString(document.documentElement.lang, { hour12: false });
@@ -141,7 +147,7 @@ function clock(unixSeconds) {
 /** The classrooms present, in the order first seen.
  *  @returns {Participant[]} */
 function presentClassrooms() {
-  if (!session) return [];
+  if (!session || !inLesson()) return [];
   const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
   for (const p of rooms) if (!wallOrder.includes(p.id)) wallOrder.push(p.id);
   const present = new Map(rooms.map((p) => [p.id, p]));
@@ -278,7 +284,7 @@ function sendWall(ids) {
 /** Received media: each classroom's camera on its tile, those on stage large, every microphone audible. */
 function showMedia() {
   if (!session) return;
-  const media = session.media();
+  const media = inLesson() ? session.media() : [];
   /** @type {Map<string, MediaStreamTrack>} */
   const videoOf = new Map();
   for (const m of media) if (m.kind === "video" && m.participant) videoOf.set(m.participant, m.receiverTrack);
@@ -291,7 +297,7 @@ function showMedia() {
 /** @param {Map<string, MediaStreamTrack>} videoOf */
 function renderStage(videoOf) {
   const box = $("stage-videos");
-  const on = session ? session.onStage : [];
+  const on = session && inLesson() ? session.onStage : [];
   const figures = on.map((p) => {
     const found = box.querySelector(`figure[data-participant="${CSS.escape(p.id)}"]`);
     let fig = found instanceof HTMLElement ? found : null;
@@ -327,7 +333,7 @@ async function act(promise) {
   try {
     return await promise;
   } catch (err) {
-    notice(errorText(err));
+    notice(errorText(err, "teacher"));
     return null;
   }
 }
@@ -372,7 +378,7 @@ async function removeClassroom(id, tile) {
 // -- hands, moderation, chat -------------------------------------------------------------------------------
 
 function renderHands() {
-  const queue = session ? session.hands : [];
+  const queue = session && inLesson() ? session.hands : [];
   $("hand-count").textContent = String(queue.length);
   $("no-hands").hidden = queue.length > 0;
   $("hands").replaceChildren(...queue.map((h) => {
@@ -430,7 +436,7 @@ async function sendChat(e) {
   try {
     if (await submitChat(e, session, $("chat-input", HTMLInputElement), $("chat-send", HTMLButtonElement))) notice("");
   } catch (err) {
-    notice(errorText(err));
+    notice(errorText(err, "teacher"));
   } finally {
     $("chat-send", HTMLButtonElement).disabled = false;
     $("chat-input", HTMLInputElement).focus();
@@ -498,7 +504,7 @@ async function downloadAttendance(e) {
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   } catch (err) {
-    notice(errorText(err));
+    notice(errorText(err, "teacher"));
   }
 }
 
@@ -625,7 +631,7 @@ function videoReason(stats, id) {
 
 /** @param {LessonStats | null} stats */
 function renderClassrooms(stats) {
-  if (!session) return;
+  if (!session || !inLesson()) return; // after the end the table stays empty: no last bitrates
   const rooms = [...session.participants.values()].filter((p) => p.role === "classroom");
   $("classroom-count").textContent = String(rooms.length);
   $("no-classrooms").hidden = rooms.length > 0;
@@ -711,7 +717,7 @@ function stoppedLesson(statusText, cls) {
   $("classrooms", HTMLTableElement).tBodies[0].replaceChildren();
   $("classroom-count").textContent = "0";
   $("no-classrooms").hidden = false;
-  renderWall();
+  renderAll();
   label($("start", HTMLButtonElement), "teacher.start");
   $("start", HTMLButtonElement).disabled = false;
 }
@@ -748,7 +754,7 @@ async function start() {
                         $("microphone", HTMLSelectElement).value || undefined);
     } catch (err) {
       console.warn("devices:", err);
-      notice(errorText(err));
+      notice(errorText(err, "teacher"));
       label($("start", HTMLButtonElement), "teacher.start");
       $("start", HTMLButtonElement).disabled = false;
       return;
@@ -801,7 +807,7 @@ async function start() {
     } else if (e.detail.state === "replaced") {
       // the same link opened elsewhere (close code 4001): let go of everything; 「在此处继续」 takes it back
       stoppedLesson(t("teacher.replaced"), "ended");
-      notice(errorText("replaced"), { key: "resume", run: start });
+      notice(errorText("replaced", "teacher"), { key: "resume", run: start });
     }
   });
   current.on("screen", (e) => {
@@ -821,7 +827,7 @@ async function start() {
     $("start", HTMLButtonElement).disabled = false;
     $("record", HTMLInputElement).disabled = false;
     if (errorCode(err) === "unreachable") retryLater();
-    else notice(errorText(err));
+    else notice(errorText(err, "teacher"));
     return;
   }
   label($("start", HTMLButtonElement), "teacher.live");
@@ -884,7 +890,7 @@ function setupControls() {
       notice("");
     } catch (err) {
       $("screen-box").hidden = true;
-      notice(t("teacher.shareError", { error: errorText(err) }));
+      notice(t("teacher.shareError", { error: errorText(err, "teacher") }));
     } finally {
       $("share", HTMLButtonElement).disabled = Boolean(session?.ended);
     }
@@ -914,7 +920,7 @@ function setupControls() {
     try {
       await openDevices($("camera", HTMLSelectElement).value, $("microphone", HTMLSelectElement).value);
     } catch (err) {
-      notice(errorText(err));
+      notice(errorText(err, "teacher"));
     }
   };
   $("camera", HTMLSelectElement).addEventListener("change", change);
@@ -976,14 +982,14 @@ async function main() {
   setupControls();
   status(t("teacher.ready"));
   if (!mediaAvailable()) { // http:// from another computer: the browser offers no camera at all
-    notice(errorText("insecure"));
+    notice(errorText("insecure", "teacher"));
     return;
   }
   try {
     await openDevices();
     await listDevices();
   } catch (err) {
-    notice(errorText(err));
+    notice(errorText(err, "teacher"));
     return;
   }
   $("start", HTMLButtonElement).disabled = false;

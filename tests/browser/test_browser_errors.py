@@ -145,3 +145,23 @@ async def test_a_server_that_cannot_be_reached_is_retried_with_a_countdown(brows
     finally:
         for page in (teacher, room):
             await page.context.close()
+
+
+async def test_a_teacher_with_a_tampered_link_is_told_how_to_make_new_links(server, browser):  # noqa: F811
+    links = create_lesson(TEST_SECRET, "七年级数学", server.url, classroom_names=["第1小学"])
+    teacher_token = links.teacher.split("#token=")[1].split("&")[0]
+    page = await open_page(browser, links.teacher.replace(teacher_token, tampered(teacher_token))
+                           .replace("/teacher#", "/teacher?video=320x180#"))
+    try:
+        await page.wait_for_function("!document.getElementById('start').disabled", timeout=10000)
+        await page.click("#start")
+        await page.wait_for_function("document.getElementById('notice').textContent.includes('链接无效或已过期')",
+                                     timeout=8000)
+        text = await page.text_content("#notice") or ""
+        assert "ketang lesson create" in text and not any(raw in text for raw in RAW[:2]), text
+        states = await page.evaluate("window.ketang.tracks.map(t => t.readyState)")
+        assert states and all(s == "ended" for s in states), states
+        assert await page.text_content("#start") == "开始上课"
+        assert not page.ketang_errors, page.ketang_errors
+    finally:
+        await page.context.close()

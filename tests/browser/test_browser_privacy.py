@@ -50,6 +50,7 @@ async def test_ending_the_lesson_stops_every_track_and_resets_what_the_pages_sho
         assert await room.text_content("#mic") == "麦克风已关闭"
         # the teacher's page: no reception figures, 开始上课 again, the end explained
         assert await teacher.evaluate("document.querySelectorAll('#classrooms tbody tr').length") == 0
+        assert await teacher.evaluate("document.querySelectorAll('#wall .tile').length") == 0
         assert await teacher.text_content("#start") == "开始上课"
         assert "摄像头和麦克风已关闭" in (await teacher.text_content("#notice") or "")
 
