@@ -1,7 +1,7 @@
 """The pages' layout at phone, tablet and laptop sizes, in Chinese and English, during a real lesson: no element's
 content spills out of its box, no two visible controls overlap or cover each other, no word (a Chinese phrase or an
 English word) of a table cell, button or heading breaks across lines, and the lesson video takes a fair share of the
-screen. The layout is measured with JS in the page (getBoundingClientRect, scrollWidth, Range.getClientRects). A
+screen, and a destructive button (移出, 结束课程) stands apart from the others. The layout is measured with JS in the page (getBoundingClientRect, scrollWidth, Range.getClientRects). A
 WeChat-like phone (its user agent, touch, portrait, no autoplay before a tap) enters a lesson with a tap. Screenshots
 go to docs/screenshots/layout-<page>-<viewport>[-en].png."""
 
@@ -80,6 +80,16 @@ LAYOUT_JS = """([video, minShare]) => {
     if (top && !controls[i].contains(top) && !top.contains(controls[i]) && !(top.control === controls[i]))
       problems.push(`${name(controls[i])} is covered by ${name(top)}`);
   }
+  // a destructive button (移出, 结束课程) stands apart: at least 12 px from every other control of its group
+  for (const danger of controls.filter((c) => c.matches('button.danger'))) {
+    const d = danger.getBoundingClientRect();
+    for (const other of controls) {
+      if (other === danger || other.parentElement !== danger.parentElement) continue;
+      const o = other.getBoundingClientRect();
+      const gap = Math.max(o.left - d.right, d.left - o.right, o.top - d.bottom, d.top - o.bottom);
+      if (gap < 12) problems.push(`${name(danger)} is ${Math.round(gap)} px from ${name(other)}`);
+    }
+  }
   // a word (whitespace-separated; a Chinese phrase is one word) broken across two lines
   const boxes = document.body.querySelectorAll('td, th, button, header h1, a.button, label, .status, .quality');
   for (const box of boxes) {
@@ -142,7 +152,7 @@ async def check(page, name: str, size: str, lang: str, video: str | None = None)
 async def lesson_in(server, browser, lang: str, classrooms: int = 2):  # type: ignore[no-untyped-def]
     """A started lesson with `classrooms` entered classroom pages, every page in `lang`."""
     links = create_lesson(TEST_SECRET, "七年级数学 · 一元一次方程", server.url, teacher_name="李老师",
-                          classroom_names=[f"第{i + 1}小学" for i in range(classrooms)])
+                          classroom_names=[f"青山乡第{i + 1}中心小学" for i in range(classrooms)])
     teacher = await open_page(browser, with_lang(links.teacher.replace("/teacher#", f"/teacher{TEACHER_QUERY}#"),
                                                  lang))
     await teacher.wait_for_function("!document.getElementById('start').disabled", timeout=TIMEOUT_MS)
