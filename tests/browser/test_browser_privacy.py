@@ -113,3 +113,27 @@ async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_he
             assert not other.ketang_errors, other.ketang_errors
         finally:
             await other.context.close()
+
+
+async def test_a_muted_classroom_on_stage_is_told_so_and_removing_asks_first(server, browser):  # noqa: F811
+    async with lesson(server, browser, query="?video=320x180") as (teacher, [room]):
+        await wait_decoding(room, audio=False)
+        assert await teacher.text_content("#mute") == "静音（我的麦克风）"
+        room_id = await room.evaluate("window.ketang.session.me.id")
+        buttons = teacher.locator(f'#wall .tile[data-participant="{room_id}"] .actions button')
+        await teacher.wait_for_function("document.querySelectorAll('#wall .tile').length === 1", timeout=5000)
+        await buttons.nth(0).click()  # on stage
+        await room.wait_for_function("document.getElementById('hand-status').textContent.includes('正在台上')",
+                                     timeout=5000)
+        await buttons.nth(1).click()  # muted
+        await room.wait_for_function("document.getElementById('hand-status').textContent.includes('静音')",
+                                     timeout=5000)
+        text = await room.text_content("#hand-status") or ""
+        assert "正在台上" in text and "打开麦克风" not in text, text
+        # 移出 asks first: 取消 keeps the classroom
+        await buttons.nth(2).click()
+        assert await buttons.nth(2).text_content() == "确认移出？"
+        await teacher.click(f'#wall .tile[data-participant="{room_id}"] .remove-cancel')
+        assert await buttons.nth(2).text_content() == "移出"
+        assert await teacher.locator(".remove-cancel").count() == 0
+        assert not await room.evaluate("window.ketang.session.removed")
