@@ -1,8 +1,9 @@
 """The pages' layout at phone, tablet and laptop sizes, in Chinese and English, during a real lesson: no element's
-content spills out of its box, no two visible controls overlap or cover each other, no word (a Chinese phrase or an
-English word) of a table cell, button or heading breaks across lines, and the lesson video takes a fair share of the
-screen, and a destructive button (移出, 结束课程) stands apart from the others. The layout is measured with JS in the page (getBoundingClientRect, scrollWidth, Range.getClientRects). A
-WeChat-like phone (its user agent, touch, portrait, no autoplay before a tap) enters a lesson with a tap. Screenshots
+content spills out of its box, no two visible controls overlap or cover each other, a destructive button (移出,
+结束课程) stands apart from the others, no word (a Chinese phrase or an English word) of a table cell, button or
+heading breaks across lines, and the lesson video takes a fair share of the screen. The layout is measured with JS
+in the page (getBoundingClientRect, scrollWidth, Range.getClientRects). A WeChat-like phone (its user agent, touch,
+portrait, no autoplay before a tap) enters a lesson with a tap. Screenshots
 go to docs/screenshots/layout-<page>-<viewport>[-en].png."""
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ VIEWPORTS = {
 TIMEOUT_MS = 15000
 # the least share of the largest 16:9 picture that fits the viewport which the main video must show (the teacher's
 # own preview stays small on purpose: the wall of classrooms matters more to the teacher)
-MIN_VIDEO_SHARE = {"classroom": 0.5, "teacher": 0.08, "library-play": 0.3}
+MIN_VIDEO_SHARE = {"classroom": 0.5, "teacher": 0.08, "teacher-confirm": 0.08, "library-play": 0.3}
 WECHAT_UA = ("Mozilla/5.0 (Linux; Android 12; V2055A Build/SP1A.210812.003; wv) AppleWebKit/537.36 (KHTML, like "
              "Gecko) Version/4.0 Chrome/107.0.5304.141 Mobile Safari/537.36 XWEB/5023 MMWEBSDK/20221206 "
              "MMWEBID/1571 MicroMessenger/8.0.32.2300(0x2800205D) WeChat/arm64 Weixin NetType/WIFI "
@@ -57,8 +58,8 @@ LAYOUT_JS = """([video, minShare]) => {
     const cs = getComputedStyle(el);
     if (cs.display.startsWith('inline') && !['inline-block', 'inline-flex', 'inline-grid'].includes(cs.display))
       continue;
-    if (cs.overflowX !== 'visible' || el.clientWidth === 0 || ['VIDEO', 'SELECT', 'INPUT', 'TEXTAREA'].includes(el.tagName))
-      continue;
+    if (cs.overflowX !== 'visible' || el.clientWidth === 0) continue;
+    if (['VIDEO', 'SELECT', 'INPUT', 'TEXTAREA'].includes(el.tagName)) continue;
     if (el.scrollWidth > el.clientWidth + 1)
       problems.push(`${name(el)} overflows: content ${el.scrollWidth} px in ${el.clientWidth} px`);
   }
@@ -138,7 +139,8 @@ async def settle(page) -> None:  # type: ignore[no-untyped-def]
     await asyncio.sleep(0.3)
 
 
-async def check(page, name: str, size: str, lang: str, video: str | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+async def check(page, name: str, size: str, lang: str,  # type: ignore[no-untyped-def]
+                video: str | None = None) -> list[str]:
     """Resize `page` to `size`, write its screenshot, and return its layout faults (prefixed with where)."""
     await page.set_viewport_size(VIEWPORTS[size])
     await settle(page)
@@ -188,7 +190,20 @@ async def test_the_lesson_pages_fit_every_viewport(server, browser, lang: str) -
         for size in VIEWPORTS:
             problems += await check(teacher, "teacher", size, lang, "#preview")
             problems += await check(rooms[0], "classroom", size, lang, "#main-video")
+        # the confirmations of 结束课程 and 移出, shown in place (each disarms itself after a few seconds: armed
+        # again before each size, never pressed twice, so the lesson goes on)
+        for size in VIEWPORTS:
+            await arm(teacher, "#end", ".end-confirm")
+            await arm(teacher, "#wall .tile button.danger", "#wall .tile button.remove-cancel")
+            problems += await check(teacher, "teacher-confirm", size, lang, "#preview")
         assert not problems, "\n".join(problems)
+
+
+async def arm(page, button: str, armed: str) -> None:  # type: ignore[no-untyped-def]
+    """Press a destructive `button` once, unless its confirmation (`armed`) is already shown."""
+    if not await page.query_selector(armed):
+        await page.click(button)
+        await page.wait_for_selector(armed, timeout=TIMEOUT_MS)
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
@@ -267,7 +282,8 @@ async def wechat() -> AsyncIterator[object]:
             await b.close()
 
 
-async def test_a_classroom_in_wechat_on_a_phone_enters_with_a_tap_and_fits(server, browser, wechat) -> None:  # type: ignore[no-untyped-def]
+async def test_a_classroom_in_wechat_on_a_phone_enters_with_a_tap_and_fits(  # type: ignore[no-untyped-def]
+        server, browser, wechat) -> None:
     async with lesson_in(server, browser, "zh", classrooms=1) as (links, _, rooms):
         await rooms[0].context.close()  # this classroom joins from WeChat instead
         rooms.clear()
