@@ -190,6 +190,11 @@ def _page(filename: str):  # type: ignore[no-untyped-def]
     return serve
 
 
+async def _favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CLIENT_WEB_DIR / "favicon.svg",
+                            headers={"Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"})
+
+
 # the lesson API is asked by pages of another origin when several server processes share Redis: a page served by
 # one node follows its lesson to the node that carries it (`lesson_elsewhere`), and asks that node for the stats.
 # Bearer tokens only, no cookies: any origin may ask.
@@ -315,6 +320,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("OPTIONS", "/api/lessons/{tail:.*}", lesson_preflight)
     for path, filename in PAGES.items():
         app.router.add_get(path, _page(filename))
+    app.router.add_get("/favicon.ico", _favicon)  # asked by browsers (and in-app ones) that ignore the pages' icon link
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
     library = Library(config.data_dir)
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))

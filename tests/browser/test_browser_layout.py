@@ -304,3 +304,10 @@ async def test_a_classroom_in_wechat_on_a_phone_enters_with_a_tap_and_fits(  # t
         assert not errors, errors
         await context.close()
         assert not result["problems"], "\n".join(result["problems"])
+
+
+def test_the_default_favicon_address_is_served_too(server) -> None:  # type: ignore[no-untyped-def]
+    """/favicon.ico: what a browser asks for when it ignores the pages' icon link (some in-app browsers)."""
+    with urllib.request.urlopen(server.url + "/favicon.ico", timeout=5) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("image/svg")
+        assert b"<svg" in resp.read()
