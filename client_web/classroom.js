@@ -7,14 +7,14 @@
 // protocol.js.
 import { ClassroomSession, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
-import { byId } from "./dom.js";
+import { byId, countdown, stopCountdown } from "./dom.js";
 import { attach, capture, createdTracks, liveTrack, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
-const HAND_REFRESH_MS = 5000;
-const RETRY_S = 10; // a server that cannot be reached: enter again after this many seconds // while the hand is up, ask for our place again (others' hands go down)
+const HAND_REFRESH_MS = 5000; // while the hand is up, ask for our place again (others' hands go down)
+const RETRY_S = 10; // a server that cannot be reached: enter again after this many seconds
 const params = new URLSearchParams(location.search);
 // the camera view the teacher sees: small (the server caps a classroom's uplink at ~150 kbit/s)
 const [CAMERA_W, CAMERA_H] = (params.get("video") || "320x180").split("x").map(Number);
@@ -40,8 +40,6 @@ let layout = "none"; // what is on screen: none | camera | screen
 /** What this classroom's camera or microphone could not do (no camera, denied, http://): shown whenever the
  *  banner has nothing more pressing to say. */
 let deviceNote = "";
-/** @type {ReturnType<typeof setInterval> | null} the countdown to the next try when the server cannot be reached */
-let retryTimer = null;
 
 window.ketang = {
   get session() { return session; },
@@ -120,24 +118,7 @@ function renderLive() {
 
 /** The server cannot be reached: say so with a countdown, then enter again (or at once, with the button). */
 function retryLater() {
-  let left = RETRY_S;
-  const tick = () => {
-    if (left <= 0) {
-      stopRetry();
-      enter();
-      return;
-    }
-    overlay(t("error.unreachable", { seconds: left }));
-    left -= 1;
-  };
-  stopRetry();
-  tick();
-  retryTimer = setInterval(tick, 1000);
-}
-
-function stopRetry() {
-  if (retryTimer !== null) clearInterval(retryTimer);
-  retryTimer = null;
+  countdown(RETRY_S, (left) => overlay(t("error.unreachable", { seconds: left })), enter);
 }
 
 
@@ -406,7 +387,7 @@ function stopped(text) {
 }
 
 async function enter() {
-  stopRetry();
+  stopCountdown();
   overlay("");
   $("overlay").hidden = true;
   message("");

@@ -13,3 +13,33 @@ export function byId(id, kind) {
   if (!(el instanceof want)) throw new Error(`#${id} is not a ${want.name} on this page`);
   return /** @type {T} */ (el);
 }
+
+/** A countdown to the next try (a server that cannot be reached): `show(left)` each second from `seconds` down
+ *  to 1, then `then()`. Starting one stops the one running; the returned function stops it (a try made at once).
+ *  @param {number} seconds  @param {(left: number) => void} show  @param {() => void} then
+ *  @returns {() => void} */
+export function countdown(seconds, show, then) {
+  stopCountdown();
+  let left = seconds;
+  const tick = () => {
+    if (left <= 0) {
+      stopCountdown();
+      then();
+      return;
+    }
+    show(left);
+    left -= 1;
+  };
+  tick();
+  running = setInterval(tick, 1000);
+  return stopCountdown;
+}
+
+/** @type {ReturnType<typeof setInterval> | null} */
+let running = null;
+
+/** Stop the countdown running, if any. */
+export function stopCountdown() {
+  if (running !== null) clearInterval(running);
+  running = null;
+}

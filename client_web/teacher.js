@@ -5,7 +5,7 @@
 // remove, lock, chat, attendance. Protocol work is in protocol.js.
 import { TeacherSession, fragmentParams, readClaims } from "./protocol.js";
 import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel, t } from "./i18n.js";
-import { byId } from "./dom.js";
+import { byId, countdown, stopCountdown } from "./dom.js";
 import { attach, capture, createdTracks, mediaAvailable, own, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
 
@@ -61,8 +61,6 @@ let wallVisible = [];
 /** @type {AudioContext | null} */
 let audioContext = null;
 let chimes = 0;
-/** @type {ReturnType<typeof setInterval> | null} the countdown to the next start when the server cannot be reached */
-let retryTimer = null;
 
 // `pc` is what this page receives (the classrooms), as on the classroom page; `sendPc` what it publishes
 window.ketang = {
@@ -724,28 +722,11 @@ function stoppedLesson(statusText, cls) {
 
 /** The server cannot be reached: a countdown in the notice, then start again (or at once, with the button). */
 function retryLater() {
-  let left = RETRY_S;
-  const tick = () => {
-    if (left <= 0) {
-      stopRetry();
-      start();
-      return;
-    }
-    notice(t("error.unreachable", { seconds: left }), { key: "retryNow", run: start });
-    left -= 1;
-  };
-  stopRetry();
-  tick();
-  retryTimer = setInterval(tick, 1000);
-}
-
-function stopRetry() {
-  if (retryTimer !== null) clearInterval(retryTimer);
-  retryTimer = null;
+  countdown(RETRY_S, (left) => notice(t("error.unreachable", { seconds: left }), { key: "retryNow", run: start }), start);
 }
 
 async function start() {
-  stopRetry();
+  stopCountdown();
   $("start", HTMLButtonElement).disabled = true;
   label($("start", HTMLButtonElement), "teacher.starting");
   if (!stream) { // released after an end, a replaced page or a failed start: open the devices again
