@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -22,13 +21,17 @@ from signaling.config import (
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
+    from ketang.log import configure as configure_logging
     from sfu.seams import MediaPorts, SeamError, set_media_addresses, set_media_ports
     from sfu.seams import install as install_seams
     from signaling.app import run_server, tls_context
     from signaling.tokens import load_or_create_secret
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(args.log_format or os.environ.get("KETANG_LOG_FORMAT") or "text", args.verbose)
+    except ValueError as exc:
+        print(f"ketang: {exc} (--log-format or KETANG_LOG_FORMAT)", file=sys.stderr)
+        return 2
     try:
         install_seams()  # the start-up self-test of the aiortc seams, decoding off, the datagram guard
     except SeamError as exc:
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-addresses", default=None,
                        help="comma-separated local IP addresses the media (ICE host candidates) uses (or "
                             "KETANG_MEDIA_ADDRESSES; default: every interface address but 127.0.0.1)")
+    serve.add_argument("--log-format", default=None, choices=("text", "json"),
+                       help="text (default) or json: one JSON object per line with the lesson and participant a "
+                            "line is about, for a log collector (or KETANG_LOG_FORMAT)")
     serve.add_argument("--media-ports", default=None, metavar="FIRST-LAST",
                        help="UDP ports the media binds, e.g. 40000-49999: one rule in the firewall (or "
                             "KETANG_MEDIA_PORTS; default: any port the system gives)")

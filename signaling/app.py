@@ -31,6 +31,7 @@ from signaling.config import Config
 from signaling.connection import Connection
 from signaling.handlers import HANDLERS
 from signaling.hub import UNAVAILABLE_MESSAGE, Hub
+from signaling.logcontext import set_participant
 from signaling.messages import (
     MAX_MESSAGE_BYTES,
     Message,
@@ -127,6 +128,10 @@ async def _dispatch(hub: Hub, conn: Connection, raw: str | bytes, audit: AuditLo
         return
     if reply is not None:
         conn.send(reply)
+    if msg.type == "join" and conn.claims is not None:
+        # every line logged while this connection's messages are handled says whose they are
+        set_participant(conn.lesson_id, conn.participant_id, conn.claims.role)
+        log.info("joined as %s (%s)", conn.claims.role, conn.claims.name)
     if audit is not None and msg.type in AUDITED_MESSAGES:
         _audit(audit, conn, msg, address, "ok" if msg.type != "join" or conn.claims is not None else "elsewhere")
 
