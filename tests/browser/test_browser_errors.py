@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ketang.lesson_cmd import create_lesson
-from tests.chromium import browser, lesson, open_page  # noqa: F401  (fixture)
+from tests.chromium import lesson, open_page
 from tests.support import TEST_SECRET, token
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ UNCOVERED_JS = """(sel) => {
 }"""
 
 
-async def refused_message(browser, url: str) -> str:  # noqa: F811
+async def refused_message(browser, url: str) -> str:
     """Enter with `url` and return the message the page shows once the server refused the join."""
     page = await open_page(browser, url)
     try:
@@ -54,7 +54,7 @@ def tampered(tok: str) -> str:
     return f"{head}.{payload}.{('A' if sig[0] != 'A' else 'B') + sig[1:]}"
 
 
-async def test_an_expired_and_a_tampered_link_say_so_in_chinese_and_english(server, browser):  # noqa: F811
+async def test_an_expired_and_a_tampered_link_say_so_in_chinese_and_english(server, browser):
     links = create_lesson(TEST_SECRET, "七年级数学", server.url, classroom_names=["第1小学"])
     expired = token("classroom", links.lesson, name="第1小学", ttl_s=60, now=time.time() - 3600)
     good = links.classrooms[0][1].split("#token=")[1]
@@ -67,7 +67,7 @@ async def test_an_expired_and_a_tampered_link_say_so_in_chinese_and_english(serv
         assert not any(raw in en for raw in ("InvalidSignatureError", "出错了")), en
 
 
-async def test_a_locked_lessons_note_is_readable_above_the_enter_button(server, browser):  # noqa: F811
+async def test_a_locked_lessons_note_is_readable_above_the_enter_button(server, browser):
     async with lesson(server, browser) as (teacher, [_room]):
         lesson_id = await teacher.evaluate("window.ketang.session.claims.lesson")
         await teacher.click("#lock")
@@ -114,7 +114,7 @@ async def test_an_insecure_origin_says_https_is_needed_and_the_classroom_still_w
             await b.close()
 
 
-async def test_a_server_that_cannot_be_reached_is_retried_with_a_countdown(browser, tmp_path):  # noqa: F811
+async def test_a_server_that_cannot_be_reached_is_retried_with_a_countdown(browser, tmp_path):
     """Both pages loaded, then the server gone: each says so with a countdown to its next try (no exception
     text), and keeps no camera or microphone open meanwhile."""
     from tests.support import Server
@@ -147,7 +147,7 @@ async def test_a_server_that_cannot_be_reached_is_retried_with_a_countdown(brows
             await page.context.close()
 
 
-async def test_a_teacher_with_a_tampered_link_is_told_how_to_make_new_links(server, browser):  # noqa: F811
+async def test_a_teacher_with_a_tampered_link_is_told_how_to_make_new_links(server, browser):
     links = create_lesson(TEST_SECRET, "七年级数学", server.url, classroom_names=["第1小学"])
     teacher_token = links.teacher.split("#token=")[1].split("&")[0]
     page = await open_page(browser, links.teacher.replace(teacher_token, tampered(teacher_token))

@@ -150,7 +150,7 @@ def tile_button(teacher, participant: str, index: int):  # type: ignore[no-untyp
     return teacher.locator(f'#wall .tile[data-participant="{participant}"] .actions button').nth(index)
 
 
-async def test_wall_pages_hands_in_order_and_a_classroom_on_stage_seen_and_heard_by_the_others(server, browser):  # noqa: F811
+async def test_wall_pages_hands_in_order_and_a_classroom_on_stage_seen_and_heard_by_the_others(server, browser):
     # two tiles per wall page: three classrooms make two pages
     async with lesson(server, browser, classrooms=3, query=TEACHER_QUERY + "&wall=2") as (teacher, rooms):
         for room in rooms:
@@ -266,7 +266,7 @@ async def test_wall_pages_hands_in_order_and_a_classroom_on_stage_seen_and_heard
         await wait_decoding(c)
 
 
-async def test_mute_chat_lock_remove_and_attendance(server, browser):  # noqa: F811
+async def test_mute_chat_lock_remove_and_attendance(server, browser):
     started = time.monotonic()
     async with lesson(server, browser, classrooms=3) as (teacher, rooms):
         for room in rooms:

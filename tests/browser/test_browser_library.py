@@ -46,7 +46,7 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noqa: F811
+async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:
     library = Library(tmp_path / "data")
     ids = {}
     lessons = [("勾股定理", None, True), ("一元一次方程的解法", REASON, False), ("平行四边形的性质", None, False)]
@@ -73,7 +73,7 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
         library.close()
 
 
-async def open_page(browser, url: str, viewport: dict[str, int]):  # type: ignore[no-untyped-def]  # noqa: F811
+async def open_page(browser, url: str, viewport: dict[str, int]):  # type: ignore[no-untyped-def]
     return await browser_page(browser, url, viewport, bypass_csp=False)
 
 
@@ -101,7 +101,7 @@ async def player(page) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
 async def test_an_incomplete_item_shows_the_badge_and_the_explanation_and_a_complete_one_neither(
-        site: Site, browser, lang: str) -> None:  # noqa: F811
+        site: Site, browser, lang: str) -> None:
     page = await open_page(browser, page_url(site, "/library", lang), LAPTOP)
     cards = await list_cards(page)
     assert BADGE[lang] in cards["一元一次方程的解法"], cards
@@ -131,7 +131,7 @@ async def test_an_incomplete_item_shows_the_badge_and_the_explanation_and_a_comp
 
 @pytest.mark.parametrize(("size", "viewport"), [("phone", PHONE), ("laptop", LAPTOP)])
 async def test_screenshots_of_an_incomplete_item(
-        site: Site, browser, size: str, viewport: dict[str, int]) -> None:  # noqa: F811
+        site: Site, browser, size: str, viewport: dict[str, int]) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page = await open_page(browser, page_url(site, "/library", "zh"), viewport)
     await list_cards(page)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_pages_opened_at_another_node_follow_their_lesson_and_play_it(tmp_path, redis_url, redis_prefix,
-                                                                           browser):  # noqa: F811
+                                                                           browser):
     a = Server(node_dir(tmp_path, "a"), redis_url, redis_prefix)
     b = Server(node_dir(tmp_path, "b"), redis_url, redis_prefix)
     pages = []

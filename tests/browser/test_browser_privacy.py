@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chromium import browser, lesson, open_page, wait_decoding  # noqa: F401  (fixture)
+from tests.chromium import lesson, open_page, wait_decoding
 
 pytestmark = pytest.mark.slow
 
 TRACK_STATES_JS = "window.ketang.tracks.map(t => `${t.kind}:${t.readyState}`)"
 
 
+async def offers_to_continue(page, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the page (replaced by the same link elsewhere) offers 在此处继续 in `where` (its overlay or
+    notice)."""
+    await page.wait_for_function(
+        f"document.querySelector('#{where} .{where}-action')?.textContent === '在此处继续'", timeout=8000)
+
+
 async def track_states(page) -> list[str]:  # type: ignore[no-untyped-def]
     return await page.evaluate(TRACK_STATES_JS)
 
 
-async def test_ending_the_lesson_stops_every_track_and_resets_what_the_pages_show(server, browser):  # noqa: F811
+async def test_ending_the_lesson_stops_every_track_and_resets_what_the_pages_show(server, browser):
     async with lesson(server, browser, query="?video=640x360&fakescreen=1") as (teacher, [room]):
         await wait_decoding(room, audio=False)
         await teacher.click("#share")  # the courseware is a track of the teacher's page too
@@ -55,7 +62,7 @@ async def test_ending_the_lesson_stops_every_track_and_resets_what_the_pages_sho
         assert "摄像头和麦克风已关闭" in (await teacher.text_content("#notice") or "")
 
 
-async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_here(server, browser):  # noqa: F811
+async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_here(server, browser):
     async with lesson(server, browser) as (teacher, [room]):
         await wait_decoding(room, audio=False)
         await room.click("#mic")  # the microphone on: the replaced page must not keep it
@@ -65,8 +72,7 @@ async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_
         try:
             await other.click("#enter")
             await wait_decoding(other, audio=False)
-            await room.wait_for_function(
-                "document.querySelector('#overlay .overlay-action')?.textContent === '在此处继续'", timeout=8000)
+            await offers_to_continue(room, "overlay")
             states = await track_states(room)
             assert states and all(s.endswith(":ended") for s in states), states
             assert await room.is_hidden(".live-indicator")
@@ -77,8 +83,7 @@ async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_
             # 在此处继续: this page takes the lesson back; the other one is replaced in turn
             await room.click("#overlay .overlay-action")
             await wait_decoding(room, audio=False)
-            await other.wait_for_function(
-                "document.querySelector('#overlay .overlay-action')?.textContent === '在此处继续'", timeout=8000)
+            await offers_to_continue(other, "overlay")
             other_states = await track_states(other)
             assert other_states and all(s.endswith(":ended") for s in other_states), other_states
             assert "video:live" in await track_states(room)
@@ -87,7 +92,7 @@ async def test_a_replaced_classroom_page_lets_go_of_everything_and_can_continue_
             await other.context.close()
 
 
-async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_here(server, browser):  # noqa: F811
+async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_here(server, browser):
     async with lesson(server, browser, query="?video=320x180") as (teacher, [room]):
         await wait_decoding(room, audio=False)
         other = await open_page(browser, teacher.url)
@@ -96,8 +101,7 @@ async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_he
             await other.click("#start")
             await other.wait_for_function("document.getElementById('status').classList.contains('live')",
                                           timeout=10000)
-            await teacher.wait_for_function(
-                "document.querySelector('#notice .notice-action')?.textContent === '在此处继续'", timeout=8000)
+            await offers_to_continue(teacher, "notice")
             states = await track_states(teacher)
             assert states and all(s.endswith(":ended") for s in states), states
             assert "另一个窗口" in (await teacher.text_content("#notice") or "")
@@ -106,8 +110,7 @@ async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_he
             await teacher.click("#notice .notice-action")  # take it back: the other page is replaced in turn
             await teacher.wait_for_function("document.getElementById('status').classList.contains('live')",
                                             timeout=10000)
-            await other.wait_for_function(
-                "document.querySelector('#notice .notice-action')?.textContent === '在此处继续'", timeout=8000)
+            await offers_to_continue(other, "notice")
             assert {"audio:live", "video:live"} <= set(await track_states(teacher))
             await wait_decoding(room, audio=False, timeout_s=15)  # the classroom sees the teacher again
             assert not other.ketang_errors, other.ketang_errors
@@ -115,7 +118,7 @@ async def test_a_replaced_teacher_page_lets_go_of_its_camera_and_can_continue_he
             await other.context.close()
 
 
-async def test_a_muted_classroom_on_stage_is_told_so_and_removing_asks_first(server, browser):  # noqa: F811
+async def test_a_muted_classroom_on_stage_is_told_so_and_removing_asks_first(server, browser):
     async with lesson(server, browser, query="?video=320x180") as (teacher, [room]):
         await wait_decoding(room, audio=False)
         assert await teacher.text_content("#mute") == "静音（我的麦克风）"

@@ -32,7 +32,7 @@ async def _camera_size(page) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return (video[0]["frameWidth"], video[0]["frameHeight"]) if video else (0, 0)
 
 
-async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_climbs_to_the_largest(server, browser):  # noqa: F811
+async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_climbs_to_the_largest(server, browser):
     async with lesson(server, browser, query=TEACHER_720P) as (teacher, [room]):
         await wait_decoding(room, timeout_s=15)
         stats = await room.ketang_stats()
@@ -75,7 +75,7 @@ async def test_a_720p_teacher_sends_three_layers_and_a_classroom_on_a_good_link_
             timeout=8000)
 
 
-async def test_a_classroom_that_pins_the_low_layer_gets_only_the_smallest(server, browser):  # noqa: F811
+async def test_a_classroom_that_pins_the_low_layer_gets_only_the_smallest(server, browser):
     async with lesson(server, browser, query=TEACHER_720P) as (_teacher, [room]):
         await wait_decoding(room, timeout_s=15)
         await room.click("#low-video")  # 流畅画面
