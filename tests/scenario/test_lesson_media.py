@@ -36,9 +36,13 @@ async def test_three_classrooms_decode_the_teachers_video_and_one_with_3_percent
         await asyncio.sleep(8)
         sent = teacher.video.frames_sent - sent_from
         step = VIDEO_CLOCK // teacher.video.fps
-        # aiortc's jitter buffer holds frames behind a hole until the retransmission fills it, so frames of the
-        # window may come out a little later: give them 2 s (the teacher keeps sending meanwhile)
-        await asyncio.sleep(2)
+        # aiortc's jitter buffer holds frames behind a hole until the retransmission fills it and then lets out one
+        # frame per packet received, so a classroom whose retransmission was itself lost (and re-asked at its next
+        # loss) runs seconds behind: wait until every classroom has decoded past the window, then count the frames
+        ends = [start + sent * step for start in pts_from]
+        deadline = time.monotonic() + 15
+        while any(max(room.video_pts) < end for room, end in zip(rooms, ends)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         decoded = [len({p for p in room.video_pts if start < p <= start + sent * step})
                    for room, start in zip(rooms, pts_from)]
         stats = await server.stats(lesson)

@@ -134,7 +134,7 @@ def test_packet_cache(kwargs: dict, steps: list[Step]) -> None:
 
 
 def test_defaults_are_the_named_constants() -> None:
-    assert (PACKET_CACHE_S, PACKET_CACHE_MAX) == (2.0, 4096)
+    assert (PACKET_CACHE_S, PACKET_CACHE_MAX) == (4.0, 4096)
     cache = PacketCache()
     for seq in range(PACKET_CACHE_MAX + 10):
         cache.add(seq, seq, now=seq * 0.0001)  # 10 kpps: the count limit bites before the age limit
