@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from signaling.config import (
 )
 
 
-def _port(flag: int | None) -> int:
-    raw = os.environ.get("KETANG_PORT")
+def _port(flag: int | None, env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get("KETANG_PORT")
     if flag is not None or not raw:
         return flag if flag is not None else DEFAULT_PORT
     if not raw.isdigit() or not 0 < int(raw) < 65536:
