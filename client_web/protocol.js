@@ -155,10 +155,11 @@ export class ConnectionError extends Error {
 // a lesson lives on one server process; a page sent from one to another follows at most this many times
 const MAX_HOPS = 2;
 
-/** A join refused for a moment only: the server cannot reach its room state (Redis) just now. */
+/** A join refused for a moment only: the server cannot reach its room state (Redis) just now, or it is being
+ *  restarted (draining) and no other server takes the lesson yet. */
 /** @param {unknown} err */
 function unavailable(err) {
-  return err instanceof ProtocolError && err.code === "unavailable";
+  return err instanceof ProtocolError && (err.code === "unavailable" || err.code === "draining");
 }
 
 /** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */

@@ -82,7 +82,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
         ttl = Config.float_from("KETANG_PARTICIPANT_TTL_S", PARTICIPANT_TTL_S)
         host = args.host or os.environ.get("KETANG_HOST") or DEFAULT_HOST
         port = _port(args.port)
-        drain_timeout = (args.drain_timeout if args.drain_timeout is not None
+        drain_timeout = (args.drain_timeout_s if args.drain_timeout_s is not None
                          else seconds_from("KETANG_DRAIN_TIMEOUT_S", DRAIN_TIMEOUT_S))
         if not drain_timeout >= 0:
             raise ValueError("--drain-timeout must be 0 or more seconds")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "environment variables win over it")
     serve.add_argument("--host", default=None, help=f"listen address (or KETANG_HOST; {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=None, help=f"listen port (or KETANG_PORT; {DEFAULT_PORT})")
-    serve.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
+    serve.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, default=None, metavar="SECONDS",
                        help="on SIGTERM or `ketang drain`, live lessons go on at most this long, then their "
                             f"participants are sent to another node (or KETANG_DRAIN_TIMEOUT_S; {DRAIN_TIMEOUT_S:g})")
     serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")

@@ -99,6 +99,9 @@ async def _move(draining: Server, home: Server, teacher: Teacher, room: Classroo
     assert len(room.frames) > frames_before, "the live lesson stopped during the drain"
 
     teacher_url, room_url = await asyncio.gather(_follow(teacher.ws, home), _follow(room.ws, home))
+    told_at = time.monotonic()
+    await teacher.close()  # as a page does on `rejoin`: its peer connections go at once (the picture stops)
+    await room.close()
     assert teacher_url == room_url == home.ws_url, (teacher_url, room_url, home.ws_url)
     assert teacher.ws.rejoin is not None and teacher.ws.rejoin["reason"] == "draining"
 
@@ -118,9 +121,10 @@ async def _move(draining: Server, home: Server, teacher: Teacher, room: Classroo
     await room_b.wait_frames(30, timeout_s=30)
     await _until(lambda: _closed(room.ws), 15, "the old socket closed")
     assert room.ws.close_code == CLOSE_REJOIN, room.ws.close_code
-    gap = room_b.frames[0] - room.frames[-1]
+    gap = room_b.frames[0] - max(t for t in room.frames if t <= told_at)
     steady = max(b - a for a, b in zip(room_b.frames[:30], room_b.frames[1:30]))
-    await hang_up(teacher, room)
+    await teacher.ws.close()
+    await room.ws.close()
     assert await asyncio.to_thread(draining.proc.wait, 30) == 0  # it stops by itself once empty
     return teacher_b, room_b, max(gap, steady)
 
