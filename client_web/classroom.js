@@ -482,7 +482,7 @@ async function enter() {
       overlay(errorText(code));
       $("message").textContent = errorText(code);
       $("message").hidden = true;
-    } else if (code === "unreachable" || code === "unavailable") {
+    } else if (code === "unreachable" || code === "unavailable" || code === "draining") {
       retryLater();
     } else {
       document.body.dataset.layout = "removed"; // the plain full-page note (a bad link cannot be retried)

@@ -155,6 +155,7 @@ const TEXT = {
     "error.lesson_locked": "课堂已锁定",
     "error.removed": "已被移出课堂",
     "error.unavailable": "服务器暂时无法读取课堂状态，正在重试…",
+    "error.draining": "服务器正在重启，稍后自动重新连接…",
     "lesson.ended": "课程已结束",
     "lesson.endedNext": "课程已结束，摄像头和麦克风已关闭。可以关闭本页；本课录像审核后可在资源库观看。",
     "teacher.endedNext": "课程已结束，摄像头和麦克风已关闭。要再上课，请点击“开始上课”。",
@@ -353,6 +354,7 @@ const TEXT = {
     "error.lesson_locked": "The lesson is locked",
     "error.removed": "Removed from the lesson",
     "error.unavailable": "The server cannot reach the lesson's state just now; trying again…",
+    "error.draining": "The server is restarting; reconnecting by itself in a moment…",
     "lesson.ended": "The lesson has ended",
     "lesson.endedNext":
       "The lesson has ended; the camera and microphone are off. You may close this page; the recording "
@@ -491,6 +493,7 @@ const ERRORS = /** @type {Record<string, string>} */ ({
   lesson_ended: "error.lesson_ended",
   unreachable: "error.unreachableNow",
   unavailable: "error.unavailable",
+  draining: "error.draining",
   stage_full: "error.stage_full",
   not_found: "error.not_found",
   chat_off: "error.chat_off",

@@ -63,11 +63,13 @@
 /** @typedef {{type: "offer", sdp: string, tracks: MidEntry[]}} Offer */
 /** @typedef {{type: "tracks", tracks: MidEntry[]}} Tracks */
 /** @typedef {{type: "error", ref?: number, code: string, message: string, url?: string}} ErrorMessage */
+/** The server drains (a rolling restart): join again at once, at `url` (another node) when it names one.
+ *  @typedef {{type: "rejoin", reason?: string, url?: string}} Rejoin */
 /** Any server message: the ones above, and replies (which `request` hands over).
- *  @typedef {(LessonEvent | Offer | Tracks | ErrorMessage | Reply) & {ref?: number}} ServerMessage */
+ *  @typedef {(LessonEvent | Offer | Tracks | ErrorMessage | Rejoin | Reply) & {ref?: number}} ServerMessage */
 
 /** The events a Signaling dispatches, by name (each a CustomEvent with this detail).
- *  @typedef {{message: ServerMessage, offer: Offer, tracks: Tracks, event: LessonEvent,
+ *  @typedef {{message: ServerMessage, offer: Offer, tracks: Tracks, event: LessonEvent, rejoin: Rejoin,
  *    close: {code: number, reason: string}}} SignalingEvents */
 
 const REQUEST_TIMEOUT_MS = 10000;
@@ -81,12 +83,17 @@ const STALL_GRACE_MS = 6000;
 // in the same instant.
 const RECONNECT_DELAYS_MS = [250, 500, 500, 500, 500, 500, 500, 1000, 2000, 4000, 8000];
 const RECONNECT_JITTER = 0.25;
+// Told to rejoin (a draining server): the first try comes within this, spread so a lesson's classrooms do not
+// arrive at the next server in the same instant.
+const MOVE_SPREAD_MS = 200;
 // A websocket that has not opened by then is given up (a server whose machine died answers nothing at all).
 const CONNECT_TIMEOUT_MS = 3000;
 // Close code the server uses when the same participant joined again elsewhere (another tab).
 const CLOSE_REPLACED = 4001;
 // Close code the server uses when the teacher removed this classroom: it cannot join this lesson again.
 const CLOSE_REMOVED = 4003;
+// Close code after `rejoin`: the server drains; the lesson goes on at another node, joined at once and quietly.
+const CLOSE_REJOIN = 4006;
 const CHAT_KEEP = 200; // chat messages a page keeps (joined carries the last 100)
 
 export const SOURCES = ["camera", "screen", "microphone"];
@@ -148,10 +155,11 @@ export class ConnectionError extends Error {
 // a lesson lives on one server process; a page sent from one to another follows at most this many times
 const MAX_HOPS = 2;
 
-/** A join refused for a moment only: the server cannot reach its room state (Redis) just now. */
+/** A join refused for a moment only: the server cannot reach its room state (Redis) just now, or it is being
+ *  restarted (draining) and no other server takes the lesson yet. */
 /** @param {unknown} err */
 function unavailable(err) {
-  return err instanceof ProtocolError && err.code === "unavailable";
+  return err instanceof ProtocolError && (err.code === "unavailable" || err.code === "draining");
 }
 
 /** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */
@@ -472,6 +480,9 @@ class LessonSession extends EventTarget {
     this.iceServers = [];
     this.relay = relayOnly();
     this.closedByUs = false;
+    /** @type {string | null} where the next join goes (a draining server's `rejoin` url), once */
+    this._moveTo = null;
+    this._moving = false; // told to rejoin: the next rebuild starts at once and says "moving", not "reconnecting"
     this.reconnects = 0;
     this._attempt = 0;
     this._rebuilding = false;
@@ -542,7 +553,8 @@ class LessonSession extends EventTarget {
 
   /** Connect and join; the receiving side listens first, as the server's offer follows `joined` at once.
    *  @param {string} [url]  @param {number} [hops]  @returns {Promise<Joined>} */
-  async _join(url = this.homeUrl, hops = 0) {
+  async _join(url = this._moveTo || this.homeUrl, hops = 0) {
+    this._moveTo = null;
     this.url = url;
     const sig = new Signaling(url);
     this.sig = sig;
@@ -552,6 +564,11 @@ class LessonSession extends EventTarget {
     receiving.listen(sig);
     sig.on("event", (e) => this._onEvent(e.detail));
     sig.on("close", (e) => this._onSignalClose(sig, e));
+    sig.on("rejoin", (e) => {
+      if (sig !== this.sig) return;
+      this._moving = true;
+      this._moveTo = e.detail.url ? wsUrlOf(e.detail.url) : null;
+    });
     await sig.connect();
     let joined;
     try {
@@ -771,7 +788,8 @@ class LessonSession extends EventTarget {
       this._onRemoved();
       return;
     }
-    this._rebuild("websocket closed");
+    if (e.detail.code === CLOSE_REJOIN) this._moving = true;
+    this._rebuild(this._moving ? "the server is restarting: moving to another" : "websocket closed");
   }
 
   /** A join refused for good: removed by the teacher, or a classroom joining a lesson that has ended.
@@ -796,12 +814,17 @@ class LessonSession extends EventTarget {
     if (this._rebuilding || this.closedByUs || this.ended) return;
     this._rebuilding = true;
     this.reconnects += 1;
-    this.emit("status", { state: "reconnecting", why });
+    // a move (the server drains) is not a failure: the page keeps the last picture and says nothing unless the
+    // first join fails; it starts at once, where `rejoin` said
+    let moving = this._moving;
+    this._moving = false;
+    this.emit("status", { state: moving ? "moving" : "reconnecting", why });
     this._teardown();
-    this.emit("media", { tracks: [] });
+    if (!moving) this.emit("media", { tracks: [] });
     while (!this.closedByUs && !this.ended) {
       const base = RECONNECT_DELAYS_MS[Math.min(this._attempt, RECONNECT_DELAYS_MS.length - 1)];
-      const delay = base * (1 + RECONNECT_JITTER * (2 * Math.random() - 1));
+      const delay = moving ? MOVE_SPREAD_MS * Math.random() : base * (1 + RECONNECT_JITTER * (2 * Math.random() - 1));
+      moving = false;
       this._attempt += 1;
       await new Promise((r) => setTimeout(r, delay));
       if (this.closedByUs || this.ended) break;

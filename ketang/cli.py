@@ -5,20 +5,50 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
+
+from pathlib import Path
 
 from signaling.config import (
     CLASSROOM_UPLINK_KBPS,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DRAIN_TIMEOUT_S,
     PARTICIPANT_TTL_S,
     STAGE_MAX,
     TEACHER_UPLINK_KBPS,
     TURN_TTL_S,
     Config,
+    ConfigFileError,
+    apply_config_file,
+    flag_on,
+    seconds_from,
 )
 
 
+def _port(flag: int | None, env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get("KETANG_PORT")
+    if flag is not None or not raw:
+        return flag if flag is not None else DEFAULT_PORT
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"KETANG_PORT (or port in the configuration file) must be a port number, not {raw!r:.20}")
+    return int(raw)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    # the configuration file goes below the environment (flag > environment > file > default): its settings
+    # become the environment variables the environment does not set
+    config_path = args.config or os.environ.get("KETANG_CONFIG")
+    try:
+        if config_path:
+            apply_config_file(Path(config_path))
+    except ConfigFileError as exc:
+        print(f"ketang: {exc}", file=sys.stderr)
+        return 2
+    return _serve_configured(args)
+
+
+def _serve_configured(args: argparse.Namespace) -> int:
     import uvloop
 
     from ketang.log import configure as configure_logging
@@ -28,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
     from signaling.tokens import load_or_create_secret
 
     try:
-        configure_logging(args.log_format or os.environ.get("KETANG_LOG_FORMAT") or "text", args.verbose)
+        configure_logging(args.log_format or os.environ.get("KETANG_LOG_FORMAT") or "text",
+                          args.verbose or flag_on("KETANG_VERBOSE"))
     except ValueError as exc:
         print(f"ketang: {exc} (--log-format or KETANG_LOG_FORMAT)", file=sys.stderr)
         return 2
@@ -49,14 +80,20 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert, tls_key = Config.tls_from(args.tls_cert, args.tls_key)
         ssl_context = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
         ttl = Config.float_from("KETANG_PARTICIPANT_TTL_S", PARTICIPANT_TTL_S)
-        config = Config(host=args.host, port=args.port, redis_url=Config.redis_url_from(args.redis_url),
+        host = args.host or os.environ.get("KETANG_HOST") or DEFAULT_HOST
+        port = _port(args.port)
+        drain_timeout = (args.drain_timeout_s if args.drain_timeout_s is not None
+                         else seconds_from("KETANG_DRAIN_TIMEOUT_S", DRAIN_TIMEOUT_S))
+        if not drain_timeout >= 0:
+            raise ValueError("--drain-timeout must be 0 or more seconds")
+        config = Config(host=host, port=port, redis_url=Config.redis_url_from(args.redis_url),
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
                         turn_urls=Config.turn_urls_from(args.turn_urls),
                         turn_secret=os.environ.get("KETANG_TURN_SECRET", ""),
                         turn_ttl_s=Config.float_from("KETANG_TURN_TTL_S", TURN_TTL_S),
-                        record=not args.no_record,
+                        record=not (args.no_record or flag_on("KETANG_NO_RECORD")), drain_timeout_s=drain_timeout,
                         teacher_uplink_kbps=int(Config.float_from("KETANG_TEACHER_UPLINK_KBPS", TEACHER_UPLINK_KBPS)),
                         classroom_uplink_kbps=int(Config.float_from("KETANG_CLASSROOM_UPLINK_KBPS",
                                                                     CLASSROOM_UPLINK_KBPS)),
@@ -85,6 +122,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from ketang.audit_cmd import add_parser as add_audit_parser
+    from ketang.drain_cmd import add_parser as add_drain_parser
     from ketang.lesson_cmd import add_parser as add_lesson_parser
     from recorder.library.cli import add_parser as add_library_parser
     from signaling.tokens import ROLES
@@ -93,8 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server (in-process room state unless a Redis URL is given)")
-    serve.add_argument("--host", default=DEFAULT_HOST)
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--config", default=None, metavar="FILE",
+                       help="a TOML file with any of these settings (or KETANG_CONFIG; docs/config.md): flags and "
+                            "environment variables win over it")
+    serve.add_argument("--host", default=None, help=f"listen address (or KETANG_HOST; {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=None, help=f"listen port (or KETANG_PORT; {DEFAULT_PORT})")
+    serve.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, default=None, metavar="SECONDS",
+                       help="on SIGTERM or `ketang drain`, live lessons go on at most this long, then their "
+                            f"participants are sent to another node (or KETANG_DRAIN_TIMEOUT_S; {DRAIN_TIMEOUT_S:g})")
     serve.add_argument("--redis-url", default=None, help="room state in Redis (or KETANG_REDIS_URL)")
     serve.add_argument("--public-url", default=None,
                        help="how browsers reach this process, e.g. https://ketang.example.cn:8443 (or "
@@ -121,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--turn-urls", default=None,
                        help="comma-separated TURN URLs handed to the browsers with per-participant credentials "
                             "(or KETANG_TURN_URLS; needs KETANG_TURN_SECRET)")
-    serve.add_argument("--no-record", action="store_true", help="do not record lessons into the library")
-    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.add_argument("--no-record", action="store_true",
+                       help="do not record lessons into the library (or KETANG_NO_RECORD=1)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging (or KETANG_VERBOSE=1)")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="print a signed role token for a lesson")
@@ -135,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lesson_parser(sub)
     add_library_parser(sub)
     add_audit_parser(sub)
+    add_drain_parser(sub)
     return parser
 
 

@@ -20,6 +20,12 @@ import aiohttp
 log = logging.getLogger("ketang.loadtest.ws")
 
 Handler = Callable[[dict], Awaitable[None]]
+CLOSE_REJOIN = 4006  # after a `rejoin` message: the server drains (docs/protocol.md)
+
+
+def ws_url_of(base: str) -> str:
+    """The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` or `rejoin` names."""
+    return base.rstrip("/").replace("http", "ws", 1) + "/ws"
 
 
 class ProtocolError(RuntimeError):
@@ -36,6 +42,8 @@ class WsClient:
         self.handlers: dict[str, Handler] = {}
         self.messages: list[dict] = []  # every message received, when `keep`
         self.close_code: int | None = None
+        # the server drains: `rejoin` received (join again at once, at `rejoin_url` when it names another node)
+        self.rejoin: dict | None = None
         self._new = asyncio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict]] = {}
@@ -58,6 +66,8 @@ class WsClient:
             if self.keep:
                 self.messages.append(msg)
                 self._new.set()
+            if msg.get("type") == "rejoin":
+                self.rejoin = msg
             fut = self._pending.pop(msg.get("ref"), None) if "ref" in msg else None
             if fut is not None:
                 if not fut.done():
@@ -74,6 +84,16 @@ class WsClient:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("websocket closed"))
+
+    @property
+    def rejoin_url(self) -> str | None:
+        """Where to join again after `rejoin`: the websocket URL it names, else None (the client's own server)."""
+        url = (self.rejoin or {}).get("url")
+        return ws_url_of(url) if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+    @property
+    def told_to_rejoin(self) -> bool:
+        return self.rejoin is not None or self.close_code == CLOSE_REJOIN
 
     async def send(self, message: dict | str | bytes) -> None:
         """A message as JSON, or raw text or bytes (the tests send malformed frames on purpose)."""

@@ -27,7 +27,7 @@ from signaling.audit import (
     audit_path,
     message_detail,
 )
-from signaling.config import Config
+from signaling.config import Config, pid_file
 from signaling.connection import Connection
 from signaling.handlers import HANDLERS
 from signaling.hub import UNAVAILABLE_MESSAGE, Hub
@@ -188,6 +188,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """200 {"ready": true} while this node takes new lessons; 503 {"ready": false, "reasons": [...]} while it does
+    not (draining; later overloaded). Cheap: memory only, no room-state call (a load balancer asks every second)."""
+    hub = request.app[HUB_KEY]
+    reasons = hub.not_ready()
+    body: dict[str, object] = {"ready": not reasons, "node": hub.config.node_id,
+                               "lessons": len(hub.carried())}
+    if reasons:
+        body["reasons"] = reasons
+    if hub.drain_started is not None:
+        body["draining_s"] = round(time.monotonic() - hub.drain_started, 1)
+    return web.json_response(body, status=503 if reasons else 200)
+
+
 def _page(filename: str):  # type: ignore[no-untyped-def]
     async def serve(request: web.Request) -> web.FileResponse:
         # no-cache: a lesson day may span a server upgrade, and a stale protocol module would not join
@@ -319,6 +333,7 @@ def make_app(config: Config) -> web.Application:
                           middlewares=[security_headers(policy), lesson_api_cors])
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/lessons/{lesson}/stats", lesson_stats)
     app.router.add_get("/api/lessons/{lesson}/attendance", lesson_attendance)
     app.router.add_get("/api/lessons/{lesson}/attendance{csv:\\.csv}", lesson_attendance)
@@ -422,7 +437,8 @@ def _print_urls(config: Config, app: web.Application) -> None:
         if not app[HUB_KEY].store_up:
             state += "; NOT REACHABLE yet, retrying: joins wait for it"
     print(f"ketang serving on {listen}  (room state: {state}; node {config.node_id})", flush=True)
-    print(f"  health:     {base}/healthz", flush=True)
+    print(f"  health:     {base}/healthz   ready: {base}/readyz   (SIGTERM or `ketang drain`: drains, then stops)",
+          flush=True)
     print(f"  signalling: {'wss' if base.startswith('https:') else 'ws'}://{base.split('://', 1)[1]}/ws", flush=True)
     print(f"  teacher:    {base}/teacher#token=TEACHER_TOKEN", flush=True)
     print(f"  classroom:  {base}/classroom#token=CLASSROOM_TOKEN", flush=True)
@@ -437,8 +453,20 @@ def _print_urls(config: Config, app: web.Application) -> None:
               "(docs/deploy.md)", flush=True)
 
 
+def _write_pid(path: Path) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+        return True
+    except OSError as exc:  # (a read-only data dir: `ketang drain` cannot find it; kill -TERM still works)
+        log.warning("could not write %s (%s): `ketang drain` will not find this server", path, exc.strerror)
+        return False
+
+
 async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) -> None:
-    """Serve pages, REST and the websocket on one port (https and wss with TLS) until SIGINT or SIGTERM."""
+    """Serve pages, REST and the websocket on one port (https and wss with TLS). SIGTERM (or `ketang drain`)
+    drains: no new lessons, the live ones go on until they end or the drain timeout passes, then move to another
+    node, and the server stops when empty. SIGINT, or a second SIGTERM, stops at once (sockets closed, 1001)."""
     if ssl_context is None and config.tls_cert is not None and config.tls_key is not None:
         ssl_context = tls_context(config.tls_cert, config.tls_key)
     app = make_app(config)
@@ -447,9 +475,32 @@ async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) 
     site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
     await site.start()
     _print_urls(config, app)
+    pid_path = pid_file(config.data_dir, config.port)
+    wrote_pid = _write_pid(pid_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    draining: list[asyncio.Future[None]] = []
+
+    async def drain_then_stop() -> None:
+        try:
+            await app[HUB_KEY].drain(config.drain_timeout_s)
+        finally:
+            stop.set()
+
+    def on_sigterm() -> None:
+        if draining:  # the second one: at once
+            log.warning("SIGTERM again while draining: stopping now")
+            stop.set()
+            return
+        draining.append(asyncio.ensure_future(drain_then_stop()))
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await stop.wait()
+    finally:
+        for task in draining:
+            task.cancel()
+        await runner.cleanup()
+        if wrote_pid:
+            pid_path.unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ TURN_TTL_S = 12 * 3600.0  # lifetime of the TURN credentials minted for each par
 CLASSROOM_UPLINK_KBPS = 150  # a classroom's thumbnail for the teacher's wall (about 320x180)
 STAGE_MAX = 2  # classrooms on stage at once: each is heard by every classroom
 TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets
+# SIGTERM or `ketang drain`: live lessons go on this long at most, then their participants are sent to another node
+DRAIN_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Config:
     # https pages (or localhost), so a server that teachers reach by address or name needs them (or a TLS proxy)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
 
     @property
     def tls(self) -> bool:
@@ -121,3 +125,115 @@ class Config:
         if urls and not env.get("KETANG_TURN_SECRET"):
             raise ValueError("KETANG_TURN_URLS needs KETANG_TURN_SECRET (coturn's static-auth-secret)")
         return urls
+
+
+# -- the configuration file (`ketang serve --config ketang.toml`, docs/config.md) ---------------------------------
+#
+# Each key of the file stands for one environment variable; the file's values are applied as that variable's
+# value where the environment does not set it. So a setting is resolved flag > environment > file > default, by
+# the code that already reads flags and environment, and every option has one name per layer (--drain-timeout,
+# KETANG_DRAIN_TIMEOUT_S, drain_timeout_s).
+
+STR, INT, SECONDS, BOOL, LIST = "a string", "an integer", "a number of seconds", "true or false", "a list of strings"
+CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable, kind)
+    "host": ("KETANG_HOST", STR),
+    "port": ("KETANG_PORT", INT),
+    "public_url": ("KETANG_PUBLIC_URL", STR),
+    "tls_cert": ("KETANG_TLS_CERT", STR),
+    "tls_key": ("KETANG_TLS_KEY", STR),
+    "data_dir": ("KETANG_DATA_DIR", STR),
+    "secret": ("KETANG_SECRET", STR),
+    "redis_url": ("KETANG_REDIS_URL", STR),
+    "redis_prefix": ("KETANG_REDIS_PREFIX", STR),
+    "log_format": ("KETANG_LOG_FORMAT", STR),
+    "verbose": ("KETANG_VERBOSE", BOOL),
+    "no_record": ("KETANG_NO_RECORD", BOOL),
+    "drain_timeout_s": ("KETANG_DRAIN_TIMEOUT_S", SECONDS),
+    "ice_servers": ("KETANG_ICE_SERVERS", LIST),
+    "media_addresses": ("KETANG_MEDIA_ADDRESSES", LIST),
+    "media_ports": ("KETANG_MEDIA_PORTS", STR),
+    "turn_urls": ("KETANG_TURN_URLS", LIST),
+    "turn_secret": ("KETANG_TURN_SECRET", STR),
+    "turn_ttl_s": ("KETANG_TURN_TTL_S", SECONDS),
+    "participant_ttl_s": ("KETANG_PARTICIPANT_TTL_S", SECONDS),
+    "heartbeat_s": ("KETANG_HEARTBEAT_S", SECONDS),
+    "node_ttl_s": ("KETANG_NODE_TTL_S", SECONDS),
+    "node_heartbeat_s": ("KETANG_NODE_HEARTBEAT_S", SECONDS),
+    "join_timeout_s": ("KETANG_JOIN_TIMEOUT_S", SECONDS),
+    "http_timeout_s": ("KETANG_HTTP_TIMEOUT_S", SECONDS),
+    "teacher_uplink_kbps": ("KETANG_TEACHER_UPLINK_KBPS", INT),
+    "classroom_uplink_kbps": ("KETANG_CLASSROOM_UPLINK_KBPS", INT),
+    "stage_max": ("KETANG_STAGE_MAX", INT),
+}
+TRUE = ("1", "true", "yes", "on")
+
+
+class ConfigFileError(ValueError):
+    """The configuration file cannot be used; the message names the file and the key."""
+
+
+def _as_env(path: Path, key: str, value: object) -> str:
+    env, kind = CONFIG_KEYS[key]
+    ok = {STR: isinstance(value, str),
+          INT: isinstance(value, int) and not isinstance(value, bool),
+          SECONDS: isinstance(value, (int, float)) and not isinstance(value, bool),
+          BOOL: isinstance(value, bool),
+          LIST: isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))}[kind]
+    if not ok:
+        raise ConfigFileError(f"{path}: {key} must be {kind}, not {type(value).__name__} {value!r:.40}")
+    if kind in (INT, SECONDS) and value < 0:  # type: ignore[operator]
+        raise ConfigFileError(f"{path}: {key} must not be negative")
+    if kind == BOOL:
+        return "1" if value else ""
+    if kind == LIST and isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """The file's settings as {environment variable: value}; ConfigFileError naming the file and the key for a
+    file that cannot be read, is not TOML, or has an unknown key or a value of the wrong type."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read the configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
+    for key in data:
+        if key not in CONFIG_KEYS:
+            raise ConfigFileError(f"{path}: unknown key {key!r} (the keys are listed in docs/config.md: "
+                                  f"{', '.join(sorted(CONFIG_KEYS))})")
+    return {CONFIG_KEYS[key][0]: _as_env(path, key, value) for key, value in data.items()}
+
+
+def apply_config_file(path: Path, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Apply the file below the environment: each of its settings becomes its variable's value unless the
+    environment sets that variable already. Returns what was applied."""
+    applied = {env: value for env, value in read_config_file(path).items() if not environ.get(env)}
+    environ.update(applied)
+    return applied
+
+
+def flag_on(name: str, env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(name, "").strip().lower() in TRUE
+
+
+def seconds_from(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    """A duration that may be 0 (e.g. KETANG_DRAIN_TIMEOUT_S=0: move the lessons at once)."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r:.40}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds (0 or more)")
+    return value
+
+
+def pid_file(data_dir: Path, port: int) -> Path:
+    """Where a running server keeps its process id, for `ketang drain` (one file per port: several servers may
+    share a data directory)."""
+    return data_dir / "run" / f"serve-{port}.pid"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 from recorder.record.handoff import Catalog
@@ -30,6 +32,13 @@ STORE_RETRY_MAX_S = 2.0
 STILL_DOWN_LOG_EVERY_S = 60.0
 # the `unavailable` error (docs/protocol.md): a join while the room state cannot be reached
 UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try again in a few seconds"
+# drain (docs/deploy.md, "Rolling restart"): the message that tells a participant to join again elsewhere, and the
+# close code that follows it; the `draining` error: a new lesson at a draining node with no other node to take it
+CLOSE_REJOIN = 4006
+DRAINING_MESSAGE = "this server is being restarted and takes no new lessons: try again in a few seconds"
+DRAIN_POLL_S = 0.2
+# after the drain timeout, the participants told to rejoin elsewhere have this long to go before the node stops
+MOVE_GRACE_S = 10.0
 
 log = logging.getLogger("ketang.signaling")
 
@@ -56,6 +65,12 @@ class Hub:
         self._rebuild_lock = asyncio.Lock()
         self._admission_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[Any]] = set()
+        # readiness (/readyz): a node takes new lessons unless one of these names a reason not to. Draining is
+        # one; others (an overloaded node) add a check returning their reason, or None while all is well
+        self.draining = False
+        self.drain_started: float | None = None
+        self.not_ready_checks: list[Callable[[], str | None]] = [lambda: "draining" if self.draining else None]
+        self._moving: set[str] = set()  # lessons whose participants were told to rejoin elsewhere (drain)
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
         self._node_beats = asyncio.ensure_future(self._node_loop())
@@ -73,6 +88,10 @@ class Hub:
         """The lessons somebody is connected to here."""
         return [lesson for lesson in self.lessons.values() if lesson.connections]
 
+    def not_ready(self) -> list[str]:
+        """Why this node takes no new lessons now (empty: it does); /readyz answers 503 with them."""
+        return [reason for check in self.not_ready_checks if (reason := check()) is not None]
+
     def current(self, conn: Connection) -> bool:
         """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""
         lesson = self.lessons.get(conn.lesson_id or "")
@@ -87,6 +106,9 @@ class Hub:
         # every store call comes first: when the store is unreachable (StoreUnavailable: `unavailable`), nothing
         # here has changed
         await self._registered()
+        if self.not_ready() and not self._carries(claims.lesson):
+            # a draining node places no new lesson here: the participant is sent where it lives, or will
+            raise LessonElsewhere(await self._elsewhere(claims.lesson))
         # the lesson's teacher and classrooms must meet in one SFU: the first node to see the lesson carries it
         # (several processes on one Redis carry more lessons); anyone arriving elsewhere is sent there
         placement = await self.store.place_lesson(claims.lesson, self.config.node_id, self.config.url,
@@ -278,7 +300,7 @@ class Hub:
 
     async def _heartbeat_round(self) -> None:
         for lesson in self.carried():
-            if not await self._renew_placement(lesson):
+            if lesson.id in self._moving or not await self._renew_placement(lesson):
                 continue
             for pid in list(lesson.connections):
                 if await self.store.heartbeat(lesson.id, pid, self.config.participant_ttl_s):
@@ -313,6 +335,78 @@ class Hub:
         for conn in list(members.values()):
             await conn.close(code=CLOSE_MOVED, reason="the lesson moved to another server")
         return False
+
+    # -- drain ---------------------------------------------------------------------------------------------
+
+    def _carries(self, lesson_id: str) -> bool:
+        lesson = self.lessons.get(lesson_id)
+        return lesson is not None and bool(lesson.connections) and lesson_id not in self._moving
+
+    async def _elsewhere(self, lesson_id: str) -> str:
+        """Where a participant of a lesson this node will not carry goes: the node that carries it, else a ready
+        node (the same one for every participant of the lesson); NodeDraining when there is none."""
+        placed = await self.store.placement(lesson_id)
+        if placed is not None and placed.node != self.config.node_id:
+            return placed.url
+        target = await self._ready_node(lesson_id)
+        if target is None:
+            raise NodeDraining()
+        return target
+
+    async def _ready_node(self, lesson_id: str) -> str | None:
+        others = [n for n in await self.store.ready_nodes() if n.node != self.config.node_id]
+        if not others:
+            return None
+        return others[zlib.crc32(lesson_id.encode()) % len(others)].url
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take no new lessons (placement skips this node, /readyz 503); let the live ones go on until they end
+        or `timeout_s` passes; then tell their participants to rejoin (they land on another node) and return once
+        nobody is connected (or MOVE_GRACE_S later). Idempotent: a second call waits like the first."""
+        if not self.draining:
+            self.draining = True
+            self.drain_started = time.monotonic()
+            log.warning("draining: no new lessons here; %d live lesson(s) go on until they end or %g s pass, then "
+                        "their participants are sent to another node", len(self.carried()), timeout_s)
+            await self._quietly(self.store.set_node_ready(self.config.node_id, self.config.url, False,
+                                                          self.config.node_ttl_s), "draining")
+        assert self.drain_started is not None
+        deadline = self.drain_started + timeout_s
+        while self.carried() and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self.carried():
+            await self.move_lessons()
+            deadline = time.monotonic() + MOVE_GRACE_S
+            while self.carried() and time.monotonic() < deadline:
+                await asyncio.sleep(DRAIN_POLL_S)
+        log.warning("drained in %.1f s: %d lesson(s) left here", time.monotonic() - self.drain_started,
+                    len(self.carried()))
+
+    async def move_lessons(self) -> None:
+        """Every lesson carried here moves: its placement is released (so the next node a participant reaches
+        places it there), then each participant is sent `rejoin` (with a ready node's url) and its socket closed
+        (4006). Their pages join again at once; the last leave here finishes this node's part of the recording."""
+        lessons = [lesson for lesson in self.carried() if lesson.id not in self._moving]
+        for lesson in lessons:
+            self._moving.add(lesson.id)
+            await self._quietly(self.store.release_lesson(lesson.id, self.config.node_id), "moving a lesson")
+        conns = []
+        for lesson in lessons:
+            target = await self._quietly(self._ready_node(lesson.id), "moving a lesson")
+            log.warning("lesson %s moves to %s: its %d participant(s) are told to rejoin", lesson.id,
+                        target or "the next node they reach", len(lesson.connections))
+            message: dict[str, Any] = {"type": "rejoin", "reason": "draining"}
+            if target:
+                message["url"] = target
+            for conn in list(lesson.connections.values()):
+                conn.send(message)
+                conns.append(conn)
+        await asyncio.gather(*(self._send_off(conn) for conn in conns), return_exceptions=True)
+
+    @staticmethod
+    async def _send_off(conn: Connection) -> None:
+        await conn.drain()
+        await conn.close(code=CLOSE_REJOIN, reason="server draining: join again")
 
     # -- the room store's outages ---------------------------------------------------------------------------
 
@@ -388,6 +482,12 @@ class Hub:
             self.store_failed(exc, "renewing this node's liveness")
             return
         self.store_up = True
+        try:  # listed among the nodes that take new lessons while ready (renewed with the liveness)
+            await self.store.set_node_ready(self.config.node_id, self.config.url, not self.not_ready(),
+                                            self.config.node_ttl_s)
+        except StoreUnavailable as exc:
+            self.store_failed(exc, "renewing this node's readiness")
+            return
         if was_up is False:
             log.warning("room state reachable again after %.1f s", time.monotonic() - self._down_since)
         if was_up is False or (was_up and not alive_already):
@@ -414,7 +514,7 @@ class Hub:
                     await self.store.clear_admission(lesson_id)
                     self._uncleared.discard(lesson_id)
                 for lesson in self.carried():
-                    if not await self._renew_placement(lesson):
+                    if lesson.id in self._moving or not await self._renew_placement(lesson):
                         continue
                     if lesson.stored is not None:
                         await self.store.restore_lesson(lesson.stored)
@@ -561,6 +661,10 @@ class LessonElsewhere(Exception):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.url = url
+
+
+class NodeDraining(Exception):
+    """A new lesson at a draining node, and no other node takes new lessons: `draining`, try again soon."""
 
 
 class JoinRefused(Exception):

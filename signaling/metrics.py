@@ -292,6 +292,11 @@ class ServerCollector(Collector):
         live = GaugeMetricFamily("ketang_lessons_live", "Lessons with at least one participant on this process")
         live.add_metric([], sum(1 for lesson in lessons if lesson.connections))
         yield live
+        hub = self._hub()
+        draining = GaugeMetricFamily("ketang_draining", "1 while this process drains (takes no new lessons, moves "
+                                     "its live ones at the drain timeout, then stops), else 0")
+        draining.add_metric([], 1 if hub is not None and hub.draining else 0)
+        yield draining
         people = GaugeMetricFamily("ketang_participants", "Participants connected to this process, by role",
                                    labels=["role"])
         counts = dict.fromkeys(ROLES, 0)

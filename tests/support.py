@@ -8,6 +8,7 @@ import fractions
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -97,7 +98,7 @@ class Server:
         if self.log.closed:
             return
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)  # at once (SIGTERM drains: tests/scenario/test_drain.py)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -6,11 +6,13 @@ from __future__ import annotations
 from signaling.connection import Connection
 from signaling.handlers.common import Reply, require_joined, subscribe
 from signaling.hub import (
+    DRAINING_MESSAGE,
     UNAVAILABLE_MESSAGE,
     Hub,
     JoinRefused,
     LessonElsewhere,
     LessonEnded,
+    NodeDraining,
 )
 from signaling.messages import Message, ProtocolError, error_reply
 from signaling.metrics import count_join, count_refusal
@@ -41,6 +43,9 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
         reply = error_reply("lesson_elsewhere", "this lesson is carried by another server: join it there", msg.id)
         conn.send({**reply, "url": exc.url})
         return None
+    except NodeDraining as exc:  # (a restart under way, no other node: the page tries again)
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        raise ProtocolError("draining", DRAINING_MESSAGE, msg.id) from exc
     except StoreUnavailable as exc:  # (the room state cannot be reached: the page tries again)
         conn.claims = conn.participant_id = conn.lesson_id = None
         hub.store_failed(exc, "a participant joined")

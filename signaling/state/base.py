@@ -244,6 +244,20 @@ class RoomStore(abc.ABC):
     async def node_alive(self, node: str) -> bool: ...
 
     @abc.abstractmethod
+    async def set_node_ready(self, node: str, url: str, ready: bool, ttl_s: float) -> None:
+        """``ready``: the node takes new lessons, listed by ``ready_nodes`` until clock()+ttl_s (renewed with its
+        liveness); not ready (draining, later overloaded): taken off the list at once."""
+
+    @abc.abstractmethod
+    async def ready_nodes(self) -> list[Placement]:
+        """The nodes that take new lessons now (ready, unexpired, alive), as (node, url), sorted by node."""
+
+    @abc.abstractmethod
+    async def placement(self, lesson_id: str) -> Placement | None:
+        """The lesson's placement when a live node holds it (unexpired, its holder not dead); else None.
+        Reads only: a draining node asks where a lesson is without placing it on itself."""
+
+    @abc.abstractmethod
     async def admission(self, lesson_id: str) -> Admission:
         """The lesson's lock, removed and seen classrooms (an empty Admission for an unknown lesson)."""
 
@@ -271,7 +285,7 @@ class RoomStore(abc.ABC):
 
     @abc.abstractmethod
     async def remove_node(self, node: str) -> int:
-        """Remove every participant held by node (and their tracks) and its node key, e.g. on clean
+        """Remove every participant held by node (and their tracks), its node key and its readiness, e.g. on clean
         shutdown or when another node found it dead; returns how many unexpired participants were removed."""
 
     @abc.abstractmethod

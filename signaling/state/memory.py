@@ -37,6 +37,7 @@ class MemoryRoomStore(RoomStore):
         # lesson -> (placement, expires_at, whether its node was alive (heart-beating) when it placed it)
         self._placements: dict[str, tuple[Placement, float, bool]] = {}
         self._nodes: dict[str, float] = {}  # node -> its liveness key's expires_at
+        self._ready: dict[str, tuple[str, float]] = {}  # node taking new lessons -> (its url, until)
         self._admission: dict[str, Admission] = {}
         # lesson id -> participant id -> participant
         self._participants: dict[str, dict[str, Participant]] = {}
@@ -209,6 +210,25 @@ class MemoryRoomStore(RoomStore):
     async def node_alive(self, node: str) -> bool:
         return self._alive(node, self.clock())
 
+    async def set_node_ready(self, node: str, url: str, ready: bool, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        if ready:
+            self._ready[node] = (url, self.clock() + ttl_s)
+        else:
+            self._ready.pop(node, None)
+
+    async def ready_nodes(self) -> list[Placement]:
+        now = self.clock()
+        return [Placement(node, url) for node, (url, until) in sorted(self._ready.items())
+                if until > now and self._alive(node, now)]
+
+    async def placement(self, lesson_id: str) -> Placement | None:
+        now = self.clock()
+        held = self._placements.get(lesson_id)
+        if held is None or held[1] <= now or (held[2] and not self._alive(held[0].node, now)):
+            return None
+        return held[0]
+
     async def release_lesson(self, lesson_id: str, node: str) -> None:
         held = self._placements.get(lesson_id)
         if held is not None and held[0].node == node:
@@ -216,6 +236,7 @@ class MemoryRoomStore(RoomStore):
 
     async def remove_node(self, node: str) -> int:
         self._nodes.pop(node, None)
+        self._ready.pop(node, None)
         removed = 0
         for lesson_id in list(self._participants):
             held = [pid for pid, p in self._live(lesson_id).items() if p.node == node]

@@ -496,6 +496,45 @@ class RedisRoomStore(RoomStore):
         alive_until = await self._r.get(self.node_key(node))
         return alive_until is not None and float(_text(alive_until)) > self.clock()
 
+    @property
+    def _ready_key(self) -> str:  # zset: node -> until when it takes new lessons
+        return f"{self.prefix}nodes:ready"
+
+    @property
+    def _urls_key(self) -> str:  # hash: node -> its url
+        return f"{self.prefix}nodes:url"
+
+    async def set_node_ready(self, node: str, url: str, ready: bool, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        async with self._r.pipeline(transaction=True) as pipe:
+            if ready:
+                pipe.zadd(self._ready_key, {node: _num(self.clock() + ttl_s)})
+                pipe.hset(self._urls_key, node, url)
+            else:
+                pipe.zrem(self._ready_key, node)
+            await pipe.execute()
+
+    async def ready_nodes(self) -> list[Placement]:
+        now = self.clock()
+        await self._r.zremrangebyscore(self._ready_key, "-inf", _num(now))  # lazy prune
+        nodes = sorted(_text(n) for n in await self._r.zrangebyscore(self._ready_key, f"({_num(now)}", "+inf"))
+        if not nodes:
+            return []
+        urls = await self._r.hmget(self._urls_key, nodes)
+        alive = [await self.node_alive(node) for node in nodes]
+        return [Placement(node, _text(url)) for node, url, up in zip(nodes, urls, alive) if url and up]
+
+    async def placement(self, lesson_id: str) -> Placement | None:
+        held = _hash(await self._r.hgetall(self.placement_key(lesson_id)))
+        if not held.get("node") or float(held.get("expires_at") or 0) <= self.clock():
+            return None
+        node_key = held.get("node_key")
+        if node_key:
+            alive_until = await self._r.get(node_key)
+            if alive_until is None or float(_text(alive_until)) <= self.clock():
+                return None
+        return Placement(held["node"], held.get("url", ""))
+
     async def ping(self) -> None:
         await self._r.ping()
 
@@ -504,6 +543,7 @@ class RedisRoomStore(RoomStore):
 
     async def remove_node(self, node: str) -> int:
         await self._r.delete(self.node_key(node))
+        await self._r.zrem(self._ready_key, node)
         members = await self._r.zrange(self._all_participants_key, 0, -1)
         if not members:
             return 0

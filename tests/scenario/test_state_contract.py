@@ -511,6 +511,25 @@ async def test_remove_node_ends_its_liveness_and_frees_its_placements(store: Roo
     assert (await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)).node == "node-b"
 
 
+async def test_ready_nodes_list_the_live_nodes_taking_new_lessons_and_placement_only_reads(
+        store: RoomStore, clock: FakeClock) -> None:
+    for node in ("node-b", "node-a"):
+        await store.node_heartbeat(node, f"http://{node[-1]}:8080", NODE_TTL)
+        await store.set_node_ready(node, f"http://{node[-1]}:8080", True, NODE_TTL)
+    assert await store.ready_nodes() == [Placement("node-a", "http://a:8080"), Placement("node-b", "http://b:8080")]
+    await store.set_node_ready("node-a", "http://a:8080", False, NODE_TTL)  # draining: off the list at once
+    assert await store.ready_nodes() == [Placement("node-b", "http://b:8080")]
+    clock.advance(NODE_TTL + 0.5)  # node-b stopped renewing: no longer ready
+    assert await store.ready_nodes() == []
+    await store.node_heartbeat("node-b", "http://b:8080", NODE_TTL)
+    await store.set_node_ready("node-b", "http://b:8080", True, NODE_TTL)
+    assert await store.placement(LESSON) is None
+    await store.place_lesson(LESSON, "node-b", "http://b:8080", TTL)
+    assert await store.placement(LESSON) == Placement("node-b", "http://b:8080")
+    assert await store.remove_node("node-b") == 0
+    assert await store.ready_nodes() == [] and await store.placement(LESSON) is None  # a dead holder holds nothing
+
+
 # -- rebuilding what a node knows (the store lost it) ----------------------------------------------------------
 
 @pytest.mark.parametrize("lesson", [
