@@ -76,6 +76,7 @@ TICK_S: Final[float] = 0.01
 PING_EVERY_S: Final[float] = 0.1
 BUFFER_MAX_BYTES: Final[int] = 16_000  # waiting in the server's data channel buffer, at most
 DRAIN_S: Final[float] = 0.4  # after the last step, for what is still on its way
+CLOSED_POLL_S: Final[float] = 0.2  # how soon a probe whose websocket closed ends
 PROBE_MAX_S: Final[float] = 9.0  # from `probe` to `probe_result`: within the websocket's join timeout (10 s)
 REPORT_SPAN_MIN: Final[float] = 0.5  # a step's arrivals are counted over at least this share of its length
 PROBES_AT_ONCE: Final[int] = 4  # on one node (4 x 2.5 Mbit/s at most)
@@ -222,7 +223,19 @@ class Probe:
             self.measurement.rtts_s.append(time.monotonic() - sent[0])
 
     async def run(self) -> None:
-        """The whole probe, bounded by PROBE_MAX_S; the peer connection is closed at the end, whatever happens."""
+        """The whole probe, bounded by PROBE_MAX_S and ended as soon as its websocket closes; the peer connection
+        is closed at the end, whatever happens."""
+        steps = asyncio.ensure_future(self._run())
+        try:
+            while not steps.done() and not self._closed():
+                await asyncio.wait({steps}, timeout=CLOSED_POLL_S)
+        finally:
+            steps.cancel()
+            await asyncio.gather(steps, return_exceptions=True)
+            self.done = True
+            await self.pc.close()
+
+    async def _run(self) -> None:
         try:
             async with asyncio.timeout(PROBE_MAX_S):
                 await self._answered.wait()
@@ -240,9 +253,6 @@ class Probe:
         except TimeoutError:
             self._send({"type": "error", "code": "probe_timeout",
                         "message": f"the network check did not finish within {PROBE_MAX_S:g} s"})
-        finally:
-            self.done = True
-            await self.pc.close()
 
     async def _ping(self) -> None:
         seq = 0
@@ -323,6 +333,9 @@ class Probes:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for running in list(self.running.values()):  # (a task cancelled before it ran never reached its finally)
+            running.done = True
+            await running.pc.close()
 
 
 _PROBES: weakref.WeakKeyDictionary[object, Probes] = weakref.WeakKeyDictionary()
