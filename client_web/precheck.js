@@ -9,7 +9,7 @@ import { attach, capture } from "./media.js";
 
 const LEVEL_EVERY_MS = 100;
 const SILENT_AFTER_MS = 3000; // no sound for this long: 没有听到声音
-const SILENT_LEVEL = 0.02; // RMS of a quiet room's microphone (0..1) under which nothing is heard
+const SILENT_LEVEL = 0.02; // the meter's level (twice the peak amplitude, 0..1) under which nothing is heard
 const TONE_S = 1.2;
 const TONE_HZ = 660;
 const PROBE_TIMEOUT_MS = 15000; // the server ends a probe after 9 s; this is for a server that stopped answering
@@ -196,8 +196,10 @@ export function setupPrecheck(options) {
 
   /** @type {MediaStream | null} */
   let stream = null;
-  /** @type {AudioContext | null} */
+  /** @type {AudioContext | null} made at the click that opens the check: a page may start sound only then */
   let audio = null;
+  /** @type {MediaStreamAudioSourceNode | null} */
+  let source = null;
   /** @type {ReturnType<typeof setInterval> | undefined} */
   let levelTimer;
   let generation = 0; // a close (or a new camera) while a capture is on its way: that capture is stopped
@@ -216,8 +218,8 @@ export function setupPrecheck(options) {
     if (stream) for (const track of stream.getTracks()) track.stop();
     stream = null;
     attach(video, null);
-    if (audio) audio.close().catch(() => {});
-    audio = null;
+    if (source) source.disconnect();
+    source = null;
     meter.value = 0;
   }
 
@@ -266,7 +268,7 @@ export function setupPrecheck(options) {
     sinkLabel.hidden = !canChooseSink || sinks.length < 2;
   }
 
-  /** The microphone's level, ten times a second; 没有听到声音 after SILENT_AFTER_MS of silence.
+  /** The microphone's level (the loudest sample of the last ~170 ms), ten times a second; 没有听到声音 after SILENT_AFTER_MS of silence.
    *  @param {MediaStream} got */
   function meterFor(got) {
     if (!got.getAudioTracks().length) {
@@ -274,18 +276,20 @@ export function setupPrecheck(options) {
       micStatus.className = "precheck-status bad";
       return;
     }
-    audio = new AudioContext();
+    if (!audio) audio = new AudioContext();
+    audio.resume().catch(() => {});
     const analyser = audio.createAnalyser();
-    analyser.fftSize = 1024;
-    audio.createMediaStreamSource(got).connect(analyser);
+    analyser.fftSize = 8192; // ~170 ms at 48 kHz: longer than a tick, so that no short sound falls between two
+    source = audio.createMediaStreamSource(got);
+    source.connect(analyser);
     const samples = new Float32Array(analyser.fftSize);
     let loudAt = performance.now();
     say(micStatus, "precheck.mic.listening");
     levelTimer = setInterval(() => {
       analyser.getFloatTimeDomainData(samples);
-      let sum = 0;
-      for (const s of samples) sum += s * s;
-      const level = Math.min(1, Math.sqrt(sum / samples.length) * 4);
+      let peak = 0;
+      for (const s of samples) peak = Math.max(peak, Math.abs(s));
+      const level = Math.min(1, peak * 2);
       meter.value = level;
       const now = performance.now();
       if (level >= SILENT_LEVEL) {
@@ -348,6 +352,7 @@ export function setupPrecheck(options) {
   function open() {
     if (dialog.open) return;
     dialog.showModal();
+    if (!audio) audio = new AudioContext(); // (in the click: a context made later may stay suspended)
     heard.hidden = true;
     speakerStatus.textContent = "";
     openDevices(options.cameraId ? options.cameraId() : undefined);
@@ -357,6 +362,8 @@ export function setupPrecheck(options) {
   function shut() {
     generation += 1;
     stopStream();
+    if (audio) audio.close().catch(() => {});
+    audio = null;
     if (dialog.open) dialog.close();
   }
 

@@ -13,6 +13,7 @@ import pytest
 
 from ketang.lesson_cmd import create_lesson
 from signaling.probe import NEED_BPS, QUALITIES
+from tests.browser.test_browser_layout import LAYOUT_JS
 from tests.browser.test_browser_weak import shaped_offer, without_candidates
 from tests.chromium import SCREENSHOTS, open_page
 from tests.linkshaper import LinkShaper
@@ -31,6 +32,17 @@ FRAMES_JS = "document.getElementById('precheck-video').getVideoPlaybackQuality()
 
 def links(server, title: str = "七年级数学 · 一元一次方程"):  # type: ignore[no-untyped-def]
     return create_lesson(TEST_SECRET, title, server.url, teacher_name="李老师", classroom_names=["第一小学"])
+
+
+async def layout_problems(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """The layout test's faults (tests/browser/test_browser_layout.py) with the check open: overflow, sideways
+    scrolling, broken words, overlapping controls."""
+    hide = "v => { for (const c of document.body.children) if (c.id !== 'precheck') c.style.visibility = v; }"
+    await page.evaluate(hide, "hidden")  # (the page under the modal panel: measured by the layout test itself)
+    try:
+        return (await page.evaluate(LAYOUT_JS, [None, 0]))["problems"]
+    finally:
+        await page.evaluate(hide, "")
 
 
 async def run_check(page) -> dict:  # type: ignore[no-untyped-def]
@@ -80,6 +92,7 @@ async def test_classroom_check_on_loopback_shows_camera_meter_hd_and_releases_ev
         states = await page.evaluate(TRACK_STATES_JS)
         assert {"audio:live", "video:live"} <= set(states), states
         await page.screenshot(path=str(SCREENSHOTS / "precheck-phone.png"))
+        assert await layout_problems(page) == []
         await page.click("#precheck-close")
         states = await page.evaluate(TRACK_STATES_JS)
         assert states and all(s.endswith(":ended") for s in states), states
@@ -100,6 +113,7 @@ async def test_teacher_check_at_laptop_size_in_both_languages(server, browser):
             assert shown["qualityText"] == ("Expected picture: HD" if lang else "预计画质：高清")
             await page.wait_for_function(f"{FRAMES_JS} > 2", timeout=TIMEOUT_MS)
             await page.screenshot(path=str(SCREENSHOTS / f"precheck-laptop{suffix}.png"))
+            assert await layout_problems(page) == []
             before = await page.evaluate(TRACK_STATES_JS)
             await page.keyboard.press("Escape")  # a modal dialog closes with Esc too
             await page.wait_for_function("!document.getElementById('precheck').open", timeout=5000)
