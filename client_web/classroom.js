@@ -10,6 +10,7 @@ import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel,
 import { byId, countdown, stopCountdown } from "./dom.js";
 import { attach, capture, createdTracks, liveTrack, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
+import { setupPrecheck } from "./precheck.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const RECONNECTED_NOTE_MS = 4000;
@@ -41,7 +42,11 @@ let layout = "none"; // what is on screen: none | camera | screen
  *  banner has nothing more pressing to say. */
 let deviceNote = "";
 
+/** @type {ReturnType<typeof setupPrecheck> | null} */
+let precheck = null;
+
 window.ketang = {
+  get precheck() { return precheck; },
   get session() { return session; },
   get pc() { return session && session.pc; },
   get sendPc() { return session && session.sendPc; },
@@ -549,6 +554,10 @@ function main() {
   $("classroom-name").textContent = claims.name || "";
   document.title = `${t("app.name")} · ${claims.name}`;
   $("enter", HTMLButtonElement).addEventListener("click", enter);
+  // 课前检测: before entering (next to 进入课堂) and at any time after (below the chat)
+  precheck = setupPrecheck({ button: $("precheck-open", HTMLButtonElement), token,
+    video: { width: { ideal: CAMERA_W }, height: { ideal: CAMERA_H } } });
+  $("precheck-again", HTMLButtonElement).addEventListener("click", () => precheck?.open());
   $("fullscreen").addEventListener("click", toggleFullscreen);
   $("audio-only", HTMLButtonElement).addEventListener("click", toggleAudioOnly);
   $("low-video", HTMLButtonElement).addEventListener("click", toggleLowVideo);

@@ -45,6 +45,7 @@
  *    remove: Reply, lock: Reply & {settings?: Partial<Settings>}, chat_mode: Reply & {settings?: Partial<Settings>},
  *    chat: Reply & {message: ChatMessage}, chat_delete: Reply, prefer: Reply,
  *    hand: Reply & {up: boolean, position?: number | null},
+ *    probe: Reply & {sdp: string, ice_servers?: RTCIceServer[]},
  *  }} Replies */
 /** A request: its type and its fields (the id is added on sending).
  *  @typedef {{type: keyof Replies, [field: string]: unknown}} Request */

@@ -8,6 +8,7 @@ import { applyText, errorCode, errorText, otherLanguageHref, otherLanguageLabel,
 import { byId, countdown, stopCountdown } from "./dom.js";
 import { attach, capture, createdTracks, mediaAvailable, own, stopAll, syncAudio } from "./media.js";
 import { submitChat } from "./chat.js";
+import { setupPrecheck } from "./precheck.js";
 
 const STATS_INTERVAL_MS = 2000;
 const ATTENDANCE_INTERVAL_MS = 5000;
@@ -37,6 +38,8 @@ const claims = token ? readClaims(token) : null;
 
 /** @type {TeacherSession | null} */
 let session = null;
+/** @type {ReturnType<typeof import("./precheck.js").setupPrecheck> | null} */
+let precheck = null;
 /** @type {MediaStream | null} */
 let stream = null;
 let micMuted = false;
@@ -64,6 +67,7 @@ let chimes = 0;
 
 // `pc` is what this page receives (the classrooms), as on the classroom page; `sendPc` what it publishes
 window.ketang = {
+  get precheck() { return precheck; },
   get session() { return session; },
   get pc() { return session && session.recvPc; },
   get sendPc() { return session && session.sendPc; },
@@ -961,6 +965,16 @@ async function main() {
   document.title = `${t("app.name")} · ${claims.title || claims.lesson}`;
   renderLinks();
   setupControls();
+  // 课前检测, next to 开始上课 (before and during the lesson); a camera chosen there is the lesson's camera
+  precheck = setupPrecheck({ button: $("precheck-open", HTMLButtonElement), token,
+    cameraId: () => $("camera", HTMLSelectElement).value || undefined,
+    onCamera: (id) => {
+      const select = $("camera", HTMLSelectElement);
+      if (select.value === id) return;
+      select.value = id;
+      select.dispatchEvent(new Event("change"));
+    },
+    video: { width: { ideal: VIDEO_W }, height: { ideal: VIDEO_H } } });
   status(t("teacher.ready"));
   if (!mediaAvailable()) { // http:// from another computer: the browser offers no camera at all
     notice(errorText("insecure", "teacher"));

@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple
 from sfu.peers.sdp import MID_MAX_CHARS  # the SFU's own caps, checked again there
 from sfu.peers.sdp import SDP_MAX_CHARS as MAX_SDP_CHARS
 from signaling.lesson.interaction import CHAT_MAX_CHARS as MAX_CHAT_CHARS
+from signaling.probe import check_report as _is_probe_report
 from signaling.tokens import MAX_TOKEN_CHARS
 
 # Largest accepted message, in encoded bytes. An SDP offer for a teacher
@@ -154,6 +155,10 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     "end_lesson": {},
     "leave": {},
     "ping": {},
+    # the pre-class network check (signaling/probe.py): a lesson token, no join needed
+    "probe": {"token": Field(str, True, MAX_TOKEN_CHARS, _non_empty)},
+    "probe_answer": {"sdp": _SDP},
+    "probe_report": {"steps": Field(list, True, None, _is_probe_report)},
 }
 
 _ID_FIELD: Final[Field] = Field((str, int), False, MAX_ID_CHARS, None)

@@ -4,7 +4,7 @@ ProtocolError."""
 
 from __future__ import annotations
 
-from signaling.handlers import classroom, media, moderation, session
+from signaling.handlers import classroom, media, moderation, probe, session
 from signaling.handlers.common import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -25,6 +25,9 @@ HANDLERS: dict[str, Handler] = {
     "chat": classroom.handle_chat,
     "chat_delete": moderation.handle_chat_delete,
     "chat_mode": moderation.handle_chat_mode,
+    "probe": probe.handle_probe,
+    "probe_answer": probe.handle_probe_answer,
+    "probe_report": probe.handle_probe_report,
 }
 
 __all__ = ["HANDLERS", "Handler"]

@@ -307,7 +307,7 @@ def test_an_error_reply_built_from_a_protocol_error_is_json_serialisable() -> No
 def test_the_schema_table_covers_exactly_the_protocol_types() -> None:
     assert set(messages.SCHEMA) == {"join", "publish", "answer", "unpublish", "prefer", "end_lesson", "leave", "ping",
                                     "hand", "wall", "stage", "mute", "remove", "lock", "chat", "chat_delete",
-                                    "chat_mode"}
+                                    "chat_mode", "probe", "probe_answer", "probe_report"}
 
 
 def test_random_damage_to_messages_only_ever_raises_protocol_error() -> None:
