@@ -1387,12 +1387,17 @@ export class ClassroomSession extends LessonSession {
     const q = { at: performance.now(), video: null, audio: null, rtt: null, packetsLost: 0, packetsReceived: 0,
       loss: 0, level: "none" };
     if (!this.pc) return q;
-    const live = new Set(this.media().map((m) => m.mid));
+    const media = this.media();
+    const live = new Set(media.map((m) => m.mid));
+    // the frame rate tells of the link only for a camera this classroom chose to receive: the courseware runs at
+    // a few frames a second by design, and a picture turned off (只听声音, 只看课件) has none to count
+    const judged = new Set(this.video && this.camera
+      ? media.filter((m) => m.kind === "video" && m.source !== "screen").map((m) => m.mid) : []);
     (await this.pc.getStats()).forEach((s) => {
       if (s.type === "inbound-rtp" && live.has(s.mid)) {
         q.packetsLost += Math.max(0, s.packetsLost || 0);
         q.packetsReceived += s.packetsReceived || 0;
-        if (s.kind === "video" && (!q.video || (s.framesPerSecond || 0) > (q.video.fps || 0))) {
+        if (s.kind === "video" && judged.has(s.mid) && (!q.video || (s.framesPerSecond || 0) > (q.video.fps || 0))) {
           q.video = { fps: s.framesPerSecond || 0, width: s.frameWidth || 0, height: s.frameHeight || 0 };
         }
         if (s.kind === "audio") q.audio = { jitter: s.jitter || 0 };
