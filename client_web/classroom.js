@@ -38,6 +38,11 @@ let qualityTimer;
 /** @type {ReturnType<typeof setInterval> | null} */
 let handTimer = null;
 let layout = "none"; // what is on screen: none | camera | screen
+let swapped = false; // the classroom's choice while the courseware is shared: the teacher large, the slides small
+let pipHidden = false; // ... or the small picture hidden
+let lastFrameAt = 0; // performance.now() of the large video's last frame painted
+let lastPipFrameAt = 0; // ... and of the small one
+const STALLED_MS = 2500; // no new frame for this long: the picture is paused (a weak link), say so
 /** What this classroom's camera or microphone could not do (no camera, denied, http://): shown whenever the
  *  banner has nothing more pressing to say. */
 let deviceNote = "";
@@ -51,6 +56,7 @@ window.ketang = {
   get pc() { return session && session.pc; },
   get sendPc() { return session && session.sendPc; },
   get layout() { return layout; },
+  get swapped() { return swapped; },
   get stream() { return localStream; },
   get tracks() { return createdTracks; }, // every camera and microphone track this page opened
 };
@@ -141,17 +147,74 @@ function showMedia() {
   const media = session ? session.media() : [];
   const teacher = media.filter(fromTeacher);
   const screen = teacher.find((m) => m.kind === "video" && m.source === "screen");
-  const camera = teacher.find((m) => m.kind === "video" && m.source !== "screen");
+  // 只看课件: the server sends no camera, so its slot shows nothing worth a picture
+  const camera = session && !session.camera ? undefined
+    : teacher.find((m) => m.kind === "video" && m.source !== "screen");
   const audio = teacher.find((m) => m.kind === "audio");
-  attach($("main-video", HTMLVideoElement), (screen || camera)?.receiverTrack || null);
-  attach($("pip-video", HTMLVideoElement), screen && camera ? camera.receiverTrack : null);
-  $("pip-video", HTMLVideoElement).hidden = !(screen && camera);
+  const both = Boolean(screen && camera);
+  const large = both && swapped ? camera : (screen || camera);
+  const small = both ? (swapped ? screen : camera) : undefined;
+  attach($("main-video", HTMLVideoElement), large ? large.receiverTrack : null);
+  attach($("pip-video", HTMLVideoElement), small && !pipHidden ? small.receiverTrack : null);
+  $("pip-video", HTMLVideoElement).hidden = !small || pipHidden;
+  $("pip-controls").hidden = !small || pipHidden;
+  $("pip-show").hidden = !small || !pipHidden;
   attach($("audio", HTMLAudioElement), audio ? audio.receiverTrack : null);
   layout = screen ? "screen" : camera ? "camera" : "none";
   document.body.dataset.layout = layout;
-  $("main-video", HTMLVideoElement).title = screen ? t("classroom.courseware") : t("classroom.teacher");
-  if (session && !session.ended && !session.removed) message(layout === "none" ? t("classroom.waiting") : "");
+  $("main-video", HTMLVideoElement).title = large === screen && screen ? t("classroom.courseware") : t("classroom.teacher");
+  const waiting = !teacher.some((m) => m.kind === "video") && !audio;
+  if (session && !session.ended && !session.removed) message(waiting ? t("classroom.waiting") : "");
+  renderNoVideo();
   showGuests(media.filter((m) => !fromTeacher(m)));
+}
+
+/** Why no picture shows while the sound plays ("" when a picture does): the classroom's own choice, courseware
+ *  only with no courseware shared, or a paused picture (the server stopped the video for a weak link). */
+function noVideoReason() {
+  if (!session || session.ended || session.removed) return "";
+  const media = session.media().filter(fromTeacher);
+  if (!media.length) return "";
+  if (!session.video) return t("classroom.noVideo.audioOnly");
+  if (!media.some((m) => m.kind === "video")) return t("classroom.noVideo.noCamera");
+  const screen = media.some((m) => m.kind === "video" && m.source === "screen");
+  if (!session.camera && !screen) return t("classroom.noVideo.noSlides");
+  const main = $("main-video", HTMLVideoElement);
+  if (main.srcObject && performance.now() - lastFrameAt > STALLED_MS) return t("classroom.noVideo.paused");
+  return "";
+}
+
+function renderNoVideo() {
+  const pip = $("pip-video", HTMLVideoElement);
+  pip.classList.toggle("stalled", Boolean(pip.srcObject) && performance.now() - lastPipFrameAt > STALLED_MS);
+  const reason = noVideoReason();
+  $("no-video-text").textContent = reason;
+  $("no-video").hidden = !reason;
+  document.body.dataset.noVideo = String(Boolean(reason));
+}
+
+/** Count painted frames of the large and the small video, so a frozen picture is noticed. */
+function watchFrames() {
+  /** @param {HTMLVideoElement} el  @param {(at: number) => void} seen */
+  const watch = (el, seen) => {
+    /** @type {VideoFrameRequestCallback} */
+    const painted = (at) => {
+      seen(at);
+      el.requestVideoFrameCallback(painted);
+    };
+    if (typeof el.requestVideoFrameCallback === "function") el.requestVideoFrameCallback(painted);
+    else el.addEventListener("timeupdate", () => seen(performance.now()));
+    el.addEventListener("emptied", () => seen(performance.now())); // a new track: give it time
+  };
+  watch($("main-video", HTMLVideoElement), (at) => {
+    lastFrameAt = at;
+    if (!$("no-video").hidden) renderNoVideo();
+  });
+  watch($("pip-video", HTMLVideoElement), (at) => {
+    lastPipFrameAt = at;
+    if ($("pip-video").classList.contains("stalled")) renderNoVideo();
+  });
+  setInterval(renderNoVideo, 1000);
 }
 
 /** @param {ReceivedMedia[]} guestMedia */
@@ -387,6 +450,8 @@ function stopped(text) {
   box.hidden = true;
   $("audio-only", HTMLButtonElement).disabled = true;
   $("low-video", HTMLButtonElement).disabled = true;
+  $("slides-only", HTMLButtonElement).disabled = true;
+  for (const id of ["pip-controls", "pip-show", "no-video"]) $(id).hidden = true;
   renderSpeak();
   renderChatMode();
 }
@@ -405,6 +470,7 @@ async function enter() {
   session = current;
   $("audio-only", HTMLButtonElement).disabled = false;
   $("low-video", HTMLButtonElement).disabled = false;
+  $("slides-only", HTMLButtonElement).disabled = false;
   current.on("lesson", (e) => {
     $("lesson-title").textContent = e.detail.lesson?.title || lesson || "";
   });
@@ -519,6 +585,22 @@ async function toggleLowVideo() {
   }
 }
 
+/** 只看课件+声音: the courseware and the sound, no camera (the server stops sending it: a weak link's choice). */
+async function toggleSlidesOnly() {
+  if (!session) return;
+  const slidesOnly = session.camera; // the click switches
+  $("slides-only", HTMLButtonElement).disabled = true;
+  try {
+    await session.setCamera(!slidesOnly);
+    label($("slides-only"), slidesOnly ? "classroom.camerasBack" : "classroom.slidesOnly");
+    $("slides-only", HTMLButtonElement).classList.toggle("active", slidesOnly);
+    banner(slidesOnly ? t("classroom.slidesOnlyOn") : "");
+    showMedia();
+  } finally {
+    $("slides-only", HTMLButtonElement).disabled = false;
+  }
+}
+
 async function toggleAudioOnly() {
   if (!session) return;
   const audioOnly = session.video; // the click switches
@@ -530,6 +612,7 @@ async function toggleAudioOnly() {
     $("audio-only", HTMLButtonElement).textContent = t(key);
     $("audio-only", HTMLButtonElement).classList.toggle("active", audioOnly);
     banner(audioOnly ? t("classroom.audioOnlyOn") : "");
+    renderNoVideo();
   } finally {
     $("audio-only", HTMLButtonElement).disabled = false;
   }
@@ -561,6 +644,11 @@ function main() {
   $("fullscreen").addEventListener("click", toggleFullscreen);
   $("audio-only", HTMLButtonElement).addEventListener("click", toggleAudioOnly);
   $("low-video", HTMLButtonElement).addEventListener("click", toggleLowVideo);
+  $("slides-only", HTMLButtonElement).addEventListener("click", toggleSlidesOnly);
+  $("pip-swap").addEventListener("click", () => { swapped = !swapped; showMedia(); });
+  $("pip-hide").addEventListener("click", () => { pipHidden = true; showMedia(); });
+  $("pip-show").addEventListener("click", () => { pipHidden = false; showMedia(); });
+  watchFrames();
   $("hand", HTMLButtonElement).addEventListener("click", toggleHand);
   $("mic", HTMLButtonElement).addEventListener("click", toggleMic);
   $("chat-form").addEventListener("submit", sendChat);

@@ -11,6 +11,8 @@
 // Sessions emit events (addEventListener) and never touch the DOM, so pages stay small and the
 // protocol can be read in one place.
 
+import { AudioMix } from "./mixer.js";
+
 // -- the messages (docs/protocol.md), as this code reads them ------------------------------------------------
 
 /** @typedef {{id: string, role: string, name: string, joined_at?: number,
@@ -928,6 +930,8 @@ export class TeacherSession extends LessonSession {
     /** @type {string[] | null} the classroom tiles on screen (`wall`), sent again after a reconnect */
     this.wallVisible = null;
     this.simulcast = true; // the camera as three layers: each classroom gets the largest its link carries
+    /** @type {AudioMix | null} the microphone mixed with the courseware's sound while a share carries sound */
+    this.mix = null;
   }
 
   /** How each source is encoded: the camera in three simulcast layers (RIDs q, h, f, smallest first — the
@@ -1005,14 +1009,20 @@ export class TeacherSession extends LessonSession {
   /** Replace the camera or microphone (a device chosen during the lesson): no renegotiation needed.
    *  @param {string} source  @param {MediaStreamTrack} track */
   async replaceTrack(source, track) {
+    if (source === "microphone" && this.mix) {
+      this.mix.setMicrophone(track); // the mixed track stays what is sent
+      return;
+    }
     this.sending.set(source, track);
     if (this.publishing) await this.publishing.replaceTrack(source, track);
   }
 
   /** Publish `track` as the courseware ("screen"): a second video m-line, offered again (renegotiation).
-   *  @param {MediaStreamTrack} track */
-  async shareScreen(track) {
+   *  `sound` (a shared tab's audio) is mixed into the microphone's track: classrooms and the recording hear it.
+   *  @param {MediaStreamTrack} track  @param {MediaStreamTrack | null} [sound] */
+  async shareScreen(track, sound = null) {
     if (this.screenTrack) await this.stopScreen();
+    if (sound) await this._mixIn(sound);
     this.screenTrack = track;
     this.sending.set("screen", track);
     if (this.screenTransceiver) {
@@ -1046,11 +1056,45 @@ export class TeacherSession extends LessonSession {
     }
     await this.screenTransceiver?.sender.replaceTrack(null); // set with screenTrack
     track.stop();
+    await this._mixOut();
     this.emit("screen", { sharing: false });
+  }
+
+  /** The courseware's sound joins the microphone in one track (no microphone: it is sent as the lesson's sound).
+   *  @param {MediaStreamTrack} sound */
+  async _mixIn(sound) {
+    const microphone = this.sending.get("microphone");
+    if (!microphone) {
+      this.sending.set("microphone", sound);
+      if (this.publishing) {
+        this._publishing().add("microphone", sound, this._sendInit("microphone"));
+        await this.publish();
+      }
+      sound.addEventListener("ended", () => this.stopScreen());
+      return;
+    }
+    this.mix = new AudioMix(microphone, sound);
+    this.sending.set("microphone", this.mix.track);
+    if (this.publishing) await this.publishing.replaceTrack("microphone", this.mix.track);
+  }
+
+  /** Back to the microphone alone (nothing to renegotiate: the same m-line). */
+  async _mixOut() {
+    const mix = this.mix;
+    if (!mix) return;
+    this.mix = null;
+    this.sending.set("microphone", mix.microphone);
+    if (this.publishing) await this.publishing.replaceTrack("microphone", mix.microphone);
+    mix.close();
   }
 
   /** @param {string} kind  @param {boolean} muted */
   setMuted(kind, muted) {
+    if (kind === "audio" && this.mix) { // the courseware's sound goes on; only the teacher's voice stops
+      this.mix.microphone.enabled = !muted;
+      this.mix.setMicMuted(muted);
+      return;
+    }
     for (const [t, source] of this.sources) {
       const track = t.sender.track;
       if (track && track.kind === kind && source !== "screen") track.enabled = !muted;
@@ -1180,6 +1224,7 @@ export class ClassroomSession extends LessonSession {
     super(token, url);
     this.layer = "auto"; // the simulcast layer the classroom pinned ("low") or "auto"
     this.video = true; // false: audio only, enforced by the server (a weak link, or the school's choice)
+    this.camera = true; // false: courseware and sound only (只看课件+声音), enforced by the server
     /** @type {Map<string, MediaStreamTrack>} source -> the track we publish (camera, microphone) */
     this.sending = new Map();
     /** @type {number | null} our place in the hand queue (1-based), null when down or not known */
@@ -1228,8 +1273,8 @@ export class ClassroomSession extends LessonSession {
   async _connect() {
     this._resetWatch();
     await this._join();
-    if (!this.video || this.layer !== "auto") { // kept across reconnects
-      await this._signaling().request({ type: "prefer", video: this.video, layer: this.layer });
+    if (!this.video || this.layer !== "auto" || !this.camera) { // kept across reconnects
+      await this._signaling().request({ type: "prefer", ...this._preference() });
     }
     if (this.sending.size) await this._publish();
   }
@@ -1285,14 +1330,26 @@ export class ClassroomSession extends LessonSession {
    *  @param {boolean} enabled */
   async setVideo(enabled) {
     this.video = enabled;
-    if (this.sig) await this.sig.request({ type: "prefer", video: enabled });
+    if (this.sig) await this.sig.request({ type: "prefer", ...this._preference() });
+  }
+
+  /** Courseware and sound only (false: the server sends no camera, the courseware still) or the cameras again.
+   *  @param {boolean} enabled */
+  async setCamera(enabled) {
+    this.camera = enabled;
+    if (this.sig) await this.sig.request({ type: "prefer", ...this._preference() });
+  }
+
+  /** What this classroom chose, as `prefer` fields. */
+  _preference() {
+    return { video: this.video, layer: this.layer, camera: this.camera };
   }
 
   /** "low": the smallest of the teacher's camera layers only (a calm link); "auto": the server chooses.
    *  @param {string} choice */
   async setLayer(choice) {
     this.layer = choice;
-    if (this.sig) await this.sig.request({ type: "prefer", video: this.video, layer: choice });
+    if (this.sig) await this.sig.request({ type: "prefer", ...this._preference() });
   }
 
   get microphoneOn() {
@@ -1331,12 +1388,17 @@ export class ClassroomSession extends LessonSession {
     const q = { at: performance.now(), video: null, audio: null, rtt: null, packetsLost: 0, packetsReceived: 0,
       loss: 0, level: "none" };
     if (!this.pc) return q;
-    const live = new Set(this.media().map((m) => m.mid));
+    const media = this.media();
+    const live = new Set(media.map((m) => m.mid));
+    // the frame rate tells of the link only for a camera this classroom chose to receive: the courseware runs at
+    // a few frames a second by design, and a picture turned off (只听声音, 只看课件) has none to count
+    const judged = new Set(this.video && this.camera
+      ? media.filter((m) => m.kind === "video" && m.source !== "screen").map((m) => m.mid) : []);
     (await this.pc.getStats()).forEach((s) => {
       if (s.type === "inbound-rtp" && live.has(s.mid)) {
         q.packetsLost += Math.max(0, s.packetsLost || 0);
         q.packetsReceived += s.packetsReceived || 0;
-        if (s.kind === "video" && (!q.video || (s.framesPerSecond || 0) > (q.video.fps || 0))) {
+        if (s.kind === "video" && judged.has(s.mid) && (!q.video || (s.framesPerSecond || 0) > (q.video.fps || 0))) {
           q.video = { fps: s.framesPerSecond || 0, width: s.frameWidth || 0, height: s.frameHeight || 0 };
         }
         if (s.kind === "audio") q.audio = { jitter: s.jitter || 0 };

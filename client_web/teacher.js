@@ -22,6 +22,9 @@ const WALL_PAGE_SIZE = Math.max(1, Math.min(64, Number(params.get("wall")) || 16
 const [VIDEO_W, VIDEO_H] = (params.get("video") || "1280x720").split("x").map(Number);
 // ?fakescreen=1: the courseware is a drawn slide instead of getDisplayMedia (headless tests, demos)
 const FAKE_SCREEN = params.get("fakescreen") === "1";
+// ?screenaudio=HZ: the drawn slide comes with a steady tone of that pitch as its sound (a stand-in for a shared
+// tab's audio in headless tests: a tone the classroom and the recording can be searched for)
+const SCREEN_TONE_HZ = Number(params.get("screenaudio")) || 0;
 
 const $ = byId;
 const fragment = fragmentParams();
@@ -596,16 +599,48 @@ function fakeScreenTrack() {
   return track;
 }
 
-/** @param {TeacherSession} current */
+/** A steady tone as the drawn slide's sound (?screenaudio=HZ). @param {number} hz */
+function fakeScreenSound(hz) {
+  const ctx = new AudioContext();
+  const tone = ctx.createOscillator();
+  tone.frequency.value = hz;
+  const gain = ctx.createGain();
+  gain.gain.value = 0.3;
+  const dest = ctx.createMediaStreamDestination();
+  tone.connect(gain).connect(dest);
+  tone.start();
+  const track = own(dest.stream.getAudioTracks()[0]);
+  const stop = track.stop.bind(track);
+  track.stop = () => { stop(); ctx.close().catch(() => {}); };
+  return track;
+}
+
+/** The courseware: a window, a screen or a browser tab — with its sound when the teacher ticks 「分享音频」 in the
+ *  browser's picker (Chromium offers it for tabs, and for the whole screen on Windows).
+ *  @param {TeacherSession} current */
 async function shareScreen(current) {
-  const track = FAKE_SCREEN
-    ? fakeScreenTrack()
-    : own((await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 10 } }, audio: false }))
-      .getVideoTracks()[0]);
+  /** @type {MediaStreamTrack} */
+  let track;
+  /** @type {MediaStreamTrack | null} */
+  let sound = null;
+  if (FAKE_SCREEN) {
+    track = fakeScreenTrack();
+    if (SCREEN_TONE_HZ) sound = fakeScreenSound(SCREEN_TONE_HZ);
+  } else {
+    const stream = own(await navigator.mediaDevices.getDisplayMedia({
+      video: { frameRate: { ideal: 10 } },
+      // the tab's sound for classrooms; the teacher still hears it in the tab itself
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    }));
+    track = stream.getVideoTracks()[0];
+    sound = stream.getAudioTracks()[0] || null;
+  }
   track.contentHint = "detail"; // slides: keep text sharp, drop frames rather than resolution
   $("screen-preview", HTMLVideoElement).srcObject = new MediaStream([track]);
   $("screen-box").hidden = false;
-  await current.shareScreen(track);
+  await current.shareScreen(track, sound);
+  const caption = $("screen-box").querySelector("figcaption");
+  if (caption) label(caption, sound ? "teacher.screenOnSound" : "teacher.screenOnSilent");
 }
 
 /** The classroom's audio-first ladder as the server reports it (docs/weak-networks.md). */

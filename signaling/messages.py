@@ -141,7 +141,8 @@ SCHEMA: Final[Mapping[str, Mapping[str, Field]]] = {
     # a classroom's own choice: "video": false is audio only (weak links), true brings video back
     # "layer": "low" pins the smallest simulcast layer (a school that wants its link calm), "auto" lets the
     # server choose again
-    "prefer": {"video": Field(bool, True, None, None), "layer": Field(str, False, 8, _is_layer_choice)},
+    "prefer": {"video": Field(bool, True, None, None), "layer": Field(str, False, 8, _is_layer_choice),
+               "camera": Field(bool, False, None, None)},
     # the interactive classroom (docs/protocol.md): a classroom's hand, the teacher's wall, stage and moderation
     "hand": {"up": Field(bool, True, None, None)},
     "wall": {"visible": Field(list, True, None, _is_id_list)},

@@ -81,6 +81,7 @@ class Subscriber:
     slots: list[Slot] = field(default_factory=list)
     closed: bool = False
     video: bool = True  # False: the classroom chose audio only; its video consumers are paused in the SFU
+    camera: bool = True  # False: the classroom chose courseware and sound (只看课件): no camera is sent to it
     ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
     selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
     pinned_layer: int | None = None  # the classroom's own cap on the simulcast layer (0: "low"); None: automatic
@@ -190,7 +191,7 @@ class Subscriber:
 
     def _flows(self, producer: Producer) -> bool:
         """Whether this video track flows to the classroom now (its choice, then the ladder's rung)."""
-        if not self.video:
+        if not self.video or (not self.camera and producer.source != "screen"):
             return False
         level = self.ladder.level if self.ladder is not None else VIDEO
         return level == VIDEO or (level == COURSEWARE and producer.source == "screen")
@@ -200,6 +201,12 @@ class Subscriber:
         enforced here, not in the page, so the bandwidth is really saved."""
         self.video = enabled
         self.ladder = None  # a fresh start for the automatic choice
+        self._apply_video()
+
+    def set_camera(self, enabled: bool) -> None:
+        """Courseware and sound only (False: no camera, the teacher's or a staged classroom's, is sent), or the
+        cameras again; the courseware still follows the ladder."""
+        self.camera = enabled
         self._apply_video()
 
     def _apply_video(self) -> None:
@@ -220,6 +227,8 @@ class Subscriber:
             return
         if self.ladder is None:
             self.ladder = VideoLadder(now)
+        if not self.camera:
+            video_bps = screen_bps  # what this classroom receives at the top rung is the courseware alone
         with_remb = [c for c in video if c.remb_at is not None]
         latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
         lossiest = max(consumers, key=lambda c: c.fraction_lost)

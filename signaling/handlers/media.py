@@ -58,8 +58,10 @@ async def handle_prefer(hub: Hub, conn: Connection, msg: Message) -> Reply:
         sub.set_video(msg.fields["video"])
     if "layer" in msg.fields:
         sub.pin_layer(0 if msg.fields["layer"] == "low" else None)
+    if "camera" in msg.fields and msg.fields["camera"] != sub.camera:
+        sub.set_camera(msg.fields["camera"])
     return {"type": "preferred", "ref": msg.id, "video": sub.video,
-            "layer": "low" if sub.pinned_layer == 0 else "auto"}
+            "layer": "low" if sub.pinned_layer == 0 else "auto", "camera": sub.camera}
 
 
 async def handle_unpublish(hub: Hub, conn: Connection, msg: Message) -> Reply:

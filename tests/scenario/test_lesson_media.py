@@ -225,7 +225,7 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
     try:
         await weak.wait_frames(5)
         reply = await weak.ws.request({"type": "prefer", "video": False})
-        assert reply == {"type": "preferred", "ref": reply["ref"], "video": False, "layer": "auto"}
+        assert reply == {"type": "preferred", "ref": reply["ref"], "video": False, "layer": "auto", "camera": True}
         await asyncio.sleep(0.5)  # frames in flight
         frames, audio, others = len(weak.frames), weak.audio_frames, len(other.frames)
         stats = await server.stats(lesson)
@@ -246,6 +246,47 @@ async def test_a_classroom_choosing_audio_only_gets_no_video_but_keeps_audio_and
         await weak.wait_frames(frames + 30, timeout_s=5)
     finally:
         await hang_up(weak, other, teacher)
+
+
+async def test_a_classroom_choosing_courseware_and_sound_gets_the_slides_and_audio_but_not_the_camera(server):
+    """只看课件+声音: the SFU stops the teacher's camera for that classroom only; the courseware and the audio go on,
+    and the camera comes back when asked."""
+    lesson = "media-courseware-only"
+    room = Classroom(await join_lesson(server, "classroom", lesson, "mountain school"))
+    other = Classroom(await join_lesson(server, "classroom", lesson, "town school"))
+    teacher = await publishing_teacher(server, lesson)
+    try:
+        screen = teacher.add_screen()
+        assert (await teacher.publish())["type"] == "answer"
+
+        async def frames_of_each(rooms: list[Classroom], n: int) -> None:
+            deadline = time.monotonic() + 10
+            while any(len(r.video_tracks) < 2 or min(r.video_tracks.values()) < n for r in rooms):
+                assert time.monotonic() < deadline, [r.video_tracks for r in rooms]
+                await asyncio.sleep(0.1)
+
+        await frames_of_each([room, other], 10)
+        reply = await room.ws.request({"type": "prefer", "video": True, "camera": False})
+        assert (reply["video"], reply["camera"]) == (True, False), reply
+        await asyncio.sleep(0.5)  # frames in flight
+        camera = (teacher.video.width, teacher.video.height)
+        sizes = dict(room.frames_by_size)
+        others, audio = dict(other.frames_by_size), room.audio_frames
+        await asyncio.sleep(2)
+        assert room.frames_by_size[camera] == sizes[camera], "the camera still arrives"
+        assert room.frames_by_size[(screen.width, screen.height)] > sizes[(screen.width, screen.height)], \
+            "the courseware stopped"
+        assert room.audio_frames > audio + 50, "the audio stopped"
+        assert other.frames_by_size[camera] > others[camera] + 20, "the other classroom lost the camera"
+
+        reply = await room.ws.request({"type": "prefer", "video": True, "camera": True})
+        assert reply["camera"] is True
+        deadline = time.monotonic() + 5
+        while room.frames_by_size[camera] < sizes[camera] + 10:
+            assert time.monotonic() < deadline, "the camera did not come back"
+            await asyncio.sleep(0.1)
+    finally:
+        await hang_up(room, other, teacher)
 
 
 async def test_a_classroom_whose_link_collapses_falls_to_audio_only_and_gets_video_back_when_it_recovers(server):

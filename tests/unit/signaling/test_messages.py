@@ -48,6 +48,8 @@ def refused(raw: str | bytes) -> ProtocolError:
         ),
         pytest.param({"type": "unpublish"}, Message("unpublish", None, {}), id="unpublish-all-tracks"),
         pytest.param({"type": "prefer", "video": False}, Message("prefer", None, {"video": False}), id="audio-only"),
+        pytest.param({"type": "prefer", "video": True, "camera": False},
+                     Message("prefer", None, {"video": True, "camera": False}), id="courseware-and-sound"),
         pytest.param({"type": "end_lesson"}, Message("end_lesson", None, {}), id="end_lesson"),
         pytest.param({"type": "leave"}, Message("leave", None, {}), id="leave"),
         pytest.param({"type": "ping"}, Message("ping", None, {}), id="ping"),
@@ -221,6 +223,8 @@ def test_text_that_is_not_a_utf8_json_object_is_bad_json(raw: str | bytes) -> No
             {"type": "unpublish", "track": None, "id": 1}, "bad_message", "track", id="track-null-is-not-absent"
         ),
         pytest.param({"type": "join", "token": True, "id": 1}, "bad_message", "token", id="token-a-bool"),
+        pytest.param({"type": "prefer", "video": True, "camera": "no", "id": 1}, "bad_message", "camera",
+                     id="camera-not-a-bool"),
     ],
 )
 def test_ill_formed_messages_are_refused_naming_the_field_and_echoing_the_id(
