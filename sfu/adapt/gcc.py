@@ -10,8 +10,8 @@ clock passed in. Two bounds, the estimate is the smaller:
   (queues drain); in between: it grows, 8 % a second while far from the last known capacity, additively near
   it. It never grows above 1.5x what is acknowledged (+10 kbit/s): an estimate is only as good as the traffic
   that tested it.
-- **loss-based** (section 6): loss over the last `LOSS_WINDOW_S` of feedback. Above `LOSS_HIGH` (10 %) the bound
-  drops by half the loss; between `LOSS_LOW` and `LOSS_HIGH` it holds; below it grows 8 % a second, and once it
+- **loss-based** (section 6): loss over the last `LOSS_WINDOW_S` of feedback. Above `LOSS_HIGH` (10 %) for
+  `LOSS_HIGH_HOLD_S` the bound drops by half the loss (not below `BETA` of what arrives); between `LOSS_LOW` and `LOSS_HIGH` it holds; below it grows 8 % a second, and once it
   is above the delay-based estimate it no longer binds. Random loss of a few percent therefore never lowers the
   estimate; the loss is reported (`loss`) for the server's stats.
 
@@ -282,10 +282,19 @@ class SendSideEstimator:
         if loss > LOSS_HIGH:
             if now - self._loss_high_since >= LOSS_HIGH_HOLD_S \
                     and now - self._last_decrease >= DECREASE_EVERY_S + self.rtt_s:
+                # never below BETA of what the receiver is getting: the SFU cannot slow down at once (a layer
+                # switch waits for a keyframe), so losses go on for a while after the bound was lowered, and they
+                # say the link is full, not that it carries less than arrives
                 base = self.estimate_bps
-                self.loss_bps = max(self.min_bps, base * (1 - 0.5 * loss))
+                floor = BETA * self.acked_bps if self.acked_bps is not None else 0.0
+                self.loss_bps = max(self.min_bps, min(base, max(base * (1 - 0.5 * loss), floor)))
                 self._last_decrease = now
                 self.decreases += 1
+                # the next decision reads only what is sent at the new rate: the packets lost while the old one
+                # overflowed the queue must not cut it again and again
+                self._outcomes.clear()
+                self._lost_in_window = 0
+                self._loss_high_since = None
         elif loss < LOSS_LOW and self.loss_bps is not None:
             dt = max(0.0, min(now - self._last_update, 1.0))
             self.loss_bps *= INCREASE_PER_S ** dt

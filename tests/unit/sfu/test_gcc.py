@@ -33,8 +33,9 @@ def test_capacity_step_down_is_followed_within_seconds() -> None:
     assert statistics.median(s.estimates_between(15, 20)) > 700_000
     s.link.capacity_bps = 300_000
     s.run(20)
-    assert max(s.estimates_between(23, 40)) <= 330_000  # below the new capacity within 3 s
-    assert statistics.median(s.estimates_between(30, 40)) >= 200_000  # and not far below it
+    assert max(s.estimates_between(23, 30)) <= 330_000  # near the new capacity within 3 s
+    later = s.estimates_between(30, 40)
+    assert 200_000 <= statistics.median(later) <= 330_000 and max(later) <= 400_000  # and around it after
 
 
 def test_random_loss_with_plenty_of_bandwidth_does_not_lower_the_estimate() -> None:
@@ -48,7 +49,7 @@ def test_random_loss_with_plenty_of_bandwidth_does_not_lower_the_estimate() -> N
 
 def test_heavy_loss_lowers_the_estimate() -> None:
     s = sim(Link(capacity_bps=1e9, delay_s=0.05, loss=0.25), source_max_bps=1_000_000)
-    s.run(10)
+    s.run(20)
     assert s.estimator.estimate_bps < 0.5 * START_BPS
     assert s.estimator.loss == pytest.approx(0.25, abs=0.07)
 
