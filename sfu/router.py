@@ -327,7 +327,8 @@ class Router:
                 "video_bps": round(self.video_bps),
                 "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},
                 "video": {pid: {"chosen": s.video, "state": s.ladder.state if s.ladder else "video",
-                                "reason": s.ladder.reason if s.ladder else "", "simulcast": s.layer_states()}
+                                "reason": s.ladder.reason if s.ladder else "", "simulcast": s.layer_states(),
+                                "link": s.link_stats(self.clock.monotonic())}
                           for pid, s in self.subscribers.items()},
                 "datagram_guard": GUARD.counts(),  # process-wide: what never reached DTLS/SRTP
                 "layers": {p.id: [{"id": layer.id, "ssrc": layer.ssrc, "packets_in": layer.packets_in,

@@ -336,6 +336,9 @@ class ServerCollector(Collector):
                             and consumer.producer.source == "camera":
                         layer = "paused" if consumer.paused or consumer.current is None else str(consumer.current)
                         by_layer[layer] = by_layer.get(layer, 0) + 1
+                link = sub.link(now)
+                if link.send_side and link.estimate_bps is not None:
+                    remb = link.estimate_bps  # the server's own estimate from transport-cc feedback
                 if remb is not None:
                     estimates.append(float(remb))
         for rung, n in by_rung.items():
@@ -349,7 +352,8 @@ class ServerCollector(Collector):
     def _estimates(self, values: list[float]) -> Iterator[Metric]:
         hist = GaugeHistogramMetricFamily(
             "ketang_classroom_downlink_estimate_bits_per_second",
-            "Classrooms' latest downlink estimates (REMB, fresh within REMB_FRESH_S), as a distribution now")
+            "Classrooms' latest downlink estimates (the send-side estimate from transport-cc feedback, else REMB fresh "
+            "within REMB_FRESH_S), as a distribution now")
         buckets = [(f"{bound:.0f}", float(bisect.bisect_right(values, bound))) for bound in REMB_BUCKETS]
         buckets.append(("+Inf", float(len(values))))
         hist.add_metric([], buckets, gsum_value=sum(values))

@@ -79,14 +79,18 @@ from sfu.rtp.header import (
     ExtensionLayout,
     abs_send_time_bytes,
 )
+from sfu.rtp.twcc import TransportSeq
 from sfu.seams import lean_protect
+
+TWCC_ID = 4  # the transport-cc extension id (what a classroom offer gets: the first one free)
 
 
 class ForwardBench:
     """The objects under test, the sink, and the three measured phases."""
 
     def __init__(self, subscribers: int = 50, packets: int = 2000, size: int = 1100, warmup: int | None = None,
-                 capture: int = 0, seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP) -> None:
+                 capture: int = 0, seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP,
+                 twcc: bool = False) -> None:
         if subscribers < 1 or packets < 1:
             raise ValueError("subscribers and packets must be at least 1")
         self.subscribers = subscribers
@@ -97,6 +101,7 @@ class ForwardBench:
         self.sink: Sink | ProcessSink = open_sink(srtp, sink)
         self.srtp = srtp
         self.sink_kind = sink
+        self.twcc = twcc
         self._closed = False
         try:
             self._build(rng, capture)
@@ -129,6 +134,27 @@ class ForwardBench:
             consumer._started = True
             consumer._waiting_keyframe = False  # it already got its keyframe
             self.consumers.append(consumer)
+        self.twcc_consumers: list[Consumer] = []
+        if self.twcc:
+            # the same subscribers with transport-cc: a second producer, its consumers on their own senders (a
+            # transport-wide counter each, as each classroom has its own transport), the same sessions and sockets
+            loop = asyncio.new_event_loop()
+            try:
+                twcc_senders = loop.run_until_complete(aiortc_senders(n))
+            finally:
+                loop.close()
+            self.twcc_producer = Producer("bench-video-twcc", "video", "vp8", CLOCK_RATE, send_pli=lambda ssrc: None)
+            twcc_layout = ExtensionLayout(MID, MID_ID, ABS_SEND_TIME_ID, 0, twcc_id=TWCC_ID)
+            for sender, session, sock in zip(twcc_senders, self.sessions, self.socks):
+                consumer = Consumer(self.twcc_producer, sender, VP8_PT, VP8_RTX_PT, twcc_layout,
+                                    twcc=TransportSeq(TWCC_ID, time.monotonic))
+                consumer._protect = lean_protect(session)
+                consumer._send = make_send(sock, self.sink.addr)
+                consumer._started = True
+                consumer._waiting_keyframe = False
+                self.twcc_consumers.append(consumer)
+            self._twcc_stream = IncomingStream(self.size, 65536 - self.warmup - self.packets // 2,
+                                               seed=rng.getrandbits(32))
         # capture: keep up to this many of consumer 0's datagrams from the measured forward rounds (for tests)
         self.capture = capture
         self._capture_addr = self.socks[0].getsockname() if capture else None
@@ -176,6 +202,19 @@ class ForwardBench:
         if profile is not None:
             profile.disable()
         sent = sum(c.packets_out for c in self.consumers) - out_before
+        return cpu, sent, self._settle(sent)
+
+    def forward_twcc(self, count: int | None = None) -> tuple[float, int, int]:
+        """The forward phase with transport-cc stamping (a transport-wide number per packet, remembered)."""
+        packets = self._twcc_stream.take(self.packets if count is None else count)
+        on_packet = self.twcc_producer.on_packet
+        out_before = sum(c.packets_out for c in self.twcc_consumers)
+        gc.collect()
+        t0 = time.thread_time()
+        for seq, ts, marker, payload, level in packets:
+            on_packet(seq, ts, marker, payload, level)
+        cpu = time.thread_time() - t0
+        sent = sum(c.packets_out for c in self.twcc_consumers) - out_before
         return cpu, sent, self._settle(sent)
 
     def _floor_packets(self, count: int) -> list[bytes]:
@@ -256,12 +295,14 @@ class ForwardBench:
         outputs = m * n
         if self.warmup:
             self.forward(self.warmup)
+            if self.twcc:
+                self.forward_twcc(self.warmup)
             self.floor(self.warmup)
             if objects:
                 self.objects(self.warmup)
         captured_before = len(self.sink.captured)
         background = Background(getattr(self.sink, "pid", None))
-        fwd, flo, obj = [], [], []
+        fwd, flo, obj, tcc = [], [], [], []
         fwd_sent = fwd_recv = flo_recv = obj_recv = 0
         for _ in range(repeat):
             self.sink.capture_from = self._capture_addr  # only the measured forward rounds are captured
@@ -270,6 +311,8 @@ class ForwardBench:
             fwd.append(cpu)
             fwd_sent += sent
             fwd_recv += recv
+            if self.twcc:
+                tcc.append(self.forward_twcc()[0])
             cpu, _, recv = self.floor()
             flo.append(cpu)
             flo_recv += recv
@@ -310,6 +353,11 @@ class ForwardBench:
             "cpus": os.cpu_count(),
             **background.result(),
         }
+        if self.twcc:
+            tcc_us = statistics.median(tcc) / outputs * 1e6
+            result.update({"twcc_us": tcc_us, "twcc_ratio": tcc_us / flo_us if flo_us > 0 else float("inf"),
+                           "twcc_over_forward": tcc_us / fwd_us if fwd_us > 0 else float("inf"),
+                           "twcc_us_per_round": [t / outputs * 1e6 for t in tcc]})
         if objects:
             obj_us = statistics.median(obj) / outputs * 1e6
             result.update({"objects_us": obj_us, "objects_ratio": obj_us / flo_us if flo_us > 0 else float("inf"),
@@ -325,7 +373,7 @@ class ForwardBench:
         if self._closed:
             return
         self._closed = True
-        for consumer in getattr(self, "consumers", []):
+        for consumer in getattr(self, "consumers", []) + getattr(self, "twcc_consumers", []):
             consumer.close()
         for sock in getattr(self, "socks", []):
             sock.close()
@@ -333,8 +381,8 @@ class ForwardBench:
 
 
 def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int = 1100, objects: bool = True,
-        seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP) -> dict[str, Any]:
-    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink, srtp=srtp)
+        seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP, twcc: bool = False) -> dict[str, Any]:
+    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink, srtp=srtp, twcc=twcc)
     try:
         return bench.run(repeat, objects)
     finally:
@@ -344,6 +392,8 @@ def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int =
 def format_table(r: dict[str, Any]) -> str:
     per_s = PACKETS_PER_S_PER_CLASSROOM
     rows = [("forward (Producer.on_packet -> Consumer)", r["forward_us"]), ("floor (protect + sendto)", r["floor_us"])]
+    if "twcc_us" in r:
+        rows.append(("forward with transport-cc stamping", r["twcc_us"]))
     if "objects_us" in r:
         rows.append(("aiortc objects (parse/serialize)", r["objects_us"]))
     head = (f"{r['subscribers']} subscribers x {r['packets']} packets x {r['repeat']} rounds, payload {r['size']} B "
@@ -355,6 +405,9 @@ def format_table(r: dict[str, Any]) -> str:
     verdict = "meets" if r["ratio"] <= r["target_ratio"] else "MISSES"
     lines.append(f"ratio forward/floor {r['ratio']:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}); "
                  f"{verdict} the target <= {r['target_ratio']}")
+    if "twcc_us" in r:
+        lines.append(f"transport-cc / forward {r['twcc_over_forward']:.3f} (rounds "
+                     f"{', '.join(f'{a / b:.3f}' for a, b in zip(r['twcc_us_per_round'], r['forward_us_per_round']))})")
     lines.append(f"producer fixed cost {r['producer_only_us_per_incoming']:.2f} us per incoming packet (no consumers)")
     lines.append(f"{CLASSROOMS_PLANNED} classrooms x {per_s} pkt/s = {CLASSROOMS_PLANNED * per_s:,} pkt/s -> "
                  f"{r['cores_for_400_classrooms']:.2f} cores of forwarding CPU (egress only)")
@@ -380,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--srtp", choices=sorted(SRTP_PROFILES), default=DEFAULT_SRTP,
                     help=f"SRTP protection profile of every session (default {DEFAULT_SRTP})")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument("--twcc", action="store_true",
+                    help="also a forward phase with transport-cc stamping (same subscribers, interleaved)")
     ap.add_argument("--profile", action="store_true", help="also cProfile one forward round (to stderr)")
     sc = ap.add_argument_group("simulcast (loadtest/bench/simulcast.py; --size and --no-objects do not apply)")
     sc.add_argument("--simulcast", action="store_true",
@@ -391,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.simulcast:
         return _main_simulcast(args)
-    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp)
+    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp, twcc=args.twcc)
     try:
         result = bench.run(args.repeat, not args.no_objects)
         if args.profile:

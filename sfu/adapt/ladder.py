@@ -21,7 +21,7 @@ from sfu.adapt.link import (
 )
 
 __all__ = ["AUDIO", "COURSEWARE", "DOWN_HOLD_S", "LEVEL_NAMES", "LOSS_DOWN", "REMB_DOWN_RATIO", "REMB_SETTLE_S",
-           "RETRY_AFTER_MAX_S", "RETRY_AFTER_S", "STALE_S", "TRIAL_LOSS_GRACE_S", "TRIAL_S", "VIDEO", "LinkReport",
+           "RETRY_AFTER_MAX_S", "RETRY_AFTER_S", "SEND_SIDE_SETTLE_S", "STALE_S", "TRIAL_LOSS_GRACE_S", "TRIAL_S", "VIDEO", "LinkReport",
            "VideoLadder"]
 
 # down a rung when, for DOWN_HOLD_S, the classroom's estimate is short of what the rung needs or its receiver
@@ -35,6 +35,9 @@ TRIAL_S = 5.0
 # a receiver's estimate climbs slowly from wherever it was (aiortc's ~8 %/s): at the start and after video comes
 # back it says more about the past than about the link, so it counts only after this long; loss always counts
 REMB_SETTLE_S = 20.0
+# the server's own send-side estimate (transport-cc, sfu/adapt/gcc.py) reacts to a queue within a second and is
+# not held back by a receiver's slow climb: it counts after this long
+SEND_SIDE_SETTLE_S = 2.0
 # the first receiver reports after video comes back still count the packets lost before it was paused (the
 # receiver learns of that gap only when video resumes): on a try, loss counts from reports this much later
 TRIAL_LOSS_GRACE_S = 1.5
@@ -50,6 +53,7 @@ class LinkReport:
     video_bps: float  # what the lesson's video needs (the teacher's video tracks, measured)
     loss_at: float | None = None  # when that receiver report came (None: unknown, counts)
     screen_bps: float = 0.0  # what the courseware alone needs (0: no courseware shared now)
+    send_side: bool = False  # the estimate is the server's own (transport-cc feedback), not the classroom's REMB
 
 
 # what flows at each rung, top to bottom: the lesson's video, the courseware only (camera paused), audio only
@@ -86,7 +90,8 @@ class VideoLadder:
         if congested(report.loss) and not (self.trial and report.loss_at is not None
                                            and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
             return f"loss {report.loss:.0%}"
-        settled = fresh(report.remb_at, now) and not self.trial and (report.remb_at or 0.0) >= self._remb_from
+        settle_from = self._remb_from if not report.send_side else self._remb_from - REMB_SETTLE_S + SEND_SIDE_SETTLE_S
+        settled = fresh(report.remb_at, now) and not self.trial and (report.remb_at or 0.0) >= settle_from
         if settled and remb_short(report.remb_bps, need_bps):
             return f"bandwidth {(report.remb_bps or 0) // 1000} kbit/s < video {int(need_bps) // 1000} kbit/s"
         return ""

@@ -77,6 +77,10 @@ class LayerReport:
     loss: float  # fraction lost in its latest receiver report, 0..1
     loss_at: float | None  # when that report came (None: unknown; every update then counts as a new report)
     rates: Sequence[float]  # each layer's measured rate from the teacher, smallest first; 0 = not arriving
+    # the estimate is the server's own from transport-cc feedback (sfu/adapt/gcc.py), and the loss what that feedback
+    # measured: the estimate already holds on random loss and falls on congestion loss (its loss bound), so loss
+    # alone moves no layer down, and a try is refused or ended only by loss above LOSS_DOWN
+    send_side: bool = False
 
 
 class LayerSelector:
@@ -150,7 +154,7 @@ class LayerSelector:
     def _judge_trial(self, report: LayerReport, remb: int | None, new_report: bool, available: list[int],
                      now: float) -> None:
         elapsed = now - self._since
-        if new_report and report.loss > TRIAL_LOSS_FAIL and (
+        if new_report and report.loss > (LOSS_DOWN if report.send_side else TRIAL_LOSS_FAIL) and (
                 report.loss_at is None or report.loss_at >= self._since + TRIAL_LOSS_GRACE_S):
             self._fail_trial(now, f"loss {report.loss:.0%}")
             return
@@ -191,7 +195,7 @@ class LayerSelector:
                 self._remb_bad_since = now
         else:
             self._remb_bad_since = None
-        if new_report:
+        if new_report and not report.send_side:
             self._bad_loss_reports = self._bad_loss_reports + 1 if congested(report.loss) else 0
         by_remb = self._remb_bad_since is not None and now - self._remb_bad_since >= DOWN_HOLD_S
         by_loss = self._bad_loss_reports >= LOSS_DOWN_REPORTS
@@ -210,7 +214,7 @@ class LayerSelector:
         above = [i for i in available if i > self.layer]
         if not above or now - self._since < self._up_after:
             return
-        if fresh(report.loss_at, now) and report.loss > LOSS_UP_MAX:
+        if fresh(report.loss_at, now) and report.loss > (LOSS_DOWN if report.send_side else LOSS_UP_MAX):
             return
         self.fallback = self.layer
         self._trial_remb_peak = remb or 0

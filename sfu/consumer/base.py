@@ -33,7 +33,14 @@ from aiortc.rtp import (
 from sfu import seams
 from sfu.producer import CONSUMER_MAX_ERRORS, Packet, Producer
 from sfu.rtp.clock import Clock, as_clock
-from sfu.rtp.header import RTP_HEADER, ExtensionLayout, abs_send_time_bytes
+from sfu.rtp.header import (
+    EXT_PROFILE_ONE_BYTE,
+    RTP_HEADER,
+    TWCC_HEADER,
+    ExtensionLayout,
+    abs_send_time_bytes,
+)
+from sfu.rtp.twcc import TransportSeq
 from sfu.seams import datagram_sender
 
 log = logging.getLogger("ketang.sfu.rtp")
@@ -78,7 +85,7 @@ class BaseConsumer:
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None,
-                 clock: Clock | Callable[[], float] | None = None) -> None:
+                 clock: Clock | Callable[[], float] | None = None, twcc: TransportSeq | None = None) -> None:
         self.producer = producer
         self.sender = sender
         self.kind = producer.kind
@@ -104,6 +111,9 @@ class BaseConsumer:
         self._resume = resume
         self._rtx_seq = resume.rtx_seq if resume is not None else random.randrange(1, OUTPUT_SEQ_START_MAX)
         self._ext = extensions
+        # the classroom transport's transport-wide sequence numbers (shared by its consumers), when its layout
+        # carries them
+        self._twcc = twcc if extensions.twcc_id else None
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
         self._protect: Any = None
         self._send: Any = None
@@ -234,18 +244,28 @@ class BaseConsumer:
             return float("inf")
         return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * self.remb_bps / 8)
 
+    def _twcc_header(self, b1: int, seq16: int, ts: int, ssrc: int, tail_len: int) -> bytes:
+        """The fixed header, the extension block's head and this packet's transport-wide sequence number (the
+        rest of the block begins the tail)."""
+        ext = self._ext
+        return TWCC_HEADER.pack(self._first_byte, b1, seq16, ts, ssrc, EXT_PROFILE_ONE_BYTE, ext.twcc_words,
+                                ext.twcc_byte, self._twcc.take(TWCC_HEADER.size + tail_len))  # type: ignore[union-attr]
+
     def _send_again(self, seq16: int, out_ts: int, marker: int, payload: bytes, audio_level: int, ast: bytes) -> None:
         """A retransmission: RFC 4588 RTX (its own SSRC and sequence; the payload starts with the original
         sequence number) when negotiated, else the packet again under its own number."""
         if self.rtx_payload_type is None:
-            header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq16 & 0xFFFF, out_ts,
-                                     self.ssrc)
-            self._send(self._protect(header + self._ext.tail(ast, audio_level, payload)))
-            return
-        header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.rtx_payload_type,
-                                 self._rtx_seq & 0xFFFF, out_ts, self.rtx_ssrc)
-        self._rtx_seq += 1
-        self._send(self._protect(header + self._ext.tail(ast, audio_level, _U16.pack(seq16 & 0xFFFF) + payload)))
+            b1, seq, ssrc = (marker << 7) | self.payload_type, seq16 & 0xFFFF, self.ssrc
+            tail = self._ext.tail(ast, audio_level, payload)
+        else:
+            b1, seq, ssrc = (marker << 7) | self.rtx_payload_type, self._rtx_seq & 0xFFFF, self.rtx_ssrc
+            self._rtx_seq += 1
+            tail = self._ext.tail(ast, audio_level, _U16.pack(seq16 & 0xFFFF) + payload)
+        if self._twcc is None:
+            header = RTP_HEADER.pack(self._first_byte, b1, seq, out_ts, ssrc)
+        else:
+            header = self._twcc_header(b1, seq, out_ts, ssrc, len(tail))
+        self._send(self._protect(header + tail))
 
     # -- errors, lifecycle -------------------------------------------------------------------------------------
 

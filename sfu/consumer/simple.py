@@ -27,6 +27,7 @@ from sfu.rtp.header import (
     ntp_from_unix,
 )
 from sfu.rtp.seqmap import SeqMap, TsMap
+from sfu.rtp.twcc import TransportSeq
 from sfu.seams import sender_set_report_counters
 
 
@@ -35,14 +36,14 @@ class Consumer(BaseConsumer):
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None,
-                 clock: Clock | Callable[[], float] | None = None) -> None:
+                 clock: Clock | Callable[[], float] | None = None, twcc: TransportSeq | None = None) -> None:
         if resume is None:
             self._seq = SeqMap(random.randrange(1, OUTPUT_SEQ_START_MAX))
             self._ts = TsMap(random.getrandbits(32))
         else:
             self._seq = SeqMap(resume.next_seq)
             self._ts = TsMap(0)
-        super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock)
+        super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock, twcc)
         self._last_ts = 0  # input timestamp of the newest packet sent (retransmissions never move it)
         self._last_seq = -1  # its extended input sequence number
         producer.attach(self)
@@ -93,9 +94,13 @@ class Consumer(BaseConsumer):
         else:
             tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
             packet.tail_layout, packet.tail_ast = layout, ast
-        self._send(self._protect(RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.payload_type,
-                                                 out_seq & 0xFFFF, (packet.ts + self._ts.offset) & 0xFFFFFFFF,
-                                                 self.ssrc) + tail))
+        if self._twcc is None:
+            header = RTP_HEADER.pack(self._first_byte, (packet.marker << 7) | self.payload_type, out_seq & 0xFFFF,
+                                     (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.ssrc)
+        else:
+            header = self._twcc_header((packet.marker << 7) | self.payload_type, out_seq & 0xFFFF,
+                                       (packet.ts + self._ts.offset) & 0xFFFFFFFF, self.ssrc, len(tail))
+        self._send(self._protect(header + tail))
         self.packets_out += 1
         self.octets_out += len(packet.payload)
         self.errors = 0

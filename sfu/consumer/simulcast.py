@@ -29,6 +29,7 @@ from sfu.rtp.header import (
     ntp_from_unix,
 )
 from sfu.rtp.seqmap import TS_MASK
+from sfu.rtp.twcc import TransportSeq
 from sfu.rtp.vp8 import vp8_numbering
 from sfu.seams import sender_set_report_counters
 from sfu.simulcast.switch import LayerSwitcher, Out
@@ -66,8 +67,8 @@ class SimulcastConsumer(BaseConsumer):
 
     def __init__(self, producer: Producer, sender: RTCRtpSender, payload_type: int, rtx_payload_type: int | None,
                  extensions: ExtensionLayout, resume: ResumePoint | None = None, start_layer: int = 0,
-                 clock: Clock | Callable[[], float] | None = None) -> None:
-        super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock)
+                 clock: Clock | Callable[[], float] | None = None, twcc: TransportSeq | None = None) -> None:
+        super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock, twcc)
         self.layers: list[Producer] = list(producer.layers or [producer])
         self.current: int | None = None
         self._last_out: tuple[int, int, float] | None = None  # (extended seq, ts, when) of the newest sent
@@ -111,14 +112,18 @@ class SimulcastConsumer(BaseConsumer):
                     return
                 nums = switcher.rewriter.renumber(numbering) if numbering else None
                 layout = self._ext
-                header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq & 0xFFFF, out_ts,
-                                         self.ssrc)
                 if nums is None:
                     if packet.tail_layout is layout and packet.tail_ast is ast:
                         tail = packet.tail  # built by an earlier subscriber in this fan-out
                     else:
                         tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
                         packet.tail_layout, packet.tail_ast = layout, ast
+                    if self._twcc is None:
+                        header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq & 0xFFFF,
+                                                 out_ts, self.ssrc)
+                    else:
+                        header = self._twcc_header((marker << 7) | self.payload_type, seq & 0xFFFF, out_ts,
+                                                   self.ssrc, len(tail))
                     self._send(self._protect(header + tail))
                     self.octets_out += len(packet.payload)
                 else:
@@ -126,6 +131,12 @@ class SimulcastConsumer(BaseConsumer):
                     # in this fan-out) + the descriptor's first bytes + the new numbers + the rest of the payload
                     _, _, _, _, head, rest, grow = numbering  # type: ignore[misc]
                     block = layout.stamped(ast, packet.audio_level)
+                    if self._twcc is None:
+                        header = RTP_HEADER.pack(self._first_byte, (marker << 7) | self.payload_type, seq & 0xFFFF,
+                                                 out_ts, self.ssrc)
+                    else:
+                        header = self._twcc_header((marker << 7) | self.payload_type, seq & 0xFFFF, out_ts,
+                                                   self.ssrc, len(block) + len(packet.payload) + grow)
                     self._send(self._protect(b"".join((header, block, head, nums, rest))))
                     self.octets_out += len(packet.payload) + grow
                 self.packets_out += 1
@@ -146,18 +157,20 @@ class SimulcastConsumer(BaseConsumer):
 
     def _send_out(self, out: Out, packet: Packet, ast: bytes, now: float) -> None:
         layout = self._ext
-        header = RTP_HEADER.pack(self._first_byte, (out.marker << 7) | self.payload_type, out.seq & 0xFFFF, out.ts,
-                                 self.ssrc)
         if out.payload is packet.payload:
             if packet.tail_layout is layout and packet.tail_ast is ast:
                 tail = packet.tail  # built by an earlier subscriber in this fan-out
             else:
                 tail = packet.tail = layout.tail(ast, packet.audio_level, packet.payload)
                 packet.tail_layout, packet.tail_ast = layout, ast
-            data = header + tail
         else:  # this subscriber's picture ids: one copy
-            data = b"".join((header, layout.stamped(ast, packet.audio_level), out.payload))
-        self._send(self._protect(data))
+            tail = layout.stamped(ast, packet.audio_level) + out.payload
+        b1 = (out.marker << 7) | self.payload_type
+        if self._twcc is None:
+            header = RTP_HEADER.pack(self._first_byte, b1, out.seq & 0xFFFF, out.ts, self.ssrc)
+        else:
+            header = self._twcc_header(b1, out.seq & 0xFFFF, out.ts, self.ssrc, len(tail))
+        self._send(self._protect(header + tail))
         self.packets_out += 1
         self.octets_out += len(out.payload)
         self.errors = 0

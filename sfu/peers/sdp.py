@@ -20,6 +20,8 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from sfu import seams
+from sfu.rtp.twcc import URI_TWCC
+from sfu.simulcast.sdp import _attr, _extmaps, split_sections
 
 if TYPE_CHECKING:
     pass
@@ -164,3 +166,61 @@ def declared_ssrcs(sdp_text: str) -> dict[str, tuple[int | None, int | None]]:
             found[mid] = (media.ssrc[0].ssrc, None)
     return found
 
+
+
+# -- transport-cc towards the classrooms (sfu/rtp/twcc.py) ---------------------------------------------------------
+# aiortc offers neither the transport-wide sequence number extension nor the transport-cc feedback, and adding it
+# to aiortc's own list (codecs.HEADER_EXTENSIONS) would also put it into the teacher's answer, whose browser would
+# then wait for feedback aiortc never sends. So the classroom's offer text gets both, per m-section: an a=extmap with
+# an id no other extension of the offer uses (one-byte form: 1-14; the same in every m-section of the bundle), and
+# a=rtcp-fb:<pt> transport-cc for each codec that is not RTX. A browser that accepts echoes the a=extmap in its
+# answer (`answered_transport_cc`); aiortc ignores it there.
+_EXT_ONE_BYTE_MAX = 14
+
+
+def offer_transport_cc(offer_sdp: str, prefer_id: int = 0) -> tuple[str, int]:
+    """(the offer with transport-cc added, its extension id); (the offer unchanged, 0) when no one-byte id is free
+    or there is no m-section to add it to. `prefer_id`: keep the id an earlier offer used, when still free."""
+    session, sections = split_sections(offer_sdp)
+    used: set[int] = set()
+    for lines in sections:
+        for uri, ident in _extmaps(lines).items():
+            if uri != URI_TWCC:
+                used.add(ident)
+    free = [i for i in range(1, _EXT_ONE_BYTE_MAX + 1) if i not in used]
+    if not free or not sections:
+        return offer_sdp, 0
+    ext_id = prefer_id if prefer_id in free else free[0]
+    eol = "\r\n" if "\r\n" in offer_sdp else "\n"
+    out = list(session)
+    for lines in sections:
+        media = lines[0].split()
+        if len(media) < 4 or media[0] not in ("m=audio", "m=video") or media[1] == "0" \
+                or URI_TWCC in _extmaps(lines):
+            out += lines
+            continue
+        rtx = {v.split()[0] for n, v in map(_attr, lines)
+               if n == "rtpmap" and len(v.split()) > 1 and v.split()[1].lower().startswith("rtx/")}
+        kept = list(lines)
+        at = max((i for i, x in enumerate(kept) if _attr(x)[0] == "extmap"),
+                 default=max((i for i, x in enumerate(kept) if _attr(x)[0] == "mid"), default=0)) + 1
+        kept.insert(at, f"a=extmap:{ext_id} {URI_TWCC}")
+        for pt in media[3:]:
+            if pt.isdigit() and pt not in rtx:
+                last = max((i for i, x in enumerate(kept) if _attr(x)[0] in ("rtpmap", "rtcp-fb", "fmtp")
+                            and _attr(x)[1].split(" ", 1)[0] == pt), default=len(kept) - 1)
+                kept.insert(last + 1, f"a=rtcp-fb:{pt} transport-cc")
+        out += kept
+    return eol.join(out) + eol, ext_id
+
+
+def answered_transport_cc(answer_sdp: str) -> int:
+    """The transport-cc extension id an answer accepted (in any m-section that is not rejected), or 0."""
+    _, sections = split_sections(answer_sdp)
+    for lines in sections:
+        if lines[0].split()[1:2] == ["0"]:
+            continue
+        ident = _extmaps(lines).get(URI_TWCC, 0)
+        if 0 < ident <= _EXT_ONE_BYTE_MAX:
+            return ident
+    return 0

@@ -13,7 +13,10 @@ from typing import Protocol
 from aiortc import MediaStreamTrack
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
+from sfu import seams
+from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
+from sfu.adapt.link import fresh
 from sfu.adapt.select import LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
@@ -21,17 +24,21 @@ from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.peers.publisher import START_LAYER
 from sfu.peers.sdp import (
     SdpError,
+    answered_transport_cc,
     ext_id,
     lesson_codecs,
     make_peer_connection,
+    offer_transport_cc,
     prefer_lesson_codecs,
     set_description,
 )
 from sfu.producer import Producer
 from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
+from sfu.rtp.twcc import TransportSeq, split_compound
 
 log = logging.getLogger("ketang.sfu")
+
 
 class PlaceholderTrack(MediaStreamTrack):
     """A track whose recv() never returns: a forward-only sender with no track would poll every 20 ms."""
@@ -44,6 +51,17 @@ class PlaceholderTrack(MediaStreamTrack):
     async def recv(self):  # type: ignore[override]
         await self._never
         raise asyncio.CancelledError
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """A classroom's downlink as its decisions see it (Subscriber.link)."""
+
+    estimate_bps: int | None
+    estimate_at: float | None
+    loss: float  # 0..1
+    loss_at: float | None
+    send_side: bool  # from transport-cc feedback (else the classroom's REMB and receiver reports)
 
 
 @dataclass
@@ -89,6 +107,12 @@ class Subscriber:
 
     def __post_init__(self) -> None:
         self.pc = make_peer_connection(self.ice_servers)
+        # transport-cc (sfu/rtp/twcc.py), once the classroom's answer accepts it: the transport-wide numbers its
+        # consumers stamp, and the send-side estimate fed by its feedback (sfu/adapt/gcc.py)
+        self.twcc: TransportSeq | None = None
+        self.bwe: SendSideEstimator | None = None
+        self._twcc_offer_id = 0
+        self._stock_rtcp: seams.DtlsHandlers | None = None
         self._awaiting_answer = False
         self._renegotiate = False
         self._lock = asyncio.Lock()
@@ -175,17 +199,21 @@ class Subscriber:
             return
         t = slot.transceiver
         pt, rtx, _, _ = lesson_codecs(t)
+        twcc = self.twcc
         layout = extension_layout(t.mid, ext_id(t, URI_MID), ext_id(t, URI_ABS_SEND_TIME),
-                                  ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0)
+                                  ext_id(t, URI_AUDIO_LEVEL) if t.kind == "audio" else 0,
+                                  twcc.ext_id if twcc is not None else 0)
         if producer.layers:
             selector = self.selectors.get(producer.id)
             start = selector.layer if selector is not None else START_LAYER
             if self.pinned_layer is not None:
                 start = min(start, self.pinned_layer)
             slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
-                                              start_layer=min(start, len(producer.layers) - 1), clock=self.clock)
+                                              start_layer=min(start, len(producer.layers) - 1), clock=self.clock,
+                                              twcc=twcc)
         else:
-            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock)
+            slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock,
+                                     twcc=twcc)
         if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
 
@@ -229,19 +257,17 @@ class Subscriber:
             self.ladder = VideoLadder(now)
         if not self.camera:
             video_bps = screen_bps  # what this classroom receives at the top rung is the courseware alone
-        with_remb = [c for c in video if c.remb_at is not None]
-        latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
-        lossiest = max(consumers, key=lambda c: c.fraction_lost)
-        report = LinkReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
-                            lossiest.fraction_lost / 256, video_bps, lossiest.report_at, screen_bps)
-        self._choose_layers(now, latest, lossiest)
+        link = self.link(now)
+        report = LinkReport(link.estimate_bps, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
+                            send_side=link.send_side)
+        self._choose_layers(now, link)
         was = self.ladder.level
         self.ladder.update(report, now)
         if self.ladder.level != was:
             log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
             self._apply_video()
 
-    def _choose_layers(self, now: float, latest: BaseConsumer | None, lossiest: BaseConsumer) -> None:
+    def _choose_layers(self, now: float, link: LinkState) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
         for consumer in self.consumers():
             if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
@@ -249,12 +275,73 @@ class Subscriber:
             selector = self.selectors.get(consumer.producer.id)
             if selector is None:
                 selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
-            report = LayerReport(latest.remb_bps if latest else None, latest.remb_at if latest else None,
-                                 lossiest.fraction_lost / 256, lossiest.report_at, consumer.layer_rates())
+            report = LayerReport(link.estimate_bps, link.estimate_at, link.loss, link.loss_at, consumer.layer_rates(),
+                                 send_side=link.send_side)
             chosen = selector.update(report, now)
             if self.pinned_layer is not None:
                 chosen = min(chosen, self.pinned_layer)
             consumer.set_layer(chosen)
+
+    def link(self, now: float) -> LinkState:
+        """What the server knows of this classroom's downlink now: with transport-cc feedback (fresh within
+        STALE_S), the send-side estimate (the classroom's REMB, where it still sends one, as a ceiling) and the
+        loss transport-cc measured; without, its latest REMB and the lossiest receiver report."""
+        consumers = self.consumers()
+        with_remb = [c for c in consumers if c.kind == "video" and c.remb_at is not None]
+        latest = max(with_remb, key=lambda c: c.remb_at or 0.0) if with_remb else None
+        remb, remb_at = (latest.remb_bps, latest.remb_at) if latest is not None else (None, None)
+        bwe = self.bwe
+        if bwe is not None and fresh(bwe.updated_at, now):
+            estimate = bwe.estimate_bps
+            if remb is not None and fresh(remb_at, now):
+                estimate = min(estimate, remb)
+            return LinkState(estimate, bwe.updated_at, bwe.loss, bwe.updated_at, True)
+        lossiest = max(consumers, key=lambda c: c.fraction_lost) if consumers else None
+        return LinkState(remb, remb_at, lossiest.fraction_lost / 256 if lossiest else 0.0,
+                         lossiest.report_at if lossiest else None, False)
+
+    def link_stats(self, now: float) -> dict:
+        """The estimate and loss this classroom's decisions use, and where they come from (for /stats)."""
+        link = self.link(now)
+        out: dict = {"source": "transport-cc" if link.send_side else ("remb" if link.estimate_bps else "none"),
+                     "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4)}
+        if self.bwe is not None and self.twcc is not None:
+            out["transport_cc"] = {**self.twcc.stats(), **self.bwe.stats()}
+        return out
+
+    # -- transport-cc ----------------------------------------------------------------------------------------
+
+    def _start_twcc(self, ext_id: int) -> None:
+        """The classroom's answer accepted transport-cc (`ext_id` > 0): number its packets and read its feedback
+        (taken out of the transport's RTCP before aiortc parses it, which would read it as a NACK)."""
+        if ext_id <= 0 or self.twcc is not None or not self.slots:
+            return
+        dtls = self.slots[0].transceiver.sender.transport
+        if dtls is None:
+            return
+        self.twcc = TransportSeq(ext_id, self.clock.monotonic)
+        self.bwe = SendSideEstimator(self.clock.monotonic())
+        self._stock_rtcp = seams.hook_dtls(dtls, seams.dtls_handlers(dtls)[0], self._on_rtcp)
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        try:
+            feedback, rest = split_compound(data)
+            for packet in feedback:
+                self.on_transport_feedback(packet)
+        except Exception:  # noqa: BLE001 - one classroom's bad RTCP must not escape into its DTLS transport
+            log.debug("bad transport-cc feedback ignored", exc_info=True)
+            rest = data
+        if rest and self._stock_rtcp is not None:
+            await self._stock_rtcp[1](rest)
+
+    def on_transport_feedback(self, packet: bytes) -> None:
+        """One transport-cc feedback packet: its results into the estimate."""
+        if self.twcc is None or self.bwe is None:
+            return
+        results = self.twcc.on_feedback(packet)
+        if results:
+            rtts = [r for r in (seams.sender_rtt(c.sender) for c in self.consumers()) if r is not None]
+            self.bwe.on_feedback(results, self.clock.monotonic(), min(rtts) if rtts else None)
 
     def pin_layer(self, layer: int | None) -> None:
         """The classroom's own choice: at most this simulcast layer (0: the smallest), or None: automatic."""
@@ -294,7 +381,8 @@ class Subscriber:
             self._awaiting_answer = True
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
-            sdp = self.pc.localDescription.sdp
+            sdp, self._twcc_offer_id = offer_transport_cc(self.pc.localDescription.sdp,
+                                                          self.twcc.ext_id if self.twcc else self._twcc_offer_id)
         await self.signals.send_offer(sdp, self.track_map())
 
     async def accept_answer(self, sdp: str) -> None:
@@ -302,6 +390,7 @@ class Subscriber:
             raise SdpError("no offer is waiting for an answer", "unexpected_answer")
         await set_description(self.pc, sdp, "answer", max_sections=len(self.pc.getTransceivers()))
         self._awaiting_answer = False
+        self._start_twcc(answered_transport_cc(sdp))
         for slot in self.slots:
             try:
                 lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
@@ -323,6 +412,9 @@ class Subscriber:
         for slot in self.slots:
             if slot.consumer is not None:
                 slot.consumer.close()
+        if self._stock_rtcp is not None and self.slots and self.slots[0].transceiver.sender.transport is not None:
+            seams.unhook_dtls(self.slots[0].transceiver.sender.transport, self._stock_rtcp)
+            self._stock_rtcp = None
         # not while an offer is being made: aiortc gathers the ICE sockets then, and a close in the middle left
         # them open for good (50 joins at once with one link once leaked one)
         async with self._lock:

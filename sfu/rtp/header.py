@@ -13,6 +13,10 @@ import struct
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
 RTP_HEADER_LEN = 12
+# with transport-cc: the fixed header, the extension block's 4-byte head and the transport-wide sequence number
+# element (one-byte form, 2 bytes of value) packed at once; the rest of the block is shared by the subscribers
+TWCC_HEADER = struct.Struct("!BBHIIHHBH")
+TWCC_HEAD_EXT_LEN = 7
 EXT_PROFILE_ONE_BYTE = 0xBEDE
 EXT_PROFILE_TWO_BYTE_MASK = 0xFFF0
 EXT_PROFILE_TWO_BYTE = 0x1000
@@ -121,10 +125,11 @@ def ntp_from_unix(t: float) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def extension_layout(mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int) -> ExtensionLayout:
+def extension_layout(mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int,
+                     twcc_id: int = 0) -> ExtensionLayout:
     """One shared ExtensionLayout per distinct set of negotiated ids: subscribers that share a layout share the
     bytes after the fixed header too, which are then built once per packet instead of once per subscriber."""
-    return ExtensionLayout(mid, mid_id, abs_send_time_id, audio_level_id)
+    return ExtensionLayout(mid, mid_id, abs_send_time_id, audio_level_id, twcc_id)
 
 
 class ExtensionLayout:
@@ -132,12 +137,17 @@ class ExtensionLayout:
 
     The block is built once; per packet only abs-send-time (3 bytes) and the audio level (1 byte) are patched
     at the fixed offsets (from the start of the block) this layout records.
+
+    With transport-cc (`twcc_id`), the transport-wide sequence number is the block's first element, and it is
+    the subscriber's own: the consumer packs it with the fixed header and the block's head (`TWCC_HEADER`,
+    `twcc_words`, `twcc_byte`), and ``tail``/``stamped`` give the block from after it, which stays shared.
     """
 
     __slots__ = ("block", "abs_send_time_at", "audio_level_at", "_template", "_stamped", "_stamped_ast",
-                 "_stamped_level")
+                 "_stamped_level", "twcc_id", "twcc_words", "twcc_byte", "_skip")
 
-    def __init__(self, mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int) -> None:
+    def __init__(self, mid: str | None, mid_id: int, abs_send_time_id: int, audio_level_id: int,
+                 twcc_id: int = 0) -> None:
         # the newest stamped block (see ``stamped``) and what it was stamped with
         self._stamped = b""
         self._stamped_ast: bytes | None = None
@@ -145,6 +155,11 @@ class ExtensionLayout:
         body = bytearray()
         self.abs_send_time_at = -1
         self.audio_level_at = -1
+        self.twcc_id = twcc_id if 0 < twcc_id < 15 else 0
+        self.twcc_byte = (self.twcc_id << 4) | 1
+        self._skip = TWCC_HEAD_EXT_LEN if self.twcc_id else 0
+        if self.twcc_id:
+            body += bytes((self.twcc_byte, 0, 0))
         if mid and 0 < mid_id < 15:
             value = mid.encode()[:16]
             body.append((mid_id << 4) | (len(value) - 1))
@@ -157,11 +172,13 @@ class ExtensionLayout:
             body.append(audio_level_id << 4)
             self.audio_level_at = len(body)
             body.append(AUDIO_LEVEL_SILENT)
+        self.twcc_words = 0
         if not body:
             self.block = b""
             return
         while len(body) % 4:
             body.append(0)
+        self.twcc_words = len(body) // 4
         head = struct.pack("!HH", EXT_PROFILE_ONE_BYTE, len(body) // 4)
         self.block = head + bytes(body)
         self._template = bytearray(self.block)
@@ -181,8 +198,10 @@ class ExtensionLayout:
         return t
 
     def tail(self, abs_send_time: bytes, audio_level: int, payload: bytes) -> bytes:
-        """Everything after the 12-byte fixed header: this layout's extension block, stamped, then the payload."""
-        return bytes(self._stamp(abs_send_time, audio_level)) + payload
+        """Everything after the 12-byte fixed header (with transport-cc: after `TWCC_HEADER`): this layout's extension
+        block, stamped, then the payload."""
+        t = self._stamp(abs_send_time, audio_level)
+        return (bytes(t[self._skip:]) if self._skip else bytes(t)) + payload
 
     def stamped(self, abs_send_time: bytes, audio_level: int) -> bytes:
         """This layout's extension block stamped as ``tail`` stamps it (the bytes ``tail`` puts before the payload),
@@ -192,6 +211,7 @@ class ExtensionLayout:
             return self._stamped
         if not self.block:
             return b""
-        block = self._stamped = bytes(self._stamp(abs_send_time, audio_level))
+        t = self._stamp(abs_send_time, audio_level)
+        block = self._stamped = bytes(t[self._skip:]) if self._skip else bytes(t)
         self._stamped_ast, self._stamped_level = abs_send_time, audio_level
         return block
