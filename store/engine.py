@@ -9,6 +9,7 @@ server's dead connections are replaced, not raised).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,8 +68,18 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         # the driver issues no BEGIN of its own: we do, in "begin" below
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        # Two processes opening one new database at once: the second to switch it to WAL gets "database is
+        # locked" at once (SQLite's busy wait does not apply there): tried again until the busy timeout
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except Exception as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
