@@ -30,6 +30,17 @@ CATALOG_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError)
 T = TypeVar("T")
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The driver's own error inside SQLAlchemy's wrapper ("database or disk is full"), else ``exc``."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, SQLAlchemyError) else None
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def describe(exc: BaseException) -> str:
+    """A catalog error in one log-friendly line."""
+    return " ".join(str(unwrap(exc)).split())
+
+
 class Catalog(Protocol):
     """What the recorder needs of the library (recorder.library.catalog.Library)."""
 

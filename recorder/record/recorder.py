@@ -22,6 +22,7 @@ from recorder.record.handoff import (
     CATALOG_ERRORS,
     Catalog,
     PendingFinish,
+    describe,
     finish_or_keep,
     in_background,
     retry_pending_finishes,
@@ -107,7 +108,8 @@ class LessonRecorder:
                                                           self.teacher_sub, path)
             except CATALOG_ERRORS as exc:
                 if not self.closed:
-                    self._stop(f"the library could not catalogue a new recording ({exc})", f"for {path.name}")
+                    self._stop(f"the library could not catalogue a new recording ({describe(exc)})",
+                               f"for {path.name}")
                 return None
         return in_background(start())
 
@@ -216,8 +218,8 @@ class LessonRecorder:
         try:
             await finish_or_keep(pending)
         except CATALOG_ERRORS as exc:
-            self._report(f"lesson {self.router.lesson_id}: the library could not be updated ({exc}): recording "
-                         f"{rec_id} ({recording.path.name}) stays unfinished and is finished"
+            self._report(f"lesson {self.router.lesson_id}: the library could not be updated ({describe(exc)}): "
+                         f"recording {rec_id} ({recording.path.name}) stays unfinished and is finished"
                          f"{' as incomplete' if recording.failed else ''} once there is room (later in this "
                          f"process, or by start-up repair at the next start)")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import av
 
-from recorder.record.handoff import CATALOG_ERRORS, Catalog, finish_in_catalog
+from recorder.record.handoff import CATALOG_ERRORS, Catalog, finish_in_catalog, unwrap
 from recorder.record.marker import clear_incomplete, read_incomplete
 from recorder.record.webm import MS
 
@@ -125,4 +125,5 @@ async def repair_one(catalog: Catalog, rec: Any) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """An exception in one log-friendly line: "OSError: [Errno 28] No space left on device"."""
+    exc = unwrap(exc)  # (the driver's error inside SQLAlchemy's wrapper)
     return " ".join(f"{type(exc).__name__}: {exc}".split())
