@@ -7,10 +7,11 @@ term ending in Latin letters or digits as a prefix of a word ("Pythag" finds "Py
 
 - SQLite: FTS5 (unicode61 alone keeps "勾股定理" as ONE token and trigram needs three characters per term), fed
   with ``segment()``-ed text, queried with ``fts_query()``.
-- PostgreSQL: ``search_text()`` keeps each column's tokens separated by single spaces (" 勾 股 定 理 "), so a term
-  is ``LIKE '% 勾 股 %'`` (``like_patterns()``), accelerated by a pg_trgm GIN index on that column. The CJK
-  characters count as word characters for pg_trgm only in a database whose LC_CTYPE is a UTF-8 locale (the
-  results are right either way; only the index's help differs): docs/deploy.md says how to create it.
+- PostgreSQL: ``search_text()`` keeps each column's tokens with CJK characters side by side and other tokens
+  apart (" pythagoras 勾股定理 "), so a term is ``LIKE '%勾股%'`` or ``LIKE '% pythag%'`` (``like_patterns()``),
+  accelerated by a pg_trgm GIN index on that column for terms of three characters or more. The CJK characters
+  count as word characters for pg_trgm only in a database whose LC_CTYPE is a UTF-8 locale (the results are
+  right either way; only the index's help differs): docs/deploy.md says how to create it.
 """
 
 from __future__ import annotations
@@ -67,9 +68,22 @@ def tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(folded)
 
 
+def _joined(toks: Sequence[str]) -> str:
+    """Tokens in one string: CJK characters side by side (so that pg_trgm's trigrams span them), every other
+    token set apart by one space."""
+    out, prev_cjk = [], False
+    for tok in toks:
+        cjk = bool(_CJK_ONLY_RE.match(tok))
+        if out and not (cjk and prev_cjk):
+            out.append(" ")
+        out.append(tok)
+        prev_cjk = cjk
+    return "".join(out)
+
+
 def search_text(columns: Sequence[str]) -> str:
-    """The PostgreSQL search column: each column's tokens between single spaces, columns apart."""
-    return COLUMN_SEPARATOR.join(" " + " ".join(tokens(c)) + " " for c in columns)
+    """The PostgreSQL search column: each column's tokens (``_joined``) between spaces, columns apart."""
+    return COLUMN_SEPARATOR.join(" " + _joined(tokens(c)) + " " for c in columns)
 
 
 def like_patterns(query: str) -> list[str]:
@@ -80,8 +94,8 @@ def like_patterns(query: str) -> list[str]:
         toks = tokens(term)
         if not toks:
             continue
-        phrase = " " + " ".join(toks)
-        if _CJK_ONLY_RE.match(toks[-1]):
-            phrase += " "
+        # a CJK character is a token of its own: it matches wherever it stands; a Latin token starts a word (after
+        # a space) and, but for the last (a prefix), ends before the next token
+        phrase = ("" if _CJK_ONLY_RE.match(toks[0]) else " ") + _joined(toks)
         patterns.append(f"%{phrase}%")
     return patterns

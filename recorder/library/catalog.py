@@ -477,9 +477,14 @@ class Library:
         if self.sqlite:
             match = fts_query(query or "")
             if match is not None:
-                source = r.join(_FTS, _FTS.c.rowid == sa.literal_column("r.rowid"))
-                where.append(sa.text("recordings_fts MATCH :match").bindparams(match=match))
-                order.insert(0, sa.text(f"bm25(recordings_fts, {_FTS_WEIGHTS})"))
+                # the matches first (one FTS5 query, materialized), then joined to their rows: a plain join lets
+                # SQLite walk the rows and ask the index about each (~100 times slower on 10,000 items)
+                hits = (sa.select(_FTS.c.rowid.label("fid"),
+                                  sa.literal_column(f"bm25(recordings_fts, {_FTS_WEIGHTS})").label("rank"))
+                        .select_from(_FTS).where(sa.text("recordings_fts MATCH :match").bindparams(match=match))
+                        .cte("hits").prefix_with("MATERIALIZED"))
+                source = r.join(hits, hits.c.fid == sa.literal_column("r.rowid"))
+                order.insert(0, hits.c.rank)
         else:
             patterns = like_patterns(query or "")
             where.extend(r.c.search_text.like(p) for p in patterns)
