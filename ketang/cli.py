@@ -89,6 +89,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
         config = Config(host=host, port=port, redis_url=Config.redis_url_from(args.redis_url),
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
+                        database_url=Config.database_url_from(args.database_url, data_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
                         turn_urls=Config.turn_urls_from(args.turn_urls),
                         turn_secret=os.environ.get("KETANG_TURN_SECRET", ""),
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the certificate's unencrypted PEM private key (or KETANG_TLS_KEY)")
     serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
+    serve.add_argument("--database-url", default=None,
+                       help="the store (library catalog): postgresql+asyncpg://USER@HOST/DB shared by every node "
+                            "(or KETANG_DATABASE_URL); default: a SQLite file in the data directory")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
     serve.add_argument("--media-addresses", default=None,

@@ -12,6 +12,9 @@ fi
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "${1:-}" = "test" ]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)
+  # the store's contract tests need a real PostgreSQL (tests/throwaway_postgres.py starts one when none runs on
+  # 127.0.0.1:5432): Debian's package puts initdb under /usr/lib/postgresql/<version>/bin, not on PATH
+  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
   # browser tests drive Debian's chromium through Playwright (never Playwright's own download);
   # a CJK font so the Chinese interface renders in screenshots
   command -v chromium >/dev/null || need_apt+=(chromium)

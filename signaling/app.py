@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
+from recorder.record.handoff import drain as drain_catalog
 from recorder.record.repair import repair_unfinished
 from signaling import metrics
 from signaling.audit import (
@@ -342,7 +343,7 @@ def make_app(config: Config) -> web.Application:
         app.router.add_get(path, _page(filename))
     app.router.add_get("/favicon.ico", _favicon)  # asked by browsers (and in-app ones) that ignore the pages' icon link
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
-    library = Library(config.data_dir)
+    library = Library(config.data_dir, database_url=config.database_url or None)
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
@@ -357,8 +358,13 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", scrape)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        try:  # the store migrated to the newest schema before anything reads it
+            await library.open()
+        except Exception as exc:  # noqa: BLE001 - serves anyway: each library call tries the store again
+            log.error("the library's store %s cannot be opened (%s): the server runs without the library until "
+                      "it can", library.store, " ".join(str(exc).split())[:300])
         # recordings a crash left open are repaired and put in the library before anything new starts
-        repaired = await asyncio.to_thread(repair_unfinished, library)
+        repaired = await repair_unfinished(library)
         if repaired:
             log.info("repaired %d recording(s) left unfinished by an unclean stop", repaired)
         store = open_store(config.redis_url, prefix=config.redis_prefix)
@@ -375,6 +381,8 @@ def make_app(config: Config) -> web.Application:
             await hub.close()
         finally:
             await store.close()
+            await drain_catalog()  # the recorder's last library updates, then the store's connections
+            await library.close()
 
     app.cleanup_ctx.append(lifecycle)
 

@@ -9,6 +9,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import store
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = "data"
@@ -35,6 +37,9 @@ class Config:
     redis_url: str | None = None
     redis_prefix: str = "ketang:"  # several deployments (or test runs) can share one Redis
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    # the durable store (the library's catalog): "" is the SQLite file in data_dir; postgresql+asyncpg://… is one
+    # database shared by every node (--database-url, KETANG_DATABASE_URL)
+    database_url: str = ""
     secret: str = ""
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # how browsers reach this process (several processes sharing Redis: each lesson lives on one of them, and
@@ -104,6 +109,12 @@ class Config:
         if not value > 0:
             raise ValueError(f"{name} must be a positive number of seconds")
         return value
+
+    @staticmethod
+    def database_url_from(flag: str | None, data_dir: Path, env: Mapping[str, str] = os.environ) -> str:
+        """--database-url, else KETANG_DATABASE_URL, else the SQLite file in ``data_dir``; ValueError for a URL
+        the store cannot use."""
+        return store.database_url_from(flag, data_dir, env)
 
     @staticmethod
     def redis_url_from(flag: str | None, env: Mapping[str, str] = os.environ) -> str | None:

@@ -7,6 +7,10 @@ Redis backend). Resolution order for ``redis_url``:
   3. a throwaway ``redis-server`` on a free port, stopped at session end;
   4. otherwise the tests fail with instructions.
 Each test isolates its keys with ``redis_prefix``.
+
+PostgreSQL (the store on several nodes) likewise: ``postgres_admin_url`` is $KETANG_TEST_DATABASE_URL, else
+127.0.0.1:5432, else a throwaway cluster (tests/throwaway_postgres.py); ``postgres_database`` a database of the
+session's own, dropped at its end; ``database_url`` runs a test once per engine of the store (sqlite, postgresql).
 """
 
 from __future__ import annotations
@@ -144,3 +148,41 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     srv.wait_ready()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    from tests.throwaway_postgres import admin_url
+
+    yield from admin_url()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_admin_url: str) -> Iterator[str]:
+    """A database of this test session's own on the PostgreSQL server (dropped at the end): its URL."""
+    import asyncio
+
+    from tests.throwaway_postgres import create_database, drop_database
+
+    url = asyncio.run(create_database(postgres_admin_url))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(postgres_admin_url, url))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL, once per engine: a SQLite file of the test's own, or the session's PostgreSQL database
+    emptied of every row."""
+    from store import Base, sqlite_url
+
+    import asyncio
+
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "data")
+    from tests.throwaway_postgres import empty_tables
+
+    url = request.getfixturevalue("postgres_database")
+    asyncio.run(empty_tables(url, [t.name for t in Base.metadata.sorted_tables]))
+    return url

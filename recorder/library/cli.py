@@ -7,13 +7,15 @@
     ketang library export  ID [--out FILE.mp4]
     ketang library review  ID publish|reject [--note TEXT]
 
-`--data-dir` (or KETANG_DATA_DIR, default ./data) is the server's data directory. Exit code 0 on success,
+`--data-dir` (or KETANG_DATA_DIR, default ./data) is the server's data directory; `--database-url` (or
+KETANG_DATABASE_URL) the store when it is not the SQLite file in it (several nodes on one PostgreSQL). Exit code 0 on success,
 2 on a refused or failed operation (the reason on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -21,6 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.library.catalog import (
     CURRICULUM_FIELDS,
@@ -33,6 +37,7 @@ from recorder.library.catalog import (
     Recording,
     Viewer,
 )
+from store import redact
 
 DEFAULT_DATA_DIR = "data"
 IMPORT_SUFFIXES = (".webm", ".mkv")
@@ -65,25 +70,25 @@ def _filters(args: argparse.Namespace) -> dict[str, str]:
     return {n: v for n in names if (v := getattr(args, n, None))}
 
 
-def _list(args: argparse.Namespace, lib: Library) -> int:
-    items, total = lib.search("", _filters(args), args.page, args.per_page, Viewer.operator())
+async def _list(args: argparse.Namespace, lib: Library) -> int:
+    items, total = await lib.search("", _filters(args), args.page, args.per_page, Viewer.operator())
     _emit(items, total, args.json)
     return 0
 
 
-def _search(args: argparse.Namespace, lib: Library) -> int:
-    items, total = lib.search(args.query, _filters(args), args.page, args.per_page, Viewer.operator())
+async def _search(args: argparse.Namespace, lib: Library) -> int:
+    items, total = await lib.search(args.query, _filters(args), args.page, args.per_page, Viewer.operator())
     _emit(items, total, args.json)
     return 0
 
 
-def _show(args: argparse.Namespace, lib: Library) -> int:
-    rec = lib.get_for(args.id, Viewer.operator())
-    print(json.dumps({**rec.to_dict(), "history": lib.history(rec.id)}, ensure_ascii=False, indent=1))
+async def _show(args: argparse.Namespace, lib: Library) -> int:
+    rec = await lib.get_for(args.id, Viewer.operator())
+    print(json.dumps({**rec.to_dict(), "history": await lib.history(rec.id)}, ensure_ascii=False, indent=1))
     return 0
 
 
-def _import(args: argparse.Namespace, lib: Library) -> int:
+async def _import(args: argparse.Namespace, lib: Library) -> int:
     from recorder.library.export import MediaError, probe
 
     src = Path(args.file)
@@ -100,7 +105,7 @@ def _import(args: argparse.Namespace, lib: Library) -> int:
     meta = {f: getattr(args, f) for f in ("title", *_IMPORT_FIELDS) if getattr(args, f) is not None}
     teacher = args.teacher or ""
     try:
-        rec_id = lib.import_file(dst, lesson_id=args.lesson or f"import-{secrets.token_hex(4)}", teacher=teacher,
+        rec_id = await lib.import_file(dst, lesson_id=args.lesson or f"import-{secrets.token_hex(4)}", teacher=teacher,
                                  teacher_sub=args.teacher_sub or f"import:{teacher or 'operator'}", metadata=meta,
                                  duration_s=info["duration_s"], size_bytes=dst.stat().st_size)
     except BaseException:
@@ -110,10 +115,10 @@ def _import(args: argparse.Namespace, lib: Library) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, lib: Library) -> int:
+async def _export(args: argparse.Namespace, lib: Library) -> int:
     from recorder.library.export import MediaError, export_mp4
 
-    rec = lib.get_for(args.id, Viewer.operator())
+    rec = await lib.get_for(args.id, Viewer.operator())
     dst = lib.exports_dir / f"{rec.id}.mp4"
 
     def progress(fraction: float) -> None:
@@ -124,28 +129,42 @@ def _export(args: argparse.Namespace, lib: Library) -> int:
     except MediaError as exc:
         raise LibraryError("export_failed", str(exc)) from exc
     print(file=sys.stderr)
-    lib.set_mp4(rec.id, dst)
+    await lib.set_mp4(rec.id, dst)
     if args.out:
         shutil.copyfile(dst, args.out)
     print(args.out or dst)
     return 0
 
 
-def _review(args: argparse.Namespace, lib: Library) -> int:
-    rec = lib.review(args.id, args.decision, args.note or "", Viewer.operator(args.reviewer))
+async def _review(args: argparse.Namespace, lib: Library) -> int:
+    rec = await lib.review(args.id, args.decision, args.note or "", Viewer.operator(args.reviewer))
     print(f"{rec.id} {rec.state}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    lib = Library(_data_dir(args))
     try:
-        return int(args.library_func(args, lib) or 0)
+        lib = Library(_data_dir(args), database_url=getattr(args, "database_url", None))
+    except ValueError as exc:  # a --database-url of an engine the store does not support
+        print(f"ketang library: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_async(args, lib))
+
+
+async def _run_async(args: argparse.Namespace, lib: Library) -> int:
+    try:
+        return int(await args.library_func(args, lib) or 0)
     except LibraryError as exc:
         print(f"ketang library: {exc.message} ({exc.code})", file=sys.stderr)
         return 2
+    except (SQLAlchemyError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+            raise
+        print(f"ketang library: the library's database {redact(lib.store.url)} cannot be reached or written: "
+              f"{' '.join(str(exc).split())[:300]}", file=sys.stderr)
+        return 2
     finally:
-        lib.close()
+        await lib.close()
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -163,6 +182,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS,
                         help="the server's data directory (or KETANG_DATA_DIR; ./data)")
+    common.add_argument("--database-url", default=argparse.SUPPRESS,
+                        help="the store (or KETANG_DATABASE_URL; default: the SQLite file in the data directory), "
+                             "e.g. postgresql+asyncpg://ketang@db/ketang")
     library = subparsers.add_parser("library", parents=[common], help="the resource library (资源库)",
                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     library.set_defaults(func=_run)

@@ -7,7 +7,7 @@ anonymous, who sees published lessons only. A ``<video>`` element cannot send th
 a viewer allowed to see an unpublished lesson short-lived signed file URLs (``?exp=…&sig=…``, HMAC under a
 key derived from the server secret); a published lesson's file URLs are plain and shareable.
 
-Every library call is a short SQLite transaction run through ``asyncio.to_thread``; MP4 exports run one at a
+Every library call is a short async transaction on the store; MP4 exports run one at a
 time in a worker thread, their progress kept in memory. Measured: a 640×360 export in that thread left
 the event loop's wake-up lag at p99 2 ms, max 4 ms (FFmpeg does the work outside the GIL); the thread is
 also niced (Linux: per thread) so a live lesson's forwarding wins the CPU.
@@ -32,6 +32,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.library.catalog import (
     AWAITING_REVIEW,
@@ -64,7 +65,7 @@ CONTENT_TYPES: Final[dict[str, str]] = {".webm": "video/webm", ".mkv": "video/x-
 # HTTP status per LibraryError code.
 STATUS: Final[dict[str, int]] = {"not_found": 404, "forbidden": 403, "invalid_transition": 409,
                                  "invalid_field": 400, "bad_request": 400, "unauthorized": 401,
-                                 "request_timeout": 408, "export_failed": 500}
+                                 "request_timeout": 408, "export_failed": 500, "unavailable": 503}
 # A request body (metadata, a review) that has not fully arrived by then is refused (408): a client sending it a
 # byte at a time must not hold a handler and its socket for good.
 BODY_TIMEOUT_S: Final[float] = 15.0
@@ -203,16 +204,16 @@ class LibraryRoutes:
         unknown = set(q) - set(FILTER_FIELDS) - {"q", "page", "per_page", "lang"}
         if unknown:
             raise LibraryError("invalid_field", f"unknown parameter {', '.join(sorted(unknown))}")
-        items, total = await asyncio.to_thread(self.library.search, q.get("q", ""), filters, page, per_page, viewer)
+        items, total = await self.library.search(q.get("q", ""), filters, page, per_page, viewer)
         return web.json_response({"total": total, "page": page, "per_page": per_page,
                                   "items": [self.view(r, viewer) for r in items]})
 
     async def show(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
-        rec = await asyncio.to_thread(self.library.get_for, request.match_info["id"], viewer)
+        rec = await self.library.get_for(request.match_info["id"], viewer)
         data = self.view(rec, viewer)
         if viewer.actors(rec):
-            data["history"] = await asyncio.to_thread(self.library.history, rec.id)
+            data["history"] = await self.library.history(rec.id)
         return web.json_response(data)
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
@@ -240,7 +241,7 @@ class LibraryRoutes:
     async def patch(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
         body = await self._json_body(request)
-        rec = await asyncio.to_thread(self.library.update_metadata, request.match_info["id"], body, viewer)
+        rec = await self.library.update_metadata(request.match_info["id"], body, viewer)
         self.record("library_edit", request, viewer, recording=rec.id, fields=sorted(body)[:20])
         return web.json_response(self.view(rec, viewer))
 
@@ -250,7 +251,7 @@ class LibraryRoutes:
         decision, note = body.get("decision"), body.get("note", "")
         if not isinstance(decision, str) or not isinstance(note, str):
             raise LibraryError("bad_request", "expected {decision: publish|reject, note: string}")
-        rec = await asyncio.to_thread(self.library.review, request.match_info["id"], decision, note, viewer)
+        rec = await self.library.review(request.match_info["id"], decision, note, viewer)
         self.record("library_review", request, viewer, recording=rec.id, decision=decision, state=rec.state)
         if rec.state == PUBLISHED and self.export_on_publish and not rec.mp4:
             self.start_export(rec)  # what schools most want is the MP4: have it ready
@@ -258,13 +259,13 @@ class LibraryRoutes:
 
     async def resubmit(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
-        rec = await asyncio.to_thread(self.library.resubmit, request.match_info["id"], viewer)
+        rec = await self.library.resubmit(request.match_info["id"], viewer)
         self.record("library_resubmit", request, viewer, recording=rec.id)
         return web.json_response(self.view(rec, viewer))
 
     async def export_start(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
-        rec = await asyncio.to_thread(self.library.get_for, request.match_info["id"], viewer)
+        rec = await self.library.get_for(request.match_info["id"], viewer)
         if not self.view(rec, viewer)["can"]["export"]:
             raise LibraryError("unauthorized" if viewer.role is None else "forbidden",
                                "exporting costs server time: sign in with a ketang token")
@@ -280,7 +281,7 @@ class LibraryRoutes:
 
     async def export_status(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
-        rec = await asyncio.to_thread(self.library.get_for, request.match_info["id"], viewer)
+        rec = await self.library.get_for(request.match_info["id"], viewer)
         job = self.jobs.get(rec.id)
         if job is not None:
             return web.json_response(job.to_dict())
@@ -304,12 +305,16 @@ class LibraryRoutes:
 
     async def _run_export(self, loop: asyncio.AbstractEventLoop, job: ExportJob, rec: Recording) -> None:
         try:
-            await loop.run_in_executor(self._executor, self._export_blocking, job, rec)
+            dst = await loop.run_in_executor(self._executor, self._export_blocking, job, rec)
+            await self.library.set_mp4(rec.id, dst)
         except Exception as exc:  # noqa: BLE001 - a failed export is a job state, not a server error
             job.state, job.error = ("cancelled" if job.cancel.is_set() else "failed"), str(exc)
             log.warning("export of %s failed: %s", rec.id, exc)
+            return
+        job.progress, job.state = 1.0, "done"
+        log.info("exported %s to %s", rec.id, dst)
 
-    def _export_blocking(self, job: ExportJob, rec: Recording) -> None:
+    def _export_blocking(self, job: ExportJob, rec: Recording) -> Path:
         if job.cancel.is_set():
             raise MediaError("cancelled before it started")
         job.state = "running"
@@ -320,9 +325,7 @@ class LibraryRoutes:
             job.progress = fraction
 
         export_mp4(self.library.path_of(rec.file), dst, progress, job.cancel)
-        self.library.set_mp4(rec.id, dst)
-        job.progress, job.state = 1.0, "done"
-        log.info("exported %s to %s", rec.id, dst)
+        return dst
 
     async def close(self, app: web.Application | None = None) -> None:
         for job in self.jobs.values():
@@ -336,11 +339,11 @@ class LibraryRoutes:
     async def _file_recording(self, request: web.Request) -> tuple[Recording, bool]:
         rec_id = request.match_info["id"]
         if self._signed_ok(request, rec_id):
-            rec = await asyncio.to_thread(self.library.get, rec_id)
+            rec = await self.library.get(rec_id)
             if rec is None:
                 raise LibraryError("not_found", f"no recording {rec_id!r}")
             return rec, False
-        rec = await asyncio.to_thread(self.library.get_for, rec_id, self.viewer(request))
+        rec = await self.library.get_for(rec_id, self.viewer(request))
         return rec, rec.state == PUBLISHED
 
     def _send(self, path: Path, public: bool, download_name: str | None = None) -> web.FileResponse:
@@ -374,7 +377,7 @@ class LibraryRoutes:
         """The lesson's attendance CSV, chat transcript CSV or record JSON (stage timeline, chat, attendance):
         for the recording's teacher and reviewers only — attendance is about schools, not for the public."""
         viewer = self.viewer(request)
-        rec = await asyncio.to_thread(self.library.get_for, request.match_info["id"], viewer)
+        rec = await self.library.get_for(request.match_info["id"], viewer)
         if not viewer.actors(rec):
             raise LibraryError("forbidden", "the lesson's record is for its teacher and reviewers")
         name = request.match_info["name"]
@@ -410,12 +413,20 @@ def _lower_this_threads_priority() -> None:
 
 
 def _errors(handler):  # type: ignore[no-untyped-def]
-    """A LibraryError becomes a JSON error with its HTTP status; anything else stays aiohttp's business."""
+    """A LibraryError becomes a JSON error with its HTTP status; a store that cannot be reached or written (the
+    database down, a full disk) a 503 saying so; anything else stays aiohttp's business."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except LibraryError as exc:
             return _error(exc)
+        except (SQLAlchemyError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+                raise
+            log.error("library: the store failed on %s %s: %s", request.method, request.path,
+                      " ".join(str(exc).split())[:300])
+            return _error(LibraryError("unavailable", "the library's database cannot be reached or written "
+                                                      "just now; try again in a minute"))
     return wrapped
 
 

@@ -2,7 +2,8 @@
 
 The teacher's camera and microphone go into the lesson's main file (a new part when the teacher reconnects),
 each screen share into a file of its own, each classroom's turn on stage into another; every file is a library
-item, catalogued when it starts and finished when it closes (handoff.py). The files themselves are written by
+item, catalogued when it starts and finished when it closes (handoff.py: async writes in the background, the file
+written from the first packet on, its finish after its start). The files themselves are written by
 webm.RecordingFile (a simulcast camera followed across its layers by follower.py). A write that fails (a full
 disk) stops the lesson's recording for good with one log line: the lesson goes on, the files keep what was
 written and their items are finished as incomplete. What a crash leaves behind is mended by repair.py.
@@ -21,14 +22,20 @@ from recorder.record.handoff import (
     CATALOG_ERRORS,
     Catalog,
     PendingFinish,
+    describe,
     finish_or_keep,
+    in_background,
     retry_pending_finishes,
 )
+from recorder.record.marker import clear_incomplete
 from recorder.record.webm import RecordingFile, write_failure
 from sfu.producer import Producer
 from sfu.router import Router
 
 log = logging.getLogger("ketang.recorder")
+
+# a file's library item: its id once the catalog has it, None when the catalog could not take it
+Item = asyncio.Task[str | None]
 
 
 class LessonRecorder:
@@ -43,10 +50,10 @@ class LessonRecorder:
         self.catalog = catalog
         self.title, self.teacher, self.teacher_sub = title, teacher, teacher_sub
         self.main: RecordingFile | None = None
-        self.main_id: str | None = None
-        self.extra: list[tuple[RecordingFile, str]] = []  # screen shares: (file, library id)
+        self.main_id: Item | None = None
+        self.extra: list[tuple[RecordingFile, Item]] = []  # screen shares: (file, its library item)
         # classrooms on stage (上台): each turn's camera and microphone in a file of its own, next to the lesson
-        self.stage: dict[str, tuple[RecordingFile, str]] = {}  # classroom participant id -> (file, library id)
+        self.stage: dict[str, tuple[RecordingFile, Item]] = {}  # classroom participant id -> (file, library item)
         self.stage_turns = 0
         self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
         self._starting_layers = StartingLayers(clock)  # which layer of a simulcast camera a file starts from
@@ -55,7 +62,7 @@ class LessonRecorder:
         self.failed: str | None = None
         self._reported = False  # the lesson's one error line is out: anything after it is a warning
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
-        retry_pending_finishes(catalog)
+        in_background(retry_pending_finishes(catalog))
         router.on_track(self._on_track)
         router.on_stage(lambda _: None if self.closed or self.failed else self._sync())
         self._sync()
@@ -92,14 +99,19 @@ class LessonRecorder:
             self._reported = True
             log.error("%s", message)
 
-    def _catalogue(self, title: str, path: Path) -> str | None:
-        """A new library item for `path`, or None when the catalog cannot be written (the lesson's recording
-        then stops, with its one line)."""
-        try:
-            return self.catalog.start_recording(self.router.lesson_id, title, self.teacher, self.teacher_sub, path)
-        except CATALOG_ERRORS as exc:
-            self._stop(f"the library could not catalogue a new recording ({exc})", f"for {path.name}")
-            return None
+    def _catalogue(self, title: str, path: Path) -> Item:
+        """A new library item for `path`, catalogued in the background (the file is written meanwhile). When the
+        catalog cannot be written, the lesson's recording stops (with its one line) and the item is None."""
+        async def start() -> str | None:
+            try:
+                return await self.catalog.start_recording(self.router.lesson_id, title, self.teacher,
+                                                          self.teacher_sub, path)
+            except CATALOG_ERRORS as exc:
+                if not self.closed:
+                    self._stop(f"the library could not catalogue a new recording ({describe(exc)})",
+                               f"for {path.name}")
+                return None
+        return in_background(start())
 
     def _sync_stage(self, recorded: set[int]) -> None:
         """A file per on-stage turn: started when a classroom is on stage with its tracks, finished when it
@@ -122,8 +134,6 @@ class LessonRecorder:
             path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-stage{self.stage_turns}.webm"
             name = self.stage_names.get(pid, pid)
             rec_id = self._catalogue(f"{self.title}（上台 {name}）", path)
-            if rec_id is None:
-                return
             self.stage[pid] = (self._file(path, video + audio), rec_id)
 
     async def _on_track(self, change: str, producer: Producer) -> None:
@@ -159,8 +169,6 @@ class LessonRecorder:
                 path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-screen{n}.webm"
                 # each courseware share is a library item of its own, next to the lesson's main recording
                 rec_id = self._catalogue(f"{self.title}（课件 {n}）", path)
-                if rec_id is None:
-                    return
                 self.extra.append((self._file(path, [producer], self._layers_of(producer)), rec_id))
 
     def _start_main(self, producers: list[Producer]) -> None:
@@ -169,8 +177,6 @@ class LessonRecorder:
         video = [p for p in producers if p.kind == "video"][:1]
         audio = [p for p in producers if p.kind == "audio"][:1]
         rec_id = self._catalogue(self.title, path)
-        if rec_id is None:
-            return
         self.main = self._file(path, video + audio, self._layers_of(video[0]) if video else None)
         self.main_id = rec_id
         log.info("recording lesson %s to %s", self.router.lesson_id, path)
@@ -186,10 +192,11 @@ class LessonRecorder:
         if self.main is not None and self.main_id is not None:
             self._finish(self.main, self.main_id)
 
-    def _finish(self, recording: RecordingFile, rec_id: str) -> None:
-        """Close the file and finish its library item (incomplete when the file stopped early). When the catalog
-        cannot be written, the finish waits in memory (tried again at the next start or finish of a recording in
-        this process) and, after a restart, for start-up repair: never an exception into the lesson."""
+    def _finish(self, recording: RecordingFile, item: Item) -> None:
+        """Close the file and finish its library item (incomplete when the file stopped early) in the background,
+        once the item's start is in the catalog. When the catalog cannot be written, the finish waits in memory
+        (tried again at the next start or finish of a recording in this process) and, after a restart, for
+        start-up repair: never an exception into the lesson."""
         recording.close()  # (a trailer that cannot be written stops the lesson's recording: _file_failed)
         if recording.layer_switches:
             log.info("recording %s changed simulcast layer %d times", recording.path.name, recording.layer_switches)
@@ -197,13 +204,22 @@ class LessonRecorder:
             size = recording.path.stat().st_size
         except OSError:
             size = 0
+        in_background(self._finish_item(recording, item, size))
+
+    async def _finish_item(self, recording: RecordingFile, item: Item, size: int) -> None:
+        rec_id = await item
+        if rec_id is None:
+            # never catalogued (the catalog could not be written): a file nobody can find would only take room
+            recording.path.unlink(missing_ok=True)
+            clear_incomplete(recording.path)
+            return
         pending = PendingFinish(self.catalog, rec_id, self.router.lesson_id, recording.path, recording.duration_s,
                                 size, recording.failed)
         try:
-            finish_or_keep(pending)
+            await finish_or_keep(pending)
         except CATALOG_ERRORS as exc:
-            self._report(f"lesson {self.router.lesson_id}: the library could not be updated ({exc}): recording "
-                         f"{rec_id} ({recording.path.name}) stays unfinished and is finished"
+            self._report(f"lesson {self.router.lesson_id}: the library could not be updated ({describe(exc)}): "
+                         f"recording {rec_id} ({recording.path.name}) stays unfinished and is finished"
                          f"{' as incomplete' if recording.failed else ''} once there is room (later in this "
                          f"process, or by start-up repair at the next start)")
 

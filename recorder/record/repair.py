@@ -2,19 +2,20 @@
 
 A killed server leaves a WebM without its index (cues, duration): `repair_file` rewrites it by stream copy,
 keeping everything up to the torn end. `repair_unfinished` does that for every library item still recording and
-finishes it in the catalog, as incomplete when its marker (marker.py) says the writing stopped early. It never
+finishes it in the catalog (the file rewritten in a thread: the event loop goes on), as incomplete when its marker (marker.py) says the writing stopped early. It never
 raises: what cannot be done now is one log line and tried again at the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import av
 
-from recorder.record.handoff import CATALOG_ERRORS, Catalog, finish_in_catalog
+from recorder.record.handoff import CATALOG_ERRORS, Catalog, finish_in_catalog, unwrap
 from recorder.record.marker import clear_incomplete, read_incomplete
 from recorder.record.webm import MS
 
@@ -67,13 +68,13 @@ def repair_file(path: Path) -> tuple[float, int]:
     return last_ms / 1000, path.stat().st_size
 
 
-def repair_unfinished(catalog: Catalog) -> int:
+async def repair_unfinished(catalog: Catalog) -> int:
     """At start-up: close the recordings a crash (or a full disk) left open and hand them to the library.
     Returns how many were finished. Never raises: the server must start whatever the disk and the catalog
     say. Each failure is one log line; an item that cannot be repaired or finished now (no room to rewrite
     its file, a catalog that cannot be written) stays as it is and is tried again at the next start."""
     try:
-        unfinished = catalog.unfinished()
+        unfinished = await catalog.unfinished()
     except Exception as exc:  # noqa: BLE001 - e.g. a catalog on a full disk that cannot even be read
         log.error("start-up repair skipped: the library's catalog cannot be read (%s); unfinished recordings "
                   "are repaired at the next start", one_line(exc))
@@ -81,7 +82,7 @@ def repair_unfinished(catalog: Catalog) -> int:
     n = 0
     for rec in unfinished:
         try:
-            if repair_one(catalog, rec):
+            if await repair_one(catalog, rec):
                 n += 1
         except Exception as exc:  # noqa: BLE001 - one bad item must not stop the server from starting
             log.error("recording %s (%s) not repaired: %s; tried again at the next start", rec.id, rec.file,
@@ -89,7 +90,7 @@ def repair_unfinished(catalog: Catalog) -> int:
     return n
 
 
-def repair_one(catalog: Catalog, rec: Any) -> bool:
+async def repair_one(catalog: Catalog, rec: Any) -> bool:
     """Repair one unfinished item's file and finish it in the library (as incomplete when its marker says so);
     False when that cannot be done now. Raises only what nobody foresaw (repair_unfinished logs it)."""
     path = Path(rec.file)
@@ -100,7 +101,7 @@ def repair_one(catalog: Catalog, rec: Any) -> bool:
         duration, size = rec.duration_s or 0.0, rec.size_bytes or 0  # the file was finished already
     else:
         try:
-            duration, size = repair_file(path)
+            duration, size = await asyncio.to_thread(repair_file, path)
         except OSError as exc:
             # no room for the repaired copy (a full disk) or the file cannot be read: as it is, next time
             log.error("recording %s (%s) not repaired now: %s; tried again at the next start (free space in %s)",
@@ -111,7 +112,7 @@ def repair_one(catalog: Catalog, rec: Any) -> bool:
                         one_line(exc))
             duration, size = 0.0, path.stat().st_size if path.exists() else 0
     try:
-        finish_in_catalog(catalog, rec.id, duration, size, incomplete)
+        await finish_in_catalog(catalog, rec.id, duration, size, incomplete)
     except CATALOG_ERRORS as exc:
         log.error("recording %s (%s) repaired but not finished in the library: %s; tried again at the next start",
                   rec.id, path.name, one_line(exc))
@@ -124,4 +125,5 @@ def repair_one(catalog: Catalog, rec: Any) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """An exception in one log-friendly line: "OSError: [Errno 28] No space left on device"."""
+    exc = unwrap(exc)  # (the driver's error inside SQLAlchemy's wrapper)
     return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -53,12 +53,12 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:
     for title, incomplete, publish in lessons:
         file = library.recordings_dir / f"{title}.webm"
         shutil.copy(webm_master, file)
-        rec_id = library.start_recording("math-8a", title, "李老师", "t-li", file)
-        library.finish_recording(rec_id, 3.0, file.stat().st_size, incomplete=incomplete)
-        library.update_metadata(rec_id, {"school": "第三小学", "stage": "初中", "subject": "数学", "grade": "八年级"},
-                                REVIEWER)
+        rec_id = await library.start_recording("math-8a", title, "李老师", "t-li", file)
+        await library.finish_recording(rec_id, 3.0, file.stat().st_size, incomplete=incomplete)
+        await library.update_metadata(rec_id, {"school": "第三小学", "stage": "初中", "subject": "数学",
+                                               "grade": "八年级"}, REVIEWER)
         if publish:
-            library.review(rec_id, "publish", "", REVIEWER)
+            await library.review(rec_id, "publish", "", REVIEWER)
         ids[title] = rec_id
     app = web.Application()
     add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False)
@@ -70,7 +70,7 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:
                    ids["勾股定理"], ids["一元一次方程的解法"])
     finally:
         await server.close()
-        library.close()
+        await library.close()
 
 
 async def open_page(browser, url: str, viewport: dict[str, int]):  # type: ignore[no-untyped-def]

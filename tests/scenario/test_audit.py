@@ -58,8 +58,8 @@ async def test_a_refused_token_a_removal_and_a_publish_each_leave_one_line_with_
         pass
 
     library = Library(config.data_dir)
-    rec_id = add_lesson(library)
-    library.close()
+    rec_id = await add_lesson(library)
+    await library.close()
     reviewer = issue_token(SECRET, "reviewer", "library", name="张审核", sub="r-1")
     resp = await client.post(f"/api/library/{rec_id}/review", json={"decision": "publish", "note": ""},
                              headers={"Authorization": f"Bearer {reviewer}"})

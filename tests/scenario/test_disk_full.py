@@ -37,6 +37,7 @@ from recorder.library import catalog as library_mod
 from recorder.library.catalog import AWAITING_REVIEW, RECORDING, Library
 from recorder.record import handoff
 from recorder.record.marker import incomplete_marker
+from recorder.record.handoff import drain
 from recorder.record.recorder import LessonRecorder
 from recorder.record.repair import repair_unfinished
 from recorder.record.webm import CLUSTER_MS
@@ -227,6 +228,8 @@ async def _lesson(library: Library, disk: Disk, seen: list[logging.LogRecord]) -
     router = FakeRouter(LESSON)
     router.producers = {"cam": video, "mic": audio}
     recorder = LessonRecorder(router, library, "勾股定理", "李老师", "t1", clock=clock)  # type: ignore[arg-type]
+    assert recorder.main_id is not None
+    await recorder.main_id  # catalogued (in the background) while the disk has room
     vframes, aframes = encode_video(int(LESSON_S * FPS)), encode_audio(int(LESSON_S * 50))
     v_off, a_off, start = 123456789, 987654321, time.time()
     events = sorted([(i / FPS, "v", i) for i in range(len(vframes))] + [(i / 50, "a", i) for i in range(len(aframes))])
@@ -299,12 +302,12 @@ def _no_traceback(records: list[logging.LogRecord]) -> None:
 
 
 @pytest.mark.parametrize("free_before_end", [True, False], ids=["space-freed-before-the-end", "still-full"])
-def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is_incomplete(
+async def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is_incomplete(
         disk: Disk, free_before_end: bool, caplog: pytest.LogCaptureFixture) -> None:
     data = disk.root / "data"
     library = Library(data)
     with _logged() as seen:
-        lesson = asyncio.run(_lesson(library, disk, seen))
+        lesson = await _lesson(library, disk, seen)
         phases = lesson["phases"]
         _no_traceback(seen)
 
@@ -325,11 +328,13 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
         if free_before_end:
             disk.free()
         recorder.close()
+        await drain()  # the library updates of the lesson's end
         library.save_lesson_record(LESSON, {"lesson": LESSON, "classrooms": 1}, "classroom,minutes\n第三小学,8\n", "")
     phases["end"] = end
     _no_traceback(end)
 
-    (rec,) = [library.get(recorder.main_id)]
+    rec = await library.get(recorder.main_id.result())
+    assert rec is not None
     path = library.path_of(rec.file)
     marker = incomplete_marker(path)
     if free_before_end:
@@ -337,11 +342,12 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
         assert rec.state == AWAITING_REVIEW
         assert rec.incomplete and "disk is full" in rec.incomplete and "s into the recording" in rec.incomplete
         assert _ours(phases["end"]) == []
-        assert library.history(rec.id)[-2]["note"].startswith("incomplete: ")
+        assert (await library.history(rec.id))[-2]["note"].startswith("incomplete: ")
         assert (data / "lessons" / LESSON / "record.json").exists() and not library.pending_records()
         assert not marker.exists()
         last, size = _check_file(path, lesson["vframes"])
         assert rec.size_bytes == size and last <= rec.duration_s <= last + CLUSTER_S + 0.1
+        await library.close()
         return
 
     # still full at the end: the catalog cannot be written (the item waits, one warning), nor the record
@@ -349,7 +355,6 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
     if disk.mode == "tmpfs":
         assert os.statvfs(disk.root).f_bavail == 0
     assert rec.state == RECORDING
-    assert not library._db().in_transaction  # the failed write left no transaction open: it can write later
     assert len(_ours(phases["end"])) == 1 and "record" in _ours(phases["end"])[0]
     assert any("stays unfinished" in m for m in _ours(phases["end"], logging.WARNING))
     assert library.pending_records() == [LESSON]
@@ -360,14 +365,14 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ketang"):
         restarted = Library(data)
-        assert repair_unfinished(restarted) == 0
-        assert restarted.get(rec.id).state == RECORDING
+        assert await repair_unfinished(restarted) == 0
+        assert (await restarted.get(rec.id)).state == RECORDING  # type: ignore[union-attr]
         # and again after every connection was closed (no SQLite shared-memory file can be made now)
-        library.close()
-        restarted.close()
+        await library.close()
+        await restarted.close()
         again = Library(data)
-        assert repair_unfinished(again) == 0
-        again.close()
+        assert await repair_unfinished(again) == 0
+        await again.close()
     _no_traceback(caplog.records)
     assert 1 <= len(_ours(caplog.records)) <= 4, _ours(caplog.records)
     assert not list(path.parent.glob("*.repaired.webm"))  # no half-written copy left to fill the disk
@@ -380,10 +385,11 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ketang"):
         fresh = Library(data)
-        assert repair_unfinished(fresh) == 1
+        assert await repair_unfinished(fresh) == 1
     _no_traceback(caplog.records)
     assert _ours(caplog.records, logging.WARNING) == []
-    rec = fresh.get(rec.id)
+    rec = await fresh.get(rec.id)
+    assert rec is not None
     # why: the marker file's text, or (a disk too full even for that: it is empty) "the disk was full"
     assert rec.state == AWAITING_REVIEW and rec.incomplete and "disk" in rec.incomplete and "full" in rec.incomplete
     assert not marker.exists()
@@ -391,23 +397,23 @@ def test_a_full_disk_stops_the_recording_once_the_lesson_goes_on_and_the_item_is
     assert rec.duration_s == pytest.approx(last, abs=0.05)  # (repaired: the file's own end)
     with av.open(str(path)) as c:  # the repair rewrote it whole: a duration and cues, seekable
         assert c.duration is not None
-    fresh.close()
+    await fresh.close()
 
 
 _CRASHING_SERVER = """
-import os, signal, sys
+import asyncio, os, signal, sys
 from pathlib import Path
 from recorder.library.catalog import Library
 from tests.unit.recorder.test_recorder import _record
 data = Path(sys.argv[1])
 library = Library(data)
 rec, _, _ = _record(library.recordings_dir, seconds=5.0, kill_at=4.0)  # recording, never closed
-print(library.start_recording("crashed", "勾股定理", "李老师", "t1", rec.path), flush=True)
+print(asyncio.run(library.start_recording("crashed", "勾股定理", "李老师", "t1", rec.path)), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # the server dies mid-lesson: catalog and file as a crash leaves them
 """
 
 
-def test_a_server_that_crashed_restarts_on_a_full_disk_and_repairs_its_recording_once_there_is_room(
+async def test_a_server_that_crashed_restarts_on_a_full_disk_and_repairs_its_recording_once_there_is_room(
         disk: Disk) -> None:
     data = disk.root / "data"
     child = subprocess.run([sys.executable, "-c", _CRASHING_SERVER, str(data)], capture_output=True, text=True,
@@ -420,19 +426,22 @@ def test_a_server_that_crashed_restarts_on_a_full_disk_and_repairs_its_recording
     # line per failure; the item stays "recording", to be repaired at a later start
     with _logged() as seen:
         library = Library(data)
-        assert repair_unfinished(library) == 0
+        assert await repair_unfinished(library) == 0
     _no_traceback(seen)
     errors = _ours(seen)
     assert errors and all("next start" in line for line in errors), errors
-    assert library.get(rec_id).state == RECORDING
+    assert (await library.get(rec_id)).state == RECORDING  # type: ignore[union-attr]
+    await library.close()  # (a process stops)
     assert not list(library.recordings_dir.glob("*.repaired.webm"))
 
     # room again, the start after: repaired and in review (a crash is not "incomplete": it loses ~1 s at most)
     disk.free()
     with _logged() as seen:
-        assert repair_unfinished(Library(data)) == 1
+        assert await repair_unfinished(library) == 1
     assert _ours(seen, logging.WARNING) == []
-    rec = library.get(rec_id)
+    rec = await library.get(rec_id)
+    assert rec is not None
     assert rec.state == AWAITING_REVIEW and rec.incomplete is None
     video, _, decoded = _decodable(library.path_of(rec.file))
     assert decoded == len(video) and video[-1][0] >= 4.0 - 1.5 - 2 * CLUSTER_S
+    await library.close()

@@ -170,8 +170,8 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
     library = Library(tmp_path / "data")
     file = library.recordings_dir / "勾股定理.webm"
     shutil.copy(webm_master, file)
-    rec_id = library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file)
-    library.finish_recording(rec_id, 3.0, file.stat().st_size)
+    rec_id = await library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file)
+    await library.finish_recording(rec_id, 3.0, file.stat().st_size)
     app = web.Application()
     add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False)
     client = TestClient(TestServer(app))
@@ -182,12 +182,12 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
     # an MP4 exists already (a copy stands in for it): ?force=1 is what would throw it away and redo it
     mp4 = library.exports_dir / f"{rec_id}.mp4"
     shutil.copy(webm_master, mp4)
-    library.set_mp4(rec_id, mp4)
+    await library.set_mp4(rec_id, mp4)
     try:
         yield Site(client, library, rec_id)
     finally:
         await client.close()
-        library.close()
+        await library.close()
 
 
 @pytest.mark.parametrize("query", [

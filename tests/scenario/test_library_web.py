@@ -57,8 +57,8 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
     for title in ("勾股定理", "一元一次方程"):
         file = library.recordings_dir / f"{title}.webm"
         shutil.copy(webm_master, file)
-        rec_id = library.start_recording("math-8a", title, "李老师", "t-li", file)
-        library.finish_recording(rec_id, 3.0, file.stat().st_size)
+        rec_id = await library.start_recording("math-8a", title, "李老师", "t-li", file)
+        await library.finish_recording(rec_id, 3.0, file.stat().st_size)
         ids.append(rec_id)
     app = web.Application()
     add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False)
@@ -70,7 +70,7 @@ async def site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:  # noq
         yield Site(client, library, ids[0], ids[1], webm_master.read_bytes())
     finally:
         await client.close()
-        library.close()
+        await library.close()
 
 
 # --- Range ----------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ async def test_review_over_http(site: Site, who: str, decision: str, status: int
     assert resp.status == status
     body = await resp.json()
     assert body.get("state", None) == (state if status == 200 else None)
-    assert site.library.get(site.hidden_id).state == state  # type: ignore[union-attr]
+    assert (await site.library.get(site.hidden_id)).state == state  # type: ignore[union-attr]
 
 
 async def test_publishing_twice_is_409_with_a_clear_message(site: Site) -> None:
@@ -237,7 +237,8 @@ async def test_an_unpublished_recording_plays_through_the_signed_url_the_api_giv
 
 
 async def test_a_signed_url_is_for_one_recording_only(site: Site) -> None:
-    third = site.library.start_recording("math-8a", "第三课", "李老师", "t-li", site.library.recordings_dir / "勾股定理.webm")
+    third = await site.library.start_recording("math-8a", "第三课", "李老师", "t-li",
+                                               site.library.recordings_dir / "勾股定理.webm")
     info = await (await site.client.get(f"/api/library/{site.hidden_id}", headers=TOKENS["teacher"])).json()
     resp = await site.client.get(info["urls"]["webm"].replace(site.hidden_id, third))
     assert resp.status == 404
@@ -322,8 +323,8 @@ async def test_publishing_starts_the_export_when_enabled(tmp_path: Path, webm_ma
     library = Library(tmp_path / "data")
     file = library.recordings_dir / "a.webm"
     shutil.copy(webm_master, file)
-    rec_id = library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file)
-    library.finish_recording(rec_id, 3.0, file.stat().st_size)
+    rec_id = await library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file)
+    await library.finish_recording(rec_id, 3.0, file.stat().st_size)
     app = web.Application()
     add_routes(app, library, SECRET, token_viewer(SECRET))
     async with TestClient(TestServer(app)) as client:
@@ -331,7 +332,7 @@ async def test_publishing_starts_the_export_when_enabled(tmp_path: Path, webm_ma
                                  headers=TOKENS["reviewer"])
         assert (await resp.json())["export"]["state"] in ("queued", "running")
         assert (await wait_for_export(client, rec_id, {}))["state"] == "done"
-    assert library.path_of(library.get(rec_id).mp4).is_file()  # type: ignore[arg-type, union-attr]
+    assert library.path_of((await library.get(rec_id)).mp4).is_file()  # type: ignore[arg-type, union-attr]
 
 
 # --- poster and pages -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import aiortc.rtcrtpsender
 import av
 import pytest
 
-from recorder.library.catalog import Library
+from recorder.library.catalog import Library, Viewer
 from sfu.rtp.vp8 import vp8_descriptor_len
 from tests.support import Server, Teacher, WsClient, hang_up, read_recording, token
 
@@ -55,7 +55,7 @@ async def _teach(server: Server, lesson: str, **publish: object) -> Teacher:
 async def _wait_for_recording(library: Library, lesson: str, states: tuple[str, ...], timeout_s: float = 15):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = _by_lesson(library, lesson)
+        found = await _by_lesson(library, lesson)
         done = [r for r in found if r is not None and r.state in states]
         if done:
             return done[0]
@@ -63,9 +63,9 @@ async def _wait_for_recording(library: Library, lesson: str, states: tuple[str, 
     raise AssertionError(f"no recording of {lesson} in states {states}")
 
 
-def _by_lesson(library: Library, lesson: str):
-    rows = library._db().execute("SELECT id FROM recordings WHERE lesson_id = ?", (lesson,)).fetchall()
-    return [library.get(row[0]) for row in rows]
+async def _by_lesson(library: Library, lesson: str):
+    found, _ = await library.search("", {"lesson_id": lesson}, per_page=100, viewer=Viewer.operator())
+    return found[::-1]  # (oldest first)
 
 
 async def test_a_lesson_is_recorded_without_transcoding_in_sync_and_lands_in_the_library(tmp_path, teacher_frames):
@@ -111,7 +111,7 @@ async def test_a_server_killed_mid_lesson_repairs_the_recording_at_the_next_star
         await hang_up(teacher)
         server.stop()
     library = Library(tmp_path)
-    assert [r.state for r in _by_lesson(library, lesson)] == ["recording"]
+    assert [r.state for r in await _by_lesson(library, lesson)] == ["recording"]
 
     again = Server(tmp_path)  # the same data dir: it finds and repairs the unfinished recording
     try:
@@ -139,7 +139,7 @@ async def test_a_lesson_whose_teacher_switched_recording_off_is_not_recorded(tmp
             await hang_up(teacher)
         library = Library(tmp_path)
         await _wait_for_recording(library, "rec-on", ("awaiting_review",))
-        assert _by_lesson(library, "rec-off") == []
+        assert await _by_lesson(library, "rec-off") == []
     finally:
         server.stop()
 
@@ -158,7 +158,7 @@ async def test_a_courseware_share_is_recorded_as_its_own_library_item(tmp_path):
         await hang_up(teacher)
         library = Library(tmp_path)
         await _wait_for_recording(library, "rec-screen", ("awaiting_review",))
-        recordings = sorted(_by_lesson(library, "rec-screen"), key=lambda r: r.title)
+        recordings = sorted(await _by_lesson(library, "rec-screen"), key=lambda r: r.title)
     finally:
         server.stop()
     assert [r.state for r in recordings] == ["awaiting_review", "awaiting_review"]

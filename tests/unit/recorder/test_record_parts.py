@@ -120,13 +120,14 @@ class FlakyCatalog:
         self.full = True
         self.finished: list[tuple] = []
 
-    def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int, incomplete: str | None = None) -> None:
+    async def finish_recording(self, rec_id: str, duration_s: float, size_bytes: int,
+                               incomplete: str | None = None) -> None:
         if self.full:
             raise sqlite3.OperationalError("database or disk is full")
         self.finished.append((rec_id, duration_s, size_bytes, incomplete))
 
 
-def test_a_finish_the_catalog_cannot_take_waits_and_is_done_once_there_is_room(
+async def test_a_finish_the_catalog_cannot_take_waits_and_is_done_once_there_is_room(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handoff, "PENDING_FINISHES", {})
     catalog, other = FlakyCatalog(tmp_path), FlakyCatalog(tmp_path)
@@ -134,15 +135,15 @@ def test_a_finish_the_catalog_cannot_take_waits_and_is_done_once_there_is_room(
     mark_incomplete(path, "the disk is full")
     pending = handoff.PendingFinish(catalog, "r1", "lesson", path, 12.5, 1000, "the disk is full")  # type: ignore[arg-type]
     with pytest.raises(sqlite3.OperationalError):
-        handoff.finish_or_keep(pending)
-    assert handoff.retry_pending_finishes(catalog) == 1 and handoff.retry_pending_finishes(other) == 0  # type: ignore[arg-type]
+        await handoff.finish_or_keep(pending)
+    assert await handoff.retry_pending_finishes(catalog) == 1 and await handoff.retry_pending_finishes(other) == 0  # type: ignore[arg-type]
     assert read_incomplete(path) == "the disk is full"  # still the only record of why, for a restart
     catalog.full = False
-    assert handoff.retry_pending_finishes(catalog) == 0  # type: ignore[arg-type]
+    assert await handoff.retry_pending_finishes(catalog) == 0  # type: ignore[arg-type]
     assert catalog.finished == [("r1", 12.5, 1000, "the disk is full")]
     assert read_incomplete(path) is None
     done = handoff.PendingFinish(catalog, "r2", "lesson", tmp_path / "b.webm", 3.0, 10, None)  # type: ignore[arg-type]
-    handoff.finish_or_keep(done)
+    await handoff.finish_or_keep(done)
     assert catalog.finished[-1] == ("r2", 3.0, 10, None) and not handoff.PENDING_FINISHES
 
 

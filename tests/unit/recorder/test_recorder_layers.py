@@ -27,6 +27,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from recorder.library import export as media
 from recorder.record.depacketize import vp8_dimensions
 from recorder.record.follower import RECORD_LAYER_UP_AFTER_S
+from recorder.record.handoff import drain
 from recorder.record.recorder import LessonRecorder
 from recorder.record.repair import repair_file
 from sfu.producer import Producer
@@ -68,14 +69,14 @@ class FakeCatalog:
     finished: list[tuple[str, float, int]] = field(default_factory=list)
     started: list[Path] = field(default_factory=list)
 
-    def start_recording(self, lesson_id, title, teacher, teacher_sub, file: Path) -> str:
+    async def start_recording(self, lesson_id, title, teacher, teacher_sub, file: Path) -> str:
         self.started.append(file)
         return f"rec{len(self.started)}"
 
-    def finish_recording(self, rec_id, duration_s, size_bytes) -> None:
+    async def finish_recording(self, rec_id, duration_s, size_bytes) -> None:
         self.finished.append((rec_id, duration_s, size_bytes))
 
-    def unfinished(self):
+    async def unfinished(self):
         return []
 
     def save_lesson_record(self, *args) -> None:
@@ -205,6 +206,7 @@ def _teach(tmp: Path, top_on: Callable[[float], bool], lesson_s: float = LESSON_
             top_was_on = top
         stats = recorder.stats()
         recorder.close()
+        await drain()  # the library updates the recorder made in the background
         assert recorder.main is not None and audio_from is not None
         return Lesson(recorder.main.path, teacher, stats, catalog, audio_from)
 
