@@ -156,6 +156,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "secret": ("KETANG_SECRET", STR),
     "redis_url": ("KETANG_REDIS_URL", STR),
     "redis_prefix": ("KETANG_REDIS_PREFIX", STR),
+    "database_url": ("KETANG_DATABASE_URL", STR),
     "log_format": ("KETANG_LOG_FORMAT", STR),
     "verbose": ("KETANG_VERBOSE", BOOL),
     "no_record": ("KETANG_NO_RECORD", BOOL),

@@ -267,6 +267,7 @@ class Hub:
     async def end_lesson(self, lesson_id: str) -> None:
         lesson = self.lesson(lesson_id)
         lesson.finish()
+        await lesson.recorded_in_library()
         try:
             await self.store.clear_admission(lesson_id)
         except StoreUnavailable as exc:

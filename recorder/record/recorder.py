@@ -58,6 +58,8 @@ class LessonRecorder:
         self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
         self._starting_layers = StartingLayers(clock)  # which layer of a simulcast camera a file starts from
         self.closed = False
+        # the library writes that finish this lesson's items (awaited before the lesson is announced ended)
+        self.finishing: list[asyncio.Task[None]] = []
         # why the lesson's recording stopped before its end (a full disk): no file of it is written any more
         self.failed: str | None = None
         self._reported = False  # the lesson's one error line is out: anything after it is a warning
@@ -204,7 +206,7 @@ class LessonRecorder:
             size = recording.path.stat().st_size
         except OSError:
             size = 0
-        in_background(self._finish_item(recording, item, size))
+        self.finishing.append(in_background(self._finish_item(recording, item, size)))
 
     async def _finish_item(self, recording: RecordingFile, item: Item, size: int) -> None:
         rec_id = await item

@@ -12,6 +12,7 @@ return an Outcome, and raise InteractionError for a refusal; `apply` carries the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,6 +63,7 @@ class Lesson:
         self.admission_loaded = False  # its lock, removals and seen classrooms were read from the store here
         self.recording_enabled = True  # the teacher's choice (on by default)
         self.recorder: LessonRecorder | None = None
+        self.finishing: list[asyncio.Task[None]] = []  # library writes finishing the recording just stopped
         self.recorded: dict[str, Any] | None = None  # a finished recording's summary, for the lesson's record
         self._octets: dict[str, tuple[int, float]] = {}  # classroom -> (octets sent to it, when), for kbps
         self._interaction: LessonInteraction | None = None
@@ -323,6 +325,7 @@ class Lesson:
             return
         try:
             recorder.close()
+            self.finishing = recorder.finishing
             main = recorder.stats()["main"]
             if main is not None:  # for the lesson's record: how the camera's recording followed its layers
                 video = next((t for t in main["tracks"] if t["kind"] == "video"), {})
@@ -330,6 +333,13 @@ class Lesson:
                                  "layer_timeline": video.get("layer_timeline", [])}
         except Exception:  # noqa: BLE001
             log.exception("could not finish the recording of lesson %s", self.id)
+
+    async def recorded_in_library(self, timeout_s: float = 5.0) -> None:
+        """Wait (a little) until the library has finished the items of the recording just stopped: a teacher who
+        opens the library after 课程已结束 finds them with their duration."""
+        finishing, self.finishing = self.finishing, []
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout_s)
 
     def save_record(self) -> None:
         """Attendance, chat and the stage timeline, kept with the lesson's library entry."""

@@ -70,7 +70,9 @@ def _consumer(kind: str, producer: Producer, **attrs: Any) -> SimpleNamespace:
 def _subscriber(*consumers: SimpleNamespace, video: bool = True, rung: str | None = "video") -> SimpleNamespace:
     slots = [SimpleNamespace(consumer=c) for c in consumers]
     ladder = SimpleNamespace(state=rung) if rung is not None else None
-    return SimpleNamespace(slots=slots, video=video, ladder=ladder, consumers=lambda: [s.consumer for s in slots])
+    no_twcc = SimpleNamespace(send_side=False, estimate_bps=None)  # a classroom without transport-cc: REMB counts
+    return SimpleNamespace(slots=slots, video=video, ladder=ladder, consumers=lambda: [s.consumer for s in slots],
+                           link=lambda now: no_twcc)
 
 
 def _scrape(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
