@@ -218,7 +218,7 @@ class Canvas:
         self.y = self.data[:self.h]
         self.u = self.data[self.h:self.h + self.h // 4].reshape(self.h // 2, self.w // 2)
         self.v = self.data[self.h + self.h // 4:].reshape(self.h // 2, self.w // 2)
-        self._scaled: dict[tuple[str, Rect], tuple[int, np.ndarray]] = {}
+        self._scaled: dict[tuple[str, Rect], tuple[int, list[np.ndarray]]] = {}
 
     def clear(self) -> None:
         self.y.fill(BLACK_Y)
@@ -229,16 +229,16 @@ class Canvas:
         rect = fit(frame.width, frame.height, box, align)
         cached = self._scaled.get((key, rect))
         if cached is None or cached[0] != id(frame):
-            planes = frame.reformat(width=rect.w, height=rect.h, format="yuv420p").to_ndarray()
-            cached = (id(frame), planes)
+            scaled = frame.reformat(width=rect.w, height=rect.h, format="yuv420p")
+            cached = (id(frame), [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+                                  for p in scaled.planes])
             self._scaled = {k: v for k, v in self._scaled.items() if k[0] != key}
             self._scaled[(key, rect)] = cached
-        planes = cached[1]
-        h, w = rect.h, rect.w
-        self.y[rect.y:rect.y + h, rect.x:rect.x + w] = planes[:h]
-        cy, cx, ch, cw = rect.y // 2, rect.x // 2, h // 2, w // 2
-        self.u[cy:cy + ch, cx:cx + cw] = planes[h:h + h // 4].reshape(ch, cw)
-        self.v[cy:cy + ch, cx:cx + cw] = planes[h + h // 4:].reshape(ch, cw)
+        y, u, v = cached[1]
+        self.y[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w] = y
+        cy, cx, ch, cw = rect.y // 2, rect.x // 2, rect.h // 2, rect.w // 2
+        self.u[cy:cy + ch, cx:cx + cw] = u
+        self.v[cy:cy + ch, cx:cx + cw] = v
         return rect
 
     def frame(self) -> av.VideoFrame:
