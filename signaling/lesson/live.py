@@ -383,8 +383,11 @@ class Lesson:
     # -- attendance sampling -----------------------------------------------------------------------------------
 
     def left(self, participant: str, now: float) -> None:
-        """A classroom's connection left: its attendance closes (its hand stays up for when it is back)."""
-        self.interaction.attendance.left(participant, now)
+        """A classroom's connection left: its attendance closes (its hand stays up for when it is back). After the
+        lesson ended there is nothing to close: a fresh interaction made here would be saved over the ended
+        lesson's record when the last one leaves (vacate)."""
+        if self._interaction is not None:
+            self._interaction.attendance.left(participant, now)
         self._octets.pop(participant, None)
 
     def sample(self, now: float) -> None:
