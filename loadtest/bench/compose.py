@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -23,6 +24,7 @@ import av
 import numpy as np
 
 from recorder.compose.compose import compose_lesson
+from recorder.compose.jobs import NICE, THREADS
 from recorder.library.export import export_mp4
 
 ORIGIN = 1_700_000_000.0  # unix time of the synthetic lesson's start
@@ -117,7 +119,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--beside", type=float, metavar="S",
+                        help="instead: write the lesson, then compose it again and again for S seconds at nice 19 "
+                             "with one thread per codec, as the job queue does (run a load test meanwhile)")
     args = parser.parse_args()
+    if args.beside:
+        with tempfile.TemporaryDirectory() as tmp:
+            record = synthetic_lesson(Path(tmp), args.minutes * 60)
+            os.nice(NICE)
+            print("composing", flush=True)
+            end, runs = time.monotonic() + args.beside, 0
+            while time.monotonic() < end:
+                compose_lesson(record, Path(tmp), Path(tmp) / "lesson.mp4", threads=THREADS)
+                runs += 1
+            print(json.dumps({"composed": runs, "cpu_s": round(_cpu_s(), 1)}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(args.minutes * 60, args.threads, Path(tmp))
     text = json.dumps(result, ensure_ascii=False, indent=1)
