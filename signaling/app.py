@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from recorder.compose.jobs import LocalComposeQueue
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
 from recorder.record.handoff import drain as drain_catalog
@@ -56,6 +57,8 @@ HTTP_LINGER_S = 10.0  # what is left of a body the handler did not read, at most
 CLOSE_JOIN_TIMEOUT = 4008  # a websocket that did not join within Config.join_timeout_s (docs/protocol.md)
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
+# each ended lesson's composite 课例 (recorder/compose/): status(lesson_id) for the library page
+COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
 PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html"}
@@ -370,6 +373,12 @@ def make_app(config: Config) -> web.Application:
         store = open_store(config.redis_url, prefix=config.redis_prefix)
         hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
+        # -- the composite 课例 of each ended lesson, made by a niced child process (recorder/compose/jobs.py)
+        compose = app[COMPOSE_KEY] = LocalComposeQueue(
+            config.data_dir, lambda lesson_id: library.lesson_record_file(lesson_id, "record.json"),
+            library.recordings_dir)
+        compose.start()
+        hub.on_lesson_recorded = compose.enqueue
         lag = asyncio.ensure_future(metrics.measure_loop_lag())
         if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
             log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "
@@ -377,6 +386,7 @@ def make_app(config: Config) -> web.Application:
                         config.redis_url, hub.store_error)
         yield
         lag.cancel()
+        await asyncio.to_thread(compose.close)
         try:
             await hub.close()
         finally:

@@ -51,6 +51,8 @@ class Hub:
         self.config = config
         self.store = store
         self.catalog = catalog  # the resource library; None: lessons are not recorded
+        # a lesson ended with recorded files (its id): e.g. queue its composite (recorder/compose/jobs.py)
+        self.on_lesson_recorded: Callable[[str], None] | None = None
         self.lessons: dict[str, Lesson] = {}
         self.started_at = time.time()
         # store writes an outage made fail, done when it is back: leaves, placement releases, ended admissions
@@ -81,7 +83,8 @@ class Hub:
         if lesson is None:
             lesson = self.lessons[lesson_id] = Lesson(
                 lesson_id, self.config, self.catalog, on_track=self._on_track,
-                on_admission=lambda: self._spawn(self._write_admission_logged(lesson_id)))
+                on_admission=lambda: self._spawn(self._write_admission_logged(lesson_id)),
+                on_recorded=lambda lid: self.on_lesson_recorded(lid) if self.on_lesson_recorded else None)
         return lesson
 
     def carried(self) -> list[Lesson]:

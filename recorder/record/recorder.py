@@ -57,6 +57,11 @@ class LessonRecorder:
         self.stage_turns = 0
         self.stage_names: dict[str, str] = {}  # participant id -> class name (set by the signalling layer)
         self._starting_layers = StartingLayers(clock)  # which layer of a simulcast camera a file starts from
+        # every file of the lesson, in start order, with its role ("teacher", "courseware", "stage") and label
+        # (the teacher's name, 课件 n, the class on stage), and when its source ended (wall clock): the lesson's
+        # timeline as classrooms saw it, kept in the lesson's record for the composite (recorder/compose/)
+        self._timeline: list[tuple[RecordingFile, str, str]] = []
+        self._ended: dict[int, float] = {}  # id(file) -> wall time its source ended (producer gone, turn over)
         self.closed = False
         # the library writes that finish this lesson's items (awaited before the lesson is announced ended)
         self.finishing: list[asyncio.Task[None]] = []
@@ -137,6 +142,7 @@ class LessonRecorder:
             name = self.stage_names.get(pid, pid)
             rec_id = self._catalogue(f"{self.title}（上台 {name}）", path)
             self.stage[pid] = (self._file(path, video + audio), rec_id)
+            self._timeline.append((self.stage[pid][0], "stage", name))
 
     async def _on_track(self, change: str, producer: Producer) -> None:
         if not self.closed and self.failed is None:
@@ -156,6 +162,7 @@ class LessonRecorder:
         main = [] if pending else [p for p in live if p.source in ("camera", "microphone")]
         screens = [p for p in live if p.source == "screen"]
         recorded = {id(p) for f in self._files() for t in f.tracks for p in t.sources}
+        self._note_ended_shares()
         self._sync_stage(recorded)
         if self.failed is not None:
             return
@@ -172,6 +179,7 @@ class LessonRecorder:
                 # each courseware share is a library item of its own, next to the lesson's main recording
                 rec_id = self._catalogue(f"{self.title}（课件 {n}）", path)
                 self.extra.append((self._file(path, [producer], self._layers_of(producer)), rec_id))
+                self._timeline.append((self.extra[-1][0], "courseware", f"课件 {n}"))
 
     def _start_main(self, producers: list[Producer]) -> None:
         part = "" if self.main is None else f"-{time.strftime('%H%M%S')}"
@@ -181,6 +189,7 @@ class LessonRecorder:
         rec_id = self._catalogue(self.title, path)
         self.main = self._file(path, video + audio, self._layers_of(video[0]) if video else None)
         self.main_id = rec_id
+        self._timeline.append((self.main, "teacher", self.teacher))
         log.info("recording lesson %s to %s", self.router.lesson_id, path)
 
     def _layers_of(self, layer: Producer) -> list[Producer] | None:
@@ -199,6 +208,7 @@ class LessonRecorder:
         once the item's start is in the catalog. When the catalog cannot be written, the finish waits in memory
         (tried again at the next start or finish of a recording in this process) and, after a restart, for
         start-up repair: never an exception into the lesson."""
+        self._ended.setdefault(id(recording), self._wall_clock())
         recording.close()  # (a trailer that cannot be written stops the lesson's recording: _file_failed)
         if recording.layer_switches:
             log.info("recording %s changed simulcast layer %d times", recording.path.name, recording.layer_switches)
@@ -233,6 +243,29 @@ class LessonRecorder:
         for recording, rec_id in self.extra + list(self.stage.values()):
             self._finish(recording, rec_id)
         self.stage.clear()
+
+    def _note_ended_shares(self) -> None:
+        """A courseware share whose producer is gone has ended (its file stays open until the lesson ends)."""
+        live = {id(p) for p in self.router.producers.values()}
+        for recording, _ in self.extra:
+            if id(recording) not in self._ended and not any(id(p) in live for t in recording.tracks
+                                                            for p in t.sources):
+                self._ended[id(recording)] = self._wall_clock()
+
+    def timeline(self) -> list[dict]:
+        """Every file of the lesson that has media, on the wall clock: `file` (its name in the recordings
+        directory), `role` (teacher, courseware, stage), `label`, `start` (unix time of the file's 0 ms), `end`
+        (when its source ended: the share stopped, the turn on stage was over, the lesson ended) and
+        `duration_s` (its last frame)."""
+        entries = []
+        for recording, role, label in self._timeline:
+            if recording.t0 is None:
+                continue  # never opened: no frame arrived
+            end = self._ended.get(id(recording), recording.t0 + recording.duration_s)
+            entries.append({"file": recording.path.name, "role": role, "label": label,
+                            "start": round(recording.t0, 3), "end": round(max(end, recording.t0), 3),
+                            "duration_s": recording.duration_s})
+        return entries
 
     def stats(self) -> dict:
         return {"main": self.main.stats() if self.main else None, "screens": [f.stats() for f, _ in self.extra],

@@ -245,6 +245,12 @@ class RecordingFile:
     def duration_s(self) -> float:
         return max((t.last_ms for t in self.tracks), default=0) / 1000
 
+    @property
+    def t0(self) -> float | None:
+        """Wall-clock (unix) time of the file's 0 ms (None until the file is opened): the files of a lesson are
+        placed side by side on this clock (recorder.compose.timeline)."""
+        return self._t0
+
     def close(self) -> None:
         """Finish the file (never raises a write error: a failure here marks the file as failed)."""
         if self.closed:

@@ -49,7 +49,8 @@ class Lesson:
     the recording choice) stays until the lesson ends; the rest goes with its last connection (`vacate`)."""
 
     def __init__(self, lesson_id: str, config: Config, catalog: Catalog | None = None, *,
-                 on_track: TrackListener | None = None, on_admission: Callable[[], None] | None = None) -> None:
+                 on_track: TrackListener | None = None, on_admission: Callable[[], None] | None = None,
+                 on_recorded: Callable[[str], None] | None = None) -> None:
         self.id = lesson_id
         self.config = config
         self.catalog = catalog  # the resource library; None: not recorded
@@ -65,6 +66,10 @@ class Lesson:
         self.recorder: LessonRecorder | None = None
         self.finishing: list[asyncio.Task[None]] = []  # library writes finishing the recording just stopped
         self.recorded: dict[str, Any] | None = None  # a finished recording's summary, for the lesson's record
+        # every recorded file of the lesson on the wall clock (LessonRecorder.timeline), across recorders (the
+        # lesson can be vacated and carried on): the record keeps it for the composite 课例 (recorder/compose/)
+        self.recorded_files: list[dict[str, Any]] = []
+        self._on_recorded = on_recorded  # the lesson ended with files recorded (its id): compose them
         self._octets: dict[str, tuple[int, float]] = {}  # classroom -> (octets sent to it, when), for kbps
         self._interaction: LessonInteraction | None = None
         self._on_track = on_track
@@ -326,6 +331,7 @@ class Lesson:
         try:
             recorder.close()
             self.finishing = recorder.finishing
+            self.recorded_files.extend(recorder.timeline())
             main = recorder.stats()["main"]
             if main is not None:  # for the lesson's record: how the camera's recording followed its layers
                 video = next((t for t in main["tracks"] if t["kind"] == "video"), {})
@@ -350,8 +356,8 @@ class Lesson:
             now = time.time()
             record = inter.record(now)
             recording, self.recorded = self.recorded, None
-            if recording is not None:
-                record["recording"] = recording
+            if recording is not None or self.recorded_files:
+                record["recording"] = {**(recording or {}), "files": list(self.recorded_files)}
             self.catalog.save_lesson_record(self.id, record, inter.attendance.to_csv(now, inter.hands, inter.stage),
                                             inter.chat.transcript_csv())
         except Exception:  # noqa: BLE001 - the record is an extra; the lesson's end must go on
@@ -375,14 +381,23 @@ class Lesson:
         starts the ended lesson again starts a fresh one (hands, stage, chat, attendance, lock, seen)."""
         self.stop_recording()
         self.save_record()
+        files, self.recorded_files = self.recorded_files, []
+        if files and self._on_recorded is not None and self.catalog is not None:
+            try:
+                self._on_recorded(self.id)
+            except Exception:  # noqa: BLE001 - composing is an extra; the lesson's end must go on
+                log.exception("could not queue the composite of lesson %s", self.id)
         self._interaction = None
         self.seen = set()
 
     # -- attendance sampling -----------------------------------------------------------------------------------
 
     def left(self, participant: str, now: float) -> None:
-        """A classroom's connection left: its attendance closes (its hand stays up for when it is back)."""
-        self.interaction.attendance.left(participant, now)
+        """A classroom's connection left: its attendance closes (its hand stays up for when it is back). After the
+        lesson ended there is nothing to close: a fresh interaction made here would be saved over the ended
+        lesson's record when the last one leaves (vacate)."""
+        if self._interaction is not None:
+            self._interaction.attendance.left(participant, now)
         self._octets.pop(participant, None)
 
     def sample(self, now: float) -> None:
