@@ -127,6 +127,114 @@ class Worker:
                 "restarts": self.restarts}
 
 
+async def _send(target: Any, msg: aiohttp.WSMessage) -> None:
+    if msg.type == WSMsgType.TEXT:
+        await target.send_str(msg.data)
+    else:
+        await target.send_bytes(msg.data)
+
+
+def _type_of(data: str | bytes) -> str | None:
+    try:
+        msg = json.loads(data)
+    except ValueError:
+        return None
+    return msg.get("type") if isinstance(msg, dict) else None
+
+
+class _Link:
+    """A browser's websocket and the worker websocket it is proxied to now."""
+
+    def __init__(self, sup: Supervisor, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.sup, self.request, self.ws = sup, request, ws
+        self.upstream: aiohttp.ClientWebSocketResponse | None = None
+        self.worker: Worker | None = None
+        self.joined = False
+        self.join: aiohttp.WSMessage | None = None  # the latest join the browser sent, while not joined
+        self.lesson: str | None = None
+        self.tries = 0
+
+    def saw(self, msg: aiohttp.WSMessage) -> None:
+        """A message from the browser, before it has joined: a join names the lesson (not verified)."""
+        if not self.joined and msg.type == WSMsgType.TEXT:
+            lesson = lesson_claim(msg.data)
+            if lesson is not None:
+                self.join, self.lesson = msg, lesson
+
+    async def connect(self, first: aiohttp.WSMessage) -> bool:
+        """A websocket to the worker for self.lesson, `first` sent on it; False when no worker answers."""
+        self.detach()
+        while self.tries < JOIN_TRIES:
+            self.tries += 1
+            worker = await self.sup.route(self.lesson)
+            if worker is None or worker.session is None:
+                return False
+            try:
+                upstream = await worker.session.ws_connect("http://worker/ws", headers=self.sup._forwarded(self.request),
+                                                           max_msg_size=WS_HARD_LIMIT_BYTES, autoping=True)
+                await _send(upstream, first)
+            except (aiohttp.ClientError, OSError):
+                worker.up = False  # (polled again within a second)
+                continue
+            self.upstream, self.worker = upstream, worker
+            worker.connections += 1
+            return True
+        return False
+
+    def detach(self) -> None:
+        if self.worker is not None:
+            self.worker.connections -= 1
+            self.worker = None
+
+    async def pump(self) -> None:
+        """Frames both ways until one side closes; the other is closed with its code (a worker that died: 1012)."""
+        down = asyncio.ensure_future(self._down())
+        up = asyncio.ensure_future(self._up())
+        try:
+            await asyncio.wait([down, up], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (down, up):
+                task.cancel()
+            await asyncio.gather(down, up, return_exceptions=True)
+            if self.upstream is not None and not self.upstream.closed:
+                await self.upstream.close()
+            if not self.ws.closed:
+                await self.ws.close(code=CLOSE_WORKER_GONE)
+
+    async def _down(self) -> None:
+        while True:
+            upstream = self.upstream
+            assert upstream is not None
+            msg = await upstream.receive()
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            if not self.joined:
+                if self.join is not None and self.sup._elsewhere_here(msg.data) and self.tries < JOIN_TRIES:
+                    self.sup._recent.pop(self.lesson or "", None)
+                    await upstream.close()
+                    if await self.connect(self.join):
+                        continue
+                    break
+                self.joined = _type_of(msg.data) == "joined"
+            await _send(self.ws, msg)
+        code = upstream.close_code
+        if code is None or code < 3000 and code not in (1000, 1001):
+            code = CLOSE_WORKER_GONE
+        await self.ws.close(code=code)
+
+    async def _up(self) -> None:
+        async for msg in self.ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            self.saw(msg)
+            if self.upstream is not None:
+                try:
+                    await _send(self.upstream, msg)
+                except ConnectionError:  # (the worker went, or the join moved to another worker meanwhile)
+                    if self.joined:
+                        break
+
+
 class Supervisor:
     def __init__(self, config: Config, workers: int, argv: list[str], ssl_context: ssl.SSLContext | None,
                  media_ports: str) -> None:
@@ -257,56 +365,33 @@ class Supervisor:
     # -- websockets ----------------------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """One browser websocket, proxied to a worker. Until it has joined, the supervisor reads what each side
+        says: a join's token names the lesson (routing), and a worker answering `lesson_elsewhere` with this same
+        address (another worker here carries the lesson: placed meanwhile, or a join that came after other
+        messages) is left for the right worker, the join sent there again: the browser sees one address and one
+        websocket. After the join, frames pass unread."""
         ws = web.WebSocketResponse(max_msg_size=WS_HARD_LIMIT_BYTES, heartbeat=WS_HEARTBEAT_S)
         await ws.prepare(request)
         try:
             first = await ws.receive(timeout=FIRST_MESSAGE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            await ws.close(code=4008, reason="no join in time")
+            await ws.close(code=4008, reason=b"no join in time")
             return ws
         if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             await ws.close()
             return ws
-        lesson = lesson_claim(first.data)
-        upstream, worker = await self._connect_upstream(request, ws, first, lesson)
-        if upstream is None or worker is None:
+        link = _Link(self, request, ws)
+        link.saw(first)
+        if not await link.connect(first):
+            await ws.send_json({"type": "error", "code": "unavailable",
+                                "message": "the server is starting or restarting: try again in a few seconds"})
+            await ws.close(code=CLOSE_WORKER_GONE, message=b"no worker available")
             return ws
-        worker.connections += 1
         try:
-            await self._pump(ws, upstream)
+            await link.pump()
         finally:
-            worker.connections -= 1
+            link.detach()
         return ws
-
-    async def _connect_upstream(self, request: web.Request, ws: web.WebSocketResponse, first: aiohttp.WSMessage,
-                                lesson: str | None) -> tuple[aiohttp.ClientWebSocketResponse | None, Worker | None]:
-        for _ in range(JOIN_TRIES):
-            worker = await self.route(lesson)
-            if worker is None or worker.session is None:
-                break
-            try:
-                upstream = await worker.session.ws_connect("http://worker/ws", headers=self._forwarded(request),
-                                                           max_msg_size=WS_HARD_LIMIT_BYTES, autoping=True)
-            except (aiohttp.ClientError, OSError):
-                worker.up = False  # (polled again within a second)
-                continue
-            await self._send(upstream, first)
-            if lesson is None:
-                return upstream, worker
-            reply = await upstream.receive()
-            if reply.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                await upstream.close()
-                continue
-            if self._elsewhere_here(reply.data):  # another worker here carries it (placed meanwhile): go there
-                self._recent.pop(lesson, None)
-                await upstream.close()
-                continue
-            await self._send(ws, reply)
-            return upstream, worker
-        await ws.send_json({"type": "error", "code": "unavailable",
-                            "message": "the lesson's room state is unavailable just now: try again in a few seconds"})
-        await ws.close(code=CLOSE_WORKER_GONE, reason="no worker available")
-        return None, None
 
     def _elsewhere_here(self, data: str | bytes) -> bool:
         try:
@@ -315,47 +400,6 @@ class Supervisor:
             return False
         return (isinstance(reply, dict) and reply.get("code") == "lesson_elsewhere"
                 and str(reply.get("url", "")).rstrip("/") == self.config.url)
-
-    @staticmethod
-    async def _send(target: Any, msg: aiohttp.WSMessage) -> None:
-        if msg.type == WSMsgType.TEXT:
-            await target.send_str(msg.data)
-        else:
-            await target.send_bytes(msg.data)
-
-    async def _pump(self, ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-        """Frames both ways until one side closes; the other is closed with its code (a worker that died: 1012)."""
-
-        async def down() -> None:
-            async for msg in upstream:
-                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await self._send(ws, msg)
-                else:
-                    break
-            code = upstream.close_code
-            if code is None or code in (1006, 1011):
-                code = CLOSE_WORKER_GONE
-            await ws.close(code=code, message=b"")
-
-        async def up() -> None:
-            async for msg in ws:
-                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await self._send(upstream, msg)
-                else:
-                    break
-            await upstream.close()
-
-        tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not upstream.closed:
-                await upstream.close()
-            if not ws.closed:
-                await ws.close(code=CLOSE_WORKER_GONE)
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
