@@ -337,11 +337,14 @@ class Supervisor:
     def _least_loaded(self) -> Worker | None:
         alive = self._alive()
         ready = [w for w in alive if w.ready] or alive
-        return min(ready, key=lambda w: (w.connections, w.lessons, w.index)) if ready else None
+        # lessons first (a new lesson's classrooms are still to come), counting those just sent to a worker and not
+        # yet in its /readyz; then websockets
+        fresh = [w for w, _ in self._recent.values()]
+        return min(ready, key=lambda w: (w.lessons + fresh.count(w), w.connections, w.index)) if ready else None
 
     async def route(self, lesson: str | None) -> Worker | None:
         """The worker for a lesson: the one its placement names, else the one this lesson was just sent to, else
-        the least loaded ready worker (by websockets, then lessons). A lesson placed on another machine's node
+        the least loaded ready worker (by lessons, then websockets). A lesson placed on another machine's node
         goes to any worker, which answers `lesson_elsewhere` with that node's address."""
         if lesson is None:
             return self._least_loaded()

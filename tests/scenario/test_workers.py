@@ -57,13 +57,15 @@ async def test_lessons_spread_over_two_workers_behind_one_port_and_a_killed_work
         workers = await _workers(server)
         assert sorted(w["here"]["lessons"] for w in workers) == [1, 1], workers
         owner_a = next(w for w in workers if w["here"]["participants"] == 2 and w["websockets"] == 2)
+        room_a2 = Classroom(await join_lesson(server, "classroom", "lesson-a", "west"))  # (lesson-a's worker: busier)
+        peers.append(room_a2)
 
         # a classroom of lesson-a whose websocket first reaches the other worker: its first message is no join, so
         # it goes to the least loaded worker (the other one); its join is then handed to lesson-a's worker
         ws = await WsClient().connect(server.ws_url)
         assert (await ws.request({"type": "ping"}))["type"] == "pong"
         workers = await _workers(server)
-        assert [w["websockets"] for w in workers if w["worker"] != owner_a["worker"]] == [2], workers
+        assert [w["websockets"] for w in workers if w["worker"] != owner_a["worker"]] == [3], workers  # the wrong one
         reply = await ws.request({"type": "join", "token": token("classroom", "lesson-a", "east")})
         assert reply["type"] == "joined", reply
         assert not [m for m in ws.messages if m.get("code") == "lesson_elsewhere"], ws.messages
@@ -71,8 +73,8 @@ async def test_lessons_spread_over_two_workers_behind_one_port_and_a_killed_work
         peers.append(room_wrong)
         await room_wrong.wait_frames(10, timeout_s=30)
         stats = await server.stats("lesson-a")  # (the lesson API is proxied to the worker carrying the lesson)
-        assert len(stats["subscribers"]) == 2, stats
-        assert (await _workers(server))[owner_a["worker"]]["here"]["participants"] == 3
+        assert len(stats["subscribers"]) == 3, stats
+        assert (await _workers(server))[owner_a["worker"]]["here"]["participants"] == 4
 
         # SIGKILL the worker carrying lesson-a: it is started again; lesson-b plays on meanwhile
         killed_at = time.monotonic()
@@ -96,7 +98,7 @@ async def test_lessons_spread_over_two_workers_behind_one_port_and_a_killed_work
         await room_b.wait_frames(frames_b + 30, timeout_s=10)  # the other lesson was not touched
 
         # lesson-a's participants reconnect (as the pages do): the lesson is placed again and decodes again
-        await hang_up(teacher_a, room_a, room_wrong)
+        await hang_up(teacher_a, room_a, room_a2, room_wrong)
         peers = [teacher_b, room_b]
         teacher_a = await publishing_teacher(server, "lesson-a")
         room_a = Classroom(await join_lesson(server, "classroom", "lesson-a", "north"))
