@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from signaling.config import (
     apply_config_file,
     flag_on,
     seconds_from,
+    workers_from,
 )
 
 
@@ -55,6 +57,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
     from sfu.seams import MediaPorts, SeamError, set_media_addresses, set_media_ports
     from sfu.seams import install as install_seams
     from signaling.app import run_server, tls_context
+    from signaling.supervisor import WORKER_ENV, WorkerSpec, media_port_slices, run_supervisor
     from signaling.tokens import load_or_create_secret
 
     try:
@@ -63,18 +66,27 @@ def _serve_configured(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ketang: {exc} (--log-format or KETANG_LOG_FORMAT)", file=sys.stderr)
         return 2
-    try:
-        install_seams()  # the start-up self-test of the aiortc seams, decoding off, the datagram guard
-    except SeamError as exc:
-        print(f"ketang: {exc}", file=sys.stderr)
-        return 2
-    set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
+    # a worker of a supervisor (`--workers N`) is told who it is; the supervisor itself carries no media
+    worker = WorkerSpec.from_env(os.environ[WORKER_ENV]) if os.environ.get(WORKER_ENV) else None
     ports = args.media_ports or os.environ.get("KETANG_MEDIA_PORTS", "")
     try:
-        set_media_ports(MediaPorts.parse(ports) if ports else None)
+        workers = 1 if worker is not None else workers_from(args.workers)
+        if ports:
+            MediaPorts.parse(ports)
+        media_port_slices(ports, workers)
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
+    if worker is not None:
+        ports = worker.media_ports
+    if workers == 1:
+        try:
+            install_seams()  # the start-up self-test of the aiortc seams, decoding off, the datagram guard
+        except SeamError as exc:
+            print(f"ketang: {exc}", file=sys.stderr)
+            return 2
+        set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
+        set_media_ports(MediaPorts.parse(ports) if ports else None)
     data_dir = Config.data_dir_from(args.data_dir)
     try:
         tls_cert, tls_key = Config.tls_from(args.tls_cert, args.tls_key)
@@ -102,10 +114,17 @@ def _serve_configured(args: argparse.Namespace) -> int:
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3),
                         public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""),
                         tls_cert=tls_cert, tls_key=tls_key)
+        if worker is not None:
+            config = replace(config, node_id=worker.node, public_url=worker.url, listen_socket=worker.listen,
+                             store_socket=worker.store, worker_index=worker.index)
     except ValueError as exc:
         print(f"ketang: {exc}", file=sys.stderr)
         return 2
-    uvloop.run(run_server(config, ssl_context))
+    if workers > 1:
+        # the workers are started with this same command line (flags win over their environment)
+        uvloop.run(run_supervisor(config, workers, args.argv, ssl_context, ports))
+    else:
+        uvloop.run(run_server(config, ssl_context))
     return 0
 
 
@@ -137,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "environment variables win over it")
     serve.add_argument("--host", default=None, help=f"listen address (or KETANG_HOST; {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=None, help=f"listen port (or KETANG_PORT; {DEFAULT_PORT})")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes behind the one address, lessons spread over them by load (or "
+                            "KETANG_WORKERS; default: the number of cores; 1: a single process, as before). Each "
+                            "worker takes its own slice of --media-ports (docs/deploy.md)")
     serve.add_argument("--drain-timeout", dest="drain_timeout_s", type=float, default=None, metavar="SECONDS",
                        help="on SIGTERM or `ketang drain`, live lessons go on at most this long, then their "
                             f"participants are sent to another node (or KETANG_DRAIN_TIMEOUT_S; {DRAIN_TIMEOUT_S:g})")
@@ -189,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # (a supervisor starts its workers with the same command line)
     return int(args.func(args) or 0)
 
 

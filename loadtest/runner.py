@@ -114,6 +114,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, KETANG_SECRET=secret, KETANG_DATA_DIR=str(workdir))
         env.pop("KETANG_REDIS_URL", None)
+        env.setdefault("KETANG_WORKERS", "1")  # one process, whose CPU is measured (loadtest.lessons: workers)
         module = ["-m", "loadtest.relay_server"] if cfg.baseline == "relay" else ["-m", "ketang.cli", "serve"]
         prefix = [sys.executable]
         if cfg.profile_server:

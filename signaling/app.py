@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from recorder.compose.jobs import LocalComposeQueue
+from recorder.compose.jobs import JOBS_FILE, LocalComposeQueue
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
 from recorder.record.handoff import drain as drain_catalog
@@ -188,7 +188,10 @@ async def lesson_attendance(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """200 {"status": "ok", ...}, or 503 {"status": "degraded", "redis": "down", ...} naming what is down."""
-    health = await request.app[HUB_KEY].health()
+    hub = request.app[HUB_KEY]
+    health = await hub.health()
+    if hub.config.worker_index is not None:
+        health["worker"] = hub.config.worker_index
     return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
 
@@ -199,6 +202,8 @@ async def readyz(request: web.Request) -> web.Response:
     reasons = hub.not_ready()
     body: dict[str, object] = {"ready": not reasons, "node": hub.config.node_id,
                                "lessons": len(hub.carried())}
+    if hub.config.worker_index is not None:
+        body["worker"] = hub.config.worker_index
     if reasons:
         body["reasons"] = reasons
     if hub.drain_started is not None:
@@ -330,11 +335,23 @@ async def _close(audit: AuditLog) -> None:
     audit.close()
 
 
+@web.middleware
+async def client_address(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """A worker (listening on a unix socket only its supervisor reaches): the client's address is the one the
+    supervisor names (signaling/supervisor.py sets the header on every request, never copies it from a client)."""
+    return await handler(request.clone(remote=request.headers.get(CLIENT_HEADER) or None))
+
+
+CLIENT_HEADER = "X-Ketang-Client"
+
+
 def make_app(config: Config) -> web.Application:
     policy = content_security_policy(inline_script_hashes(CLIENT_WEB_DIR, CLIENT_WEB_DIR / "library"),
                                      other_nodes=bool(config.redis_url))
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES,
-                          middlewares=[security_headers(policy), lesson_api_cors])
+    middlewares = [security_headers(policy), lesson_api_cors]
+    if config.listen_socket:
+        middlewares.insert(0, client_address)
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=middlewares)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -367,16 +384,19 @@ def make_app(config: Config) -> web.Application:
             log.error("the library's store %s cannot be opened (%s): the server runs without the library until "
                       "it can", library.store, " ".join(str(exc).split())[:300])
         # recordings a crash left open are repaired and put in the library before anything new starts
-        repaired = await repair_unfinished(library)
+        # (a worker of several: the supervisor repaired them before starting any worker, and a worker starting
+        # again must not take the recordings its live siblings are writing for unfinished ones)
+        repaired = 0 if config.listen_socket else await repair_unfinished(library)
         if repaired:
             log.info("repaired %d recording(s) left unfinished by an unclean stop", repaired)
-        store = open_store(config.redis_url, prefix=config.redis_prefix)
+        store = open_store(config.redis_url, config.store_socket, prefix=config.redis_prefix)
         hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
         # -- the composite 课例 of each ended lesson, made by a niced child process (recorder/compose/jobs.py)
         compose = app[COMPOSE_KEY] = LocalComposeQueue(
             config.data_dir, lambda lesson_id: library.lesson_record_file(lesson_id, "record.json"),
-            library.recordings_dir)
+            library.recordings_dir,
+            jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
         compose.start()
         hub.on_lesson_recorded = compose.enqueue
         lag = asyncio.ensure_future(metrics.measure_loop_lag())
@@ -481,6 +501,14 @@ def _write_pid(path: Path) -> bool:
         return False
 
 
+async def _orphaned(stop: asyncio.Event, parent: int) -> None:
+    """A worker whose supervisor is gone (killed: it could not stop its workers) stops too."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the supervisor (pid %d) is gone: this worker stops", parent)
+    stop.set()
+
+
 async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) -> None:
     """Serve pages, REST and the websocket on one port (https and wss with TLS). SIGTERM (or `ketang drain`)
     drains: no new lessons, the live ones go on until they end or the drain timeout passes, then move to another
@@ -488,15 +516,25 @@ async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) 
     if ssl_context is None and config.tls_cert is not None and config.tls_key is not None:
         ssl_context = tls_context(config.tls_cert, config.tls_key)
     app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False, **http_timeouts())
+    # (a worker's requests are logged by its supervisor, which owns the public port)
+    access = {"access_log": None} if config.listen_socket else {}
+    runner = web.AppRunner(app, handle_signals=False, **http_timeouts(), **access)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
-    await site.start()
-    _print_urls(config, app)
-    pid_path = pid_file(config.data_dir, config.port)
-    wrote_pid = _write_pid(pid_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog: asyncio.Future[None] | None = None
+    if config.listen_socket:  # a worker: its supervisor owns the public port, prints the links, keeps the pid file
+        site: web.BaseSite = web.UnixSite(runner, config.listen_socket)
+        await site.start()
+        os.chmod(config.listen_socket, 0o600)
+        watchdog = asyncio.ensure_future(_orphaned(stop, os.getppid()))
+        log.info("worker %s serving on %s (node %s)", config.worker_index, config.listen_socket, config.node_id)
+    else:
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        await site.start()
+        _print_urls(config, app)
+    pid_path = pid_file(config.data_dir, config.port)
+    wrote_pid = not config.listen_socket and _write_pid(pid_path)
     draining: list[asyncio.Future[None]] = []
 
     async def drain_then_stop() -> None:
@@ -519,6 +557,8 @@ async def run_server(config: Config, ssl_context: ssl.SSLContext | None = None) 
     finally:
         for task in draining:
             task.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await runner.cleanup()
         if wrote_pid:
             pid_path.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ STAGE_MAX = 2  # classrooms on stage at once: each is heard by every classroom
 TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teacher's uplink loses packets
 # SIGTERM or `ketang drain`: live lessons go on this long at most, then their participants are sent to another node
 DRAIN_TIMEOUT_S = 600.0
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    # a worker of `ketang serve --workers N` (signaling/supervisor.py): it serves HTTP on this unix socket (only the
+    # supervisor reaches it) instead of host:port, and without Redis its room state is the supervisor's
+    listen_socket: str = ""
+    store_socket: str = ""
+    worker_index: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -149,6 +155,7 @@ STR, INT, SECONDS, BOOL, LIST = "a string", "an integer", "a number of seconds",
 CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable, kind)
     "host": ("KETANG_HOST", STR),
     "port": ("KETANG_PORT", INT),
+    "workers": ("KETANG_WORKERS", INT),
     "public_url": ("KETANG_PUBLIC_URL", STR),
     "tls_cert": ("KETANG_TLS_CERT", STR),
     "tls_key": ("KETANG_TLS_KEY", STR),
@@ -243,6 +250,19 @@ def seconds_from(name: str, default: float, env: Mapping[str, str] = os.environ)
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a number of seconds (0 or more)")
     return value
+
+
+def workers_from(flag: int | None, env: Mapping[str, str] = os.environ) -> int:
+    """--workers (or KETANG_WORKERS): worker processes behind the one address; default the number of cores."""
+    raw = env.get("KETANG_WORKERS")
+    if flag is None and raw:
+        if not raw.strip().isdigit():
+            raise ValueError(f"KETANG_WORKERS (or workers in the configuration file) must be a number, not {raw!r:.20}")
+        flag = int(raw)
+    workers = flag if flag is not None else (os.cpu_count() or 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+    return workers
 
 
 def pid_file(data_dir: Path, port: int) -> Path:

@@ -33,6 +33,10 @@ from tests.chromium import browser  # noqa: F401 - headless Chromium with a fake
 from tests.loopback import loopback_server  # noqa: F401 - a ketang server whose media stays on 127.0.0.1
 from tests.webm import webm_master  # noqa: F401 - one real WebM lesson for the library tests
 
+# every `ketang serve` a test starts is one process unless the test asks for workers (--workers N,
+# tests/scenario/test_workers.py): the default (one worker per core) would change what the other tests measure
+os.environ.setdefault("KETANG_WORKERS", "1")
+
 REDIS_URL_ENV = "KETANG_TEST_REDIS_URL"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT_S = 0.5

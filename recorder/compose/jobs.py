@@ -69,8 +69,9 @@ class LocalComposeQueue:
     to it. Call start() to run jobs (queued ones from before a restart included) and close() at shutdown."""
 
     def __init__(self, data_dir: Path, record_file: Callable[[str], Path | None], recordings_dir: Path,
-                 threads: int = THREADS, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(data_dir) / JOBS_FILE
+                 threads: int = THREADS, clock: Callable[[], float] = time.time, jobs_file: str = JOBS_FILE) -> None:
+        # one file per process that runs jobs (each worker of `--workers N` its own: no two write one file)
+        self.path = Path(data_dir) / jobs_file
         self._record_file = record_file
         self._recordings_dir = Path(recordings_dir)
         self._threads = threads

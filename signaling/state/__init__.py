@@ -20,17 +20,21 @@ from signaling.state.base import (
 )
 from signaling.state.memory import MemoryRoomStore
 from signaling.state.redis import RedisRoomStore
+from signaling.state.rpc import RpcRoomStore, RpcStoreServer
 
 
-def open_store(redis_url: str | None, **kw: Any) -> RoomStore:
-    """RedisRoomStore(redis_url, **kw) if a URL is given, else MemoryRoomStore(**kw).
+def open_store(redis_url: str | None, store_socket: str = "", **kw: Any) -> RoomStore:
+    """RedisRoomStore(redis_url, **kw) if a URL is given, else the supervisor's store at ``store_socket`` (a worker
+    of `ketang serve --workers N`), else MemoryRoomStore(**kw).
 
-    ``prefix`` is dropped for the memory store so callers can pass the same
+    ``prefix`` is dropped for the other stores so callers can pass the same
     configuration either way.
     """
     if redis_url:
         return RedisRoomStore(redis_url, **kw)
     kw.pop("prefix", None)
+    if store_socket:
+        return RpcRoomStore(store_socket)
     return MemoryRoomStore(**kw)
 
 
@@ -43,6 +47,8 @@ __all__ = [
     "Placement",
     "RedisRoomStore",
     "RoomStore",
+    "RpcRoomStore",
+    "RpcStoreServer",
     "StoreUnavailable",
     "TrackInfo",
     "open_store",

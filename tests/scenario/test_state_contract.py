@@ -7,7 +7,10 @@ sleeping; only the Redis key-TTL test uses real time.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -21,6 +24,8 @@ from signaling.state import (
     Placement,
     RedisRoomStore,
     RoomStore,
+    RpcRoomStore,
+    RpcStoreServer,
     StoreUnavailable,
     TrackInfo,
     open_store,
@@ -83,11 +88,22 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "rpc"])
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[RoomStore]:
     s: RoomStore
     if request.param == "memory":
         s = MemoryRoomStore(clock=clock)
+    elif request.param == "rpc":
+        # the workers' store (`--workers N` without Redis): a MemoryRoomStore in the supervisor, over a unix socket
+        runtime = Path(tempfile.mkdtemp(prefix="ketang-rpc-"))  # (short: a unix socket path is at most 107 bytes)
+        server = RpcStoreServer(MemoryRoomStore(clock=clock), runtime / "state.sock")
+        await server.start()
+        s = RpcRoomStore(runtime / "state.sock")
+        yield s
+        await s.close()
+        await server.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+        return
     else:
         # requested lazily so memory-only runs (-k memory) need no Redis
         url = request.getfixturevalue("redis_url")
