@@ -54,6 +54,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
     import uvloop
 
     from ketang.log import configure as configure_logging
+    from sfu.peers.sdp import set_announced_addresses
     from sfu.seams import MediaPorts, SeamError, set_media_addresses, set_media_ports
     from sfu.seams import install as install_seams
     from signaling.app import run_server, tls_context
@@ -86,6 +87,12 @@ def _serve_configured(args: argparse.Namespace) -> int:
             print(f"ketang: {exc}", file=sys.stderr)
             return 2
         set_media_addresses((args.media_addresses or os.environ.get("KETANG_MEDIA_ADDRESSES", "")).split(","))
+        try:
+            set_announced_addresses(
+                (args.announce_addresses or os.environ.get("KETANG_ANNOUNCE_ADDRESSES", "")).split(","))
+        except ValueError as exc:
+            print(f"ketang: {exc} (--announce-addresses or KETANG_ANNOUNCE_ADDRESSES)", file=sys.stderr)
+            return 2
         set_media_ports(MediaPorts.parse(ports) if ports else None)
     data_dir = Config.data_dir_from(args.data_dir)
     try:
@@ -183,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-addresses", default=None,
                        help="comma-separated local IP addresses the media (ICE host candidates) uses (or "
                             "KETANG_MEDIA_ADDRESSES; default: every interface address but 127.0.0.1)")
+    serve.add_argument("--announce-addresses", default=None, metavar="PUBLIC|BOUND=PUBLIC,...",
+                       help="behind a 1:1 NAT: the public IP address browsers are told in place of the bound one "
+                            "(or KETANG_ANNOUNCE_ADDRESSES; e.g. 203.0.113.7, or 10.0.0.5=203.0.113.7 for one "
+                            "bound address); ports stay, so forward the media ports one to one")
     serve.add_argument("--log-format", default=None, choices=("text", "json"),
                        help="text (default) or json: one JSON object per line with the lesson and participant a "
                             "line is about, for a log collector (or KETANG_LOG_FORMAT)")

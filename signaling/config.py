@@ -170,6 +170,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "drain_timeout_s": ("KETANG_DRAIN_TIMEOUT_S", SECONDS),
     "ice_servers": ("KETANG_ICE_SERVERS", LIST),
     "media_addresses": ("KETANG_MEDIA_ADDRESSES", LIST),
+    "announce_addresses": ("KETANG_ANNOUNCE_ADDRESSES", LIST),
     "media_ports": ("KETANG_MEDIA_PORTS", STR),
     "turn_urls": ("KETANG_TURN_URLS", LIST),
     "turn_secret": ("KETANG_TURN_SECRET", STR),

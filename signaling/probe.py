@@ -34,7 +34,7 @@ from typing import Any, Final
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription, sdp
 
 from sfu.adapt.link import LOSS_DOWN
-from sfu.peers.sdp import SDP_MAX_CHARS, make_peer_connection
+from sfu.peers.sdp import SDP_MAX_CHARS, announce, make_peer_connection
 from signaling.ratelimit import TokenBucket
 
 log = logging.getLogger("ketang.signaling")
@@ -196,7 +196,7 @@ class Probe:
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
+        return announce(self.pc.localDescription.sdp)
 
     async def accept_answer(self, text: str) -> None:
         if self._answered.is_set():

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +252,10 @@ class DropIncoming:
 class Classroom:
     """An aiortc classroom: answers the server's offers and decodes every frame it receives."""
 
-    def __init__(self, ws: WsClient, loss: float = 0.0, impair: bool = False) -> None:
+    def __init__(self, ws: WsClient, loss: float = 0.0, impair: bool = False,
+                 answer_filter: Callable[[str], str] | None = None) -> None:
         self.ws = ws
+        self.answer_filter = answer_filter  # what the network does to our answer on its way (a NAT test)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.frames: list[float] = []  # arrival time of each decoded video frame
         self.video_pts: list[int] = []  # their presentation times (90 kHz, from the first frame received)
@@ -281,7 +284,8 @@ class Classroom:
             if self.loss is not None:
                 self.loss.install(self.pc)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-            await self.ws.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+            sdp = self.pc.localDescription.sdp
+            await self.ws.send({"type": "answer", "sdp": self.answer_filter(sdp) if self.answer_filter else sdp})
             self.offers += 1
 
     async def _consume(self, track: MediaStreamTrack) -> None:

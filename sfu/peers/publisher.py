@@ -28,6 +28,7 @@ from sfu.peers.sdp import (
     LESSON_CODECS,
     TEACHER_MAX_TRACKS_PER_KIND,
     SdpError,
+    announce,
     declared_ssrcs,
     ext_id,
     lesson_codecs,
@@ -154,7 +155,8 @@ class Publisher:
             # the budget asked for must cover every layer, or the browser never starts the top one
             self.uplink.budget_bps = max(self.uplink.budget_bps, SIMULCAST_UPLINK_BPS)
             self.uplink.bps = max(self.uplink.bps, SIMULCAST_UPLINK_BPS)
-        return munge_answer(self.pc.localDescription.sdp, simulcast) if simulcast else self.pc.localDescription.sdp
+        return announce(munge_answer(self.pc.localDescription.sdp, simulcast) if simulcast
+                        else self.pc.localDescription.sdp)
 
     def _add_producer(self, t: RTCRtpTransceiver, source: str | None, simulcast: SimulcastOffer | None = None) -> None:
         pt, rtx, name, rate = lesson_codecs(t)

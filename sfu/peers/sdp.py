@@ -4,6 +4,7 @@ every description before aiortc parses it."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -224,3 +225,58 @@ def answered_transport_cc(answer_sdp: str) -> int:
         if 0 < ident <= _EXT_ONE_BYTE_MAX:
             return ident
     return 0
+
+
+# -- addresses announced in place of the bound ones (a server behind a 1:1 NAT) -------------------------------------
+
+# bound address -> the address browsers are told instead ("*": every IPv4 address); empty: the bound ones as they are
+_ANNOUNCED: dict[str, str] = {}
+
+
+def set_announced_addresses(entries: list[str]) -> None:
+    """`--announce-address`: `PUBLIC` (in place of every IPv4 host candidate) or `BOUND=PUBLIC` (in place of that one
+    bound address), as mediasoup's `announcedAddress` or Janus's `nat_1_1_mapping`. ValueError for anything that is not
+    an IP address (a name would make every browser resolve it, and a wrong one fail ICE in silence)."""
+    mapping: dict[str, str] = {}
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        bound, sep, public = entry.partition("=")
+        if not sep:
+            bound, public = "*", bound
+        for address in (public,) if bound == "*" else (bound, public):
+            try:
+                ipaddress.ip_address(address.strip())
+            except ValueError:
+                raise ValueError(f"announce address {entry!r}: give an IP address (PUBLIC or BOUND=PUBLIC), "
+                                 f"not {address.strip()!r}") from None
+        if bound == "*" and ":" in public:
+            raise ValueError(f"announce address {entry!r}: an IPv6 address needs the bound address it replaces "
+                             "(BOUND=PUBLIC)")
+        mapping[bound.strip()] = public.strip()
+    _ANNOUNCED.clear()
+    _ANNOUNCED.update(mapping)
+
+
+def _announced(address: str) -> str:
+    if address in _ANNOUNCED:
+        return _ANNOUNCED[address]
+    return _ANNOUNCED.get("*", address) if ":" not in address else address
+
+
+def announce(description: str) -> str:
+    """The server's own description as browsers must see it: host candidates (and the `c=` lines that repeat the
+    default one) on the announced address; ports and everything else unchanged."""
+    if not _ANNOUNCED:
+        return description
+    lines = description.split("\r\n")
+    for i, line in enumerate(lines):
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            if len(fields) > 7 and fields[6] == "typ" and fields[7] == "host":
+                fields[4] = _announced(fields[4])
+                lines[i] = " ".join(fields)
+        elif line.startswith("c=IN IP4 ") or line.startswith("c=IN IP6 "):
+            address = _announced(line[9:])
+            lines[i] = f"c=IN {'IP6' if ':' in address else 'IP4'} {address}"
+    return "\r\n".join(lines)

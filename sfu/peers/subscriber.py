@@ -24,6 +24,7 @@ from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.peers.publisher import START_LAYER
 from sfu.peers.sdp import (
     SdpError,
+    announce,
     answered_transport_cc,
     ext_id,
     lesson_codecs,
@@ -381,7 +382,7 @@ class Subscriber:
             self._awaiting_answer = True
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
-            sdp, self._twcc_offer_id = offer_transport_cc(self.pc.localDescription.sdp,
+            sdp, self._twcc_offer_id = offer_transport_cc(announce(self.pc.localDescription.sdp),
                                                           self.twcc.ext_id if self.twcc else self._twcc_offer_id)
         await self.signals.send_offer(sdp, self.track_map())
 
