@@ -58,6 +58,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
     from sfu.seams import MediaPorts, SeamError, set_media_addresses, set_media_ports
     from sfu.seams import install as install_seams
     from signaling.app import run_server, tls_context
+    from signaling.forwarded import trusted_networks
     from signaling.supervisor import WORKER_ENV, WorkerSpec, media_port_slices, run_supervisor
     from signaling.tokens import load_or_create_secret
 
@@ -120,7 +121,9 @@ def _serve_configured(args: argparse.Namespace) -> int:
                         stage_max=int(Config.float_from("KETANG_STAGE_MAX", STAGE_MAX)),
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3),
                         public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""),
-                        tls_cert=tls_cert, tls_key=tls_key)
+                        tls_cert=tls_cert, tls_key=tls_key,
+                        trusted_proxies=Config.list_from("KETANG_TRUSTED_PROXIES", args.trusted_proxies))
+        trusted_networks(config.trusted_proxies)  # checked here: a typo stops the start with the entry named
         if worker is not None:
             config = replace(config, node_id=worker.node, public_url=worker.url, listen_socket=worker.listen,
                              store_socket=worker.store, worker_index=worker.index)
@@ -190,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-addresses", default=None,
                        help="comma-separated local IP addresses the media (ICE host candidates) uses (or "
                             "KETANG_MEDIA_ADDRESSES; default: every interface address but 127.0.0.1)")
+    serve.add_argument("--trusted-proxies", default=None, metavar="ADDRESS|NETWORK,...",
+                       help="reverse proxies (e.g. 127.0.0.1 for nginx on this machine) whose X-Forwarded-For and "
+                            "X-Forwarded-Proto are believed (or KETANG_TRUSTED_PROXIES); none by default: the "
+                            "headers are ignored")
     serve.add_argument("--announce-addresses", default=None, metavar="PUBLIC|BOUND=PUBLIC,...",
                        help="behind a 1:1 NAT: the public IP address browsers are told in place of the bound one "
                             "(or KETANG_ANNOUNCE_ADDRESSES; e.g. 203.0.113.7, or 10.0.0.5=203.0.113.7 for one "

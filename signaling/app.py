@@ -31,6 +31,7 @@ from signaling.audit import (
 )
 from signaling.config import Config, pid_file
 from signaling.connection import Connection
+from signaling.forwarded import forwarded_middleware, trusted_networks
 from signaling.handlers import HANDLERS
 from signaling.hub import UNAVAILABLE_MESSAGE, Hub
 from signaling.logcontext import set_participant
@@ -351,6 +352,8 @@ def make_app(config: Config) -> web.Application:
     middlewares = [security_headers(policy), lesson_api_cors]
     if config.listen_socket:
         middlewares.insert(0, client_address)
+    elif config.trusted_proxies:  # a worker hears the client's address from its supervisor, which read the headers
+        middlewares.insert(0, forwarded_middleware(trusted_networks(config.trusted_proxies)))
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=middlewares)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)

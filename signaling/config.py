@@ -69,6 +69,9 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    # reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (signaling/forwarded.py); none: the
+    # headers are ignored and the peer's address is the client's
+    trusted_proxies: tuple[str, ...] = field(default_factory=lambda: Config.list_from("KETANG_TRUSTED_PROXIES"))
     # a worker of `ketang serve --workers N` (signaling/supervisor.py): it serves HTTP on this unix socket (only the
     # supervisor reaches it) instead of host:port, and without Redis its room state is the supervisor's
     listen_socket: str = ""
@@ -123,6 +126,12 @@ class Config:
         return store.database_url_from(flag, data_dir, env)
 
     @staticmethod
+    def list_from(name: str, flag: str | None = None, env: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+        """A comma-separated setting: the flag, else the environment variable."""
+        raw = flag or env.get(name) or ""
+        return tuple(u.strip() for u in raw.split(",") if u.strip())
+
+    @staticmethod
     def redis_url_from(flag: str | None, env: Mapping[str, str] = os.environ) -> str | None:
         return flag or env.get("KETANG_REDIS_URL") or None
 
@@ -171,6 +180,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "ice_servers": ("KETANG_ICE_SERVERS", LIST),
     "media_addresses": ("KETANG_MEDIA_ADDRESSES", LIST),
     "announce_addresses": ("KETANG_ANNOUNCE_ADDRESSES", LIST),
+    "trusted_proxies": ("KETANG_TRUSTED_PROXIES", LIST),
     "media_ports": ("KETANG_MEDIA_PORTS", STR),
     "turn_urls": ("KETANG_TURN_URLS", LIST),
     "turn_secret": ("KETANG_TURN_SECRET", STR),

@@ -37,6 +37,7 @@ from recorder.library.catalog import Library
 from recorder.record.repair import repair_unfinished
 from signaling.app import CLIENT_HEADER, WS_HARD_LIMIT_BYTES, WS_HEARTBEAT_S, http_timeouts
 from signaling.config import Config, pid_file
+from signaling.forwarded import forwarded_middleware, trusted_networks
 from signaling.state import MemoryRoomStore, RoomStore, StoreUnavailable, open_store
 from signaling.state.rpc import RpcStoreServer
 from signaling.tokens import MAX_TOKEN_CHARS
@@ -528,7 +529,8 @@ class Supervisor:
     # -- the whole -----------------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        networks = trusted_networks(self.config.trusted_proxies)
+        app = web.Application(middlewares=[forwarded_middleware(networks)] if networks else [])
         app.router.add_get("/ws", self.websocket)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

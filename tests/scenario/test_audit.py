@@ -127,3 +127,22 @@ def test_since_accepts_relative_and_iso_times(text: str, ok: bool):
     else:
         with pytest.raises(ValueError):
             parse_since(text)
+
+
+@pytest.mark.parametrize(("trusted", "address"), [(("127.0.0.1",), "203.0.113.9"), ((), "127.0.0.1")])
+async def test_behind_a_trusted_proxy_the_audit_log_names_the_client_and_a_forged_header_is_ignored(
+        tmp_path: Path, trusted: tuple[str, ...], address: str):
+    """nginx on this machine forwards for 203.0.113.9: with `--trusted-proxies 127.0.0.1` the refused join is logged
+    from the school's address; without it the same header is a client's claim and the line says 127.0.0.1."""
+    config = Config(data_dir=tmp_path / "data", secret=SECRET, record=False, trusted_proxies=trusted)
+    client = TestClient(TestServer(make_app(config)))
+    await client.start_server()
+    try:
+        ws = await client.ws_connect("/ws", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"})
+        await ws.send_json({"type": "join", "id": 1, "token": "not-a-token", "lesson": "audit-proxy"})
+        assert (await ws.receive_json(timeout=10))["type"] == "error"
+        await ws.close()
+    finally:
+        await client.close()
+    refused = [e for e in read(audit_path(config.data_dir)) if e["action"] == "join"]
+    assert [e["address"] for e in refused] == [address]
