@@ -110,6 +110,7 @@ def _serve_configured(args: argparse.Namespace) -> int:
                         redis_prefix=args.redis_prefix or os.environ.get("KETANG_REDIS_PREFIX") or "ketang:",
                         data_dir=data_dir, secret=load_or_create_secret(data_dir),
                         database_url=Config.database_url_from(args.database_url, data_dir),
+                        media_dir=Config.media_dir_from(args.media_dir),
                         ice_servers=Config.ice_servers_from(args.ice_servers), participant_ttl_s=ttl,
                         turn_urls=Config.turn_urls_from(args.turn_urls),
                         turn_secret=os.environ.get("KETANG_TURN_SECRET", ""),
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", default=None,
                        help="the store (library catalog): postgresql+asyncpg://USER@HOST/DB shared by every node "
                             "(or KETANG_DATABASE_URL); default: a SQLite file in the data directory")
+    serve.add_argument("--media-dir", default=None, metavar="DIR",
+                       help="where recordings are written (or KETANG_MEDIA_DIR; default: DATA_DIR/recordings): a "
+                            "directory every node mounts (NFS) lets any node serve any recording (docs/deploy.md)")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
     serve.add_argument("--media-addresses", default=None,

@@ -17,6 +17,9 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from recorder.compose.jobs import JOBS_FILE, LocalComposeQueue
+from recorder.hls.jobs import JOBS_FILE as HLS_JOBS_FILE
+from recorder.hls.jobs import LocalHlsQueue
+from recorder.hls.web import add_routes as add_hls_routes
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
 from recorder.record.handoff import drain as drain_catalog
@@ -366,11 +369,16 @@ def make_app(config: Config) -> web.Application:
         app.router.add_get(path, _page(filename))
     app.router.add_get("/favicon.ico", _favicon)  # asked by browsers (and in-app ones) that ignore the pages' icon link
     app.router.add_static("/static/", CLIENT_WEB_DIR, append_version=False)
-    library = Library(config.data_dir, database_url=config.database_url or None)
+    library = Library(config.data_dir, database_url=config.database_url or None, node_url=config.url,
+                      media_dir=config.media_dir)
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
                                         audit=library_audit(audit))
+    # each published lesson's HLS renditions for weak links, made by a niced child process (recorder/hls/)
+    add_hls_routes(app, library_routes, LocalHlsQueue(
+        config.data_dir, jobs_file=HLS_JOBS_FILE if config.worker_index is None
+        else f"hls-jobs-w{config.worker_index}.json"))
     # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
     collector = metrics.ServerCollector(lambda: app.get(HUB_KEY), lambda: library_routes.jobs)
     registry = metrics.make_registry(collector)

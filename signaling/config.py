@@ -51,6 +51,9 @@ class Config:
     turn_secret: str = ""  # coturn's static-auth-secret (use-auth-secret): credentials are minted per participant
     turn_ttl_s: float = TURN_TTL_S
     record: bool = True  # record every lesson into the resource library (data_dir/recordings)
+    # where recordings are written (None: data_dir/recordings); e.g. an NFS mount every node shares, so any node
+    # serves any recording without asking the node that wrote it (docs/deploy.md)
+    media_dir: Path | None = None
     teacher_uplink_kbps: int = TEACHER_UPLINK_KBPS  # video the teacher's browser is asked for (REMB)
     classroom_uplink_kbps: int = CLASSROOM_UPLINK_KBPS  # a classroom's own small camera (REMB)
     stage_max: int = STAGE_MAX  # classrooms on stage at once
@@ -87,6 +90,12 @@ class Config:
         """This process's address for browsers and other nodes' redirects."""
         scheme = "https" if self.tls else "http"
         return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
+
+    @staticmethod
+    def media_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path | None:
+        """--media-dir, else KETANG_MEDIA_DIR, else None (the data directory's recordings/)."""
+        value = flag or env.get("KETANG_MEDIA_DIR") or ""
+        return Path(value) if value else None
 
     @staticmethod
     def data_dir_from(flag: str | None, env: Mapping[str, str] = os.environ) -> Path:
@@ -173,6 +182,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "redis_url": ("KETANG_REDIS_URL", STR),
     "redis_prefix": ("KETANG_REDIS_PREFIX", STR),
     "database_url": ("KETANG_DATABASE_URL", STR),
+    "media_dir": ("KETANG_MEDIA_DIR", STR),
     "log_format": ("KETANG_LOG_FORMAT", STR),
     "verbose": ("KETANG_VERBOSE", BOOL),
     "no_record": ("KETANG_NO_RECORD", BOOL),

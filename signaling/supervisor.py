@@ -559,7 +559,8 @@ class Supervisor:
     async def _repair(self) -> int:
         """Recordings an unclean stop left open, repaired and put in the library (0 when the store is down: the
         next start tries again)."""
-        library = Library(self.config.data_dir, database_url=self.config.database_url or None)
+        library = Library(self.config.data_dir, database_url=self.config.database_url or None,
+                          node_url=self.config.url, media_dir=self.config.media_dir)
         try:
             await library.open()
             return await repair_unfinished(library)

@@ -52,6 +52,10 @@ class Recording(Base):
     reviewed_at: Mapped[str | None] = mapped_column(String(32))
     incomplete: Mapped[str | None] = mapped_column(Text)
     search_text: Mapped[str] = mapped_column(Text, server_default="")
+    # the base URL of the node that wrote the recording (it keeps the files made from it), and the folder of its
+    # HLS renditions on that node (relative to its data dir): migration 0002_recording_node
+    node: Mapped[str | None] = mapped_column(Text)
+    hls: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("recordings_state", "state", "created_at"),)
 

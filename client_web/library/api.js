@@ -11,6 +11,7 @@ export const TOKEN = fragment.get("token") || "";
  *    license?: string, description?: string, review_note?: string, reviewer?: string,
  *    urls: {play: string, poster?: string, webm: string, mp4?: string, webm_download: string, mp4_download?: string},
  *    export?: {state: string, progress: number, error?: string} | null,
+ *    hls?: {master: string | null, state: string, progress: number} | null,
  *    can: {edit?: boolean, review?: boolean, resubmit?: boolean, export?: boolean}}} LibraryItem */
 /** @typedef {{items: LibraryItem[], total: number}} LibraryPage */
 

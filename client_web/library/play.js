@@ -45,16 +45,66 @@ function renderDetails(rec) {
   $("reviewnote").textContent = rec.review_note ? t("reviewNote", { note: rec.review_note, who: rec.reviewer || "" }) : "";
 }
 
+// hls.js (npm, vendored with its licence in client_web/library/vendor/, served as it is: no build step), loaded only for an item
+// with HLS renditions. A path in a variable: the type checker does not read the vendored bundle.
+const HLS_MODULE = "/library/vendor/hls.min.mjs";
+// the player starts on the lowest rendition (it estimates the link as this until a segment has been measured),
+// so a weak link plays within a segment's download; a good link climbs after the first segment
+const HLS_START_ESTIMATE_BPS = 200_000;
+/** The hls.js player of this page, if any (tests read its levels).
+ *  @type {{destroy: () => void, currentLevel: number, levels: {height: number, bitrate: number}[]} | null} */
+let hlsPlayer = null;
+
+/** Plays `master` (an HLS master playlist) in `video`: hls.js over Media Source Extensions, or the browser's
+ *  own HLS where there is no MSE (Safari on an older iPhone). False when neither can.
+ *  @param {HTMLVideoElement} video  @param {string} master  @param {() => void} fallback on a fatal error */
+async function playHls(video, master, fallback) {
+  const mse = "MediaSource" in window || "ManagedMediaSource" in window;
+  if (!mse && video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = master;
+    return true;
+  }
+  /** @type {any} */
+  let Hls;
+  try { Hls = (await import(HLS_MODULE)).default; } catch { return false; }
+  if (!Hls.isSupported()) return false;
+  hlsPlayer?.destroy();
+  // no worker: the page's policy allows scripts from this server only (fMP4 segments need little work anyway)
+  const player = new Hls({ enableWorker: false, abrEwmaDefaultEstimate: HLS_START_ESTIMATE_BPS,
+    capLevelToPlayerSize: true, startFragPrefetch: true });
+  player.on(Hls.Events.ERROR, (/** @type {string} */ _event, /** @type {{fatal: boolean}} */ data) => {
+    if (data.fatal) { player.destroy(); hlsPlayer = null; fallback(); }
+  });
+  player.loadSource(master);
+  player.attachMedia(video);
+  hlsPlayer = player;
+  Object.assign(window, { ketangHls: player });
+  return true;
+}
+
+/** The progressive file (MP4 once exported, else the WebM) in `video`, keeping the playback position.
+ *  @param {HTMLVideoElement} video  @param {LibraryItem} rec */
+function playFile(video, rec) {
+  const src = rec.urls.mp4 || rec.urls.webm;
+  const resumeAt = video.dataset.src ? video.currentTime : 0;  // switching WebM -> MP4 keeps the place
+  video.dataset.src = src;
+  video.src = src;
+  if (resumeAt) video.addEventListener("loadedmetadata", () => { video.currentTime = resumeAt; }, { once: true });
+}
+
 /** @param {LibraryItem} rec */
 function renderVideo(rec) {
   const video = $("video", HTMLVideoElement);
-  const src = rec.urls.mp4 || rec.urls.webm;
-  if (video.dataset.src === src) return;  // keep the playback position on re-render
-  const resumeAt = video.dataset.src ? video.currentTime : 0;  // switching WebM -> MP4 keeps the place
-  video.dataset.src = src;
-  if (rec.urls.poster) video.poster = rec.urls.poster;
-  video.src = src;
-  if (resumeAt) video.addEventListener("loadedmetadata", () => { video.currentTime = resumeAt; }, { once: true });
+  if (rec.urls.poster && !video.poster) video.poster = rec.urls.poster;
+  const master = rec.hls && rec.hls.master;
+  if (master) {
+    if (video.dataset.src === "hls") return;  // renditions once chosen stay (a signed URL changes each refresh)
+    video.dataset.src = "hls";
+    playHls(video, master, () => playFile(video, rec)).then((ok) => { if (!ok) playFile(video, rec); });
+    return;
+  }
+  if (video.dataset.src === "hls" || video.dataset.src === (rec.urls.mp4 || rec.urls.webm)) return;
+  playFile(video, rec);
 }
 
 /** @param {LibraryItem} rec */

@@ -68,6 +68,8 @@ class LocalComposeQueue:
     process. `record_file(lesson_id)` finds the lesson's record.json (the library's); the composite goes next
     to it. Call start() to run jobs (queued ones from before a restart included) and close() at shutdown."""
 
+    KEY = "lesson_id"  # what a job is for, the key of its entry (a subclass's queue keys its jobs by another id)
+
     def __init__(self, data_dir: Path, record_file: Callable[[str], Path | None], recordings_dir: Path,
                  threads: int = THREADS, clock: Callable[[], float] = time.time, jobs_file: str = JOBS_FILE) -> None:
         # one file per process that runs jobs (each worker of `--workers N` its own: no two write one file)
@@ -104,7 +106,7 @@ class LocalComposeQueue:
         """{state: none|queued|running|done|failed, progress: 0..100, error, output (the MP4's path)}."""
         with self._lock:
             job = self._jobs.get(lesson_id)
-            return dict(job) if job else {"lesson_id": lesson_id, "state": "none", "progress": 0, "error": None,
+            return dict(job) if job else {self.KEY: lesson_id, "state": "none", "progress": 0, "error": None,
                                           "output": None}
 
     def list(self) -> list[dict[str, Any]]:
@@ -143,7 +145,7 @@ class LocalComposeQueue:
 
     def _work(self) -> None:
         while (job := self._next()) is not None:
-            lesson_id = job["lesson_id"]
+            lesson_id = job[self.KEY]
             try:
                 outcome, detail = self._run(lesson_id)
             except Exception as exc:  # noqa: BLE001 - the worker goes on with the next job
@@ -171,17 +173,21 @@ class LocalComposeQueue:
         if record is None or not record.is_file():
             return FAILED, "the lesson has no record (record.json) with its recorded files"
         dst = record.parent / COMPOSITE_NAME
+        return self._spawn(lesson_id, _child, (str(record), str(self._recordings_dir), str(dst), self._threads), dst)
+
+    def _spawn(self, key: str, target: Callable[..., None], args: tuple[Any, ...], dst: Path) -> tuple[str, str]:
+        """Run ``target(*args, conn)`` in a spawned child process, following its ("progress", 0..1),
+        ("done", info) or ("failed", why) messages on ``conn``; returns (DONE, str(dst)) or (FAILED, why)."""
         ctx = multiprocessing.get_context("spawn")  # (never fork a process with an event loop and threads)
         receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(str(record), str(self._recordings_dir), str(dst),
-                                                   self._threads, send), daemon=True)
+        process = ctx.Process(target=target, args=(*args, send), daemon=True)
         with self._lock:
             if self._stopping:
                 return QUEUED, ""
             self._process = process
             process.start()
         send.close()
-        outcome: tuple[str, str] = (FAILED, "the composing process ended without a word")
+        outcome: tuple[str, str] = (FAILED, "the job's process ended without a word")
         saved = 0
         try:
             while True:
@@ -192,7 +198,7 @@ class LocalComposeQueue:
                 if kind == "progress":
                     percent = max(0, min(99, int(value * 100)))
                     with self._lock:
-                        self._jobs[lesson_id].update(progress=percent, updated_at=self._clock())
+                        self._jobs[key].update(progress=percent, updated_at=self._clock())
                         if percent - saved >= SAVE_PROGRESS_STEP:
                             saved = percent
                             self._save()
@@ -206,7 +212,7 @@ class LocalComposeQueue:
             with self._lock:
                 self._process = None
         if outcome[0] == FAILED and process.exitcode not in (0, None) and outcome[1].endswith("without a word"):
-            outcome = (FAILED, f"the composing process ended with exit code {process.exitcode}")
+            outcome = (FAILED, f"the job's process ended with exit code {process.exitcode}")
         return outcome
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -221,9 +227,9 @@ class LocalComposeQueue:
             return {}
         jobs = {}
         for job in data.get("jobs", []) if isinstance(data, dict) else []:
-            if isinstance(job, dict) and isinstance(job.get("lesson_id"), str) and job.get("state") in (
+            if isinstance(job, dict) and isinstance(job.get(self.KEY), str) and job.get("state") in (
                     QUEUED, RUNNING, DONE, FAILED):
-                jobs[job["lesson_id"]] = job
+                jobs[job[self.KEY]] = job
         return jobs
 
     def _save(self) -> None:

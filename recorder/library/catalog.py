@@ -211,6 +211,8 @@ class Recording:
     # None: the whole lesson is in the file. Otherwise why it is not (the recorder stopped writing: a full disk,
     # a write error), in words for the reviewer; the file holds what was written before
     incomplete: str | None = None
+    node: str | None = None  # the base URL of the node that wrote it (None: before nodes were recorded)
+    hls: str | None = None  # its HLS renditions' folder on that node, relative to its data dir
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,9 +243,14 @@ class Library:
     cannot be opened (a full disk, PostgreSQL down) is tried again by each later call."""
 
     def __init__(self, data_dir: Path, *, database_url: str | None = None, clock: Callable[[], float] = time.time,
-                 poster_maker: Callable[[Path, Path], Any] | None = None) -> None:
+                 poster_maker: Callable[[Path, Path], Any] | None = None, node_url: str | None = None,
+                 media_dir: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.recordings_dir = self.data_dir / RECORDINGS_DIR_NAME
+        # where recordings are written: data_dir/recordings, or --media-dir (e.g. a mount every node shares);
+        # stored paths keep the "recordings/" prefix, so each node finds them under its own media dir
+        self.recordings_dir = Path(media_dir) if media_dir else self.data_dir / RECORDINGS_DIR_NAME
+        # this node's base URL, written on each recording it starts (another node proxies its files from there)
+        self.node_url = node_url
         self.posters_dir = self.data_dir / POSTERS_DIR_NAME
         self.exports_dir = self.data_dir / EXPORTS_DIR_NAME
         for d in (self.data_dir, self.recordings_dir, self.posters_dir, self.exports_dir):
@@ -299,8 +306,13 @@ class Library:
     # --- paths ---------------------------------------------------------------------------------------
 
     def path_of(self, relative: str) -> Path:
-        """An absolute path for a stored relative one, refusing anything that escapes the data dir."""
+        """An absolute path for a stored relative one, refusing anything that escapes the data dir (or, for a
+        recording, the media dir)."""
         root = self.data_dir.resolve()
+        head, _, rest = relative.partition("/")
+        if head == RECORDINGS_DIR_NAME and rest:
+            root = self.recordings_dir.resolve()
+            relative = rest
         path = (root / relative).resolve()
         if not path.is_relative_to(root):
             raise LibraryError("bad_request", "path outside the data directory")
@@ -310,6 +322,10 @@ class Library:
         file = Path(file)
         if not file.is_absolute():
             file = self.data_dir / file
+        try:
+            return f"{RECORDINGS_DIR_NAME}/{file.resolve().relative_to(self.recordings_dir.resolve()).as_posix()}"
+        except ValueError:
+            pass
         try:
             return file.resolve().relative_to(self.data_dir.resolve()).as_posix()
         except ValueError:
@@ -395,6 +411,7 @@ class Library:
             "title": (title or lesson_id)[: METADATA_FIELDS["title"]],
             "teacher": (teacher or "")[: METADATA_FIELDS["teacher"]],
             "language": DEFAULT_LANGUAGE, "date": datetime.fromtimestamp(now).date().isoformat(),
+            "node": self.node_url,
         }
         async with self._write() as db:
             await db.execute(sa.insert(recordings).values(row))
@@ -559,6 +576,22 @@ class Library:
             await self._get(db, rec_id)
             await db.execute(sa.update(recordings).where(recordings.c.id == rec_id).values(
                 mp4=self._relative(mp4) if mp4 else None, updated_at=_iso(self._clock())))
+
+    async def set_hls(self, rec_id: str, folder: Path | None) -> None:
+        """Record (or clear) the folder of a recording's HLS renditions; system-only, no state change."""
+        async with self._write() as db:
+            await self._get(db, rec_id)
+            await db.execute(sa.update(recordings).where(recordings.c.id == rec_id).values(
+                hls=self._relative(folder) if folder else None, updated_at=_iso(self._clock())))
+
+    async def published_without_hls(self, node_url: str | None, limit: int = 100) -> list[Recording]:
+        """Published recordings written by ``node_url`` (or before nodes were recorded) with no renditions yet."""
+        r = recordings.c
+        async with self._read() as db:
+            rows = await db.execute(sa.select(recordings).where(
+                r.state == PUBLISHED, r.hls.is_(None), sa.or_(r.node.is_(None), r.node == node_url))
+                .order_by(r.updated_at).limit(limit))
+            return [_recording(row) for row in rows.mappings()]
 
     async def history(self, rec_id: str) -> list[dict[str, Any]]:
         h = history.c

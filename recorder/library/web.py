@@ -47,6 +47,7 @@ from recorder.library.catalog import (
     Viewer,
 )
 from recorder.library.export import MediaError, export_mp4
+from recorder.library.remote import Remote
 
 log = logging.getLogger("ketang.recorder.web")
 
@@ -124,6 +125,12 @@ class LibraryRoutes:
     def __init__(self, library: Library, secret: str, authenticate: Authenticate, *,
                  export_on_publish: bool = True, audit: LibraryAudit | None = None) -> None:
         self.library = library
+        # files of recordings another node wrote are fetched from it (remote.py)
+        self.remote = Remote(library.node_url)
+        # called with each recording a reviewer publishes (the HLS renditions start there: recorder/hls/web.py)
+        self.on_publish: list[Callable[[Recording], None]] = []
+        # each adds to an item's JSON for a viewer: (recording, viewer, data) (recorder/hls/web.py: its renditions)
+        self.view_extensions: list[Callable[[Recording, Viewer, dict[str, Any]], None]] = []
         self._authenticate = authenticate
         self._audit = audit
         self.export_on_publish = export_on_publish
@@ -182,7 +189,7 @@ class LibraryRoutes:
 
     def view(self, rec: Recording, viewer: Viewer) -> dict[str, Any]:
         data = rec.to_dict()
-        del data["teacher_sub"], data["file"], data["poster"], data["mp4"]
+        del data["teacher_sub"], data["file"], data["poster"], data["mp4"], data["node"], data["hls"]
         data["urls"] = self.urls(rec)
         actors = viewer.actors(rec)
         data["can"] = {"edit": bool(actors) and (REVIEWER in actors or rec.state != PUBLISHED),
@@ -191,6 +198,8 @@ class LibraryRoutes:
                        "export": bool(actors) or (viewer.role is not None and rec.state == PUBLISHED)}
         job = self.jobs.get(rec.id)
         data["export"] = job.to_dict() if job else ({"state": "done", "progress": 1.0} if rec.mp4 else None)
+        for extend in self.view_extensions:
+            extend(rec, viewer, data)
         return data
 
     # --- API ---------------------------------------------------------------------------------------------
@@ -253,6 +262,9 @@ class LibraryRoutes:
             raise LibraryError("bad_request", "expected {decision: publish|reject, note: string}")
         rec = await self.library.review(request.match_info["id"], decision, note, viewer)
         self.record("library_review", request, viewer, recording=rec.id, decision=decision, state=rec.state)
+        if rec.state == PUBLISHED:
+            for hook in self.on_publish:
+                hook(rec)
         if rec.state == PUBLISHED and self.export_on_publish and not rec.mp4:
             self.start_export(rec)  # what schools most want is the MP4: have it ready
         return web.json_response(self.view(rec, viewer))
@@ -273,6 +285,8 @@ class LibraryRoutes:
         if force and not viewer.actors(rec):
             # an export costs a core for minutes: only those responsible for the lesson may throw one away
             raise LibraryError("forbidden", "only a reviewer or the lesson's teacher may redo an export (force=1)")
+        if (node := self.remote.elsewhere(rec, request)) is not None:
+            return await self.remote.forward(request, node)  # the node that wrote it makes what is made from it
         if rec.mp4 and not force and self.library.path_of(rec.mp4).is_file():
             return web.json_response({"rec_id": rec.id, "state": "done", "progress": 1.0, "error": None})
         job = self.start_export(rec)
@@ -282,6 +296,8 @@ class LibraryRoutes:
     async def export_status(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
         rec = await self.library.get_for(request.match_info["id"], viewer)
+        if (node := self.remote.elsewhere(rec, request)) is not None and not rec.mp4:
+            return await self.remote.forward(request, node)
         job = self.jobs.get(rec.id)
         if job is not None:
             return web.json_response(job.to_dict())
@@ -333,6 +349,7 @@ class LibraryRoutes:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         for task in list(self._tasks):
             task.cancel()
+        await self.remote.close()
 
     # --- files -------------------------------------------------------------------------------------------
 
@@ -368,6 +385,8 @@ class LibraryRoutes:
             path = self.library.path_of(rec.mp4)
         else:
             path = self.library.path_of(rec.file)
+        if not path.is_file() and (node := self.remote.elsewhere(rec, request)) is not None:
+            return await self.remote.forward(request, node)
         name = None
         if download:
             name = f"{rec.title}{path.suffix}".replace("/", "_")
@@ -391,7 +410,10 @@ class LibraryRoutes:
         rec, public = await self._file_recording(request)
         if not rec.poster:
             raise LibraryError("not_found", "this recording has no poster")
-        return self._send(self.library.path_of(rec.poster), public)
+        path = self.library.path_of(rec.poster)
+        if not path.is_file() and (node := self.remote.elsewhere(rec, request)) is not None:
+            return await self.remote.forward(request, node)
+        return self._send(path, public)
 
     # --- pages -------------------------------------------------------------------------------------------
 

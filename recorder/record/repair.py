@@ -95,7 +95,9 @@ async def repair_one(catalog: Catalog, rec: Any) -> bool:
     False when that cannot be done now. Raises only what nobody foresaw (repair_unfinished logs it)."""
     path = Path(rec.file)
     if not path.is_absolute():
-        path = catalog.recordings_dir.parent / path
+        # "recordings/x.webm": in the recordings (media) directory, wherever that is (--media-dir)
+        path = catalog.recordings_dir / path.relative_to(path.parts[0]) if path.parts[0] == "recordings" \
+            else catalog.recordings_dir.parent / path
     incomplete = read_incomplete(path)
     if getattr(rec, "state", "recording") == "processing":
         duration, size = rec.duration_s or 0.0, rec.size_bytes or 0  # the file was finished already

@@ -1,0 +1,117 @@
+"""The library's player (client_web/library/play.js) with HLS renditions, in real headless Chromium behind an
+emulated weak school link for HTTP (tests/tcpshaper.py: 250 kbit/s shared downstream, 300 ms round trip): the
+page starts playing, stays on (or switches down to) a low rendition, and keeps playing without long stalls.
+Prints the start times (cold: the player library not cached yet; warm: cached, a school's usual case) —
+docs/benchmarks.md, "HLS replay on a weak link"."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from recorder.hls.jobs import LocalHlsQueue
+from recorder.hls.web import add_routes as add_hls_routes
+from recorder.library.catalog import Library, Viewer
+from recorder.library.web import add_routes
+from signaling.app import token_viewer
+from tests.hls_media import SECONDS, busy_hls, busy_mp4  # noqa: F401 - fixtures
+from tests.tcpshaper import TcpShaper
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hls-browser-test-secret-0123456789"
+REVIEWER = Viewer(role="reviewer", sub="r-1", name="张审核")
+LINK_BPS = 250_000
+RTT_S = 0.3
+MAX_STALL_S = 3.0
+WATCH_S = 12.0
+
+# recorded from the first navigation on: when the video first plays, each rendition switch, each stall
+INIT_SCRIPT = """
+window.__hls = {playingAt: null, waits: [], switches: []};
+document.addEventListener('playing', () => { window.__hls.playingAt ??= performance.now(); }, true);
+document.addEventListener('waiting', () => { window.__hls.waits.push(performance.now()); }, true);
+document.addEventListener('DOMContentLoaded', () => {
+  const v = document.getElementById('video'); v.muted = true; v.autoplay = true;  // a viewer who presses play
+});
+"""
+
+
+@pytest.fixture
+async def site(tmp_path: Path, busy_mp4: Path, busy_hls: Path) -> AsyncIterator[tuple[str, str]]:  # noqa: F811
+    library = Library(tmp_path / "data")
+    file = library.recordings_dir / "lesson.mp4"
+    shutil.copy(busy_mp4, file)
+    rec_id = await library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file)
+    await library.finish_recording(rec_id, SECONDS, file.stat().st_size)
+    await library.review(rec_id, "publish", "", REVIEWER)
+    app = web.Application()
+    routes = add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False)
+    hls = add_hls_routes(app, routes, LocalHlsQueue(library.data_dir), start=False)
+    rec = await library.get(rec_id)
+    assert rec is not None
+    shutil.copytree(busy_hls, hls.folder(rec))  # (the renditions the job makes: made once per session)
+    await library.set_hls(rec_id, hls.folder(rec))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    shaper = await TcpShaper(("127.0.0.1", server.port), LINK_BPS, RTT_S).start()  # type: ignore[arg-type]
+    try:
+        yield shaper.url, rec_id
+    finally:
+        await shaper.close()
+        await server.close()
+        await library.close()
+
+
+async def _watch(page) -> dict:  # type: ignore[no-untyped-def]
+    await page.wait_for_function("window.__hls.playingAt !== null", timeout=30000)
+    start_ms = await page.evaluate("window.__hls.playingAt")
+    times, heights = [], []
+    began = time.monotonic()
+    while time.monotonic() - began < WATCH_S:
+        state = await page.evaluate("""() => { const v = document.getElementById('video'); const h = window.ketangHls;
+            return {t: v.currentTime, level: h ? h.currentLevel : null,
+                    height: h && h.currentLevel >= 0 ? h.levels[h.currentLevel].height : null}; }""")
+        times.append((time.monotonic() - began, state["t"]))
+        heights.append(state["height"])
+        await asyncio.sleep(0.5)
+    return {"start_ms": start_ms, "times": times, "heights": heights}
+
+
+async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_keeps_playing(site, browser) -> None:
+    url, rec_id = site
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    await context.add_init_script(INIT_SCRIPT)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    figures = {}
+    for run in ("cold", "warm"):  # warm: the same browser again, hls.js in its cache
+        await page.goto(f"{url}/library/play/{rec_id}")
+        watched = await _watch(page)
+        figures[run] = watched["start_ms"]
+        times = watched["times"]
+        # it keeps playing: the position advances over the watch, never stuck longer than MAX_STALL_S
+        assert times[-1][1] - times[0][1] > WATCH_S * 0.6, times
+        stuck, last_t, last_at = 0.0, times[0][1], times[0][0]
+        for at, t in times[1:]:
+            if t > last_t + 0.01:
+                last_t, last_at = t, at
+            stuck = max(stuck, at - last_at)
+            if t >= SECONDS - 0.5:
+                break  # (the end of the recording)
+        assert stuck <= MAX_STALL_S, times
+        # on 250 kbit/s the player plays a low rendition (180p; 360p would not fit the link)
+        heights = [h for h in watched["heights"] if h is not None]
+        assert heights and heights[-1] <= 180 and max(heights) <= 360, watched["heights"]
+    assert not errors, errors
+    print(f"\nFIGURES HLS at {LINK_BPS // 1000} kbit/s, {RTT_S * 1000:.0f} ms RTT: playing {figures['cold']:.0f} ms "
+          f"after navigation (cold: hls.js fetched too), {figures['warm']:.0f} ms (warm: hls.js cached)")
+    await context.close()
