@@ -367,7 +367,10 @@ def make_app(config: Config) -> web.Application:
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
-                                        audit=library_audit(audit))
+                                        audit=library_audit(audit),
+                                        # each item's composite progress, from the queue made at start-up below
+                                        compose_status=lambda lesson: app[COMPOSE_KEY].status(lesson)
+                                        if COMPOSE_KEY in app else None)
     # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
     collector = metrics.ServerCollector(lambda: app.get(HUB_KEY), lambda: library_routes.jobs)
     registry = metrics.make_registry(collector)

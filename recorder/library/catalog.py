@@ -391,6 +391,10 @@ class Library:
         path = self._record_dir(lesson_id) / name
         return path if path.exists() else None
 
+    def lesson_record_dir(self, lesson_id: str) -> Path:
+        """The lesson's folder: its record files, and its composite 课例 (recorder/compose)."""
+        return self._record_dir(lesson_id)
+
     def _record_dir(self, lesson_id: str) -> Path:
         safe = "".join(ch for ch in lesson_id if ch.isalnum() or ch in "-_")
         if not safe:
