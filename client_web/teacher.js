@@ -500,7 +500,7 @@ async function showLibraryLink() {
   if (!token || !claims) return;
   document.getElementById("library-link")?.remove();
   try {
-    const resp = await fetch(`/api/library/lessons/${encodeURIComponent(claims.lesson)}`,
+    const resp = await fetch(`/api/library/lessons/${encodeURIComponent(claims.lesson || "")}`,
       { headers: { Authorization: `Bearer ${token}` } });
     if (!resp.ok) return;
     const item = await resp.json();
