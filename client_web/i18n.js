@@ -252,6 +252,20 @@ const TEXT = {
     incomplete: "不完整",
     "incomplete.disk": "录像不完整：录制时服务器磁盘已满，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
     "incomplete.other": "录像不完整：录制时服务器写入失败，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
+    "state.taken_down": "已下架", takeDown: "下架", republish: "重新上架", takeDownNote: "下架原因（教师可见）",
+    pendingOnly: "只看待审核", allStates: "全部课例", lessonDate: "上课日期 {d}",
+    "compose.queued": "课例排队中", "compose.running": "课例合成中 {p}%", "compose.done": "课例已完成",
+    "compose.failed": "课例合成失败（{why}）：下面的素材仍可单独播放和下载。", composeLabel: "课例",
+    sources: "本课素材", "role.teacher": "教师画面", "role.courseware": "课件", "role.stage": "上台", play: "播放",
+    downloadComposite: "下载课例 MP4", partOf: "这是课例「{title}」的素材之一。", openItem: "打开课例",
+    lessonFiles: "课堂记录（仅教师和审核员可见）", "lessonFile.attendance.csv": "考勤表 CSV",
+    "lessonFile.chat.csv": "聊天记录 CSV", "lessonFile.record.json": "课堂记录 JSON", choose: "请选择",
+    "language.zh": "中文", "language.en": "英语", "language.bo": "藏语", "language.ug": "维吾尔语",
+    "language.mn": "蒙古语", "language.ko": "朝鲜语", "language.ja": "日语", "language.ru": "俄语",
+    "error.invalid_field": "有一项填写不符合要求：学段、学科和年级请从列表中选择，日期请按 年-月-日 填写。",
+    "error.invalid_transition": "这节课的状态刚刚有了变化：请刷新页面后再试。",
+    "error.bad_request": "请求有误：请刷新页面后再试。",
+    "teacher.savedToLibrary": "本节课录像已存入资源库。", "teacher.openLibraryItem": "查看本课课例",
   },
   en: {
     "app.name": "Ketang",
@@ -525,6 +539,26 @@ const TEXT = {
       + "early at that point and the rest is missing; seeking may be slow.",
     "incomplete.other": "Incomplete recording: the server could not write it during the lesson, so the recording "
       + "stops early at that point and the rest is missing; seeking may be slow.",
+    "state.taken_down": "Taken down", takeDown: "Take down", republish: "Publish again",
+    takeDownNote: "Why it is taken down (the teacher sees this)",
+    pendingOnly: "Awaiting review only", allStates: "All lessons", lessonDate: "Taught on {d}",
+    "compose.queued": "Lesson video queued", "compose.running": "Making the lesson video {p}%",
+    "compose.done": "Lesson video ready",
+    "compose.failed": "Making the lesson video failed ({why}): its sources below still play and download.",
+    composeLabel: "Lesson video",
+    sources: "Sources of this lesson", "role.teacher": "Teacher camera", "role.courseware": "Courseware",
+    "role.stage": "On stage", play: "Play", downloadComposite: "Download the lesson video (MP4)",
+    partOf: "This is one of the sources of the lesson “{title}”.", openItem: "Open the lesson",
+    lessonFiles: "Lesson records (teacher and reviewers only)", "lessonFile.attendance.csv": "Attendance CSV",
+    "lessonFile.chat.csv": "Chat CSV", "lessonFile.record.json": "Lesson record JSON", choose: "Choose…",
+    "language.zh": "Chinese", "language.en": "English", "language.bo": "Tibetan", "language.ug": "Uyghur",
+    "language.mn": "Mongolian", "language.ko": "Korean", "language.ja": "Japanese", "language.ru": "Russian",
+    "error.invalid_field": "Something is not filled in as expected: choose the stage, subject and grade from the "
+      + "lists, and write dates as year-month-day.",
+    "error.invalid_transition": "This lesson's state has just changed: reload the page and try again.",
+    "error.bad_request": "The request was not understood: reload the page and try again.",
+    "teacher.savedToLibrary": "This lesson's recording is in the library.",
+    "teacher.openLibraryItem": "Open the lesson's library item",
   },
 };
 
@@ -567,6 +601,13 @@ export function otherLanguageHref() {
 }
 
 export const otherLanguageLabel = lang === "en" ? "中文" : "English";
+
+/** A language tag (BCP 47: zh-CN, en, bo…) as the page's language names it: 中文, not zh. Unknown tags as given.
+ *  @param {string | undefined} tag */
+export function languageName(tag) {
+  const primary = (tag || "").split("-")[0].toLowerCase();
+  return primary && hasText(`language.${primary}`) ? t(`language.${primary}`) : (tag || "");
+}
 
 /** What an incomplete library item (`incomplete`: the server's reason, in English words) means for the viewer, in
  *  one line of the page's language: a full disk, or another failed write.

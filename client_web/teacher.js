@@ -493,6 +493,35 @@ async function pollAttendance() {
   }
 }
 
+/** At the lesson's end: 「本节课录像已存入资源库」 with a link to the lesson's library item (found by the lesson id,
+ *  with this page's token: the library lets a lesson's teacher see its own unpublished items). Nothing when the
+ *  lesson was not recorded (404). */
+async function showLibraryLink() {
+  if (!token || !claims) return;
+  document.getElementById("library-link")?.remove();
+  try {
+    const resp = await fetch(`/api/library/lessons/${encodeURIComponent(claims.lesson || "")}`,
+      { headers: { Authorization: `Bearer ${token}` } });
+    if (!resp.ok) return;
+    const item = await resp.json();
+    const lang = params.get("lang");
+    const href = `/library/play/${encodeURIComponent(item.id)}${lang ? `?lang=${encodeURIComponent(lang)}` : ""}`
+      + `#token=${encodeURIComponent(token)}`;
+    const line = document.createElement("p");
+    line.id = "library-link";
+    line.className = "notice";
+    const link = document.createElement("a");
+    link.href = href;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.textContent = t("teacher.openLibraryItem");
+    line.append(t("teacher.savedToLibrary"), " ", link);
+    $("notice").after(line);
+  } catch (err) {
+    console.warn("library link:", err);
+  }
+}
+
 /** The CSV needs the teacher's token in a header, which a plain link cannot carry: fetch it, save a Blob. */
 /** @param {Event} e */
 async function downloadAttendance(e) {
@@ -816,6 +845,7 @@ async function start() {
     stoppedLesson(t("lesson.ended"), "ended");
     pollAttendance(); // the final figures stay on screen
     notice(t("teacher.endedNext"));
+    showLibraryLink();
   });
   current.on("status", (e) => {
     if (e.detail.state === "reconnecting") {

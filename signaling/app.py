@@ -374,7 +374,10 @@ def make_app(config: Config) -> web.Application:
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
-                                        audit=library_audit(audit))
+                                        audit=library_audit(audit),
+                                        # each item's composite progress, from the queue made at start-up below
+                                        compose_status=lambda lesson: app[COMPOSE_KEY].status(lesson)
+                                        if COMPOSE_KEY in app else None)
     # each published lesson's HLS renditions for weak links, made by a niced child process (recorder/hls/)
     add_hls_routes(app, library_routes, LocalHlsQueue(
         config.data_dir, jobs_file=HLS_JOBS_FILE if config.worker_index is None

@@ -4,16 +4,24 @@
 const fragment = new URLSearchParams(location.hash.slice(1));
 export const TOKEN = fragment.get("token") || "";
 
-/** A library item as the API gives it (GET /api/library, /api/library/<id>).
+/** A library item (one lesson) or one of its sources, as the API gives it (GET /api/library, /api/library/<id>).
  *  @typedef {{id: string, title: string, state: string, incomplete?: string | null, duration_s?: number,
  *    size_bytes?: number, teacher?: string, school?: string, stage?: string, subject?: string, grade?: string,
  *    edition?: string, volume?: string, unit?: string, chapter?: string, date?: string, language?: string,
- *    license?: string, description?: string, review_note?: string, reviewer?: string,
- *    urls: {play: string, poster?: string, webm: string, mp4?: string, webm_download: string, mp4_download?: string},
+ *    license?: string, description?: string, review_note?: string | null, reviewer?: string | null,
+ *    item_id?: string | null, role?: string, label?: string,
+ *    urls: {play: string, poster?: string | null, webm: string, mp4?: string | null, webm_download: string,
+ *      mp4_download?: string | null, composite?: string | null, composite_download?: string | null,
+ *      chapters?: string | null},
  *    export?: {state: string, progress: number, error?: string} | null,
  *    hls?: {master: string | null, state: string, progress: number} | null,
- *    can: {edit?: boolean, review?: boolean, resubmit?: boolean, export?: boolean}}} LibraryItem */
-/** @typedef {{items: LibraryItem[], total: number}} LibraryPage */
+ *    compose?: {state: string, progress: number, error?: string | null},
+ *    sources?: LibraryItem[], lesson_files?: Record<string, string>, item?: {id: string, title: string, play: string},
+ *    can: {edit?: boolean, review?: boolean, resubmit?: boolean, export?: boolean, take_down?: boolean,
+ *      republish?: boolean, lesson_files?: boolean}}} LibraryItem */
+/** @typedef {{items: LibraryItem[], total: number, viewer?: {role: string | null, reviewer: boolean}}} LibraryPage */
+/** The curriculum lists (GET /api/library/curriculum).
+ *  @typedef {{stages: string[], subjects: string[], grades: Record<string, string[]>, editions: string[]}} Vocabulary */
 
 /** A refused API call: its HTTP status and the server's error code. */
 export class ApiError extends Error {
@@ -77,4 +85,19 @@ export function formatSize(bytes) {
   let i = 0, v = bytes;
   while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
   return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** The composite 课例's job on an item, in words (排队中 / 合成中 42% / 已完成 / 失败: why), or "" when there is none.
+ *  @param {LibraryItem} rec  @param {(key: string, vars?: Record<string, string | number>) => string} t */
+export function composeText(rec, t) {
+  const job = rec.compose;
+  if (!job || job.state === "none") return "";
+  if (job.state === "failed") return t("compose.failed", { why: job.error || "" });
+  return t(`compose.${job.state}`, { p: job.progress });
+}
+
+/** Whether the item's composite is still being made (the page polls until it is not).
+ *  @param {LibraryItem} rec */
+export function composing(rec) {
+  return Boolean(rec.compose && (rec.compose.state === "queued" || rec.compose.state === "running"));
 }

@@ -1,22 +1,31 @@
 // @ts-check
-// The library page: search box + curriculum filters -> /api/library, results as cards, paging.
-// The query lives in the URL (?q=…&subject=…&page=…) so a search can be bookmarked and shared.
+// The library page: search box + curriculum filters -> /api/library, one card per lesson, paging; reviewers get a
+// 待审核 filter. The query lives in the URL (?q=…&subject=…&state=…&page=…) so a search can be bookmarked and shared.
+// While a lesson's composite 课例 is being made, its card shows the progress (the list is asked again every few s).
 import { byId } from "../dom.js";
-import { api, el, formatDuration, pageLink, TOKEN } from "./api.js";
+import { api, composeText, composing, el, formatDuration, pageLink, TOKEN } from "./api.js";
 import { applyText, errorText, incompleteText, t } from "../i18n.js";
 
 const PER_PAGE = 24;
 const FILTERS = ["q", "stage", "subject", "grade", "edition", "chapter"];
+const PENDING = "awaiting_review";
+const COMPOSE_POLL_MS = 3000;
+/** @type {ReturnType<typeof setTimeout> | undefined} */
+let pollTimer;
 
 /** @param {import("./api.js").LibraryItem} rec */
 export function card(rec) {
   const curriculum = [rec.stage, rec.subject, rec.grade, rec.chapter].filter(Boolean).join(" · ");
   const poster = rec.urls.poster ? el("img", { src: rec.urls.poster, alt: "", loading: "lazy" }) : el("div", { class: "noposter" });
+  const compose = composeText(rec, t);
   return el("li", { class: "card" }, el("a", { href: pageLink(rec.urls.play) }, poster,
     el("div", { class: "body" },
       el("div", { class: "title" }, rec.title),
       el("div", { class: "meta" }, [rec.teacher, rec.school].filter(Boolean).join(" · ")),
       el("div", { class: "meta" }, curriculum),
+      rec.date ? el("div", { class: "meta date" }, t("lessonDate", { d: rec.date })) : null,
+      compose && rec.compose?.state !== "done"
+        ? el("div", { class: `meta compose ${rec.compose?.state}` }, compose) : null,
       el("div", { class: "meta" }, formatDuration(rec.duration_s), " ",
         rec.state === "published" ? null : el("span", { class: `badge ${rec.state}` }, t(`state.${rec.state}`)), " ",
         // the recording stopped early (a full disk): the player page says what that means
@@ -40,6 +49,8 @@ async function load() {
     const value = params.get(name);
     if (value) query.set(name, value);
   }
+  const pending = params.get("state") === PENDING;
+  if (pending) query.set("state", PENDING);
   const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
   query.set("page", String(page)); query.set("per_page", String(PER_PAGE));
   const status = byId("status");
@@ -49,6 +60,9 @@ async function load() {
     const data = /** @type {import("./api.js").LibraryPage} */ (await api(`/api/library?${query}`));
     results.replaceChildren(...data.items.map(card));
     status.textContent = (data.total ? t("results", { n: data.total }) : t("noResults")) + (TOKEN ? "" : "  " + t("signIn"));
+    renderPendingFilter(Boolean(data.viewer?.reviewer), pending);
+    clearTimeout(pollTimer);
+    if (data.items.some(composing)) pollTimer = setTimeout(load, COMPOSE_POLL_MS);
     const pages = Math.max(1, Math.ceil(data.total / PER_PAGE));
     pager.replaceChildren(
       el("button", { disabled: page <= 1, onclick: () => go({ page: page - 1 }) }, t("prev")),
@@ -57,6 +71,28 @@ async function load() {
   } catch (err) {
     status.replaceChildren(el("span", { class: "error" }, errorText(err)));
   }
+}
+
+/** Reviewers: 只看待审核 / 全部课例, a toggle of the state filter.
+ *  @param {boolean} reviewer  @param {boolean} pending */
+function renderPendingFilter(reviewer, pending) {
+  const bar = byId("states");
+  bar.hidden = !reviewer;
+  if (!reviewer) return;
+  bar.replaceChildren(
+    el("button", { type: "button", "aria-pressed": String(!pending), class: pending ? "" : "on",
+      onclick: () => go({ state: "", page: "" }) }, t("allStates")),
+    el("button", { type: "button", id: "pending", "aria-pressed": String(pending), class: pending ? "on" : "",
+      onclick: () => go({ state: PENDING, page: "" }) }, t("pendingOnly")));
+}
+
+/** The subject and grade suggestions from the library's curriculum lists (one list, on the server). */
+async function loadVocabulary() {
+  try {
+    const words = /** @type {import("./api.js").Vocabulary} */ (await api("/api/library/curriculum"));
+    byId("subjects").replaceChildren(...words.subjects.map((s) => el("option", {}, s)));
+    byId("grades").replaceChildren(...Object.values(words.grades).flat().map((g) => el("option", {}, g)));
+  } catch { /* the suggestions are a help only: typing works without them */ }
 }
 
 /** @param {Record<string, string | number>} changes */
@@ -81,6 +117,7 @@ function init() {
     go(changes);
   });
   window.addEventListener("popstate", load);
+  loadVocabulary();
   load();
 }
 

@@ -1,11 +1,16 @@
 // @ts-check
-// The player page: the recording (WebM, or the MP4 once exported) in a seekable <video>, its details,
-// download links, an edit form for its teacher and reviewers, and the publish/reject form for reviewers.
+// The player page of a lesson item: its composite 课例 once made (the teacher's camera until then) in a seekable
+// <video>, the composite's progress, its details, its sources (each with a player link and a download), the lesson's
+// record files for its teacher and reviewers, an edit form (curriculum fields from the library's lists), and the
+// reviewer's forms: publish / send back, 下架 / 重新上架. A source's page plays that file and links to its item.
 import { byId } from "../dom.js";
-import { ApiError, api, el, formatDuration, formatSize, pageLink } from "./api.js";
-import { applyText, errorText, incompleteText, t } from "../i18n.js";
+import { ApiError, api, composeText, composing, el, formatDuration, formatSize, pageLink } from "./api.js";
+import { applyText, errorText, incompleteText, languageName, t } from "../i18n.js";
 
 const EXPORT_POLL_MS = 1000;
+const COMPOSE_POLL_MS = 2000;
+/** @type {Promise<import("./api.js").Vocabulary | null> | null} */
+let vocabulary = null;
 /** @typedef {import("./api.js").LibraryItem} LibraryItem */
 /** The item's text fields: shown, and edited.
  *  @typedef {"title" | "description" | "teacher" | "school" | "stage" | "subject" | "grade" | "edition" | "volume"
@@ -40,9 +45,48 @@ function renderDetails(rec) {
   $("incomplete").title = rec.incomplete || "";  // the server's own words, for a reviewer
   /** @type {[string, string | undefined | (string | Node)[]][]} */
   const rows = [["state", state], ["duration", formatDuration(rec.duration_s)],
-    ["size", formatSize(rec.size_bytes)], ...SHOWN.map(/** @returns {[string, string | undefined]} */ (k) => [k, rec[k]])];
+    ["size", formatSize(rec.size_bytes)],
+    ...SHOWN.map(/** @returns {[string, string | undefined]} */ (k) => [k, k === "language" ? languageName(rec[k]) : rec[k]])];
   $("fields").replaceChildren(...rows.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, t(k)), el("dd", {}, v)]));
+  // (the API gives the note to the lesson's teacher and reviewers only)
   $("reviewnote").textContent = rec.review_note ? t("reviewNote", { note: rec.review_note, who: rec.reviewer || "" }) : "";
+  $("partof").hidden = !rec.item;
+  if (rec.item) {
+    $("partof").replaceChildren(t("partOf", { title: rec.item.title }), " ",
+      el("a", { href: pageLink(rec.item.play) }, t("openItem")));
+  }
+}
+
+/** The composite's job on the item: 排队中 / 合成中 42% / 已完成 / 失败, asked again while it runs.
+ *  @param {LibraryItem} rec */
+function renderCompose(rec) {
+  const text = composeText(rec, t);
+  $("compose").hidden = !text;
+  $("compose").textContent = text;
+  $("compose").className = `compose ${rec.compose?.state || ""}`;
+  if (composing(rec)) setTimeout(refresh, COMPOSE_POLL_MS);
+}
+
+/** The item's files: the teacher's camera, each courseware share, each class on stage; each plays on its own page.
+ *  @param {LibraryItem} rec */
+function renderSources(rec) {
+  const sources = rec.sources || [];
+  $("sourcesbox").hidden = sources.length === 0;
+  $("sources").replaceChildren(...sources.map((s) => el("li", { dataset: { role: s.role || "" } },
+    el("span", { class: "role" }, t(`role.${s.role || "teacher"}`)), " ",
+    s.label && s.role !== "teacher" ? el("span", {}, s.label) : null, " ",
+    el("span", { class: "meta" }, formatDuration(s.duration_s)), " ",
+    el("a", { href: pageLink(s.urls.play), class: "play" }, t("play")), " · ",
+    el("a", { href: s.urls.webm_download }, t("download")))));
+}
+
+/** What the page plays: the lesson's composite 课例 once made; until then the teacher's camera (an MP4 export
+ *  before the WebM); a source's page its own file.
+ *  @param {LibraryItem} rec */
+function mainUrls(rec) {
+  if (rec.urls.composite) return rec.urls;
+  const camera = (rec.sources || []).find((s) => s.role === "teacher") || rec;
+  return camera.urls;
 }
 
 // hls.js (npm, vendored with its licence in client_web/library/vendor/, served as it is: no build step), loaded only for an item
@@ -82,10 +126,17 @@ async function playHls(video, master, fallback) {
   return true;
 }
 
-/** The progressive file (MP4 once exported, else the WebM) in `video`, keeping the playback position.
+/** The progressive file the page plays without renditions: the composite, else an MP4 export, else the WebM.
+ *  @param {LibraryItem} rec */
+function fileOf(rec) {
+  const urls = mainUrls(rec);
+  return urls.composite || urls.mp4 || urls.webm;
+}
+
+/** The progressive file in `video`, keeping the playback position.
  *  @param {HTMLVideoElement} video  @param {LibraryItem} rec */
 function playFile(video, rec) {
-  const src = rec.urls.mp4 || rec.urls.webm;
+  const src = fileOf(rec);
   const resumeAt = video.dataset.src ? video.currentTime : 0;  // switching WebM -> MP4 keeps the place
   video.dataset.src = src;
   video.src = src;
@@ -103,14 +154,16 @@ function renderVideo(rec) {
     playHls(video, master, () => playFile(video, rec)).then((ok) => { if (!ok) playFile(video, rec); });
     return;
   }
-  if (video.dataset.src === "hls" || video.dataset.src === (rec.urls.mp4 || rec.urls.webm)) return;
+  if (video.dataset.src === "hls" || video.dataset.src === fileOf(rec)) return;  // keep the playback position
   playFile(video, rec);
 }
 
 /** @param {LibraryItem} rec */
 function renderDownloads(rec) {
   /** @type {(string | Node)[]} */
-  const links = [el("a", { href: rec.urls.webm_download }, t("downloadWebm"))];
+  const links = rec.urls.composite_download
+    ? [el("a", { href: rec.urls.composite_download }, t("downloadComposite")), " · "] : [];
+  links.push(el("a", { href: rec.urls.webm_download }, t("downloadWebm")));
   const job = rec.export;
   if (rec.urls.mp4_download) links.push(" · ", el("a", { href: rec.urls.mp4_download }, t("downloadMp4")));
   else if (job && (job.state === "queued" || job.state === "running")) {
@@ -123,17 +176,47 @@ function renderDownloads(rec) {
     links.push(" · ", el("button", { onclick: startExport }, t("makeMp4")));
   }
   $("links").replaceChildren(...links);
+  const files = Object.entries(rec.lesson_files || {});
+  $("lessonfiles").hidden = files.length === 0;
+  $("lessonfiles").replaceChildren(el("span", {}, t("lessonFiles")), " ",
+    ...files.flatMap(([name, url], i) => [i ? " · " : "", el("a", { href: url }, t(`lessonFile.${name}`))]));
+}
+
+/** The curriculum lists, asked once. */
+function loadVocabulary() {
+  vocabulary ??= api("/api/library/curriculum").then(
+    (v) => /** @type {import("./api.js").Vocabulary} */ (v), () => null);
+  return vocabulary;
+}
+
+/** A form control for field `k`: a list for 学段/学科/年级 (the grades of the chosen stage first), a text box with
+ *  suggestions for 教材版本, a text box otherwise.
+ *  @param {TextField} k  @param {string} value  @param {import("./api.js").Vocabulary | null} words */
+function fieldInput(k, value, words) {
+  if (k === "description") return el("textarea", { name: k });
+  /** @type {Record<string, string[]>} */
+  const lists = words ? { stage: words.stages, subject: words.subjects, grade: Object.values(words.grades).flat() } : {};
+  const list = lists[k];
+  if (list) {
+    // a value filed before the lists existed stays choosable (saving it again is refused with a clear message)
+    const options = value && !list.includes(value) ? [value, ...list] : list;
+    return el("select", { name: k }, el("option", { value: "" }, t("choose")), ...options.map((o) => el("option", {}, o)));
+  }
+  if (k === "edition" && words) return el("input", { name: k, type: "text", list: "editions" });
+  return el("input", { name: k, type: k === "date" ? "date" : "text" });
 }
 
 /** @param {LibraryItem} rec */
-function renderEdit(rec) {
+async function renderEdit(rec) {
   $("editbox").hidden = !rec.can.edit;
   if (!rec.can.edit) return;
   const form = $("edit", HTMLFormElement);
   if (form.dataset.ready) return;  // never overwrite what someone is typing
   form.dataset.ready = "1";
+  const words = await loadVocabulary();
+  if (words) $("editions").replaceChildren(...words.editions.map((e) => el("option", {}, e)));
   const inputs = EDITABLE.map((k) => {
-    const input = k === "description" ? el("textarea", { name: k }) : el("input", { name: k, type: k === "date" ? "date" : "text" });
+    const input = fieldInput(k, rec[k] || "", words);
     input.value = rec[k] || "";
     return [el("label", { for: `f-${k}` }, t(k)), Object.assign(input, { id: `f-${k}` })];
   });
@@ -170,9 +253,6 @@ function fieldValue(form, name) {
 function renderReview(rec) {
   $("reviewbox").hidden = !rec.can.review;
   const form = $("review", HTMLFormElement);
-  // a published lesson can only be taken down (reject) — publishing it again would be refused
-  const publish = form.querySelector("button[value=publish]");
-  if (publish instanceof HTMLButtonElement) publish.hidden = rec.state === "published";
   form.onsubmit = async (event) => {
     event.preventDefault();
     const submitter = event.submitter;
@@ -185,6 +265,27 @@ function renderReview(rec) {
   };
 }
 
+/** 下架 (a note saying why, for the teacher) and 重新上架: a reviewer's own steps on a published lesson.
+ *  @param {LibraryItem} rec */
+function renderTakeDown(rec) {
+  $("takedownbox").hidden = !(rec.can.take_down || rec.can.republish);
+  const form = $("takedown", HTMLFormElement);
+  $("takedown-note").hidden = !rec.can.take_down;
+  $("takedown-go").hidden = !rec.can.take_down;
+  $("republish-go").hidden = !rec.can.republish;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const down = event.submitter === $("takedown-go");
+    const note = fieldValue(form, "note").trim();
+    if (down && !note) { $("takedownstatus").textContent = t("takeDownNote"); return; }
+    try {
+      await api(`/api/library/${recId}/${down ? "take-down" : "republish"}`, { method: "POST", body: { note } });
+      $("takedownstatus").textContent = t(`state.${down ? "taken_down" : "published"}`);
+      refresh();
+    } catch (err) { $("takedownstatus").textContent = errorText(err); }
+  };
+}
+
 async function startExport() {
   try { await api(`/api/library/${recId}/export`, { method: "POST" }); } catch (err) { showError(err); }
   refresh();
@@ -193,7 +294,8 @@ async function startExport() {
 async function refresh() {
   try {
     const rec = /** @type {LibraryItem} */ (await api(`/api/library/${encodeURIComponent(recId)}`));
-    renderDetails(rec); renderVideo(rec); renderDownloads(rec); renderEdit(rec); renderReview(rec);
+    renderDetails(rec); renderVideo(rec); renderCompose(rec); renderSources(rec); renderDownloads(rec);
+    renderEdit(rec); renderReview(rec); renderTakeDown(rec);
   } catch (err) { showError(err); }
 }
 

@@ -6,12 +6,17 @@ themselves are files in ``<data_dir>/recordings/``. Every catalog call is a shor
 kept by an older ketang (``<data_dir>/library.db``, plain sqlite3) is imported at the first start, once per item,
 and left untouched.
 
+One item per lesson: the lesson's first recording (the teacher's camera) is its library item, which search lists,
+reviewers review and people play (its composite 课例 once composed: recorder/compose); the lesson's other files
+(courseware shares, turns on stage, a later part of the camera) are the item's *sources*, rows pointing to it
+(``item_id``), seen, played and downloaded by whoever may see the item.
+
 States (a table, not scattered ifs: see TRANSITIONS)::
 
-    recording ──finish──► processing ──processed──► awaiting_review (待审核) ──publish──► published
-                                                          ▲      │                         │
-                                                  resubmit│      └──reject──► rejected ◄───┘ reject (take down)
-                                                          └────────────────────┘
+    recording ──finish──► processing ──processed──► awaiting_review (待审核) ──publish──► published (已发布)
+                                                          ▲      │                      take_down │ ▲ republish
+                                                  resubmit│      └──reject──► rejected          ▼ │
+                                                          └────────────────────┘          taken_down (已下架)
 
 Who may act: the system (the live recorder, and start-up repair), the teacher who owns the lesson,
 a reviewer (审核员; a token with role "reviewer", or the operator at the command line).
@@ -40,10 +45,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+
+from recorder.library import curriculum
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store, database_url_from, fts_query, history, like_patterns, migrate, recordings, search_text
+from store.models import group_by_lesson
 from store import segment as segment
 from store.search import MAX_QUERY_CHARS as MAX_QUERY_CHARS
 from store.search import MAX_QUERY_TERMS as MAX_QUERY_TERMS
@@ -67,7 +75,12 @@ PROCESSING: Final[str] = "processing"
 AWAITING_REVIEW: Final[str] = "awaiting_review"
 PUBLISHED: Final[str] = "published"
 REJECTED: Final[str] = "rejected"
-STATES: Final[tuple[str, ...]] = (RECORDING, PROCESSING, AWAITING_REVIEW, PUBLISHED, REJECTED)
+TAKEN_DOWN: Final[str] = "taken_down"
+STATES: Final[tuple[str, ...]] = (RECORDING, PROCESSING, AWAITING_REVIEW, PUBLISHED, REJECTED, TAKEN_DOWN)
+# an item still open to the lesson's new files (its review has not happened yet)
+OPEN_STATES: Final[tuple[str, ...]] = (RECORDING, PROCESSING, AWAITING_REVIEW)
+# what a lesson's file is (the recorder says): the teacher's camera and microphone, a courseware share, a turn on stage
+ROLES: Final[tuple[str, ...]] = ("teacher", "courseware", "stage")
 
 # Who acts: "system" is the server itself; "owner" the lesson's teacher; "reviewer" a reviewer.
 SYSTEM: Final[str] = "system"
@@ -80,8 +93,9 @@ TRANSITIONS: Final[dict[tuple[str, str], tuple[str, frozenset[str]]]] = {
     (PROCESSING, "processed"): (AWAITING_REVIEW, frozenset({SYSTEM})),
     (AWAITING_REVIEW, "publish"): (PUBLISHED, frozenset({REVIEWER})),
     (AWAITING_REVIEW, "reject"): (REJECTED, frozenset({REVIEWER})),
-    # a published lesson found wrong afterwards is taken down the same way
-    (PUBLISHED, "reject"): (REJECTED, frozenset({REVIEWER})),
+    # a published lesson found wrong afterwards is taken down (下架, a note says why), and put back (重新上架)
+    (PUBLISHED, "take_down"): (TAKEN_DOWN, frozenset({REVIEWER})),
+    (TAKEN_DOWN, "republish"): (PUBLISHED, frozenset({REVIEWER})),
     # after edits, its teacher (or a reviewer) sends a rejected lesson back for review
     (REJECTED, "resubmit"): (AWAITING_REVIEW, frozenset({OWNER, REVIEWER})),
 }
@@ -213,6 +227,10 @@ class Recording:
     incomplete: str | None = None
     node: str | None = None  # the base URL of the node that wrote it (None: before nodes were recorded)
     hls: str | None = None  # its HLS renditions' folder on that node, relative to its data dir
+    # None: a lesson's item. Otherwise the item this file is a source of
+    item_id: str | None = None
+    role: str = "teacher"  # ROLES
+    label: str = ""  # 课件 1, the class on stage, the teacher's name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -389,6 +407,10 @@ class Library:
         path = self._record_dir(lesson_id) / name
         return path if path.exists() else None
 
+    def lesson_record_dir(self, lesson_id: str) -> Path:
+        """The lesson's folder: its record files, and its composite 课例 (recorder/compose)."""
+        return self._record_dir(lesson_id)
+
     def _record_dir(self, lesson_id: str) -> Path:
         safe = "".join(ch for ch in lesson_id if ch.isalnum() or ch in "-_")
         if not safe:
@@ -397,10 +419,17 @@ class Library:
 
     # --- the recorder's API --------------------------------------------------------------------------
 
-    async def start_recording(self, lesson_id: str, title: str, teacher: str, teacher_sub: str, file: Path) -> str:
-        """Catalogue a recording that is starting now; returns its id. State "recording"."""
+    async def start_recording(self, lesson_id: str, title: str, teacher: str, teacher_sub: str, file: Path, *,
+                              role: str | None = None, label: str = "") -> str:
+        """Catalogue a recording that is starting now; returns its id. State "recording".
+
+        ``role`` (ROLES) is given by the live recorder for each file of a lesson: the file joins the lesson's item
+        still open (not yet reviewed) as one of its sources, or, when there is none, becomes the lesson's item.
+        Without a role (an import) the file is an item of its own."""
         if not lesson_id or not teacher_sub:
             raise LibraryError("bad_request", "lesson_id and teacher_sub are required")
+        if role is not None and role not in ROLES:
+            raise LibraryError("bad_request", f"role must be one of {', '.join(ROLES)}")
         if self._pending_records:
             self.retry_pending()
         now = self._clock()
@@ -412,8 +441,11 @@ class Library:
             "teacher": (teacher or "")[: METADATA_FIELDS["teacher"]],
             "language": DEFAULT_LANGUAGE, "date": datetime.fromtimestamp(now).date().isoformat(),
             "node": self.node_url,
+            "role": role or "teacher", "label": (label or (teacher if (role or "teacher") == "teacher" else ""))[:200],
         }
         async with self._write() as db:
+            if role is not None:
+                row["item_id"] = await self._open_item(db, lesson_id)
             await db.execute(sa.insert(recordings).values(row))
             await self._reindex(db, rec_id)
             await self._log(db, rec_id, SYSTEM_VIEWER, "start", None, RECORDING, None)
@@ -448,6 +480,40 @@ class Library:
             await self._transition(db, rec, "processed", SYSTEM_VIEWER, None, {"poster": poster}, lines)
         _log_lines(lines)
 
+    async def _open_item(self, db: AsyncConnection, lesson_id: str) -> str | None:
+        """The lesson's newest item not yet reviewed, which a new file of the lesson joins; None: none."""
+        r = recordings.c
+        return (await db.execute(sa.select(r.id).where(r.lesson_id == lesson_id, r.item_id.is_(None),
+                                                       r.state.in_(OPEN_STATES))
+                                 .order_by(r.created_at.desc(), r.id.desc()).limit(1))).scalar()
+
+    async def item_for_lesson(self, lesson_id: str, viewer: Viewer) -> Recording:
+        """The lesson's newest item visible to ``viewer`` (the teacher page's link at the lesson's end)."""
+        r = recordings.alias("r")
+        async with self._read() as db:
+            row = (await db.execute(sa.select(r).where(r.c.lesson_id == lesson_id, r.c.item_id.is_(None),
+                                                       *self._visible(r, viewer))
+                                    .order_by(r.c.created_at.desc(), r.c.id.desc()).limit(1))).mappings().first()
+        if row is None:
+            raise LibraryError("not_found", f"no library item of lesson {lesson_id!r} visible to you")
+        return _recording(row)
+
+    async def newest_item_id(self, lesson_id: str) -> str | None:
+        """The id of the lesson's newest item, whoever asks (the server tells the teacher at the lesson's end)."""
+        r = recordings.c
+        async with self._read() as db:
+            return (await db.execute(sa.select(r.id).where(r.lesson_id == lesson_id, r.item_id.is_(None))
+                                     .order_by(r.created_at.desc(), r.id.desc()).limit(1))).scalar()
+
+    async def sources(self, item: Recording) -> list[Recording]:
+        """The item's files: itself first, then its sources as they started."""
+        if item.item_id is not None:
+            raise LibraryError("bad_request", f"{item.id} is a source, not a lesson item")
+        async with self._read() as db:
+            rows = await db.execute(sa.select(recordings).where(recordings.c.item_id == item.id)
+                                    .order_by(recordings.c.created_at, recordings.c.id))
+            return [item, *(_recording(r) for r in rows.mappings())]
+
     async def unfinished(self) -> list[Recording]:
         """Recordings not yet finished: "recording" (after a crash, or when the catalog could not be written at
         the lesson's end) or "processing" (stopped between the two steps). Start-up repair finishes them."""
@@ -464,16 +530,23 @@ class Library:
     # --- people's API --------------------------------------------------------------------------------
 
     async def get_for(self, rec_id: str, viewer: Viewer) -> Recording:
-        """The recording if ``viewer`` may see it; otherwise not_found (never reveal unpublished ones)."""
+        """The recording if ``viewer`` may see it (a source: if they may see its item); otherwise not_found (never
+        reveal unpublished ones)."""
         rec = await self.get(rec_id)
-        if rec is None or not viewer.can_see(rec):
+        item = await self.item_of(rec) if rec is not None else None
+        if rec is None or item is None or not viewer.can_see(item):
             raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
         return rec
 
+    async def item_of(self, rec: Recording) -> Recording | None:
+        """The lesson item ``rec`` belongs to: itself when it is one."""
+        return rec if rec.item_id is None else await self.get(rec.item_id)
+
     async def search(self, query: str = "", filters: Mapping[str, str] | None = None, page: int = 1,
                      per_page: int = DEFAULT_PER_PAGE, viewer: Viewer = Viewer()) -> tuple[list[Recording], int]:
-        """Recordings visible to ``viewer`` matching ``query`` (store.search) and every exact-value
-        filter (FILTER_FIELDS); best match first when there is a query, newest first otherwise.
+        """Lesson items visible to ``viewer`` matching ``query`` (store.search) and every exact-value
+        filter (FILTER_FIELDS); best match first when there is a query, newest first otherwise. A query term or a
+        curriculum filter finds its synonyms too (curriculum: 初一 finds 七年级 and the other way round).
         Returns (one page, total number of matches)."""
         filters = dict(filters or {})
         unknown = set(filters) - set(FILTER_FIELDS)
@@ -485,14 +558,15 @@ class Library:
             raise LibraryError("bad_request", f"per_page must be between 1 and {MAX_PER_PAGE}")
 
         r = recordings.alias("r")
-        where = self._visible(r, viewer)
+        where = [r.c.item_id.is_(None), *self._visible(r, viewer)]
         for name, value in filters.items():
             if value not in (None, ""):
-                where.append(r.c[name] == str(value))
+                where.append(r.c[name].in_(curriculum.same_as(curriculum.canonical(name, str(value)))))
+        terms = [curriculum.expand_term(t) for t in (query or "")[:MAX_QUERY_CHARS].split()[:MAX_QUERY_TERMS]]
         order: list[Any] = [r.c.created_at.desc(), r.c.id]
         source: Any = r
         if self.sqlite:
-            match = fts_query(query or "")
+            match = _fts_match(terms)
             if match is not None:
                 # the matches first (one FTS5 query, materialized), then joined to their rows: a plain join lets
                 # SQLite walk the rows and ask the index about each (~100 times slower on 10,000 items)
@@ -503,8 +577,10 @@ class Library:
                 source = r.join(hits, hits.c.fid == sa.literal_column("r.rowid"))
                 order.insert(0, hits.c.rank)
         else:
-            patterns = like_patterns(query or "")
-            where.extend(r.c.search_text.like(p) for p in patterns)
+            alternatives = [[p for alt in term for p in like_patterns(alt)] for term in terms]
+            alternatives = [a for a in alternatives if a]
+            where.extend(sa.or_(*(r.c.search_text.like(p) for p in alt)) for alt in alternatives)
+            patterns = [p for alt in alternatives for p in alt]
             if patterns:
                 score = sum((sa.case((sa.func.split_part(r.c.search_text, "~", i + 1).like(p), w), else_=0)
                              for p in patterns for i, w in enumerate(_SEARCH_WEIGHTS)), sa.literal(0))
@@ -518,15 +594,12 @@ class Library:
     async def update_metadata(self, rec_id: str, fields: Mapping[str, Any], viewer: Viewer) -> Recording:
         """Change metadata. The owning teacher edits until publication; a reviewer edits any time."""
         async with self._write() as db:
-            rec = await self._get(db, rec_id, lock=True)
-            if not viewer.can_see(rec):
-                raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
+            rec = await self._item(db, rec_id, viewer)
             actors = viewer.actors(rec)
             if not actors:
                 raise LibraryError("forbidden", "only the lesson's teacher or a reviewer may edit it")
-            if REVIEWER not in actors and rec.state == PUBLISHED:
-                raise LibraryError("forbidden", "a published lesson is edited by a reviewer; ask one to take it "
-                                                "down (reject) first")
+            if REVIEWER not in actors and rec.state in (PUBLISHED, TAKEN_DOWN):
+                raise LibraryError("forbidden", "a published (or taken down) lesson is edited by a reviewer only")
             clean = validate_metadata(fields, reviewer=REVIEWER in actors)
             if clean:
                 await db.execute(sa.update(recordings).where(recordings.c.id == rec_id)
@@ -542,9 +615,7 @@ class Library:
         note = (note or "").strip()
         lines: list[tuple[Any, ...]] = []
         async with self._write() as db:
-            rec = await self._get(db, rec_id, lock=True)
-            if not viewer.can_see(rec):
-                raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
+            rec = await self._item(db, rec_id, viewer)
             who = _actors_for(decision)
             if not viewer.actors(rec) & who:  # who may decide comes before what the note says
                 raise LibraryError("forbidden", f"only {' or '.join(sorted(who))} may {decision} a recording")
@@ -562,10 +633,37 @@ class Library:
         """A rejected lesson goes back to 待审核 after its teacher's edits."""
         lines: list[tuple[Any, ...]] = []
         async with self._write() as db:
-            rec = await self._get(db, rec_id, lock=True)
-            if not viewer.can_see(rec):
-                raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
+            rec = await self._item(db, rec_id, viewer)
             await self._transition(db, rec, "resubmit", viewer, None, {}, lines)
+            rec = await self._get(db, rec_id)
+        _log_lines(lines)
+        return rec
+
+    async def take_down(self, rec_id: str, note: str, viewer: Viewer) -> Recording:
+        """下架: a reviewer takes a published lesson down, saying why (the teacher sees the note)."""
+        return await self._reviewer_step(rec_id, "take_down", note, viewer, note_required=True)
+
+    async def republish(self, rec_id: str, note: str, viewer: Viewer) -> Recording:
+        """重新上架: a reviewer puts a lesson taken down back up."""
+        return await self._reviewer_step(rec_id, "republish", note, viewer, note_required=False)
+
+    async def _reviewer_step(self, rec_id: str, action: str, note: str, viewer: Viewer, *,
+                             note_required: bool) -> Recording:
+        note = (note or "").strip()
+        lines: list[tuple[Any, ...]] = []
+        async with self._write() as db:
+            rec = await self._item(db, rec_id, viewer)
+            if not viewer.actors(rec) & _actors_for(action):
+                raise LibraryError("forbidden", f"only a reviewer may {action.replace('_', ' ')} a lesson")
+            if len(note) > MAX_NOTE_CHARS:
+                raise LibraryError("invalid_field", f"note is longer than {MAX_NOTE_CHARS} characters")
+            if note_required and not note:
+                raise LibraryError("invalid_field", "taking a lesson down needs a note saying why (its teacher "
+                                                    "reads it)")
+            extra: dict[str, Any] = {"reviewer": viewer.name or viewer.sub, "reviewed_at": _iso(self._clock())}
+            if note or note_required:
+                extra["review_note"] = note
+            await self._transition(db, rec, action, viewer, note or None, extra, lines)
             rec = await self._get(db, rec_id)
         _log_lines(lines)
         return rec
@@ -625,8 +723,10 @@ class Library:
             have = set((await db.execute(sa.select(recordings.c.id)
                                          .where(recordings.c.id.in_([i["id"] for i in items])))).scalars())
             new = [i for i in items if i["id"] not in have]
-            for item in new:
-                await db.execute(sa.insert(recordings).values(item))
+            # one item per lesson, as migration 0002 groups what the store held (store.models.group_by_lesson)
+            groups = {g["id"]: g for g in group_by_lesson(sorted(new, key=lambda i: (i["created_at"], i["id"])))}
+            for item in sorted(new, key=lambda i: groups[i["id"]]["item_id"] is not None):
+                await db.execute(sa.insert(recordings).values({**item, **groups[item["id"]]}))
                 await self._reindex(db, item["id"])
             ids = {i["id"] for i in new}
             rows = [e for e in events if e["rec_id"] in ids]
@@ -647,6 +747,20 @@ class Library:
                 mine.append(sa.and_(r.c.lesson_id == viewer.lesson, r.c.teacher == viewer.name))
             return [sa.or_(*mine)]
         return [r.c.state == PUBLISHED]
+
+    async def _item(self, db: AsyncConnection, rec_id: str, viewer: Viewer) -> Recording:
+        """The lesson item ``rec_id``, locked, for a person's change: not_found when ``viewer`` may not see it, and
+        a source (reviewed, edited, taken down with its item) refused saying which item to act on."""
+        rec = await self._get(db, rec_id, lock=True)
+        if rec.item_id is not None:
+            item = await self._get(db, rec.item_id)
+            if not viewer.can_see(item):
+                raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
+            raise LibraryError("bad_request", f"{rec_id} is a source of the lesson item {rec.item_id}: "
+                                              f"act on the item")
+        if not viewer.can_see(rec):
+            raise LibraryError("not_found", f"no recording {rec_id!r} visible to you")
+        return rec
 
     async def _get(self, db: AsyncConnection, rec_id: str, *, lock: bool = False) -> Recording:
         """The row, locked for this transaction on PostgreSQL when ``lock`` (SQLite's write transaction holds
@@ -769,10 +883,26 @@ def validate_metadata(fields: Mapping[str, Any], *, reviewer: bool) -> dict[str,
                 raise LibraryError("invalid_field", "date must be YYYY-MM-DD") from None
             if len(value) != 10:
                 raise LibraryError("invalid_field", "date must be YYYY-MM-DD")
+        if name in curriculum.CONTROLLED_FIELDS or name == "edition":
+            try:
+                value = curriculum.check(name, value)
+            except ValueError as exc:
+                raise LibraryError("invalid_field", str(exc)) from None
         if name == "language" and value and not _LANGUAGE_RE.match(value):
             raise LibraryError("invalid_field", "language must be a language tag such as zh-CN")
         clean[name] = value
     return clean
+
+
+def _fts_match(terms: list[tuple[str, ...]]) -> str | None:
+    """An FTS5 expression: each term (with its synonyms: ORed) a quoted phrase (store.fts_query), the terms ANDed."""
+    groups = []
+    for alternatives in terms:
+        phrases = [p for p in (fts_query(a) for a in alternatives) if p]
+        if phrases:
+            groups.append(phrases[0] if len(phrases) == 1 else "(" + " OR ".join(phrases) + ")")
+    # (an explicit AND: FTS5 allows an implicit one between phrases only, not after a parenthesised group)
+    return " AND ".join(groups) if groups else None
 
 
 def _actors_for(action: str) -> frozenset[str]:

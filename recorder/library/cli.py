@@ -5,7 +5,7 @@
     ketang library show    ID
     ketang library import  FILE --title T [--teacher N] [--lesson L] [--subject …]   (copies FILE in)
     ketang library export  ID [--out FILE.mp4]
-    ketang library review  ID publish|reject [--note TEXT]
+    ketang library review  ID publish|reject|take-down|republish [--note TEXT]
 
 `--data-dir` (or KETANG_DATA_DIR, default ./data) is the server's data directory; `--database-url` (or
 KETANG_DATABASE_URL) the store when it is not the SQLite file in it (several nodes on one PostgreSQL). Exit code 0 on success,
@@ -137,7 +137,13 @@ async def _export(args: argparse.Namespace, lib: Library) -> int:
 
 
 async def _review(args: argparse.Namespace, lib: Library) -> int:
-    rec = await lib.review(args.id, args.decision, args.note or "", Viewer.operator(args.reviewer))
+    viewer = Viewer.operator(args.reviewer)
+    if args.decision == "take-down":
+        rec = await lib.take_down(args.id, args.note or "", viewer)
+    elif args.decision == "republish":
+        rec = await lib.republish(args.id, args.note or "", viewer)
+    else:
+        rec = await lib.review(args.id, args.decision, args.note or "", viewer)
     print(f"{rec.id} {rec.state}")
     return 0
 
@@ -218,9 +224,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also copy the MP4 here")
     p.set_defaults(library_func=_export)
 
-    p = sub.add_parser("review", parents=[common], help="publish or reject, as the operator")
+    p = sub.add_parser("review", parents=[common],
+                       help="publish, reject, take-down (下架) or republish, as the operator")
     p.add_argument("id")
-    p.add_argument("decision", choices=REVIEW_DECISIONS)
+    p.add_argument("decision", choices=(*REVIEW_DECISIONS, "take-down", "republish"))
     p.add_argument("--note", default="")
     p.add_argument("--reviewer", default="operator", help="name recorded as the reviewer")
     p.set_defaults(library_func=_review)

@@ -34,6 +34,7 @@ from urllib.parse import quote
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from recorder.library import curriculum
 from recorder.library.catalog import (
     AWAITING_REVIEW,
     FILTER_FIELDS,
@@ -41,6 +42,7 @@ from recorder.library.catalog import (
     PUBLISHED,
     REJECTED,
     REVIEWER,
+    TAKEN_DOWN,
     Library,
     LibraryError,
     Recording,
@@ -114,6 +116,12 @@ def flag_param(query: Any, name: str) -> bool:
 Authenticate = Callable[[str], Viewer]
 # records an audited action: (action, viewer or None, client address, outcome, details); signaling.app makes it
 LibraryAudit = Callable[..., None]
+# a lesson id -> its composite job: {state: none|queued|running|done|failed, progress: 0..100, error, output}
+# (recorder.compose.jobs.ComposeQueue.status; signaling.app passes the server's queue)
+ComposeStatus = Callable[[str], dict[str, Any]]
+COMPOSITE_NAME: Final[str] = "composite.mp4"  # <data_dir>/lessons/<lesson>/ (recorder.compose.jobs)
+CHAPTERS_NAME: Final[str] = "composite.vtt"
+LESSON_FILE_STEMS: Final[dict[str, str]] = {"attendance.csv": "考勤", "chat.csv": "聊天", "record.json": "课堂记录"}
 
 
 def _error(exc: LibraryError) -> web.Response:
@@ -123,7 +131,8 @@ def _error(exc: LibraryError) -> web.Response:
 
 class LibraryRoutes:
     def __init__(self, library: Library, secret: str, authenticate: Authenticate, *,
-                 export_on_publish: bool = True, audit: LibraryAudit | None = None) -> None:
+                 export_on_publish: bool = True, audit: LibraryAudit | None = None,
+                 compose_status: ComposeStatus | None = None) -> None:
         self.library = library
         # files of recordings another node wrote are fetched from it (remote.py)
         self.remote = Remote(library.node_url)
@@ -131,6 +140,7 @@ class LibraryRoutes:
         self.on_publish: list[Callable[[Recording], None]] = []
         # each adds to an item's JSON for a viewer: (recording, viewer, data) (recorder/hls/web.py: its renditions)
         self.view_extensions: list[Callable[[Recording, Viewer, dict[str, Any]], None]] = []
+        self._compose_status = compose_status
         self._authenticate = authenticate
         self._audit = audit
         self.export_on_publish = export_on_publish
@@ -172,34 +182,95 @@ class LibraryRoutes:
             return False
         return hmac.compare_digest(sig, self.sign(rec_id, exp))
 
-    def urls(self, rec: Recording) -> dict[str, str | None]:
+    def urls(self, rec: Recording, item: Recording | None = None) -> dict[str, str | None]:
+        """The file URLs of ``rec`` (an item, or a source of ``item``): plain once the item is published, signed
+        for this recording otherwise."""
         query = ""
-        if rec.state != PUBLISHED:
+        if (item or rec).state != PUBLISHED:
             exp = int(time.time()) + FILE_URL_TTL_S
             query = f"exp={exp}&sig={self.sign(rec.id, exp)}"
         base = f"/library/files/{rec.id}"
         def url(path: str, extra: str = "") -> str:
             q = "&".join(x for x in (extra, query) if x)
             return f"{path}?{q}" if q else path
+        composite = rec.item_id is None and self.composite_path(rec) is not None
         return {"webm": url(base), "webm_download": url(base, "download=1"),
                 "mp4": url(base, "format=mp4") if rec.mp4 else None,
                 "mp4_download": url(base, "format=mp4&download=1") if rec.mp4 else None,
+                "composite": url(base, "format=composite") if composite else None,
+                "composite_download": url(base, "format=composite&download=1") if composite else None,
+                "chapters": url(base, "format=chapters") if composite and self._chapters_path(rec) else None,
                 "poster": url(f"{base}/poster") if rec.poster else None,
                 "play": f"/library/play/{rec.id}"}
 
-    def view(self, rec: Recording, viewer: Viewer) -> dict[str, Any]:
+    def composite_path(self, item: Recording) -> Path | None:
+        """The lesson's composite 课例 (recorder/compose) once it is there."""
+        try:
+            path = self.library.lesson_record_dir(item.lesson_id) / COMPOSITE_NAME
+        except LibraryError:
+            return None
+        return path if path.is_file() and self.compose(item)["state"] in ("done", "none") else None
+
+    def _chapters_path(self, item: Recording) -> Path | None:
+        path = self.library.lesson_record_dir(item.lesson_id) / CHAPTERS_NAME
+        return path if path.is_file() else None
+
+    def compose(self, item: Recording) -> dict[str, Any]:
+        """The item's composite job as the pages show it: {state, progress 0..100, error}."""
+        status = self._compose_status(item.lesson_id) if self._compose_status is not None else None
+        if not status:
+            return {"state": "none", "progress": 0, "error": None}
+        return {"state": status.get("state", "none"), "progress": int(status.get("progress") or 0),
+                "error": status.get("error")}
+
+    def view(self, rec: Recording, viewer: Viewer, item: Recording | None = None) -> dict[str, Any]:
+        """``rec`` as the API shows it to ``viewer``: an item, or a source of ``item`` (who may do what follows the
+        item). The reviewer's note is for the lesson's teacher and reviewers only."""
+        item = item or rec
         data = rec.to_dict()
         del data["teacher_sub"], data["file"], data["poster"], data["mp4"], data["node"], data["hls"]
-        data["urls"] = self.urls(rec)
-        actors = viewer.actors(rec)
-        data["can"] = {"edit": bool(actors) and (REVIEWER in actors or rec.state != PUBLISHED),
-                       "review": REVIEWER in actors and rec.state in (AWAITING_REVIEW, PUBLISHED),
-                       "resubmit": bool(actors) and rec.state == REJECTED,
-                       "export": bool(actors) or (viewer.role is not None and rec.state == PUBLISHED)}
+        data["urls"] = self.urls(rec, item)
+        actors = viewer.actors(item)
+        if not actors:
+            data["review_note"] = data["reviewer"] = data["reviewed_at"] = None
+        is_item = rec.item_id is None
+        data["can"] = {"edit": is_item and bool(actors) and (REVIEWER in actors
+                                                             or item.state not in (PUBLISHED, TAKEN_DOWN)),
+                       "review": is_item and REVIEWER in actors and item.state == AWAITING_REVIEW,
+                       "take_down": is_item and REVIEWER in actors and item.state == PUBLISHED,
+                       "republish": is_item and REVIEWER in actors and item.state == TAKEN_DOWN,
+                       "resubmit": is_item and bool(actors) and item.state == REJECTED,
+                       "export": bool(actors) or (viewer.role is not None and item.state == PUBLISHED),
+                       "lesson_files": bool(actors)}
         job = self.jobs.get(rec.id)
         data["export"] = job.to_dict() if job else ({"state": "done", "progress": 1.0} if rec.mp4 else None)
+        if is_item:
+            data["compose"] = self.compose(rec)
         for extend in self.view_extensions:
             extend(rec, viewer, data)
+        return data
+
+    def lesson_file_urls(self, item: Recording) -> dict[str, str]:
+        """Signed links to the lesson's record files (for its teacher and reviewers: a link cannot carry a
+        bearer header), those that exist."""
+        exp = int(time.time()) + FILE_URL_TTL_S
+        sig = self.sign(f"{item.id}/lesson", exp)
+        return {name: f"/api/library/{item.id}/lesson/{name}?exp={exp}&sig={sig}" for name in LESSON_FILE_STEMS
+                if self.library.lesson_record_file(item.lesson_id, name) is not None}
+
+    async def detail(self, rec: Recording, viewer: Viewer) -> dict[str, Any]:
+        """The full view of one recording: an item with its sources (the composite first when there is one) and
+        its lesson's files; a source with the item it belongs to."""
+        item = await self.library.item_of(rec) or rec
+        data = self.view(rec, viewer, item)
+        if rec.item_id is None:
+            data["sources"] = [self.view(s, viewer, item) for s in await self.library.sources(rec)]
+            if viewer.actors(rec):
+                data["lesson_files"] = self.lesson_file_urls(rec)
+        else:
+            data["item"] = {"id": item.id, "title": item.title, "play": f"/library/play/{item.id}"}
+        if viewer.actors(item):
+            data["history"] = await self.library.history(rec.id)
         return data
 
     # --- API ---------------------------------------------------------------------------------------------
@@ -214,16 +285,24 @@ class LibraryRoutes:
         if unknown:
             raise LibraryError("invalid_field", f"unknown parameter {', '.join(sorted(unknown))}")
         items, total = await self.library.search(q.get("q", ""), filters, page, per_page, viewer)
+        # total: lessons (each item is one lesson, its files grouped under it); viewer: what the page offers
         return web.json_response({"total": total, "page": page, "per_page": per_page,
-                                  "items": [self.view(r, viewer) for r in items]})
+                                  "items": [self.view(r, viewer) for r in items],
+                                  "viewer": {"role": viewer.role, "reviewer": viewer.is_reviewer}})
 
     async def show(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
         rec = await self.library.get_for(request.match_info["id"], viewer)
-        data = self.view(rec, viewer)
-        if viewer.actors(rec):
-            data["history"] = await self.library.history(rec.id)
-        return web.json_response(data)
+        return web.json_response(await self.detail(rec, viewer))
+
+    async def lesson_item(self, request: web.Request) -> web.Response:
+        """The newest item of a lesson visible to the asker (the teacher page's link at the lesson's end)."""
+        viewer = self.viewer(request)
+        rec = await self.library.item_for_lesson(request.match_info["lesson"], viewer)
+        return web.json_response(await self.detail(rec, viewer))
+
+    async def vocabulary(self, request: web.Request) -> web.Response:
+        return web.json_response(curriculum.vocabulary(), headers={"Cache-Control": "public, max-age=3600"})
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         raw = b""
@@ -267,6 +346,26 @@ class LibraryRoutes:
                 hook(rec)
         if rec.state == PUBLISHED and self.export_on_publish and not rec.mp4:
             self.start_export(rec)  # what schools most want is the MP4: have it ready
+        return web.json_response(self.view(rec, viewer))
+
+    async def take_down(self, request: web.Request) -> web.Response:
+        """下架: {note} saying why (its teacher reads it)."""
+        viewer = self.viewer(request)
+        note = (await self._json_body(request)).get("note", "")
+        if not isinstance(note, str):
+            raise LibraryError("bad_request", "expected {note: string}")
+        rec = await self.library.take_down(request.match_info["id"], note, viewer)
+        self.record("library_take_down", request, viewer, recording=rec.id, state=rec.state)
+        return web.json_response(self.view(rec, viewer))
+
+    async def republish(self, request: web.Request) -> web.Response:
+        """重新上架: {note} optional."""
+        viewer = self.viewer(request)
+        note = (await self._json_body(request)).get("note", "")
+        if not isinstance(note, str):
+            raise LibraryError("bad_request", "expected {note: string}")
+        rec = await self.library.republish(request.match_info["id"], note, viewer)
+        self.record("library_republish", request, viewer, recording=rec.id, state=rec.state)
         return web.json_response(self.view(rec, viewer))
 
     async def resubmit(self, request: web.Request) -> web.Response:
@@ -354,6 +453,8 @@ class LibraryRoutes:
     # --- files -------------------------------------------------------------------------------------------
 
     async def _file_recording(self, request: web.Request) -> tuple[Recording, bool]:
+        """The recording whose file is asked for (a signed URL, or a viewer who may see it), and whether its
+        item is public."""
         rec_id = request.match_info["id"]
         if self._signed_ok(request, rec_id):
             rec = await self.library.get(rec_id)
@@ -361,7 +462,8 @@ class LibraryRoutes:
                 raise LibraryError("not_found", f"no recording {rec_id!r}")
             return rec, False
         rec = await self.library.get_for(rec_id, self.viewer(request))
-        return rec, rec.state == PUBLISHED
+        item = await self.library.item_of(rec)
+        return rec, item is not None and item.state == PUBLISHED
 
     def _send(self, path: Path, public: bool, download_name: str | None = None) -> web.FileResponse:
         if not path.is_file():
@@ -376,10 +478,16 @@ class LibraryRoutes:
     async def file(self, request: web.Request) -> web.StreamResponse:
         rec, public = await self._file_recording(request)
         fmt = request.query.get("format", "webm")
-        if fmt not in ("webm", "mp4"):
-            raise LibraryError("bad_request", "format must be webm or mp4")
+        if fmt not in ("webm", "mp4", "composite", "chapters"):
+            raise LibraryError("bad_request", "format must be webm, mp4, composite or chapters")
         download = flag_param(request.query, "download")
-        if fmt == "mp4":
+        if fmt in ("composite", "chapters"):
+            found = (self.composite_path(rec) if fmt == "composite" else self._chapters_path(rec)) \
+                if rec.item_id is None else None
+            if found is None:
+                raise LibraryError("not_found", "the lesson's composite is not made (yet)")
+            path = found
+        elif fmt == "mp4":
             if not rec.mp4:
                 raise LibraryError("not_found", "no MP4 yet: POST /api/library/{id}/export")
             path = self.library.path_of(rec.mp4)
@@ -395,16 +503,22 @@ class LibraryRoutes:
     async def lesson_record(self, request: web.Request) -> web.StreamResponse:
         """The lesson's attendance CSV, chat transcript CSV or record JSON (stage timeline, chat, attendance):
         for the recording's teacher and reviewers only — attendance is about schools, not for the public."""
-        viewer = self.viewer(request)
-        rec = await self.library.get_for(request.match_info["id"], viewer)
-        if not viewer.actors(rec):
-            raise LibraryError("forbidden", "the lesson's record is for its teacher and reviewers")
+        rec_id = request.match_info["id"]
+        if self._signed_ok(request, f"{rec_id}/lesson"):  # the links the item's page gives its teacher and reviewers
+            rec = await self.library.get(rec_id)
+            if rec is None:
+                raise LibraryError("not_found", f"no recording {rec_id!r}")
+        else:
+            viewer = self.viewer(request)
+            rec = await self.library.get_for(rec_id, viewer)
+            item = await self.library.item_of(rec) or rec
+            if not viewer.actors(item):
+                raise LibraryError("forbidden", "the lesson's record is for its teacher and reviewers")
         name = request.match_info["name"]
         path = self.library.lesson_record_file(rec.lesson_id, name)
         if path is None:
             raise LibraryError("not_found", f"no {name} for this lesson")
-        stem = {"attendance.csv": "考勤", "chat.csv": "聊天", "record.json": "课堂记录"}[name]
-        return self._send(path, False, f"{rec.title}-{stem}{path.suffix}".replace("/", "_"))
+        return self._send(path, False, f"{rec.title}-{LESSON_FILE_STEMS[name]}{path.suffix}".replace("/", "_"))
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         rec, public = await self._file_recording(request)
@@ -459,15 +573,22 @@ def _shared_module(path: Path) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 
 def add_routes(app: web.Application, library: Library, secret: str, authenticate: Authenticate, *,
-               export_on_publish: bool = True, audit: LibraryAudit | None = None) -> LibraryRoutes:
-    """Mount the library's API, files and pages on ``app``; returns the routes object (its export jobs)."""
-    routes = LibraryRoutes(library, secret, authenticate, export_on_publish=export_on_publish, audit=audit)
+               export_on_publish: bool = True, audit: LibraryAudit | None = None,
+               compose_status: ComposeStatus | None = None) -> LibraryRoutes:
+    """Mount the library's API, files and pages on ``app``; returns the routes object (its export jobs).
+    ``compose_status``: each lesson's composite job (the server's compose queue), shown on its item."""
+    routes = LibraryRoutes(library, secret, authenticate, export_on_publish=export_on_publish, audit=audit,
+                           compose_status=compose_status)
     r = app.router
     r.add_get("/api/library", _errors(routes.search))
+    r.add_get("/api/library/curriculum", _errors(routes.vocabulary))
+    r.add_get("/api/library/lessons/{lesson}", _errors(routes.lesson_item))
     r.add_get("/api/library/{id}", _errors(routes.show))
     r.add_patch("/api/library/{id}", _errors(routes.patch))
     r.add_post("/api/library/{id}/review", _errors(routes.review))
     r.add_post("/api/library/{id}/resubmit", _errors(routes.resubmit))
+    r.add_post("/api/library/{id}/take-down", _errors(routes.take_down))
+    r.add_post("/api/library/{id}/republish", _errors(routes.republish))
     r.add_post("/api/library/{id}/export", _errors(routes.export_start))
     r.add_get("/api/library/{id}/export", _errors(routes.export_status))
     r.add_get("/library/files/{id}", _errors(routes.file))

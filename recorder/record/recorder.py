@@ -106,13 +106,14 @@ class LessonRecorder:
             self._reported = True
             log.error("%s", message)
 
-    def _catalogue(self, title: str, path: Path) -> Item:
+    def _catalogue(self, title: str, path: Path, role: str, label: str = "") -> Item:
         """A new library item for `path`, catalogued in the background (the file is written meanwhile). When the
         catalog cannot be written, the lesson's recording stops (with its one line) and the item is None."""
         async def start() -> str | None:
             try:
+                # (role: the library groups the lesson's files under its one item)
                 return await self.catalog.start_recording(self.router.lesson_id, title, self.teacher,
-                                                          self.teacher_sub, path)
+                                                          self.teacher_sub, path, role=role, label=label)
             except CATALOG_ERRORS as exc:
                 if not self.closed:
                     self._stop(f"the library could not catalogue a new recording ({describe(exc)})",
@@ -140,7 +141,7 @@ class LessonRecorder:
             self.stage_turns += 1
             path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-stage{self.stage_turns}.webm"
             name = self.stage_names.get(pid, pid)
-            rec_id = self._catalogue(f"{self.title}（上台 {name}）", path)
+            rec_id = self._catalogue(f"{self.title}（上台 {name}）", path, "stage", name)
             self.stage[pid] = (self._file(path, video + audio), rec_id)
             self._timeline.append((self.stage[pid][0], "stage", name))
 
@@ -177,7 +178,7 @@ class LessonRecorder:
                 n = len(self.extra) + 1
                 path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}-screen{n}.webm"
                 # each courseware share is a library item of its own, next to the lesson's main recording
-                rec_id = self._catalogue(f"{self.title}（课件 {n}）", path)
+                rec_id = self._catalogue(f"{self.title}（课件 {n}）", path, "courseware", f"课件 {n}")
                 self.extra.append((self._file(path, [producer], self._layers_of(producer)), rec_id))
                 self._timeline.append((self.extra[-1][0], "courseware", f"课件 {n}"))
 
@@ -186,7 +187,7 @@ class LessonRecorder:
         path = self.catalog.recordings_dir / f"{self.router.lesson_id}-{self._stamp}{part}.webm"
         video = [p for p in producers if p.kind == "video"][:1]
         audio = [p for p in producers if p.kind == "audio"][:1]
-        rec_id = self._catalogue(self.title, path)
+        rec_id = self._catalogue(self.title, path, "teacher", self.teacher)
         self.main = self._file(path, video + audio, self._layers_of(video[0]) if video else None)
         self.main_id = rec_id
         self._timeline.append((self.main, "teacher", self.teacher))

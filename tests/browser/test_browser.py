@@ -133,6 +133,18 @@ async def test_ending_the_lesson_tells_the_classrooms(server, browser):
         await teacher.wait_for_function("document.getElementById('status').textContent === '课程已结束'", timeout=5000)
         await asyncio.sleep(1.5)
         assert await room.evaluate("window.ketang.session.reconnects") == 0, "an ended lesson must not reconnect"
+        # the teacher page says the recording is in the library and links the lesson's item, which opens with the
+        # teacher's own token (the item is not published yet: nobody else sees it)
+        await teacher.wait_for_selector("#library-link a", timeout=10000)
+        assert "本节课录像已存入资源库" in await teacher.text_content("#library-link")
+        href = await teacher.get_attribute("#library-link a", "href")
+        assert href and href.startswith("/library/play/") and "#token=" in href
+        item = await teacher.context.new_page()
+        await item.goto(server.url + href)
+        await item.wait_for_function("document.querySelectorAll('#sources li').length >= 1", timeout=10000)
+        assert await item.is_hidden("#error")
+        assert await item.text_content("#fields") and "待审核" in await item.text_content("#fields")
+        await item.close()
 
 
 async def test_a_classroom_on_a_weak_link_switches_to_audio_only_and_back(server, browser):

@@ -158,3 +158,83 @@ async def test_screenshots_of_an_incomplete_item(
         "document.getElementById('incomplete').getBoundingClientRect().bottom <= window.innerHeight"), size
     await page.screenshot(path=str(SCREENSHOTS / f"library-incomplete-play-{size}.png"))
     await page.context.close()
+
+
+# --- one card per lesson, the 待审核 filter, 下架 ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def lessons_site(tmp_path: Path, webm_master: Path) -> AsyncIterator[Site]:
+    """Two lessons as the live recorder catalogues them: 勾股定理 (camera, courseware, a class on stage; published)
+    and 一元一次方程 (camera only; awaiting review)."""
+    library = Library(tmp_path / "data")
+    ids = {}
+    for lesson, title, files, publish in (
+            ("math-8a", "勾股定理", [("teacher", "李老师", ""), ("courseware", "课件 1", "-screen1"),
+                                     ("stage", "第三小学", "-stage1")], True),
+            ("math-7a", "一元一次方程", [("teacher", "李老师", "")], False)):
+        for role, label, suffix in files:
+            file = library.recordings_dir / f"{lesson}-20250301-080000{suffix}.webm"
+            shutil.copy(webm_master, file)
+            rec_id = await library.start_recording(lesson, title, "李老师", "t-li", file, role=role, label=label)
+            await library.finish_recording(rec_id, 3.0, file.stat().st_size)
+            ids.setdefault(title, rec_id)
+        await library.update_metadata(ids[title], {"date": "2025-03-01", "stage": "初中", "subject": "数学",
+                                                   "grade": "八年级"}, REVIEWER)
+        if publish:
+            await library.review(ids[title], "publish", "", REVIEWER)
+    app = web.Application()
+    add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Site(str(server.make_url("")).rstrip("/"), issue_token(SECRET, "reviewer", "library", name="张审核"),
+                   ids["勾股定理"], ids["一元一次方程"])
+    finally:
+        await server.close()
+        await library.close()
+
+
+async def card_titles(page, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+    await page.wait_for_function(f"document.querySelectorAll('#results .card').length === {n}",
+                                 timeout=PAGE_TIMEOUT_MS)
+    return await page.evaluate("[...document.querySelectorAll('#results .card .title')].map((e) => e.textContent)")
+
+
+async def test_one_card_per_lesson_with_its_date_the_pending_filter_and_take_down(lessons_site: Site,
+                                                                                  browser) -> None:
+    site = lessons_site
+    page = await open_page(browser, page_url(site, "/library", "zh"), LAPTOP)
+    assert sorted(await card_titles(page, 2)) == ["一元一次方程", "勾股定理"]  # 4 files, 2 lessons
+    assert await page.text_content("#status") == "共 2 节课"
+    dates = await page.evaluate("[...document.querySelectorAll('#results .card .date')].map((e) => e.textContent)")
+    assert dates == ["上课日期 2025-03-01"] * 2
+    await page.click("#pending")  # reviewers only: 只看待审核
+    assert await card_titles(page, 1) == ["一元一次方程"]
+    assert "state=awaiting_review" in page.url
+    assert not page.ketang_errors, page.ketang_errors  # type: ignore[attr-defined]
+    await page.context.close()
+
+    page = await open_page(browser, page_url(site, f"/library/play/{site.complete_id}", "zh"), LAPTOP)
+    await page.wait_for_function("document.querySelectorAll('#sources li').length === 3", timeout=PAGE_TIMEOUT_MS)
+    roles = await page.evaluate("[...document.querySelectorAll('#sources li')].map((e) => e.dataset.role)")
+    assert sorted(roles) == ["courseware", "stage", "teacher"]
+    assert "中文" in await page.text_content("#fields")  # 语言 shown as 中文, not zh-CN
+    await page.wait_for_selector("#takedown-go", state="visible", timeout=PAGE_TIMEOUT_MS)
+    await page.fill("#takedown textarea[name=note]", "教材版本有误")
+    await page.click("#takedown-go")
+    await page.wait_for_function("document.getElementById('fields').textContent.includes('已下架')",
+                                 timeout=PAGE_TIMEOUT_MS)
+    assert "教材版本有误" in await page.text_content("#reviewnote")
+    await page.wait_for_selector("#republish-go", state="visible", timeout=PAGE_TIMEOUT_MS)
+    await page.click("#republish-go")
+    await page.wait_for_function("document.getElementById('fields').textContent.includes('已发布')",
+                                 timeout=PAGE_TIMEOUT_MS)
+    assert not page.ketang_errors, page.ketang_errors  # type: ignore[attr-defined]
+    await page.context.close()
+
+    # anonymous: one published lesson, and no reviewer's filter nor note
+    page = await open_page(browser, f"{site.url}/library", LAPTOP)
+    assert await card_titles(page, 1) == ["勾股定理"]
+    assert await page.is_hidden("#states")
+    await page.context.close()

@@ -1,7 +1,9 @@
 """A real lesson, recorded by a real server and composed into its 课例 by the server's job queue: an aiortc teacher
 (a green camera, a 440 Hz voice) teaches, puts a classroom (a red camera, a 1 kHz voice) on stage for a while,
 then shares courseware (blue). PyAV reads the composite and finds each picture where and when it belongs, both
-voices while the classroom is on stage, the chapters, and the index before the media (faststart)."""
+voices while the classroom is on stage, the chapters, and the index before the media (faststart). The library shows
+the lesson as ONE item with its 3 sources (camera, courseware, stage), the composite's progress while it is made,
+then the composite as the item's video."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import fractions
 import json
 import time
 
+import aiohttp
 import av
 import numpy as np
 import pytest
@@ -112,16 +115,41 @@ async def test_a_lesson_is_composed_as_classrooms_saw_it(tmp_path):
         await ws.wait_for(lambda m: m.get("event") == "lesson-ended")
         await hang_up(*peers)
 
-        jobs_file, job = tmp_path / "compose-jobs.json", None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        # the library, as the teacher page finds the lesson's item at its end (the teacher's own token)
+        auth = {"Authorization": f"Bearer {token('teacher', lesson, '李老师')}"}
+        seen_states: list[str] = []
+        item: dict = {}
+        async with aiohttp.ClientSession(server.url) as http:
+            async with http.get(f"/api/library/lessons/{lesson}", headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+                item = await resp.json()
+            async with http.get("/api/library", headers=auth) as resp:
+                listed = await resp.json()
+            assert listed["total"] == 1 and [i["id"] for i in listed["items"]] == [item["id"]]  # lessons, not files
+            assert sorted(s["role"] for s in item["sources"]) == ["courseware", "stage", "teacher"]
+            assert {s["label"] for s in item["sources"]} >= {"课件 1", "A"}
+            assert set(item["lesson_files"]) == {"attendance.csv", "chat.csv", "record.json"}
+
+            jobs_file, job = tmp_path / "compose-jobs.json", None
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                async with http.get(f"/api/library/{item['id']}", headers=auth) as resp:
+                    item = await resp.json()
+                seen_states.append(f"{item['compose']['state']}:{item['compose']['progress']}")
+                if item["compose"]["state"] in ("done", "failed"):
+                    break
+                await asyncio.sleep(0.3)
             if jobs_file.exists():
                 job = next((j for j in json.loads(jobs_file.read_text())["jobs"] if j["lesson_id"] == lesson), None)
-                if job and job["state"] in ("done", "failed"):
-                    break
-            await asyncio.sleep(0.5)
+            # the item now plays the composite (Range works on it) and offers it for download
+            assert item["urls"]["composite"], item["urls"]
+            async with http.get(item["urls"]["composite"], headers={"Range": "bytes=0-99"}) as resp:
+                assert resp.status == 206 and resp.headers["Content-Type"] == "video/mp4"
+                assert len(await resp.read()) == 100
     finally:
         server.stop()
+    assert any(s.startswith(("queued", "running")) for s in seen_states), seen_states  # progress shown meanwhile
+    assert seen_states[-1] == "done:100", seen_states
     assert job is not None and job["state"] == "done", job
     record = json.loads((tmp_path / "lessons" / lesson / "record.json").read_text())
     files = record["recording"]["files"]

@@ -364,3 +364,75 @@ async def test_the_pages_are_served(site: Site, path: str, content_type: str, te
     assert resp.status == 200
     assert content_type in resp.headers["Content-Type"]  # text/javascript or application/javascript: both run
     assert text in await resp.text()
+
+
+# --- the library for people: one item per lesson, 下架 / 重新上架, notes for the teacher, the curriculum lists ----
+
+
+async def test_a_lesson_item_its_sources_take_down_and_the_note_for_its_teacher_only(tmp_path: Path,
+                                                                                      webm_master: Path) -> None:
+    library = Library(tmp_path / "data")
+    ids = []
+    for role, label, suffix in (("teacher", "李老师", ""), ("courseware", "课件 1", "-screen1"), ("stage", "二班", "-stage1")):
+        file = library.recordings_dir / f"math-8a-20250301-080000{suffix}.webm"
+        shutil.copy(webm_master, file)
+        ids.append(await library.start_recording("math-8a", "勾股定理", "李老师", "t-li", file, role=role, label=label))
+        await library.finish_recording(ids[-1], 3.0, file.stat().st_size)
+    library.save_lesson_record("math-8a", {"chat": []}, "教室,时长\n", "时间,内容\n")
+    audited: list[tuple[str, str]] = []
+    app = web.Application()
+    add_routes(app, library, SECRET, token_viewer(SECRET), export_on_publish=False,
+               audit=lambda action, viewer, remote, outcome, **detail: audited.append((action, outcome)))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        words = await (await client.get("/api/library/curriculum")).json()
+        assert "七年级" in words["grades"]["初中"] and "人教版" in words["editions"]
+        item = await (await client.get("/api/library/lessons/math-8a", headers=TOKENS["teacher-new-token"])).json()
+        assert item["id"] == ids[0] and sorted(s["role"] for s in item["sources"]) == ["courseware", "stage", "teacher"]
+        # its record files: signed links that work without a header, for its teacher (not in anyone else's view)
+        csv = await client.get(item["lesson_files"]["attendance.csv"])
+        assert csv.status == 200 and "教室" in await csv.text()
+        forged = item["lesson_files"]["attendance.csv"].replace("sig=", "sig=x")
+        assert (await client.get(forged)).status == 404  # (unpublished: to anyone else it does not exist)
+        # a source plays on its own page and links back to its item
+        source = await (await client.get(f"/api/library/{ids[1]}", headers=TOKENS["teacher"])).json()
+        assert source["item"]["id"] == ids[0] and not source["can"]["edit"] and not source["can"]["review"]
+        assert (await client.get(source["urls"]["webm"], headers={"Range": "bytes=0-9"})).status == 206
+        assert (await client.get(f"/api/library/{ids[1]}")).status == 404  # unpublished: nobody else
+
+        r = await client.post(f"/api/library/{ids[0]}/review", json={"decision": "publish", "note": "很好"},
+                              headers=TOKENS["reviewer"])
+        assert r.status == 200
+        public = await (await client.get(f"/api/library/{ids[0]}")).json()
+        assert public["review_note"] is None and "lesson_files" not in public and len(public["sources"]) == 3
+        assert (await client.get(f"/api/library/{ids[2]}")).status == 200  # its sources are public with it
+        assert (await client.get(f"/api/library/{ids[0]}/lesson/attendance.csv")).status == 403
+
+        assert (await client.post(f"/api/library/{ids[0]}/take-down", json={"note": "版权问题"},
+                                  headers=TOKENS["teacher"])).status == 403
+        assert (await client.post(f"/api/library/{ids[0]}/take-down", json={},
+                                  headers=TOKENS["reviewer"])).status == 400
+        down = await client.post(f"/api/library/{ids[0]}/take-down", json={"note": "版权问题"},
+                                 headers=TOKENS["reviewer"])
+        assert down.status == 200 and (await down.json())["state"] == "taken_down"
+        assert (await client.get(f"/api/library/{ids[0]}")).status == 404
+        assert (await client.get(f"/api/library/{ids[2]}")).status == 404
+        mine = await (await client.get(f"/api/library/{ids[0]}", headers=TOKENS["teacher"])).json()
+        assert mine["review_note"] == "版权问题" and mine["state"] == "taken_down"  # the teacher reads why
+        assert not mine["can"]["edit"]
+        listed = await (await client.get("/api/library?state=taken_down", headers=TOKENS["reviewer"])).json()
+        assert listed["total"] == 1 and listed["viewer"]["reviewer"] is True
+        up = await client.post(f"/api/library/{ids[0]}/republish", json={}, headers=TOKENS["reviewer"])
+        assert up.status == 200 and (await up.json())["state"] == "published"
+        assert ("library_take_down", "ok") in audited and ("library_republish", "ok") in audited
+        # the curriculum: a synonym is filed canonically, an unknown grade refused with the list
+        r = await client.patch(f"/api/library/{ids[0]}", json={"grade": "初二"}, headers=TOKENS["reviewer"])
+        assert (await r.json())["grade"] == "八年级"
+        r = await client.patch(f"/api/library/{ids[0]}", json={"grade": "初四"}, headers=TOKENS["reviewer"])
+        assert r.status == 400 and "八年级" in (await r.json())["message"]
+        found = await (await client.get("/api/library?grade=初二")).json()
+        assert [i["id"] for i in found["items"]] == [ids[0]]
+    finally:
+        await client.close()
+        await library.close()

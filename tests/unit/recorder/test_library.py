@@ -330,7 +330,7 @@ async def test_rejected_then_edited_and_resubmitted_by_its_teacher_then_publishe
     ("state_path", "action", "allowed_hint"),
     [
         pytest.param([], "resubmit", "publish, reject", id="resubmit-what-is-already-awaiting-review"),
-        pytest.param(["publish"], "publish", "reject", id="publish-twice"),
+        pytest.param(["publish"], "publish", "take_down", id="publish-twice"),
         pytest.param(["reject"], "publish", "resubmit", id="publish-a-rejected-lesson-without-resubmitting"),
         pytest.param(["reject"], "reject", "resubmit", id="reject-twice"),
     ],
@@ -359,10 +359,11 @@ async def test_a_recording_still_recording_cannot_be_published(library: Library)
     assert info.value.code == "invalid_transition"
 
 
-async def test_a_reviewer_can_take_a_published_lesson_down(library: Library) -> None:
+async def test_a_published_lesson_is_not_rejected_but_taken_down(library: Library) -> None:
     rec_id = await add_lesson(library, publish=True)
-    assert (await library.review(rec_id, "reject", "版权问题", REVIEWER)).state == REJECTED
-    assert (await library.search("", viewer=ANONYMOUS))[1] == 0
+    with pytest.raises(LibraryError) as info:
+        await library.review(rec_id, "reject", "版权问题", REVIEWER)
+    assert info.value.code == "invalid_transition" and "take_down" in info.value.message
 
 
 # --- metadata ------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class FakeCatalog:
     finished: list[tuple[str, float, int]] = field(default_factory=list)
     started: list[Path] = field(default_factory=list)
 
-    async def start_recording(self, lesson_id, title, teacher, teacher_sub, file: Path) -> str:
+    async def start_recording(self, lesson_id, title, teacher, teacher_sub, file: Path, **_: str) -> str:
         self.started.append(file)
         return f"rec{len(self.started)}"
 

@@ -1,15 +1,15 @@
 """Which node wrote a recording (its base URL: any other node proxies its files from there) and where its HLS
 renditions are.
 
-Revision ID: 0002_recording_node
-Revises: 0001_library
+Revision ID: 0003_recording_node
+Revises: 0002_lesson_items
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_recording_node"
-down_revision = "0001_library"
+revision = "0003_recording_node"
+down_revision = "0002_lesson_items"
 branch_labels = None
 depends_on = None
 
