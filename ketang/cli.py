@@ -141,6 +141,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ketang.admin_cmd import add_parser as add_admin_parser
     from ketang.audit_cmd import add_parser as add_audit_parser
     from ketang.drain_cmd import add_parser as add_drain_parser
     from ketang.lesson_cmd import add_parser as add_lesson_parser
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_parser(sub)
     add_audit_parser(sub)
     add_drain_parser(sub)
+    add_admin_parser(sub)
     return parser
 
 

@@ -22,6 +22,8 @@ from recorder.library.web import add_routes as add_library_routes
 from recorder.record.handoff import drain as drain_catalog
 from recorder.record.repair import repair_unfinished
 from signaling import metrics
+from signaling.accounts import Accounts, AccountsApi
+from signaling.accounts import add_routes as add_account_routes
 from signaling.audit import (
     AUDITED_MESSAGES,
     AuditLog,
@@ -44,6 +46,7 @@ from signaling.messages import (
 from signaling.ratelimit import TokenBucket
 from signaling.state import StoreUnavailable, open_store
 from signaling.tokens import TokenError, verify_token
+from store import Store, database_url_from
 
 log = logging.getLogger("ketang.signaling")
 
@@ -61,7 +64,9 @@ AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
-PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html"}
+PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html",
+         # accounts (docs/accounts.md): sign-in, the district's administration, a teacher's 我的课程
+         "/login": "login.html", "/admin": "admin.html", "/me": "me.html"}
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -366,6 +371,11 @@ def make_app(config: Config) -> web.Application:
     library = Library(config.data_dir, database_url=config.database_url or None)
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
+    # accounts, classroom screens and the timetable: /api/login, /api/me/..., /api/admin/..., /api/openapi.json
+    accounts = Accounts(Store(database_url_from(config.database_url or None, config.data_dir)))
+    app.on_cleanup.append(lambda _app: accounts.close())
+    add_account_routes(app, AccountsApi(accounts, config.secret, audit,
+                                        secure_cookies=bool(config.tls) or config.url.startswith("https:")))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
                                         audit=library_audit(audit))
     # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
