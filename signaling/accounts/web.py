@@ -59,6 +59,7 @@ MAX_RANGE_DAYS: Final[int] = 200  # occurrences are asked for a week, a month or
 SAFE_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS"})
 TEACHER_TOKEN_TTL_S: Final[int] = 6 * 3600
 ACCOUNTS_KEY: web.AppKey[Accounts] = web.AppKey("accounts", Accounts)
+BODY_KEY: web.RequestKey[Any] = web.RequestKey("accounts_body", object)  # the checked JSON body of a request
 ERRORS_DOC: Final[dict[int, str]] = {400: "invalid request (code `invalid`, `weak_password`; `field` names the field)",
                                      401: "no session (`unauthorized`), bad sign-in (`bad_credentials`), a revoked "
                                           "screen (`device_revoked`)",
@@ -145,7 +146,7 @@ class AccountsApi:
     # public -------------------------------------------------------------------------------------------------------
 
     async def login(self, request: web.Request, _who: Who | None) -> web.StreamResponse:
-        body = request["body"]
+        body = request[BODY_KEY]
         address = request.remote or ""
         try:
             result = await self.accounts.sign_in(body["login"], body["password"], address)
@@ -234,7 +235,7 @@ class AccountsApi:
         return _json({"users": await self.accounts.list_users(role)})
 
     async def create_user(self, request: web.Request, who: Who | None) -> web.StreamResponse:
-        body = request["body"]
+        body = request[BODY_KEY]
         user = await self.accounts.create_user(login=body["login"], name=body["name"], role=body["role"],
                                                school=body.get("school", ""), password=body.get("password"))
         self._audit("user_create", request, who, user=user["id"], login=user["login"], role=user["role"])
@@ -245,7 +246,7 @@ class AccountsApi:
 
     async def update_user(self, request: web.Request, who: Who | None) -> web.StreamResponse:
         assert who is not None
-        body, user_id = request["body"], request.match_info["user"]
+        body, user_id = request[BODY_KEY], request.match_info["user"]
         if user_id == who.user["id"] and body.get("disabled"):
             raise AccountError("invalid", "you cannot disable your own account", field="disabled")
         user = await self.accounts.update_user(user_id, **body)
@@ -256,7 +257,7 @@ class AccountsApi:
         return _json({"devices": await self.accounts.list_devices(request.query.get("classroom"))})
 
     async def create_device(self, request: web.Request, who: Who | None) -> web.StreamResponse:
-        body = request["body"]
+        body = request[BODY_KEY]
         device, credential = await self.accounts.create_device(body["classroom_id"], body.get("label", ""))
         self._audit("device_create", request, who, device=device["id"], classroom=body["classroom_id"])
         return _json({"device": device, "credential": credential, "screen_path": f"/screen#device={credential}"},
@@ -271,7 +272,7 @@ class AccountsApi:
         return _json({"terms": await self.accounts.list_terms()})
 
     async def create_term(self, request: web.Request, who: Who | None) -> web.StreamResponse:
-        body = request["body"]
+        body = request[BODY_KEY]
         term = await self.accounts.create_term(body["name"], body["start_date"], body["weeks"])
         self._audit("term_create", request, who, term=term["id"], name=term["name"])
         return _json(term, 201)
@@ -285,7 +286,7 @@ class AccountsApi:
 
     async def create_entry(self, request: web.Request, who: Who | None) -> web.StreamResponse:
         assert who is not None
-        entry = await self.accounts.create_entry(request["body"], actor=who.user["id"])
+        entry = await self.accounts.create_entry(request[BODY_KEY], actor=who.user["id"])
         self._audit("timetable_create", request, who, entry=entry["id"], title=entry["title"])
         return _json(entry, 201)
 
@@ -491,7 +492,7 @@ def _guarded(route: Route, accounts: Accounts) -> Callable[[web.Request], Awaita
                         problem.message.split("'")[1] if problem.validator == "required" else "")
                     raise AccountError("invalid", f"{where or 'body'}: {problem.validator} check failed",
                                        field=where)
-                request["body"] = body
+                request[BODY_KEY] = body
             return await route.handler(request, who)
         except AccountError as exc:
             return _error(exc.code, exc.message, exc.status, **exc.detail)
