@@ -320,26 +320,41 @@ def _xlsx_rows(data: bytes) -> Iterator[list[str]]:
         book.close()
 
 
-def _sheet_rows(rows: Iterable[list[str]]) -> list[SheetRow]:
-    iterator = iter(rows)
-    header: list[str] | None = None
-    number = 0
-    for number, cells in enumerate(iterator, 1):  # (blank lines above the header are skipped)
-        if any(cells):
-            header = [c.strip() for c in cells]
-            break
-    if header is None:
-        raise SheetError(row_error(0, "", "empty"))
+HEADER_SEARCH_ROWS: Final[int] = 10  # a title or a note above the header (as sheets have) is skipped
+
+
+def _header(cells: list[str]) -> tuple[dict[str, int], dict[str, str]]:
     by_name = {alias.lower(): key for key, aliases in COLUMNS.items() for alias in aliases}
     index: dict[str, int] = {}
     headers: dict[str, str] = {}
-    for i, name in enumerate(header):
+    for i, name in enumerate(c.strip() for c in cells):
         key = by_name.get(name.lower())
         if key and key not in index:
             index[key], headers[key] = i, name
-    for key in REQUIRED_COLUMNS:
-        if key not in index:
-            raise SheetError(row_error(number, COLUMNS[key][0], "missing_column"))
+    return index, headers
+
+
+def _sheet_rows(rows: Iterable[list[str]]) -> list[SheetRow]:
+    """The header is the first row (of the first few that are not blank) naming every required column."""
+    iterator = iter(rows)
+    first: tuple[int, dict[str, int]] | None = None
+    number, index, headers = 0, {}, {}
+    for number, cells in enumerate(iterator, 1):
+        if not any(cells):
+            continue
+        index, headers = _header(cells)
+        if first is None:
+            first = (number, index)
+        if all(key in index for key in REQUIRED_COLUMNS):
+            break
+        if number >= HEADER_SEARCH_ROWS:
+            break
+    if first is None:
+        raise SheetError(row_error(0, "", "empty"))
+    if not all(key in index for key in REQUIRED_COLUMNS):
+        number, index = first
+        missing = next(key for key in REQUIRED_COLUMNS if key not in index)
+        raise SheetError(row_error(number, COLUMNS[missing][0], "missing_column"))
     out = []
     for n, cells in enumerate(iterator, number + 1):
         if not any(c.strip() for c in cells):
