@@ -115,7 +115,7 @@ class SignedIn:
 @dataclass(frozen=True)
 class LoginOutcome:
     user: dict[str, Any] | None
-    outcome: str  # "ok", "bad_password", "unknown_login", "disabled", "locked", "no_password"
+    outcome: str  # "ok", "bad_password", "unknown_login", "disabled", "no_password"
     locked_now: tuple[str, ...] = ()  # the throttle keys this failure locked ("account", "address")
 
 
@@ -259,7 +259,7 @@ class Accounts:
         return max(until) if until else None
 
     async def sign_in(self, login: str, password: str, address: str) -> LoginOutcome:
-        """Check a login and password against the lockout, then the hash. Raises AccountError ``locked`` (429,
+        """Check a login and password against the lockout, then the hash. Raises AccountError ``login_locked`` (429,
         with ``retry_after_s`` and ``until``) while the login or the address is locked; otherwise the outcome
         says who signed in, or why not (the caller answers every failure alike: ``bad_credentials``)."""
         await self.open()
@@ -292,7 +292,7 @@ class Accounts:
         return LoginOutcome(None, outcome, locked_now)
 
     def _locked_error(self, until: float) -> AccountError:
-        return AccountError("locked", "too many failed sign-ins: try again later", 429,
+        return AccountError("login_locked", "too many failed sign-ins: try again later", 429,
                             retry_after_s=max(1, int(until - self._clock() + 0.999)), until=_iso(until))
 
     async def _count_failure(self, keys: Mapping[str, str]) -> tuple[str, ...]:

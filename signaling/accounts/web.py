@@ -65,7 +65,7 @@ ERRORS_DOC: Final[dict[int, str]] = {400: "invalid request (code `invalid`, `wea
                                           "screen (`device_revoked`)",
                                      403: "wrong role (`forbidden`) or missing CSRF token (`csrf`)",
                                      404: "`not_found`", 409: "`login_taken`, `clash` (with `clashes`)",
-                                     429: "`locked` (with `retry_after_s`, `until`)"}
+                                     429: "`login_locked` (with `retry_after_s`, `until`)"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class AccountsApi:
         try:
             result = await self.accounts.sign_in(body["login"], body["password"], address)
         except AccountError as exc:
-            if exc.code == "locked":
+            if exc.code == "login_locked":
                 self._audit("login", request, None, "locked", login=body["login"], until=exc.detail.get("until"))
             raise
         if result.user is None:

@@ -144,7 +144,7 @@ async def test_five_wrong_passwords_lock_the_account_even_against_the_right_one_
         assert status == 401 and body["code"] == "bad_credentials"
     resp = await site.client.post("/api/login", json={"login": "wang", "password": TEACHER_PASSWORD})
     body = await resp.json()
-    assert resp.status == 429 and body["code"] == "locked"
+    assert resp.status == 429 and body["code"] == "login_locked"
     assert 850 < body["retry_after_s"] <= 900 and int(resp.headers["Retry-After"]) == body["retry_after_s"]
     assert body["until"].endswith("Z")
     # another account from the same address is not locked by it

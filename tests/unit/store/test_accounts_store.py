@@ -71,7 +71,7 @@ async def test_users_passwords_and_the_lockout_per_account_and_per_address(accou
     assert outcome.locked_now == ("account",)
     with pytest.raises(AccountError) as locked:
         await acc.sign_in("admin", "district-pw", "10.0.9.9")
-    assert locked.value.code == "locked" and locked.value.detail["retry_after_s"] == LOCKOUT_S
+    assert locked.value.code == "login_locked" and locked.value.detail["retry_after_s"] == LOCKOUT_S
     clock.now += LOCKOUT_S + 1
     assert (await acc.sign_in("admin", "district-pw", "10.0.9.9")).outcome == "ok"
     # per address: many logins tried from one address lock the address, for a login never tried from it too
