@@ -157,3 +157,21 @@ async def test_an_administrator_sets_up_a_term_and_imports_a_timetable_and_the_t
     assert claims.lesson.endswith(today.strftime("-%Y%m%d"))
     assert teacher.ketang_errors == []
     await teacher.context.close()
+
+
+async def test_the_account_pages_work_under_the_content_security_policy(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
+    from tests.browser.test_browser_csp import WATCH_VIOLATIONS
+
+    context = await browser.new_context(viewport=LAPTOP)  # the policy enforced
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.add_init_script(WATCH_VIOLATIONS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{site.url}/login?lang=en")
+    await page.wait_for_selector("#login-submit:text('Sign in')")
+    await sign_in(page, "admin", "district-admin-pw")
+    await page.wait_for_url("**/admin?lang=en**")
+    await page.wait_for_selector("body[data-ready] [data-tab=timetable]:text('Timetable')")
+    assert await page.evaluate("window.__csp") == [] and errors == []
+    await context.close()
