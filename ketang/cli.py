@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--database-url", default=None,
-                       help="the store (library catalog): postgresql+asyncpg://USER@HOST/DB shared by every node "
+                       help="the store (library catalog, accounts, timetable): postgresql+asyncpg://USER@HOST/DB shared by every node "
                             "(or KETANG_DATABASE_URL); default: a SQLite file in the data directory")
     serve.add_argument("--ice-servers", default=None,
                        help="comma-separated STUN/TURN URLs (or KETANG_ICE_SERVERS); none by default")
