@@ -24,6 +24,7 @@ from recorder.record.repair import repair_unfinished
 from signaling import metrics
 from signaling.accounts import Accounts, AccountsApi
 from signaling.accounts import add_routes as add_account_routes
+from signaling.accounts.filing import filer
 from signaling.audit import (
     AUDITED_MESSAGES,
     AuditLog,
@@ -408,7 +409,13 @@ def make_app(config: Config) -> web.Application:
             library.recordings_dir,
             jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
         compose.start()
-        hub.on_lesson_recorded = compose.enqueue
+        file_soon = filer(accounts, library)  # a scheduled lesson's recordings get its curriculum fields
+
+        def recorded(lesson_id: str) -> None:
+            compose.enqueue(lesson_id)
+            file_soon(lesson_id)
+
+        hub.on_lesson_recorded = recorded
         lag = asyncio.ensure_future(metrics.measure_loop_lag())
         if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
             log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "
