@@ -448,10 +448,15 @@ def routes(api: AccountsApi) -> list[Route]:
 # -- guards and registration -------------------------------------------------------------------------------------------
 
 def _same_origin(request: web.Request) -> bool:
+    """No Origin header (not a browser's cross-site request), or one naming this host. Host names only: a TLS proxy
+    in front (docs/deploy.md) may pass ``Host`` without the public port."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.headers.get("Host", "")
+    try:
+        return (urlsplit(origin).hostname or "") == (urlsplit(f"//{request.headers.get('Host', '')}").hostname or "-")
+    except ValueError:  # (a malformed Origin or Host)
+        return False
 
 
 def _guarded(route: Route, accounts: Accounts) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
