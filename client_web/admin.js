@@ -75,11 +75,30 @@ async function loadUsers() {
   body.replaceChildren(...state.users.filter((u) => u.role !== "classroom").map((u) => el("tr", {},
     el("td", {}, u.name), el("td", {}, u.login), el("td", {}, t(`role.${u.role}`)), el("td", {}, u.school),
     el("td", {}, t(u.disabled ? "admin.disabled" : "admin.active")),
-    el("td", {}, u.id === state.me ? "" : el("button", { type: "button", onclick: () => attempt(async () => {
-      await call(`/api/admin/users/${u.id}`, { method: "PATCH", body: { disabled: !u.disabled } });
-      await loadUsers();
-    }) }, t(u.disabled ? "admin.enable" : "admin.disable"))))));
+    el("td", { class: "actions" }, u.id === state.me ? "" : el("button", { type: "button", class: "small",
+      onclick: () => attempt(async () => {
+        await call(`/api/admin/users/${u.id}`, { method: "PATCH", body: { disabled: !u.disabled } });
+        await loadUsers();
+      }) }, t(u.disabled ? "admin.enable" : "admin.disable")),
+    el("button", { type: "button", class: "small", onclick: (/** @type {Event} */ e) => {
+      const cell = /** @type {HTMLElement} */ (e.currentTarget).parentElement;
+      if (cell) cell.replaceChildren(resetPasswordForm(u));
+    } }, t("admin.resetPassword"))))));
   fillTeacherChoices();
+}
+
+/** An inline form setting a new password for `user` (its sessions end).  @param {User} user */
+function resetPasswordForm(user) {
+  const input = el("input", { type: "password", minlength: "8", maxlength: "256", required: true,
+    autocomplete: "new-password", placeholder: t("admin.newPassword"), class: "new-password" });
+  return el("form", { class: "inline", onsubmit: (/** @type {Event} */ e) => {
+    e.preventDefault();
+    attempt(async () => {
+      await call(`/api/admin/users/${user.id}`, { method: "PATCH", body: { password: input.value } });
+      say(t("admin.passwordSet", { name: user.name }));
+      await loadUsers();
+    });
+  } }, input, el("button", { type: "submit", class: "small primary" }, t("admin.save")));
 }
 
 function fillTeacherChoices() {

@@ -1,5 +1,5 @@
 """The account pages in real headless Chromium against the real app (make_app over HTTP): the district's first
-administrator (made with `ketang admin create-user`) signs in at /login, creates a term, a teacher and a receiving
+administrator (made with `ketang admin create-user`) signs in at /login, creates a term, a teacher (and sets a new password for them) and a receiving
 classroom with a screen (its screen URL shown once), imports a weekly timetable CSV with one bad row — reported with
 its row, column and reason in Chinese, nothing imported until the good rows are accepted —, sees the lesson in the
 week view; then the teacher signs in, finds it in 我的课程 today and starts it (the teacher page opens with a lesson
@@ -92,6 +92,12 @@ async def test_an_administrator_sets_up_a_term_and_imports_a_timetable_and_the_t
     await page.fill("#user-form [name=password]", "teacher-pw-1234")
     await page.click("#user-form button[type=submit]")
     await page.wait_for_selector("#users td:text('李老师')")
+    # the teacher forgot the first password: the administrator sets another (the teacher signs in with it below)
+    row = page.locator("#users tr", has_text="李老师")
+    await row.locator("button", has_text="重置密码").click()
+    await row.locator("input.new-password").fill("teacher-pw-5678")
+    await row.locator("button", has_text="保存").click()
+    await page.wait_for_selector("#status:text('已为 李老师 设置新密码')")
     # a receiving classroom and its screen: the URL is shown once
     await page.click("[data-tab=screens]")
     await page.fill("#room-form [name=name]", "第三小学 三(2)班")
@@ -138,7 +144,7 @@ async def test_an_administrator_sets_up_a_term_and_imports_a_timetable_and_the_t
     # the teacher: 我的课程 today, then 开始上课 opens the teacher page with a token for this lesson
     teacher = await open_page(browser, f"{site.url}/login", viewport=LAPTOP)
     teacher.set_default_timeout(TIMEOUT_MS)
-    await sign_in(teacher, "li", "teacher-pw-1234")
+    await sign_in(teacher, "li", "teacher-pw-5678")
     await teacher.wait_for_url("**/me**")
     await teacher.wait_for_selector("#today .lesson-card h3:text('七年级数学 · 一元一次方程')")
     assert "第三小学 三(2)班" in await teacher.text_content("#today")
