@@ -197,9 +197,9 @@ class Accounts:
         row = {"id": new_id(), "login": login, "name": name.strip(), "role": role, "school": school.strip(),
                "password_hash": hashed, "disabled": 0, "created_at": now, "updated_at": now}
         async with self.store.write() as db:
-            if (await db.execute(sa.select(users.c.id).where(users.c.login == login))).first() is not None:
+            inserted = await db.execute(self._insert_ignore(users, **row))
+            if not inserted.rowcount:  # (the login is unique: taken, or taken at this very moment by another node)
                 raise AccountError("login_taken", "this login is taken", 409, field="login")
-            await db.execute(users.insert().values(**row))
         return _user_json(_Obj(row))
 
     async def list_users(self, role: str | None = None) -> list[dict[str, Any]]:
@@ -300,7 +300,12 @@ class Accounts:
         limits = {"account": ACCOUNT_MAX_FAILURES, "address": ADDRESS_MAX_FAILURES}
         locked: list[str] = []
         async with self.store.write() as db:
-            current = await self._throttle_state(db, keys.values())
+            for key in keys.values():  # (two failures at once on PostgreSQL: one row, both counted)
+                await db.execute(self._insert_ignore(login_throttle, key=key, failures=0, window_start=_iso(now),
+                                                     locked_until=None))
+            rows = await db.execute(sa.select(login_throttle).where(login_throttle.c.key.in_(list(keys.values())))
+                                    .with_for_update())
+            current = {r.key: r for r in rows}
             for kind, key in keys.items():
                 row = current.get(key)
                 if row is None or now - _epoch(row.window_start) > FAILURE_WINDOW_S:
@@ -311,12 +316,17 @@ class Accounts:
                 if failures >= limits[kind]:
                     lock, failures, start = _iso(now + LOCKOUT_S), 0, _iso(now)
                     locked.append(kind)
-                values = {"failures": failures, "window_start": start, "locked_until": lock}
-                if row is None:
-                    await db.execute(login_throttle.insert().values(key=key, **values))
-                else:
-                    await db.execute(login_throttle.update().where(login_throttle.c.key == key).values(**values))
+                await db.execute(login_throttle.update().where(login_throttle.c.key == key)
+                                 .values(failures=failures, window_start=start, locked_until=lock))
         return tuple(locked)
+
+    def _insert_ignore(self, table: sa.Table, **values: Any) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING, in the store's dialect."""
+        if self.store.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table).values(**values).on_conflict_do_nothing()
 
     # -- sessions -------------------------------------------------------------------------------------------------
 

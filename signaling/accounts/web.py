@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from signaling.accounts import timetable as tt
 from signaling.accounts.service import (
@@ -503,6 +504,10 @@ def _guarded(route: Route, accounts: Accounts) -> Callable[[web.Request], Awaita
             return _error(exc.code, exc.message, exc.status, **exc.detail)
         except TimeoutError:
             return _error("timeout", "the body did not arrive in time", 408)
+        except (SQLAlchemyError, OSError) as exc:  # the store is down (PostgreSQL restarting, a full disk)
+            log.warning("accounts: the store failed on %s %s: %s", request.method, route.path,
+                        " ".join(str(exc).split())[:300])
+            return _error("unavailable", "the accounts' store cannot be reached just now: try again", 503)
 
     return handle
 

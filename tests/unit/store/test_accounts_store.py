@@ -244,3 +244,19 @@ def test_a_sheet_that_cannot_be_read_says_why_in_chinese(data: bytes, code: str)
     with pytest.raises(SheetError) as refused:
         read_sheet(data)
     assert refused.value.error.code == code and any("\u4e00" <= c <= "\u9fff" for c in refused.value.error.message)
+
+
+async def test_failures_at_once_are_each_counted_and_a_login_taken_at_once_is_refused_not_crashed(accounts) -> None:
+    import asyncio
+
+    acc, _ = accounts
+    await acc.create_user(login="li", name="李老师", role="teacher", password="password-123")
+    outcomes = await asyncio.gather(*(acc.sign_in("li", "wrong", f"10.0.0.{i}")
+                                      for i in range(ACCOUNT_MAX_FAILURES)))
+    assert sorted(o.locked_now for o in outcomes) == [()] * (ACCOUNT_MAX_FAILURES - 1) + [("account",)]
+    with pytest.raises(AccountError, match="try again"):
+        await acc.sign_in("li", "password-123", "10.0.1.1")
+    made = await asyncio.gather(*(acc.create_user(login="wang", name="王老师", role="classroom") for _ in range(3)),
+                                return_exceptions=True)
+    assert sum(isinstance(m, dict) for m in made) == 1
+    assert all(m.code == "login_taken" for m in made if isinstance(m, AccountError)) and len(made) == 3
