@@ -204,3 +204,18 @@ async def test_a_revoked_classroom_screen_is_refused_and_a_teacher_gets_a_token_
     actions = [e["action"] for e in read(audit_path(site.data))]
     for action in ("device_create", "device_revoke", "timetable_create", "lesson_token"):
         assert action in actions
+
+
+async def test_the_session_cookie_is_secure_when_the_server_is_reached_over_https(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a TLS proxy (--public-url https://…) the cookie is Secure: a browser never sends it over plain http."""
+    data = tmp_path / "data"
+    monkeypatch.setattr("sys.stdin", io.StringIO(ADMIN_PASSWORD + "\n"))
+    assert await asyncio.to_thread(ketang_main, [
+        "admin", "create-user", "--role", "administrator", "--login", "admin", "--name", "王主任", "--password-stdin",
+        "--data-dir", str(data)]) == 0
+    app = make_app(Config(data_dir=data, secret=SECRET, record=False, public_url="https://ketang.example.cn"))
+    async with TestClient(TestServer(app)) as client:
+        status, _, cookie = await sign_in(client, "admin", ADMIN_PASSWORD)
+    flags = [part.strip().lower() for part in cookie.split(";")]
+    assert status == 200 and "secure" in flags and "httponly" in flags and "samesite=lax" in flags
