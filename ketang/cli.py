@@ -152,6 +152,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ketang.admin_cmd import add_parser as add_admin_parser
     from ketang.audit_cmd import add_parser as add_audit_parser
     from ketang.drain_cmd import add_parser as add_drain_parser
     from ketang.lesson_cmd import add_parser as add_lesson_parser
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-prefix", default=None, help="key prefix in Redis (or KETANG_REDIS_PREFIX; ketang:)")
     serve.add_argument("--data-dir", default=None, help="secret and recordings (or KETANG_DATA_DIR; ./data)")
     serve.add_argument("--database-url", default=None,
-                       help="the store (library catalog): postgresql+asyncpg://USER@HOST/DB shared by every node "
+                       help="the store (library catalog, accounts, timetable): postgresql+asyncpg://USER@HOST/DB shared by every node "
                             "(or KETANG_DATABASE_URL); default: a SQLite file in the data directory")
     serve.add_argument("--media-dir", default=None, metavar="DIR",
                        help="where recordings are written (or KETANG_MEDIA_DIR; default: DATA_DIR/recordings): a "
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_parser(sub)
     add_audit_parser(sub)
     add_drain_parser(sub)
+    add_admin_parser(sub)
     return parser
 
 

@@ -25,6 +25,9 @@ from recorder.library.web import add_routes as add_library_routes
 from recorder.record.handoff import drain as drain_catalog
 from recorder.record.repair import repair_unfinished
 from signaling import metrics
+from signaling.accounts import Accounts, AccountsApi
+from signaling.accounts import add_routes as add_account_routes
+from signaling.accounts.filing import filer
 from signaling.audit import (
     AUDITED_MESSAGES,
     AuditLog,
@@ -48,6 +51,7 @@ from signaling.messages import (
 from signaling.ratelimit import TokenBucket
 from signaling.state import StoreUnavailable, open_store
 from signaling.tokens import TokenError, verify_token
+from store import Store, database_url_from
 
 log = logging.getLogger("ketang.signaling")
 
@@ -65,7 +69,9 @@ AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
-PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html"}
+PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html",
+         # accounts (docs/accounts.md): sign-in, the district's administration, a teacher's 我的课程
+         "/login": "login.html", "/admin": "admin.html", "/me": "me.html"}
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -373,6 +379,11 @@ def make_app(config: Config) -> web.Application:
                       media_dir=config.media_dir)
     audit = app[AUDIT_KEY] = AuditLog(audit_path(config.data_dir))
     app.on_cleanup.append(lambda _app: _close(audit))
+    # accounts, classroom screens and the timetable: /api/login, /api/me/..., /api/admin/..., /api/openapi.json
+    accounts = Accounts(Store(database_url_from(config.database_url or None, config.data_dir)))
+    app.on_cleanup.append(lambda _app: accounts.close())
+    add_account_routes(app, AccountsApi(accounts, config.secret, audit,
+                                        secure_cookies=bool(config.tls) or config.url.startswith("https:")))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
                                         audit=library_audit(audit),
                                         # each item's composite progress, from the queue made at start-up below
@@ -412,7 +423,13 @@ def make_app(config: Config) -> web.Application:
             library.recordings_dir,
             jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
         compose.start()
-        hub.on_lesson_recorded = compose.enqueue
+        file_soon = filer(accounts, library)  # a scheduled lesson's recordings get its curriculum fields
+
+        def recorded(lesson_id: str) -> None:
+            compose.enqueue(lesson_id)
+            file_soon(lesson_id)
+
+        hub.on_lesson_recorded = recorded
         lag = asyncio.ensure_future(metrics.measure_loop_lag())
         if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
             log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "

@@ -269,8 +269,11 @@ class Supervisor:
         worker.started_at = time.monotonic()
         worker.up = worker.ready = False
         if worker.session is None or worker.session.closed:
+            # no cookie jar: a Set-Cookie (a sign-in's session) goes to its browser only, never kept here and sent
+            # along with every other client's requests
             worker.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(worker.socket)),
-                                                   auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+                                                   auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None),
+                                                   cookie_jar=aiohttp.DummyCookieJar())
         log.info("worker %d started (pid %d, node %s, media ports %s)", worker.index, worker.proc.pid, worker.node,
                  worker.media_ports or "any")
 
