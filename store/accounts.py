@@ -1,5 +1,5 @@
 """The tables of accounts, sessions and the timetable (课表), declared on the store's one Base (the migration
-0002_accounts creates them; ``signaling/accounts/`` queries them). Times are ISO 8601 UTC strings like the catalog's;
+0004_accounts creates them; ``signaling/accounts/`` queries them). Times are ISO 8601 UTC strings like the catalog's;
 dates are ``YYYY-MM-DD`` and times of day ``HH:MM`` (the school's local time, as a timetable is written).
 
 - ``users``: one row per account: an administrator (district), a teacher, a reviewer, or a classroom (a receiving
