@@ -351,8 +351,11 @@ async def test_the_lessons_record_stays_with_its_library_entry_after_the_end(ser
             async with http.get(f"{server.url}/api/library", params={"lesson_id": lesson},
                                 headers=teacher_auth) as resp:
                 items = (await resp.json())["items"]
-            main = next(i for i in items if "上台" not in i["title"])
-            stage = next(i for i in items if i["title"].endswith("（上台 A）"))
+            assert len(items) == 1, items  # one item per lesson: the stage turn is one of its sources
+            main = items[0]
+            async with http.get(f"{server.url}/api/library/{main['id']}", headers=teacher_auth) as resp:
+                sources = (await resp.json())["sources"]
+            stage = next(s for s in sources if s["role"] == "stage" and s["label"] == "A")
             assert stage["duration_s"] > 1.0, stage
             base = f"{server.url}/api/library/{main['id']}/lesson"
             async with http.get(f"{base}/attendance.csv", headers=teacher_auth) as resp:
