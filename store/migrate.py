@@ -20,6 +20,8 @@ from sqlalchemy import text
 from store.engine import Store, redact
 
 log = logging.getLogger("ketang.store")
+# alembic says "Context impl SQLiteImpl" at INFO on every start; what changed is logged here instead (from -> to)
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).parent / "migrations"
 # pg_advisory_lock key: "ketang store migrate", any constant the nodes agree on
