@@ -85,7 +85,7 @@ export function setUpPage(user) {
   const header = document.querySelector("header");
   if (!header) return;
   if (user) {
-    header.append(el("span", { class: "who", id: "who" }, `${user.name}（${t(`role.${user.role}`)}）`),
+    header.append(el("span", { class: "who", id: "who" }, `${user.name}（${t(`account.role.${user.role}`)}）`),
       el("button", { type: "button", id: "logout", onclick: signOut }, t("account.logout")));
   }
   header.append(el("a", { class: "lang", href: otherLanguageHref() }, otherLanguageLabel));

@@ -73,7 +73,7 @@ async function loadUsers() {
   const body = byId("users").querySelector("tbody");
   if (!body) return;
   body.replaceChildren(...state.users.filter((u) => u.role !== "classroom").map((u) => el("tr", {},
-    el("td", {}, u.name), el("td", {}, u.login), el("td", {}, t(`role.${u.role}`)), el("td", {}, u.school),
+    el("td", {}, u.name), el("td", {}, u.login), el("td", {}, t(`account.role.${u.role}`)), el("td", {}, u.school),
     el("td", {}, t(u.disabled ? "admin.disabled" : "admin.active")),
     el("td", { class: "actions" }, u.id === state.me ? "" : el("button", { type: "button", class: "small",
       onclick: () => attempt(async () => {
