@@ -254,7 +254,7 @@ class AccountsApi:
                                closes_at=closes.isoformat())
         lesson, title = occurrence["lesson"], occurrence["title"]
         token = issue_token(self.secret, "classroom", lesson, name=who.user["name"], sub=who.user["id"], title=title,
-                            ttl_s=max(60, int((closes - now).total_seconds())))
+                            ttl_s=max(60, int((closes - now).total_seconds())), now=now.timestamp())
         self._audit("screen_token", request, who, lesson=lesson, device=who.device)
         return _json({"lesson": lesson, "token": token, "closes_at": closes.isoformat()})
 
