@@ -1075,6 +1075,9 @@ async function main() {
   if (resumed) { // reloaded during the lesson: it goes on (the classrooms stayed in it)
     $("record", HTMLInputElement).checked = resumed.record;
     start();
+  } else if (fragment.get("start") === "1") { // 开始上课 in 我的课程: that click was the one to start
+    history.replaceState(null, "", location.href.replace(/&start=1$/, ""));
+    start();
   }
 }
 
