@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from ketang.cli import main as ketang_main
 from signaling.app import make_app
 from signaling.config import Config
+from tests.browser.test_browser_csp import WATCH_VIOLATIONS
 from tests.chromium import SCREENSHOTS, open_page, wait_decoding
 
 pytestmark = pytest.mark.slow
@@ -75,6 +76,20 @@ async def in_state(page, state: str, timeout_ms: int = TIMEOUT_MS) -> None:  # t
     await page.wait_for_selector(f"body[data-state={state}]", state="attached", timeout=timeout_ms)
 
 
+async def open_screen(browser, url: str):  # type: ignore[no-untyped-def]
+    """A screen page under the server's Content-Security-Policy (enforced: a kiosk browser has no test switches),
+    its violations and the framed classroom page's collected in `window.__csp`."""
+    context = await browser.new_context(viewport=LAPTOP)
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.add_init_script(WATCH_VIOLATIONS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.ketang_errors = errors
+    await page.goto(url)
+    return page
+
+
 def lesson_frame(page):  # type: ignore[no-untyped-def]
     frames = [f for f in page.frames if "/classroom" in f.url]
     assert len(frames) == 1, [f.url for f in page.frames]
@@ -115,8 +130,7 @@ async def test_two_classroom_screens_enter_their_lesson_by_themselves_and_return
     try:
         # each screen opened once with its URL; the first reopened without it (a reboot): the credential was kept
         for made in screens:
-            page = await open_page(browser, f"{site.url}{made['screen_path']}", viewport=LAPTOP)
-            page.set_default_timeout(TIMEOUT_MS)
+            page = await open_screen(browser, f"{site.url}{made['screen_path']}")
             await page.wait_for_selector("body[data-ready]", state="attached")
             assert "#device=" not in page.url  # (the secret is not left on the address bar)
             pages.append(page)
@@ -168,8 +182,12 @@ async def test_two_classroom_screens_enter_their_lesson_by_themselves_and_return
             frame = lesson_frame(page)
             await wait_decoding(frame, videos=1, timeout_s=20)
             # the teacher is heard in the framed classroom page (its audio element plays after the screen's click)
-            await frame.wait_for_function("(() => { const a = document.getElementById('audio'); "
-                                          "return a.srcObject && !a.paused; })()", timeout=TIMEOUT_MS)
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while not await frame.evaluate("(() => { const a = document.getElementById('audio'); "
+                                           "return Boolean(a.srcObject) && !a.paused; })()"):
+                assert time.monotonic() < deadline, "the framed classroom page's sound did not start"
+                await asyncio.sleep(0.2)
+            assert await frame.evaluate("window.__csp") == []  # (framing it broke no rule of the policy)
         await pages[0].screenshot(path=str(SCREENSHOTS / "screen-lesson.png"))
 
         # the teacher page reloads mid-lesson: it goes on by itself, the screens keep the lesson and see the teacher
@@ -217,6 +235,8 @@ async def test_two_classroom_screens_enter_their_lesson_by_themselves_and_return
         assert "已被吊销" in await pages[1].text_content("#status")
         for page in pages:
             assert page.ketang_errors == [], page.ketang_errors
+        for page in pages[:2]:  # under the policy: the screen and the classroom page it framed
+            assert await page.evaluate("window.__csp") == []
     finally:
         await http.close()
         for page in pages:
