@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
+import segno
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -300,6 +302,14 @@ class AccountsApi:
         self._audit("device_revoke", request, who, device=device["id"], classroom=device["classroom"]["id"])
         return _json(device)
 
+    async def qr(self, request: web.Request, who: Who | None) -> web.StreamResponse:
+        """A QR code (SVG) of a text: a new screen's URL, to scan on the classroom PC or smart board rather than type
+        (made here, by segno, not by a script from elsewhere; the page already holds the text it asks about)."""
+        out = io.BytesIO()
+        segno.make(request[BODY_KEY]["text"], error="m").save(out, kind="svg", scale=6, border=2, xmldecl=False,
+                                                              title="QR")
+        return _json({"svg": out.getvalue().decode()})
+
     async def list_terms(self, request: web.Request, who: Who | None) -> web.StreamResponse:
         return _json({"terms": await self.accounts.list_terms()})
 
@@ -380,6 +390,7 @@ USER_BODY = _obj(["login", "name", "role"], login={"type": "string", "minLength"
 USER_PATCH = _obj([], name=_NAME, school={"type": "string", "maxLength": 100}, disabled={"type": "boolean"},
                   password=_PASSWORD)
 DEVICE_BODY = _obj(["classroom_id"], classroom_id=_ID, label={"type": "string", "maxLength": 100})
+QR_BODY = _obj(["text"], text={"type": "string", "minLength": 1, "maxLength": 1000})  # (fits a QR code at level M)
 TERM_BODY = _obj(["name", "start_date", "weeks"], name=_NAME, start_date={"type": "string", "format": "date",
                                                                           "maxLength": 10},
                  weeks={"type": "integer", "minimum": 1, "maximum": tt.MAX_TERM_WEEKS})
@@ -460,6 +471,8 @@ def routes(api: AccountsApi) -> list[Route]:
               "A new screen credential for a classroom: shown once, in its screen URL", admin, DEVICE_BODY),
         Route("POST", "/api/admin/devices/{device}/revoke", api.revoke_device, "Revoke a screen's credential",
               admin),
+        Route("POST", "/api/admin/qr", api.qr, "A QR code (SVG, in `svg`) of a text: a new screen's URL to scan",
+              admin, QR_BODY),
         Route("GET", "/api/admin/terms", api.list_terms, "Terms", admin),
         Route("POST", "/api/admin/terms", api.create_term, "A new term (first day, weeks)", admin, TERM_BODY),
         Route("GET", "/api/admin/terms/{term}", api.get_term, "One term", admin),
