@@ -147,6 +147,13 @@ async def test_two_classroom_screens_enter_their_lesson_by_themselves_and_return
         await pages[0].screenshot(path=str(SCREENSHOTS / "screen.png"))
         await pages[1].set_viewport_size(BOARD)
         await pages[1].screenshot(path=str(SCREENSHOTS / "screen-1080.png"))
+        # the network goes (a school's link drops): the screen says so with a countdown, and is back when it returns
+        await pages[1].context.set_offline(True)
+        await pages[1].evaluate("window.dispatchEvent(new Event('online'))")  # (asks now, not in 5 minutes)
+        await pages[1].wait_for_selector("#status.warn:text('秒后自动重试')")
+        await pages[1].context.set_offline(False)
+        await pages[1].wait_for_selector("#status", state="hidden")
+        assert await pages[1].get_attribute("#next", "data-lesson") == lesson
         # the later lesson's window is not open yet (it opens 5 minutes before its start): no token
         async with http.post(f"{site.url}/api/screen/lessons/{next_lesson}/token",
                              headers={"Authorization": f"Device {screens[0]['credential']}"}) as r:
