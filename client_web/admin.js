@@ -144,6 +144,11 @@ async function addScreen(room) {
   row?.append(el("div", { class: "new-screen" }, el("strong", {}, t("admin.screenUrl")), input,
     el("button", { type: "button", onclick: () => { input.select(); navigator.clipboard?.writeText(url); } },
       t("teacher.copy")), el("p", { class: "muted" }, t("admin.screenOnce"))));
+  // the same URL as a QR code, to scan on the classroom PC or smart board (an SVG made by the server, shown as a blob)
+  const { svg } = await call("/api/admin/qr", { method: "POST", body: { text: url } });
+  const qr = el("img", { id: "screen-qr", class: "screen-qr", alt: t("admin.screenQr"), width: "180", height: "180",
+    src: URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" })) });
+  row?.querySelector(".new-screen p")?.before(qr);
 }
 
 // -- terms ------------------------------------------------------------------------------------------------------------------

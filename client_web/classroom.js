@@ -21,6 +21,10 @@ const params = new URLSearchParams(location.search);
 const [CAMERA_W, CAMERA_H] = (params.get("video") || "320x180").split("x").map(Number);
 const CAMERA_FPS = 15;
 
+// ?screen=1 in a frame of /screen (a classroom's standing screen): enter by itself, and tell the screen when the
+// lesson is over for this page (it goes back to its timetable); the screen's 「点击开启声音」 starts the sound here
+const onScreen = params.get("screen") === "1" && window.parent !== window;
+
 const $ = byId;
 const token = fragmentParams().get("token");
 const claims = token ? readClaims(token) : null;
@@ -60,6 +64,13 @@ window.ketang = {
   get stream() { return localStream; },
   get tracks() { return createdTracks; }, // every camera and microphone track this page opened
 };
+
+/** Tell the standing screen framing this page how the lesson went for it: `ended` (the teacher ended it),
+ *  `removed`, or `refused` with the server's code (a lesson already over, a token the screen should not retry).
+ *  @param {string} state  @param {string} [code] */
+function tellScreen(state, code = "") {
+  if (onScreen) window.parent.postMessage({ type: "ketang-classroom", state, code }, location.origin);
+}
 
 /** @param {HTMLElement} el  @param {string} key  @param {Record<string, string | number>} [vars] */
 function label(el, key, vars) {
@@ -528,12 +539,14 @@ async function enter() {
     } else if (state === "removed") {
       document.body.dataset.layout = "removed";
       stopped(errorText("removed"));
+      tellScreen("removed");
     }
   });
   current.on("ended", () => {
     document.body.dataset.layout = "ended";
     stopped(t("lesson.ended"));
     banner(t("lesson.endedNext"));
+    tellScreen("ended");
   });
   try {
     await current.start(stream);
@@ -558,6 +571,7 @@ async function enter() {
     } else {
       document.body.dataset.layout = "removed"; // the plain full-page note (a bad link cannot be retried)
       message(errorText(err));
+      tellScreen("refused", code);
     }
     return;
   }
@@ -652,6 +666,17 @@ function main() {
   $("hand", HTMLButtonElement).addEventListener("click", toggleHand);
   $("mic", HTMLButtonElement).addEventListener("click", toggleMic);
   $("chat-form").addEventListener("submit", sendChat);
+  if (onScreen) {
+    document.body.classList.add("on-screen");
+    window.addEventListener("message", (e) => {
+      if (e.origin !== location.origin || e.source !== window.parent || e.data?.type !== "ketang-screen") return;
+      if (e.data.sound) { // the screen was clicked: the browser lets sound start now
+        $("audio", HTMLAudioElement).play().catch(() => {});
+        for (const a of $("guest-audio").querySelectorAll("audio")) a.play().catch(() => {});
+      }
+    });
+    enter();
+  }
   document.addEventListener("fullscreenchange", () => {
     const key = document.fullscreenElement ? "classroom.exitFullscreen" : "classroom.fullscreen";
     $("fullscreen").dataset.i18n = key;

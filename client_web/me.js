@@ -1,6 +1,6 @@
 // @ts-check
 // /me: 我的课程 for a teacher: today's lessons (with 开始上课: the teacher page opens with a lesson token minted for
-// that lesson) and a week's list. A reviewer is pointed to the library.
+// that lesson and starts it) and a week's list. A reviewer is pointed to the library.
 import { byId } from "./dom.js";
 import { t } from "./i18n.js";
 import {
@@ -26,7 +26,8 @@ async function start(o, button) {
     const made = await call(`/api/me/lessons/${encodeURIComponent(o.lesson)}/start`, { method: "POST" });
     const lang = new URLSearchParams(location.search).get("lang");
     const [path, fragment] = made.teacher_url.split("#");
-    location.assign(`${path}${lang ? `?lang=${lang}` : ""}#${fragment}`);
+    // start=1: the teacher page starts the lesson as soon as the camera is open (this click was the one click)
+    location.assign(`${path}${lang ? `?lang=${lang}` : ""}#${fragment}&start=1`);
   } catch (err) {
     fail(err);
     button.disabled = false;

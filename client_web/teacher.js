@@ -793,6 +793,21 @@ function retryLater() {
   countdown(RETRY_S, (left) => notice(t("error.unreachable", { seconds: left }), { key: "retryNow", run: start }), start);
 }
 
+// the lesson this tab is teaching (with its 录制 choice), kept for the tab's life: reloading the page during the
+// lesson starts it again by itself — the same token, so the server lets the new connection take over from the old
+const LIVE_KEY = "ketang.teacher.live";
+
+/** Whether this tab was teaching this page's lesson before a reload: its 录制 choice then, or null.
+ *  @returns {{record: boolean} | null} */
+function wasLive() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(LIVE_KEY) || "null");
+    return saved && claims && saved.lesson === claims.lesson ? { record: Boolean(saved.record) } : null;
+  } catch {
+    return null;
+  }
+}
+
 async function start() {
   stopCountdown();
   $("start", HTMLButtonElement).disabled = true;
@@ -842,6 +857,7 @@ async function start() {
   current.on("chat", renderChat);
   current.on("chat-deleted", renderChat);
   current.on("ended", () => {
+    sessionStorage.removeItem(LIVE_KEY);
     stoppedLesson(t("lesson.ended"), "ended");
     pollAttendance(); // the final figures stay on screen
     notice(t("teacher.endedNext"));
@@ -856,6 +872,7 @@ async function start() {
       notice("");
     } else if (e.detail.state === "replaced") {
       // the same link opened elsewhere (close code 4001): let go of everything; 「在此处继续」 takes it back
+      sessionStorage.removeItem(LIVE_KEY); // taught from elsewhere now: a reload here does not take it back
       stoppedLesson(t("teacher.replaced"), "ended");
       notice(errorText("replaced", "teacher"), { key: "resume", run: start });
     }
@@ -880,6 +897,7 @@ async function start() {
     else notice(errorText(err, "teacher"));
     return;
   }
+  sessionStorage.setItem(LIVE_KEY, JSON.stringify({ lesson: claims?.lesson, record: current.record }));
   label($("start", HTMLButtonElement), "teacher.live");
   status(t("teacher.live"), "live");
   for (const id of INTERACTIVE_CONTROLS) control(id).disabled = false;
@@ -1053,6 +1071,14 @@ async function main() {
     return;
   }
   $("start", HTMLButtonElement).disabled = false;
+  const resumed = wasLive();
+  if (resumed) { // reloaded during the lesson: it goes on (the classrooms stayed in it)
+    $("record", HTMLInputElement).checked = resumed.record;
+    start();
+  } else if (fragment.get("start") === "1") { // 开始上课 in 我的课程: that click was the one to start
+    history.replaceState(null, "", location.href.replace(/&start=1$/, ""));
+    start();
+  }
 }
 
 main();

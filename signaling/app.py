@@ -71,7 +71,11 @@ COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQ
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
 PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html",
          # accounts (docs/accounts.md): sign-in, the district's administration, a teacher's 我的课程
-         "/login": "login.html", "/admin": "admin.html", "/me": "me.html"}
+         "/login": "login.html", "/admin": "admin.html", "/me": "me.html",
+         # a receiving classroom's standing screen: its timetable, and the classroom page framed in it per lesson
+         "/screen": "screen.html"}
+# the one page another page may frame: the classroom page, by this site's /screen only
+FRAMED_BY_SELF = frozenset({"/classroom"})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -282,7 +286,8 @@ def content_security_policy(script_hashes: list[str], other_nodes: bool) -> str:
     """The pages load their scripts, styles, posters and recordings from this server only (no inline style, no
     eval); their websocket goes to this server (added per request by its Host, since CSP's 'self' has not always
     covered ws:) or — with several nodes on one Redis — to the node carrying the lesson, whose origin is only
-    learnt from `lesson_elsewhere`: then any http(s)/ws(s) origin may be connected to. No page may be framed."""
+    learnt from `lesson_elsewhere`: then any http(s)/ws(s) origin may be connected to. No page may be framed (but
+    the classroom page by this site's own /screen: FRAMED_BY_SELF)."""
     connect = "'self'" + (" http: https: ws: wss:" if other_nodes else "")
     scripts = " ".join(["'self'", *script_hashes])
     return "; ".join([
@@ -302,8 +307,11 @@ def security_headers(policy: str):  # type: ignore[no-untyped-def]
         host = request.headers.get("Host", "")
         if _HOST.fullmatch(host):
             csp = csp.replace("connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}", 1)
-        headers["Content-Security-Policy"] = csp
         headers.update(fixed)
+        if request.path in FRAMED_BY_SELF:
+            csp = csp.replace("frame-ancestors 'none'", "frame-ancestors 'self'")
+            headers["X-Frame-Options"] = "SAMEORIGIN"
+        headers["Content-Security-Policy"] = csp
 
     @web.middleware
     async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
+import segno
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -59,13 +61,18 @@ BODY_TIMEOUT_S: Final[float] = 30.0
 MAX_RANGE_DAYS: Final[int] = 200  # occurrences are asked for a week, a month or a term: never years
 SAFE_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS"})
 TEACHER_TOKEN_TTL_S: Final[int] = 6 * 3600
+# a classroom screen gets its lesson token from a little before the lesson starts until a while after it should have
+# ended (a lesson running over, a screen rebooted late in it): never outside this window
+SCREEN_EARLY_S: Final[int] = 5 * 60
+SCREEN_LATE_S: Final[int] = 30 * 60
 ACCOUNTS_KEY: web.AppKey[Accounts] = web.AppKey("accounts", Accounts)
 BODY_KEY: web.RequestKey[Any] = web.RequestKey("accounts_body", object)  # the checked JSON body of a request
 ERRORS_DOC: Final[dict[int, str]] = {400: "invalid request (code `invalid`, `weak_password`; `field` names the field)",
                                      401: "no session (`unauthorized`), bad sign-in (`bad_credentials`), a revoked "
                                           "screen (`device_revoked`)",
                                      403: "wrong role (`forbidden`) or missing CSRF token (`csrf`)",
-                                     404: "`not_found`", 409: "`login_taken`, `clash` (with `clashes`)",
+                                     404: "`not_found`", 409: "`login_taken`, `clash` (with `clashes`), "
+                                                              "`not_now` (a screen outside its lesson's window)",
                                      429: "`login_locked` (with `retry_after_s`, `until`)"}
 
 
@@ -131,12 +138,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class AccountsApi:
     def __init__(self, accounts: Accounts, secret: str, audit: AuditLog | None, *, secure_cookies: bool = False,
-                 today: Callable[[], date] = date.today) -> None:
+                 today: Callable[[], date] | None = None, now: Callable[[], datetime] = datetime.now) -> None:
         self.accounts = accounts
         self.secret = secret
         self.audit = audit
         self.secure_cookies = secure_cookies
-        self.today = today
+        self.now = now  # the school's wall clock (the timetable's times are in it)
+        self.today = today or (lambda: now().date())
 
     def _audit(self, action: str, request: web.Request, who: Who | None, outcome: str = "ok",
                **detail: Any) -> None:
@@ -225,7 +233,32 @@ class AccountsApi:
         assert who is not None
         first, last = self._range(request) if "from" in request.query else (self.today(), self.today())
         found = await self.accounts.occurrences(first, last, classroom_id=who.user["id"])
-        return _json({"classroom": who.user, "today": self.today().isoformat(), "lessons": found})
+        now = self.now()
+        return _json({"classroom": who.user, "today": now.date().isoformat(),
+                      "now": now.isoformat(timespec="seconds"), "early_s": SCREEN_EARLY_S, "late_s": SCREEN_LATE_S,
+                      "lessons": found})
+
+    async def screen_token(self, request: web.Request, who: Who | None) -> web.StreamResponse:
+        """A classroom lesson token for the screen's classroom in one of its lessons, only within the lesson's
+        window (SCREEN_EARLY_S before its start to SCREEN_LATE_S after its end); valid until the window closes."""
+        assert who is not None
+        occurrence = await self.accounts.occurrence(request.match_info["lesson"])
+        if who.user["id"] not in {c["id"] for c in occurrence["classrooms"]}:
+            raise AccountError("not_found", "not a lesson of this classroom", 404)
+        day = date.fromisoformat(occurrence["date"])
+        starts = datetime.combine(day, datetime.strptime(occurrence["start_time"], "%H:%M").time())
+        ends = datetime.combine(day, datetime.strptime(occurrence["end_time"], "%H:%M").time())
+        opens, closes = starts - timedelta(seconds=SCREEN_EARLY_S), ends + timedelta(seconds=SCREEN_LATE_S)
+        now = self.now()
+        if not opens <= now < closes:
+            self._audit("screen_token", request, who, "not_now", lesson=occurrence["lesson"], device=who.device)
+            raise AccountError("not_now", "this lesson is not on now", 409, opens_at=opens.isoformat(),
+                               closes_at=closes.isoformat())
+        lesson, title = occurrence["lesson"], occurrence["title"]
+        token = issue_token(self.secret, "classroom", lesson, name=who.user["name"], sub=who.user["id"], title=title,
+                            ttl_s=max(60, int((closes - now).total_seconds())), now=now.timestamp())
+        self._audit("screen_token", request, who, lesson=lesson, device=who.device)
+        return _json({"lesson": lesson, "token": token, "closes_at": closes.isoformat()})
 
     # an administrator ------------------------------------------------------------------------------------------------
 
@@ -268,6 +301,14 @@ class AccountsApi:
         device = await self.accounts.revoke_device(request.match_info["device"])
         self._audit("device_revoke", request, who, device=device["id"], classroom=device["classroom"]["id"])
         return _json(device)
+
+    async def qr(self, request: web.Request, who: Who | None) -> web.StreamResponse:
+        """A QR code (SVG) of a text: a new screen's URL, to scan on the classroom PC or smart board rather than type
+        (made here, by segno, not by a script from elsewhere; the page already holds the text it asks about)."""
+        out = io.BytesIO()
+        segno.make(request[BODY_KEY]["text"], error="m").save(out, kind="svg", scale=6, border=2, xmldecl=False,
+                                                              title="QR")
+        return _json({"svg": out.getvalue().decode()})
 
     async def list_terms(self, request: web.Request, who: Who | None) -> web.StreamResponse:
         return _json({"terms": await self.accounts.list_terms()})
@@ -349,6 +390,7 @@ USER_BODY = _obj(["login", "name", "role"], login={"type": "string", "minLength"
 USER_PATCH = _obj([], name=_NAME, school={"type": "string", "maxLength": 100}, disabled={"type": "boolean"},
                   password=_PASSWORD)
 DEVICE_BODY = _obj(["classroom_id"], classroom_id=_ID, label={"type": "string", "maxLength": 100})
+QR_BODY = _obj(["text"], text={"type": "string", "minLength": 1, "maxLength": 1000})  # (fits a QR code at level M)
 TERM_BODY = _obj(["name", "start_date", "weeks"], name=_NAME, start_date={"type": "string", "format": "date",
                                                                           "maxLength": 10},
                  weeks={"type": "integer", "minimum": 1, "maximum": tt.MAX_TERM_WEEKS})
@@ -412,6 +454,10 @@ def routes(api: AccountsApi) -> list[Route]:
         Route("GET", "/api/screen/lessons", api.screen_lessons,
               "A classroom screen's lessons (today, or from..to): Authorization: Device <credential>",
               frozenset({CLASSROOM}), query=span, device=True, response="Occurrences"),
+        Route("POST", "/api/screen/lessons/{lesson}/token", api.screen_token,
+              "A classroom lesson token for the screen's classroom, from 5 minutes before the lesson starts to 30 "
+              "minutes after it ends (else 409 `not_now` with `opens_at`, `closes_at`)", frozenset({CLASSROOM}),
+              device=True),
         Route("GET", "/api/admin/users", api.list_users, "Accounts", admin, query={"role": "only this role"}),
         Route("POST", "/api/admin/users", api.create_user, "Create an account (classrooms have no password)", admin,
               USER_BODY, response="User"),
@@ -425,6 +471,8 @@ def routes(api: AccountsApi) -> list[Route]:
               "A new screen credential for a classroom: shown once, in its screen URL", admin, DEVICE_BODY),
         Route("POST", "/api/admin/devices/{device}/revoke", api.revoke_device, "Revoke a screen's credential",
               admin),
+        Route("POST", "/api/admin/qr", api.qr, "A QR code (SVG, in `svg`) of a text: a new screen's URL to scan",
+              admin, QR_BODY),
         Route("GET", "/api/admin/terms", api.list_terms, "Terms", admin),
         Route("POST", "/api/admin/terms", api.create_term, "A new term (first day, weeks)", admin, TERM_BODY),
         Route("GET", "/api/admin/terms/{term}", api.get_term, "One term", admin),
@@ -553,7 +601,8 @@ def openapi_document() -> dict[str, Any]:
             statuses += [401, 403] if not route.device else [401]
         if "{" in route.path:
             statuses.append(404)
-        if route.path in ("/api/admin/users", "/api/admin/timetable") and route.method == "POST":
+        if route.path in ("/api/admin/users", "/api/admin/timetable", "/api/screen/lessons/{lesson}/token") \
+                and route.method == "POST":
             statuses.append(409)
         if route.path == "/api/login":
             statuses += [401, 403, 429]

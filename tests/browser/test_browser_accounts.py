@@ -108,6 +108,8 @@ async def test_an_administrator_sets_up_a_term_and_imports_a_timetable_and_the_t
     await page.wait_for_selector("#screen-url")
     screen_url = await page.input_value("#screen-url")
     assert screen_url.startswith(f"{site.url}/screen#device=")
+    # and as a QR code to scan (an SVG the server made, shown under the page's policy as a blob: image)
+    await page.wait_for_function("document.getElementById('screen-qr')?.naturalWidth > 100")
     await page.screenshot(path=str(SCREENSHOTS / "admin-screens.png"))
 
     # the timetable sheet: a weekly lesson today, and a row with a teacher nobody created
