@@ -131,8 +131,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class AccountsApi:
     def __init__(self, accounts: Accounts, secret: str, audit: AuditLog | None, *, secure_cookies: bool = False,
-                 today: Callable[[], date] = date.today) -> None:
+                 today: Callable[[], date] = date.today, supervision: Any = None) -> None:
         self.accounts = accounts
+        self.supervision = supervision  # the dashboard's SupervisionApi (signaling/supervision/web.py)
         self.secret = secret
         self.audit = audit
         self.secure_cookies = secure_cookies
@@ -399,6 +400,8 @@ def routes(api: AccountsApi) -> list[Route]:
     teacher = frozenset({TEACHER})
     span = {"from": "first date, YYYY-MM-DD (default: this week's Monday)",
             "to": "last date, YYYY-MM-DD (default: from + 6 days)"}
+    from signaling.supervision.web import routes as supervision_routes  # (it builds on this module)
+    supervision = api.supervision if isinstance(api, AccountsApi) else _UNBOUND
     return [
         Route("POST", "/api/login", api.login, "Sign in: sets the session cookie, answers the CSRF token", None,
               LOGIN_BODY, response="Me"),
@@ -443,6 +446,7 @@ def routes(api: AccountsApi) -> list[Route]:
         Route("GET", "/api/admin/occurrences", api.occurrences, "Every lesson in a date range (the week view)",
               admin, query={**span, "term": "only this term's", "teacher": "only this teacher's",
                             "classroom": "only this classroom's"}, response="Occurrences"),
+        *(supervision_routes(supervision) if supervision is not None else []),
     ]
 
 
@@ -545,7 +549,8 @@ def openapi_document() -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}}
         responses: dict[str, Any] = {"204" if route.method == "DELETE" or route.path == "/api/logout" else
                                      ("201" if route.method == "POST" and route.path.endswith(("users", "devices",
-                                                                                               "terms", "timetable"))
+                                                                                               "terms", "timetable",
+                                                                                               "webhooks"))
                                       else "200"): ok}
         error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         statuses = [400] if route.body is not None or route.query else []
