@@ -390,7 +390,8 @@ def make_app(config: Config) -> web.Application:
     watch = LessonWatch(supervision, webhooks, library, absent_after_s=config.absent_after_s)
     add_account_routes(app, AccountsApi(accounts, config.secret, audit,
                                         secure_cookies=bool(config.tls) or config.url.startswith("https:"),
-                                        supervision=SupervisionApi(supervision, webhooks, lambda: app.get(HUB_KEY))))
+                                        extra={"supervision": SupervisionApi(supervision, webhooks,
+                                                                                lambda: app.get(HUB_KEY))}))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
                                         audit=library_audit(audit),
                                         # each item's composite progress, from the queue made at start-up below

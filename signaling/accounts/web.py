@@ -131,9 +131,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class AccountsApi:
     def __init__(self, accounts: Accounts, secret: str, audit: AuditLog | None, *, secure_cookies: bool = False,
-                 today: Callable[[], date] = date.today, supervision: Any = None) -> None:
+                 today: Callable[[], date] = date.today, extra: dict[str, Any] | None = None) -> None:
         self.accounts = accounts
-        self.supervision = supervision  # the dashboard's SupervisionApi (signaling/supervision/web.py)
+        self.extra = extra or {}  # the API objects of EXTRA_TABLES' route tables, by the table's name
         self.secret = secret
         self.audit = audit
         self.secure_cookies = secure_cookies
@@ -393,6 +393,12 @@ COMPONENTS: Final[dict[str, Any]] = {
 }
 
 
+# more route tables with these guards and a place in the document: the supervision dashboard's
+# (signaling/supervision/web.py registers itself here when imported, as signaling.app does); each is given the API
+# object passed to AccountsApi(extra={name: ...}), or a stand-in when the document is built
+EXTRA_TABLES: dict[str, Callable[[Any], list[Route]]] = {}
+
+
 def routes(api: AccountsApi) -> list[Route]:
     """Every route of the accounts' API: the one place they are declared."""
     admin = frozenset({ADMINISTRATOR})
@@ -400,9 +406,7 @@ def routes(api: AccountsApi) -> list[Route]:
     teacher = frozenset({TEACHER})
     span = {"from": "first date, YYYY-MM-DD (default: this week's Monday)",
             "to": "last date, YYYY-MM-DD (default: from + 6 days)"}
-    from signaling.supervision.web import routes as supervision_routes  # (it builds on this module)
-    supervision = api.supervision if isinstance(api, AccountsApi) else _UNBOUND
-    return [
+    table = [
         Route("POST", "/api/login", api.login, "Sign in: sets the session cookie, answers the CSRF token", None,
               LOGIN_BODY, response="Me"),
         Route("POST", "/api/logout", api.logout, "Sign out: the session ends", anyone),
@@ -446,8 +450,12 @@ def routes(api: AccountsApi) -> list[Route]:
         Route("GET", "/api/admin/occurrences", api.occurrences, "Every lesson in a date range (the week view)",
               admin, query={**span, "term": "only this term's", "teacher": "only this teacher's",
                             "classroom": "only this classroom's"}, response="Occurrences"),
-        *(supervision_routes(supervision) if supervision is not None else []),
     ]
+    for name, more in EXTRA_TABLES.items():
+        handlers = api.extra.get(name) if isinstance(api, AccountsApi) else _UNBOUND
+        if handlers is not None:
+            table += more(handlers)
+    return table
 
 
 # -- guards and registration -------------------------------------------------------------------------------------------

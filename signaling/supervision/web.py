@@ -1,5 +1,6 @@
 """The supervision dashboard's REST routes (administrators only), declared as ``accounts.web.Route`` entries: they get
-the accounts' guards (session, role, CSRF) and their place in /api/openapi.json (``accounts.web.routes`` adds them).
+the accounts' guards (session, role, CSRF) and their place in /api/openapi.json (```accounts.web.routes`` adds them: this module
+registers its table in ``EXTRA_TABLES`` when imported).
 
 - ``GET /api/admin/supervision/live``: lessons live now on this node (expected vs connected classrooms, quality
   bands, rung/layer mix);
@@ -22,12 +23,12 @@ from aiohttp import web
 
 from signaling import metrics
 from signaling.accounts.service import ADMINISTRATOR, AccountError, week_of
+from signaling.accounts.web import BODY_KEY, EXTRA_TABLES, Route, Who
 from signaling.accounts.timetable import parse_date, parse_lesson_id
 from signaling.supervision.service import Supervision, band
 from signaling.supervision.webhooks import EVENTS, Webhooks
 
 if TYPE_CHECKING:
-    from signaling.accounts.web import Route, Who
     from signaling.hub import Hub
 
 MAX_FIGURES_DAYS: Final[int] = 200
@@ -166,7 +167,6 @@ class SupervisionApi:
         return _json({"webhooks": await self.webhooks.list(), "events": list(EVENTS)})
 
     async def create_webhook(self, request: web.Request, _who: Who | None) -> web.StreamResponse:
-        from signaling.accounts.web import BODY_KEY
         body = request[BODY_KEY]
         return _json(await self.webhooks.create(body["url"], body["events"], body.get("secret")), 201)
 
@@ -180,7 +180,6 @@ class SupervisionApi:
 
 def routes(api: Any) -> list[Route]:
     """The dashboard's and the webhooks' routes (``api``: a SupervisionApi, or a stand-in for the document)."""
-    from signaling.accounts.web import Route
     admin = frozenset({ADMINISTRATOR})
     span = {"from": "first date, YYYY-MM-DD (default: today)", "to": "last date, YYYY-MM-DD (default: from)"}
     report = {"school": "the school (its classrooms' accounts' school)",
@@ -205,3 +204,6 @@ def routes(api: Any) -> list[Route]:
         Route("GET", "/api/admin/webhooks/{webhook}/deliveries", api.webhook_deliveries,
               "A webhook's latest deliveries: state, attempts, last status", admin),
     ]
+
+
+EXTRA_TABLES["supervision"] = routes

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ketang.cli import main as ketang_main
+from signaling.accounts.web import openapi_document
 from signaling.app import make_app
 from signaling.config import Config
 from signaling.supervision import sign, verify
@@ -214,3 +215,13 @@ async def test_a_lesson_with_one_of_two_classrooms_is_on_the_dashboard_in_the_re
     deliveries = await (await site.admin.get(f"/api/admin/webhooks/{hook['id']}/deliveries")).json()
     assert sorted(d["state"] for d in deliveries["deliveries"]) == ["delivered", "delivered"]
     assert max(d["attempts"] for d in deliveries["deliveries"]) == 2
+
+
+def test_the_dashboards_and_webhooks_routes_are_in_the_document_for_administrators_only() -> None:
+    """(test_accounts_security.py's parametrised test then refuses each without a session and with a teacher's.)"""
+    from tests.scenario.test_accounts_security import ADMIN_ROUTES
+    ours = {(m, p) for m, p in ADMIN_ROUTES if p.startswith(("/api/admin/supervision", "/api/admin/webhooks"))}
+    assert len(ours) == 9, ours
+    document = openapi_document()
+    for method, path in ours:
+        assert document["paths"][path][method.lower()]["x-roles"] == ["administrator"]
