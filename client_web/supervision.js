@@ -81,9 +81,9 @@ function schoolChart(rows) {
     });
   });
   const ly = height - 8;
-  chart.append(svg("rect", { class: "held", x: label, y: ly - 9, width: 10, height: 10 }),
+  chart.append(svg("rect", { class: "held legend", x: label, y: ly - 9, width: 10, height: 10 }),
     svg("text", { x: label + 14, y: ly }, document.createTextNode(t("sup.heldRate"))),
-    svg("rect", { class: "attended", x: label + 90, y: ly - 9, width: 10, height: 10 }),
+    svg("rect", { class: "attended legend", x: label + 90, y: ly - 9, width: 10, height: 10 }),
     svg("text", { x: label + 104, y: ly }, document.createTextNode(t("sup.attendanceRate"))));
   return chart;
 }
