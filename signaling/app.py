@@ -68,6 +68,8 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 # each ended lesson's composite 课例 (recorder/compose/): status(lesson_id) for the library page
 COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
+# what the supervision dashboard and webhooks hear of the lessons (signaling/supervision/watch.py)
+WATCH_KEY: web.AppKey[LessonWatch] = web.AppKey("watch", LessonWatch)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
 PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html",
@@ -387,7 +389,7 @@ def make_app(config: Config) -> web.Application:
     # the supervision dashboard and webhooks (signaling/supervision/): their routes join the accounts' table
     supervision = Supervision(accounts)
     webhooks = Webhooks(accounts, backoff_s=config.webhook_backoff_s)
-    watch = LessonWatch(supervision, webhooks, library, absent_after_s=config.absent_after_s)
+    watch = app[WATCH_KEY] = LessonWatch(supervision, webhooks, library, absent_after_s=config.absent_after_s)
     add_account_routes(app, AccountsApi(accounts, config.secret, audit,
                                         secure_cookies=bool(config.tls) or config.url.startswith("https:"),
                                         extra={"supervision": SupervisionApi(supervision, webhooks,

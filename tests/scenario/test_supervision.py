@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import openpyxl
@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ketang.cli import main as ketang_main
 from signaling.accounts.web import openapi_document
-from signaling.app import make_app
+from signaling.app import WATCH_KEY, make_app
 from signaling.config import Config
 from signaling.supervision import sign, verify
 from signaling.tokens import issue_token
@@ -110,7 +110,8 @@ def test_signatures_verify_and_a_changed_body_or_an_old_time_does_not() -> None:
 async def test_a_lesson_with_one_of_two_classrooms_is_on_the_dashboard_in_the_report_and_in_webhooks(
         site: Site, receiver: Receiver) -> None:
     hook = await admin_post(site, "/api/admin/webhooks", {"url": receiver.url,
-                                                          "events": ["lesson.started", "lesson.ended"]})
+                                                          "events": ["lesson.started", "lesson.ended",
+                                                                                     "classroom.absent"]})
     secret = hook["secret"]
     assert secret.startswith("whsec_")
     listed = await (await site.admin.get("/api/admin/webhooks")).json()
@@ -147,6 +148,11 @@ async def test_a_lesson_with_one_of_two_classrooms_is_on_the_dashboard_in_the_re
         assert [c["id"] for c in live["connected"]] == [here["id"]]
         assert [c["id"] for c in live["missing"]] == [away["id"]]
         assert live["connected"][0]["rung"] == "video"
+        # classroom.absent: the classroom not connected 5 minutes after the start (00:00), once however often checked
+        watch = site.client.server.app[WATCH_KEY]
+        at = max(time.time(), datetime.combine(today, datetime.min.time()).timestamp() + 600)  # (not 00:00–00:05)
+        assert await watch.check_absent(at) == 1
+        assert await watch.check_absent(at) == 1
         await asyncio.sleep(4.5)  # (a few 2 s reception samples)
     finally:
         await room.close()
@@ -200,7 +206,7 @@ async def test_a_lesson_with_one_of_two_classrooms_is_on_the_dashboard_in_the_re
     # the webhooks: started and ended, signed; the first answered 500 and came again
     async def both() -> bool:
         events = [json.loads(b)["event"] for _, b, status in receiver.got if status == 204]
-        return "lesson.started" in events and "lesson.ended" in events
+        return {"lesson.started", "lesson.ended", "classroom.absent"} <= set(events)
     await _until(both)
     first_headers, first_body, first_status = receiver.got[0]
     assert first_status == 500
@@ -213,7 +219,10 @@ async def test_a_lesson_with_one_of_two_classrooms_is_on_the_dashboard_in_the_re
     assert ended["data"]["lesson"] == lesson and ended["data"]["entry"] == entry["id"]
     assert [c["id"] for c in ended["data"]["classrooms"]] == [here["id"]]
     deliveries = await (await site.admin.get(f"/api/admin/webhooks/{hook['id']}/deliveries")).json()
-    assert sorted(d["state"] for d in deliveries["deliveries"]) == ["delivered", "delivered"]
+    absent = [json.loads(b)["data"] for _, b, s in receiver.got if json.loads(b)["event"] == "classroom.absent"]
+    assert [a["classroom"]["id"] for a in absent] in ([away["id"]], [away["id"]] * 2)  # (twice: a 500 retried)
+    assert absent[0]["lesson"] == lesson and absent[0]["minutes_after_start"] >= 5
+    assert sorted(d["state"] for d in deliveries["deliveries"]) == ["delivered"] * 3
     assert max(d["attempts"] for d in deliveries["deliveries"]) == 2
 
 
