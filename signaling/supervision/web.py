@@ -164,7 +164,7 @@ class SupervisionApi:
             "Content-Disposition": self._attachment(school, monday, "xlsx")})
 
     async def list_webhooks(self, request: web.Request, _who: Who | None) -> web.StreamResponse:
-        return _json({"webhooks": await self.webhooks.list(), "events": list(EVENTS)})
+        return _json({"webhooks": await self.webhooks.registered(), "events": list(EVENTS)})
 
     async def create_webhook(self, request: web.Request, _who: Who | None) -> web.StreamResponse:
         body = request[BODY_KEY]

@@ -114,7 +114,7 @@ class Webhooks:
             await db.execute(sa.insert(webhooks).values(**row))
         return {**_webhook_json(_Row(row)), "secret": secret}
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def registered(self) -> list[dict[str, Any]]:
         await self.accounts.open()
         async with self.store.read() as db:
             return [_webhook_json(r) for r in (await db.execute(sa.select(webhooks)
