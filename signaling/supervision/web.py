@@ -1,6 +1,6 @@
 """The supervision dashboard's REST routes (administrators only), declared as ``accounts.web.Route`` entries: they get
-the accounts' guards (session, role, CSRF) and their place in /api/openapi.json (```accounts.web.routes`` adds them: this module
-registers its table in ``EXTRA_TABLES`` when imported).
+the accounts' guards (session, role, CSRF) and their place in /api/openapi.json (``accounts.web.routes`` adds them:
+this module registers its table in ``EXTRA_TABLES`` when imported).
 
 - ``GET /api/admin/supervision/live``: lessons live now on this node (expected vs connected classrooms, quality
   bands, rung/layer mix);

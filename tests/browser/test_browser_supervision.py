@@ -61,7 +61,8 @@ async def _join(url: str, role: str, lesson: str, name: str, sub: str) -> WsClie
     return ws
 
 
-async def test_the_dashboard_shows_the_live_lesson_with_one_of_two_classrooms(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
+async def test_the_dashboard_shows_the_live_lesson_with_one_of_two_classrooms(
+        site: Site, browser) -> None:  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # (an IP host)
         resp = await http.post(f"{site.url}/api/login", json={"login": "admin", "password": "district-admin-pw"})
         csrf = {"X-CSRF-Token": (await resp.json())["csrf"]}
