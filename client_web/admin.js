@@ -5,7 +5,7 @@
 import { byId } from "./dom.js";
 import { hasText, lang, t } from "./i18n.js";
 import {
-  accountErrorText, addDays, call, curriculumLine, dayLabel, el, isoDate, mondayOf, requireRole, setUpPage,
+  accountErrorText, addDays, call, curriculumLine, dayLabel, el, isoDate, localPath, mondayOf, requireRole, setUpPage,
 } from "./account.js";
 
 /** @typedef {import("./account.js").User} User */
@@ -314,6 +314,7 @@ async function main() {
   byId("tt-term").addEventListener("change", () => attempt(loadTimetable));
   byId("tt-prev").addEventListener("click", () => { state.monday = addDays(state.monday, -7); attempt(loadTimetable); });
   byId("tt-next").addEventListener("click", () => { state.monday = addDays(state.monday, 7); attempt(loadTimetable); });
+  byId("to-supervision", HTMLAnchorElement).href = localPath("/admin/supervision");
   const tab = location.hash.slice(1);
   showTab(["timetable", "import", "users", "screens", "terms"].includes(tab) ? tab : "timetable");
   await attempt(async () => {

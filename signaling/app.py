@@ -28,6 +28,7 @@ from signaling import metrics
 from signaling.accounts import Accounts, AccountsApi
 from signaling.accounts import add_routes as add_account_routes
 from signaling.accounts.filing import filer
+from signaling.supervision import LessonWatch, Supervision, SupervisionApi, Webhooks
 from signaling.audit import (
     AUDITED_MESSAGES,
     AuditLog,
@@ -67,13 +68,16 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 # each ended lesson's composite 课例 (recorder/compose/): status(lesson_id) for the library page
 COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
+# what the supervision dashboard and webhooks hear of the lessons (signaling/supervision/watch.py)
+WATCH_KEY: web.AppKey[LessonWatch] = web.AppKey("watch", LessonWatch)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
 CLIENT_WEB_DIR = Path(__file__).resolve().parent.parent / "client_web"
 PAGES = {"/": "index.html", "/teacher": "teacher.html", "/classroom": "classroom.html",
          # accounts (docs/accounts.md): sign-in, the district's administration, a teacher's 我的课程
          "/login": "login.html", "/admin": "admin.html", "/me": "me.html",
          # a receiving classroom's standing screen: its timetable, and the classroom page framed in it per lesson
-         "/screen": "screen.html"}
+         "/screen": "screen.html",
+         "/admin/supervision": "supervision.html"}  # 督导 (docs/supervision.md)
 # the one page another page may frame: the classroom page, by this site's /screen only
 FRAMED_BY_SELF = frozenset({"/classroom"})
 
@@ -390,8 +394,14 @@ def make_app(config: Config) -> web.Application:
     # accounts, classroom screens and the timetable: /api/login, /api/me/..., /api/admin/..., /api/openapi.json
     accounts = Accounts(Store(database_url_from(config.database_url or None, config.data_dir)))
     app.on_cleanup.append(lambda _app: accounts.close())
+    # the supervision dashboard and webhooks (signaling/supervision/): their routes join the accounts' table
+    supervision = Supervision(accounts)
+    webhooks = Webhooks(accounts, backoff_s=config.webhook_backoff_s)
+    watch = app[WATCH_KEY] = LessonWatch(supervision, webhooks, library, absent_after_s=config.absent_after_s)
     add_account_routes(app, AccountsApi(accounts, config.secret, audit,
-                                        secure_cookies=bool(config.tls) or config.url.startswith("https:")))
+                                        secure_cookies=bool(config.tls) or config.url.startswith("https:"),
+                                        extra={"supervision": SupervisionApi(supervision, webhooks,
+                                                                                lambda: app.get(HUB_KEY))}))
     library_routes = add_library_routes(app, library, config.secret, token_viewer(config.secret),
                                         audit=library_audit(audit),
                                         # each item's composite progress, from the queue made at start-up below
@@ -436,8 +446,11 @@ def make_app(config: Config) -> web.Application:
         def recorded(lesson_id: str) -> None:
             compose.enqueue(lesson_id)
             file_soon(lesson_id)
+            watch.recorded(lesson_id)
 
         hub.on_lesson_recorded = recorded
+        watch.attach(hub)  # lesson runs for the dashboard, webhooks' events
+        webhooks.start()
         lag = asyncio.ensure_future(metrics.measure_loop_lag())
         if not await hub.start():  # serves anyway: /healthz says what is down, joins get `unavailable`
             log.warning("Redis at %s is not reachable (%s): serving without room state; joins are refused with "
@@ -445,6 +458,8 @@ def make_app(config: Config) -> web.Application:
                         config.redis_url, hub.store_error)
         yield
         lag.cancel()
+        await watch.close()
+        await webhooks.close()
         await asyncio.to_thread(compose.close)
         try:
             await hub.close()

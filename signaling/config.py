@@ -67,6 +67,10 @@ class Config:
     message_burst: int = MESSAGE_BURST
     # a websocket that has not joined within this is closed (4008); read from KETANG_JOIN_TIMEOUT_S when not given
     join_timeout_s: float = field(default_factory=lambda: Config.float_from("KETANG_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S))
+    # webhooks (docs/webhooks.md): the first retry's delay, doubled each time (KETANG_WEBHOOK_BACKOFF_S), and how
+    # long after a lesson's start a classroom not connected is reported absent (KETANG_ABSENT_AFTER_S)
+    webhook_backoff_s: float = field(default_factory=lambda: Config.float_from("KETANG_WEBHOOK_BACKOFF_S", 10.0))
+    absent_after_s: float = field(default_factory=lambda: Config.float_from("KETANG_ABSENT_AFTER_S", 300.0))
     # HTTPS: a PEM certificate (chain) and its private key; both or neither. Browsers open the camera only on
     # https pages (or localhost), so a server that teachers reach by address or name needs them (or a TLS proxy)
     tls_cert: Path | None = None

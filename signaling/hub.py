@@ -53,6 +53,9 @@ class Hub:
         self.catalog = catalog  # the resource library; None: lessons are not recorded
         # a lesson ended with recorded files (its id): e.g. queue its composite (recorder/compose/jobs.py)
         self.on_lesson_recorded: Callable[[str], None] | None = None
+        # a lesson went live ("started", id, {"lesson": …}) or its teacher ended it ("ended", id, {"lesson": …,
+        # "attendance": its classrooms' rows}): the supervision dashboard and webhooks (must not wait)
+        self.on_lesson_event: Callable[[str, str, dict[str, Any]], None] | None = None
         self.lessons: dict[str, Lesson] = {}
         self.started_at = time.time()
         # store writes an outage made fail, done when it is back: leaves, placement releases, ended admissions
@@ -242,6 +245,7 @@ class Hub:
             if stored is not None and stored.state != "live" and about is None:
                 stored = await self._set_lesson_state(stored, "live")
                 lesson.broadcast({"type": "event", "event": "lesson-started", "lesson": stored.to_dict()})
+                self._lesson_event("started", lesson_id, {"lesson": stored.to_dict()})
             lesson.broadcast({"type": "event", "event": "track-added", "track": public_track(track)}, about=about)
         else:
             lesson.tracks.pop(track.id, None)
@@ -267,8 +271,17 @@ class Hub:
             lesson.stored = changed
         return changed
 
+    def _lesson_event(self, event: str, lesson_id: str, data: dict[str, Any]) -> None:
+        if self.on_lesson_event is not None:
+            try:
+                self.on_lesson_event(event, lesson_id, data)
+            except Exception:  # noqa: BLE001 - an observer's failure must not touch the lesson
+                log.exception("the lesson-%s observer failed for lesson %s", event, lesson_id)
+
     async def end_lesson(self, lesson_id: str) -> None:
         lesson = self.lesson(lesson_id)
+        # the classrooms' attendance as its attendance.csv has it, before finishing the lesson forgets it
+        attendance = lesson.attendance(time.time())["classrooms"] if lesson.has_interaction else []
         lesson.finish()
         await lesson.recorded_in_library()
         try:
@@ -283,6 +296,7 @@ class Hub:
             raise KeyError(lesson_id)
         stored = await self._set_lesson_state(known, "ended")
         lesson.broadcast({"type": "event", "event": "lesson-ended", "lesson": stored.to_dict()})
+        self._lesson_event("ended", lesson_id, {"lesson": stored.to_dict(), "attendance": attendance})
         router = lesson.drop_router()
         if router is not None:
             await router.close()

@@ -239,6 +239,18 @@ def participant_objects(router: Any, participant: str) -> Iterator[tuple[object,
         yield from _subscriber_objects(sub)
 
 
+def rung_and_layer(sub: Any) -> tuple[str, str | None]:
+    """A classroom's subscriber: its audio-first ladder's rung (video, courseware, audio; trial), and the simulcast
+    layer of the teacher's camera it is forwarded ("0" the smallest, "paused"), None without a simulcast camera."""
+    rung = "audio" if not sub.video else (sub.ladder.state if sub.ladder is not None else "video")
+    layer = None
+    for consumer in sub.consumers():
+        if consumer.kind == "video" and getattr(consumer, "layers", None) \
+                and consumer.producer.owner_role == "teacher" and consumer.producer.source == "camera":
+            layer = "paused" if consumer.paused or consumer.current is None else str(consumer.current)
+    return rung, layer
+
+
 def _quantile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -323,8 +335,10 @@ class ServerCollector(Collector):
             for pid, sub in list(router.subscribers.items()):
                 if router.roles.get(pid) != "classroom":
                     continue
-                rung = "audio" if not sub.video else (sub.ladder.state if sub.ladder is not None else "video")
+                rung, layer = rung_and_layer(sub)
                 by_rung[rung] = by_rung.get(rung, 0) + 1
+                if layer is not None:
+                    by_layer[layer] = by_layer.get(layer, 0) + 1
                 remb = None
                 for consumer in sub.consumers():
                     if consumer.kind != "video":
@@ -332,10 +346,6 @@ class ServerCollector(Collector):
                     if consumer.remb_bps is not None and consumer.remb_at is not None \
                             and now - consumer.remb_at <= REMB_FRESH_S:
                         remb = max(remb or 0, consumer.remb_bps)
-                    if getattr(consumer, "layers", None) and consumer.producer.owner_role == "teacher" \
-                            and consumer.producer.source == "camera":
-                        layer = "paused" if consumer.paused or consumer.current is None else str(consumer.current)
-                        by_layer[layer] = by_layer.get(layer, 0) + 1
                 link = sub.link(now)
                 if link.send_side and link.estimate_bps is not None:
                     remb = link.estimate_bps  # the server's own estimate from transport-cc feedback

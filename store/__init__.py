@@ -26,6 +26,7 @@ from store.accounts import (
     users,
 )
 from store.models import Base, history, recordings
+from store.supervision import lesson_run_classrooms, lesson_runs, webhook_deliveries, webhooks
 from store.search import fts_query, like_patterns, search_text, segment
 
 __all__ = [
@@ -33,4 +34,6 @@ __all__ = [
     "like_patterns", "migrate", "recordings", "redact", "search_text", "segment", "sqlite_url",
     # accounts and the timetable (store/accounts.py)
     "devices", "login_throttle", "sessions", "terms", "timetable_classrooms", "timetable_entries", "users",
+    # the supervision dashboard and webhooks (store/supervision.py)
+    "lesson_run_classrooms", "lesson_runs", "webhook_deliveries", "webhooks",
 ]

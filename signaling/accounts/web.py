@@ -138,8 +138,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class AccountsApi:
     def __init__(self, accounts: Accounts, secret: str, audit: AuditLog | None, *, secure_cookies: bool = False,
-                 today: Callable[[], date] | None = None, now: Callable[[], datetime] = datetime.now) -> None:
+                 today: Callable[[], date] | None = None, now: Callable[[], datetime] = datetime.now,
+                 extra: dict[str, Any] | None = None) -> None:
         self.accounts = accounts
+        self.extra = extra or {}  # the API objects of EXTRA_TABLES' route tables, by the table's name
         self.secret = secret
         self.audit = audit
         self.secure_cookies = secure_cookies
@@ -434,6 +436,12 @@ COMPONENTS: Final[dict[str, Any]] = {
 }
 
 
+# more route tables with these guards and a place in the document: the supervision dashboard's
+# (signaling/supervision/web.py registers itself here when imported, as signaling.app does); each is given the API
+# object passed to AccountsApi(extra={name: ...}), or a stand-in when the document is built
+EXTRA_TABLES: dict[str, Callable[[Any], list[Route]]] = {}
+
+
 def routes(api: AccountsApi) -> list[Route]:
     """Every route of the accounts' API: the one place they are declared."""
     admin = frozenset({ADMINISTRATOR})
@@ -441,7 +449,7 @@ def routes(api: AccountsApi) -> list[Route]:
     teacher = frozenset({TEACHER})
     span = {"from": "first date, YYYY-MM-DD (default: this week's Monday)",
             "to": "last date, YYYY-MM-DD (default: from + 6 days)"}
-    return [
+    table = [
         Route("POST", "/api/login", api.login, "Sign in: sets the session cookie, answers the CSRF token", None,
               LOGIN_BODY, response="Me"),
         Route("POST", "/api/logout", api.logout, "Sign out: the session ends", anyone),
@@ -492,6 +500,11 @@ def routes(api: AccountsApi) -> list[Route]:
               admin, query={**span, "term": "only this term's", "teacher": "only this teacher's",
                             "classroom": "only this classroom's"}, response="Occurrences"),
     ]
+    for name, more in EXTRA_TABLES.items():
+        handlers = api.extra.get(name) if isinstance(api, AccountsApi) else _UNBOUND
+        if handlers is not None:
+            table += more(handlers)
+    return table
 
 
 # -- guards and registration -------------------------------------------------------------------------------------------
@@ -593,7 +606,8 @@ def openapi_document() -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}}
         responses: dict[str, Any] = {"204" if route.method == "DELETE" or route.path == "/api/logout" else
                                      ("201" if route.method == "POST" and route.path.endswith(("users", "devices",
-                                                                                               "terms", "timetable"))
+                                                                                               "terms", "timetable",
+                                                                                               "webhooks"))
                                       else "200"): ok}
         error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         statuses = [400] if route.body is not None or route.query else []
