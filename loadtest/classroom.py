@@ -111,6 +111,9 @@ class SyntheticClassroom:
             "first_frame_ms": None if rx.first_keyframe_at is None
             else max(0.0, rx.first_keyframe_at - first_ref) * 1000,
             "delays_ms": rx.delays_ms,
+            # the teacher's audio in the hold window: packets, and the longest gap between two of them (ms)
+            "audio_window_packets": rx.audio_in_window,
+            "audio_gap_max_ms": round(rx.audio_gap_max_s * 1000, 1),
             **rx.counters(),
             **rx.by_kind(),
         }
