@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder.record.handoff import Catalog
+from sfu.adapt.overload import NODE as OVERLOAD
 from sfu.producer import Producer
 from signaling import metrics
 from signaling.config import Config
@@ -37,6 +38,9 @@ UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try agai
 CLOSE_REJOIN = 4006
 DRAINING_MESSAGE = "this server is being restarted and takes no new lessons: try again in a few seconds"
 DRAIN_POLL_S = 0.2
+# a node short of CPU (sfu/adapt/overload.py): new lessons go to another node, new classrooms wait (the page retries)
+OVERLOADED_MESSAGE = ("this server is short of CPU and takes no new classrooms just now: the page tries again by "
+                      "itself")
 # after the drain timeout, the participants told to rejoin elsewhere have this long to go before the node stops
 MOVE_GRACE_S = 10.0
 
@@ -71,7 +75,10 @@ class Hub:
         # one; others (an overloaded node) add a check returning their reason, or None while all is well
         self.draining = False
         self.drain_started: float | None = None
-        self.not_ready_checks: list[Callable[[], str | None]] = [lambda: "draining" if self.draining else None]
+        self.overload = OVERLOAD  # the node's shed level (one event loop, one CPU budget)
+        self.not_ready_checks: list[Callable[[], str | None]] = [
+            lambda: "draining" if self.draining else None,
+            lambda: "overloaded" if self.overload.overloaded else None]
         self._moving: set[str] = set()  # lessons whose participants were told to rejoin elsewhere (drain)
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
@@ -110,8 +117,15 @@ class Hub:
         # here has changed
         await self._registered()
         if self.not_ready() and not self._carries(claims.lesson):
-            # a draining node places no new lesson here: the participant is sent where it lives, or will
-            raise LessonElsewhere(await self._elsewhere(claims.lesson))
+            # a draining or overloaded node places no new lesson here: the participant is sent where it lives, or
+            # will; with no other node, `draining` or `overloaded` (the page tries again)
+            try:
+                url = await self._elsewhere(claims.lesson)
+            except NodeDraining:
+                if self.draining:
+                    raise
+                raise NodeOverloaded() from None
+            raise LessonElsewhere(url)
         # the lesson's teacher and classrooms must meet in one SFU: the first node to see the lesson carries it
         # (several processes on one Redis carry more lessons); anyone arriving elsewhere is sent there
         placement = await self.store.place_lesson(claims.lesson, self.config.node_id, self.config.url,
@@ -129,6 +143,11 @@ class Hub:
         if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
             lesson.load_admission(await self.store.admission(lesson.id))
+        if self.overload.overloaded and claims.role != "teacher" and conn.participant_id not in lesson.seen \
+                and conn.participant_id not in lesson.connections:
+            # short of CPU: nobody new joins a lesson here (its teacher and the classrooms it has had still do)
+            log.warning("join refused: overloaded (lesson %s, a new %s)", lesson.id, claims.role)
+            raise NodeOverloaded()
         refused, first_time = lesson.admit(conn.participant_id, claims.role)
         if refused is not None:
             raise JoinRefused(refused)
@@ -669,6 +688,10 @@ class LessonElsewhere(Exception):
 
 class NodeDraining(Exception):
     """A new lesson at a draining node, and no other node takes new lessons: `draining`, try again soon."""
+
+
+class NodeOverloaded(Exception):
+    """This node is short of CPU: no new lesson (and no other node takes it) or no new classroom: `overloaded`."""
 
 
 class JoinRefused(Exception):
