@@ -19,8 +19,8 @@ below turns sustained lateness into a node-wide **shed level**, which the Router
     9-12    audio only
 
 Up one level every STEP_S while the lateness stays above ENTER_S; once it has stayed below LEAVE_S for the hold
-time, down one level every DOWN_STEP_S while it stays there (between the two thresholds: hold where it is). The
-hold doubles (up to HOLD_MAX_S) when the load comes back within RELAPSE_S of a step down, and is reset after a
+time, down one level every DOWN_STEP_S while it stays there (between the two thresholds: hold where it is; one
+late sample alone does not end the calm). The hold doubles (up to HOLD_MAX_S) when the load comes back within RELAPSE_S of a step down, and is reset after a
 calm RELAPSE_S. Overloaded (`/readyz` 503 "overloaded", new joins refused) while the
 level is above 0. Pure: the clock is an argument (`observe(lag, now)`).
 """
@@ -141,6 +141,8 @@ class OverloadController:
         self._last_step = -1e18
         self._last_down: float | None = None
         self._entered_at: float | None = None
+        self._high = False  # the previous sample was above ENTER_S
+        self._relapse_counted = -1e18
 
     @property
     def overloaded(self) -> bool:
@@ -152,14 +154,19 @@ class OverloadController:
         now = self.clock() if now is None else now
         was = self.overloaded
         lateness = self.lateness = max(loop_lag_s, self.late.take())
-        if lateness > self.enter_s:
-            self._calm_since = None
+        high, was_high = lateness > self.enter_s, self._high
+        self._high = high
+        if high:
+            if was_high:
+                self._calm_since = None  # late twice in a row: not calm (one slow moment, a GC pause, is forgiven)
             if self._above_since is None:
                 self._above_since = now
-                if self._last_down is not None and now - self._last_down < RELAPSE_S:
-                    self.hold_s = min(self.hold_s * 2, HOLD_MAX_S)  # the load came back: wait longer next time
             if now - self._above_since >= self.step_s and now - self._last_step >= self.step_s \
                     and self.level < MAX_LEVEL:
+                if self._last_down is not None and now - self._last_down < RELAPSE_S and self._relapse_counted < \
+                        self._last_down:
+                    self.hold_s = min(self.hold_s * 2, HOLD_MAX_S)  # the load came back: wait longer next time
+                    self._relapse_counted = now
                 self.level += 1
                 self._last_step = now
         else:
@@ -172,8 +179,7 @@ class OverloadController:
                     self._last_step = self._last_down = now
                 elif self.level == 0 and self._last_down is not None and now - self._last_down >= RELAPSE_S:
                     self.hold_s = self.base_hold_s  # calm for long: the next overload starts afresh
-            else:
-                self._calm_since = None  # between the thresholds: hold where we are
+            # (between the thresholds: no step either way)
         if self.overloaded and not was:
             self.overloads += 1
             self._entered_at = now

@@ -92,6 +92,22 @@ def test_hysteresis_between_the_thresholds_and_hold_before_each_step_down(
     assert any("no longer overloaded" in r.getMessage() for r in caplog.records)
 
 
+def test_isolated_slow_moments_do_not_stop_the_recovery() -> None:
+    run = Run()
+    run.feed(0.2, SAMPLE_S + STEP_S * 2)
+    assert run.ctl.level == 2
+    for _ in range(8):  # a 180 ms spike every 2 s (a loaded machine's GC pauses, others' work)
+        run.feed(0.0, 2.0 - SAMPLE_S)
+        run.feed(0.18, SAMPLE_S)
+    assert run.ctl.level == 0
+    run2 = Run()
+    run2.feed(0.2, SAMPLE_S + STEP_S * 2)
+    for _ in range(8):  # but late two samples in a row, every 2 s: no calm, no step down
+        run2.feed(0.0, 2.0 - 2 * SAMPLE_S)
+        run2.feed(0.18, 2 * SAMPLE_S)
+    assert run2.ctl.level == 2
+
+
 def test_a_relapse_doubles_the_hold_and_a_long_calm_resets_it() -> None:
     run = Run()
     run.feed(0.2, SAMPLE_S + STEP_S)
