@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -19,6 +18,7 @@ from aiortc.rtp import RtcpPacket, RtcpSrPacket
 from sfu import seams
 from sfu.adapt.overload import LATE_AUDIO_S, LATE_VIDEO_S, NODE, ArrivalStamps
 from sfu.producer import Packet, Producer
+from sfu.rtp.clock import SYSTEM_CLOCK
 from sfu.rtp.header import AUDIO_LEVEL_SILENT, find_extension, parse_header
 from sfu.simulcast.demux import LayerDemux
 
@@ -67,6 +67,7 @@ class Ingress:
         queue = seams.receive_queue(dtls)
         self._arrivals = ArrivalStamps.adopt(queue) if queue is not None else None
         self._late = NODE.late
+        self._now = SYSTEM_CLOCK.monotonic  # (the stamps' clock)
         self.late_dropped = 0
 
     def add_route(self, route: Route, ssrc: int | None = None, rtx_ssrc: int | None = None) -> None:
@@ -90,7 +91,7 @@ class Ingress:
             arrivals = self._arrivals
             age = 0.0
             if arrivals is not None:
-                age = time.monotonic() - arrivals.read_at
+                age = self._now() - arrivals.read_at
                 if age > self._late.worst:
                     self._late.worst = age
             received = self._demux(data, age)

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from sfu.rtp.clock import SYSTEM_CLOCK
 
 __all__ = ["DOWN_STEP_S", "ENTER_S", "HOLD_MAX_S", "HOLD_S", "LATE_AUDIO_S", "LATE_VIDEO_S", "LEAVE_S", "MAX_LEVEL", "NODE",
            "RELAPSE_S", "RUNG_AUDIO", "RUNG_CAMERA_OFF", "RUNG_LAYER_Q", "STEP_S", "ArrivalStamps", "Lateness",
@@ -91,10 +93,15 @@ class ArrivalStamps(asyncio.Queue):  # type: ignore[type-arg]
         self._queue: deque[tuple[Any, float]] = deque()
         self._stamps()
 
+    def _restamp(self, now: float) -> None:
+        """(A plain asyncio.Queue just adopted) what it holds counts as read `now`."""
+        self._queue = deque((item, now) for item in self._queue)
+        self._stamps()
+
     def _stamps(self) -> None:
-        self.read_at = 0.0
+        self.read_at = math.inf  # (nothing got yet: no age)
         self.overflowed = 0
-        self._now = time.monotonic
+        self._now = SYSTEM_CLOCK.monotonic
 
     @classmethod
     def adopt(cls, queue: asyncio.Queue) -> ArrivalStamps:  # type: ignore[type-arg]
@@ -104,12 +111,9 @@ class ArrivalStamps(asyncio.Queue):  # type: ignore[type-arg]
             return queue
         if type(queue) is not asyncio.Queue:
             raise TypeError(f"cannot stamp arrivals in a {type(queue).__name__}")
-        now = time.monotonic()
-        held = queue._queue  # type: ignore[attr-defined]
         queue.__class__ = cls
         assert isinstance(queue, cls)
-        queue._queue = deque((item, now) for item in held)
-        queue._stamps()
+        queue._restamp(SYSTEM_CLOCK.monotonic())
         return queue
 
     def _put(self, item: Any) -> None:
@@ -127,7 +131,7 @@ class ArrivalStamps(asyncio.Queue):  # type: ignore[type-arg]
 class OverloadController:
     """The node's shed level from its lateness (module docstring)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, enter_s: float = ENTER_S,
+    def __init__(self, clock: Callable[[], float] = SYSTEM_CLOCK.monotonic, enter_s: float = ENTER_S,
                  leave_s: float = LEAVE_S, step_s: float = STEP_S, hold_s: float = HOLD_S) -> None:
         self.clock = clock
         self.enter_s, self.leave_s, self.step_s, self.base_hold_s = enter_s, leave_s, step_s, hold_s
