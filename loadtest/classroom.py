@@ -16,7 +16,10 @@ import aiohttp
 from loadtest.media import Clip
 from loadtest.publisher import MediaPublisher
 from loadtest.receiver import CountingReceiver, ReceiveOptions
-from loadtest.wsclient import WsClient
+from loadtest.wsclient import ProtocolError, WsClient
+
+RETRY_CODE = "overloaded"  # a join refused with this is tried again (docs/protocol.md)
+JOIN_RETRY_S = 1.0
 
 
 def classroom_id(index: int) -> str:
@@ -53,6 +56,7 @@ class SyntheticClassroom:
         self.publish_ms: float | None = None
         self.uplink_stopped_at: float | None = None
         self._error: str | None = None
+        self.join_retries = 0  # joins refused with `overloaded` before this one got in
 
     @property
     def connected_at(self) -> float | None:
@@ -73,7 +77,19 @@ class SyntheticClassroom:
         self.started_at = time.monotonic()
         try:
             await self.ws.connect()
-            await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s, check=True)
+            deadline = self.started_at + timeout_s
+            while True:
+                reply = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s)
+                # a server short of CPU refuses new classrooms for a while: try again, as the page does
+                if reply.get("type") != "error" or reply.get("code") != RETRY_CODE \
+                        or time.monotonic() + JOIN_RETRY_S > deadline:
+                    break
+                self.join_retries += 1
+                await self.ws.close()  # (a socket must join within the server's join timeout: a fresh one)
+                await asyncio.sleep(JOIN_RETRY_S)
+                await self.ws.connect()
+            if reply.get("type") == "error":
+                raise ProtocolError(f"{reply.get('code')}: {reply.get('message')}")
             await asyncio.wait_for(self.receiver.connected.wait(), timeout_s)
             if self.uplink is not None and self.receiver.error is None:
                 t0 = time.monotonic()
@@ -111,6 +127,7 @@ class SyntheticClassroom:
             "first_frame_ms": None if rx.first_keyframe_at is None
             else max(0.0, rx.first_keyframe_at - first_ref) * 1000,
             "delays_ms": rx.delays_ms,
+            "join_retries": self.join_retries,
             # the teacher's audio in the hold window: packets, and the longest gap between two of them (ms)
             "audio_window_packets": rx.audio_in_window,
             "audio_gap_max_ms": round(rx.audio_gap_max_s * 1000, 1),

@@ -357,7 +357,8 @@ def summary_line(report: dict[str, Any]) -> str:
         f"server CPU {report['server_cpu_percent']} % ({report['server_cpu_us_per_packet']} us/packet, "
         f"{report['server_rss_mb']} MB), ~{report['classrooms_per_core']} classrooms/core; join p95 "
         f"{report['join_ms']['p95']} ms, first frame p95 {report['first_frame_ms']['p95']} ms, delivery p99 "
-        f"{report['delivery_ms']['p99']} ms{_audio_summary(report.get('audio'))}, jitter p95 {report['jitter_ms_p95']} ms; load generator "
+        f"{report['delivery_ms']['p99']} ms{_audio_summary(report.get('audio'))}, jitter p95 "
+        f"{report['jitter_ms_p95']} ms; load generator "
         f"{report['loadgen_cpu_percent']} % over {report['loadgen_processes']} process(es)"
         + (" SATURATED" if report["loadgen_saturated"] else "") + _uplink_summary(report.get("uplink"))
         + _simulcast_summary(report.get("simulcast")))

@@ -143,9 +143,9 @@ class Hub:
         if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
             lesson.load_admission(await self.store.admission(lesson.id))
-        if self.overload.overloaded and claims.role != "teacher" and conn.participant_id not in lesson.seen \
+        if self.overload.saturated and claims.role != "teacher" and conn.participant_id not in lesson.seen \
                 and conn.participant_id not in lesson.connections:
-            # short of CPU: nobody new joins a lesson here (its teacher and the classrooms it has had still do)
+            # saturated: nobody new joins a lesson here (its teacher and the classrooms it has had still do)
             log.warning("join refused: overloaded (lesson %s, a new %s)", lesson.id, claims.role)
             raise NodeOverloaded()
         refused, first_time = lesson.admit(conn.participant_id, claims.role)

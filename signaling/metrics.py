@@ -330,7 +330,7 @@ class ServerCollector(Collector):
         lateness.add_metric([], node.lateness)
         yield lateness
         late = CounterMetricFamily("ketang_sfu_late_dropped_packets", "Media packets dropped because the SFU took "
-                                   "them too late (video after 100 ms, audio after 300 ms), by kind",
+                                   "them too late (video after 100 ms, audio after 400 ms), by kind",
                                    labels=["kind"])
         for kind in ("audio", "video"):
             late.add_metric([kind], node.late.dropped.get(kind, 0))

@@ -20,9 +20,10 @@ below turns sustained lateness into a node-wide **shed level**, which the Router
 
 Up one level every STEP_S while the lateness stays above ENTER_S; once it has stayed below LEAVE_S for the hold
 time, down one level every DOWN_STEP_S while it stays there (between the two thresholds: hold where it is; one
-late sample alone does not end the calm). The hold doubles (up to HOLD_MAX_S) when the load comes back within RELAPSE_S of a step down, and is reset after a
-calm RELAPSE_S. Overloaded (`/readyz` 503 "overloaded", new joins refused) while the
-level is above 0. Pure: the clock is an argument (`observe(lag, now)`).
+late sample alone does not end the calm). The hold doubles (up to HOLD_MAX_S) when the load comes back within
+RELAPSE_S of a step down, and is reset after a calm RELAPSE_S. Overloaded while the level is above 0: `/readyz`
+503 "overloaded", no new lesson placed here; saturated from REFUSE_LEVEL (cameras going off): no new classroom
+joins a lesson here either. Pure: the clock is an argument (`observe(lag, now)`).
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ from typing import Any
 
 from sfu.rtp.clock import SYSTEM_CLOCK
 
-__all__ = ["DOWN_STEP_S", "ENTER_S", "HOLD_MAX_S", "HOLD_S", "LATE_AUDIO_S", "LATE_VIDEO_S", "LEAVE_S", "MAX_LEVEL", "NODE",
-           "RELAPSE_S", "RUNG_AUDIO", "RUNG_CAMERA_OFF", "RUNG_LAYER_Q", "STEP_S", "ArrivalStamps", "Lateness",
-           "OverloadController", "rung_for"]
+__all__ = ["DOWN_STEP_S", "ENTER_S", "HOLD_MAX_S", "HOLD_S", "LATE_AUDIO_S", "LATE_VIDEO_S", "LEAVE_S", "MAX_LEVEL",
+           "NODE", "REFUSE_LEVEL", "RELAPSE_S", "RUNG_AUDIO", "RUNG_CAMERA_OFF", "RUNG_LAYER_Q", "STEP_S",
+           "ArrivalStamps", "Lateness", "OverloadController", "rung_for"]
 
 log = logging.getLogger("ketang.sfu.overload")
 
 # a video packet taken by the ingress later than this after its datagram was read is dropped (the classroom's
 # decoder asks for a keyframe; the shedding below makes it rare); audio is kept longer: it is what must go on
 LATE_VIDEO_S = 0.1
-LATE_AUDIO_S = 0.3
+LATE_AUDIO_S = 0.4
 # a queue of datagrams read but not taken yet keeps at most this many (the oldest go first): ~4 s of a teacher
 ARRIVAL_QUEUE_MAX = 1024
 
@@ -61,6 +62,9 @@ SUB_STEPS = 4  # quarters of the classrooms
 RUNG_NONE, RUNG_LAYER_Q, RUNG_CAMERA_OFF, RUNG_AUDIO = 0, 1, 2, 3
 RUNGS = ("none", "layer_q", "camera_off", "audio_only")
 MAX_LEVEL = RUNG_AUDIO * SUB_STEPS
+# from this level on (cameras being turned off) a new classroom or observer is refused (`overloaded`); from level
+# 1 the node is not ready (/readyz 503): no new lesson is placed here
+REFUSE_LEVEL = SUB_STEPS + 1
 
 
 def rung_for(level: int, index: int) -> int:
@@ -149,6 +153,11 @@ class OverloadController:
         self._relapse_counted = -1e18
 
     @property
+    def saturated(self) -> bool:
+        """Shedding cameras already (smaller layers were not enough): no new classroom joins a lesson here."""
+        return self.level >= REFUSE_LEVEL
+
+    @property
     def overloaded(self) -> bool:
         """Shedding now: the lateness stayed above the threshold for STEP_S at least (one slow moment is not)."""
         return self.level > 0
@@ -199,7 +208,7 @@ class OverloadController:
         return rung_for(self.level, index)
 
     def stats(self) -> dict[str, Any]:
-        return {"overloaded": self.overloaded, "level": self.level, "max_level": MAX_LEVEL,
+        return {"overloaded": self.overloaded, "saturated": self.saturated, "level": self.level, "max_level": MAX_LEVEL,
                 "lateness_ms": round(self.lateness * 1000, 1), "hold_s": self.hold_s,
                 "late_dropped": dict(self.late.dropped), "overloads": self.overloads}
 
