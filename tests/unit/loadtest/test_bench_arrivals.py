@@ -7,4 +7,4 @@ def test_both_phases_are_timed_and_compared() -> None:
     result = run(datagrams=5000, repeat=3)
     assert len(result["plain_per_round"]) == len(result["stamped_per_round"]) == 3
     assert 0 < result["plain_us"] < 100 and 0 < result["stamped_us"] < 100
-    assert result["added_us"] == round(result["stamped_us"] - result["plain_us"], 3)
+    assert abs(result["added_us"] - (result["stamped_us"] - result["plain_us"])) < 0.002
