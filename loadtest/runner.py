@@ -609,6 +609,16 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
                   audio_kbps=round(audio.bitrate_bps / 1000, 1), teacher_packets_sent=teacher.packets_sent,
                   cpus=os.cpu_count(), external_server=server is None, **context)
     report = build_report(cfg.mode, cfg.classrooms, results, window, final.to_classrooms, config)
+    before, after = run.window_stats
+    if after.get("overload") is not None:
+        # the server's overload controller at both ends of the window (sfu/adapt/overload.py): its shed level, the
+        # late packets it dropped by kind over the window
+        o0, o1 = before.get("overload") or {}, after["overload"]
+        report["server_overload"] = {
+            "level_start": o0.get("level"), "level_end": o1.get("level"), "max_level": o1.get("max_level"),
+            "lateness_ms_end": o1.get("lateness_ms"), "overloads": o1.get("overloads"),
+            "late_dropped_in_window": {k: v - (o0.get("late_dropped") or {}).get(k, 0)
+                                       for k, v in (o1.get("late_dropped") or {}).items()}}
     if layers:
         stats0, stats1 = run.window_stats
         report["simulcast"] = simulcast_report(cfg.classrooms, results, window, stats0, stats1,
