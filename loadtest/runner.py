@@ -616,7 +616,8 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
         o0, o1 = before.get("overload") or {}, after["overload"]
         report["server_overload"] = {
             "level_start": o0.get("level"), "level_end": o1.get("level"), "max_level": o1.get("max_level"),
-            "lateness_ms_end": o1.get("lateness_ms"), "overloads": o1.get("overloads"),
+            "lateness_ms_end": o1.get("lateness_ms"), "loop_lag_ms_end": o1.get("loop_lag_ms"),
+            "datagram_age_ms_end": o1.get("datagram_age_ms"), "overloads": o1.get("overloads"),
             "late_dropped_in_window": {k: v - (o0.get("late_dropped") or {}).get(k, 0)
                                        for k, v in (o1.get("late_dropped") or {}).items()}}
     if layers:

@@ -102,6 +102,14 @@ class Hub:
         """Why this node takes no new lessons now (empty: it does); /readyz answers 503 with them."""
         return [reason for check in self.not_ready_checks if (reason := check()) is not None]
 
+    def _refuse_while_saturated(self, lesson_id: str, participant: str, role: str) -> bool:
+        """Saturated (sfu/adapt/overload.py): nobody new joins a lesson carried here; its teacher and the
+        classrooms it has had (a reconnect) still do."""
+        if not self.overload.saturated or role == "teacher":
+            return False
+        lesson = self.lessons.get(lesson_id)
+        return lesson is not None and participant not in lesson.seen and participant not in lesson.connections
+
     def current(self, conn: Connection) -> bool:
         """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""
         lesson = self.lessons.get(conn.lesson_id or "")
@@ -113,6 +121,9 @@ class Hub:
         """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
         claims = conn.claims
         assert claims is not None and conn.participant_id is not None
+        if self._refuse_while_saturated(claims.lesson, conn.participant_id, claims.role):
+            # (before any store call: refusals come in bursts from pages trying again, and must cost next to nothing)
+            raise NodeOverloaded()
         # every store call comes first: when the store is unreachable (StoreUnavailable: `unavailable`), nothing
         # here has changed
         await self._registered()
@@ -143,10 +154,7 @@ class Hub:
         if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
             lesson.load_admission(await self.store.admission(lesson.id))
-        if self.overload.saturated and claims.role != "teacher" and conn.participant_id not in lesson.seen \
-                and conn.participant_id not in lesson.connections:
-            # saturated: nobody new joins a lesson here (its teacher and the classrooms it has had still do)
-            log.warning("join refused: overloaded (lesson %s, a new %s)", lesson.id, claims.role)
+        if self._refuse_while_saturated(lesson.id, conn.participant_id, claims.role):
             raise NodeOverloaded()
         refused, first_time = lesson.admit(conn.participant_id, claims.role)
         if refused is not None:

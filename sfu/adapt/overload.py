@@ -140,7 +140,9 @@ class OverloadController:
         self.clock = clock
         self.enter_s, self.leave_s, self.step_s, self.base_hold_s = enter_s, leave_s, step_s, hold_s
         self.level = 0
-        self.lateness = 0.0  # the latest sample
+        self.lateness = 0.0  # the latest sample: the worse of
+        self.loop_lag = 0.0  # ... the event loop's lag
+        self.datagram_age = 0.0  # ... and the oldest datagram the ingress took since the sample before
         self.late = Lateness()
         self.hold_s = hold_s
         self.overloads = 0  # times the node entered overload
@@ -166,7 +168,8 @@ class OverloadController:
         """One sample: the loop's lag now, and (taken here) the worst datagram age since the last sample."""
         now = self.clock() if now is None else now
         was = self.overloaded
-        lateness = self.lateness = max(loop_lag_s, self.late.take())
+        self.loop_lag, self.datagram_age = loop_lag_s, self.late.take()
+        lateness = self.lateness = max(loop_lag_s, self.datagram_age)
         high, was_high = lateness > self.enter_s, self._high
         self._high = high
         if high:
@@ -209,7 +212,8 @@ class OverloadController:
 
     def stats(self) -> dict[str, Any]:
         return {"overloaded": self.overloaded, "saturated": self.saturated, "level": self.level, "max_level": MAX_LEVEL,
-                "lateness_ms": round(self.lateness * 1000, 1), "hold_s": self.hold_s,
+                "lateness_ms": round(self.lateness * 1000, 1),
+                "loop_lag_ms": round(self.loop_lag * 1000, 1), "datagram_age_ms": round(self.datagram_age * 1000, 1), "hold_s": self.hold_s,
                 "late_dropped": dict(self.late.dropped), "overloads": self.overloads}
 
 
