@@ -333,7 +333,8 @@ class Router:
                 index += 1
 
     def stats(self) -> dict:
-        return {"lesson": self.lesson_id, "overload": NODE.stats(), "stage": list(self.stage), "muted": sorted(self.muted),
+        return {"lesson": self.lesson_id, "overload": NODE.stats(), "stage": list(self.stage),
+                "muted": sorted(self.muted),
                 "producers": [p.stats() for p in self.producers.values()],
                 "video_bps": round(self.video_bps),
                 "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},

@@ -108,7 +108,8 @@ class Hub:
         if not self.overload.saturated or role == "teacher":
             return False
         lesson = self.lessons.get(lesson_id)
-        return lesson is not None and participant not in lesson.seen and participant not in lesson.connections
+        return lesson is not None and lesson.admission_loaded and participant not in lesson.seen \
+            and participant not in lesson.connections
 
     def current(self, conn: Connection) -> bool:
         """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""

@@ -317,10 +317,11 @@ class ServerCollector(Collector):
     def _overload(self) -> Iterator[Metric]:
         node = OVERLOAD
         overloaded = GaugeMetricFamily("ketang_overloaded", "1 while this process is short of CPU: it sheds the "
-                                       "classrooms' video, drops late media and refuses new joins, else 0")
+                                       "classrooms' video, drops late media and takes no new lessons (nor new "
+                                       "classrooms from shed level 5), else 0")
         overloaded.add_metric([], 1 if node.overloaded else 0)
         yield overloaded
-        level = GaugeMetricFamily("ketang_overload_shed_level", f"How much video is shed (0: none; 1-4 simulcast "
+        level = GaugeMetricFamily("ketang_overload_shed_level", "How much video is shed (0: none; 1-4 simulcast "
                                   f"layers to q, 5-8 cameras off, 9-{MAX_LEVEL} audio only, a quarter of the "
                                   "classrooms more at each level)")
         level.add_metric([], node.level)
