@@ -136,6 +136,9 @@ class SyntheticClassroom:
             # the teacher's audio in the hold window: packets, and the longest gap between two of them (ms)
             "audio_window_packets": rx.audio_in_window,
             "audio_gap_max_ms": round(rx.audio_gap_max_s * 1000, 1),
+            # from its first to its last audio packet in the window (a classroom let in during the window: less)
+            "audio_window_span_s": round(rx.audio_last_at - rx.audio_first_at, 3)
+            if rx.audio_first_at is not None and rx.audio_last_at is not None else 0.0,
             **rx.counters(),
             **rx.by_kind(),
         }

@@ -171,6 +171,7 @@ class CountingReceiver:
         self.error: str | None = None
         self.delays_ms: list[float] = []
         # audio continuity in the hold window: the longest silence between two packets of the teacher's audio
+        self.audio_first_at: float | None = None
         self.audio_last_at: float | None = None
         self.audio_gap_max_s = 0.0
         self.audio_in_window = 0
@@ -327,6 +328,8 @@ class CountingReceiver:
             last = self.audio_last_at
             if last is not None and now - last > self.audio_gap_max_s:
                 self.audio_gap_max_s = now - last
+            if self.audio_first_at is None:
+                self.audio_first_at = now
             self.audio_last_at = now
             self.audio_in_window += 1
         if gap:

@@ -185,10 +185,15 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
 
 def audio_continuity(connected: list[dict], window_s: float) -> dict[str, Any]:
     """Whether every classroom kept hearing the teacher through the window: its share of the teacher's audio
-    packets and its longest gap between two of them."""
-    expected = window_s * TEACHER_AUDIO_PPS
+    packets (from its first audio packet in the window on) and its longest gap between two of them."""
     rooms = [r for r in connected if "audio_window_packets" in r]
-    shares = [r["audio_window_packets"] / expected if expected else 0.0 for r in rooms]
+    # each classroom over its own part of the window (one let in after a refusal joined during it): from its first
+    # audio packet on, or the whole window when it got none
+    shares = []
+    for r in rooms:
+        span = r.get("audio_window_span_s")
+        expected = min(span, window_s) * TEACHER_AUDIO_PPS + 1 if span else window_s * TEACHER_AUDIO_PPS
+        shares.append(min(1.0, r["audio_window_packets"] / expected) if r["audio_window_packets"] else 0.0)
     gaps = [r["audio_gap_max_ms"] for r in rooms]
     ok = sum(1 for share, gap in zip(shares, gaps) if share >= AUDIO_CONTINUOUS_SHARE and gap <= AUDIO_GAP_LIMIT_MS)
     return {"classrooms": len(rooms), "classrooms_continuous": ok,
