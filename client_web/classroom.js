@@ -566,7 +566,8 @@ async function enter() {
       overlay(errorText(code));
       $("message").textContent = errorText(code);
       $("message").hidden = true;
-    } else if (code === "unreachable" || code === "unavailable" || code === "draining") {
+    } else if (code === "unreachable" || code === "unavailable" || code === "draining"
+        || code === "overloaded") {
       retryLater();
     } else {
       document.body.dataset.layout = "removed"; // the plain full-page note (a bad link cannot be retried)

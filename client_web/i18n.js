@@ -205,6 +205,7 @@ const TEXT = {
     "error.removed": "已被移出课堂",
     "error.unavailable": "服务器暂时无法读取课堂状态，正在重试…",
     "error.draining": "服务器正在重启，稍后自动重新连接…",
+    "error.overloaded": "服务器当前负载已满，暂不接收新的教室；页面会自动重试，无需操作。若持续出现，请联系管理员增加服务器。",
     "lesson.ended": "课程已结束",
     "lesson.endedNext": "课程已结束，摄像头和麦克风已关闭。可以关闭本页；本课录像审核后可在资源库观看。",
     "teacher.endedNext": "课程已结束，摄像头和麦克风已关闭。要再上课，请点击“开始上课”。",
@@ -683,6 +684,7 @@ const TEXT = {
     "error.removed": "Removed from the lesson",
     "error.unavailable": "The server cannot reach the lesson's state just now; trying again…",
     "error.draining": "The server is restarting; reconnecting by itself in a moment…",
+    "error.overloaded": "The server is at full load and takes no new classrooms just now; this page tries again by itself. If it keeps happening, ask the administrator for more server capacity.",
     "lesson.ended": "The lesson has ended",
     "lesson.endedNext":
       "The lesson has ended; the camera and microphone are off. You may close this page; the recording "
@@ -1065,6 +1067,7 @@ const ERRORS = /** @type {Record<string, string>} */ ({
   unreachable: "error.unreachableNow",
   unavailable: "error.unavailable",
   draining: "error.draining",
+  overloaded: "error.overloaded",
   stage_full: "error.stage_full",
   not_found: "error.not_found",
   chat_off: "error.chat_off",

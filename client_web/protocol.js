@@ -158,11 +158,12 @@ export class ConnectionError extends Error {
 // a lesson lives on one server process; a page sent from one to another follows at most this many times
 const MAX_HOPS = 2;
 
-/** A join refused for a moment only: the server cannot reach its room state (Redis) just now, or it is being
- *  restarted (draining) and no other server takes the lesson yet. */
+/** A join refused for a moment only: the server cannot reach its room state (Redis) just now, it is being
+ *  restarted (draining) and no other server takes the lesson yet, or it is short of CPU (overloaded). */
 /** @param {unknown} err */
 function unavailable(err) {
-  return err instanceof ProtocolError && (err.code === "unavailable" || err.code === "draining");
+  return err instanceof ProtocolError && (err.code === "unavailable" || err.code === "draining"
+    || err.code === "overloaded");
 }
 
 /** The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` names. */

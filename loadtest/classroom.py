@@ -6,6 +6,7 @@ subscriber (`CountingReceiver`: real ICE, DTLS, SRTP, receiver reports and NACKs
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ import aiohttp
 from loadtest.media import Clip
 from loadtest.publisher import MediaPublisher
 from loadtest.receiver import CountingReceiver, ReceiveOptions
-from loadtest.wsclient import WsClient
+from loadtest.wsclient import ProtocolError, WsClient
+
+RETRY_CODE = "overloaded"  # a join refused with this is tried again (docs/protocol.md)
+# the page's schedule, roughly (client_web/protocol.js RECONNECT_DELAYS_MS): hundreds of refused classrooms must
+# not come back all at once, every second
+JOIN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+JOIN_RETRY_JITTER = 0.25
 
 
 def classroom_id(index: int) -> str:
@@ -53,6 +60,7 @@ class SyntheticClassroom:
         self.publish_ms: float | None = None
         self.uplink_stopped_at: float | None = None
         self._error: str | None = None
+        self.join_retries = 0  # joins refused with `overloaded` before this one got in
 
     @property
     def connected_at(self) -> float | None:
@@ -73,7 +81,20 @@ class SyntheticClassroom:
         self.started_at = time.monotonic()
         try:
             await self.ws.connect()
-            await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s, check=True)
+            deadline = self.started_at + timeout_s
+            while True:
+                reply = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s)
+                # a server short of CPU refuses new classrooms for a while: try again, as the page does
+                if reply.get("type") != "error" or reply.get("code") != RETRY_CODE \
+                        or time.monotonic() + JOIN_RETRY_S[0] > deadline:
+                    break
+                self.join_retries += 1
+                await self.ws.close()  # (a socket must join within the server's join timeout: a fresh one)
+                delay = JOIN_RETRY_S[min(self.join_retries, len(JOIN_RETRY_S)) - 1]
+                await asyncio.sleep(delay * random.uniform(1 - JOIN_RETRY_JITTER, 1 + JOIN_RETRY_JITTER))
+                await self.ws.connect()
+            if reply.get("type") == "error":
+                raise ProtocolError(f"{reply.get('code')}: {reply.get('message')}")
             await asyncio.wait_for(self.receiver.connected.wait(), timeout_s)
             if self.uplink is not None and self.receiver.error is None:
                 t0 = time.monotonic()
@@ -111,6 +132,13 @@ class SyntheticClassroom:
             "first_frame_ms": None if rx.first_keyframe_at is None
             else max(0.0, rx.first_keyframe_at - first_ref) * 1000,
             "delays_ms": rx.delays_ms,
+            "join_retries": self.join_retries,
+            # the teacher's audio in the hold window: packets, and the longest gap between two of them (ms)
+            "audio_window_packets": rx.audio_in_window,
+            "audio_gap_max_ms": round(rx.audio_gap_max_s * 1000, 1),
+            # from its first to its last audio packet in the window (a classroom let in during the window: less)
+            "audio_window_span_s": round(rx.audio_last_at - rx.audio_first_at, 3)
+            if rx.audio_first_at is not None and rx.audio_last_at is not None else 0.0,
             **rx.counters(),
             **rx.by_kind(),
         }

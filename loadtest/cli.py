@@ -72,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "single stream, h a third, q a ninth; the teacher page asks 150,500,1500)")
     p.add_argument("--simulcast-size", default="640x360", metavar="WxH",
                    help="with --simulcast: the full layer's size (default 640x360; the page's camera is 1280x720)")
+    p.add_argument("--cpu-hog", type=int, default=0, metavar="N",
+                   help="N busy-loop processes pinned to the machine's last cores for the whole run (the overload "
+                        "run: other work takes a core; docs/benchmarks.md, Overload)")
     _add_run_options(p)
     p.set_defaults(func=_with_extra(_run))
     return p
@@ -109,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
                          server_pid=args.server_pid, classroom_mode=args.classroom_mode,
                          classroom_loss=args.classroom_loss, classroom_uplink_kbps=args.classroom_uplink,
                          wall=args.wall, classroom_demand=not args.ignore_demand, quiet=args.quiet,
-                         classroom_downlink_kbps=_kbps_list(args.classroom_downlink),
+                         classroom_downlink_kbps=_kbps_list(args.classroom_downlink), cpu_hog=args.cpu_hog,
                          **_simulcast_options(args))
     try:
         report = run_loadtest(cfg)

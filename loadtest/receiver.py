@@ -170,6 +170,11 @@ class CountingReceiver:
         self.first_keyframe_at: float | None = None
         self.error: str | None = None
         self.delays_ms: list[float] = []
+        # audio continuity in the hold window: the longest silence between two packets of the teacher's audio
+        self.audio_first_at: float | None = None
+        self.audio_last_at: float | None = None
+        self.audio_gap_max_s = 0.0
+        self.audio_in_window = 0
         self.streams: dict[tuple[str, str | None], _Stream] = {}  # (mid, participant) -> stream
         self.owners: dict[str, str | None] = {}  # mid -> participant whose track the slot carries now
         self._declared: dict[str, tuple[int | None, int | None]] = {}  # mid -> (media SSRC, RTX SSRC)
@@ -318,6 +323,15 @@ class CountingReceiver:
             shim.timestamp = ts
             stream.rtcp_stats.add(shim)  # type: ignore[union-attr]
             gap = stream.seq.add(seq)
+        if stream.kind == "audio" and self.measure_delay:
+            now = time.monotonic()
+            last = self.audio_last_at
+            if last is not None and now - last > self.audio_gap_max_s:
+                self.audio_gap_max_s = now - last
+            if self.audio_first_at is None:
+                self.audio_first_at = now
+            self.audio_last_at = now
+            self.audio_in_window += 1
         if gap:
             # like a browser: ask for the holes at once (the stock NackGenerator's behaviour, minus re-asking)
             asyncio.ensure_future(seams.receiver_send_nack(stream.receiver, ssrc, gap))

@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 
 TARGET_LOSS = 0.005  # the issue's target: < 0.5 % loss
+# audio continues for a classroom when, over the hold window, it got at least this share of the teacher's Opus
+# packets (50 a second: loadtest/media.py AUDIO_FRAME_S) and never went longer than AUDIO_GAP_LIMIT_MS without one
+AUDIO_CONTINUOUS_SHARE = 0.95
+AUDIO_GAP_LIMIT_MS = 400.0
+TEACHER_AUDIO_PPS = 50
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
         if window.wall_s else None,
         "config": config,
     }
+    report["audio"] = audio_continuity(connected, window.wall_s)
     if window.wall_s and report["window_packets_per_s"]:
         # per packet the classrooms received (~ the server's forwarded packets in the same window)
         report["loadgen_cpu_us_per_packet"] = round(window.loadgen_cpu_s * 1e6 / window.packets_out, 2)
@@ -175,6 +181,25 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
     report["meets_target"] = bool(n == requested and report["loss_ratio"] is not None
                                   and report["loss_ratio"] < TARGET_LOSS)
     return report
+
+
+def audio_continuity(connected: list[dict], window_s: float) -> dict[str, Any]:
+    """Whether every classroom kept hearing the teacher through the window: its share of the teacher's audio
+    packets (from its first audio packet in the window on) and its longest gap between two of them."""
+    rooms = [r for r in connected if "audio_window_packets" in r]
+    # each classroom over its own part of the window (one let in after a refusal joined during it): from its first
+    # audio packet on, or the whole window when it got none
+    shares = []
+    for r in rooms:
+        span = r.get("audio_window_span_s")
+        expected = min(span, window_s) * TEACHER_AUDIO_PPS + 1 if span else window_s * TEACHER_AUDIO_PPS
+        shares.append(min(1.0, r["audio_window_packets"] / expected) if r["audio_window_packets"] else 0.0)
+    gaps = [r["audio_gap_max_ms"] for r in rooms]
+    ok = sum(1 for share, gap in zip(shares, gaps) if share >= AUDIO_CONTINUOUS_SHARE and gap <= AUDIO_GAP_LIMIT_MS)
+    return {"classrooms": len(rooms), "classrooms_continuous": ok,
+            "share_min": round(min(shares), 3) if shares else None,
+            "share_p50": _pct(shares, 50),
+            "gap_max_ms": {"p50": _pct(gaps, 50), "p99": _pct(gaps, 99), "max": max(gaps) if gaps else None}}
 
 
 def _per_s(n: int, window: Window) -> float | None:
@@ -337,10 +362,18 @@ def summary_line(report: dict[str, Any]) -> str:
         f"server CPU {report['server_cpu_percent']} % ({report['server_cpu_us_per_packet']} us/packet, "
         f"{report['server_rss_mb']} MB), ~{report['classrooms_per_core']} classrooms/core; join p95 "
         f"{report['join_ms']['p95']} ms, first frame p95 {report['first_frame_ms']['p95']} ms, delivery p99 "
-        f"{report['delivery_ms']['p99']} ms, jitter p95 {report['jitter_ms_p95']} ms; load generator "
+        f"{report['delivery_ms']['p99']} ms{_audio_summary(report.get('audio'))}, jitter p95 "
+        f"{report['jitter_ms_p95']} ms; load generator "
         f"{report['loadgen_cpu_percent']} % over {report['loadgen_processes']} process(es)"
         + (" SATURATED" if report["loadgen_saturated"] else "") + _uplink_summary(report.get("uplink"))
         + _simulcast_summary(report.get("simulcast")))
+
+
+def _audio_summary(audio: dict | None) -> str:
+    if not audio or not audio["classrooms"]:
+        return ""
+    return (f", audio continuous in {audio['classrooms_continuous']}/{audio['classrooms']} classrooms "
+            f"(longest gap {audio['gap_max_ms']['max']} ms)")
 
 
 def _simulcast_summary(sc: dict | None) -> str:

@@ -87,6 +87,9 @@ class LoadTestConfig:
     simulcast: bool = False
     simulcast_kbps: tuple[int, ...] | None = None  # the layers' video kbit/s, q,h,f; None: from bitrate_kbps
     simulcast_size: tuple[int, int] = (640, 360)  # the full layer's size; q and h are ÷4 and ÷2
+    # busy-loop processes running through the whole test, each pinned to one of the last cores (the overload
+    # run: other work takes a core of the machine while the server carries its lesson)
+    cpu_hog: int = 0
     quiet: bool = False
 
     @property
@@ -104,6 +107,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+HOG_CODE = "while True: pass"
+
+
+def start_hogs(n: int) -> list[subprocess.Popen]:
+    """`n` busy loops, the i-th pinned to core (cores - 1 - i): another program taking the machine's last cores
+    (what `taskset -c 1 python -c 'while True: pass'` does)."""
+    cores = sorted(os.sched_getaffinity(0))
+    hogs = []
+    for i in range(n):
+        core = cores[-1 - i % len(cores)]
+        proc = subprocess.Popen([sys.executable, "-c", HOG_CODE], stdin=subprocess.DEVNULL)
+        os.sched_setaffinity(proc.pid, {core})
+        hogs.append(proc)
+    return hogs
+
+
+def stop_hogs(hogs: list[subprocess.Popen]) -> float:
+    """Stop them; returns the CPU seconds they used."""
+    used = 0.0
+    for proc in hogs:
+        with contextlib.suppress(psutil.Error):
+            used += _process_cpu(psutil.Process(proc.pid))
+        proc.kill()
+        proc.wait(10)
+    return used
 
 
 class ServerProcess:
@@ -357,6 +387,8 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
         p = ctx.Process(target=_worker_main, args=(w, plan, shared), daemon=True, name=f"loadtest-worker-{w}")
         p.start()
         workers.append(p)
+    hogs = start_hogs(cfg.cpu_hog)
+    hog_started = time.monotonic()
     try:
         if server is not None:
             server.wait_ready()
@@ -367,6 +399,7 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
         log.error("load test failed; the server's log is kept in %s", workdir)
         raise
     finally:
+        hog_cpu = stop_hogs(hogs)
         shared.stop.set()
         for p in workers:
             p.join(30)
@@ -374,6 +407,9 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
                 p.kill()
         if server is not None:
             server.stop()
+    if hogs:
+        report["cpu_hog"] = {"processes": len(hogs),
+                             "cores_used": round(hog_cpu / max(1e-6, time.monotonic() - hog_started), 2)}
     unlearned = [x["rid"] for x in (report.get("simulcast") or {}).get("layers", []) if x.get("server_ssrc") is None]
     if unlearned:
         # the server never told these layers' SSRCs from their RIDs: keep its log to see why
@@ -573,6 +609,17 @@ async def _run(cfg: LoadTestConfig, secret: str, lesson: str, base_url: str, ws_
                   audio_kbps=round(audio.bitrate_bps / 1000, 1), teacher_packets_sent=teacher.packets_sent,
                   cpus=os.cpu_count(), external_server=server is None, **context)
     report = build_report(cfg.mode, cfg.classrooms, results, window, final.to_classrooms, config)
+    before, after = run.window_stats
+    if after.get("overload") is not None:
+        # the server's overload controller at both ends of the window (sfu/adapt/overload.py): its shed level, the
+        # late packets it dropped by kind over the window
+        o0, o1 = before.get("overload") or {}, after["overload"]
+        report["server_overload"] = {
+            "level_start": o0.get("level"), "level_end": o1.get("level"), "max_level": o1.get("max_level"),
+            "lateness_ms_end": o1.get("lateness_ms"), "loop_lag_ms_end": o1.get("loop_lag_ms"),
+            "datagram_age_ms_end": o1.get("datagram_age_ms"), "overloads": o1.get("overloads"),
+            "late_dropped_in_window": {k: v - (o0.get("late_dropped") or {}).get(k, 0)
+                                       for k, v in (o1.get("late_dropped") or {}).items()}}
     if layers:
         stats0, stats1 = run.window_stats
         report["simulcast"] = simulcast_report(cfg.classrooms, results, window, stats0, stats1,

@@ -16,7 +16,9 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
 from sfu import seams
+from sfu.adapt.overload import LATE_AUDIO_S, LATE_VIDEO_S, NODE, ArrivalStamps
 from sfu.producer import Packet, Producer
+from sfu.rtp.clock import SYSTEM_CLOCK
 from sfu.rtp.header import AUDIO_LEVEL_SILENT, find_extension, parse_header
 from sfu.simulcast.demux import LayerDemux
 
@@ -60,6 +62,13 @@ class Ingress:
         self.unrouted = 0
         self.errors = 0
         self._to_stock = True  # whether the packet just demultiplexed goes on to aiortc's receiver
+        # when each datagram was read off the socket (it then waits for the DTLS/SRTP task): a packet taken too
+        # late is dropped before the fan-out, and the node's overload controller hears how late work runs
+        queue = seams.receive_queue(dtls)
+        self._arrivals = ArrivalStamps.adopt(queue) if queue is not None else None
+        self._late = NODE.late
+        self._now = SYSTEM_CLOCK.monotonic  # (the stamps' clock)
+        self.late_dropped = 0
 
     def add_route(self, route: Route, ssrc: int | None = None, rtx_ssrc: int | None = None) -> None:
         """Known SSRCs (from the offer's a=ssrc lines) are routed at once; others are learned from packets."""
@@ -79,7 +88,13 @@ class Ingress:
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         to_stock = True
         try:
-            received = self._demux(data)
+            arrivals = self._arrivals
+            age = 0.0
+            if arrivals is not None:
+                age = self._now() - arrivals.read_at
+                if age > self._late.worst:
+                    self._late.worst = age
+            received = self._demux(data, age)
             to_stock = self._to_stock  # this packet's (the fan-out below lets other tasks run)
             if received is not None and not received[0].muted:
                 producer, packet = received
@@ -97,8 +112,9 @@ class Ingress:
         if to_stock:
             await self._original_rtp(data, arrival_time_ms)
 
-    def _demux(self, data: bytes) -> tuple[Producer, Packet] | None:
-        """Route one teacher packet to its producer; (producer, packet) when there is something to forward."""
+    def _demux(self, data: bytes, age: float = 0.0) -> tuple[Producer, Packet] | None:
+        """Route one teacher packet to its producer; (producer, packet) when there is something to forward.
+        A packet taken `age` seconds after it was read is dropped when that is too late for its kind."""
         self._to_stock = True
         hdr = parse_header(data)
         if hdr is None:
@@ -118,6 +134,11 @@ class Ingress:
             if value:
                 level = value[0] & 0x7F
         producer = route.producer
+        if age > LATE_VIDEO_S and (producer.kind == "video" or age > LATE_AUDIO_S):
+            # late: dropped, never queued behind (aiortc's receiver still sees it, for the teacher's reports)
+            self._late.dropped[producer.kind] = self._late.dropped.get(producer.kind, 0) + 1
+            self.late_dropped += 1
+            return None
         if is_rtx:
             if hdr.payload_type != route.rtx_payload_type:
                 return None

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from sfu.adapt.overload import NODE
 from sfu.peers.publisher import Publisher
 from sfu.peers.sdp import SdpError
 from sfu.peers.subscriber import Subscriber, SubscriberSignals
@@ -313,6 +314,7 @@ class Router:
                     layer.measure_rate(mono)  # what each simulcast layer needs: the classrooms' selectors read it
                 if producer.source == "screen" and producer.owner_role == "teacher":
                     screen_bps += producer.measure_rate(mono)  # the ladder's courseware-only rung needs this
+            self.apply_shed(NODE.rung)
             for sub in list(self.subscribers.values()):
                 try:
                     for consumer in sub.consumers():
@@ -321,8 +323,18 @@ class Router:
                 except Exception:  # noqa: BLE001 - one classroom's trouble must not stop the others' reports
                     log.exception("report refresh failed")
 
+    def apply_shed(self, rung: Callable[[int], int]) -> None:
+        """The node's overload caps (sfu/adapt/overload.py): `rung(i)` for the i-th classroom in join order, so
+        every lesson sheds the same share of its classrooms."""
+        index = 0
+        for pid, sub in list(self.subscribers.items()):
+            if self.roles.get(pid) == "classroom":
+                sub.set_shed(rung(index))
+                index += 1
+
     def stats(self) -> dict:
-        return {"lesson": self.lesson_id, "stage": list(self.stage), "muted": sorted(self.muted),
+        return {"lesson": self.lesson_id, "overload": NODE.stats(), "stage": list(self.stage),
+                "muted": sorted(self.muted),
                 "producers": [p.stats() for p in self.producers.values()],
                 "video_bps": round(self.video_bps),
                 "subscribers": {pid: [c.stats() for c in s.consumers()] for pid, s in self.subscribers.items()},

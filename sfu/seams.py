@@ -70,7 +70,8 @@ _INIT_ATTRIBUTE_SEAMS: list[tuple[type, tuple[str, ...]]] = [
 ]
 
 # set in aioice's ICE module (the Connection, its check list and candidate pairs) and in pylibsrtp.Session
-_ICE_ATTRIBUTES = ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id")
+_ICE_ATTRIBUTES = ("self._nominated", "self._check_list", "self.receiver", "self.local_candidate", "self.id",
+                   "self._queue")
 _SRTP_ATTRIBUTES = ("self._srtp", "self._cdata", "self._buffer")
 # how aioice binds a host candidate's socket, which set_media_ports() relies on
 _ICE_SOURCE_SNIPPETS = ("loop = asyncio.get_running_loop()", "local_addr=(address, 0)")
@@ -526,6 +527,13 @@ def receive_path(dtls: RTCDtlsTransport) -> tuple[Any, Callable[[bytes], bytes]]
     if pair is None or pair.protocol is None or srtp is None:
         return None
     return pair.protocol, srtp.unprotect
+
+
+def receive_queue(dtls: RTCDtlsTransport) -> asyncio.Queue | None:  # type: ignore[type-arg]
+    """The queue where every datagram read for this transport waits for its DTLS/SRTP receive task (aioice
+    `Connection._queue`); the overload work stamps arrivals in it (sfu/adapt/overload.py). None without one."""
+    connection = getattr(dtls.transport, "_connection", None)
+    return getattr(connection, "_queue", None) if connection is not None else None
 
 
 def register_rtp_sender(dtls: RTCDtlsTransport, sender: Any, ssrc: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder.record.handoff import Catalog
+from sfu.adapt.overload import NODE as OVERLOAD
 from sfu.producer import Producer
 from signaling import metrics
 from signaling.config import Config
@@ -37,6 +38,9 @@ UNAVAILABLE_MESSAGE = "the lesson's room state is unavailable just now: try agai
 CLOSE_REJOIN = 4006
 DRAINING_MESSAGE = "this server is being restarted and takes no new lessons: try again in a few seconds"
 DRAIN_POLL_S = 0.2
+# a node short of CPU (sfu/adapt/overload.py): new lessons go to another node, new classrooms wait (the page retries)
+OVERLOADED_MESSAGE = ("this server is short of CPU and takes no new classrooms just now: the page tries again by "
+                      "itself")
 # after the drain timeout, the participants told to rejoin elsewhere have this long to go before the node stops
 MOVE_GRACE_S = 10.0
 
@@ -74,7 +78,10 @@ class Hub:
         # one; others (an overloaded node) add a check returning their reason, or None while all is well
         self.draining = False
         self.drain_started: float | None = None
-        self.not_ready_checks: list[Callable[[], str | None]] = [lambda: "draining" if self.draining else None]
+        self.overload = OVERLOAD  # the node's shed level (one event loop, one CPU budget)
+        self.not_ready_checks: list[Callable[[], str | None]] = [
+            lambda: "draining" if self.draining else None,
+            lambda: "overloaded" if self.overload.overloaded else None]
         self._moving: set[str] = set()  # lessons whose participants were told to rejoin elsewhere (drain)
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
         self._samples = asyncio.ensure_future(self._sample_loop())
@@ -98,6 +105,15 @@ class Hub:
         """Why this node takes no new lessons now (empty: it does); /readyz answers 503 with them."""
         return [reason for check in self.not_ready_checks if (reason := check()) is not None]
 
+    def _refuse_while_saturated(self, lesson_id: str, participant: str, role: str) -> bool:
+        """Saturated (sfu/adapt/overload.py): nobody new joins a lesson carried here; its teacher and the
+        classrooms it has had (a reconnect) still do."""
+        if not self.overload.saturated or role == "teacher":
+            return False
+        lesson = self.lessons.get(lesson_id)
+        return lesson is not None and lesson.admission_loaded and participant not in lesson.seen \
+            and participant not in lesson.connections
+
     def current(self, conn: Connection) -> bool:
         """Whether `conn` is still its participant's connection (the same link opened again replaces it)."""
         lesson = self.lessons.get(conn.lesson_id or "")
@@ -109,12 +125,22 @@ class Hub:
         """Register a participant whose token was verified; returns the lesson state for the `joined` reply."""
         claims = conn.claims
         assert claims is not None and conn.participant_id is not None
+        if self._refuse_while_saturated(claims.lesson, conn.participant_id, claims.role):
+            # (before any store call: refusals come in bursts from pages trying again, and must cost next to nothing)
+            raise NodeOverloaded()
         # every store call comes first: when the store is unreachable (StoreUnavailable: `unavailable`), nothing
         # here has changed
         await self._registered()
         if self.not_ready() and not self._carries(claims.lesson):
-            # a draining node places no new lesson here: the participant is sent where it lives, or will
-            raise LessonElsewhere(await self._elsewhere(claims.lesson))
+            # a draining or overloaded node places no new lesson here: the participant is sent where it lives, or
+            # will; with no other node, `draining` or `overloaded` (the page tries again)
+            try:
+                url = await self._elsewhere(claims.lesson)
+            except NodeDraining:
+                if self.draining:
+                    raise
+                raise NodeOverloaded() from None
+            raise LessonElsewhere(url)
         # the lesson's teacher and classrooms must meet in one SFU: the first node to see the lesson carries it
         # (several processes on one Redis carry more lessons); anyone arriving elsewhere is sent there
         placement = await self.store.place_lesson(claims.lesson, self.config.node_id, self.config.url,
@@ -132,6 +158,8 @@ class Hub:
         if not lesson.admission_loaded:
             # the lock and the removals outlive the node that set them (a restart, a failover)
             lesson.load_admission(await self.store.admission(lesson.id))
+        if self._refuse_while_saturated(lesson.id, conn.participant_id, claims.role):
+            raise NodeOverloaded()
         refused, first_time = lesson.admit(conn.participant_id, claims.role)
         if refused is not None:
             raise JoinRefused(refused)
@@ -683,6 +711,10 @@ class LessonElsewhere(Exception):
 
 class NodeDraining(Exception):
     """A new lesson at a draining node, and no other node takes new lessons: `draining`, try again soon."""
+
+
+class NodeOverloaded(Exception):
+    """This node is short of CPU: no new lesson (and no other node takes it) or no new classroom: `overloaded`."""
 
 
 class JoinRefused(Exception):

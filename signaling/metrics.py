@@ -41,6 +41,8 @@ from prometheus_client.registry import Collector
 
 from recorder.record.webm import WRITTEN
 from sfu.adapt.ladder import LEVEL_NAMES
+from sfu.adapt.overload import MAX_LEVEL
+from sfu.adapt.overload import NODE as OVERLOAD
 from sfu.seams import GUARD
 
 # -- counted where they happen (signalling) ----------------------------------------------------------------------
@@ -89,14 +91,17 @@ def count_join(role: str | None) -> None:
     JOINS.labels(role if role in ROLES else "other").inc()
 
 
-async def measure_loop_lag(every_s: float = LOOP_LAG_EVERY_S) -> None:
+async def measure_loop_lag(every_s: float = LOOP_LAG_EVERY_S, overload: Any = OVERLOAD) -> None:
     """Sleep `every_s` again and again; how much later than asked each wake-up comes is the loop's lag (a
-    busy loop makes every websocket reply and every RTCP answer that much later)."""
+    busy loop makes every websocket reply and every RTCP answer that much later). Each sample also goes to the
+    node's overload controller (sfu/adapt/overload.py), with how late the SFU took its datagrams meanwhile."""
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + every_s
         await asyncio.sleep(every_s)
-        LOOP_LAG.observe(max(0.0, loop.time() - due))
+        lag = max(0.0, loop.time() - due)
+        LOOP_LAG.observe(lag)
+        overload.observe(lag)
 
 
 # -- counters read from objects that come and go -------------------------------------------------------------------
@@ -309,6 +314,7 @@ class ServerCollector(Collector):
                                      "its live ones at the drain timeout, then stops), else 0")
         draining.add_metric([], 1 if hub is not None and hub.draining else 0)
         yield draining
+        yield from self._overload()
         people = GaugeMetricFamily("ketang_participants", "Participants connected to this process, by role",
                                    labels=["role"])
         counts = dict.fromkeys(ROLES, 0)
@@ -319,6 +325,29 @@ class ServerCollector(Collector):
         for role, n in counts.items():
             people.add_metric([role], n)
         yield people
+
+    def _overload(self) -> Iterator[Metric]:
+        node = OVERLOAD
+        overloaded = GaugeMetricFamily("ketang_overloaded", "1 while this process is short of CPU: it sheds the "
+                                       "classrooms' video, drops late media and takes no new lessons (nor new "
+                                       "classrooms from shed level 5), else 0")
+        overloaded.add_metric([], 1 if node.overloaded else 0)
+        yield overloaded
+        level = GaugeMetricFamily("ketang_overload_shed_level", "How much video is shed (0: none; 1-4 simulcast "
+                                  f"layers to q, 5-8 cameras off, 9-{MAX_LEVEL} audio only, a quarter of the "
+                                  "classrooms more at each level)")
+        level.add_metric([], node.level)
+        yield level
+        lateness = GaugeMetricFamily("ketang_overload_lateness_seconds", "How late work ran at the latest sample: "
+                                     "the event loop's lag or the oldest teacher datagram the SFU took, the worse")
+        lateness.add_metric([], node.lateness)
+        yield lateness
+        late = CounterMetricFamily("ketang_sfu_late_dropped_packets", "Media packets dropped because the SFU took "
+                                   "them too late (video after 100 ms, audio after 400 ms), by kind",
+                                   labels=["kind"])
+        for kind in ("audio", "video"):
+            late.add_metric([kind], node.late.dropped.get(kind, 0))
+        yield late
 
     def _classrooms(self, routers: list[Any]) -> Iterator[Metric]:
         rungs = GaugeMetricFamily("ketang_classrooms_by_rung", "Classrooms receiving media, by the audio-first "

@@ -17,6 +17,7 @@ from sfu import seams
 from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from sfu.adapt.link import fresh
+from sfu.adapt.overload import RUNG_AUDIO, RUNG_CAMERA_OFF, RUNG_LAYER_Q
 from sfu.adapt.select import LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
@@ -104,6 +105,7 @@ class Subscriber:
     ladder: VideoLadder | None = None  # when video is allowed: whether the link can carry it
     selectors: dict[str, LayerSelector] = field(default_factory=dict)  # simulcast track id -> its layer choice
     pinned_layer: int | None = None  # the classroom's own cap on the simulcast layer (0: "low"); None: automatic
+    shed: int = 0  # the node's cap while it is short of CPU (sfu/adapt/overload.py rungs; the Router sets it)
     clock: Clock = SYSTEM_CLOCK  # its consumers' (the Router's)
 
     def __post_init__(self) -> None:
@@ -207,8 +209,9 @@ class Subscriber:
         if producer.layers:
             selector = self.selectors.get(producer.id)
             start = selector.layer if selector is not None else START_LAYER
-            if self.pinned_layer is not None:
-                start = min(start, self.pinned_layer)
+            cap = self._layer_cap()
+            if cap is not None:
+                start = min(start, cap)
             slot.consumer = SimulcastConsumer(producer, t.sender, pt, rtx, layout, resume=slot.resume,
                                               start_layer=min(start, len(producer.layers) - 1), clock=self.clock,
                                               twcc=twcc)
@@ -222,8 +225,28 @@ class Subscriber:
         """Whether this video track flows to the classroom now (its choice, then the ladder's rung)."""
         if not self.video or (not self.camera and producer.source != "screen"):
             return False
+        if self.shed >= RUNG_AUDIO or (self.shed >= RUNG_CAMERA_OFF and producer.source != "screen"):
+            return False  # the node is short of CPU: video goes before audio is ever late
         level = self.ladder.level if self.ladder is not None else VIDEO
         return level == VIDEO or (level == COURSEWARE and producer.source == "screen")
+
+    def _layer_cap(self) -> int | None:
+        """The highest simulcast layer allowed now: the classroom's own pin, and 0 while the node sheds layers."""
+        if self.shed >= RUNG_LAYER_Q:
+            return 0
+        return self.pinned_layer
+
+    def set_shed(self, rung: int) -> None:
+        """The node's overload cap for this classroom (sfu/adapt/overload.py): layers, camera, all video."""
+        if rung == self.shed:
+            return
+        self.shed = rung
+        self._apply_video()
+        cap = self._layer_cap()
+        if cap is not None:
+            for consumer in self.consumers():
+                if isinstance(consumer, SimulcastConsumer):
+                    consumer.set_layer(min(consumer.switcher.target, cap))
 
     def set_video(self, enabled: bool) -> None:
         """Audio only (the school's choice) or video again, as far as the link allows (the ladder decides);
@@ -279,8 +302,9 @@ class Subscriber:
             report = LayerReport(link.estimate_bps, link.estimate_at, link.loss, link.loss_at, consumer.layer_rates(),
                                  send_side=link.send_side)
             chosen = selector.update(report, now)
-            if self.pinned_layer is not None:
-                chosen = min(chosen, self.pinned_layer)
+            cap = self._layer_cap()
+            if cap is not None:
+                chosen = min(chosen, cap)
             consumer.set_layer(chosen)
 
     def link(self, now: float) -> LinkState:

@@ -7,12 +7,14 @@ from signaling.connection import Connection
 from signaling.handlers.common import Reply, require_joined, subscribe
 from signaling.hub import (
     DRAINING_MESSAGE,
+    OVERLOADED_MESSAGE,
     UNAVAILABLE_MESSAGE,
     Hub,
     JoinRefused,
     LessonElsewhere,
     LessonEnded,
     NodeDraining,
+    NodeOverloaded,
 )
 from signaling.messages import Message, ProtocolError, error_reply
 from signaling.metrics import count_join, count_refusal
@@ -46,6 +48,10 @@ async def handle_join(hub: Hub, conn: Connection, msg: Message) -> Reply:
     except NodeDraining as exc:  # (a restart under way, no other node: the page tries again)
         conn.claims = conn.participant_id = conn.lesson_id = None
         raise ProtocolError("draining", DRAINING_MESSAGE, msg.id) from exc
+    except NodeOverloaded as exc:  # (short of CPU: no new lesson or classroom here now; the page tries again)
+        conn.claims = conn.participant_id = conn.lesson_id = None
+        count_refusal("overloaded")
+        raise ProtocolError("overloaded", OVERLOADED_MESSAGE, msg.id) from exc
     except StoreUnavailable as exc:  # (the room state cannot be reached: the page tries again)
         conn.claims = conn.participant_id = conn.lesson_id = None
         hub.store_failed(exc, "a participant joined")

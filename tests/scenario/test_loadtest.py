@@ -67,7 +67,11 @@ def test_twenty_classrooms_all_connect_receive_without_loss_and_the_report_adds_
     report = run_loadtest(LoadTestConfig(classrooms=20, duration_s=10, ramp_per_s=20, quiet=True))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}))
     _check_common(report, 20)
-    assert report["loss_ratio"] < 0.01
+    # a server short of CPU (a crowded test machine) drops late media on purpose (docs/metrics.md, Overload):
+    # each teacher packet it dropped is lost at every classroom; any loss beyond that fails
+    late = sum((report["server_overload"]["late_dropped_in_window"] or {}).values())
+    dropped_on_purpose = late * 20 / max(1, report["packets_expected"])
+    assert report["loss_ratio"] < 0.01 + dropped_on_purpose, (report["loss_ratio"], report["server_overload"])
     assert report["delivery_ms"]["samples"] > 0 and report["delivery_ms"]["p50"] > 0
     # the window's forwarded packets match the teacher's rate times the classrooms (~100 packets/s each)
     assert report["window_packets_per_s"] > 20 * 50
