@@ -16,7 +16,8 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from sfu import seams
 from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
-from sfu.adapt.link import fresh
+from sfu.adapt.link import REMB_DOWN_RATIO, fresh
+from sfu.adapt.probe import ProbeSchedule
 from sfu.adapt.select import LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
@@ -32,6 +33,7 @@ from sfu.peers.sdp import (
     prefer_lesson_codecs,
     set_description,
 )
+from sfu.pacer import PACE_BELOW_TOP, PACING_FACTOR, Pacer
 from sfu.producer import Producer
 from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
@@ -62,6 +64,7 @@ class LinkState:
     loss: float  # 0..1
     loss_at: float | None
     send_side: bool  # from transport-cc feedback (else the classroom's REMB and receiver reports)
+    probe: bool = False  # up-switches wait for the estimate, which probes raise (sfu/adapt/probe.py)
 
 
 @dataclass
@@ -111,6 +114,11 @@ class Subscriber:
         # consumers stamp, and the send-side estimate fed by its feedback (sfu/adapt/gcc.py)
         self.twcc: TransportSeq | None = None
         self.bwe: SendSideEstimator | None = None
+        # its output pacer and prober (sfu/pacer.py, sfu/adapt/probe.py), with transport-cc
+        self.pacer: Pacer | None = None
+        self.probes: ProbeSchedule | None = None
+        self._decreases_seen = 0
+        self._layers_seen: tuple = ()
         self._twcc_offer_id = 0
         self._stock_rtcp: seams.DtlsHandlers | None = None
         self._awaiting_answer = False
@@ -214,6 +222,7 @@ class Subscriber:
         else:
             slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock,
                                      twcc=twcc)
+        slot.consumer.pacer = self.pacer
         if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
 
@@ -259,13 +268,15 @@ class Subscriber:
             video_bps = screen_bps  # what this classroom receives at the top rung is the courseware alone
         link = self.link(now)
         report = LinkReport(link.estimate_bps, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
-                            send_side=link.send_side)
+                            send_side=link.send_side, probe=link.probe)
         self._choose_layers(now, link)
         was = self.ladder.level
         self.ladder.update(report, now)
         if self.ladder.level != was:
             log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
             self._apply_video()
+        if link.probe:
+            self._pace_and_probe(now, link, report)
 
     def _choose_layers(self, now: float, link: LinkState) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
@@ -276,7 +287,7 @@ class Subscriber:
             if selector is None:
                 selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
             report = LayerReport(link.estimate_bps, link.estimate_at, link.loss, link.loss_at, consumer.layer_rates(),
-                                 send_side=link.send_side)
+                                 send_side=link.send_side, probe=link.probe)
             chosen = selector.update(report, now)
             if self.pinned_layer is not None:
                 chosen = min(chosen, self.pinned_layer)
@@ -295,7 +306,7 @@ class Subscriber:
             estimate = bwe.estimate_bps
             if remb is not None and fresh(remb_at, now):
                 estimate = min(estimate, remb)
-            return LinkState(estimate, bwe.updated_at, bwe.loss, bwe.updated_at, True)
+            return LinkState(estimate, bwe.updated_at, bwe.loss, bwe.updated_at, True, self._can_probe())
         lossiest = max(consumers, key=lambda c: c.fraction_lost) if consumers else None
         return LinkState(remb, remb_at, lossiest.fraction_lost / 256 if lossiest else 0.0,
                          lossiest.report_at if lossiest else None, False)
@@ -307,7 +318,94 @@ class Subscriber:
                      "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4)}
         if self.bwe is not None and self.twcc is not None:
             out["transport_cc"] = {**self.twcc.stats(), **self.bwe.stats()}
+        if self.pacer is not None:
+            out["pacer"] = self.pacer.stats()
         return out
+
+    # -- pacing and probing (sfu/pacer.py, sfu/adapt/probe.py) ---------------------------------------------------
+
+    def _padder(self) -> BaseConsumer | None:
+        """The stream that carries probe padding: a started video stream with RTX."""
+        return next((c for c in self.consumers() if c.kind == "video" and c.rtx_payload_type is not None
+                     and c._raw_send is not None and not c.closed), None)  # noqa: SLF001
+
+    def _can_probe(self) -> bool:
+        return self.pacer is not None and self._padder() is not None
+
+    def _pad(self, nbytes: int) -> int:
+        padder = self._padder()
+        return padder.send_padding(nbytes) if padder is not None else 0
+
+    def _wanted_bps(self, report: LinkReport) -> float | None:
+        """What the estimate must reach for the next step up (the ladder's next rung, else the next simulcast
+        layer), with the rest of what this classroom receives (audio, courseware) on top; None: at the top."""
+        assert self.ladder is not None
+        if self.ladder.level != VIDEO:
+            return self.ladder.wanted_bps(report)
+        wanted = None
+        others = sum(c.producer.rate_bps for c in self.consumers()
+                     if not isinstance(c, SimulcastConsumer) and not c.paused)
+        for consumer in self.consumers():
+            if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
+                continue
+            selector = self.selectors.get(consumer.producer.id)
+            if selector is None or (self.pinned_layer is not None and selector.layer >= self.pinned_layer):
+                continue
+            rates = consumer.layer_rates()
+            above = [r for i, r in enumerate(rates) if i > selector.layer and r > 0]
+            if above:
+                need = max(above[0] / REMB_DOWN_RATIO, above[0] + others)
+                wanted = need if wanted is None else max(wanted, need)
+        return wanted
+
+    def _pace_and_probe(self, now: float, link: LinkState, report: LinkReport) -> None:
+        """The pacer's rate from the estimate, and a probe when the next step up needs more than it says."""
+        pacer, bwe, schedule = self.pacer, self.bwe, self.probes
+        if pacer is None or bwe is None or schedule is None or self.ladder is None:
+            return
+        estimate = float(link.estimate_bps or bwe.estimate_bps)
+        prober = pacer.prober
+        seen = (self.ladder.level, *(s.layer for s in self.selectors.values()))
+        if seen != self._layers_seen:
+            self._layers_seen = seen
+            schedule.changed(now)
+        probing = prober is not None and prober.state == "probing"
+        top = max((max(c.layer_rates(), default=0.0) for c in self.consumers() if isinstance(c, SimulcastConsumer)),
+                  default=report.video_bps)
+        pacer.estimate_bps = estimate
+        pacer.set_rate(max(PACING_FACTOR * estimate, 1.5 * prober.target_bps if probing and prober else 0.0))
+        active = probing or estimate < PACE_BELOW_TOP * top
+        if pacer.active and not active:
+            pacer.tick()  # what waits goes now
+        pacer.active = active
+        if prober is not None and prober.active:
+            prober.judge(now, bwe.rtt_s)
+            self._probe_done(now)
+            return
+        wanted = self._wanted_bps(report)
+        if wanted is None or estimate >= wanted or not schedule.due(now):
+            return
+        if bwe.signal == "overuse" or bwe.loss > 0.10:
+            return
+        pacer.start_probe(wanted)
+        pacer.set_rate(1.5 * wanted)
+        pacer.active = True
+        log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, wanted // 1000,
+                  estimate // 1000)
+
+    def _probe_done(self, now: float) -> None:
+        """A probe that ended: its result into the estimate (succeeded), or the next one later (failed)."""
+        pacer, bwe, schedule = self.pacer, self.bwe, self.probes
+        prober = pacer.prober if pacer is not None else None
+        if prober is None or bwe is None or schedule is None or prober.active or prober.state == "idle":
+            return
+        if prober.state == "succeeded" and prober.result_bps is not None:
+            bwe.on_probe(prober.result_bps, now)
+            schedule.succeeded(now)
+        else:
+            schedule.failed(now)
+        log.debug("classroom %s: probe %s (%s)", self.participant_id, prober.state, prober.reason)
+        prober.state = "idle"
 
     # -- transport-cc ----------------------------------------------------------------------------------------
 
@@ -321,6 +419,12 @@ class Subscriber:
             return
         self.twcc = TransportSeq(ext_id, self.clock.monotonic)
         self.bwe = SendSideEstimator(self.clock.monotonic())
+        loop = asyncio.get_event_loop()
+        self.pacer = Pacer(self.clock.monotonic, loop.call_later, self.twcc, PACING_FACTOR * self.bwe.estimate_bps)
+        self.pacer.pad = self._pad
+        self.probes = ProbeSchedule(self.clock.monotonic())
+        for consumer in self.consumers():
+            consumer.pacer = self.pacer  # bound before the answer (not started yet: they take it at their start)
         self._stock_rtcp = seams.hook_dtls(dtls, seams.dtls_handlers(dtls)[0], self._on_rtcp)
 
     async def _on_rtcp(self, data: bytes) -> None:
@@ -341,7 +445,14 @@ class Subscriber:
         results = self.twcc.on_feedback(packet)
         if results:
             rtts = [r for r in (seams.sender_rtt(c.sender) for c in self.consumers()) if r is not None]
-            self.bwe.on_feedback(results, self.clock.monotonic(), min(rtts) if rtts else None)
+            now = self.clock.monotonic()
+            self.bwe.on_feedback(results, now, min(rtts) if rtts else None)
+            prober = self.pacer.prober if self.pacer is not None else None
+            decreased = self.bwe.decreases != self._decreases_seen
+            self._decreases_seen = self.bwe.decreases
+            if prober is not None and prober.active:
+                prober.on_feedback(results, now, decreased or self.bwe.signal == "overuse", self.bwe.rtt_s)
+                self._probe_done(now)
 
     def pin_layer(self, layer: int | None) -> None:
         """The classroom's own choice: at most this simulcast layer (0: the smallest), or None: automatic."""
@@ -412,6 +523,8 @@ class Subscriber:
         for slot in self.slots:
             if slot.consumer is not None:
                 slot.consumer.close()
+        if self.pacer is not None:
+            self.pacer.close()
         if self._stock_rtcp is not None and self.slots and self.slots[0].transceiver.sender.transport is not None:
             seams.unhook_dtls(self.slots[0].transceiver.sender.transport, self._stock_rtcp)
             self._stock_rtcp = None

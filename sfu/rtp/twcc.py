@@ -184,6 +184,12 @@ class TransportSeq:
         self.packets_sent += 1
         return seq
 
+    def sent_now(self, seq: int) -> None:
+        """The packet numbered `seq` left only now (it waited in the pacer): its send time is now."""
+        i = seq & _MASK
+        if self._seq[i] == seq:
+            self._sent_at[i] = self._clock()
+
     def _unwrap_reference(self, reference: int) -> int:
         last = self._reference
         if last is None:

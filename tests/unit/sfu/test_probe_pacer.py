@@ -1,0 +1,252 @@
+"""The prober (sfu/adapt/probe.py) and the per-classroom pacer (sfu/pacer.py), with an injected clock: a probe
+succeeds only when what the link acknowledged reached its target, ends at once on overuse or heavy loss, and
+spaces itself out; the pacer never holds audio, spreads a burst at its rate, bounds its queue by dropping the
+oldest video, moves a waiting packet's transport-wide send time, and sends padding only when no video waits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from sfu.adapt.gcc import SendSideEstimator
+from sfu.adapt.probe import BACKOFF_MAX_S, FIRST_AFTER_S, OVERSHOOT, PROBE_S, ProbeSchedule, Prober
+from sfu.pacer import BURST_S, QUEUE_MIN_BYTES, TICK_S, UDP_IP_OVERHEAD, Pacer
+from sfu.rtp.twcc import TransportSeq
+from tests.unit.sfu.gcc_sim import Link, Sim
+
+
+@dataclass(frozen=True)
+class R:
+    sent_at: float
+    arrived_at: float | None
+    size: int
+
+
+def probe_trace(target_bps: float, capacity_bps: float, size: int = 300, loss_every: int = 0) -> list[R]:
+    """What feedback says of a probe sent at OVERSHOOT x target through a bottleneck of `capacity_bps`."""
+    out, t, free_at, n = [], 0.0, 0.0, 0
+    gap = size * 8 / (OVERSHOOT * target_bps)
+    while t <= PROBE_S:
+        n += 1
+        free_at = max(t, free_at) + size * 8 / capacity_bps
+        lost = loss_every and n % loss_every == 0
+        out.append(R(t, None if lost else free_at + 0.05 + 1000.0, size))
+        t += gap
+    return out
+
+
+def run_probe(prober: Prober, trace: list[R], now: float = 0.0) -> None:
+    prober.start(500_000, now)
+    for r in trace:
+        prober.on_sent(r.size, r.sent_at)
+    prober.padding_due(PROBE_S + 0.01)
+    for i in range(0, len(trace), 20):  # feedback every 20 packets
+        prober.on_feedback(trace[i:i + 20], trace[min(i + 19, len(trace) - 1)].sent_at + 0.1, overuse=False)
+    prober.judge(PROBE_S + 2.0)
+
+
+def test_a_probe_through_a_link_with_room_succeeds_at_what_arrived() -> None:
+    prober = Prober()
+    run_probe(prober, probe_trace(500_000, 2_000_000))
+    assert prober.state == "succeeded", prober.stats()
+    assert 500_000 <= prober.result_bps <= 1.05 * OVERSHOOT * 500_000  # type: ignore[operator]
+
+
+def test_a_probe_through_a_narrower_link_fails_with_the_rate_it_got() -> None:
+    prober = Prober()
+    run_probe(prober, probe_trace(500_000, 300_000))
+    assert prober.state == "failed", prober.stats()
+    assert prober.result_bps == pytest.approx(300_000, rel=0.05)
+    assert "< 500" in prober.reason
+
+
+def test_a_probe_ends_at_once_on_overuse_or_heavy_loss() -> None:
+    prober = Prober()
+    prober.start(500_000, 0.0)
+    prober.on_feedback([R(0.01, 1000.0, 300)], 0.1, overuse=True)
+    assert (prober.state, prober.reason) == ("failed", "overuse")
+    assert prober.padding_due(0.2) == 0  # no more padding after an abort
+    lossy = Prober()
+    lossy.start(500_000, 0.0)
+    lossy.on_feedback(probe_trace(500_000, 2_000_000, loss_every=4)[:40], 0.2, overuse=False)
+    assert lossy.state == "failed" and lossy.reason.startswith("loss"), lossy.stats()
+
+
+def test_random_loss_of_a_few_percent_does_not_fail_a_probe() -> None:
+    prober = Prober()
+    run_probe(prober, probe_trace(500_000, 2_000_000, loss_every=25))
+    assert prober.state == "succeeded", prober.stats()
+
+
+def test_padding_tops_the_media_up_to_the_probe_rate_and_stops_at_its_end() -> None:
+    prober = Prober()
+    prober.start(400_000, 10.0)
+    due = prober.padding_due(10.1)
+    assert abs(due - OVERSHOOT * 400_000 / 8 * 0.1) <= 1
+    prober.on_sent(due - 1000, 10.1)  # media went out meanwhile: less padding is due
+    assert prober.padding_due(10.1) == 1000
+    assert prober.padding_due(10.0 + PROBE_S) == 0 and prober.state == "waiting"
+
+
+def test_a_probe_without_feedback_fails_after_waiting() -> None:
+    prober = Prober()
+    prober.start(400_000, 0.0)
+    prober.judge(PROBE_S + 0.1)
+    assert prober.state == "waiting"
+    prober.judge(PROBE_S + 5.0)
+    assert prober.state == "failed" and "too few" in prober.reason
+
+
+def test_probe_schedule_backs_off_and_starts_again_after_a_success() -> None:
+    schedule = ProbeSchedule(0.0)
+    assert not schedule.due(FIRST_AFTER_S - 0.1) and schedule.due(FIRST_AFTER_S)
+    now, waits = FIRST_AFTER_S, []
+    for _ in range(5):
+        schedule.failed(now)
+        wait = next(w / 10 for w in range(1, 200) if schedule.due(now + w / 10))
+        waits.append(wait)
+        now += wait
+    assert waits[0] == pytest.approx(2 * FIRST_AFTER_S) and waits[-1] == pytest.approx(BACKOFF_MAX_S)
+    schedule.succeeded(now)
+    assert schedule.due(now + FIRST_AFTER_S)
+
+
+def test_a_probe_lifts_the_send_side_estimate_above_what_is_sent_on_a_simulated_link() -> None:
+    """The estimator on a 1 Mbit/s link while only ~160 kbit/s is sent cannot pass 1.5x of it; one probe at
+    600 kbit/s (padding through the same link) takes it there, and through a 300 kbit/s link it does not."""
+    for capacity, ok in ((1_000_000, True), (300_000, False)):
+        est = SendSideEstimator(0.0, start_bps=150_000)
+        prober = Prober()
+        probe_until = [0.0]
+
+        def rate_of(estimate: float) -> float:
+            return 600_000 * OVERSHOOT if sim.t < probe_until[0] else 130_000
+
+        sim = Sim(est, Link(capacity_bps=capacity, delay_s=0.05, queue_bytes=30_000), rate_of=rate_of,
+                  on_feedback=lambda results, now: prober.on_feedback(results, now, est.signal == "overuse"))
+        sim.run(10)
+        before = est.estimate_bps
+        assert before < 300_000
+        prober.start(600_000, sim.t)
+        probe_until[0] = sim.t + PROBE_S
+        start = sim.t
+        while prober.active and sim.t < start + 4:
+            # what the sim sent during the probe counts as the probe's (frames at the probe rate, and audio)
+            prober.on_sent(int(OVERSHOOT * 600_000 / 8 * 0.1), sim.t)
+            sim.run(0.1)
+            prober.judge(sim.t, 0.1)
+        assert prober.state == ("succeeded" if ok else "failed"), (capacity, prober.stats())
+        if ok:
+            est.on_probe(prober.result_bps, sim.t)  # type: ignore[arg-type]
+            assert est.estimate_bps >= 600_000
+
+
+# -- the pacer ---------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Wire:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.sent: list[tuple[float, bytes]] = []
+
+    def __call__(self, datagram: bytes) -> None:
+        self.sent.append((self.clock.t, datagram))
+
+
+def pacer_at(rate_bps: float, twcc: TransportSeq | None = None) -> tuple[Pacer, FakeClock, Wire, list]:
+    clock = FakeClock()
+    timers: list = []
+    pacer = Pacer(clock, lambda delay, fn: timers.append(fn) or object(), twcc, rate_bps)
+    return pacer, clock, Wire(clock), timers
+
+
+def run_ticks(pacer: Pacer, clock: FakeClock, seconds: float) -> None:
+    for _ in range(round(seconds / TICK_S)):
+        clock.t += TICK_S
+        pacer.tick()
+
+
+def test_a_keyframe_burst_is_spread_at_the_pacing_rate_and_audio_never_waits() -> None:
+    pacer, clock, wire, timers = pacer_at(800_000)  # 100 kB/s
+    clock.t += 1.0
+    pacer.tick()
+    for i in range(40):  # a 40 kB keyframe at once
+        pacer.send_video(wire, bytes([i]) * (1000 - UDP_IP_OVERHEAD))
+    first = len(wire.sent)
+    assert first <= 1 + BURST_S * 100_000 / 1000 and pacer.queued_bytes > 35_000 and timers
+    pacer.send_audio(wire, b"audio")
+    assert wire.sent[-1][1] == b"audio"  # straight out, ahead of the queued video
+    run_ticks(pacer, clock, 0.2)
+    video = [d for _, d in wire.sent if d != b"audio"]
+    assert 18 <= len(video) <= 23  # 0.2 s at 100 kB/s, 1 kB each, and the first burst
+    run_ticks(pacer, clock, 0.3)
+    assert not pacer.queued_bytes
+    order = [d[0] for _, d in wire.sent if d != b"audio"]
+    assert order == list(range(40))  # in order
+    assert pacer.dropped == 0
+
+
+def test_the_queue_is_bounded_by_dropping_the_oldest_video() -> None:
+    pacer, clock, wire, _ = pacer_at(100_000)
+    for i in range(100):
+        pacer.send_video(wire, bytes([i]) * 972)
+    assert pacer.queued_bytes <= QUEUE_MIN_BYTES and pacer.dropped >= 65
+    run_ticks(pacer, clock, 5.0)
+    got = [d[0] for _, d in wire.sent]
+    assert got[-1] == 99 and got == sorted(got)  # the newest kept, order kept
+
+
+def test_a_packet_that_waited_gets_its_transport_wide_send_time_when_it_leaves() -> None:
+    clock = FakeClock()
+    twcc = TransportSeq(5, clock)
+    pacer = Pacer(clock, None, twcc, 80_000)
+    wire = Wire(clock)
+    clock.t += 1.0
+    for _ in range(5):
+        twcc.take(1000)
+        pacer.send_video(wire, bytes(1000))
+    waited = (twcc.seq - 1) & 0xFFFF
+    run_ticks(pacer, clock, 1.0)
+    left = wire.sent[-1][0]
+    assert left > 101.3
+    results = twcc._sent_at[waited & 8191]  # noqa: SLF001 - the ring's send time of that number
+    assert results == pytest.approx(left)
+
+
+def test_an_inactive_pacer_sends_everything_at_once() -> None:
+    pacer, _, wire, timers = pacer_at(8_000)
+    pacer.active = False
+    for _ in range(50):
+        pacer.send_video(wire, bytes(1200))
+    assert len(wire.sent) == 50 and not timers and pacer.queued_bytes == 0
+
+
+def test_probe_padding_goes_out_on_ticks_only_when_no_video_waits() -> None:
+    pacer, clock, wire, _ = pacer_at(2_000_000)
+    padded: list[int] = []
+
+    def pad(n: int) -> int:
+        padded.append(n)
+        return n
+
+    pacer.pad = pad
+    clock.t += 1.0
+    pacer.tick()
+    for _ in range(30):
+        pacer.send_video(wire, bytes(972))  # a burst beyond the budget: video waits
+    pacer.start_probe(400_000)
+    pacer.tick()
+    assert pacer.queued_bytes and not padded  # video first
+    run_ticks(pacer, clock, PROBE_S + 0.1)
+    total = sum(padded) + 30 * 1000
+    assert abs(total - OVERSHOOT * 400_000 / 8 * PROBE_S) < 0.1 * OVERSHOOT * 400_000 / 8
+    assert pacer.prober is not None and pacer.prober.state == "waiting"
