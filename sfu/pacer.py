@@ -27,10 +27,14 @@ from typing import Any
 from sfu.adapt.probe import Prober
 from sfu.rtp.twcc import TransportSeq
 
-__all__ = ["BURST_S", "PACE_BELOW_TOP", "PACING_FACTOR", "QUEUE_MAX_S", "QUEUE_MIN_BYTES", "TICK_S", "Pacer"]
+__all__ = ["BURST_S", "PACE_BELOW_TOP", "PACING_FACTOR", "PACING_OVER_SENT", "QUEUE_MAX_S", "QUEUE_MIN_BYTES", "TICK_S", "Pacer"]
 
 TICK_S = 0.005
 PACING_FACTOR = 2.0  # the pacing rate, times the estimate (libwebrtc: 2.5; GoogCC's own ramp-up needs headroom)
+# ...and never below this multiple of what the classroom's streams send on average: the SFU cannot make the
+# teacher's encoder slower at once (a layer switch waits for a keyframe), so the pacer spreads bursts but must not
+# hold back the average: a pacer slower than the stream only grows its queue, drops, and drags the estimate down
+PACING_OVER_SENT = 1.5
 BURST_S = 0.010  # the budget holds at most this long of the pacing rate (unused budget is not saved up)
 QUEUE_MAX_S = 0.5
 QUEUE_MIN_BYTES = 30_000
@@ -112,9 +116,11 @@ class Pacer:
         self.queued_bytes += size
         limit = max(QUEUE_MIN_BYTES, QUEUE_MAX_S * self.rate_bps / 8)
         while self.queued_bytes > limit and len(self._queue) > 1:
-            _, old, _ = self._queue.popleft()
+            _, old, old_seq = self._queue.popleft()
             self.queued_bytes -= len(old) + UDP_IP_OVERHEAD
             self.dropped += 1
+            if old_seq >= 0 and twcc is not None:
+                twcc.forget(old_seq)
         self.max_queued_bytes = max(self.max_queued_bytes, self.queued_bytes)
         self._arm()
 

@@ -93,7 +93,9 @@ class VideoLadder:
 
     def _short(self, report: LinkReport, now: float, need_bps: float) -> str:
         """Why the link cannot carry this rung now ("" when it can)."""
-        if congested(report.loss) and not (self.trial and report.loss_at is not None
+        # with the send-side estimate, loss speaks through it (its loss bound cuts on congestion loss, holds on
+        # random loss): the ladder does not read it twice
+        if not report.send_side and congested(report.loss) and not (self.trial and report.loss_at is not None
                                            and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
             return f"loss {report.loss:.0%}"
         settle_from = self._remb_from if not report.send_side else self._remb_from - REMB_SETTLE_S + SEND_SIDE_SETTLE_S
@@ -124,7 +126,7 @@ class VideoLadder:
         """With probing, a rung up is taken when the send-side estimate carries it, never on a timer."""
         need = self._up_need(report)
         if need is None or now - self._since < UP_HOLD_S or not fresh(report.remb_at, now) \
-                or congested(report.loss) or (report.remb_bps or 0) * UP_FIT_RATIO < need:
+                or (report.remb_bps or 0) * UP_FIT_RATIO < need:
             return
         self._go(COURSEWARE if self.level == AUDIO and report.screen_bps > 0 else VIDEO, now)
         self._remb_from = now + REMB_SETTLE_S

@@ -16,6 +16,7 @@ are lost beyond `PROBE_LOSS_MAX`, before a queue builds up behind the audio.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from sfu.adapt.gcc import PacketReport
@@ -48,6 +49,7 @@ class Prober:
         self.result_bps: float | None = None
         self.reason = ""
         self.probes = self.succeeded = self.failed = 0
+        self.history: deque[str] = deque(maxlen=6)  # the latest probes' targets and verdicts (for /stats)
         self._start = self._end = 0.0
         self._sent_bytes = 0
         self._acked_bytes = 0
@@ -91,6 +93,7 @@ class Prober:
 
     def _finish(self, ok: bool, why: str) -> None:
         self.state, self.reason = ("succeeded" if ok else "failed"), why
+        self.history.append(f"{self.target_bps / 1000:.0f}k {'ok' if ok else 'failed'}: {why}")
         if ok:
             self.succeeded += 1
         else:
@@ -153,7 +156,8 @@ class Prober:
     def stats(self) -> dict:
         return {"state": self.state, "target_bps": int(self.target_bps),
                 "result_bps": int(self.result_bps) if self.result_bps is not None else None, "reason": self.reason,
-                "probes": self.probes, "succeeded": self.succeeded, "failed": self.failed}
+                "probes": self.probes, "succeeded": self.succeeded, "failed": self.failed,
+                "history": list(self.history)}
 
 
 class ProbeSchedule:

@@ -33,13 +33,17 @@ from sfu.peers.sdp import (
     prefer_lesson_codecs,
     set_description,
 )
-from sfu.pacer import PACE_BELOW_TOP, PACING_FACTOR, Pacer
+from sfu.pacer import PACE_BELOW_TOP, PACING_FACTOR, PACING_OVER_SENT, Pacer
 from sfu.producer import Producer
 from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
 from sfu.rtp.twcc import TransportSeq, split_compound
 
 log = logging.getLogger("ketang.sfu")
+
+# with a send-side estimate, the camera is paused only after its simulcast tracks have been on their lowest layer
+# this long (a cap that hits the top layer first takes it down layer by layer: q -> h -> f before courseware)
+LOWEST_SETTLE_S = 2.0
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -119,6 +123,7 @@ class Subscriber:
         self.probes: ProbeSchedule | None = None
         self._decreases_seen = 0
         self._layers_seen: tuple = ()
+        self._lowest_since: float | None = None
         self._twcc_offer_id = 0
         self._stock_rtcp: seams.DtlsHandlers | None = None
         self._awaiting_answer = False
@@ -267,9 +272,12 @@ class Subscriber:
         if not self.camera:
             video_bps = screen_bps  # what this classroom receives at the top rung is the courseware alone
         link = self.link(now)
-        report = LinkReport(link.estimate_bps, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
-                            send_side=link.send_side, probe=link.probe)
         self._choose_layers(now, link)
+        estimate = link.estimate_bps
+        if link.send_side and self.ladder.level == VIDEO and not self._on_lowest_layers(now):
+            estimate = None  # q -> h -> f first: the camera pauses only once its lowest layer does not fit either
+        report = LinkReport(estimate, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
+                            send_side=link.send_side, probe=link.probe)
         was = self.ladder.level
         self.ladder.update(report, now)
         if self.ladder.level != was:
@@ -277,6 +285,19 @@ class Subscriber:
             self._apply_video()
         if link.probe:
             self._pace_and_probe(now, link, report)
+
+    def _on_lowest_layers(self, now: float) -> bool:
+        """Whether every simulcast track flowing to this classroom has been on its lowest layer for
+        LOWEST_SETTLE_S (the switch's keyframe went through the link): only then may the ladder pause the camera
+        on the estimate."""
+        lowest = all(c.current in (None, 0) and c.switcher.target == 0 for c in self.consumers()
+                     if isinstance(c, SimulcastConsumer) and not c.paused)
+        if not lowest:
+            self._lowest_since = None
+            return False
+        if self._lowest_since is None:
+            self._lowest_since = now
+        return now - self._lowest_since >= LOWEST_SETTLE_S
 
     def _choose_layers(self, now: float, link: LinkState) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
@@ -373,7 +394,10 @@ class Subscriber:
         top = max((max(c.layer_rates(), default=0.0) for c in self.consumers() if isinstance(c, SimulcastConsumer)),
                   default=report.video_bps)
         pacer.estimate_bps = estimate
-        pacer.set_rate(max(PACING_FACTOR * estimate, 1.5 * prober.target_bps if probing and prober else 0.0))
+        sending = sum(c.layers[c.current].rate_bps if isinstance(c, SimulcastConsumer) and c.current is not None
+                      else c.producer.rate_bps for c in self.consumers() if not c.paused)
+        pacer.set_rate(max(PACING_FACTOR * estimate, PACING_OVER_SENT * sending,
+                           1.5 * prober.target_bps if probing and prober else 0.0))
         active = probing or estimate < PACE_BELOW_TOP * top
         if pacer.active and not active:
             pacer.tick()  # what waits goes now
@@ -388,7 +412,7 @@ class Subscriber:
         if bwe.signal == "overuse" or bwe.loss > 0.10:
             return
         pacer.start_probe(wanted)
-        pacer.set_rate(1.5 * wanted)
+        pacer.set_rate(max(pacer.rate_bps, 1.5 * wanted))
         pacer.active = True
         log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, wanted // 1000,
                   estimate // 1000)

@@ -190,6 +190,14 @@ class TransportSeq:
         if self._seq[i] == seq:
             self._sent_at[i] = self._clock()
 
+    def forget(self, seq: int) -> None:
+        """The packet numbered `seq` was never sent (the pacer dropped it): its feedback counts nothing (a drop
+        in the server is not the link's loss)."""
+        i = seq & _MASK
+        if self._seq[i] == seq:
+            self._seq[i] = -1
+            self.packets_sent -= 1
+
     def _unwrap_reference(self, reference: int) -> int:
         last = self._reference
         if last is None:

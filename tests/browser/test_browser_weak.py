@@ -675,15 +675,16 @@ RECOVERY_WAIT_S = 30.0
 TOP_LAYER = 2
 
 
-def audio_buffer_ms(samples: list[dict]) -> float:
-    """The largest audio jitter-buffer delay between two consecutive samples (ms): what was added to
-    jitterBufferDelay over what was emitted in between."""
-    worst = 0.0
+def audio_buffer_ms(samples: list[dict]) -> tuple[float, float]:
+    """(median, largest) audio jitter-buffer delay over the intervals between consecutive samples (ms): what was
+    added to jitterBufferDelay over what was emitted in between."""
+    values = []
     for a, b in itertools.pairwise(samples):
         emitted = delta(a, b, "audio", "jitterBufferEmittedCount")
         if emitted > 0:
-            worst = max(worst, 1000 * delta(a, b, "audio", "jitterBufferDelay") / emitted)
-    return worst
+            values.append(1000 * delta(a, b, "audio", "jitterBufferDelay") / emitted)
+    values.sort()
+    return (values[len(values) // 2], values[-1]) if values else (0.0, 0.0)
 
 
 class LinkServerWatch(ServerWatch):
@@ -743,11 +744,16 @@ async def test_chromium_classroom_weak_link_case_then_recovery_to_the_top_layer(
               f" (audio only after {audio_only if audio_only is None else round(audio_only, 1)} s), longest freeze "
               f"{freeze:.2f} s, {frames / secs:.1f} frames/s, heights {dict(heights)}, layers (server polls) "
               f"{dict(layers)}; audio concealed {concealed(samples):.1%} ({concealed(settled):.1%} from 5 s in), "
-              f"jitter buffer max {audio_buffer_ms(samples):.0f} ms; server loss median "
+              f"jitter buffer median/max {'/'.join(f'{v:.0f}' for v in audio_buffer_ms(samples))} ms; server "
+              f"loss median "
               f"{sorted(server_loss)[len(server_loss) // 2] if server_loss else None} vs link {link_loss:.3f}; "
               f"estimate {min(estimates) // 1000}..{max(estimates) // 1000} kbit/s; server sent (kbit/s) "
               f"{mix.kbps(start, end)}; shaper {counters}\n"
               f"  recovery: top layer (720p decoded) after {top if top is None else round(top, 1)} s; "
-              f"{watch.latest['simulcast']}; {watch.latest['link'].get('estimate_bps')}")
+              f"{watch.latest['simulcast']}; {watch.latest['link'].get('estimate_bps')}; "
+              f"pacer {watch.latest['link'].get('pacer')}\n  timeline (s: rung/layer estimate kbit/s probe): "
+              + " ".join(f"{p['at'] - start:.0f}:{p['state'][0]}{layer_index(p)}/{(p['link'].get('estimate_bps') or 0) // 1000}"
+                         f"/{((p['link'].get('pacer') or {}).get('probe') or {}).get('reason', '')}"
+                         for p in watch.polls[::4] if p["at"] >= start))
         assert frames > 0 or case == "cap80", "no video decoded on the weak link"
         assert delta(samples[0], samples[-1], "audio", "totalSamplesReceived") > 0.9 * 48000 * secs, "audio stopped"
