@@ -13,19 +13,22 @@ budget allows:
   classroom NACKs or asks for a keyframe; a queue that only grows would delay everything behind it);
 - **probe padding** (sfu/adapt/probe.py) is sent on the same ticks, only when no video waits.
 
-A packet that waited has its transport-wide send time moved to when it really left (`TransportSeq.sent_now`),
-so the send-side estimate sees the link's delay, not the pacer's. Pure but for the timer: the clock and the
+Video reaches the pacer unprotected; a packet that waited gets a new transport-wide number as it leaves (the
+old one is forgotten, `TransportSeq.forget`), so the numbers go out in the order they are sent (audio does not
+wait: a video packet numbered before it but sent after would be reported lost by the receiver before it
+arrives) and the send-side estimate sees the link's delay, not the pacer's. Pure but for the timer: the clock and the
 scheduler are passed in (the unit tests drive `tick` by hand).
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from sfu.adapt.probe import Prober
-from sfu.rtp.twcc import TransportSeq
+from sfu.rtp.twcc import WIRE_OVERHEAD, TransportSeq
 
 __all__ = ["BURST_S", "PACE_BELOW_TOP", "PACING_FACTOR", "PACING_OVER_SENT", "QUEUE_MAX_S", "QUEUE_MIN_BYTES", "TICK_S", "Pacer"]
 
@@ -39,6 +42,10 @@ BURST_S = 0.010  # the budget holds at most this long of the pacing rate (unused
 QUEUE_MAX_S = 0.5
 QUEUE_MIN_BYTES = 30_000
 UDP_IP_OVERHEAD = 28
+# where a packet's transport-wide number sits (sfu/rtp/header.py TWCC_HEADER: the fixed header, the extension
+# block's head, the element's id byte)
+TWCC_SEQ_AT = 17
+_TWCC_SEQ = struct.Struct("!H")
 # pacing applies while the classroom's estimate is below this multiple of the top layer's rate (above it the
 # link has room for any burst the lesson makes, and the per-packet cost is saved; docs/benchmarks.md)
 PACE_BELOW_TOP = 2.0
@@ -68,8 +75,8 @@ class Pacer:
         self._twcc = twcc
         self._budget = 0.0
         self._refilled_at = clock()
-        # (send, datagram, transport-wide number or -1)
-        self._queue: deque[tuple[Callable[[bytes], Any], bytes, int]] = deque()
+        # (send, protect, the packet unprotected, its transport-wide number or -1)
+        self._queue: deque[tuple[Callable[[bytes], Any], Callable[[bytes], bytes], bytes, int]] = deque()
         self._timer: Any = None
 
     # -- the budget ----------------------------------------------------------------------------------------
@@ -96,28 +103,29 @@ class Pacer:
         if prober is not None and prober.state == "probing":
             prober.on_sent(size, self._clock())
 
-    def send_video(self, send: Callable[[bytes], Any], datagram: bytes) -> None:
-        """Video or a retransmission: at once while nothing waits and budget is left, else queued."""
+    def send_video(self, send: Callable[[bytes], Any], protect: Callable[[bytes], bytes], packet: bytes) -> None:
+        """Video or a retransmission (an RTP packet not yet protected): protected and sent at once while nothing
+        waits and budget is left, else queued as it is."""
         if not self.active:
-            send(datagram)
+            send(protect(packet))
             return
         now = self._clock()
-        size = len(datagram) + UDP_IP_OVERHEAD
+        size = len(packet) + WIRE_OVERHEAD
         if not self._queue and self._refill(now) > 0:
-            send(datagram)
+            send(protect(packet))
             self._budget -= size
             prober = self.prober
             if prober is not None and prober.state == "probing":
                 prober.on_sent(size, now)
             return
         twcc = self._twcc
-        self._queue.append((send, datagram, (twcc.seq - 1) & 0xFFFF if twcc is not None else -1))
+        self._queue.append((send, protect, packet, (twcc.seq - 1) & 0xFFFF if twcc is not None else -1))
         self.queued += 1
         self.queued_bytes += size
         limit = max(QUEUE_MIN_BYTES, QUEUE_MAX_S * self.rate_bps / 8)
         while self.queued_bytes > limit and len(self._queue) > 1:
-            _, old, old_seq = self._queue.popleft()
-            self.queued_bytes -= len(old) + UDP_IP_OVERHEAD
+            _, _, old, old_seq = self._queue.popleft()
+            self.queued_bytes -= len(old) + WIRE_OVERHEAD
             self.dropped += 1
             if old_seq >= 0 and twcc is not None:
                 twcc.forget(old_seq)
@@ -148,12 +156,16 @@ class Pacer:
         queue, twcc, prober = self._queue, self._twcc, self.prober
         probing = prober is not None and prober.state == "probing"
         while queue and budget > 0:
-            send, datagram, seq = queue.popleft()
-            size = len(datagram) + UDP_IP_OVERHEAD
+            send, protect, packet, seq = queue.popleft()
+            size = len(packet) + WIRE_OVERHEAD
             self.queued_bytes -= size
             if seq >= 0 and twcc is not None:
-                twcc.sent_now(seq)
-            send(datagram)
+                # numbered again as it leaves: the audio sent meanwhile took later numbers, and a receiver reports
+                # a number that arrives after later ones as lost before it comes (the old number counts nothing)
+                twcc.forget(seq)
+                packet = bytearray(packet)
+                _TWCC_SEQ.pack_into(packet, TWCC_SEQ_AT, twcc.take(len(packet)))
+            send(protect(bytes(packet)))
             budget -= size
             if probing:
                 prober.on_sent(size, now)  # type: ignore[union-attr]

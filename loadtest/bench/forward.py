@@ -176,8 +176,9 @@ class ForwardBench:
                 twcc = TransportSeq(TWCC_ID, time.monotonic)
                 consumer = Consumer(self.paced_producer, sender, VP8_PT, VP8_RTX_PT, paced_layout, twcc=twcc)
                 pacer = Pacer(self._pacer_clock, None, twcc, rate_bps=1e12)
-                consumer._protect = lean_protect(session)
-                consumer._send = functools.partial(pacer.send_video, make_send(sock, self.sink.addr))
+                consumer._protect = bytes  # what BaseConsumer._start sets for paced video: the pacer protects
+                consumer._send = functools.partial(pacer.send_video, make_send(sock, self.sink.addr),
+                                                   lean_protect(session))
                 consumer._started = True
                 consumer._waiting_keyframe = False
                 self.paced_consumers.append(consumer)

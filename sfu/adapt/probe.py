@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from sfu.adapt.gcc import PacketReport
 
-__all__ = ["BACKOFF_MAX_S", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_LOSS_MAX", "PROBE_S", "RESULT_WAIT_S", "ProbeSchedule",
+__all__ = ["BACKOFF_MAX_S", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_LOSS_MAX", "PROBE_MAX_STEP", "PROBE_S", "RESULT_WAIT_S", "ProbeSchedule",
            "Prober"]
 
 # a probe sends for this long (at most), then waits for the feedback on what it sent
@@ -34,8 +34,11 @@ OVERSHOOT = 1.15
 PROBE_LOSS_MAX = 0.10
 # at least this many of the probe's packets must be acknowledged for a verdict (else: failed, "too few")
 MIN_PACKETS = 10
-FIRST_AFTER_S = 2.0
+FIRST_AFTER_S = 1.5
 BACKOFF_MAX_S = 8.0
+# a probe aims at most this multiple of the estimate: a classroom far below the next step climbs in probes (each
+# success is the next one's start), so a probe into a link that cannot carry it overfills its queue less
+PROBE_MAX_STEP = 3.0
 
 
 class Prober:

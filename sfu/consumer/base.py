@@ -121,6 +121,7 @@ class BaseConsumer:
         self._twcc = twcc if extensions.twcc_id else None
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
         self._protect: Any = None
+        self._srtp: Any = None  # SRTP protect itself (`_protect` is `bytes` when the pacer protects)
         self._send: Any = None
         self._waiting_keyframe = self.kind == "video"
         self._started = False
@@ -175,10 +176,16 @@ class BaseConsumer:
         lean = datagram_sender(self.sender.transport)
         if lean is None:
             return False
-        self._protect, self._raw_send = lean
+        self._srtp, self._raw_send = lean
         pacer = self.pacer
-        self._send = self._raw_send if pacer is None else functools.partial(
-            pacer.send_audio if self.kind == "audio" else pacer.send_video, self._raw_send)
+        if pacer is None or self.kind == "audio":
+            self._protect = self._srtp
+            self._send = self._raw_send if pacer is None else functools.partial(pacer.send_audio, self._raw_send)
+        else:
+            # paced video: the pacer protects (a packet that waits is numbered again when it leaves, so that the
+            # transport-wide numbers go out in order); `bytes` of bytes is the same object, at C speed
+            self._protect = bytes
+            self._send = functools.partial(pacer.send_video, self._raw_send, self._srtp)
         self._started = True
         if self.kind == "video":
             self._begin_at_keyframe(current)
@@ -288,7 +295,7 @@ class BaseConsumer:
         feedback counted them) of about `nbytes` in all, each with its transport-wide number, straight out (the
         pacer decided). Returns the bytes sent on the wire (0: this stream cannot pad)."""
         twcc, send = self._twcc, self._raw_send
-        if twcc is None or send is None or self.rtx_payload_type is None or self.closed:
+        if twcc is None or send is None or self._srtp is None or self.rtx_payload_type is None or self.closed:
             return 0
         ext = self._ext
         block = ext.tail(abs_send_time_bytes(self.clock.wall()), 0, b"")
@@ -299,7 +306,7 @@ class BaseConsumer:
                                       self.rtx_ssrc, EXT_PROFILE_ONE_BYTE, ext.twcc_words, ext.twcc_byte,
                                       twcc.take(TWCC_HEADER.size + len(block) + pad))
             self._rtx_seq += 1
-            datagram = self._protect(header + block + bytes(pad - 1) + bytes((pad,)))
+            datagram = self._srtp(header + block + bytes(pad - 1) + bytes((pad,)))
             send(datagram)
             sent += len(datagram) + UDP_IP_OVERHEAD
         self.padding_bytes += sent

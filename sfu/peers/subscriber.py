@@ -17,7 +17,7 @@ from sfu import seams
 from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from sfu.adapt.link import REMB_DOWN_RATIO, fresh
-from sfu.adapt.probe import ProbeSchedule
+from sfu.adapt.probe import PROBE_MAX_STEP, ProbeSchedule
 from sfu.adapt.select import LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
@@ -43,7 +43,7 @@ log = logging.getLogger("ketang.sfu")
 
 # with a send-side estimate, the camera is paused only after its simulcast tracks have been on their lowest layer
 # this long (a cap that hits the top layer first takes it down layer by layer: q -> h -> f before courseware)
-LOWEST_SETTLE_S = 2.0
+LOWEST_SETTLE_S = 0.5
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -411,10 +411,11 @@ class Subscriber:
             return
         if bwe.signal == "overuse" or bwe.loss > 0.10:
             return
-        pacer.start_probe(wanted)
-        pacer.set_rate(max(pacer.rate_bps, 1.5 * wanted))
+        target = min(wanted, PROBE_MAX_STEP * estimate)  # far below: in steps, each one's overshoot small
+        pacer.start_probe(target)
+        pacer.set_rate(max(pacer.rate_bps, 1.5 * target))
         pacer.active = True
-        log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, wanted // 1000,
+        log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, target // 1000,
                   estimate // 1000)
 
     def _probe_done(self, now: float) -> None:

@@ -184,12 +184,6 @@ class TransportSeq:
         self.packets_sent += 1
         return seq
 
-    def sent_now(self, seq: int) -> None:
-        """The packet numbered `seq` left only now (it waited in the pacer): its send time is now."""
-        i = seq & _MASK
-        if self._seq[i] == seq:
-            self._sent_at[i] = self._clock()
-
     def forget(self, seq: int) -> None:
         """The packet numbered `seq` was never sent (the pacer dropped it): its feedback counts nothing (a drop
         in the server is not the link's loss)."""

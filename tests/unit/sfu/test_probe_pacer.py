@@ -12,6 +12,7 @@ import pytest
 from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.probe import BACKOFF_MAX_S, FIRST_AFTER_S, OVERSHOOT, PROBE_S, ProbeSchedule, Prober
 from sfu.pacer import BURST_S, QUEUE_MIN_BYTES, TICK_S, UDP_IP_OVERHEAD, Pacer
+from sfu.rtp.header import TWCC_HEADER
 from sfu.rtp.twcc import TransportSeq
 from tests.unit.sfu.gcc_sim import Link, Sim
 
@@ -180,7 +181,7 @@ def test_a_keyframe_burst_is_spread_at_the_pacing_rate_and_audio_never_waits() -
     clock.t += 1.0
     pacer.tick()
     for i in range(40):  # a 40 kB keyframe at once
-        pacer.send_video(wire, bytes([i]) * (1000 - UDP_IP_OVERHEAD))
+        pacer.send_video(wire, bytes, bytes([i]) * (1000 - UDP_IP_OVERHEAD))
     first = len(wire.sent)
     assert first <= 1 + BURST_S * 100_000 / 1000 and pacer.queued_bytes > 35_000 and timers
     pacer.send_audio(wire, b"audio")
@@ -198,35 +199,43 @@ def test_a_keyframe_burst_is_spread_at_the_pacing_rate_and_audio_never_waits() -
 def test_the_queue_is_bounded_by_dropping_the_oldest_video() -> None:
     pacer, clock, wire, _ = pacer_at(100_000)
     for i in range(100):
-        pacer.send_video(wire, bytes([i]) * 972)
+        pacer.send_video(wire, bytes, bytes([i]) * 972)
     assert pacer.queued_bytes <= QUEUE_MIN_BYTES and pacer.dropped >= 65
     run_ticks(pacer, clock, 5.0)
     got = [d[0] for _, d in wire.sent]
     assert got[-1] == 99 and got == sorted(got)  # the newest kept, order kept
 
 
-def test_a_packet_that_waited_gets_its_transport_wide_send_time_when_it_leaves() -> None:
+def test_a_packet_that_waited_is_numbered_again_when_it_leaves_after_the_audio() -> None:
+    """Transport-wide numbers go out in order: audio that overtook queued video took a later number, so the
+    video is renumbered (and protected) as it leaves, and its first number counts nothing in the feedback."""
     clock = FakeClock()
     twcc = TransportSeq(5, clock)
     pacer = Pacer(clock, None, twcc, 80_000)
     wire = Wire(clock)
     clock.t += 1.0
-    for _ in range(5):
-        twcc.take(1000)
-        pacer.send_video(wire, bytes(1000))
-    waited = (twcc.seq - 1) & 0xFFFF
+
+    def packet(payload: bytes) -> bytes:  # TWCC_HEADER + the rest, as a consumer stamps it
+        return TWCC_HEADER.pack(0x90, 96, 1, 0, 1, 0xBEDE, 1, 0x51, twcc.take(50)) + b"\0" + payload
+
+    for i in range(5):
+        pacer.send_video(wire, lambda p: b"srtp" + p, packet(bytes([i]) * 1000))
+    pacer.send_audio(wire, packet(b"audio"))
     run_ticks(pacer, clock, 1.0)
-    left = wire.sent[-1][0]
-    assert left > 101.3
-    results = twcc._sent_at[waited & 8191]  # noqa: SLF001 - the ring's send time of that number
-    assert results == pytest.approx(left)
+    numbers = [int.from_bytes(d[4 + 17:4 + 19] if d.startswith(b"srtp") else d[17:19], "big") for _, d in wire.sent]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 6, numbers  # in sending order
+    assert all(d.startswith(b"srtp") for _, d in wire.sent if b"audio" not in d)  # protected as they left
+    assert wire.sent[-1][0] > 101.3  # 5 kB at 10 kB/s
+    # the numbers the queued packets first had are forgotten: the receiver's "lost" for them counts nothing
+    forgotten = [r for r in range(1, 5)]
+    assert all(twcc._seq[n & 8191] == -1 for n in forgotten)  # noqa: SLF001
 
 
 def test_an_inactive_pacer_sends_everything_at_once() -> None:
     pacer, _, wire, timers = pacer_at(8_000)
     pacer.active = False
     for _ in range(50):
-        pacer.send_video(wire, bytes(1200))
+        pacer.send_video(wire, bytes, bytes(1200))
     assert len(wire.sent) == 50 and not timers and pacer.queued_bytes == 0
 
 
@@ -242,7 +251,7 @@ def test_probe_padding_goes_out_on_ticks_only_when_no_video_waits() -> None:
     clock.t += 1.0
     pacer.tick()
     for _ in range(30):
-        pacer.send_video(wire, bytes(972))  # a burst beyond the budget: video waits
+        pacer.send_video(wire, bytes, bytes(972))  # a burst beyond the budget: video waits
     pacer.start_probe(400_000)
     pacer.tick()
     assert pacer.queued_bytes and not padded  # video first
