@@ -39,8 +39,10 @@ PACING_FACTOR = 2.0  # the pacing rate, times the estimate (libwebrtc: 2.5; Goog
 # hold back the average: a pacer slower than the stream only grows its queue, drops, and drags the estimate down
 PACING_OVER_SENT = 1.5
 BURST_S = 0.010  # the budget holds at most this long of the pacing rate (unused budget is not saved up)
-QUEUE_MAX_S = 0.5
-QUEUE_MIN_BYTES = 30_000
+# the queue holds this long of the pacing rate, and at least QUEUE_MIN_BYTES (a 720p keyframe is 50-100 kB: a
+# queue that dropped parts of it would only bring the next keyframe request)
+QUEUE_MAX_S = 1.0
+QUEUE_MIN_BYTES = 120_000
 UDP_IP_OVERHEAD = 28
 # where a packet's transport-wide number sits (sfu/rtp/header.py TWCC_HEADER: the fixed header, the extension
 # block's head, the element's id byte)
@@ -54,7 +56,7 @@ PACE_BELOW_TOP = 2.0
 class Pacer:
     """One classroom's pacer. `active` False: every packet goes straight out (a fast link)."""
 
-    __slots__ = ("rate_bps", "estimate_bps", "active", "prober", "pad", "queued_bytes", "dropped", "queued", "max_queued_bytes",
+    __slots__ = ("rate_bps", "estimate_bps", "media_bps", "active", "prober", "pad", "queued_bytes", "dropped", "queued", "max_queued_bytes",
                  "_clock", "_schedule", "_twcc", "_budget", "_refilled_at", "_queue", "_timer")
 
     def __init__(self, clock: Callable[[], float], schedule: Callable[[float, Callable[[], None]], Any] | None = None,
@@ -62,6 +64,7 @@ class Pacer:
         self.rate_bps = float(rate_bps)
         # the classroom's send-side estimate (the subscriber sets it with the rate): retransmissions' budget
         self.estimate_bps: float | None = None
+        self.media_bps = 0.0  # what the classroom's streams send now (retransmissions get what is left)
         self.active = True
         self.prober = prober
         # sends `n` bytes of probe padding now (the subscriber's video consumer); returns the bytes on the wire

@@ -7,8 +7,9 @@ step needs (`Prober.start`), the media topped up with padding (padding-only RTP 
 stream, as Chromium's own senders do, each with a transport-wide number so the classroom's feedback measures
 them; sfu/pacer.py sends them). The probe's result is what the feedback says of the packets sent during it:
 the smaller of the rate they were sent at and the rate they arrived at. The step is taken only if that reached
-the target; the probe ends at once (failed) when the delay-based detector sees overuse or the probe's packets
-are lost beyond `PROBE_LOSS_MAX`, before a queue builds up behind the audio.
+the target; the probe ends at once (failed) when its own packets' delay rises (`PROBE_DELAY_RISE_S`; half that
+when the delay-based detector also sees overuse) or they are lost beyond `PROBE_LOSS_MAX`, before a queue builds
+up behind the audio.
 
 `ProbeSchedule` spaces probes: the first `FIRST_AFTER_S` after a change, doubling after each failure up to
 `BACKOFF_MAX_S` (short enough that a classroom is back on the top layer within 15 s of a link clearing).
@@ -21,7 +22,8 @@ from collections.abc import Iterable
 
 from sfu.adapt.gcc import PacketReport
 
-__all__ = ["BACKOFF_MAX_S", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_LOSS_MAX", "PROBE_MAX_STEP", "PROBE_S", "RESULT_WAIT_S", "ProbeSchedule",
+__all__ = ["BACKOFF_MAX_S", "DELAY_SAMPLES", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_DELAY_RISE_S", "PROBE_LOSS_MAX",
+           "PROBE_MAX_STEP", "PROBE_S", "RESULT_WAIT_S", "ProbeSchedule",
            "Prober"]
 
 # a probe sends for this long (at most), then waits for the feedback on what it sent
@@ -34,6 +36,10 @@ OVERSHOOT = 1.15
 PROBE_LOSS_MAX = 0.10
 # at least this many of the probe's packets must be acknowledged for a verdict (else: failed, "too few")
 MIN_PACKETS = 10
+# a probe ends when the one-way delay of its latest DELAY_SAMPLES packets (median) is this much above its first
+# ones': a queue builds up (a probe 15 % above an 80 kbit/s link's rate adds ~0.15 s a second)
+PROBE_DELAY_RISE_S = 0.05
+DELAY_SAMPLES = 8
 FIRST_AFTER_S = 1.5
 BACKOFF_MAX_S = 8.0
 # a probe aims at most this multiple of the estimate: a classroom far below the next step climbs in probes (each
@@ -61,6 +67,10 @@ class Prober:
         self._last_arrival: float | None = None
         self._first_size = 0
         self._last_sent_reported = -1.0
+        # one-way delays (arrival by the receiver's clock - send time: only their changes mean anything) of the
+        # probe's first acknowledged packets, and of its latest ones
+        self._first_delays: list[float] = []
+        self._last_delays: deque[float] = deque(maxlen=DELAY_SAMPLES)
 
     @property
     def active(self) -> bool:
@@ -74,6 +84,8 @@ class Prober:
         self._sent_bytes = self._acked_bytes = self._acked = self._lost = self._first_size = 0
         self._first_arrival = self._last_arrival = None
         self._last_sent_reported = -1.0
+        self._first_delays.clear()
+        self._last_delays.clear()
 
     def on_sent(self, size: int, now: float) -> None:
         """A packet (media, padding or audio) of `size` bytes on the wire went out now."""
@@ -103,11 +115,11 @@ class Prober:
             self.failed += 1
 
     def on_feedback(self, results: Iterable[PacketReport], now: float, overuse: bool, rtt_s: float = 0.1) -> None:
-        """One feedback packet's results; `overuse`: the delay-based detector's signal after it."""
+        """One feedback packet's results; `overuse`: the delay-based detector's signal after it. The probe ends
+        when its own packets' one-way delay has risen by PROBE_DELAY_RISE_S (a queue is building) and, with
+        `overuse`, by half that (the detector agrees); the detector's signal alone does not end it (see
+        docs/weak-networks.md: on a loaded machine it fires on jitter in most probes of a clean link)."""
         if not self.active:
-            return
-        if overuse:
-            self._finish(False, "overuse")
             return
         for r in results:
             if not self._start <= r.sent_at <= self._end:
@@ -116,6 +128,10 @@ class Prober:
             if r.arrived_at is None:
                 self._lost += 1
                 continue
+            delay = r.arrived_at - r.sent_at
+            if len(self._first_delays) < DELAY_SAMPLES:
+                self._first_delays.append(delay)
+            self._last_delays.append(delay)
             self._acked += 1
             self._acked_bytes += r.size
             if self._first_arrival is None or r.arrived_at < self._first_arrival:
@@ -126,7 +142,18 @@ class Prober:
         if total >= MIN_PACKETS and self._lost / total > PROBE_LOSS_MAX:
             self._finish(False, f"loss {self._lost / total:.0%}")
             return
+        rise = self.delay_rise()
+        if rise is not None and (rise > PROBE_DELAY_RISE_S or (overuse and rise > PROBE_DELAY_RISE_S / 2)):
+            self._finish(False, f"delay +{rise * 1000:.0f} ms" + (" (overuse)" if overuse else ""))
+            return
         self.judge(now, rtt_s)
+
+    def delay_rise(self) -> float | None:
+        """How much the one-way delay of the probe's latest packets exceeds its first ones' (medians), seconds."""
+        if len(self._first_delays) < DELAY_SAMPLES or len(self._last_delays) < DELAY_SAMPLES:
+            return None
+        first, last = sorted(self._first_delays), sorted(self._last_delays)
+        return last[len(last) // 2] - first[len(first) // 2]
 
     def measured_bps(self) -> float | None:
         """The smaller of the rates the probe's acknowledged packets were sent and arrived at."""

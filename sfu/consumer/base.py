@@ -56,6 +56,7 @@ NACK_RETRANSMIT_PER_S = 400
 # never less than the floor (a keyframe's worth of repairs); without a recent REMB only the count applies
 RETRANSMIT_REMB_SHARE = 0.25
 RETRANSMIT_MIN_BYTES_PER_S = 6000
+RETRANSMIT_SEND_SIDE_MIN_BYTES_PER_S = 2000  # with the send-side estimate, which knows what the media takes
 UDP_IP_OVERHEAD = WIRE_OVERHEAD - 10  # what a datagram costs the link beyond its bytes (the SRTP tag is in them)
 RETRANSMIT_REMB_STALE_S = 3.0
 # a retransmission of the same packet is not repeated sooner than this (the first may still be in flight)
@@ -261,8 +262,11 @@ class BaseConsumer:
         """What retransmissions may add in the next second: a share of the classroom's own estimate when it
         sends one (repairs must not flood the congested link they repair), else no limit but the count."""
         pacer = self.pacer
-        if pacer is not None and pacer.estimate_bps:  # the send-side estimate (Chromium then sends no REMB)
-            return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * pacer.estimate_bps / 8)
+        if pacer is not None and pacer.estimate_bps:
+            # the send-side estimate (Chromium then sends no REMB): a share of it, and no more than what the media
+            # leaves of it (repairs must not overflow the queue that lost the packets), never below a small floor
+            share = min(RETRANSMIT_REMB_SHARE * pacer.estimate_bps, pacer.estimate_bps - pacer.media_bps)
+            return max(RETRANSMIT_SEND_SIDE_MIN_BYTES_PER_S, share / 8)
         if self.remb_bps is None or self.remb_at is None or now - self.remb_at > RETRANSMIT_REMB_STALE_S:
             return float("inf")
         return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * self.remb_bps / 8)

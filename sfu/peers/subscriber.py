@@ -25,10 +25,12 @@ from sfu.consumer.simulcast import SimulcastConsumer
 from sfu.peers.publisher import START_LAYER
 from sfu.peers.sdp import (
     SdpError,
+    answered_red,
     answered_transport_cc,
     ext_id,
     lesson_codecs,
     make_peer_connection,
+    offer_red,
     offer_transport_cc,
     prefer_lesson_codecs,
     set_description,
@@ -37,6 +39,7 @@ from sfu.pacer import PACE_BELOW_TOP, PACING_FACTOR, PACING_OVER_SENT, Pacer
 from sfu.producer import Producer
 from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
+from sfu.rtp.red import RedEncoder
 from sfu.rtp.twcc import TransportSeq, split_compound
 
 log = logging.getLogger("ketang.sfu")
@@ -44,6 +47,11 @@ log = logging.getLogger("ketang.sfu")
 # with a send-side estimate, the camera is paused only after its simulcast tracks have been on their lowest layer
 # this long (a cap that hits the top layer first takes it down layer by layer: q -> h -> f before courseware)
 LOWEST_SETTLE_S = 0.5
+# RED (RFC 2198) audio towards a classroom whose answer kept it: on at this much transport-cc loss, off below the
+# other, held at least RED_HOLD_S
+RED_ON_LOSS = 0.02
+RED_OFF_LOSS = 0.005
+RED_HOLD_S = 10.0
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -124,6 +132,9 @@ class Subscriber:
         self._decreases_seen = 0
         self._layers_seen: tuple = ()
         self._lowest_since: float | None = None
+        self._red: dict[str, tuple[int, int]] = {}  # mid -> (RED pt, Opus pt) where the answer kept RED
+        self.red_on = False
+        self._red_since = 0.0
         self._twcc_offer_id = 0
         self._stock_rtcp: seams.DtlsHandlers | None = None
         self._awaiting_answer = False
@@ -227,6 +238,10 @@ class Subscriber:
         else:
             slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock,
                                      twcc=twcc)
+            red = self._red.get(t.mid or "")
+            if t.kind == "audio" and red is not None and red[1] == pt:
+                slot.consumer.red, slot.consumer.red_pt = RedEncoder(pt), red[0]
+                slot.consumer.set_red(self.red_on)
         slot.consumer.pacer = self.pacer
         if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
@@ -341,6 +356,8 @@ class Subscriber:
             out["transport_cc"] = {**self.twcc.stats(), **self.bwe.stats()}
         if self.pacer is not None:
             out["pacer"] = self.pacer.stats()
+        if self._red:
+            out["red"] = self.red_on
         return out
 
     # -- pacing and probing (sfu/pacer.py, sfu/adapt/probe.py) ---------------------------------------------------
@@ -396,6 +413,8 @@ class Subscriber:
         pacer.estimate_bps = estimate
         sending = sum(c.layers[c.current].rate_bps if isinstance(c, SimulcastConsumer) and c.current is not None
                       else c.producer.rate_bps for c in self.consumers() if not c.paused)
+        pacer.media_bps = sending
+        self._choose_red(now, estimate, sending, bwe.loss)
         pacer.set_rate(max(PACING_FACTOR * estimate, PACING_OVER_SENT * sending,
                            1.5 * prober.target_bps if probing and prober else 0.0))
         active = probing or estimate < PACE_BELOW_TOP * top
@@ -417,6 +436,25 @@ class Subscriber:
         pacer.active = True
         log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, target // 1000,
                   estimate // 1000)
+
+    def _choose_red(self, now: float, estimate: float, sending: float, loss: float) -> None:
+        """RED for this classroom's audio while its link loses packets (RED_ON_LOSS) and the estimate has room for
+        the audio twice; off again below RED_OFF_LOSS (after RED_HOLD_S at least) or when room runs out."""
+        audio = [c for c in self.consumers() if isinstance(c, Consumer) and c.red is not None]
+        if not audio:
+            return
+        room = estimate - sending >= sum(c.producer.rate_bps for c in audio)
+        on = self.red_on
+        if not on and loss >= RED_ON_LOSS and room:
+            on = True
+        elif on and now - self._red_since >= RED_HOLD_S and (loss < RED_OFF_LOSS or not room):
+            on = False
+        if on != self.red_on:
+            self.red_on, self._red_since = on, now
+            log.info("classroom %s: RED audio %s (loss %.1f%%)", self.participant_id, "on" if on else "off",
+                     100 * loss)
+            for consumer in audio:
+                consumer.set_red(on)
 
     def _probe_done(self, now: float) -> None:
         """A probe that ended: its result into the estimate (succeeded), or the next one later (failed)."""
@@ -519,6 +557,7 @@ class Subscriber:
             await self.pc.setLocalDescription(offer)
             sdp, self._twcc_offer_id = offer_transport_cc(self.pc.localDescription.sdp,
                                                           self.twcc.ext_id if self.twcc else self._twcc_offer_id)
+            sdp = offer_red(sdp)
         await self.signals.send_offer(sdp, self.track_map())
 
     async def accept_answer(self, sdp: str) -> None:
@@ -527,6 +566,7 @@ class Subscriber:
         await set_description(self.pc, sdp, "answer", max_sections=len(self.pc.getTransceivers()))
         self._awaiting_answer = False
         self._start_twcc(answered_transport_cc(sdp))
+        self._red = answered_red(sdp)
         for slot in self.slots:
             try:
                 lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
