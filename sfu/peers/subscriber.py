@@ -52,6 +52,9 @@ LOWEST_SETTLE_S = 0.5
 RED_ON_LOSS = 0.02
 RED_OFF_LOSS = 0.005
 RED_HOLD_S = 10.0
+# ...and only while the estimate carries this multiple of everything sent with the redundancy (loss on a full
+# link is congestion: RED would add to it)
+RED_ROOM = 1.25
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -439,16 +442,19 @@ class Subscriber:
 
     def _choose_red(self, now: float, estimate: float, sending: float, loss: float) -> None:
         """RED for this classroom's audio while its link loses packets (RED_ON_LOSS) and the estimate has room for
-        the audio twice; off again below RED_OFF_LOSS (after RED_HOLD_S at least) or when room runs out."""
+        the audio twice (RED_ROOM); off again below RED_OFF_LOSS (after RED_HOLD_S at least), or at once when the
+        room runs out."""
         audio = [c for c in self.consumers() if isinstance(c, Consumer) and c.red is not None]
         if not audio:
             return
-        room = estimate - sending >= sum(c.producer.rate_bps for c in audio)
+        red_bps = sum(c.producer.rate_bps for c in audio)  # what the redundancy adds: the audio once more
+        media = sending + (red_bps if self.red_on else 0.0)
+        room = estimate >= RED_ROOM * (media + (0.0 if self.red_on else red_bps))
         on = self.red_on
         if not on and loss >= RED_ON_LOSS and room:
             on = True
-        elif on and now - self._red_since >= RED_HOLD_S and (loss < RED_OFF_LOSS or not room):
-            on = False
+        elif on and (not room or (now - self._red_since >= RED_HOLD_S and loss < RED_OFF_LOSS)):
+            on = False  # no room: at once (the loss is the link's queue; redundancy would only add to it)
         if on != self.red_on:
             self.red_on, self._red_since = on, now
             log.info("classroom %s: RED audio %s (loss %.1f%%)", self.participant_id, "on" if on else "off",

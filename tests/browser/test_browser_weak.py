@@ -187,7 +187,7 @@ class LinkMix:
 
     def learn(self, sdp: str) -> None:
         for pt, name in RTPMAP.findall(sdp):
-            self.kinds[int(pt)] = {"opus": "audio", "rtx": "rtx"}.get(name.lower(), "video")
+            self.kinds[int(pt)] = {"opus": "audio", "red": "audio-red", "rtx": "rtx"}.get(name.lower(), "video")
 
     def __call__(self, data: bytes) -> None:
         if len(data) > 12 and 127 < data[0] < 192:
@@ -754,7 +754,7 @@ async def test_chromium_classroom_weak_link_case_then_recovery_to_the_top_layer(
               f"{watch.latest['simulcast']}; {watch.latest['link'].get('estimate_bps')}; "
               f"pacer {watch.latest['link'].get('pacer')}\n  timeline (s: rung/layer estimate kbit/s probe): "
               + " ".join(f"{p['at'] - start:.0f}:{p['state'][0]}{layer_index(p)}/{(p['link'].get('estimate_bps') or 0) // 1000}"
-                         f"/{((p['link'].get('pacer') or {}).get('probe') or {}).get('reason', '')}"
+                         f"/{((p['link'].get('pacer') or {}).get('probe') or {}).get('reason', '')}{'/RED' if p['link'].get('red') else ''}"
                          for p in watch.polls[::4] if p["at"] >= start))
         assert frames > 0 or case == "cap80", "no video decoded on the weak link"
         assert delta(samples[0], samples[-1], "audio", "totalSamplesReceived") > 0.9 * 48000 * secs, "audio stopped"
