@@ -52,9 +52,9 @@ LOWEST_SETTLE_S = 0.5
 RED_ON_LOSS = 0.02
 RED_OFF_LOSS = 0.005
 RED_HOLD_S = 10.0
-# ...and only while the estimate carries this multiple of everything sent with the redundancy (loss on a full
-# link is congestion: RED would add to it)
-RED_ROOM = 1.25
+# ...and only while the estimate carries this multiple of what arrives with the redundancy (loss on a full link
+# is congestion: RED would add to it; there the estimate sits at or below what arrives)
+RED_ROOM = 1.0
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -417,7 +417,7 @@ class Subscriber:
         sending = sum(c.layers[c.current].rate_bps if isinstance(c, SimulcastConsumer) and c.current is not None
                       else c.producer.rate_bps for c in self.consumers() if not c.paused)
         pacer.media_bps = sending
-        self._choose_red(now, estimate, sending, bwe.loss)
+        self._choose_red(now, estimate, bwe.acked_bps or sending, bwe.loss)
         pacer.set_rate(max(PACING_FACTOR * estimate, PACING_OVER_SENT * sending,
                            1.5 * prober.target_bps if probing and prober else 0.0))
         active = probing or estimate < PACE_BELOW_TOP * top
@@ -440,7 +440,7 @@ class Subscriber:
         log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, target // 1000,
                   estimate // 1000)
 
-    def _choose_red(self, now: float, estimate: float, sending: float, loss: float) -> None:
+    def _choose_red(self, now: float, estimate: float, arriving: float, loss: float) -> None:
         """RED for this classroom's audio while its link loses packets (RED_ON_LOSS) and the estimate has room for
         the audio twice (RED_ROOM); off again below RED_OFF_LOSS (after RED_HOLD_S at least), or at once when the
         room runs out."""
@@ -448,8 +448,8 @@ class Subscriber:
         if not audio:
             return
         red_bps = sum(c.producer.rate_bps for c in audio)  # what the redundancy adds: the audio once more
-        media = sending + (red_bps if self.red_on else 0.0)
-        room = estimate >= RED_ROOM * (media + (0.0 if self.red_on else red_bps))
+        # `arriving`: what the classroom acknowledges (on the wire, the redundancy included while it is on)
+        room = estimate >= RED_ROOM * (arriving + (0.0 if self.red_on else red_bps))
         on = self.red_on
         if not on and loss >= RED_ON_LOSS and room:
             on = True
