@@ -281,3 +281,53 @@ def test_probe_padding_goes_out_on_ticks_only_when_no_video_waits() -> None:
     total = sum(padded) + 30 * 1000
     assert abs(total - OVERSHOOT * 400_000 / 8 * PROBE_S) < 0.1 * OVERSHOOT * 400_000 / 8
     assert pacer.prober is not None and pacer.prober.state == "waiting"
+
+
+# -- up and down by the send-side estimate (ladder and selector with probing) -------------------------------
+
+
+def test_with_probing_the_ladder_goes_up_when_the_estimate_carries_the_rung_and_never_on_a_timer() -> None:
+    from sfu.adapt.ladder import AUDIO, COURSEWARE, RETRY_AFTER_S, UP_FIT_RATIO, VIDEO, LinkReport, VideoLadder
+
+    video_bps, screen_bps = 150_000.0, 60_000.0
+    ladder = VideoLadder(0.0)
+    t = 0.0
+
+    def feed(estimate: int, until: float) -> None:
+        nonlocal t
+        while t < until:
+            t = round(t + 0.25, 2)
+            ladder.update(LinkReport(estimate, t, 0.0, video_bps, t, screen_bps, send_side=True, probe=True), t)
+
+    feed(40_000, 25.0)  # far short (after the send-side settle): down, rung by rung, to audio
+    assert ladder.level == AUDIO
+    feed(40_000, 25.0 + 4 * RETRY_AFTER_S)  # no timed try while the estimate says no
+    assert ladder.level == AUDIO and not ladder.trial
+    feed(int(screen_bps / UP_FIT_RATIO) + 1000, t + 3)  # a probe raised it: the slides come back
+    assert ladder.level == COURSEWARE
+    feed(int(video_bps / UP_FIT_RATIO) + 1000, t + 3)
+    assert ladder.level == VIDEO
+    # a random-loss report does not take it down: the estimate holds, and the ladder reads loss through it
+    t2 = t + 10
+    while t < t2:
+        t = round(t + 0.25, 2)
+        ladder.update(LinkReport(400_000, t, 0.15, video_bps, t, screen_bps, send_side=True, probe=True), t)
+    assert ladder.level == VIDEO
+
+
+def test_with_probing_the_selector_goes_up_to_the_largest_layer_the_estimate_carries() -> None:
+    from sfu.adapt.select import REMB_FIT_RATIO, SEND_SIDE_UP_HOLD_S, LayerReport, LayerSelector
+
+    rates = [130_000.0, 265_000.0, 570_000.0]
+    selector = LayerSelector(0.0, start_layer=0)
+
+    def at(estimate: int, t: float) -> int:
+        return selector.update(LayerReport(estimate, t, 0.0, t, rates, send_side=True, probe=True), t)
+
+    assert at(300_000, SEND_SIDE_UP_HOLD_S + 0.1) == 0  # 265k > 0.8 x 300k: not yet
+    assert at(int(rates[2] / REMB_FIT_RATIO) + 1000, SEND_SIDE_UP_HOLD_S + 0.5) == 2  # straight to the top
+    assert selector.state == "steady"
+    t = SEND_SIDE_UP_HOLD_S + 0.5
+    for _ in range(30):  # an estimate between the down and up thresholds of the top layer: it stays (hysteresis)
+        t += 0.25
+        assert at(int(0.9 * rates[2]), t) == 2
