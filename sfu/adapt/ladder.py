@@ -60,6 +60,9 @@ class LinkReport:
     send_side: bool = False  # the estimate is the server's own (transport-cc feedback), not the classroom's REMB
     # the server probes this link before a step up (sfu/adapt/probe.py): up is by the estimate, no timed tries
     probe: bool = False
+    # what the audio sent to the classroom takes: a send-side estimate is of the whole link, so with it a rung
+    # needs its video and this (REMB rules, tuned on the video alone, leave it out)
+    audio_bps: float = 0.0
 
 
 # what flows at each rung, top to bottom: the lesson's video, the courseware only (camera paused), audio only
@@ -113,9 +116,10 @@ class VideoLadder:
         """What the rung above needs (None: at the top, or on probation)."""
         if self.trial or self.level == VIDEO:
             return None
+        extra = report.audio_bps if report.send_side else 0.0
         if self.level == AUDIO and report.screen_bps > 0:
-            return report.screen_bps
-        return report.video_bps
+            return report.screen_bps + extra
+        return report.video_bps + extra
 
     def wanted_bps(self, report: LinkReport) -> float | None:
         """The estimate that takes this classroom a rung up (`UP_FIT_RATIO` of it carries the rung's need)."""
@@ -148,7 +152,8 @@ class VideoLadder:
                 self._go(COURSEWARE if screen else VIDEO, now, trial=True)
                 self.reason = "trying video again"
             return self.video
-        why = self._short(report, now, report.video_bps if self.level == VIDEO else report.screen_bps)
+        why = self._short(report, now, (report.video_bps if self.level == VIDEO else report.screen_bps)
+                          + (report.audio_bps if report.send_side else 0.0))
         if not why:
             self._bad_since = None
             if self.trial and now - self._since >= TRIAL_S:

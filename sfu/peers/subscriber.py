@@ -294,8 +294,9 @@ class Subscriber:
         estimate = link.estimate_bps
         if link.send_side and self.ladder.level == VIDEO and not self._on_lowest_layers(now):
             estimate = None  # q -> h -> f first: the camera pauses only once its lowest layer does not fit either
+        audio_bps = sum(c.producer.rate_bps for c in self.consumers() if c.kind == "audio" and not c.paused)
         report = LinkReport(estimate, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
-                            send_side=link.send_side, probe=link.probe)
+                            send_side=link.send_side, probe=link.probe, audio_bps=audio_bps)
         was = self.ladder.level
         self.ladder.update(report, now)
         if self.ladder.level != was:
