@@ -250,12 +250,16 @@ class ForwardBench:
     def _pacer_clock(self) -> float:
         return self._pacer_now
 
-    def forward_paced(self, count: int | None = None, queued: bool = False) -> tuple[float, int, int]:
-        """The transport-cc forward phase with each subscriber's pacer: its immediate path, or (`queued`) every
-        packet queued and drained by a tick after each frame (8 packets)."""
+    def forward_paced(self, count: int | None = None, queued: bool = False, inactive: bool = False
+                      ) -> tuple[float, int, int]:
+        """The transport-cc forward phase with each subscriber's pacer: its immediate path, (`queued`) every
+        packet queued and drained by a tick after each frame (8 packets), or (`inactive`) pacing off (a classroom
+        whose estimate is 2x the top layer: the packet only passes through)."""
         packets = self._paced_stream.take(self.packets if count is None else count)
         on_packet = self.paced_producer.on_packet
         pacers = self.pacers
+        for pacer in pacers:
+            pacer.active = not inactive
         out_before = sum(c.packets_out for c in self.paced_consumers)
         gc.collect()
         t0 = time.thread_time()
@@ -361,12 +365,13 @@ class ForwardBench:
             if self.pacer:
                 self.forward_paced(self.warmup)
                 self.forward_paced(self.warmup, queued=True)
+                self.forward_paced(self.warmup, inactive=True)
             self.floor(self.warmup)
             if objects:
                 self.objects(self.warmup)
         captured_before = len(self.sink.captured)
         background = Background(getattr(self.sink, "pid", None))
-        fwd, flo, obj, tcc, paced, queued = [], [], [], [], [], []
+        fwd, flo, obj, tcc, paced, queued, inactive = [], [], [], [], [], [], []
         fwd_sent = fwd_recv = flo_recv = obj_recv = 0
         for _ in range(repeat):
             self.sink.capture_from = self._capture_addr  # only the measured forward rounds are captured
@@ -380,6 +385,7 @@ class ForwardBench:
             if self.pacer:
                 paced.append(self.forward_paced()[0])
                 queued.append(self.forward_paced(queued=True)[0])
+                inactive.append(self.forward_paced(inactive=True)[0])
             cpu, _, recv = self.floor()
             flo.append(cpu)
             flo_recv += recv
@@ -428,7 +434,9 @@ class ForwardBench:
         if self.pacer:
             paced_us = statistics.median(paced) / outputs * 1e6
             queued_us = statistics.median(queued) / outputs * 1e6
-            result.update({"paced_us": paced_us, "paced_queued_us": queued_us,
+            inactive_us = statistics.median(inactive) / outputs * 1e6
+            result.update({"paced_us": paced_us, "paced_queued_us": queued_us, "paced_inactive_us": inactive_us,
+                           "paced_inactive_over_twcc": inactive_us / result["twcc_us"],
                            "paced_over_twcc": paced_us / result["twcc_us"],
                            "paced_queued_over_twcc": queued_us / result["twcc_us"],
                            "paced_us_per_round": [t / outputs * 1e6 for t in paced],
@@ -475,6 +483,7 @@ def format_table(r: dict[str, Any]) -> str:
     if "paced_us" in r:
         rows.append(("transport-cc + pacer, immediate", r["paced_us"]))
         rows.append(("transport-cc + pacer, all queued", r["paced_queued_us"]))
+        rows.append(("transport-cc + pacer off (pass-through)", r["paced_inactive_us"]))
     if "objects_us" in r:
         rows.append(("aiortc objects (parse/serialize)", r["objects_us"]))
     head = (f"{r['subscribers']} subscribers x {r['packets']} packets x {r['repeat']} rounds, payload {r['size']} B "
@@ -491,7 +500,8 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{', '.join(f'{a / b:.3f}' for a, b in zip(r['twcc_us_per_round'], r['forward_us_per_round']))})")
     if "paced_us" in r:
         lines.append(f"pacer / transport-cc: immediate {r['paced_over_twcc']:.3f}, all queued "
-                     f"{r['paced_queued_over_twcc']:.3f}; pacer drops {r['pacer_dropped']}")
+                     f"{r['paced_queued_over_twcc']:.3f}, off {r['paced_inactive_over_twcc']:.3f}; pacer drops "
+                     f"{r['pacer_dropped']}")
     lines.append(f"producer fixed cost {r['producer_only_us_per_incoming']:.2f} us per incoming packet (no consumers)")
     lines.append(f"{CLASSROOMS_PLANNED} classrooms x {per_s} pkt/s = {CLASSROOMS_PLANNED * per_s:,} pkt/s -> "
                  f"{r['cores_for_400_classrooms']:.2f} cores of forwarding CPU (egress only)")
