@@ -166,8 +166,8 @@ def test_publish_sources_are_validated(sources: object, ok: bool) -> None:
 
 
 @pytest.fixture
-async def client() -> TestClient:
-    app = make_app(Config(secret=TEST_SECRET, data_dir=Path("/nonexistent")))
+async def client(tmp_path: Path) -> TestClient:
+    app = make_app(Config(secret=TEST_SECRET, data_dir=tmp_path / "data"))
     async with TestClient(TestServer(app)) as c:
         yield c
 
