@@ -95,6 +95,24 @@ async function signOut() {
   try { await call("/api/logout", { method: "POST" }); } finally { location.assign(localPath("/login")); }
 }
 
+/** A line at the top of an account page (#status; an error in red).  @param {string} text  @param {boolean} [error] */
+export function say(text, error = false) {
+  const status = document.getElementById("status");
+  if (!status) return;
+  status.textContent = text;
+  status.classList.toggle("error", error);
+  status.hidden = !text;
+}
+
+/** Run an action of the page; its failure is said at the top.  @param {() => Promise<void>} action */
+export async function attempt(action) {
+  try {
+    await action();
+  } catch (err) {
+    say(accountErrorText(err), true);
+  }
+}
+
 /** What to say for an error of the accounts API, in the page's language, with what to do.
  *  @param {unknown} err  @returns {string} */
 export function accountErrorText(err) {

@@ -5,7 +5,8 @@
 import { byId } from "./dom.js";
 import { hasText, lang, t } from "./i18n.js";
 import {
-  accountErrorText, addDays, call, curriculumLine, dayLabel, el, isoDate, localPath, mondayOf, requireRole, setUpPage,
+  addDays, attempt, call, curriculumLine, dayLabel, el, isoDate, localPath, mondayOf, requireRole, say,
+  setUpPage,
 } from "./account.js";
 
 /** @typedef {import("./account.js").User} User */
@@ -27,23 +28,6 @@ const state = {
   /** @type {string} */ me: "",
 };
 
-const status = byId("status");
-
-/** Show a line at the top (an error in red).  @param {string} text  @param {boolean} [error] */
-function say(text, error = false) {
-  status.textContent = text;
-  status.classList.toggle("error", error);
-  status.hidden = !text;
-}
-
-/** Run an action of the page; its failure is said at the top.  @param {() => Promise<void>} action */
-async function attempt(action) {
-  try {
-    await action();
-  } catch (err) {
-    say(accountErrorText(err), true);
-  }
-}
 
 /** @param {HTMLFormElement} form  @returns {Record<string, string>} */
 function fields(form) {

@@ -5,7 +5,7 @@
 // webhooks. Every call goes through account.js (session cookie + CSRF token).
 import { byId } from "./dom.js";
 import { lang, t } from "./i18n.js";
-import { accountErrorText, call, el, isoDate, localPath, requireRole, setUpPage } from "./account.js";
+import { attempt, call, el, isoDate, localPath, requireRole, say, setUpPage } from "./account.js";
 
 /** @typedef {{id: string, name: string}} Named */
 /** @typedef {Named & {loss_avg: number | null, rtt_ms_avg: number | null, band: string | null, rung: string | null,
@@ -23,23 +23,6 @@ import { accountErrorText, call, el, isoDate, localPath, requireRole, setUpPage 
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 10000;
 const state = { period: "today" };
-const status = byId("status");
-
-/** @param {string} text  @param {boolean} [error] */
-function say(text, error = false) {
-  status.textContent = text;
-  status.classList.toggle("error", error);
-  status.hidden = !text;
-}
-
-/** @param {() => Promise<void>} action */
-async function attempt(action) {
-  try {
-    await action();
-  } catch (err) {
-    say(accountErrorText(err), true);
-  }
-}
 
 /** @param {number | null | undefined} rate */
 const pct = (rate) => (rate === null || rate === undefined ? "—" : `${Math.round(rate * 1000) / 10}%`);

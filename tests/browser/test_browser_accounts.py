@@ -8,21 +8,15 @@ admin-timetable.png, admin-timetable-tablet.png, admin-screens.png, me.png, me-t
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from ketang.cli import main as ketang_main
-from signaling.app import make_app
-from signaling.config import Config
 from signaling.tokens import verify_token
 from tests.chromium import SCREENSHOTS, open_page
+from tests.district import ADMIN_PASSWORD, Site, district_site
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +27,10 @@ TIMEOUT_MS = 15000
 WEEKDAYS = "一二三四五六日"
 
 
-@dataclass
-class Site:
-    url: str
-
-
 @pytest.fixture
-async def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Site]:
-    data = tmp_path / "data"
-    monkeypatch.setattr("sys.stdin", io.StringIO("district-admin-pw\n"))
-    assert await asyncio.to_thread(ketang_main, [
-        "admin", "create-user", "--role", "administrator", "--login", "admin", "--name", "王主任", "--password-stdin",
-        "--data-dir", str(data)]) == 0
-    server = TestServer(make_app(Config(data_dir=data, secret=SECRET, record=False)), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield Site(f"http://127.0.0.1:{server.port}")
-    finally:
-        await server.close()
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with district_site(tmp_path / "data", SECRET, record=False) as site:
+        yield site
 
 
 async def sign_in(page, login: str, password: str) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +51,7 @@ async def test_an_administrator_sets_up_a_term_and_imports_a_timetable_and_the_t
     await page.wait_for_selector("#login-error:not([hidden])")
     assert "登录名或密码不正确" in await page.text_content("#login-error")
     await page.screenshot(path=str(SCREENSHOTS / "login.png"))
-    await sign_in(page, "admin", "district-admin-pw")
+    await sign_in(page, "admin", ADMIN_PASSWORD)
     await page.wait_for_url("**/admin**")
     await page.wait_for_selector("body[data-ready]")
     assert "王主任" in await page.text_content("#who")
@@ -178,7 +158,7 @@ async def test_the_account_pages_work_under_the_content_security_policy(site: Si
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(f"{site.url}/login?lang=en")
     await page.wait_for_selector("#login-submit:text('Sign in')")
-    await sign_in(page, "admin", "district-admin-pw")
+    await sign_in(page, "admin", ADMIN_PASSWORD)
     await page.wait_for_url("**/admin?lang=en**")
     await page.wait_for_selector("body[data-ready] [data-tab=timetable]:text('Timetable')")
     assert await page.evaluate("window.__csp") == [] and errors == []

@@ -10,22 +10,17 @@ and 1920×1080 go to docs/screenshots/ (screen.png, screen-1080.png, screen-less
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from ketang.cli import main as ketang_main
-from signaling.app import make_app
-from signaling.config import Config
 from tests.browser.test_browser_csp import WATCH_VIOLATIONS
 from tests.chromium import SCREENSHOTS, open_page, wait_decoding
+from tests.district import ADMIN_PASSWORD, Site, district_site
 
 pytestmark = pytest.mark.slow
 
@@ -35,25 +30,10 @@ BOARD = {"width": 1920, "height": 1080}
 TIMEOUT_MS = 15000
 
 
-@dataclass
-class Site:
-    url: str
-    data: Path
-
-
 @pytest.fixture
-async def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Site]:
-    data = tmp_path / "data"
-    monkeypatch.setattr("sys.stdin", io.StringIO("district-admin-pw\n"))
-    assert await asyncio.to_thread(ketang_main, [
-        "admin", "create-user", "--role", "administrator", "--login", "admin", "--name", "王主任", "--password-stdin",
-        "--data-dir", str(data)]) == 0
-    server = TestServer(make_app(Config(data_dir=data, secret=SECRET)), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield Site(f"http://127.0.0.1:{server.port}", data)
-    finally:
-        await server.close()
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with district_site(tmp_path / "data", SECRET, record=True) as site:
+        yield site
 
 
 class Admin:
@@ -63,7 +43,7 @@ class Admin:
         self.http, self.url, self.csrf = http, url, ""
 
     async def sign_in(self) -> None:
-        async with self.http.post(f"{self.url}/api/login", json={"login": "admin", "password": "district-admin-pw"}) as r:
+        async with self.http.post(f"{self.url}/api/login", json={"login": "admin", "password": ADMIN_PASSWORD}) as r:
             self.csrf = (await r.json())["csrf"]
 
     async def post(self, path: str, body: dict | None = None) -> dict:

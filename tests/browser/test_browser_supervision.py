@@ -8,21 +8,16 @@ supervision-tablet.png), under the server's CSP (no inline styles, no eval)."""
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from ketang.cli import main as ketang_main
-from signaling.app import make_app
-from signaling.config import Config
 from signaling.tokens import issue_token
 from tests.chromium import SCREENSHOTS, open_page
+from tests.district import ADMIN_PASSWORD, Site, district_site
 from tests.support import Classroom, Teacher, WsClient
 
 pytestmark = pytest.mark.slow
@@ -33,24 +28,10 @@ TABLET = {"width": 768, "height": 1024}
 TIMEOUT_MS = 15000
 
 
-@dataclass
-class Site:
-    url: str
-
-
 @pytest.fixture
-async def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Site]:
-    data = tmp_path / "data"
-    monkeypatch.setattr("sys.stdin", io.StringIO("district-admin-pw\n"))
-    assert await asyncio.to_thread(ketang_main, [
-        "admin", "create-user", "--role", "administrator", "--login", "admin", "--name", "王主任", "--password-stdin",
-        "--data-dir", str(data)]) == 0
-    server = TestServer(make_app(Config(data_dir=data, secret=SECRET, record=False)), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield Site(f"http://127.0.0.1:{server.port}")
-    finally:
-        await server.close()
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with district_site(tmp_path / "data", SECRET, record=False) as site:
+        yield site
 
 
 async def _join(url: str, role: str, lesson: str, name: str, sub: str) -> WsClient:
@@ -64,7 +45,7 @@ async def _join(url: str, role: str, lesson: str, name: str, sub: str) -> WsClie
 async def test_the_dashboard_shows_the_live_lesson_with_one_of_two_classrooms(
         site: Site, browser) -> None:  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # (an IP host)
-        resp = await http.post(f"{site.url}/api/login", json={"login": "admin", "password": "district-admin-pw"})
+        resp = await http.post(f"{site.url}/api/login", json={"login": "admin", "password": ADMIN_PASSWORD})
         csrf = {"X-CSRF-Token": (await resp.json())["csrf"]}
 
         async def post(path: str, body: dict) -> dict:
@@ -95,7 +76,7 @@ async def test_the_dashboard_shows_the_live_lesson_with_one_of_two_classrooms(
         page = await open_page(browser, f"{site.url}/login", viewport=LAPTOP, bypass_csp=False)
         page.set_default_timeout(TIMEOUT_MS)
         await page.fill("#login-name", "admin")
-        await page.fill("#login-password", "district-admin-pw")
+        await page.fill("#login-password", ADMIN_PASSWORD)
         await page.click("#login-submit")
         await page.wait_for_url("**/admin**")
         await page.goto(f"{site.url}/admin/supervision")
