@@ -11,10 +11,11 @@ import av
 import numpy as np
 import pytest
 
+from tests.webm import AUDIO_RATE, mux_tone
+
 SECONDS = 16.0
 FPS = 15
 SIZE = (1280, 720)
-AUDIO_RATE = 48_000
 
 
 def make_busy_mp4(path: Path, seconds: float = SECONDS) -> Path:
@@ -33,12 +34,7 @@ def make_busy_mp4(path: Path, seconds: float = SECONDS) -> Path:
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, FPS)
             out.mux(video.encode(frame))
-        for start in range(0, int(seconds * AUDIO_RATE), 1024):
-            t = np.arange(start, start + 1024) / AUDIO_RATE
-            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, start, Fraction(1, AUDIO_RATE)
-            out.mux(audio.encode(frame))
+        mux_tone(out, audio, seconds, 1024)  # AAC frames
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
     return path

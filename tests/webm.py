@@ -32,12 +32,7 @@ def make_webm(path: Path, seconds: float = WEBM_SECONDS) -> Path:
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, VIDEO_FPS)
             out.mux(video.encode(frame))
-        for start in range(0, int(seconds * AUDIO_RATE), AUDIO_FRAME):
-            t = np.arange(start, start + AUDIO_FRAME) / AUDIO_RATE
-            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, start, Fraction(1, AUDIO_RATE)
-            out.mux(audio.encode(frame))
+        mux_tone(out, audio, seconds, AUDIO_FRAME)
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
     return path
@@ -46,3 +41,14 @@ def make_webm(path: Path, seconds: float = WEBM_SECONDS) -> Path:
 @pytest.fixture(scope="session")
 def webm_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_webm(tmp_path_factory.mktemp("media") / "lesson.webm")
+
+
+def mux_tone(out: av.container.OutputContainer, audio: av.audio.stream.AudioStream, seconds: float,
+             frame_samples: int, hz: float = 440.0) -> None:
+    """`seconds` of a steady stereo tone encoded into `audio` (frames of `frame_samples`: Opus 960, AAC 1024)."""
+    for start in range(0, int(seconds * AUDIO_RATE), frame_samples):
+        t = np.arange(start, start + frame_samples) / AUDIO_RATE
+        tone = (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, start, Fraction(1, AUDIO_RATE)
+        out.mux(audio.encode(frame))
