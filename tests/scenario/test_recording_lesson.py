@@ -144,7 +144,7 @@ async def test_a_lesson_whose_teacher_switched_recording_off_is_not_recorded(tmp
         server.stop()
 
 
-async def test_a_courseware_share_is_recorded_as_its_own_library_item(tmp_path):
+async def test_a_courseware_share_is_recorded_as_its_own_file_a_source_of_the_lessons_one_item(tmp_path):
     server = Server(tmp_path)
     server.wait_ready()
     try:
@@ -158,11 +158,14 @@ async def test_a_courseware_share_is_recorded_as_its_own_library_item(tmp_path):
         await hang_up(teacher)
         library = Library(tmp_path)
         await _wait_for_recording(library, "rec-screen", ("awaiting_review",))
-        recordings = sorted(await _by_lesson(library, "rec-screen"), key=lambda r: r.title)
+        items = await _by_lesson(library, "rec-screen")
+        assert len(items) == 1, items  # the library lists lessons: the share is one of the lesson's sources
+        sources = {r.id: r for r in [items[0], *await library.sources(items[0])]}.values()
     finally:
         server.stop()
-    assert [r.state for r in recordings] == ["awaiting_review", "awaiting_review"]
-    screen = next(r for r in recordings if "课件" in r.title)
+    assert sorted((r.role, r.state) for r in sources) == [("courseware", "awaiting_review"),
+                                                          ("teacher", "awaiting_review")]
+    screen = next(r for r in sources if r.role == "courseware" and "课件" in r.title)
     kinds, packets, decoded = read_recording(library.path_of(screen.file))
     assert kinds == ["video"] and decoded == len(packets["video"]) > 10
     with av.open(str(library.path_of(screen.file))) as c:
