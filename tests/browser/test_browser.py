@@ -126,6 +126,7 @@ async def test_a_teacher_whose_connection_is_cut_publishes_again_and_the_classro
 async def test_ending_the_lesson_tells_the_classrooms(server, browser):
     async with lesson(server, browser) as (teacher, [room]):
         await wait_decoding(room, audio=False)
+        await asyncio.sleep(3)  # a lesson of a few seconds at least: its recording is in the library
         await teacher.click("#end")
         await teacher.click("#end")  # the second press confirms
         await room.wait_for_function("document.getElementById('message').textContent === '课程已结束'", timeout=5000)
