@@ -7,6 +7,7 @@ docs/benchmarks.md ("Workers") has the figures."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,21 @@ from loadtest.runner import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=3) as resp:
-        return json.loads(resp.read())
+def _get(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The JSON body, also of a 503 (/healthz says "degraded" while a busy server's room state answers late)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def _participants(url: str) -> int:
+    """The server's participant count, or -1 while it is too busy to answer (a ramp of hundreds of joins)."""
+    try:
+        return int(_get(url + "/healthz")["participants"])
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def _cpu(procs: list[psutil.Process]) -> float:
@@ -79,7 +93,7 @@ def run_one(workers: int, lessons: int, classrooms: int, duration_s: float, work
                 stderr=open(workdir / f"w{workers}-{i}.log", "wb")))  # noqa: SIM115
         want = lessons * (classrooms + 1)
         deadline = time.monotonic() + 120
-        while _get(url + "/healthz")["participants"] < want:
+        while _participants(url) < want:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -111,7 +125,7 @@ def run_one(workers: int, lessons: int, classrooms: int, duration_s: float, work
             "classrooms_per_core": round(connected / cores, 1) if cores > 0 else None,
             "supervisor_cores": round((per1[0] - per0[0]) / wall, 3) if workers > 1 else 0.0,
             "worker_cores": [round((b - a) / wall, 3) for a, b in zip(per0[1:], per1[1:])] if workers > 1 else [],
-            "lessons_per_worker": [w["here"]["lessons"] for w in end_health.get("workers", [])] or [lessons],
+            "lessons_per_worker": [w.get("here", {}).get("lessons") for w in end_health.get("workers", [])] or [lessons],
             "machine_cores_busy": round((m1 - m0) / wall, 2),
             "loss_ratio_max": max(loss) if loss else None,
             "reports": len(reports),
@@ -138,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured while every lesson holds")
     p.add_argument("--repeat", type=int, default=1, help="rounds over --server-workers (interleaved)")
     p.add_argument("--json", default=None)
+    p.add_argument("--workdir", default=None, help="keep the servers' and testers' logs here (default: a temporary "
+                   "folder removed at the end)")
     args = p.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ketang-lessons-") as tmp:
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(args.workdir) if args.workdir
+          else tempfile.TemporaryDirectory(prefix="ketang-lessons-")) as tmp:
         for _ in range(args.repeat):
             for workers in (int(w) for w in args.server_workers.split(",")):
                 row = run_one(workers, args.lessons, args.classrooms, args.duration, Path(tmp))
