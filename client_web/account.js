@@ -85,6 +85,10 @@ export function setUpPage(user) {
   const header = document.querySelector("header");
   if (!header) return;
   if (user) {
+    // teachers find their recorded lessons there, reviewers the lessons waiting for them (signed in: no token)
+    if (user.role === "teacher" || user.role === "reviewer") {
+      header.append(el("a", { class: "header-link", id: "to-library", href: localPath("/library") }, t("account.library")));
+    }
     header.append(el("span", { class: "who", id: "who" }, `${user.name}（${t(`account.role.${user.role}`)}）`),
       el("button", { type: "button", id: "logout", onclick: signOut }, t("account.logout")));
   }

@@ -249,7 +249,8 @@ const TEXT = {
     exporting: "正在生成 MP4：{p}", exportFailed: "生成 MP4 失败：请稍后重试", edit: "编辑信息", save: "保存", saved: "已保存",
     review: "审核", publish: "通过并发布", reject: "退回修改", note: "审核意见", resubmit: "重新提交审核",
     reviewNote: "审核意见：{note}（{who}）", back: "返回资源库", notFound: "找不到这节课，或您无权查看。",
-    signIn: "未登录：只显示已发布的课例。", minutes: "{m} 分钟",
+    signIn: "未登录：只显示已发布的课例。", signInLink: "登录后查看自己的课例或审核", signedInAs: "已登录：{name}（{role}）",
+    minutes: "{m} 分钟",
     incomplete: "不完整",
     "incomplete.disk": "录像不完整：录制时服务器磁盘已满，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
     "incomplete.other": "录像不完整：录制时服务器写入失败，录像在那一刻提前结束，之后的内容没有录下；拖动进度条可能较慢。",
@@ -268,6 +269,7 @@ const TEXT = {
     "error.bad_request": "请求有误：请刷新页面后再试。",
     "teacher.savedToLibrary": "本节课录像已存入资源库。", "teacher.openLibraryItem": "查看本课课例",
     // -- accounts: /login, /admin, /me (docs/accounts.md) --
+    "account.library": "资源库",
     "account.role.administrator": "管理员",
     "account.role.teacher": "教师",
     "account.role.reviewer": "审核员",
@@ -751,6 +753,7 @@ const TEXT = {
     review: "Review", publish: "Approve and publish", reject: "Send back", note: "Reviewer's note",
     resubmit: "Submit for review again", reviewNote: "Review note: {note} ({who})", back: "Back to the library",
     notFound: "This lesson does not exist, or you may not see it.", signIn: "Not signed in: published lessons only.",
+    signInLink: "Sign in to see your own lessons or to review", signedInAs: "Signed in: {name} ({role})",
     minutes: "{m} min",
     incomplete: "Incomplete",
     "incomplete.disk": "Incomplete recording: the server's disk filled up during the lesson, so the recording stops "
@@ -778,6 +781,7 @@ const TEXT = {
     "teacher.savedToLibrary": "This lesson's recording is in the library.",
     "teacher.openLibraryItem": "Open the lesson's library item",
     // -- accounts: /login, /admin, /me (docs/accounts.md) --
+    "account.library": "Library",
     "account.role.administrator": "administrator",
     "account.role.teacher": "teacher",
     "account.role.reviewer": "reviewer",

@@ -27,6 +27,7 @@ from recorder.record.repair import repair_unfinished
 from signaling import metrics
 from signaling.accounts import Accounts, AccountsApi
 from signaling.accounts import add_routes as add_account_routes
+from signaling.accounts.web import library_sessions
 from signaling.accounts.filing import filer
 from signaling.supervision import LessonWatch, Supervision, SupervisionApi, Webhooks
 from signaling.audit import (
@@ -394,6 +395,7 @@ def make_app(config: Config) -> web.Application:
     # accounts, classroom screens and the timetable: /api/login, /api/me/..., /api/admin/..., /api/openapi.json
     accounts = Accounts(Store(database_url_from(config.database_url or None, config.data_dir)))
     app.on_cleanup.append(lambda _app: accounts.close())
+    app.middlewares.append(library_sessions(accounts))  # the library's API for signed-in teachers and reviewers
     # the supervision dashboard and webhooks (signaling/supervision/): their routes join the accounts' table
     supervision = Supervision(accounts)
     webhooks = Webhooks(accounts, backoff_s=config.webhook_backoff_s)

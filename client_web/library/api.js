@@ -1,6 +1,7 @@
 // @ts-check
 // The library's HTTP API. The token comes in the URL fragment (#token=…): fragments never reach server
-// logs or Referer headers. It is sent as a Bearer header, and carried along on links between pages.
+// logs or Referer headers. It is sent as a Bearer header, and carried along on links between pages. Without a token,
+// a signed-in account's session cookie goes with every call (same origin) and its CSRF token with every change.
 const fragment = new URLSearchParams(location.hash.slice(1));
 export const TOKEN = fragment.get("token") || "";
 
@@ -19,7 +20,8 @@ export const TOKEN = fragment.get("token") || "";
  *    sources?: LibraryItem[], lesson_files?: Record<string, string>, item?: {id: string, title: string, play: string},
  *    can: {edit?: boolean, review?: boolean, resubmit?: boolean, export?: boolean, take_down?: boolean,
  *      republish?: boolean, lesson_files?: boolean}}} LibraryItem */
-/** @typedef {{items: LibraryItem[], total: number, viewer?: {role: string | null, reviewer: boolean}}} LibraryPage */
+/** @typedef {{items: LibraryItem[], total: number,
+ *    viewer?: {role: string | null, reviewer: boolean, name?: string | null}}} LibraryPage */
 /** The curriculum lists (GET /api/library/curriculum).
  *  @typedef {{stages: string[], subjects: string[], grades: Record<string, string[]>, editions: string[]}} Vocabulary */
 
@@ -29,6 +31,16 @@ export class ApiError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
+/** @type {Promise<string> | null} */
+let csrfToken = null;
+
+/** The signed-in session's CSRF token ("" when nobody is signed in), asked once. */
+function csrf() {
+  csrfToken ??= fetch("/api/me").then((r) => (r.ok ? r.json() : {}))
+    .then((/** @type {{csrf?: string}} */ me) => String(me.csrf || "")).catch(() => "");
+  return csrfToken;
+}
+
 /** A call of the library's API: its JSON reply (what the caller expects), or an ApiError.
  *  @param {string} path  @param {{method?: string, body?: unknown}} [options]
  *  @returns {Promise<unknown>} */
@@ -36,6 +48,10 @@ export async function api(path, { method = "GET", body } = {}) {
   /** @type {Record<string, string>} */
   const headers = {};
   if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
+  else if (method !== "GET") {
+    const token = await csrf();
+    if (token) headers["X-CSRF-Token"] = token;
+  }
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await resp.json().catch(() => ({}));
@@ -49,6 +65,12 @@ export function pageLink(path) {
   const lang = new URLSearchParams(location.search).get("lang");
   const url = lang ? `${path}?lang=${encodeURIComponent(lang)}` : path;
   return TOKEN ? `${url}#token=${encodeURIComponent(TOKEN)}` : url;
+}
+
+/** The sign-in page, coming back to this one after.  */
+export function signInLink() {
+  const lang = new URLSearchParams(location.search).get("lang");
+  return `/login?${lang ? `lang=${encodeURIComponent(lang)}&` : ""}next=${encodeURIComponent(location.pathname + location.search)}`;
 }
 
 /** @typedef {Node | string | null | undefined} Child */

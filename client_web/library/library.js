@@ -3,7 +3,7 @@
 // 待审核 filter. The query lives in the URL (?q=…&subject=…&state=…&page=…) so a search can be bookmarked and shared.
 // While a lesson's composite 课例 is being made, its card shows the progress (the list is asked again every few s).
 import { byId } from "../dom.js";
-import { api, composeText, composing, el, formatDuration, pageLink, TOKEN } from "./api.js";
+import { api, composeText, composing, el, formatDuration, pageLink, signInLink, TOKEN } from "./api.js";
 import { applyText, errorText, incompleteText, t } from "../i18n.js";
 
 const PER_PAGE = 24;
@@ -59,7 +59,7 @@ async function load() {
   try {
     const data = /** @type {import("./api.js").LibraryPage} */ (await api(`/api/library?${query}`));
     results.replaceChildren(...data.items.map(card));
-    status.textContent = (data.total ? t("results", { n: data.total }) : t("noResults")) + (TOKEN ? "" : "  " + t("signIn"));
+    status.replaceChildren(data.total ? t("results", { n: data.total }) : t("noResults"), ...whoText(data.viewer));
     renderPendingFilter(Boolean(data.viewer?.reviewer), pending);
     clearTimeout(pollTimer);
     if (data.items.some(composing)) pollTimer = setTimeout(load, COMPOSE_POLL_MS);
@@ -71,6 +71,16 @@ async function load() {
   } catch (err) {
     status.replaceChildren(el("span", { class: "error" }, errorText(err)));
   }
+}
+
+/** After the count: who is signed in (an account's session), or 未登录 with a link to sign in; nothing with a token.
+ *  @param {import("./api.js").LibraryPage["viewer"]} viewer  @returns {(Node | string)[]} */
+function whoText(viewer) {
+  if (TOKEN) return [];
+  if (viewer?.role && viewer.name) {
+    return ["  ", el("span", { class: "who" }, t("signedInAs", { name: viewer.name, role: t(`account.role.${viewer.role}`) }))];
+  }
+  return ["  ", t("signIn"), " ", el("a", { href: signInLink() }, t("signInLink"))];
 }
 
 /** Reviewers: 只看待审核 / 全部课例, a toggle of the state filter.

@@ -112,6 +112,9 @@ def flag_param(query: Any, name: str) -> bool:
     return raw == "1"
 
 
+# Where a layer above (signaling: accounts) puts the Viewer of a signed-in session for a request that carries no
+# bearer token; the library reads it and never learns how sessions work.
+SESSION_VIEWER: Final[web.RequestKey[Viewer]] = web.RequestKey("ketang.library.session_viewer", Viewer)
 # a bearer token -> who holds it; raises LibraryError("unauthorized", ...) for a bad one (signaling.app makes it)
 Authenticate = Callable[[str], Viewer]
 # records an audited action: (action, viewer or None, client address, outcome, details); signaling.app makes it
@@ -155,8 +158,9 @@ class LibraryRoutes:
 
     def viewer(self, request: web.Request) -> Viewer:
         auth = request.headers.get("Authorization", "")
-        if not auth:
-            return Viewer.anonymous()
+        if not auth:  # a signed-in account (signaling's session middleware), else anonymous
+            signed_in = request.get(SESSION_VIEWER)
+            return signed_in if isinstance(signed_in, Viewer) else Viewer.anonymous()
         if not auth.startswith("Bearer "):
             raise LibraryError("unauthorized", "Authorization must be 'Bearer <token>'")
         try:
@@ -288,7 +292,8 @@ class LibraryRoutes:
         # total: lessons (each item is one lesson, its files grouped under it); viewer: what the page offers
         return web.json_response({"total": total, "page": page, "per_page": per_page,
                                   "items": [self.view(r, viewer) for r in items],
-                                  "viewer": {"role": viewer.role, "reviewer": viewer.is_reviewer}})
+                                  "viewer": {"role": viewer.role, "reviewer": viewer.is_reviewer,
+                                             "name": viewer.name if viewer.role else None}})
 
     async def show(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)

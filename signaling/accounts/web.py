@@ -41,6 +41,7 @@ from signaling.accounts.service import (
     ADMINISTRATOR,
     CLASSROOM,
     MAX_PASSWORD_CHARS,
+    REVIEWER,
     ROLES,
     SESSION_MAX_S,
     TEACHER,
@@ -49,6 +50,8 @@ from signaling.accounts.service import (
     SignedIn,
     week_of,
 )
+from recorder.library.catalog import Viewer
+from recorder.library.web import SESSION_VIEWER
 from signaling.audit import AuditLog
 from signaling.tokens import issue_token
 
@@ -580,6 +583,44 @@ def add_routes(app: web.Application, api: AccountsApi) -> list[Route]:
     for route in table:
         app.router.add_route(route.method, route.path, _guarded(route, api.accounts))
     return table
+
+
+# -- the library for signed-in accounts --------------------------------------------------------------------------------
+
+# What an account is in the library (recorder/library): a teacher owns the lessons taught under the account (their
+# lesson tokens carry the account's id as `sub`), a reviewer reviews. An administrator keeps accounts and the timetable,
+# not the catalog: in the library it sees what everybody sees (give the person a reviewer account to review). A
+# classroom screen is anonymous there.
+LIBRARY_ROLES: Final[dict[str, str]] = {TEACHER: "teacher", REVIEWER: "reviewer"}
+LIBRARY_API: Final[str] = "/api/library"
+
+
+def library_sessions(accounts: Accounts) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """A middleware: a library API request without a bearer token but with a session cookie is the account's. A change
+    (not GET/HEAD/OPTIONS) through the cookie needs the session's CSRF token and a same-site origin, as every account
+    route (403 ``csrf`` otherwise). Files and pages need none of it: the API hands out signed file URLs."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        cookie = request.cookies.get(COOKIE, "")
+        if cookie and request.path.startswith(LIBRARY_API) and not request.headers.get("Authorization"):
+            try:
+                signed_in = await accounts.session(cookie)
+            except (SQLAlchemyError, OSError) as exc:  # the store is down: the library still answers, as for anyone
+                log.warning("library: the session could not be read (%s): answered as for anyone", exc)
+                signed_in = None
+            role = LIBRARY_ROLES.get(signed_in.user["role"]) if signed_in is not None else None
+            if signed_in is not None and role is not None:
+                if request.method not in SAFE_METHODS and (not _same_origin(request) or not hmac.compare_digest(
+                        request.headers.get(CSRF_HEADER, "").encode(), signed_in.csrf.encode())):
+                    return _json({"type": "error", "code": "csrf",  # (the library API's error form)
+                                  "message": "missing or wrong X-CSRF-Token (or a request from another site)"},
+                                 status=403)
+                request[SESSION_VIEWER] = Viewer(role=role, sub=signed_in.user["id"], name=signed_in.user["name"])
+        return await handler(request)
+
+    return middleware
 
 
 # -- the OpenAPI document ----------------------------------------------------------------------------------------------
