@@ -32,6 +32,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+# the dashboard test (tests/scenario/test_prometheus.py) runs Debian's Prometheus with its own config, data dir and
+# port. The package enables and starts prometheus.service (port 9090, /var/lib/prometheus) and recommends a node
+# exporter (another service): installed without it, and the service disabled, so a machine that did not ask for
+# monitoring does not keep any
+if [ "${1:-}" = "test" ] && ! command -v prometheus >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "installing Debian packages: prometheus"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus.service || true
+  fi
+fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true

@@ -60,6 +60,18 @@ LOOP_LAG = Histogram("ketang_event_loop_lag_seconds",
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
                      registry=None)
 EVENT_METRICS = (WEBSOCKET_ERRORS, TOKEN_REFUSALS, JOINS, LOOP_LAG)
+# the error codes of docs/protocol.md (*Errors*) and the refusal reasons of docs/metrics.md: each label is exposed at 0
+# from the start, so the first error of a code is a step from 0 that `increase`/`rate` see (a series that first
+# appears at 1 shows no increase, and the dashboard's panel would stay empty)
+ERROR_CODES = (
+    "too_large", "bad_json", "bad_message", "unknown_type", "rate_limited", "join_timeout", "not_joined",
+    "already_joined", "token_invalid", "token_expired", "token_wrong_lesson", "forbidden", "lesson_ended",
+    "lesson_locked", "removed", "lesson_elsewhere", "not_found", "stage_full", "chat_off", "bad_sdp",
+    "unsupported_codec", "nothing_to_publish", "unexpected_answer", "too_many_tracks", "draining", "overloaded",
+    "unavailable", "probe_running", "probe_busy", "probe_timeout", "no_probe", "unexpected_report", "internal",
+    "other")
+REFUSAL_REASONS = ("token_invalid", "token_expired", "token_wrong_lesson", "forbidden_role", "removed",
+                   "lesson_locked", "overloaded")
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # an error code fit to be a label (ours are; anything else: "other")
 LOOP_LAG_EVERY_S = 0.25
@@ -73,8 +85,20 @@ REMB_QUANTILES = (0.1, 0.5, 0.9)
 REMB_FRESH_S = 10.0  # an estimate older than this says nothing about the link now
 
 
+def _start_at_zero() -> None:
+    for code in ERROR_CODES:
+        WEBSOCKET_ERRORS.labels(code)
+    for reason in REFUSAL_REASONS:
+        TOKEN_REFUSALS.labels(reason)
+    for role in ROLES:
+        JOINS.labels(role)
+
+
 def _code(code: Any) -> str:
     return code if isinstance(code, str) and _CODE.fullmatch(code) else "other"
+
+
+_start_at_zero()
 
 
 def count_error(message: dict[str, Any]) -> None:

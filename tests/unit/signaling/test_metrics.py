@@ -302,6 +302,26 @@ def test_error_codes_and_refusal_reasons_are_bounded_labels() -> None:
     assert count("other") == before_other + 2
 
 
+def test_every_error_code_and_refusal_reason_starts_at_zero() -> None:
+    """A labelled counter whose series first appears at 1 shows no `increase` in Prometheus: the first refused token
+    of a kind would never reach the dashboard (tests/scenario/test_prometheus.py). Every code of the protocol's
+    error table and every refusal reason the docs list is exposed at 0 before it happens."""
+    protocol = (DOCS.parent / "protocol.md").read_text(encoding="utf-8")
+    table = protocol[protocol.index("| code | when |"):]
+    table = table[:table.index("\n\n")]
+    codes = {c for row in table.splitlines()[2:] for c in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert len(codes) > 25 and codes <= set(metrics.ERROR_CODES), codes - set(metrics.ERROR_CODES)
+    reasons = set(re.findall(r"`([a-z_]+)`", next(line for line in DOCS.read_text(encoding="utf-8").splitlines()
+                                                   if line.startswith("| `ketang_token_refusals_total`"))))
+    assert reasons - {"ketang_token_refusals_total", "reason"} <= set(metrics.REFUSAL_REASONS)
+    samples = _scrape(metrics.WEBSOCKET_ERRORS)
+    assert {dict(labels)["code"] for (name, labels) in samples if name == "ketang_websocket_errors_total"} \
+        >= set(metrics.ERROR_CODES)
+    samples = _scrape(metrics.TOKEN_REFUSALS)
+    assert {dict(labels)["reason"] for (name, labels) in samples if name == "ketang_token_refusals_total"} \
+        >= set(metrics.REFUSAL_REASONS)
+
+
 async def test_the_event_loop_lag_is_measured() -> None:
     before = metrics.LOOP_LAG._sum.get()
     task = asyncio.ensure_future(metrics.measure_loop_lag(every_s=0.01))
