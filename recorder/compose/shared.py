@@ -176,20 +176,34 @@ class SharedJobs:
     async def _run(self) -> None:
         await self._connect()
         if self.work:
-            await self._requeue_lost()
-            self._worker = Worker(
-                [func(self._job, name=FUNCTION, timeout=MAX_JOB_S, max_tries=10 ** 6)],
-                queue_name=self.queue_name, redis_settings=RedisSettings.from_dsn(self.redis_url),
-                handle_signals=False, max_jobs=1, keep_result=0, poll_delay=self.poll_s,
-                health_check_interval=60, retry_jobs=True)
-            self._spawn(self._worker.async_run())
-            log.info("working the job queue %s (one job at a time)", self.queue_name)
+            with contextlib.suppress(Exception):
+                await self._requeue_lost()
+            self._spawn(self._work_forever())
         while not self._closing:
             try:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - Redis down: the cache stays as it was
                 log.debug("job statuses not read: %s", exc)
             await asyncio.sleep(self.poll_s)
+
+    async def _work_forever(self) -> None:
+        """The arq worker; made again when it stops on an error (Redis gone a while: arq's poll raises)."""
+        while not self._closing:
+            self._worker = Worker(
+                [func(self._job, name=FUNCTION, timeout=MAX_JOB_S, max_tries=10 ** 6)],
+                queue_name=self.queue_name, redis_settings=RedisSettings.from_dsn(self.redis_url),
+                handle_signals=False, max_jobs=1, keep_result=0, poll_delay=self.poll_s,
+                health_check_interval=60, retry_jobs=True)
+            log.info("working the job queue %s (one job at a time)", self.queue_name)
+            try:
+                await self._worker.async_run()
+            except Exception as exc:  # noqa: BLE001 - made again after a pause
+                log.warning("the job worker stopped (%s): starting it again in %g s",
+                            " ".join(str(exc).split())[:200], RETRY_S)
+            worker, self._worker = self._worker, None
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await worker.close()
+            await asyncio.sleep(RETRY_S)
 
     # -- statuses ------------------------------------------------------------------------------------------
 

@@ -122,3 +122,27 @@ async def test_a_job_queued_at_a_node_without_jobs_is_one_job_made_by_the_other_
         await a_jobs.close()
         await b_jobs.close()
         await client.aclose()
+
+
+async def test_a_redis_outage_keeps_the_enqueue_and_the_worker_takes_jobs_again_after_it(tmp_path):
+    from tests.throwaway_redis import ThrowawayRedis
+
+    media = tmp_path / "media"
+    make_lesson(media, "les-o", seconds=3.0)
+    server = ThrowawayRedis(tmp_path).start()
+    jobs, queue = _node(server.url, "outage:", media, "http://o", work=True)
+    try:
+        await jobs.start()
+        await _until(lambda: jobs._worker is not None, 10)
+        server.stop()  # an outage: the worker's poll fails, the enqueue cannot reach Redis
+        await asyncio.sleep(1.5)
+        assert queue.enqueue("les-o")["state"] == "queued"
+        await asyncio.sleep(2.0)
+        assert jobs._pending  # kept, tried again
+        server.start()  # back, empty
+        await _until(lambda: queue.status("les-o")["state"] in ("done", "failed"), 120, 0.2)
+        assert queue.status("les-o")["state"] == "done", queue.status("les-o")
+        assert not jobs._pending
+    finally:
+        await jobs.close()
+        server.stop()
