@@ -463,6 +463,9 @@ def make_app(config: Config) -> web.Application:
                 config.data_dir, record_file, library.recordings_dir, run_jobs=config.jobs,
                 jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
         compose.start()
+        if shared is not None and not config.jobs and not config.media_dir:
+            log.warning("--jobs off without a shared --media-dir: only this node has its recordings' files, so their "
+                        "jobs (composite, HLS) wait in its own queue until it runs with jobs on (docs/deploy.md)")
         if not works_jobs:
             log.info("this %s runs no library jobs (composite, HLS): %s", "node" if not config.jobs else "worker",
                      "they wait for a node that runs them" if not config.jobs else "worker 0 of this node runs them")
