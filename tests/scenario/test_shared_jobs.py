@@ -25,11 +25,13 @@ pytestmark = pytest.mark.timeout(240)
 GREEN, BLUE = (40, 170, 40), (40, 40, 210)
 
 
-def make_lesson(media: Path, lesson: str, seconds: float = 6.0) -> Path:
+def make_lesson(media: Path, lesson: str, seconds: float = 6.0, lessons: Path | None = None) -> Path:
     """A short lesson in the shared media dir: the teacher (green, 440 Hz) throughout, courseware (blue) midway;
-    its record.json in media/lessons/<lesson>/ as the recorder writes it with a media dir."""
-    folder = media / "lessons" / lesson
+    its record.json in media/lessons/<lesson>/ as the recorder writes it with a media dir (``lessons``: in that
+    folder instead — a node's data_dir/lessons without one)."""
+    folder = (lessons or media / "lessons") / lesson
     folder.mkdir(parents=True, exist_ok=True)
+    media.mkdir(parents=True, exist_ok=True)
     write_source(media / f"{lesson}-t.webm", GREEN, (320, 240), seconds, fps=15, tone_hz=440, kbps=300)
     write_source(media / f"{lesson}-s.webm", BLUE, (320, 180), seconds / 2, fps=5, kbps=200)
     files = [{"file": f"{lesson}-t.webm", "role": "teacher", "label": "李老师", "start": ORIGIN,

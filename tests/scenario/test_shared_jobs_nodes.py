@@ -4,7 +4,9 @@ PostgreSQL catalog, one shared media directory.
 - A lesson taught and ended on node A, which runs no jobs (``KETANG_JOBS=0``), is composed by node B; A's library
   page shows the composite's progress while B makes it, then the composite (played with Range) — from A and B.
 - A node killed (SIGKILL) while its worker composes: the job does not stay "running" (its lease lapses), its child
-  process does not go on, and the node started again composes it to the end."""
+  process does not go on, and the node started again composes it to the end.
+- Without a shared media dir, a node's jobs wait on its own queue (named by its public URL), worked by one process
+  of its `--workers 2`."""
 
 from __future__ import annotations
 
@@ -154,3 +156,32 @@ async def test_a_job_whose_node_is_killed_mid_run_is_not_left_running_and_comple
                 server.stop()
         for leftover in media.glob("lessons/killed/.*tmp*"):
             os.unlink(leftover)
+
+
+async def test_without_a_shared_media_dir_the_node_with_the_files_works_its_own_queue_in_one_worker_process(
+        tmp_path, redis_url, redis_prefix):
+    data = node_dir(tmp_path, "w")
+    make_lesson(data / "recordings", "own", seconds=3.0, lessons=data / "lessons")
+    node = Server(data, redis_url, redis_prefix, env={"KETANG_WORKERS": "2", "KETANG_JOB_LEASE_S": str(LEASE_S)})
+    # another node's board queues on the node's own queue (named by its public URL), as the node itself would
+    board = SharedJobs(redis_url, redis_prefix, node.url, work=False, lease_s=LEASE_S, poll_s=0.2, node="test")
+    queue = SharedComposeQueue(board, lambda lesson: None, data / "recordings")
+    other = SharedJobs(redis_url, redis_prefix, "", work=False, poll_s=0.2)  # the shared queue: nobody's
+    try:
+        node.wait_ready()
+        await board.start()
+        await other.start()
+        queue.enqueue("own")
+        deadline = time.monotonic() + 120
+        while queue.status("own")["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, queue.status("own")
+            await asyncio.sleep(0.2)
+        assert queue.status("own")["state"] == "done", queue.status("own")
+        assert queue.status("own")["queue"] == f"{redis_prefix}jobs:queue:{node.url}"
+        assert (data / "lessons" / "own" / COMPOSITE_NAME).is_file()
+    finally:
+        await board.close()
+        await other.close()
+        node.stop()
+    log = (data / f"server-{node.port}.log").read_text(errors="replace")
+    assert log.count("working the job queue") == 1, log  # worker 0 only, of the two
