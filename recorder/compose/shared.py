@@ -57,7 +57,9 @@ JOB_EXPIRES_S: Final[float] = 30 * 86400.0  # a job nobody works is dropped by a
 STATUS_TTL_S: Final[int] = 30 * 86400  # a job's status is kept this long after its last change
 PROGRESS_STEP: Final[int] = 2  # progress written to Redis at most every 2 %
 RETRY_S: Final[float] = 5.0  # an enqueue that found Redis down is tried again after this
+FINAL_WRITE_TRIES: Final[int] = 6  # a job's outcome is written again for 30 s while Redis is away
 FUNCTION: Final[str] = "ketang_job"
+STATES: Final[frozenset[str]] = frozenset({QUEUED, RUNNING, DONE, FAILED})
 
 # INCR the sequence, SET the status with its lifetime, ZADD it to the index under the new sequence number
 _WRITE = """
@@ -110,18 +112,13 @@ class SharedJobs:
         if done is not None:
             self._done[kind] = done
 
-    def set_done(self, kind: str, done: Callable[[str, dict[str, Any]], None] | None) -> None:
-        if done is None:
-            self._done.pop(kind, None)
-        else:
-            self._done[kind] = done
-
     def cached(self, kind: str, key: str) -> dict[str, Any] | None:
         job = self._cache.get((kind, key))
         if job is None:
             return None
         job = dict(job)
-        if job["state"] == RUNNING and self._clock() - float(job.get("alive_at") or 0) > self.lease_s * 2:
+        lease_s = job.get("lease_s") if isinstance(job.get("lease_s"), (int, float)) else self.lease_s
+        if job["state"] == RUNNING and self._clock() - float(job.get("alive_at") or 0) > lease_s * 2:
             job["state"] = QUEUED  # its worker stopped renewing it: it waits for the next one
         return job
 
@@ -223,9 +220,14 @@ class SharedJobs:
                 self._cache.pop((kind, key), None)
                 continue
             try:
-                self._cache[(kind, key)] = json.loads(raw)
+                job = json.loads(raw)
             except ValueError:
-                gone.append(member)
+                job = None
+            if not isinstance(job, dict) or job.get("state") not in STATES or not isinstance(
+                    job.get("alive_at", 0), (int, float)):
+                log.warning("job status %s is not one this server writes: ignored", member[:200])
+                continue
+            self._cache[(kind, key)] = job
         if gone:
             await pool.zrem(f"{self.prefix}jobs:index", *gone)
         self._seen = max(self._seen, int(max(score for _, score in changed)))
@@ -244,9 +246,10 @@ class SharedJobs:
         pool = await self._connect()
         raw = await pool.get(self._status_key(kind, key))
         try:
-            return json.loads(raw) if raw else None
+            job = json.loads(raw) if raw else None
         except ValueError:
             return None
+        return job if isinstance(job, dict) and job.get("state") in STATES else None
 
     # -- enqueue ---------------------------------------------------------------------------------------------
 
@@ -312,7 +315,8 @@ class SharedJobs:
             await self._write(kind, key, {**record, "state": FAILED, "error": why})
             log.error("%s %s: %s: not tried again", kind, key, why)
             return FAILED
-        record.update(state=RUNNING, progress=0, error=None, node=self.node, tries=tries, alive_at=self._clock())
+        record.update(state=RUNNING, progress=0, error=None, node=self.node, tries=tries, alive_at=self._clock(),
+                      lease_s=self.lease_s)
         await self._write(kind, key, record)
         loop = asyncio.get_running_loop()
         written = [0]
@@ -333,9 +337,13 @@ class SharedJobs:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.lease_s / 3)
-                await pool.pexpire(progress_key, int(self.lease_s * 1000))
-                record["alive_at"] = self._clock()
-                await self._write(kind, key, record)
+                try:
+                    await pool.pexpire(progress_key, int(self.lease_s * 1000))
+                    record["alive_at"] = self._clock()
+                    await self._write(kind, key, record)
+                except Exception as exc:  # noqa: BLE001 - Redis away a moment: renewed at the next turn
+                    log.warning("%s %s: its lease could not be renewed (%s)", kind, key,
+                                " ".join(str(exc).split())[:200])
 
         renewing = asyncio.ensure_future(renew())
         running = asyncio.ensure_future(asyncio.to_thread(runner, key, record, progress, launch))
@@ -362,7 +370,14 @@ class SharedJobs:
         else:
             record.update(state=FAILED, error=detail)
             log.error("%s %s: failed: %s", kind, key, detail)
-        await self._write(kind, key, record)
+        for attempt in range(FINAL_WRITE_TRIES):  # (Redis away as the job ends: the outcome is not lost at once)
+            try:
+                await self._write(kind, key, record)
+                break
+            except Exception:  # noqa: BLE001
+                if attempt == FINAL_WRITE_TRIES - 1:
+                    raise
+                await asyncio.sleep(RETRY_S)
         if outcome == DONE and (done := self._done.get(kind)) is not None:
             try:
                 done(key, record)
