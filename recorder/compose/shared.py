@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -393,6 +394,19 @@ class SharedJobs:
             await self._write(kind, key, record)
 
 
+def remove_leftovers(dst: Path) -> None:
+    """The temporary files a killed node's job left beside ``dst`` (``.<name>.<pid>…tmp…``): this job is the one
+    that makes ``dst`` now (the lease), so no other process writes them any more."""
+    for leftover in dst.parent.glob(f".{dst.name}.*tmp*"):
+        try:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", leftover, exc.strerror)
+
+
 class SharedComposeQueue:
     """ComposeQueue (jobs.py) on the shared queue: ``enqueue(lesson_id)``, ``status``, ``list``. The worker finds
     the lesson's record with ``record_file`` and writes the composite next to it."""
@@ -434,8 +448,9 @@ class SharedComposeQueue:
         if path is None or not path.is_file():
             return FAILED, "the lesson has no record (record.json) with its recorded files on this node"
         dst = path.parent / COMPOSITE_NAME
+        remove_leftovers(dst)
         return run_child(_child, (str(path), str(self._recordings_dir), str(dst), self._threads), dst, progress,
                          launch)
 
 
-__all__ = ["LEASE_S", "SharedComposeQueue", "SharedJobs"]
+__all__ = ["LEASE_S", "SharedComposeQueue", "SharedJobs", "remove_leftovers"]

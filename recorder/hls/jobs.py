@@ -27,6 +27,8 @@ from recorder.compose.jobs import (
     run_child,
 )
 
+from recorder.compose.shared import remove_leftovers
+
 log = logging.getLogger("ketang.recorder.hls")
 
 JOBS_FILE: Final[str] = "hls-jobs.json"
@@ -147,6 +149,7 @@ class SharedHlsQueue:
             return FAILED, "the job does not say which recording to use"
         if not source.is_file():
             return FAILED, f"the recording {source.name} is not on this node"
+        remove_leftovers(dst)
         return run_child(_child, (str(source), str(dst), self._threads), dst, progress, launch)
 
     def _finished(self, rec_id: str, record: dict[str, Any]) -> None:
