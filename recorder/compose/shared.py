@@ -322,11 +322,12 @@ class SharedJobs:
         loop = asyncio.get_running_loop()
         written = [0]
         process: list[Any] = []
+        writing = asyncio.Lock()  # one write of this status at a time, in order: none lands after the outcome
 
         def progress(percent: int) -> None:  # (from the thread that follows the child)
             if percent - written[0] >= PROGRESS_STEP:
                 written[0] = percent
-                loop.call_soon_threadsafe(self._spawn, self._progress(kind, key, record, percent))
+                loop.call_soon_threadsafe(self._spawn, self._progress(kind, key, record, percent, writing))
 
         def launch(child: Any) -> bool:
             if self._closing:
@@ -340,8 +341,10 @@ class SharedJobs:
                 await asyncio.sleep(self.lease_s / 3)
                 try:
                     await pool.pexpire(progress_key, int(self.lease_s * 1000))
-                    record["alive_at"] = self._clock()
-                    await self._write(kind, key, record)
+                    async with writing:
+                        if record.get("state") == RUNNING:
+                            record["alive_at"] = self._clock()
+                            await self._write(kind, key, record)
                 except Exception as exc:  # noqa: BLE001 - Redis away a moment: renewed at the next turn
                     log.warning("%s %s: its lease could not be renewed (%s)", kind, key,
                                 " ".join(str(exc).split())[:200])
@@ -356,14 +359,18 @@ class SharedJobs:
                     child.terminate()
             with contextlib.suppress(BaseException):
                 await running
+            record.update(state=QUEUED, progress=0, node=None)
             with contextlib.suppress(Exception):
                 await pool.decr(retry_key_prefix + job_id)  # (a clean stop is no failed try)
-                await self._write(kind, key, {**record, "state": QUEUED, "progress": 0, "node": None})
+                async with writing:
+                    await self._write(kind, key, record)
             raise
         finally:
             renewing.cancel()
         if outcome == QUEUED:  # (closing before the child started)
-            await self._write(kind, key, {**record, "state": QUEUED, "progress": 0, "node": None})
+            record.update(state=QUEUED, progress=0, node=None)
+            async with writing:
+                await self._write(kind, key, record)
             raise asyncio.CancelledError
         if outcome == DONE:
             record.update(state=DONE, progress=100, error=None, output=detail)
@@ -373,7 +380,8 @@ class SharedJobs:
             log.error("%s %s: failed: %s", kind, key, detail)
         for attempt in range(FINAL_WRITE_TRIES):  # (Redis away as the job ends: the outcome is not lost at once)
             try:
-                await self._write(kind, key, record)
+                async with writing:
+                    await self._write(kind, key, record)
                 break
             except Exception:  # noqa: BLE001
                 if attempt == FINAL_WRITE_TRIES - 1:
@@ -386,12 +394,14 @@ class SharedJobs:
                 log.exception("%s %s: after the job", kind, key)
         return outcome
 
-    async def _progress(self, kind: str, key: str, record: dict[str, Any], percent: int) -> None:
-        if record.get("state") != RUNNING or percent <= int(record.get("progress") or 0):
-            return
-        record.update(progress=percent, alive_at=self._clock())
-        with contextlib.suppress(Exception):
-            await self._write(kind, key, record)
+    async def _progress(self, kind: str, key: str, record: dict[str, Any], percent: int,
+                        writing: asyncio.Lock) -> None:
+        async with writing:
+            if record.get("state") != RUNNING or percent <= int(record.get("progress") or 0):
+                return
+            record.update(progress=percent, alive_at=self._clock())
+            with contextlib.suppress(Exception):
+                await self._write(kind, key, record)
 
 
 def remove_leftovers(dst: Path) -> None:
