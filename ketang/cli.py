@@ -15,6 +15,7 @@ from signaling.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DRAIN_TIMEOUT_S,
+    JOB_LEASE_S,
     PARTICIPANT_TTL_S,
     STAGE_MAX,
     TEACHER_UPLINK_KBPS,
@@ -123,7 +124,9 @@ def _serve_configured(args: argparse.Namespace) -> int:
                         heartbeat_interval_s=Config.float_from("KETANG_HEARTBEAT_S", ttl / 3),
                         public_url=args.public_url or os.environ.get("KETANG_PUBLIC_URL", ""),
                         tls_cert=tls_cert, tls_key=tls_key,
-                        trusted_proxies=Config.list_from("KETANG_TRUSTED_PROXIES", args.trusted_proxies))
+                        trusted_proxies=Config.list_from("KETANG_TRUSTED_PROXIES", args.trusted_proxies),
+                        jobs=Config.jobs_from(args.jobs),
+                        job_lease_s=Config.float_from("KETANG_JOB_LEASE_S", JOB_LEASE_S))
         trusted_networks(config.trusted_proxies)  # checked here: a typo stops the start with the entry named
         if worker is not None:
             config = replace(config, node_id=worker.node, public_url=worker.url, listen_socket=worker.listen,
@@ -215,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--turn-urls", default=None,
                        help="comma-separated TURN URLs handed to the browsers with per-participant credentials "
                             "(or KETANG_TURN_URLS; needs KETANG_TURN_SECRET)")
+    serve.add_argument("--jobs", default=None, choices=("on", "off"),
+                       help="run the library's jobs (composite, HLS) on this node (or KETANG_JOBS; on). off: they "
+                            "wait for the nodes that run them (docs/deploy.md)")
     serve.add_argument("--no-record", action="store_true",
                        help="do not record lessons into the library (or KETANG_NO_RECORD=1)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging (or KETANG_VERBOSE=1)")

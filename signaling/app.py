@@ -16,9 +16,10 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from recorder.compose.jobs import JOBS_FILE, LocalComposeQueue
+from recorder.compose.jobs import JOBS_FILE, ComposeQueue, LocalComposeQueue
+from recorder.compose.shared import SharedComposeQueue, SharedJobs
 from recorder.hls.jobs import JOBS_FILE as HLS_JOBS_FILE
-from recorder.hls.jobs import LocalHlsQueue
+from recorder.hls.jobs import LocalHlsQueue, SharedHlsQueue
 from recorder.hls.web import add_routes as add_hls_routes
 from recorder.library.catalog import Library, LibraryError, Viewer
 from recorder.library.web import add_routes as add_library_routes
@@ -68,7 +69,9 @@ CLOSE_JOIN_TIMEOUT = 4008  # a websocket that did not join within Config.join_ti
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 # each ended lesson's composite 课例 (recorder/compose/): status(lesson_id) for the library page
-COMPOSE_KEY: web.AppKey[LocalComposeQueue] = web.AppKey("compose", LocalComposeQueue)
+COMPOSE_KEY: web.AppKey[ComposeQueue] = web.AppKey("compose", ComposeQueue)
+# the library's jobs on Redis, shared by the nodes (recorder/compose/shared.py); absent without --redis-url
+JOBS_KEY: web.AppKey[SharedJobs] = web.AppKey("jobs", SharedJobs)
 # what the supervision dashboard and webhooks hear of the lessons (signaling/supervision/watch.py)
 WATCH_KEY: web.AppKey[LessonWatch] = web.AppKey("watch", LessonWatch)
 # the browser pages (plain HTML + ES modules, no build step), shipped as package data
@@ -409,10 +412,22 @@ def make_app(config: Config) -> web.Application:
                                         # each item's composite progress, from the queue made at start-up below
                                         compose_status=lambda lesson: app[COMPOSE_KEY].status(lesson)
                                         if COMPOSE_KEY in app else None)
+    # the library's jobs (composite, HLS): with Redis on one queue the nodes share (any node with a shared media
+    # dir, else the node with the files), worked by one process per node unless this node has jobs off
+    works_jobs = config.jobs and config.worker_index in (None, 0)
+    shared: SharedJobs | None = None
+    if config.redis_url:
+        shared = app[JOBS_KEY] = SharedJobs(config.redis_url, config.redis_prefix,
+                                            "" if config.media_dir else config.url, work=works_jobs,
+                                            lease_s=config.job_lease_s, node=config.url)
     # each published lesson's HLS renditions for weak links, made by a niced child process (recorder/hls/)
-    add_hls_routes(app, library_routes, LocalHlsQueue(
-        config.data_dir, jobs_file=HLS_JOBS_FILE if config.worker_index is None
-        else f"hls-jobs-w{config.worker_index}.json"))
+    hls_queue: LocalHlsQueue | SharedHlsQueue
+    if shared is not None:
+        hls_queue = SharedHlsQueue(shared, library.relative, library.path_of)
+    else:
+        hls_queue = LocalHlsQueue(config.data_dir, jobs_file=HLS_JOBS_FILE if config.worker_index is None
+                                  else f"hls-jobs-w{config.worker_index}.json", run_jobs=config.jobs)
+    add_hls_routes(app, library_routes, hls_queue)  # type: ignore[arg-type]
     # /metrics: Prometheus text, read from this process's state when scraped (docs/metrics.md)
     collector = metrics.ServerCollector(lambda: app.get(HUB_KEY), lambda: library_routes.jobs)
     registry = metrics.make_registry(collector)
@@ -438,11 +453,24 @@ def make_app(config: Config) -> web.Application:
         hub = Hub(config, store, library if config.record else None)
         app[HUB_KEY] = hub
         # -- the composite 课例 of each ended lesson, made by a niced child process (recorder/compose/jobs.py)
-        compose = app[COMPOSE_KEY] = LocalComposeQueue(
-            config.data_dir, lambda lesson_id: library.lesson_record_file(lesson_id, "record.json"),
-            library.recordings_dir,
-            jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
+        def record_file(lesson_id: str) -> Path | None:
+            return library.lesson_record_file(lesson_id, "record.json")
+
+        compose: LocalComposeQueue | SharedComposeQueue
+        if shared is not None:
+            compose = app[COMPOSE_KEY] = SharedComposeQueue(shared, record_file, library.recordings_dir)
+            await shared.start()
+        else:
+            compose = app[COMPOSE_KEY] = LocalComposeQueue(
+                config.data_dir, record_file, library.recordings_dir, run_jobs=config.jobs,
+                jobs_file=JOBS_FILE if config.worker_index is None else f"compose-jobs-w{config.worker_index}.json")
         compose.start()
+        if shared is not None and not config.jobs and not config.media_dir:
+            log.warning("--jobs off without a shared --media-dir: only this node has its recordings' files, so their "
+                        "jobs (composite, HLS) wait in its own queue until it runs with jobs on (docs/deploy.md)")
+        if not works_jobs:
+            log.info("this %s runs no library jobs (composite, HLS): %s", "node" if not config.jobs else "worker",
+                     "they wait for a node that runs them" if not config.jobs else "worker 0 of this node runs them")
         file_soon = filer(accounts, library)  # a scheduled lesson's recordings get its curriculum fields
 
         def recorded(lesson_id: str) -> None:
@@ -463,6 +491,8 @@ def make_app(config: Config) -> web.Application:
         await watch.close()
         await webhooks.close()
         await asyncio.to_thread(compose.close)
+        if shared is not None:
+            await shared.close()
         try:
             await hub.close()
         finally:

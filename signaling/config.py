@@ -29,6 +29,9 @@ TEACHER_UPLINK_KBPS = 1500  # a 720p camera; lowered by the server when the teac
 # SIGTERM or `ketang drain`: live lessons go on this long at most, then their participants are sent to another node
 DRAIN_TIMEOUT_S = 600.0
 MAX_WORKERS = 256
+# a running job's lease on the shared job queue (recorder/compose/shared.py): renewed every third of it; a job
+# whose worker died is taken again this long after (KETANG_JOB_LEASE_S)
+JOB_LEASE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class Config:
     listen_socket: str = ""
     store_socket: str = ""
     worker_index: int | None = None
+    # this node runs the library's jobs (composite 课例, HLS renditions): --jobs on|off, KETANG_JOBS, `jobs` in the
+    # file. Off: they are queued for the nodes that run them (docs/deploy.md, "Jobs on their own nodes")
+    jobs: bool = True
+    # a running job's lease on the shared queue (recorder/compose/shared.py; KETANG_JOB_LEASE_S)
+    job_lease_s: float = JOB_LEASE_S
 
     @property
     def tls(self) -> bool:
@@ -145,6 +153,16 @@ class Config:
         return tuple(u.strip() for u in raw.split(",") if u.strip())
 
     @staticmethod
+    def jobs_from(flag: str | None, env: Mapping[str, str] = os.environ) -> bool:
+        """--jobs on|off, else KETANG_JOBS (1/0, on/off, true/false, yes/no), else on."""
+        raw = (flag or env.get("KETANG_JOBS") or "").strip().lower()
+        if raw in ("", *TRUE):
+            return True
+        if raw in ("0", "off", "false", "no"):
+            return False
+        raise ValueError(f"--jobs (or KETANG_JOBS, jobs in the configuration file) must be on or off, not {raw!r:.20}")
+
+    @staticmethod
     def redis_url_from(flag: str | None, env: Mapping[str, str] = os.environ) -> str | None:
         return flag or env.get("KETANG_REDIS_URL") or None
 
@@ -190,6 +208,8 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "log_format": ("KETANG_LOG_FORMAT", STR),
     "verbose": ("KETANG_VERBOSE", BOOL),
     "no_record": ("KETANG_NO_RECORD", BOOL),
+    "jobs": ("KETANG_JOBS", BOOL),
+    "job_lease_s": ("KETANG_JOB_LEASE_S", SECONDS),
     "drain_timeout_s": ("KETANG_DRAIN_TIMEOUT_S", SECONDS),
     "ice_servers": ("KETANG_ICE_SERVERS", LIST),
     "media_addresses": ("KETANG_MEDIA_ADDRESSES", LIST),
@@ -210,6 +230,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {  # file key -> (environment variable
     "stage_max": ("KETANG_STAGE_MAX", INT),
 }
 TRUE = ("1", "true", "yes", "on")
+DEFAULT_ON = frozenset({"jobs"})  # true unless the file says false (an empty variable is the default)
 
 
 class ConfigFileError(ValueError):
@@ -228,7 +249,7 @@ def _as_env(path: Path, key: str, value: object) -> str:
     if kind in (INT, SECONDS) and value < 0:  # type: ignore[operator]
         raise ConfigFileError(f"{path}: {key} must not be negative")
     if kind == BOOL:
-        return "1" if value else ""
+        return "1" if value else ("0" if key in DEFAULT_ON else "")
     if kind == LIST and isinstance(value, list):
         return ",".join(value)
     return str(value)

@@ -43,12 +43,29 @@ class ComposeQueue(Protocol):
     def list(self) -> list[dict[str, Any]]: ...
 
 
-def _child(record: str, recordings: str, dst: str, threads: int, conn: Any) -> None:
-    """In the child process: nice, compose, report progress and the outcome through `conn`."""
+ORPHAN_CHECK_S: Final[float] = 1.0
+
+
+def die_with_parent() -> None:
+    """In a job's child process: nice 19, and exit when the process that started it is gone (killed: nobody
+    reads the outcome any more, and the job is run again by another worker — its work must not go on)."""
     try:
         os.nice(NICE)
     except OSError:
         pass
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ketang-orphan-watch", daemon=True).start()
+
+
+def _child(record: str, recordings: str, dst: str, threads: int, conn: Any) -> None:
+    """In the child process: nice, compose, report progress and the outcome through `conn`."""
+    die_with_parent()
     from recorder.compose.compose import compose_lesson  # (imported here: the child starts from scratch)
 
     def progress(fraction: float) -> None:
@@ -63,6 +80,44 @@ def _child(record: str, recordings: str, dst: str, threads: int, conn: Any) -> N
         conn.close()
 
 
+def run_child(target: Callable[..., None], args: tuple[Any, ...], dst: Path, progress: Callable[[int], None],
+              launch: Callable[[Any], bool] | None = None) -> tuple[str, str]:
+    """Run ``target(*args, conn)`` in a spawned child process, following its ("progress", 0..1), ("done", info)
+    or ("failed", why) messages on ``conn``: ``progress(0..99)`` for each report; returns (DONE, str(dst)) or
+    (FAILED, why). ``launch(process)`` starts the process and returns True (the caller keeps it, to terminate it
+    from another thread), or returns False without starting it (the caller is stopping): then (QUEUED, "").
+    Blocking: call it from a thread, never from an event loop."""
+    ctx = multiprocessing.get_context("spawn")  # (never fork a process with an event loop and threads)
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=target, args=(*args, send), daemon=True)
+    if launch is None:
+        process.start()
+    elif not launch(process):
+        receive.close()
+        send.close()
+        return QUEUED, ""
+    send.close()
+    outcome: tuple[str, str] = (FAILED, "the job's process ended without a word")
+    try:
+        while True:
+            try:
+                kind, value = receive.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "progress":
+                progress(max(0, min(99, int(value * 100))))
+            elif kind == "done":
+                outcome = (DONE, str(dst))
+            else:
+                outcome = (FAILED, str(value))
+    finally:
+        receive.close()
+        process.join()
+    if outcome[0] == FAILED and process.exitcode not in (0, None) and outcome[1].endswith("without a word"):
+        outcome = (FAILED, f"the job's process ended with exit code {process.exitcode}")
+    return outcome
+
+
 class LocalComposeQueue:
     """Jobs in `<data_dir>/compose-jobs.json`, run one at a time by a worker thread, each in a niced child
     process. `record_file(lesson_id)` finds the lesson's record.json (the library's); the composite goes next
@@ -71,13 +126,15 @@ class LocalComposeQueue:
     KEY = "lesson_id"  # what a job is for, the key of its entry (a subclass's queue keys its jobs by another id)
 
     def __init__(self, data_dir: Path, record_file: Callable[[str], Path | None], recordings_dir: Path,
-                 threads: int = THREADS, clock: Callable[[], float] = time.time, jobs_file: str = JOBS_FILE) -> None:
+                 threads: int = THREADS, clock: Callable[[], float] = time.time, jobs_file: str = JOBS_FILE,
+                 run_jobs: bool = True) -> None:
         # one file per process that runs jobs (each worker of `--workers N` its own: no two write one file)
         self.path = Path(data_dir) / jobs_file
         self._record_file = record_file
         self._recordings_dir = Path(recordings_dir)
         self._threads = threads
         self._clock = clock
+        self.run_jobs = run_jobs  # False (--jobs off): jobs are kept queued, start() runs none
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stopping = False
@@ -116,7 +173,7 @@ class LocalComposeQueue:
     # -- the worker ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and self.run_jobs:
             self._thread = threading.Thread(target=self._work, name="ketang-compose", daemon=True)
             self._thread.start()
 
@@ -176,44 +233,30 @@ class LocalComposeQueue:
         return self._spawn(lesson_id, _child, (str(record), str(self._recordings_dir), str(dst), self._threads), dst)
 
     def _spawn(self, key: str, target: Callable[..., None], args: tuple[Any, ...], dst: Path) -> tuple[str, str]:
-        """Run ``target(*args, conn)`` in a spawned child process, following its ("progress", 0..1),
-        ("done", info) or ("failed", why) messages on ``conn``; returns (DONE, str(dst)) or (FAILED, why)."""
-        ctx = multiprocessing.get_context("spawn")  # (never fork a process with an event loop and threads)
-        receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=target, args=(*args, send), daemon=True)
-        with self._lock:
-            if self._stopping:
-                return QUEUED, ""
-            self._process = process
-            process.start()
-        send.close()
-        outcome: tuple[str, str] = (FAILED, "the job's process ended without a word")
-        saved = 0
+        """Run ``target(*args, conn)`` in a spawned child process (run_child); returns (DONE, str(dst)) or
+        (FAILED, why), or (QUEUED, "") when the queue is closing."""
+        saved = [0]
+
+        def launch(process: Any) -> bool:
+            with self._lock:
+                if self._stopping:
+                    return False
+                self._process = process
+                process.start()
+                return True
+
+        def progress(percent: int) -> None:
+            with self._lock:
+                self._jobs[key].update(progress=percent, updated_at=self._clock())
+                if percent - saved[0] >= SAVE_PROGRESS_STEP:
+                    saved[0] = percent
+                    self._save()
+
         try:
-            while True:
-                try:
-                    kind, value = receive.recv()
-                except (EOFError, OSError):
-                    break
-                if kind == "progress":
-                    percent = max(0, min(99, int(value * 100)))
-                    with self._lock:
-                        self._jobs[key].update(progress=percent, updated_at=self._clock())
-                        if percent - saved >= SAVE_PROGRESS_STEP:
-                            saved = percent
-                            self._save()
-                elif kind == "done":
-                    outcome = (DONE, str(dst))
-                else:
-                    outcome = (FAILED, str(value))
+            return run_child(target, args, dst, progress, launch)
         finally:
-            receive.close()
-            process.join()
             with self._lock:
                 self._process = None
-        if outcome[0] == FAILED and process.exitcode not in (0, None) and outcome[1].endswith("without a word"):
-            outcome = (FAILED, f"the job's process ended with exit code {process.exitcode}")
-        return outcome
 
     # -- persistence -----------------------------------------------------------------------------------------
 

@@ -72,7 +72,8 @@ class HlsRoutes:
     # --- where and from what ---------------------------------------------------------------------------
 
     def folder(self, rec: Recording) -> Path:
-        return self.library.data_dir / "lessons" / _safe(rec.lesson_id) / HLS_DIR_NAME / rec.id
+        _safe(rec.lesson_id)
+        return self.library.lesson_record_dir(rec.lesson_id) / HLS_DIR_NAME / rec.id
 
     def source(self, rec: Recording) -> Path:
         """The lesson's composite for the item of the teacher's recording (record.json says which file that

@@ -267,6 +267,9 @@ class Library:
         # where recordings are written: data_dir/recordings, or --media-dir (e.g. a mount every node shares);
         # stored paths keep the "recordings/" prefix, so each node finds them under its own media dir
         self.recordings_dir = Path(media_dir) if media_dir else self.data_dir / RECORDINGS_DIR_NAME
+        # each lesson's folder (its record files, composite 课例 and HLS renditions): in the media dir when there is
+        # one, so that any node sharing it can compose and serve the lesson (recorder/compose/shared.py)
+        self.lessons_dir = (Path(media_dir) if media_dir else self.data_dir) / "lessons"
         # this node's base URL, written on each recording it starts (another node proxies its files from there)
         self.node_url = node_url
         self.posters_dir = self.data_dir / POSTERS_DIR_NAME
@@ -335,6 +338,10 @@ class Library:
         if not path.is_relative_to(root):
             raise LibraryError("bad_request", "path outside the data directory")
         return path
+
+    def relative(self, file: Path) -> str:
+        """How the catalog stores a path of the data (or media) directory; path_of reads it back."""
+        return self._relative(file)
 
     def _relative(self, file: Path) -> str:
         file = Path(file)
@@ -415,7 +422,10 @@ class Library:
         safe = "".join(ch for ch in lesson_id if ch.isalnum() or ch in "-_")
         if not safe:
             raise LibraryError("bad_request", "no such lesson")
-        return self.data_dir / "lessons" / safe
+        folder = self.lessons_dir / safe
+        if not folder.exists() and (old := self.data_dir / "lessons" / safe).exists():
+            return old  # (a lesson recorded before the node had a media dir)
+        return folder
 
     # --- the recorder's API --------------------------------------------------------------------------
 

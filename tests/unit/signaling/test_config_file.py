@@ -81,3 +81,18 @@ def test_ketang_serve_with_a_bad_file_exits_2_before_starting(tmp_path, capsys):
     path = _file(tmp_path, 'port = "eighty"\n')
     assert ketang_main(["serve", "--config", str(path)]) == 2
     assert f"ketang: {path}: port must be an integer" in capsys.readouterr().err
+
+
+def test_jobs_are_on_unless_the_flag_the_environment_or_the_file_turns_them_off(tmp_path):
+    assert Config.jobs_from(None, {}) is True and Config().jobs is True
+    assert Config.jobs_from("off", {"KETANG_JOBS": "1"}) is False  # the flag wins
+    assert Config.jobs_from(None, {"KETANG_JOBS": "0"}) is False
+    assert Config.jobs_from(None, {"KETANG_JOBS": "on"}) is True
+    env: dict[str, str] = {}
+    apply_config_file(_file(tmp_path, "jobs = false\njob_lease_s = 12\n"), env)
+    assert Config.jobs_from(None, env) is False and Config.float_from("KETANG_JOB_LEASE_S", 30.0, env) == 12
+    env = {}
+    apply_config_file(_file(tmp_path, "jobs = true\n"), env)
+    assert Config.jobs_from(None, env) is True
+    with pytest.raises(ValueError, match="on or off"):
+        Config.jobs_from(None, {"KETANG_JOBS": "sometimes"})
