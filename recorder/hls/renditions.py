@@ -65,11 +65,14 @@ KEYFRAME_S: Final[int] = 2
 SEGMENT_S: Final[int] = 2  # a segment per key frame: a player starts after one 2 s segment
 VBV_FACTOR: Final[float] = 1.2  # maxrate = 1.2 × the target, bufsize = one second of it: a segment peaks little above
 MASTER_NAME: Final[str] = "master.m3u8"
+# the lowest video variant and the audio-only one: what the player page starts in the browser's own HLS player
+# before any player library has arrived (docs/library.md, "The player")
+START_NAME: Final[str] = "start.m3u8"
 PLAYLIST_NAME: Final[str] = "index.m3u8"
 INIT_NAME: Final[str] = "init.mp4"
 SEGMENT_PATTERN: Final[str] = "seg%05d.m4s"
 # what a request may name inside a rendition set (recorder/hls/web.py refuses anything else)
-FILE_RE: Final[re.Pattern[str]] = re.compile(r"^(?:master\.m3u8|(?:720p|360p|180p|audio)/(?:index\.m3u8|init\.mp4|seg\d{5}\.m4s))$")
+FILE_RE: Final[re.Pattern[str]] = re.compile(r"^(?:master\.m3u8|start\.m3u8|(?:720p|360p|180p|audio)/(?:index\.m3u8|init\.mp4|seg\d{5}\.m4s))$")
 PROGRESS_STEP: Final[float] = 0.01
 
 
@@ -291,4 +294,9 @@ def write_master(folder: Path) -> list[dict[str, Any]]:
                      f'AUDIO="aac"')
         lines.append(variant["uri"])
     (folder / MASTER_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # the start playlist: the same lines but for the video variants above the lowest
+    video_lines = [i for i, line in enumerate(lines) if line.startswith("#EXT-X-STREAM-INF:") and "RESOLUTION=" in line]
+    drop = {j for i in video_lines[:-1] for j in (i, i + 1)}
+    (folder / START_NAME).write_text("\n".join(line for i, line in enumerate(lines) if i not in drop) + "\n",
+                                     encoding="utf-8")
     return variants
