@@ -67,7 +67,7 @@ async def site(tmp_path: Path, busy_mp4: Path, busy_hls: Path) -> AsyncIterator[
     await server.start_server()
     shaper = await TcpShaper(("127.0.0.1", server.port), LINK_BPS, RTT_S).start()  # type: ignore[arg-type]
     try:
-        yield shaper.url, rec_id
+        yield shaper.url, rec_id, str(server.make_url("")).rstrip("/")
     finally:
         await shaper.close()
         await server.close()
@@ -92,7 +92,7 @@ async def _watch(page) -> dict:  # type: ignore[no-untyped-def]
 
 
 async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_keeps_playing(site, browser) -> None:
-    url, rec_id = site
+    url, rec_id, _ = site
     context = await browser.new_context(viewport={"width": 1366, "height": 768})
     await context.add_init_script(INIT_SCRIPT)
     page = await context.new_page()
@@ -127,4 +127,27 @@ async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_kee
     print(f"\nFIGURES HLS at {LINK_BPS // 1000} kbit/s, {RTT_S * 1000:.0f} ms RTT, ms after navigation to the "
           f"first 'playing' / the picture moving: first visit {figures['cold'][0]:.0f} / {figures['cold'][1]:.0f}, "
           f"later visit {figures['warm'][0]:.0f} / {figures['warm'][1]:.0f}")
+    await context.close()
+
+
+async def test_on_a_good_link_the_started_video_goes_over_to_hls_js_and_every_rendition(site, browser) -> None:
+    """No shaper: the page's own downloads measure a fast link, so play.js hands the video (started in Chromium's
+    own HLS player on the start playlist) over to hls.js with the master playlist, at the same place, and it
+    climbs above 180p."""
+    _, rec_id, direct = site
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    await context.add_init_script(INIT_SCRIPT)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{direct}/library/play/{rec_id}")
+    await page.wait_for_function("window.ketangHls !== undefined", timeout=20000)
+    handed_at = await page.evaluate("document.getElementById('video').currentTime")
+    await page.wait_for_function("""() => { const h = window.ketangHls;
+        return h.currentLevel >= 0 && h.levels[h.currentLevel].height > 180; }""", timeout=20000)
+    state = await page.evaluate("""() => { const v = document.getElementById('video');
+        return {t: v.currentTime, src: v.currentSrc, paused: v.paused}; }""")
+    # it went on from where it was (not from the start) and plays; hls.js feeds it (Media Source: a blob: URL)
+    assert state["t"] >= handed_at and not state["paused"] and state["src"].startswith("blob:"), (handed_at, state)
+    assert not errors, errors
     await context.close()
