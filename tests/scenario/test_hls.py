@@ -226,7 +226,8 @@ async def test_publishing_makes_the_renditions_served_with_the_recordings_access
         preloads = [part.split(">")[0].lstrip(" <") for part in link.split(",")]
         assert preloads[:3] == [start, start.replace(".m3u8", "/index.m3u8"),
                                 start.replace(".m3u8", "/init.mp4")]
-        assert preloads[3].endswith("/start/seg00000.m4s") and all("rel=preload; as=fetch" in p for p in link.split(","))
+        assert preloads[3].endswith("/start/seg00000.m4s")
+        assert all("rel=preload; as=fetch" in part for part in link.split(","))
         for url in preloads:  # every one of them is served
             async with http.get(site.url + url) as resp:
                 assert resp.status == 200, url
