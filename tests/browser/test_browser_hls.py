@@ -49,7 +49,8 @@ document.addEventListener('DOMContentLoaded', () => {
 
 
 @pytest.fixture
-async def site(tmp_path: Path, busy_mp4: Path, busy_hls: Path) -> AsyncIterator[tuple[str, str]]:  # noqa: F811
+async def site(tmp_path: Path, busy_mp4: Path, busy_hls: Path) -> AsyncIterator[tuple[str, str, str, Path]]:  # noqa: F811
+    """(the page's origin through the weak link, the item, the origin directly, the item's renditions)"""
     library = Library(tmp_path / "data")
     file = library.recordings_dir / "lesson.mp4"
     shutil.copy(busy_mp4, file)
@@ -67,7 +68,7 @@ async def site(tmp_path: Path, busy_mp4: Path, busy_hls: Path) -> AsyncIterator[
     await server.start_server()
     shaper = await TcpShaper(("127.0.0.1", server.port), LINK_BPS, RTT_S).start()  # type: ignore[arg-type]
     try:
-        yield shaper.url, rec_id, str(server.make_url("")).rstrip("/")
+        yield shaper.url, rec_id, str(server.make_url("")).rstrip("/"), hls.folder(rec)
     finally:
         await shaper.close()
         await server.close()
@@ -92,7 +93,7 @@ async def _watch(page) -> dict:  # type: ignore[no-untyped-def]
 
 
 async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_keeps_playing(site, browser) -> None:
-    url, rec_id, _ = site
+    url, rec_id, _, _ = site
     context = await browser.new_context(viewport={"width": 1366, "height": 768})
     await context.add_init_script(INIT_SCRIPT)
     page = await context.new_page()
@@ -134,7 +135,7 @@ async def test_on_a_good_link_the_started_video_goes_over_to_hls_js_and_every_re
     """No shaper: the page's own downloads measure a fast link, so play.js hands the video (started in Chromium's
     own HLS player on the start playlist) over to hls.js with the master playlist, at the same place, and it
     climbs above 180p."""
-    _, rec_id, direct = site
+    _, rec_id, direct, _ = site
     context = await browser.new_context(viewport={"width": 1366, "height": 768})
     await context.add_init_script(INIT_SCRIPT)
     page = await context.new_page()
@@ -151,3 +152,18 @@ async def test_on_a_good_link_the_started_video_goes_over_to_hls_js_and_every_re
     assert state["t"] >= handed_at and not state["paused"] and state["src"].startswith("blob:"), (handed_at, state)
     assert not errors, errors
     await context.close()
+
+
+async def test_when_the_browsers_own_player_fails_on_the_start_hls_js_plays_the_renditions(site, browser) -> None:
+    """The start rendition broken (its init segment gone): Chromium's own player fails, the page's modules come at
+    once and play the master playlist with hls.js instead."""
+    _, rec_id, direct, renditions = site
+    (renditions / "start" / "init.mp4").unlink()
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    await context.add_init_script(INIT_SCRIPT)
+    page = await context.new_page()
+    await page.goto(f"{direct}/library/play/{rec_id}")
+    await page.wait_for_function("window.ketangHls !== undefined && window.__hls.movingAt !== null", timeout=20000)
+    assert (await page.evaluate("document.getElementById('video').currentSrc")).startswith("blob:")
+    await context.close()
+
