@@ -98,6 +98,10 @@ const HLS_START_ESTIMATE_BPS = 200_000;
 /** The hls.js player of this page, if any (tests read its levels).
  *  @type {{destroy: () => void, currentLevel: number, levels: {height: number, bitrate: number}[]} | null} */
 let hlsPlayer = null;
+// a link at least this fast (the page's own downloads say) gets every rendition through hls.js (its 180 KB arrive
+// within 1.5 s; 360p fits twice over); a slower one stays on the start playlist
+const HLS_UPGRADE_BPS = 1_000_000;
+const LINK_SAMPLE_BYTES = 16384;  // (smaller ones arrive in a burst or two: no measure)
 
 /** Plays `master` (an HLS master playlist) in `video`: hls.js over Media Source Extensions, or the browser's
  *  own HLS where there is no MSE (Safari on an older iPhone). False when neither can.
@@ -108,13 +112,22 @@ async function playHls(video, master, fallback) {
     video.src = master;
     return true;
   }
+  return playHlsJs(video, master, fallback, -1, HLS_START_ESTIMATE_BPS);
+}
+
+/** hls.js over MSE from `startAt` s (-1: the start), its first estimate of the link `estimate`. False when it
+ *  cannot play here.
+ *  @param {HTMLVideoElement} video  @param {string} master  @param {() => void} fallback on a fatal error
+ *  @param {number} startAt  @param {number} estimate */
+async function playHlsJs(video, master, fallback, startAt, estimate) {
+  if (!("MediaSource" in window || "ManagedMediaSource" in window)) return false;
   /** @type {any} */
   let Hls;
   try { Hls = (await import(HLS_MODULE)).default; } catch { return false; }
   if (!Hls.isSupported()) return false;
   hlsPlayer?.destroy();
   // no worker: the page's policy allows scripts from this server only (fMP4 segments need little work anyway)
-  const player = new Hls({ enableWorker: false, abrEwmaDefaultEstimate: HLS_START_ESTIMATE_BPS,
+  const player = new Hls({ enableWorker: false, abrEwmaDefaultEstimate: estimate, startPosition: startAt,
     capLevelToPlayerSize: true, startFragPrefetch: true });
   player.on(Hls.Events.ERROR, (/** @type {string} */ _event, /** @type {{fatal: boolean}} */ data) => {
     if (data.fatal) { player.destroy(); hlsPlayer = null; fallback(); }
@@ -124,6 +137,40 @@ async function playHls(video, master, fallback) {
   hlsPlayer = player;
   Object.assign(window, { ketangHls: player });
   return true;
+}
+
+/** The link's rate as this page has seen it (bit/s): the fastest of its downloads of some size over the network
+ *  (Resource Timing: the preloaded first segments, the page's modules; bytes over the time they took to arrive,
+ *  at least 1 ms); 0 when there is none (all from the cache). */
+function linkBps() {
+  let best = 0;
+  for (const e of /** @type {PerformanceResourceTiming[]} */ (performance.getEntriesByType("resource"))) {
+    if (e.encodedBodySize >= LINK_SAMPLE_BYTES && e.transferSize >= e.encodedBodySize) {
+      best = Math.max(best, e.encodedBodySize * 8000 / Math.max(1, e.responseEnd - e.responseStart));
+    }
+  }
+  return best;
+}
+
+/** play.html's own script started the item's start playlist (the lowest rendition, and audio alone for a link
+ *  too weak for it) in the browser's own HLS player. A link fast enough for more goes over to hls.js and every
+ *  rendition, at the same place; a weak one stays (the browser's player chooses between the two). The browser's
+ *  player failing, hls.js; hls.js failing, the file.
+ *  @param {HTMLVideoElement} video  @param {string} master  @param {() => void} fallback */
+function continueStarted(video, master, fallback) {
+  const toHlsJs = () => {
+    const at = video.error ? -1 : video.currentTime, playing = !video.paused;
+    playHlsJs(video, master, fallback, at, Math.max(linkBps(), HLS_START_ESTIMATE_BPS)).then((ok) => {
+      if (!ok) { fallback(); return; }
+      if (playing) video.play().catch(() => {});
+    });
+  };
+  if (video.error) { toHlsJs(); return; }
+  video.addEventListener("error", toHlsJs, { once: true });
+  if (linkBps() >= HLS_UPGRADE_BPS && ("MediaSource" in window || "ManagedMediaSource" in window)) {
+    video.removeEventListener("error", toHlsJs);
+    toHlsJs();
+  }
 }
 
 /** The progressive file the page plays without renditions: the composite, else an MP4 export, else the WebM.
@@ -149,7 +196,12 @@ function renderVideo(rec) {
   if (rec.urls.poster && !video.poster) video.poster = rec.urls.poster;
   const master = rec.hls && rec.hls.master;
   if (master) {
-    if (video.dataset.src === "hls") return;  // renditions once chosen stay (a signed URL changes each refresh)
+    if (video.dataset.hls) return;  // renditions once chosen stay (a signed URL changes each refresh)
+    video.dataset.hls = "1";
+    if (video.dataset.src === "hls" && video.dataset.start) {  // play.html's script has started them
+      continueStarted(video, master, () => playFile(video, rec));
+      return;
+    }
     video.dataset.src = "hls";
     playHls(video, master, () => playFile(video, rec)).then((ok) => { if (!ok) playFile(video, rec); });
     return;

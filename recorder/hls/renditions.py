@@ -20,6 +20,7 @@ Blocking and CPU-bound: run in a niced child process (recorder/hls/jobs.py).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -28,10 +29,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Final
 
 import av
+from av.video.frame import PictureType
 
 from recorder.library.export import MediaError, _largest_vp8_size, _open, probe
 
@@ -65,11 +68,22 @@ KEYFRAME_S: Final[int] = 2
 SEGMENT_S: Final[int] = 2  # a segment per key frame: a player starts after one 2 s segment
 VBV_FACTOR: Final[float] = 1.2  # maxrate = 1.2 × the target, bufsize = one second of it: a segment peaks little above
 MASTER_NAME: Final[str] = "master.m3u8"
+# What the player page starts in the browser's own HLS player before any player library has arrived (docs/library.md,
+# "The player"): `start.m3u8` lists `start/` — the lowest rendition's pictures with the audio in the same segments
+# (one stream: a player starts after two segments of it) — and the audio-only variant. Its segments are short
+# at first (0.27, 0.27, 0.47, 1 s, then 2 s like the others): the lowest rendition has extra key frames at
+# those instants, and its encoder starts with a third of its rate buffer (x264's vbv-init) so that the first
+# picture is not most of a second's bits. A page then plays after ~15 KB instead of ~60 KB.
+START_NAME: Final[str] = "start.m3u8"
+START_DIR: Final[str] = "start"
+START_KEY_TICKS: Final[frozenset[int]] = frozenset({4, 8, 15})  # at 15 fps: 0.27, 0.53 and 1 s
+START_SEGMENT_S: Final[float] = 0.25  # (the hls muxer cuts at the first key frame this long after the last cut)
+START_VBV_INIT: Final[float] = 0.3
 PLAYLIST_NAME: Final[str] = "index.m3u8"
 INIT_NAME: Final[str] = "init.mp4"
 SEGMENT_PATTERN: Final[str] = "seg%05d.m4s"
 # what a request may name inside a rendition set (recorder/hls/web.py refuses anything else)
-FILE_RE: Final[re.Pattern[str]] = re.compile(r"^(?:master\.m3u8|(?:720p|360p|180p|audio)/(?:index\.m3u8|init\.mp4|seg\d{5}\.m4s))$")
+FILE_RE: Final[re.Pattern[str]] = re.compile(r"^(?:master\.m3u8|start\.m3u8|(?:720p|360p|180p|audio|start)/(?:index\.m3u8|init\.mp4|seg\d{5}\.m4s))$")
 PROGRESS_STEP: Final[float] = 0.01
 
 
@@ -90,26 +104,29 @@ def plan(source_size: tuple[int, int] | None) -> list[tuple[Rendition, int, int]
 class _Output:
     """One rendition: an hls muxer writing `<folder>/index.m3u8` and its segments."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, segment_s: float = SEGMENT_S) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.container = av.open(str(folder / PLAYLIST_NAME), "w", format="hls", options={
-            "hls_time": str(SEGMENT_S), "hls_playlist_type": "vod", "hls_list_size": "0",
+            "hls_time": str(segment_s), "hls_playlist_type": "vod", "hls_list_size": "0",
             "hls_segment_type": "fmp4", "hls_fmp4_init_filename": INIT_NAME, "hls_flags": "independent_segments",
             "hls_segment_filename": str(folder / SEGMENT_PATTERN)})
 
 
-def _video_output(folder: Path, r: Rendition, width: int, height: int, threads: int) -> tuple[_Output, Any]:
+def _video_output(folder: Path, r: Rendition, width: int, height: int, threads: int,
+                  lowest: bool = False) -> tuple[_Output, Any]:
     out = _Output(folder)
     stream = out.container.add_stream("libx264", rate=FPS)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = stream.codec_context.time_base = Fraction(1, FPS)
     stream.codec_context.thread_count = threads
-    gop = str(FPS * KEYFRAME_S)
+    gop = str(int(FPS * KEYFRAME_S))
     stream.options = {"preset": "veryfast", "profile": r.profile, "level": r.level, "b": str(r.video_bps),
                       "maxrate": str(int(r.video_bps * VBV_FACTOR)),
                       "bufsize": str(int(r.video_bps * VBV_FACTOR)),
                       "g": gop, "keyint_min": gop, "sc_threshold": "0", "bf": "0"}
+    if lowest:  # the start playlist's source: its extra key frames are IDR frames, its first picture smaller
+        stream.options = {**stream.options, "forced-idr": "1", "x264-params": f"vbv-init={START_VBV_INIT}"}
     return out, stream
 
 
@@ -138,7 +155,10 @@ def make_hls(src: Path, dst: Path, progress: Callable[[float], None] | None = No
             size = None
             if vin is not None:
                 size = _largest_vp8_size(inp, vin) or (vin.codec_context.width, vin.codec_context.height)
-            _encode(inp, vin, ain, tmp, plan(size), total_s, progress, threads)
+            sizes = plan(size)
+            _encode(inp, vin, ain, tmp, sizes, total_s, progress, threads)
+        if sizes and ain is not None:
+            write_start_rendition(tmp / sizes[-1][0].name, tmp / AUDIO_NAME, tmp / START_DIR)
         variants = write_master(tmp)
         old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
         if dst.exists():
@@ -159,8 +179,8 @@ def _encode(inp: Any, vin: Any, ain: Any, tmp: Path, sizes: list[tuple[Rendition
     outputs: list[_Output] = []
     videos = []
     try:
-        for r, width, height in sizes:
-            out, stream = _video_output(tmp / r.name, r, width, height, threads)
+        for i, (r, width, height) in enumerate(sizes):
+            out, stream = _video_output(tmp / r.name, r, width, height, threads, lowest=i == len(sizes) - 1)
             outputs.append(out)
             videos.append((out, stream))
         audio = None
@@ -177,9 +197,11 @@ def _encode(inp: Any, vin: Any, ain: Any, tmp: Path, sizes: list[tuple[Rendition
         def emit(until_s: float) -> None:
             nonlocal tick
             while latest is not None and tick / FPS < until_s:
-                for out, stream in videos:
+                for i, (out, stream) in enumerate(videos):
                     image = latest.reformat(width=stream.width, height=stream.height, format="yuv420p")
                     image.pts, image.time_base = tick, Fraction(1, FPS)
+                    if i == len(videos) - 1 and (tick in START_KEY_TICKS or tick % (FPS * KEYFRAME_S) == 0):
+                        image.pict_type = PictureType.I
                     out.container.mux(stream.encode(image))
                 tick += 1
 
@@ -220,6 +242,32 @@ def _encode(inp: Any, vin: Any, ain: Any, tmp: Path, sizes: list[tuple[Rendition
             out.container.close()
 
 
+def _fragments(folder: Path) -> bytes:
+    """A rendition's init segment and media segments end to end: one fragmented MP4."""
+    return (folder / INIT_NAME).read_bytes() + b"".join(
+        (folder / uri).read_bytes() for _, uri in segments(folder / PLAYLIST_NAME))
+
+
+def write_start_rendition(video: Path, audio: Path, dst: Path) -> None:
+    """The start rendition: the packets of `video` (the lowest rendition) and of `audio`, as they are, in one
+    stream of short first segments (START_SEGMENT_S: cut at each of the lowest rendition's extra key frames)."""
+    with av.open(BytesIO(_fragments(video)), format="mp4") as vin, \
+            av.open(BytesIO(_fragments(audio)), format="mp4") as ain:
+        out = _Output(dst, START_SEGMENT_S)
+        try:
+            vs = out.container.add_stream_from_template(vin.streams.video[0])
+            as_ = out.container.add_stream_from_template(ain.streams.audio[0])
+            packets = heapq.merge(
+                ((float(p.dts * p.time_base), 0, p) for p in vin.demux(vin.streams.video[0]) if p.dts is not None),
+                ((float(p.dts * p.time_base), 1, p) for p in ain.demux(ain.streams.audio[0]) if p.dts is not None),
+                key=lambda item: (item[0], item[1]))
+            for _, kind, packet in packets:
+                packet.stream = vs if kind == 0 else as_
+                out.container.mux(packet)
+        finally:
+            out.container.close()
+
+
 # --- playlists ---------------------------------------------------------------------------------------------------
 
 def segments(playlist: Path) -> list[tuple[float, str]]:
@@ -257,6 +305,19 @@ def avc_codec(init: Path) -> str:
     return f"avc1.{extradata[1]:02x}{extradata[2]:02x}{extradata[3]:02x}"
 
 
+def write_start(folder: Path, lowest: dict[str, Any]) -> None:
+    """start.m3u8: the start rendition (the lowest variant's pictures and the audio in one stream) and the
+    audio-only variant, for a link too weak for any picture."""
+    peak, avg = rates(folder / START_DIR)
+    a_peak, a_avg = rates(folder / AUDIO_NAME)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS",
+             f'#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={avg},RESOLUTION={lowest["resolution"]},'
+             f'CODECS="{lowest["codecs"]}",FRAME-RATE={FPS:.3f}', f"{START_DIR}/{PLAYLIST_NAME}",
+             f'#EXT-X-STREAM-INF:BANDWIDTH={a_peak},AVERAGE-BANDWIDTH={a_avg},CODECS="{AUDIO_CODEC}"',
+             f"{AUDIO_NAME}/{PLAYLIST_NAME}"]
+    (folder / START_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def write_master(folder: Path) -> list[dict[str, Any]]:
     """The master playlist of the renditions in ``folder``: video variants (best first) with the audio
     rendition as their audio group, then the audio-only variant. Returns the variants as written."""
@@ -291,4 +352,6 @@ def write_master(folder: Path) -> list[dict[str, Any]]:
                      f'AUDIO="aac"')
         lines.append(variant["uri"])
     (folder / MASTER_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if (folder / START_DIR / PLAYLIST_NAME).is_file():
+        write_start(folder, variants[-2 if has_audio else -1])
     return variants

@@ -15,7 +15,16 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from recorder.hls.jobs import LocalHlsQueue
-from recorder.hls.renditions import KEYFRAME_S, MASTER_NAME, RENDITIONS, SEGMENT_S, segments
+from recorder.hls.renditions import (
+    FPS,
+    KEYFRAME_S,
+    MASTER_NAME,
+    RENDITIONS,
+    SEGMENT_S,
+    START_KEY_TICKS,
+    START_NAME,
+    segments,
+)
 from recorder.hls.web import add_routes as add_hls_routes
 from recorder.library.catalog import Library, Viewer
 from recorder.library.web import add_routes
@@ -88,7 +97,12 @@ def test_renditions_of_a_real_recording_read_back_with_their_sizes_rates_and_key
                 total_bytes += packet.size
                 if packet.is_keyframe:
                     keys.append(float(packet.pts * packet.time_base))
-        # a key frame exactly every 2 s, at the same instants in every rendition (switching at any segment)
+        # a key frame exactly every 2 s, at the same instants in every rendition (switching at any segment); the
+        # lowest one has the start rendition's few more in its first second
+        if r is RENDITIONS[-1]:
+            early = sorted(t / FPS for t in START_KEY_TICKS)
+            assert [round(k, 3) for k in keys[1:4]] == [round(t, 3) for t in early], keys
+            keys = keys[:1] + keys[4:]
         gaps = [round(b - a, 3) for a, b in zip(keys, keys[1:], strict=False)]
         assert gaps and all(g == KEYFRAME_S for g in gaps), (r.name, keys)
         # the bit rate within its band: busy pictures reach the target, the cap (maxrate) holds it
@@ -104,6 +118,36 @@ def test_renditions_of_a_real_recording_read_back_with_their_sizes_rates_and_key
     # the 180p variant with its audio fits a 250 kbit/s link
     assert int(by_uri["180p/index.m3u8"]["BANDWIDTH"]) < 250_000
     assert by_uri["audio/index.m3u8"]["CODECS"] == "mp4a.40.2"
+
+
+def test_the_start_rendition_is_the_lowest_one_with_its_audio_in_short_first_segments(busy_hls: Path,
+                                                                                      tmp_path: Path) -> None:
+    start = _master_of(busy_hls / START_NAME)
+    assert [uri for _, uri in start] == ["start/index.m3u8", "audio/index.m3u8"]
+    lowest_attrs = next(attrs for attrs, uri in _master(busy_hls) if uri == "180p/index.m3u8")
+    assert start[0][0]["RESOLUTION"] == lowest_attrs["RESOLUTION"] and start[0][0]["CODECS"] == lowest_attrs["CODECS"]
+    assert "AUDIO" not in start[0][0]  # (the audio is in its segments)
+    assert int(start[0][0]["BANDWIDTH"]) < 250_000
+    segs = segments(busy_hls / "start" / "index.m3u8")
+    # short first segments (a player starts after a second of them), then 2 s ones
+    assert [round(d, 2) for d, _ in segs[:5]] == [0.27, 0.27, 0.47, 1.0, 2.0], segs
+    assert abs(sum(d for d, _ in segs) - SECONDS) < 0.5
+    first_second = sum((busy_hls / "start" / uri).stat().st_size for _, uri in segs[:3])
+    assert first_second < 40_000, first_second  # (≈ 1.3 s of a 250 kbit/s link, the busiest pictures)
+    # the same pictures and sound as the lowest rendition and the audio rendition: their packets, as they are
+    with av.open(str(_joined(busy_hls / "start", tmp_path))) as c:
+        counts = {"video": 0, "audio": 0}
+        for packet in c.demux():
+            if packet.pts is not None:
+                counts[packet.stream.type] += 1
+    for kind, folder in (("video", "180p"), ("audio", "audio")):
+        with av.open(str(_joined(busy_hls / folder, tmp_path))) as c:
+            assert counts[kind] == sum(1 for p in c.demux(c.streams[0]) if p.pts is not None), kind
+
+
+def _master_of(path: Path) -> list[tuple[dict[str, str], str]]:
+    lines = path.read_text().splitlines()
+    return [(_attrs(line), lines[i + 1]) for i, line in enumerate(lines) if line.startswith("#EXT-X-STREAM-INF:")]
 
 
 # -- the routes -------------------------------------------------------------------------------------------
@@ -173,6 +217,20 @@ async def test_publishing_makes_the_renditions_served_with_the_recordings_access
         async with http.get(f"{site.url}/api/library/{site.published}") as resp:
             item = await resp.json()
         assert item["hls"]["master"] == master and "node" not in item and "hls" in item
+        # …and so does its page, before any script: the start and master playlists on the <video>, the start
+        # rendition's first second preloaded with the page
+        async with http.get(f"{site.url}/library/play/{site.published}") as resp:
+            page, link = await resp.text(), resp.headers.get("Link", "")
+        start = master.replace("master.m3u8", "start.m3u8")
+        assert f'<video id="video" data-master="{master}" data-start="{start}"' in page
+        preloads = [part.split(">")[0].lstrip(" <") for part in link.split(",")]
+        assert preloads[:3] == [start, start.replace(".m3u8", "/index.m3u8"),
+                                start.replace(".m3u8", "/init.mp4")]
+        assert preloads[3].endswith("/start/seg00000.m4s")
+        assert all("rel=preload; as=fetch" in part for part in link.split(","))
+        for url in preloads:  # every one of them is served
+            async with http.get(site.url + url) as resp:
+                assert resp.status == 200, url
 
         # hostile names never reach the filesystem: anything but the renditions' own names is 404
         secret_file = site.library.data_dir / "secret.txt"
@@ -194,6 +252,8 @@ async def test_publishing_makes_the_renditions_served_with_the_recordings_access
         assert signed.startswith(f"/library/hls/{site.unpublished}/s")
         async with http.get(site.url + signed) as resp:  # the signed path works without a header
             assert resp.status == 200 and resp.headers["Cache-Control"] == "private, no-store"
+        async with http.get(f"{site.url}/library/play/{site.unpublished}") as resp:  # its page names nothing
+            assert "data-master" not in await resp.text() and "Link" not in resp.headers
         async with http.get(f"{site.url}{signed.rsplit('/', 1)[0]}/180p/index.m3u8") as resp:
             assert resp.status == 200  # (relative URIs keep the signed key)
         for key in ("p", "s99999999999.AAAA", signed.split("/")[4][:-2] + "xx", "s1.x"):
