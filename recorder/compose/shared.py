@@ -417,7 +417,29 @@ def remove_leftovers(dst: Path) -> None:
             log.warning("could not remove %s: %s", leftover, exc.strerror)
 
 
-class SharedComposeQueue:
+class SharedQueue:
+    """What every kind of job on the shared queue answers alike: ``status(key)``, ``list()``; started and closed by
+    their owner (SharedJobs.start / close). A subclass names its KIND and KEY and makes ``enqueue``."""
+
+    KIND = ""
+    KEY = ""
+    jobs: SharedJobs
+
+    def status(self, key: str) -> dict[str, Any]:
+        return self.jobs.cached(self.KIND, key) or {self.KEY: key, "state": "none", "progress": 0, "error": None,
+                                                     "output": None}
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.jobs.listed(self.KIND)
+
+    def start(self) -> None:
+        """(The shared jobs are started by their owner: SharedJobs.start.)"""
+
+    def close(self) -> None:
+        """(Likewise closed by SharedJobs.close.)"""
+
+
+class SharedComposeQueue(SharedQueue):
     """ComposeQueue (jobs.py) on the shared queue: ``enqueue(lesson_id)``, ``status``, ``list``. The worker finds
     the lesson's record with ``record_file`` and writes the composite next to it."""
 
@@ -438,19 +460,6 @@ class SharedComposeQueue:
                   "output": None, "queued_at": time.time()}
         self.jobs.submit(self.KIND, lesson_id, record)
         return dict(record)
-
-    def status(self, lesson_id: str) -> dict[str, Any]:
-        return self.jobs.cached(self.KIND, lesson_id) or {self.KEY: lesson_id, "state": "none", "progress": 0,
-                                                           "error": None, "output": None}
-
-    def list(self) -> list[dict[str, Any]]:
-        return self.jobs.listed(self.KIND)
-
-    def start(self) -> None:
-        """(The shared jobs are started by their owner: SharedJobs.start.)"""
-
-    def close(self) -> None:
-        """(Likewise closed by SharedJobs.close.)"""
 
     def _run(self, lesson_id: str, record: dict[str, Any], progress: Callable[[int], None],
              launch: Callable[[Any], bool]) -> tuple[str, str]:

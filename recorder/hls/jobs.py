@@ -27,7 +27,7 @@ from recorder.compose.jobs import (
     run_child,
 )
 
-from recorder.compose.shared import remove_leftovers
+from recorder.compose.shared import SharedQueue, remove_leftovers
 
 log = logging.getLogger("ketang.recorder.hls")
 
@@ -95,7 +95,7 @@ class LocalHlsQueue(LocalComposeQueue):
 
 
 
-class SharedHlsQueue:
+class SharedHlsQueue(SharedQueue):
     """LocalHlsQueue's interface on the shared queue (recorder/compose/shared.py): the job's source and folder are
     kept in its status, relative to the data (or media) directory — ``relative``/``absolute`` convert (the
     library's) — so that the node that runs it finds them under its own mounts."""
@@ -127,19 +127,6 @@ class SharedHlsQueue:
         self.jobs.submit(self.KIND, rec_id, record, replace_queued=True)
         log.info("item %s: its HLS renditions are queued (from %s)", rec_id, Path(source).name)
         return dict(record)
-
-    def status(self, rec_id: str) -> dict[str, Any]:
-        return self.jobs.cached(self.KIND, rec_id) or {self.KEY: rec_id, "state": "none", "progress": 0,
-                                                        "error": None, "output": None}
-
-    def list(self) -> list[dict[str, Any]]:
-        return self.jobs.listed(self.KIND)
-
-    def start(self) -> None:
-        """(The shared jobs are started by their owner.)"""
-
-    def close(self) -> None:
-        """(Likewise closed by their owner.)"""
 
     def _run(self, rec_id: str, record: dict[str, Any], progress: Callable[[int], None],
              launch: Callable[[Any], bool]) -> tuple[str, str]:

@@ -92,13 +92,19 @@ async def _watch(page) -> dict:  # type: ignore[no-untyped-def]
     return {"start_ms": start, "times": times, "heights": heights}
 
 
-async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_keeps_playing(site, browser) -> None:
-    url, rec_id, _, _ = site
+async def _player(browser):  # type: ignore[no-untyped-def]
+    """A laptop-sized page with the test's watcher script, and the JS errors it collects."""
     context = await browser.new_context(viewport={"width": 1366, "height": 768})
     await context.add_init_script(INIT_SCRIPT)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return context, page, errors
+
+
+async def test_the_player_starts_on_a_low_rendition_on_a_250_kbit_s_link_and_keeps_playing(site, browser) -> None:
+    url, rec_id, _, _ = site
+    context, page, errors = await _player(browser)
     figures = {}
     for run in ("cold", "warm"):  # warm: the same browser again, the page's files in its cache
         response = await page.goto(f"{url}/library/play/{rec_id}")
@@ -136,11 +142,7 @@ async def test_on_a_good_link_the_started_video_goes_over_to_hls_js_and_every_re
     own HLS player on the start playlist) over to hls.js with the master playlist, at the same place, and it
     climbs above 180p."""
     _, rec_id, direct, _ = site
-    context = await browser.new_context(viewport={"width": 1366, "height": 768})
-    await context.add_init_script(INIT_SCRIPT)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    context, page, errors = await _player(browser)
     await page.goto(f"{direct}/library/play/{rec_id}")
     await page.wait_for_function("window.ketangHls !== undefined", timeout=20000)
     handed_at = await page.evaluate("document.getElementById('video').currentTime")
@@ -159,9 +161,7 @@ async def test_when_the_browsers_own_player_fails_on_the_start_hls_js_plays_the_
     once and play the master playlist with hls.js instead."""
     _, rec_id, direct, renditions = site
     (renditions / "start" / "init.mp4").unlink()
-    context = await browser.new_context(viewport={"width": 1366, "height": 768})
-    await context.add_init_script(INIT_SCRIPT)
-    page = await context.new_page()
+    context, page, _ = await _player(browser)
     await page.goto(f"{direct}/library/play/{rec_id}")
     await page.wait_for_function("window.ketangHls !== undefined && window.__hls.movingAt !== null", timeout=20000)
     assert (await page.evaluate("document.getElementById('video').currentSrc")).startswith("blob:")
