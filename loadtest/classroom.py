@@ -132,6 +132,7 @@ class SyntheticClassroom:
             "first_frame_ms": None if rx.first_keyframe_at is None
             else max(0.0, rx.first_keyframe_at - first_ref) * 1000,
             "delays_ms": rx.delays_ms,
+            "replayed_frames": rx.replayed_frames,  # (cached frames replayed at a video (re)start: not delays)
             "join_retries": self.join_retries,
             # the teacher's audio in the hold window: packets, and the longest gap between two of them (ms)
             "audio_window_packets": rx.audio_in_window,

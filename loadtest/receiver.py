@@ -46,6 +46,7 @@ from loadtest.media import FRAME_KEY_BYTES
 from loadtest.streamstats import SeqCounter
 from loadtest.wsclient import WsClient
 from sfu import seams
+from sfu.consumer.base import RESUME_SEQ_JUMP
 from sfu.peers.sdp import declared_ssrcs
 from sfu.rtp.vp8 import vp8_is_keyframe_start, vp8_picture_id
 
@@ -54,6 +55,9 @@ REMB_INTERVAL_S = 1.0  # as Chromium sends its REMB (receive-side estimate) abou
 RTP_FIXED = struct.Struct("!BBHII")
 VP8_START_MASK = 0x17  # S bit + partition index: 0x10 means "first packet of the frame"
 DELAY_SAMPLE_LIMIT = 20_000  # per receiver: bounds memory on long runs
+# a forward jump of at least this many sequence numbers is the SFU (re)starting this classroom's video (a loss burst
+# that long reads as one too: it would cost a few samples, not add false ones)
+RESTART_JUMP = RESUME_SEQ_JUMP // 2
 PICTURE_IDS = 1 << 15
 CLOCKS = {"audio": 48000, "video": 90000}  # Opus and VP8, the lesson codecs
 
@@ -166,6 +170,14 @@ class CountingReceiver:
         # delays are sampled only in the hold window: the keyframe the SFU replays to a late joiner carries an
         # old picture id (sent seconds ago) and is not a delivery delay
         self.measure_delay = False
+        # ... and so are the packets the SFU replays from its cache when this classroom's video (re)starts — a late
+        # join, or video back after the ladder or the overload controller paused it: the server marks each start by
+        # a jump of its sequence numbers (sfu/consumer/base.py RESUME_SEQ_JUMP) or it is the stream's first packet.
+        # A frame the teacher sent before the start it arrived after is a replay, counted apart, not a delay; a
+        # backlog of late live packets keeps its numbers in order and is measured.
+        self._video_seq: dict[int, int] = {}  # ssrc -> its latest sequence number
+        self._video_live_from: dict[int, float] = {}  # ssrc -> when its latest (re)start arrived
+        self.replayed_frames = 0
         self.connected_at: float | None = None
         self.first_keyframe_at: float | None = None
         self.error: str | None = None
@@ -335,21 +347,37 @@ class CountingReceiver:
         if gap:
             # like a browser: ask for the holes at once (the stock NackGenerator's behaviour, minus re-asking)
             asyncio.ensure_future(seams.receiver_send_nack(stream.receiver, ssrc, gap))
+        if stream.kind == "video":
+            self._note_video_seq(ssrc, seq, time.monotonic())
         if stream.kind == "video" and (data[pos] & VP8_START_MASK) == 0x10:
             now = time.monotonic()
             head = data[pos:pos + 16]
             if self.first_keyframe_at is None and vp8_is_keyframe_start(head):
                 self.first_keyframe_at = now
             if self.frame_keys is not None:
-                self._simulcast_frame(data, pos, now)
+                self._simulcast_frame(data, pos, now, ssrc)
             elif self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
                 pid = vp8_picture_id(head)
                 if pid is not None:
-                    sent = self.send_times[pid % PICTURE_IDS]
-                    if 0 < sent <= now:
-                        self.delays_ms.append((now - sent) * 1000.0)
+                    self._delay(self.send_times[pid % PICTURE_IDS], now, ssrc)
 
-    def _simulcast_frame(self, data: bytes, pos: int, now: float) -> None:
+    def _note_video_seq(self, ssrc: int, seq: int, now: float) -> None:
+        """A video packet's number: its stream's first, or a jump forward of RESTART_JUMP or more, is a (re)start."""
+        last = self._video_seq.get(ssrc)
+        self._video_seq[ssrc] = seq
+        if last is None or RESTART_JUMP <= (seq - last) & 0xFFFF < 0x8000:
+            self._video_live_from[ssrc] = now
+
+    def _delay(self, sent: float, now: float, ssrc: int) -> None:
+        """One frame's delivery delay, unless the frame was sent before the (re)start it arrived after (a replay)."""
+        if not 0 < sent <= now:
+            return
+        if sent < self._video_live_from.get(ssrc, 0.0):
+            self.replayed_frames += 1
+        else:
+            self.delays_ms.append((now - sent) * 1000.0)
+
+    def _simulcast_frame(self, data: bytes, pos: int, now: float, ssrc: int) -> None:
         """A frame start from a simulcast teacher: its layer, and its delay from the (layer, frame) stamp."""
         x = data[pos]
         n = 1
@@ -370,9 +398,7 @@ class CountingReceiver:
         self.frames_by_layer[layer] += 1
         self.last_layer = layer
         if self.measure_delay and self.send_times is not None and len(self.delays_ms) < DELAY_SAMPLE_LIMIT:
-            sent = self.send_times[slot]
-            if 0 < sent <= now:
-                self.delays_ms.append((now - sent) * 1000.0)
+            self._delay(self.send_times[slot], now, ssrc)
 
     # -- figures -------------------------------------------------------------------------------------------
 

@@ -146,7 +146,9 @@ def build_report(mode: str, requested: int, results: list[dict], window: Window,
         # whose re-encoded frames carry no picture id the teacher stamped
         "delivery_ms": {"p50": _pct(delays, 50), "p95": _pct(delays, 95), "p99": _pct(delays, 99),
                         "over_150_ms": round(sum(1 for d in delays if d > 150) / len(delays), 4) if delays else None,
-                        "samples": len(delays)},
+                        "samples": len(delays),
+                        # frames the SFU replayed from its cache when a classroom's video (re)started, left out
+                        "replayed_frames": sum(r.get("replayed_frames", 0) for r in connected)},
         "packets_expected": expected,
         "packets_received": received_originals,
         "packets_retransmitted_received": rtx,
