@@ -28,7 +28,7 @@ from sfu.adapt.link import (
     remb_short,
 )
 
-__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO",
+__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_UP_HOLD_S",
            "STALE_S", "TRIAL_JUDGE_FROM_S", "TRIAL_LOSS_FAIL", "TRIAL_LOSS_GRACE_S", "TRIAL_MAX_S",
            "TRIAL_MIN_GROWTH", "TRIAL_REMB_DROP", "TRIAL_S", "UP_AFTER_MAX_S", "UP_AFTER_S", "LayerReport",
            "LayerSelector", "rates_of"]
@@ -66,6 +66,8 @@ TRIAL_LOSS_GRACE_S = 1.0
 # ...or a REMB this far below the highest REMB of the try (the delay-based detector saw overuse: it sets
 # its estimate to 0.85x of what arrives)
 TRIAL_REMB_DROP = 0.85
+# with probing: at least this long on a layer before going up by the estimate
+SEND_SIDE_UP_HOLD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class LayerReport:
     # measured: the estimate already holds on random loss and falls on congestion loss (its loss bound), so loss
     # alone moves no layer down, and a try is refused or ended only by loss above LOSS_DOWN
     send_side: bool = False
+    # the server probes before an up-switch (sfu/adapt/probe.py): up is by the estimate alone, no timed tries
+    probe: bool = False
 
 
 class LayerSelector:
@@ -212,6 +216,12 @@ class LayerSelector:
         if short or self._bad_loss_reports:
             return  # trouble building up: no try now
         above = [i for i in available if i > self.layer]
+        if report.send_side and report.probe:
+            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it), after SEND_SIDE_UP_HOLD_S
+            fitting = [i for i in above if remb is not None and report.rates[i] <= REMB_FIT_RATIO * remb]
+            if fitting and now - self._since >= SEND_SIDE_UP_HOLD_S and not congested(report.loss):
+                self._go(fitting[-1], now, f"estimate {remb // 1000} kbit/s carries layer {fitting[-1]}")
+            return
         if not above or now - self._since < self._up_after:
             return
         if fresh(report.loss_at, now) and report.loss > (LOSS_DOWN if report.send_side else LOSS_UP_MAX):
