@@ -28,7 +28,8 @@ from sfu.adapt.link import (
     remb_short,
 )
 
-__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_UP_HOLD_S",
+__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_DOWN_RATIO",
+           "SEND_SIDE_UP_HOLD_S",
            "STALE_S", "TRIAL_JUDGE_FROM_S", "TRIAL_LOSS_FAIL", "TRIAL_LOSS_GRACE_S", "TRIAL_MAX_S",
            "TRIAL_MIN_GROWTH", "TRIAL_REMB_DROP", "TRIAL_S", "UP_AFTER_MAX_S", "UP_AFTER_S", "LayerReport",
            "LayerSelector", "rates_of"]
@@ -68,6 +69,15 @@ TRIAL_LOSS_GRACE_S = 1.0
 TRIAL_REMB_DROP = 0.85
 # with probing: at least this long on a layer before going up by the estimate
 SEND_SIDE_UP_HOLD_S = 1.0
+# with the send-side estimate (of the whole link), down when it stays below this share of what the classroom
+# receives with the layer (the layer plus `LayerReport.others_bps`) for DOWN_HOLD_S. GoogCC's estimate of a link
+# that the classroom's traffic overfills settles near BETA (0.85) x what arrives, i.e. 0.85 x the link; so below
+# 0.85 x the need means the link delivers less than the layer needs. (REMB_DOWN_RATIO = 0.8 of the layer alone,
+# the REMB-era rule, let a layer stay that overfilled the link by up to 6 % with the audio: a 265-310 kbit/s layer
+# plus 50 kbit/s of audio on a 300 kbit/s link, the estimate at 230-260 kbit/s, kept "start" for good.) A false
+# overuse on a link with room puts the estimate at 0.85 x what arrives = the whole need (on the wire, with
+# overheads, a little more): not short.
+SEND_SIDE_DOWN_RATIO = 0.85
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,9 @@ class LayerReport:
     send_side: bool = False
     # the server probes before an up-switch (sfu/adapt/probe.py): up is by the estimate alone, no timed tries
     probe: bool = False
+    # what the classroom receives besides this track (audio, courseware): a send-side estimate is of the whole
+    # link, so with it a layer needs its rate plus this (REMB rules, tuned on the video alone, leave it out)
+    others_bps: float = 0.0
 
 
 class LayerSelector:
@@ -193,7 +206,10 @@ class LayerSelector:
                       now: float) -> None:
         rate = rates_of(report, self.layer)
         # down: REMB short for DOWN_HOLD_S, or LOSS_DOWN_REPORTS lossy reports in a row
-        short = remb_short(remb, rate)
+        if report.send_side:
+            short = remb is not None and rate > 0 and remb < SEND_SIDE_DOWN_RATIO * (rate + report.others_bps)
+        else:
+            short = remb_short(remb, rate)
         if short:
             if self._remb_bad_since is None:
                 self._remb_bad_since = now
@@ -207,9 +223,10 @@ class LayerSelector:
         if (by_remb or by_loss) and below:
             target = below[-1]  # loss: one layer down
             if by_remb and remb is not None:
-                fitting = [i for i in below if report.rates[i] <= REMB_FIT_RATIO * remb]
+                fitting = [i for i in below if _need(report, i) <= REMB_FIT_RATIO * remb]
                 target = min(target, fitting[-1] if fitting else below[0])
-            why = (f"bandwidth {remb // 1000} kbit/s < {int(rate) // 1000} kbit/s" if by_remb and remb is not None
+            why = (f"bandwidth {remb // 1000} kbit/s < {int(_need(report, self.layer)) // 1000} kbit/s"
+                   if by_remb and remb is not None
                    else f"loss {report.loss:.0%}")
             self._go(target, now, why)
             return
@@ -217,8 +234,9 @@ class LayerSelector:
             return  # trouble building up: no try now
         above = [i for i in available if i > self.layer]
         if report.send_side and report.probe:
-            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it), after SEND_SIDE_UP_HOLD_S
-            fitting = [i for i in above if remb is not None and report.rates[i] <= REMB_FIT_RATIO * remb]
+            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it, with what the classroom receives
+            # besides), after SEND_SIDE_UP_HOLD_S
+            fitting = [i for i in above if remb is not None and _need(report, i) <= REMB_FIT_RATIO * remb]
             if fitting and now - self._since >= SEND_SIDE_UP_HOLD_S and not congested(report.loss):
                 self._go(fitting[-1], now, f"estimate {remb // 1000} kbit/s carries layer {fitting[-1]}")
             return
@@ -230,6 +248,11 @@ class LayerSelector:
         self._trial_remb_peak = remb or 0
         self._trial_rembs.clear()
         self._go(above[0], now, f"trying layer {above[0]}", state="trial")
+
+
+def _need(report: LayerReport, layer: int) -> float:
+    """What the classroom's link carries with `layer`: with the send-side estimate the rest it receives too."""
+    return rates_of(report, layer) + (report.others_bps if report.send_side else 0.0)
 
 
 def rates_of(report: LayerReport, layer: int) -> float:

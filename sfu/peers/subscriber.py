@@ -16,10 +16,10 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from sfu import seams
 from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
-from sfu.adapt.link import REMB_DOWN_RATIO, fresh
+from sfu.adapt.link import fresh
 from sfu.adapt.overload import RUNG_AUDIO, RUNG_CAMERA_OFF, RUNG_LAYER_Q
 from sfu.adapt.probe import PROBE_MAX_STEP, ProbeSchedule
-from sfu.adapt.select import LayerReport, LayerSelector
+from sfu.adapt.select import REMB_FIT_RATIO, LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
 from sfu.consumer.simulcast import SimulcastConsumer
@@ -344,6 +344,7 @@ class Subscriber:
 
     def _choose_layers(self, now: float, link: LinkState) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
+        others = self._others_bps()
         for consumer in self.consumers():
             if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
                 continue
@@ -351,12 +352,17 @@ class Subscriber:
             if selector is None:
                 selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
             report = LayerReport(link.estimate_bps, link.estimate_at, link.loss, link.loss_at, consumer.layer_rates(),
-                                 send_side=link.send_side, probe=link.probe)
+                                 send_side=link.send_side, probe=link.probe, others_bps=others)
             chosen = selector.update(report, now)
             cap = self._layer_cap()
             if cap is not None:
                 chosen = min(chosen, cap)
             consumer.set_layer(chosen)
+
+    def _others_bps(self) -> float:
+        """What this classroom receives besides the simulcast tracks (audio, courseware): with the send-side
+        estimate, a layer must fit the link with it."""
+        return sum(c.producer.rate_bps for c in self.consumers() if not isinstance(c, SimulcastConsumer) and not c.paused)
 
     def link(self, now: float) -> LinkState:
         """What the server knows of this classroom's downlink now: with transport-cc feedback (fresh within
@@ -410,8 +416,7 @@ class Subscriber:
         if self.ladder.level != VIDEO:
             return self.ladder.wanted_bps(report)
         wanted = None
-        others = sum(c.producer.rate_bps for c in self.consumers()
-                     if not isinstance(c, SimulcastConsumer) and not c.paused)
+        others = self._others_bps()
         for consumer in self.consumers():
             if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
                 continue
@@ -421,7 +426,7 @@ class Subscriber:
             rates = consumer.layer_rates()
             above = [r for i, r in enumerate(rates) if i > selector.layer and r > 0]
             if above:
-                need = max(above[0] / REMB_DOWN_RATIO, above[0] + others)
+                need = (above[0] + others) / REMB_FIT_RATIO  # what the selector goes up on
                 wanted = need if wanted is None else max(wanted, need)
         return wanted
 

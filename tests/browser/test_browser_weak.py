@@ -616,6 +616,20 @@ LOW_LINK_BPS = 300_000
 LOW_QUEUE_BYTES = 30_000  # ~0.8 s of queue at 300 kbit/s
 
 
+def timeline(polls: list[dict], since: float, every: int = 2) -> str:
+    """The server's view once every `every` polls from `since`: time, rung, layer (its reason), estimate."""
+    out = []
+    for p in polls[::every]:
+        if p["at"] < since:
+            continue
+        sim = next((v for v in (p.get("simulcast") or {}).values() if isinstance(v, dict)), {})
+        link = p.get("link") or {}
+        shed = f"/shed {p['shed']}" if p.get("shed") else ""
+        out.append(f"{p['at'] - since:.1f}:{(p['state'] or '?')[0]}{sim.get('layer')}>{sim.get('target')}{shed}"
+                   f"/{(link.get('estimate_bps') or 0) // 1000}k{p.get('kbps', '')}/{sim.get('reason', '')}")
+    return " | ".join(out)
+
+
 def layer_index(poll: dict) -> int | None:
     layers = [v.get("layer") for v in (poll.get("simulcast") or {}).values() if isinstance(v, dict)]
     return layers[0] if layers else None
@@ -627,14 +641,16 @@ async def test_chromium_classroom_at_300_kbit_s_settles_on_the_low_layer_and_kee
         shaper, mix = shaped.shapers[room.context], shaped.mixes[room.context]
         await wait_decoding(room, timeout_s=15)
         await through_shaper(room, shaper)
-        async with ServerWatch(room) as watch, PageWatch(room, every_s=0.15) as page:
+        async with LinkServerWatch(room) as watch, PageWatch(room, every_s=0.15) as page:
             assert layer_index(watch.latest) is not None, f"the teacher sends no layers: {watch.latest}"
             limited_at = time.monotonic()
             shaper.down.set(rate_bps=LOW_LINK_BPS, queue_bytes=LOW_QUEUE_BYTES)
             deadline = limited_at + 20
             while layer_index(watch.latest) != 0:
-                assert time.monotonic() < deadline, f"not on the low layer 20 s after the limit: {watch.polls[-4:]}"
+                assert time.monotonic() < deadline, (f"not on the low layer 20 s after the limit: {watch.polls[-4:]}\n"
+                                                     + timeline(watch.polls, limited_at - 5))
                 await asyncio.sleep(0.25)
+            print("\n" + timeline(watch.polls, limited_at - 5))
             low_at = time.monotonic()
             await asyncio.sleep(3)  # the switch's keyframe through the queue
             settled = time.monotonic()
@@ -694,6 +710,8 @@ class LinkServerWatch(ServerWatch):
         sample = await super()._sample()
         stats = await self.page.ketang_stats()
         sample["link"] = stats["video"].get(self.me, {}).get("link", {})
+        sample["kbps"] = [[layer["kbps"] for layer in layers] for layers in stats.get("layers", {}).values()]
+        sample["shed"] = (stats.get("overload") or {}).get("level", 0)  # the node sheds layers when short of CPU
         return sample
 
 
@@ -755,6 +773,7 @@ async def test_chromium_classroom_weak_link_case_then_recovery_to_the_top_layer(
               f"pacer {watch.latest['link'].get('pacer')}\n  timeline (s: rung/layer estimate kbit/s probe): "
               + " ".join(f"{p['at'] - start:.0f}:{p['state'][0]}{layer_index(p)}/{(p['link'].get('estimate_bps') or 0) // 1000}"
                          f"/{((p['link'].get('pacer') or {}).get('probe') or {}).get('reason', '')}{'/RED' if p['link'].get('red') else ''}"
+                         f"{'/shed ' + str(p['shed']) if p.get('shed') else ''}"
                          for p in watch.polls[::4] if p["at"] >= start))
         assert frames > 0 or case == "cap80", "no video decoded on the weak link"
         assert delta(samples[0], samples[-1], "audio", "totalSamplesReceived") > 0.9 * 48000 * secs, "audio stopped"
