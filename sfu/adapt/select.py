@@ -28,7 +28,7 @@ from sfu.adapt.link import (
     remb_short,
 )
 
-__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_DOWN_RATIO",
+__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_COLLAPSE_RATIO", "SEND_SIDE_DOWN_RATIO",
            "SEND_SIDE_UP_HOLD_S",
            "STALE_S", "TRIAL_JUDGE_FROM_S", "TRIAL_LOSS_FAIL", "TRIAL_LOSS_GRACE_S", "TRIAL_MAX_S",
            "TRIAL_MIN_GROWTH", "TRIAL_REMB_DROP", "TRIAL_S", "UP_AFTER_MAX_S", "UP_AFTER_S", "LayerReport",
@@ -78,6 +78,10 @@ SEND_SIDE_UP_HOLD_S = 1.0
 # overuse on a link with room puts the estimate at 0.85 x what arrives = the whole need (on the wire, with
 # overheads, a little more): not short.
 SEND_SIDE_DOWN_RATIO = 0.85
+# ...and at once (no DOWN_HOLD_S) when it is below this share: the link collapsed. GoogCC's estimate cannot fall
+# below BETA x what arrives on delay alone, so half the need means what arrives fell too; every second on a layer
+# that overfills the link by 2x fills a school router's queue and drops the switch's keyframe behind it
+SEND_SIDE_COLLAPSE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class LayerSelector:
         self.fallback = start_layer
         self.changes = 0
         self.failed_trials = 0
+        # the latest move was down on a collapsed estimate (SEND_SIDE_COLLAPSE_RATIO): the layer above is not worth
+        # forwarding until the new one's keyframe (SimulcastConsumer.set_layer's hold)
+        self.collapsed = False
         self._since = now  # when the current layer (or try) began
         self._up_after = UP_AFTER_S
         self._remb_bad_since: float | None = None
@@ -140,6 +147,7 @@ class LayerSelector:
         if layer != self.layer:
             self.changes += 1
         self.layer, self.state, self.reason, self._since = layer, state, reason, now
+        self.collapsed = False
         self._remb_bad_since = None
         self._bad_loss_reports = 0
 
@@ -206,8 +214,10 @@ class LayerSelector:
                       now: float) -> None:
         rate = rates_of(report, self.layer)
         # down: REMB short for DOWN_HOLD_S, or LOSS_DOWN_REPORTS lossy reports in a row
+        collapsed = False
         if report.send_side:
             short = remb is not None and rate > 0 and remb < SEND_SIDE_DOWN_RATIO * (rate + report.others_bps)
+            collapsed = short and remb is not None and remb < SEND_SIDE_COLLAPSE_RATIO * (rate + report.others_bps)
         else:
             short = remb_short(remb, rate)
         if short:
@@ -217,7 +227,7 @@ class LayerSelector:
             self._remb_bad_since = None
         if new_report and not report.send_side:
             self._bad_loss_reports = self._bad_loss_reports + 1 if congested(report.loss) else 0
-        by_remb = self._remb_bad_since is not None and now - self._remb_bad_since >= DOWN_HOLD_S
+        by_remb = self._remb_bad_since is not None and (collapsed or now - self._remb_bad_since >= DOWN_HOLD_S)
         by_loss = self._bad_loss_reports >= LOSS_DOWN_REPORTS
         below = [i for i in available if i < self.layer]
         if (by_remb or by_loss) and below:
@@ -229,6 +239,7 @@ class LayerSelector:
                    if by_remb and remb is not None
                    else f"loss {report.loss:.0%}")
             self._go(target, now, why)
+            self.collapsed = collapsed and by_remb
             return
         if short or self._bad_loss_reports:
             return  # trouble building up: no try now

@@ -200,10 +200,11 @@ class SimulcastConsumer(BaseConsumer):
 
     # -- the layer ---------------------------------------------------------------------------------------------
 
-    def set_layer(self, layer: int) -> None:
-        """Forward `layer` from its next keyframe on (the classroom's selector chose it)."""
+    def set_layer(self, layer: int, hold: bool = False) -> None:
+        """Forward `layer` from its next keyframe on (the classroom's selector chose it). `hold`: going down on a
+        collapsed link, the current layer stops at the end of its frame in progress (LayerSwitcher.holding)."""
         layer = max(0, min(layer, len(self.layers) - 1))
-        if self.switcher.set_target(layer, self._clock()):
+        if self.switcher.set_target(layer, self._clock(), hold):
             self.layers[layer].request_keyframe()
 
     def layer_rates(self) -> list[float]:
@@ -261,4 +262,4 @@ class SimulcastConsumer(BaseConsumer):
 
     def stats(self) -> dict:
         return {**super().stats(), "layer": self.current, "target": self.switcher.target,
-                "switches": self.switcher.switches}
+                "switches": self.switcher.switches, "held": self.switcher.held}

@@ -357,7 +357,7 @@ class Subscriber:
             cap = self._layer_cap()
             if cap is not None:
                 chosen = min(chosen, cap)
-            consumer.set_layer(chosen)
+            consumer.set_layer(chosen, hold=selector.collapsed)
 
     def _others_bps(self) -> float:
         """What this classroom receives besides the simulcast tracks (audio, courseware): with the send-side

@@ -390,3 +390,37 @@ def test_with_the_send_side_estimate_a_false_overuse_on_a_link_with_room_moves_n
             estimate *= 1.08 ** 0.25
     # the same estimate without the audio counted (the REMB-era rule) keeps the layer too: the audio is what tips it
     assert selector.reason == "start"
+
+
+def test_with_the_send_side_estimate_a_collapse_takes_the_layer_down_at_once() -> None:
+    from sfu.adapt.select import SEND_SIDE_COLLAPSE_RATIO, LayerReport, LayerSelector
+
+    rates = [130_000.0, 270_000.0, 600_000.0]
+    selector = LayerSelector(0.0, start_layer=2)
+
+    def at(estimate: float, t: float) -> int:
+        return selector.update(LayerReport(int(estimate), t, 0.0, t, rates, send_side=True, probe=True,
+                                           others_bps=STEP300_AUDIO_BPS), t)
+
+    need = rates[2] + STEP300_AUDIO_BPS
+    assert at(1_000_000, 0.25) == 2
+    assert at(0.7 * need, 0.5) == 2  # short, not collapsed: DOWN_HOLD_S first
+    assert at(0.7 * need, 0.75) == 2
+    assert at(SEND_SIDE_COLLAPSE_RATIO * need - 1000, 1.0) == 0  # the rural link's onset: straight down
+    assert selector.reason.startswith("bandwidth"), selector.reason
+
+
+def test_only_a_collapse_asks_the_consumer_to_hold_the_layer_above() -> None:
+    from sfu.adapt.select import LayerReport, LayerSelector
+
+    rates = [130_000.0, 270_000.0, 600_000.0]
+    for estimate, collapsed in ((0.7, False), (0.3, True)):
+        selector = LayerSelector(0.0, start_layer=2)
+        t = 0.0
+        while selector.layer == 2 and t < 3:
+            t += 0.25
+            selector.update(LayerReport(int(estimate * 652_000), t, 0.0, t, rates, send_side=True, probe=True,
+                                        others_bps=52_000), t)
+        assert selector.layer < 2 and selector.collapsed is collapsed, (estimate, selector.reason)
+    selector.update(LayerReport(2_000_000, t + 2, 0.0, t + 2, rates, send_side=True, probe=True), t + 2)
+    assert selector.layer == 2 and not selector.collapsed  # up again: nothing held
