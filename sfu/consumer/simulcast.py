@@ -72,6 +72,7 @@ class SimulcastConsumer(BaseConsumer):
         self.layers: list[Producer] = list(producer.layers or [producer])
         self.current: int | None = None
         self._last_out: tuple[int, int, float] | None = None  # (extended seq, ts, when) of the newest sent
+        self.superseded = 0  # NACKs not answered: a switch down had made their packets useless
         if resume is not None:
             elapsed = max(1, round((self._clock() - resume.at) * producer.clock_rate))
             self.switcher = LayerSwitcher(resume.next_seq, resume.last_ts + elapsed, producer.clock_rate, start_layer)
@@ -239,6 +240,9 @@ class SimulcastConsumer(BaseConsumer):
         found = self.switcher.lookup(seq16)
         if found is None:
             return None
+        if self.switcher.superseded(found[0]):
+            self.superseded += 1
+            return None
         packet: Packet | None = self.layers[found[0]].cache.get(found[1])  # type: ignore[assignment]
         again = self.switcher.resend(found[0], found[1], packet.ts, packet.payload) if packet is not None else None
         if again is None or packet is None:
@@ -262,4 +266,4 @@ class SimulcastConsumer(BaseConsumer):
 
     def stats(self) -> dict:
         return {**super().stats(), "layer": self.current, "target": self.switcher.target,
-                "switches": self.switcher.switches, "held": self.switcher.held}
+                "switches": self.switcher.switches, "held": self.switcher.held, "superseded": self.superseded}

@@ -291,6 +291,16 @@ class LayerSwitcher:
             return None
         return found.layer, ext_in
 
+    def superseded(self, layer: int) -> bool:
+        """Whether a NACKed packet of ``layer`` (``lookup``) is not worth resending: a switch down has made it
+        useless. While holding, the current layer's frames stop anyway (its link collapsed: the retransmissions
+        would only delay the lower layer's key frame); after a switch down, the classroom decodes from the new
+        layer's key frame on, so a packet of a larger layer than the one forwarded now is never shown."""
+        seg = self._open
+        if seg is None:
+            return False
+        return self.holding or layer > seg.layer
+
     def resend(self, layer: int, ext_seq: int, ts: int, payload: bytes) -> tuple[int, bytes] | None:
         """(output timestamp, rewritten payload) for a retransmission of a packet ``lookup`` named."""
         seg = self._segment_for(layer, ext_seq)

@@ -336,6 +336,13 @@ def rises(samples: list[dict], kind: str, key: str) -> list[float]:
             if s[kind] and prev[kind] and s[kind][key] > prev[kind][key]]
 
 
+def stall_at(samples: list[dict], kind: str, key: str) -> float | None:
+    """When the longest stall of `longest_stall` began (the monotonic time of its last rise)."""
+    times = rises(samples, kind, key)
+    gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
+    return max(gaps)[1] if gaps else None
+
+
 def longest_stall(samples: list[dict], kind: str, key: str) -> float:
     """The longest time `key` stood still between two samples that saw it grow (s, to the sampling's
     resolution); for framesDecoded, the longest freeze after the first frame of the window."""
@@ -759,9 +766,16 @@ async def test_chromium_classroom_weak_link_case_then_recovery_to_the_top_layer(
         server_loss = [p["link"].get("loss", 0.0) for p in polls if p["link"].get("source") == "transport-cc"]
         estimates = [p["link"].get("estimate_bps") or 0 for p in polls]
         settled = page.between(start + 5, end)
+        frozen_at = stall_at(samples, "video", "framesDecoded")
+        onset = []  # the first seconds, per half second: frames, keyframes decoded, PLIs and NACKs sent, height
+        for a, b in itertools.pairwise(page.between(start, start + 8)[::3]):
+            onset.append(f"{a['at'] - start:.1f}:{delta(a, b, 'video', 'framesDecoded'):.0f}f"
+                         f"/{delta(a, b, 'video', 'keyFramesDecoded'):.0f}k/{delta(a, b, 'video', 'pliCount'):.0f}p"
+                         f"/{delta(a, b, 'video', 'nackCount'):.0f}n/{(b['video'] or {}).get('frameHeight')}")
         print(f"\nFIGURES {case} {down_settings} up {up_settings}, {WEAK_SECONDS:.0f} s: video paused {paused:.1f} s"
               f" (audio only after {audio_only if audio_only is None else round(audio_only, 1)} s), longest freeze "
-              f"{freeze:.2f} s, {frames / secs:.1f} frames/s, heights {dict(heights)}, layers (server polls) "
+              f"{freeze:.2f} s (from {frozen_at if frozen_at is None else round(frozen_at - start, 1)} s), "
+              f"{frames / secs:.1f} frames/s, heights {dict(heights)}, layers (server polls) "
               f"{dict(layers)}; audio concealed {concealed(samples):.1%} ({concealed(settled):.1%} from 5 s in), "
               f"jitter buffer median/max {'/'.join(f'{v:.0f}' for v in audio_buffer_ms(samples))} ms; server "
               f"loss median "
@@ -770,7 +784,8 @@ async def test_chromium_classroom_weak_link_case_then_recovery_to_the_top_layer(
               f"{mix.kbps(start, end)}; shaper {counters}\n"
               f"  recovery: top layer (720p decoded) after {top if top is None else round(top, 1)} s; "
               f"{watch.latest['simulcast']}; {watch.latest['link'].get('estimate_bps')}; "
-              f"pacer {watch.latest['link'].get('pacer')}\n  timeline (s: rung/layer estimate kbit/s probe): "
+              f"pacer {watch.latest['link'].get('pacer')}\n  onset (s: frames/keyframes/PLIs/NACKs/height): "
+              f"{' '.join(onset)}\n  timeline (s: rung/layer estimate kbit/s probe): "
               + " ".join(f"{p['at'] - start:.0f}:{p['state'][0]}{layer_index(p)}/{(p['link'].get('estimate_bps') or 0) // 1000}"
                          f"/{((p['link'].get('pacer') or {}).get('probe') or {}).get('reason', '')}{'/RED' if p['link'].get('red') else ''}"
                          f"{'/shed ' + str(p['shed']) if p.get('shed') else ''}"

@@ -1343,7 +1343,14 @@ def test_a_down_switch_with_hold_stops_the_current_layer_at_its_frames_end_until
             elif frame == 25:
                 assert sw.set_target(1, p.at, hold=True) and sw.holding
         out += sw.push(p.layer, p.ext_seq, p.ts, p.marker, p.keyframe, p.payload, p.at)
+        if sw.holding:
+            assert sw.superseded(2)  # while holding, the current layer's NACKs are not answered either
     assert not sw.holding and sw.held > 0 and sw.switches == 2
+    # a NACK of layer 2's last packets: not resent now that layer 1 is forwarded (its key frame replaced them);
+    # one of layer 1's own packets is
+    layer2_last = next(o for o in reversed(out) if o.layer == 2)
+    assert sw.lookup(layer2_last.seq & 0xFFFF) == (2, layer2_last.ext_seq) and sw.superseded(2)
+    assert not sw.superseded(out[-1].layer) and not sw.superseded(0)
     assert [o.seq for o in out] == list(range(500, 500 + len(out)))  # no hole for the classroom to NACK
     by_key = {(p.layer, p.ext_seq): p for p in simulcast}
     frames = [(by_key[(f[0].layer, f[0].ext_seq)].frame, f[0].layer) for f in _frames_out(out)]
