@@ -669,16 +669,22 @@ async def test_chromium_classroom_at_300_kbit_s_settles_on_the_low_layer_and_kee
             freeze = longest_stall(samples, "video", "framesDecoded")
             polls = [p for p in watch.polls if p["at"] >= settled]
             on_low = sum(layer_index(p) == 0 for p in polls) / max(1, len(polls))
-            print(f"\nFIGURES 300 kbit/s: low layer {low_at - limited_at:.1f} s after the limit; then over "
+            print(f"\nFIGURES 300 kbit/s: low layer {low_at - limited_at:.1f} s after the limit (the node's shed level "
+                  f"at most {max((p.get('shed') or 0) for p in watch.polls)}); then over "
                   f"{secs:.1f} s: {frames / secs:.1f} frames/s at {last['video']['frameWidth']}x"
                   f"{last['video']['frameHeight']}, longest freeze {freeze:.2f} s, on the low layer in {on_low:.0%} "
                   f"of polls (the rest: tries of the next layer), ladder {watch.latest['state']!r}, reason "
                   f"{(watch.latest.get('simulcast') or {})}; server sent (kbit/s) {mix.kbps(settled)}; "
                   f"shaper {shaper.counters()}")
-            assert freeze <= 1.0, f"video froze for {freeze:.2f} s after settling"
-            assert frames > 5 * secs, "video hardly decodes on the low layer"
-            assert on_low >= 0.6, "it did not stay on the low layer"
-            assert all(p["state"] in ("video", "trial") for p in polls), "video was taken away on a 300 kbit/s link"
+            # the node's own overload shedding (sfu/adapt/overload.py: a machine short of CPU) caps layers and pauses
+            # video whatever the link: said with every failure below, as the likely cause
+            shed = max((p.get("shed") or 0 for p in watch.polls if p["at"] >= limited_at), default=0)
+            why = f" (the node shed video up to level {shed}: short of CPU)" if shed else ""
+            assert freeze <= 1.0, f"video froze for {freeze:.2f} s after settling{why}"
+            assert frames > 5 * secs, f"video hardly decodes on the low layer{why}"
+            assert on_low >= 0.6, f"it did not stay on the low layer{why}"
+            assert all(p["state"] in ("video", "trial") for p in polls), \
+                f"video was taken away on a 300 kbit/s link{why}\n" + timeline(watch.polls, limited_at - 5)
             assert delta(first, last, "audio", "totalSamplesReceived") > 0.95 * 48000 * secs, "audio stopped"
             shaper.down.set(rate_bps=None)  # the lesson ends on a free link
 
