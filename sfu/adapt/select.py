@@ -233,7 +233,7 @@ class LayerSelector:
         if (by_remb or by_loss) and below:
             target = below[-1]  # loss: one layer down
             if by_remb and remb is not None:
-                fitting = [i for i in below if _need(report, i) <= REMB_FIT_RATIO * remb]
+                fitting = [i for i in below if _fits(report, i, remb)]
                 target = min(target, fitting[-1] if fitting else below[0])
             why = (f"bandwidth {remb // 1000} kbit/s < {int(_need(report, self.layer)) // 1000} kbit/s"
                    if by_remb and remb is not None
@@ -245,9 +245,9 @@ class LayerSelector:
             return  # trouble building up: no try now
         above = [i for i in available if i > self.layer]
         if report.send_side and report.probe:
-            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it, with what the classroom receives
-            # besides), after SEND_SIDE_UP_HOLD_S
-            fitting = [i for i in above if remb is not None and _need(report, i) <= REMB_FIT_RATIO * remb]
+            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it, and all of it with what the
+            # classroom receives besides), after SEND_SIDE_UP_HOLD_S
+            fitting = [i for i in above if remb is not None and _fits(report, i, remb)]
             if fitting and now - self._since >= SEND_SIDE_UP_HOLD_S and not congested(report.loss):
                 self._go(fitting[-1], now, f"estimate {remb // 1000} kbit/s carries layer {fitting[-1]}")
             return
@@ -259,6 +259,14 @@ class LayerSelector:
         self._trial_remb_peak = remb or 0
         self._trial_rembs.clear()
         self._go(above[0], now, f"trying layer {above[0]}", state="trial")
+
+
+def _fits(report: LayerReport, layer: int, estimate: int) -> bool:
+    """Whether the estimate carries `layer`: its rate is at most REMB_FIT_RATIO of it, and with the send-side
+    estimate the layer plus the rest the classroom receives at most all of it (1 / SEND_SIDE_DOWN_RATIO = 1.18x
+    from the down rule). The probe that earns a layer aims at the larger of the two (Subscriber._wanted_bps)."""
+    rate = rates_of(report, layer)
+    return rate <= REMB_FIT_RATIO * estimate and (not report.send_side or rate + report.others_bps <= estimate)
 
 
 def _need(report: LayerReport, layer: int) -> float:

@@ -426,7 +426,7 @@ class Subscriber:
             rates = consumer.layer_rates()
             above = [r for i, r in enumerate(rates) if i > selector.layer and r > 0]
             if above:
-                need = (above[0] + others) / REMB_FIT_RATIO  # what the selector goes up on
+                need = max(above[0] / REMB_FIT_RATIO, above[0] + others)  # what the selector goes up on
                 wanted = need if wanted is None else max(wanted, need)
         return wanted
 

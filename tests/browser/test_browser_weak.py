@@ -632,6 +632,8 @@ def timeline(polls: list[dict], since: float, every: int = 2) -> str:
         sim = next((v for v in (p.get("simulcast") or {}).values() if isinstance(v, dict)), {})
         link = p.get("link") or {}
         shed = f"/shed {p['shed']}" if p.get("shed") else ""
+        if p["state"] not in ("video", None):
+            shed += f"/ladder: {p.get('reason')}"
         out.append(f"{p['at'] - since:.1f}:{(p['state'] or '?')[0]}{sim.get('layer')}>{sim.get('target')}{shed}"
                    f"/{(link.get('estimate_bps') or 0) // 1000}k{p.get('kbps', '')}/{sim.get('reason', '')}")
     return " | ".join(out)
@@ -678,6 +680,7 @@ async def test_chromium_classroom_at_300_kbit_s_settles_on_the_low_layer_and_kee
                   f"shaper {shaper.counters()}")
             # the node's own overload shedding (sfu/adapt/overload.py: a machine short of CPU) caps layers and pauses
             # video whatever the link: said with every failure below, as the likely cause
+            print(timeline(watch.polls, limited_at - 5, every=4))
             shed = max((p.get("shed") or 0 for p in watch.polls if p["at"] >= limited_at), default=0)
             why = f" (the node shed video up to level {shed}: short of CPU)" if shed else ""
             assert freeze <= 1.0, f"video froze for {freeze:.2f} s after settling{why}"

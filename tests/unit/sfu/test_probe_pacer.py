@@ -424,3 +424,19 @@ def test_only_a_collapse_asks_the_consumer_to_hold_the_layer_above() -> None:
         assert selector.layer < 2 and selector.collapsed is collapsed, (estimate, selector.reason)
     selector.update(LayerReport(2_000_000, t + 2, 0.0, t + 2, rates, send_side=True, probe=True), t + 2)
     assert selector.layer == 2 and not selector.collapsed  # up again: nothing held
+
+
+def test_with_courseware_besides_the_selector_does_not_go_up_to_a_layer_the_down_rule_would_leave() -> None:
+    from sfu.adapt.select import LayerReport, LayerSelector
+
+    rates = [130_000.0, 270_000.0, 600_000.0]
+    for others, expected in ((200_000.0, 0), (52_000.0, 1)):
+        selector = LayerSelector(0.0, start_layer=0)
+        layers = set()
+        t = 0.0
+        while t < 20:  # 400 kbit/s: 270k <= 0.8 x 400k, but 270k + 200k of courseware and audio is more than 400k
+            t = round(t + 0.25, 2)
+            layers.add(selector.update(LayerReport(400_000, t, 0.0, t, rates, send_side=True, probe=True,
+                                                   others_bps=others), t))
+        assert layers == ({0} if expected == 0 else {0, 1}) and selector.layer == expected, (others, layers)
+        assert selector.changes == expected  # up once at most, never back down
