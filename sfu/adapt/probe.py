@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from sfu.adapt.gcc import PacketReport
 
-__all__ = ["BACKOFF_MAX_S", "DELAY_SAMPLES", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_DELAY_RISE_S", "PROBE_LOSS_MAX",
+__all__ = ["AFTER_DOWN_S", "BACKOFF_MAX_S", "DELAY_SAMPLES", "FIRST_AFTER_S", "OVERSHOOT", "PROBE_DELAY_RISE_S", "PROBE_LOSS_MAX",
            "PROBE_MAX_STEP", "PROBE_S", "RESULT_WAIT_S", "ProbeSchedule",
            "Prober"]
 
@@ -42,6 +42,10 @@ PROBE_DELAY_RISE_S = 0.05
 DELAY_SAMPLES = 8
 FIRST_AFTER_S = 1.5
 BACKOFF_MAX_S = 8.0
+# after a step *down* (a rung, or a layer: the link just proved short) the first probe waits this long: a probe
+# then would only overfill the queue the step down is draining, behind the audio (at 80 kbit/s a probe 1.5 s into
+# audio only concealed 15-20 % of the audio of the next two seconds on a loaded machine)
+AFTER_DOWN_S = 4.0
 # a probe aims at most this multiple of the estimate: a classroom far below the next step climbs in probes (each
 # success is the next one's start), so a probe into a link that cannot carry it overfills its queue less
 PROBE_MAX_STEP = 3.0
@@ -201,10 +205,11 @@ class ProbeSchedule:
     def due(self, now: float) -> bool:
         return now >= self._not_before
 
-    def changed(self, now: float) -> None:
-        """The rung or the layer changed (a switch's keyframe is under way): the next probe waits."""
+    def changed(self, now: float, down: bool = False) -> None:
+        """The rung or the layer changed (a switch's keyframe is under way): the next probe waits, AFTER_DOWN_S
+        after a step down."""
         self._wait = FIRST_AFTER_S
-        self._not_before = max(self._not_before, now + FIRST_AFTER_S)
+        self._not_before = max(self._not_before, now + (AFTER_DOWN_S if down else FIRST_AFTER_S))
 
     def failed(self, now: float) -> None:
         self._wait = min(self._wait * 2, BACKOFF_MAX_S)

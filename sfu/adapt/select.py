@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sfu.adapt.link import (
     LOSS_DOWN,
     REMB_DOWN_RATIO,
+    SEND_SIDE_DOWN_RATIO,
     STALE_S,
     congested,
     fresh,
@@ -69,15 +70,11 @@ TRIAL_LOSS_GRACE_S = 1.0
 TRIAL_REMB_DROP = 0.85
 # with probing: at least this long on a layer before going up by the estimate
 SEND_SIDE_UP_HOLD_S = 1.0
-# with the send-side estimate (of the whole link), down when it stays below this share of what the classroom
-# receives with the layer (the layer plus `LayerReport.others_bps`) for DOWN_HOLD_S. GoogCC's estimate of a link
-# that the classroom's traffic overfills settles near BETA (0.85) x what arrives, i.e. 0.85 x the link; so below
-# 0.85 x the need means the link delivers less than the layer needs. (REMB_DOWN_RATIO = 0.8 of the layer alone,
-# the REMB-era rule, let a layer stay that overfilled the link by up to 6 % with the audio: a 265-310 kbit/s layer
-# plus 50 kbit/s of audio on a 300 kbit/s link, the estimate at 230-260 kbit/s, kept "start" for good.) A false
-# overuse on a link with room puts the estimate at 0.85 x what arrives = the whole need (on the wire, with
-# overheads, a little more): not short.
-SEND_SIDE_DOWN_RATIO = 0.85
+# with the send-side estimate (of the whole link), down when it stays below SEND_SIDE_DOWN_RATIO (link.py, 0.85)
+# of what the classroom receives with the layer (the layer plus `LayerReport.others_bps`) for DOWN_HOLD_S.
+# (REMB_DOWN_RATIO = 0.8 of the layer alone, the REMB-era rule, let a layer stay that overfilled the link by up to
+# 6 % with the audio: a 265-310 kbit/s layer plus 50 kbit/s of audio on a 300 kbit/s link, the estimate at
+# 230-260 kbit/s, kept "start" for good.)
 # ...and at once (no DOWN_HOLD_S) when it is below this share: the link collapsed. GoogCC's estimate cannot fall
 # below BETA x what arrives on delay alone, so half the need means what arrives fell too; every second on a layer
 # that overfills the link by 2x fills a school router's queue and drops the switch's keyframe behind it

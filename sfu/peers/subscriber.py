@@ -386,7 +386,9 @@ class Subscriber:
         """The estimate and loss this classroom's decisions use, and where they come from (for /stats)."""
         link = self.link(now)
         out: dict = {"source": "transport-cc" if link.send_side else ("remb" if link.estimate_bps else "none"),
-                     "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4)}
+                     "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4),
+                     # what the classroom receives besides the simulcast cameras (payload rates, as measured)
+                     "others_bps": round(self._others_bps())}
         if self.bwe is not None and self.twcc is not None:
             out["transport_cc"] = {**self.twcc.stats(), **self.bwe.stats()}
         if self.pacer is not None:
@@ -439,8 +441,12 @@ class Subscriber:
         prober = pacer.prober
         seen = (self.ladder.level, *(s.layer for s in self.selectors.values()))
         if seen != self._layers_seen:
+            # down: a lower rung (a higher level number), or a lower layer on a track seen before
+            was = self._layers_seen
+            down = bool(was) and (seen[0] > was[0] or (len(seen) == len(was)
+                                                      and any(a < b for a, b in zip(seen[1:], was[1:]))))
             self._layers_seen = seen
-            schedule.changed(now)
+            schedule.changed(now, down=down)
         probing = prober is not None and prober.state == "probing"
         top = max((max(c.layer_rates(), default=0.0) for c in self.consumers() if isinstance(c, SimulcastConsumer)),
                   default=report.video_bps)

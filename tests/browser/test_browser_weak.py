@@ -554,7 +554,7 @@ async def test_chromium_classroom_at_80_kbit_s_goes_audio_only_and_gets_video_ba
         await wait_decoding(room)
         decoding_at = time.monotonic()
         await through_shaper(room, shaper)
-        async with ServerWatch(room) as watch, PageWatch(room, every_s=0.2) as page:
+        async with LinkServerWatch(room) as watch, PageWatch(room, every_s=0.2) as page:
             # the link fails in the middle of a lesson: by then the classroom's estimate (REMB) counts too
             await asyncio.sleep(max(3.0, decoding_at + REMB_SETTLE_S + 1 - time.monotonic()))
             assert watch.latest["state"] == "video", watch.latest
@@ -562,7 +562,11 @@ async def test_chromium_classroom_at_80_kbit_s_goes_audio_only_and_gets_video_ba
 
             limited_at = time.monotonic()
             shaper.down.set(rate_bps=DOWN_RATE_BPS, queue_bytes=DOWN_QUEUE_BYTES)
-            down = await watch.wait_state(("audio",), timeout_s=15)
+            try:
+                down = await watch.wait_state(("audio",), timeout_s=15)
+            except AssertionError:
+                print("\n" + timeline(watch.polls, limited_at - 2))
+                raise
             assert down["reason"], down
             # audio only: the server stops sending video; audio goes on over the 80 kbit/s link
             await asyncio.sleep(5)
@@ -635,7 +639,8 @@ def timeline(polls: list[dict], since: float, every: int = 2) -> str:
         if p["state"] not in ("video", None):
             shed += f"/ladder: {p.get('reason')}"
         out.append(f"{p['at'] - since:.1f}:{(p['state'] or '?')[0]}{sim.get('layer')}>{sim.get('target')}{shed}"
-                   f"/{(link.get('estimate_bps') or 0) // 1000}k{p.get('kbps', '')}/{sim.get('reason', '')}")
+                   f"/{(link.get('estimate_bps') or 0) // 1000}k{p.get('kbps', '')}+{(link.get('others_bps') or 0) // 1000}"
+                   f"/{sim.get('reason', '')}")
     return " | ".join(out)
 
 
