@@ -49,6 +49,9 @@ log = logging.getLogger("ketang.sfu")
 # with a send-side estimate, the camera is paused only after its simulcast tracks have been on their lowest layer
 # this long (a cap that hits the top layer first takes it down layer by layer: q -> h -> f before courseware)
 LOWEST_SETTLE_S = 0.5
+# bytes a packet takes on the wire besides its payload (the producers measure payload): the RTP header and its
+# extensions (~24), the SRTP tag and IPv4/UDP (sfu/rtp/twcc.py WIRE_OVERHEAD, 38)
+OTHERS_PACKET_OVERHEAD = 62
 # RED (RFC 2198) audio towards a classroom whose answer kept it: on at this much transport-cc loss, off below the
 # other, held at least RED_HOLD_S
 RED_ON_LOSS = 0.02
@@ -360,9 +363,13 @@ class Subscriber:
             consumer.set_layer(chosen, hold=selector.collapsed)
 
     def _others_bps(self) -> float:
-        """What this classroom receives besides the simulcast tracks (audio, courseware): with the send-side
-        estimate, a layer must fit the link with it."""
-        return sum(c.producer.rate_bps for c in self.consumers() if not isinstance(c, SimulcastConsumer) and not c.paused)
+        """What this classroom receives besides the simulcast tracks (audio, courseware) on the wire: with the
+        send-side estimate (of the wire), a layer must fit the link with it. Payload rates plus OTHERS_PACKET_OVERHEAD
+        a packet: Opus's ~25 kbit/s of payload is ~50 on the wire, and counted as 25 a 265-290 kbit/s layer stayed
+        on a 300 kbit/s link for 16 s in one run (its estimate, 253 kbit/s, was short of 0.85 x the need only when
+        the layer's measured rate peaked)."""
+        return sum(c.producer.rate_bps + 8 * OTHERS_PACKET_OVERHEAD * c.producer.packet_rate
+                   for c in self.consumers() if not isinstance(c, SimulcastConsumer) and not c.paused)
 
     def link(self, now: float) -> LinkState:
         """What the server knows of this classroom's downlink now: with transport-cc feedback (fresh within

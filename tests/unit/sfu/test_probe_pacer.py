@@ -475,3 +475,23 @@ def test_with_the_send_side_estimate_the_ladder_leaves_video_that_with_the_audio
         ladder.update(LinkReport(int(0.85 * 1.05 * 80_000), t, 0.0, 54_000.0, t, send_side=True, probe=True,
                                  audio_bps=26_000.0), t)
     assert ladder.level == VIDEO
+
+
+def test_a_producer_measures_its_packet_rate_and_others_count_their_wire_overhead() -> None:
+    from sfu.peers.subscriber import OTHERS_PACKET_OVERHEAD
+    from sfu.producer import Producer
+
+    now = [0.0]
+    mic = Producer("mic", "audio", "opus", 48000, send_pli=lambda ssrc: None, clock=lambda: now[0])
+    mic.measure_rate(0.0)
+    seq = 0
+    for tick in range(1, 41):  # 10 s of Opus: 50 packets of 60 bytes a second (24 kbit/s of payload)
+        for _ in range(12 if tick % 2 else 13):
+            seq += 1
+            now[0] += 0.02
+            mic.on_packet(seq & 0xFFFF, seq * 960, 1, bytes(60), 0)
+        mic.measure_rate(tick * 0.25)
+    assert mic.packet_rate == pytest.approx(50, rel=0.05)
+    assert mic.rate_bps == pytest.approx(24_000, rel=0.05)
+    wire = mic.rate_bps + 8 * OTHERS_PACKET_OVERHEAD * mic.packet_rate
+    assert 45_000 < wire < 55_000  # what Chromium's Opus takes on the wire, about twice its payload
