@@ -50,6 +50,9 @@ class Producer:
         self.feedback: LayerFeedback | None = None
         self.last_sr: tuple[int, float] | None = None  # (NTP of the teacher's latest SR, when it came)
         self._rate_mark: tuple[int, float] | None = None
+        # packets a second (smoothed like rate_bps): with a per-packet overhead, what the stream takes on the wire
+        self.packet_rate = 0.0
+        self._packets_mark = 0
         self.kind = kind
         self.codec_name = codec_name.lower()
         self.clock_rate = clock_rate
@@ -137,9 +140,12 @@ class Producer:
         """Update and return the smoothed bit rate (called a few times a second; a keyframe is a burst)."""
         mark = self._rate_mark
         self._rate_mark = (self.bytes_in, now)
+        packets, self._packets_mark = self._packets_mark, self.packets_in
         if mark is not None and now > mark[1]:
             rate = max(0, self.bytes_in - mark[0]) * 8 / (now - mark[1])
             self.rate_bps = rate if self.rate_bps == 0 else 0.8 * self.rate_bps + 0.2 * rate
+            pps = max(0, self.packets_in - packets) / (now - mark[1])
+            self.packet_rate = pps if self.packet_rate == 0 else 0.8 * self.packet_rate + 0.2 * pps
         if mark is not None and self.packets_in and now - self.arrived_at > LAYER_STOPPED_S:
             self.rate_bps = 0.0  # not arriving (a layer the teacher's browser paused)
         return self.rate_bps

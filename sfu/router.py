@@ -312,8 +312,12 @@ class Router:
             for producer in list(self.producers.values()):
                 for layer in producer.layers or ():
                     layer.measure_rate(mono)  # what each simulcast layer needs: the classrooms' selectors read it
-                if producer.source == "screen" and producer.owner_role == "teacher":
-                    screen_bps += producer.measure_rate(mono)  # the ladder's courseware-only rung needs this
+                if not producer.layers:
+                    # every other stream too: a classroom's ladder (with the send-side estimate, the audio counts),
+                    # pacer, probes and RED read what it sends
+                    rate = producer.measure_rate(mono)
+                    if producer.source == "screen" and producer.owner_role == "teacher":
+                        screen_bps += rate  # the ladder's courseware-only rung needs this
             self.apply_shed(NODE.rung)
             for sub in list(self.subscribers.values()):
                 try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import json
 import os
@@ -79,6 +80,7 @@ from sfu.rtp.header import (
     ExtensionLayout,
     abs_send_time_bytes,
 )
+from sfu.pacer import Pacer
 from sfu.rtp.twcc import TransportSeq
 from sfu.seams import lean_protect
 
@@ -90,7 +92,7 @@ class ForwardBench:
 
     def __init__(self, subscribers: int = 50, packets: int = 2000, size: int = 1100, warmup: int | None = None,
                  capture: int = 0, seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP,
-                 twcc: bool = False) -> None:
+                 twcc: bool = False, pacer: bool = False) -> None:
         if subscribers < 1 or packets < 1:
             raise ValueError("subscribers and packets must be at least 1")
         self.subscribers = subscribers
@@ -101,7 +103,8 @@ class ForwardBench:
         self.sink: Sink | ProcessSink = open_sink(srtp, sink)
         self.srtp = srtp
         self.sink_kind = sink
-        self.twcc = twcc
+        self.twcc = twcc or pacer
+        self.pacer = pacer
         self._closed = False
         try:
             self._build(rng, capture)
@@ -155,6 +158,33 @@ class ForwardBench:
                 self.twcc_consumers.append(consumer)
             self._twcc_stream = IncomingStream(self.size, 65536 - self.warmup - self.packets // 2,
                                                seed=rng.getrandbits(32))
+        self.paced_consumers: list[Consumer] = []
+        self.pacers: list[Pacer] = []
+        if self.pacer:
+            # the transport-cc subscribers once more, each behind its classroom's pacer (sfu/pacer.py): "paced" its
+            # immediate path (budget left, nothing waiting: what a classroom within its rate takes), "queued" every
+            # packet through the queue, drained after each frame (a keyframe burst spread by the ticks)
+            loop = asyncio.new_event_loop()
+            try:
+                paced_senders = loop.run_until_complete(aiortc_senders(n))
+            finally:
+                loop.close()
+            self.paced_producer = Producer("bench-video-paced", "video", "vp8", CLOCK_RATE, send_pli=lambda ssrc: None)
+            paced_layout = ExtensionLayout(MID, MID_ID, ABS_SEND_TIME_ID, 0, twcc_id=TWCC_ID)
+            self._pacer_now = 0.0
+            for sender, session, sock in zip(paced_senders, self.sessions, self.socks):
+                twcc = TransportSeq(TWCC_ID, time.monotonic)
+                consumer = Consumer(self.paced_producer, sender, VP8_PT, VP8_RTX_PT, paced_layout, twcc=twcc)
+                pacer = Pacer(self._pacer_clock, None, twcc, rate_bps=1e12)
+                consumer._protect = bytes  # what BaseConsumer._start sets for paced video: the pacer protects
+                consumer._send = functools.partial(pacer.send_video, make_send(sock, self.sink.addr),
+                                                   lean_protect(session))
+                consumer._started = True
+                consumer._waiting_keyframe = False
+                self.paced_consumers.append(consumer)
+                self.pacers.append(pacer)
+            self._paced_stream = IncomingStream(self.size, 65536 - self.warmup - self.packets // 2,
+                                                seed=rng.getrandbits(32))
         # capture: keep up to this many of consumer 0's datagrams from the measured forward rounds (for tests)
         self.capture = capture
         self._capture_addr = self.socks[0].getsockname() if capture else None
@@ -215,6 +245,41 @@ class ForwardBench:
             on_packet(seq, ts, marker, payload, level)
         cpu = time.thread_time() - t0
         sent = sum(c.packets_out for c in self.twcc_consumers) - out_before
+        return cpu, sent, self._settle(sent)
+
+    def _pacer_clock(self) -> float:
+        return self._pacer_now
+
+    def forward_paced(self, count: int | None = None, queued: bool = False, inactive: bool = False
+                      ) -> tuple[float, int, int]:
+        """The transport-cc forward phase with each subscriber's pacer: its immediate path, (`queued`) every
+        packet queued and drained by a tick after each frame (8 packets), or (`inactive`) pacing off (a classroom
+        whose estimate is 2x the top layer: the packet only passes through)."""
+        packets = self._paced_stream.take(self.packets if count is None else count)
+        on_packet = self.paced_producer.on_packet
+        pacers = self.pacers
+        for pacer in pacers:
+            pacer.active = not inactive
+        out_before = sum(c.packets_out for c in self.paced_consumers)
+        gc.collect()
+        t0 = time.thread_time()
+        if not queued:
+            self._pacer_now += 1.0
+            for seq, ts, marker, payload, level in packets:
+                on_packet(seq, ts, marker, payload, level)
+                self._pacer_now += 0.0002  # the budget refills (a clock read per packet, as live)
+        else:
+            for i, (seq, ts, marker, payload, level) in enumerate(packets):
+                if i % 8 == 0:
+                    for pacer in pacers:
+                        pacer._budget = -1.0  # noqa: SLF001 - nothing may leave at once: the burst waits
+                on_packet(seq, ts, marker, payload, level)
+                if i % 8 == 7 or i == len(packets) - 1:
+                    self._pacer_now += 0.005
+                    for pacer in pacers:
+                        pacer.tick()
+        cpu = time.thread_time() - t0
+        sent = sum(c.packets_out for c in self.paced_consumers) - out_before
         return cpu, sent, self._settle(sent)
 
     def _floor_packets(self, count: int) -> list[bytes]:
@@ -297,12 +362,16 @@ class ForwardBench:
             self.forward(self.warmup)
             if self.twcc:
                 self.forward_twcc(self.warmup)
+            if self.pacer:
+                self.forward_paced(self.warmup)
+                self.forward_paced(self.warmup, queued=True)
+                self.forward_paced(self.warmup, inactive=True)
             self.floor(self.warmup)
             if objects:
                 self.objects(self.warmup)
         captured_before = len(self.sink.captured)
         background = Background(getattr(self.sink, "pid", None))
-        fwd, flo, obj, tcc = [], [], [], []
+        fwd, flo, obj, tcc, paced, queued, inactive = [], [], [], [], [], [], []
         fwd_sent = fwd_recv = flo_recv = obj_recv = 0
         for _ in range(repeat):
             self.sink.capture_from = self._capture_addr  # only the measured forward rounds are captured
@@ -313,6 +382,10 @@ class ForwardBench:
             fwd_recv += recv
             if self.twcc:
                 tcc.append(self.forward_twcc()[0])
+            if self.pacer:
+                paced.append(self.forward_paced()[0])
+                queued.append(self.forward_paced(queued=True)[0])
+                inactive.append(self.forward_paced(inactive=True)[0])
             cpu, _, recv = self.floor()
             flo.append(cpu)
             flo_recv += recv
@@ -358,6 +431,17 @@ class ForwardBench:
             result.update({"twcc_us": tcc_us, "twcc_ratio": tcc_us / flo_us if flo_us > 0 else float("inf"),
                            "twcc_over_forward": tcc_us / fwd_us if fwd_us > 0 else float("inf"),
                            "twcc_us_per_round": [t / outputs * 1e6 for t in tcc]})
+        if self.pacer:
+            paced_us = statistics.median(paced) / outputs * 1e6
+            queued_us = statistics.median(queued) / outputs * 1e6
+            inactive_us = statistics.median(inactive) / outputs * 1e6
+            result.update({"paced_us": paced_us, "paced_queued_us": queued_us, "paced_inactive_us": inactive_us,
+                           "paced_inactive_over_twcc": inactive_us / result["twcc_us"],
+                           "paced_over_twcc": paced_us / result["twcc_us"],
+                           "paced_queued_over_twcc": queued_us / result["twcc_us"],
+                           "paced_us_per_round": [t / outputs * 1e6 for t in paced],
+                           "paced_queued_us_per_round": [t / outputs * 1e6 for t in queued],
+                           "pacer_dropped": sum(p.dropped for p in self.pacers)})
         if objects:
             obj_us = statistics.median(obj) / outputs * 1e6
             result.update({"objects_us": obj_us, "objects_ratio": obj_us / flo_us if flo_us > 0 else float("inf"),
@@ -373,7 +457,8 @@ class ForwardBench:
         if self._closed:
             return
         self._closed = True
-        for consumer in getattr(self, "consumers", []) + getattr(self, "twcc_consumers", []):
+        for consumer in (getattr(self, "consumers", []) + getattr(self, "twcc_consumers", [])
+                         + getattr(self, "paced_consumers", [])):
             consumer.close()
         for sock in getattr(self, "socks", []):
             sock.close()
@@ -381,8 +466,9 @@ class ForwardBench:
 
 
 def run(subscribers: int = 50, packets: int = 2000, repeat: int = 5, size: int = 1100, objects: bool = True,
-        seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP, twcc: bool = False) -> dict[str, Any]:
-    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink, srtp=srtp, twcc=twcc)
+        seed: int | None = None, sink: str = "process", srtp: str = DEFAULT_SRTP, twcc: bool = False,
+        pacer: bool = False) -> dict[str, Any]:
+    bench = ForwardBench(subscribers, packets, size, seed=seed, sink=sink, srtp=srtp, twcc=twcc, pacer=pacer)
     try:
         return bench.run(repeat, objects)
     finally:
@@ -394,6 +480,10 @@ def format_table(r: dict[str, Any]) -> str:
     rows = [("forward (Producer.on_packet -> Consumer)", r["forward_us"]), ("floor (protect + sendto)", r["floor_us"])]
     if "twcc_us" in r:
         rows.append(("forward with transport-cc stamping", r["twcc_us"]))
+    if "paced_us" in r:
+        rows.append(("transport-cc + pacer, immediate", r["paced_us"]))
+        rows.append(("transport-cc + pacer, all queued", r["paced_queued_us"]))
+        rows.append(("transport-cc + pacer off (pass-through)", r["paced_inactive_us"]))
     if "objects_us" in r:
         rows.append(("aiortc objects (parse/serialize)", r["objects_us"]))
     head = (f"{r['subscribers']} subscribers x {r['packets']} packets x {r['repeat']} rounds, payload {r['size']} B "
@@ -408,6 +498,10 @@ def format_table(r: dict[str, Any]) -> str:
     if "twcc_us" in r:
         lines.append(f"transport-cc / forward {r['twcc_over_forward']:.3f} (rounds "
                      f"{', '.join(f'{a / b:.3f}' for a, b in zip(r['twcc_us_per_round'], r['forward_us_per_round']))})")
+    if "paced_us" in r:
+        lines.append(f"pacer / transport-cc: immediate {r['paced_over_twcc']:.3f}, all queued "
+                     f"{r['paced_queued_over_twcc']:.3f}, off {r['paced_inactive_over_twcc']:.3f}; pacer drops "
+                     f"{r['pacer_dropped']}")
     lines.append(f"producer fixed cost {r['producer_only_us_per_incoming']:.2f} us per incoming packet (no consumers)")
     lines.append(f"{CLASSROOMS_PLANNED} classrooms x {per_s} pkt/s = {CLASSROOMS_PLANNED * per_s:,} pkt/s -> "
                  f"{r['cores_for_400_classrooms']:.2f} cores of forwarding CPU (egress only)")
@@ -435,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--twcc", action="store_true",
                     help="also a forward phase with transport-cc stamping (same subscribers, interleaved)")
+    ap.add_argument("--pacer", action="store_true",
+                    help="also the transport-cc phase behind per-subscriber pacers (sfu/pacer.py), immediate and queued")
     ap.add_argument("--profile", action="store_true", help="also cProfile one forward round (to stderr)")
     sc = ap.add_argument_group("simulcast (loadtest/bench/simulcast.py; --size and --no-objects do not apply)")
     sc.add_argument("--simulcast", action="store_true",
@@ -446,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.simulcast:
         return _main_simulcast(args)
-    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp, twcc=args.twcc)
+    bench = ForwardBench(args.subscribers, args.packets, args.size, sink=args.sink, srtp=args.srtp, twcc=args.twcc,
+                         pacer=args.pacer)
     try:
         result = bench.run(args.repeat, not args.no_objects)
         if args.profile:

@@ -211,6 +211,17 @@ class SendSideEstimator:
         self._threshold_ms = min(THRESHOLD_MAX_MS, max(THRESHOLD_MIN_MS, threshold + k * (abs(modified) - threshold)
                                                        * dt_ms))
 
+    def on_probe(self, bps: float, now: float) -> None:
+        """A probe (sfu/adapt/probe.py) measured that the link carried `bps`: the estimate starts from there
+        (libwebrtc takes a probe's result the same way); a loss bound that binds below it is lifted too, since
+        the probe's packets arrived."""
+        if bps > self.delay_bps:
+            self.delay_bps = min(self.max_bps, float(bps))
+            self._avg_max_kbps = None  # the capacity seen before is history
+        if self.loss_bps is not None and self.loss_bps < bps:
+            self.loss_bps = float(bps)
+        self._last_update = now
+
     # -- rate control ------------------------------------------------------------------------------------------
 
     def _update_rate(self, now: float) -> None:

@@ -18,10 +18,11 @@ from sfu.adapt.link import (
     congested,
     fresh,
     remb_short,
+    send_side_short,
 )
 
 __all__ = ["AUDIO", "COURSEWARE", "DOWN_HOLD_S", "LEVEL_NAMES", "LOSS_DOWN", "REMB_DOWN_RATIO", "REMB_SETTLE_S",
-           "RETRY_AFTER_MAX_S", "RETRY_AFTER_S", "SEND_SIDE_SETTLE_S", "STALE_S", "TRIAL_LOSS_GRACE_S", "TRIAL_S", "VIDEO", "LinkReport",
+           "RETRY_AFTER_MAX_S", "RETRY_AFTER_S", "SEND_SIDE_SETTLE_S", "STALE_S", "TRIAL_LOSS_GRACE_S", "TRIAL_S", "UP_FIT_RATIO", "UP_HOLD_S", "VIDEO", "LinkReport",
            "VideoLadder"]
 
 # down a rung when, for DOWN_HOLD_S, the classroom's estimate is short of what the rung needs or its receiver
@@ -41,6 +42,10 @@ SEND_SIDE_SETTLE_S = 2.0
 # the first receiver reports after video comes back still count the packets lost before it was paused (the
 # receiver learns of that gap only when video resumes): on a try, loss counts from reports this much later
 TRIAL_LOSS_GRACE_S = 1.5
+# with probing (send-side estimate): a rung up when UP_FIT_RATIO of the estimate carries what it needs (the
+# opposite of REMB_DOWN_RATIO: 1.56x of hysteresis), after at least UP_HOLD_S on the rung below
+UP_FIT_RATIO = 0.8
+UP_HOLD_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class LinkReport:
     loss_at: float | None = None  # when that receiver report came (None: unknown, counts)
     screen_bps: float = 0.0  # what the courseware alone needs (0: no courseware shared now)
     send_side: bool = False  # the estimate is the server's own (transport-cc feedback), not the classroom's REMB
+    # the server probes this link before a step up (sfu/adapt/probe.py): up is by the estimate, no timed tries
+    probe: bool = False
+    # what the audio sent to the classroom takes: a send-side estimate is of the whole link, so with it a rung
+    # needs its video and this (REMB rules, tuned on the video alone, leave it out)
+    audio_bps: float = 0.0
 
 
 # what flows at each rung, top to bottom: the lesson's video, the courseware only (camera paused), audio only
@@ -87,12 +97,17 @@ class VideoLadder:
 
     def _short(self, report: LinkReport, now: float, need_bps: float) -> str:
         """Why the link cannot carry this rung now ("" when it can)."""
-        if congested(report.loss) and not (self.trial and report.loss_at is not None
+        # with the send-side estimate, loss speaks through it (its loss bound cuts on congestion loss, holds on
+        # random loss): the ladder does not read it twice
+        if not report.send_side and congested(report.loss) and not (self.trial and report.loss_at is not None
                                            and report.loss_at < self._since + TRIAL_LOSS_GRACE_S):
             return f"loss {report.loss:.0%}"
         settle_from = self._remb_from if not report.send_side else self._remb_from - REMB_SETTLE_S + SEND_SIDE_SETTLE_S
         settled = fresh(report.remb_at, now) and not self.trial and (report.remb_at or 0.0) >= settle_from
-        if settled and remb_short(report.remb_bps, need_bps):
+        # with the send-side estimate its own ratio (link.SEND_SIDE_DOWN_RATIO: the need counts the audio there, and
+        # 0.8 left a 54 kbit/s layer with 32 kbit/s of audio (payload) on an 80 kbit/s link whose estimate said 65)
+        short = send_side_short if report.send_side else remb_short
+        if settled and short(report.remb_bps, need_bps):
             return f"bandwidth {(report.remb_bps or 0) // 1000} kbit/s < video {int(need_bps) // 1000} kbit/s"
         return ""
 
@@ -101,23 +116,55 @@ class VideoLadder:
             self._trial_from = self.level
         self.level, self.trial, self._since, self._bad_since = level, trial, now, None
 
+    def _up_need(self, report: LinkReport) -> float | None:
+        """What the rung above needs (None: at the top, or on probation)."""
+        if self.trial or self.level == VIDEO:
+            return None
+        extra = report.audio_bps if report.send_side else 0.0
+        if self.level == AUDIO and report.screen_bps > 0:
+            return report.screen_bps + extra
+        return report.video_bps + extra
+
+    def wanted_bps(self, report: LinkReport) -> float | None:
+        """The estimate that takes this classroom a rung up (`UP_FIT_RATIO` of it carries the rung's need)."""
+        need = self._up_need(report)
+        return need / UP_FIT_RATIO if need else None
+
+    def _up_by_estimate(self, report: LinkReport, now: float) -> None:
+        """With probing, a rung up is taken when the send-side estimate carries it, never on a timer."""
+        need = self._up_need(report)
+        if need is None or now - self._since < UP_HOLD_S or not fresh(report.remb_at, now) \
+                or (report.remb_bps or 0) * UP_FIT_RATIO < need:
+            return
+        self._go(COURSEWARE if self.level == AUDIO and report.screen_bps > 0 else VIDEO, now)
+        self._remb_from = now + REMB_SETTLE_S
+        self._retry_after = RETRY_AFTER_S
+        self.reason = f"estimate {(report.remb_bps or 0) // 1000} kbit/s carries {int(need) // 1000} kbit/s"
+
     def update(self, report: LinkReport, now: float) -> bool:
         """Feed the latest report; returns whether video (the lesson's, or its courseware) should flow."""
         screen = report.screen_bps > 0
         if self.level == COURSEWARE and not screen:
             self.level = AUDIO  # the courseware was stopped: nothing but the paused camera is left
+        if report.send_side and report.probe and not self.trial and self.level != VIDEO:
+            level = self.level
+            self._up_by_estimate(report, now)
+            if self.level != level or self.level == AUDIO:
+                return self.video
         if self.level == AUDIO and not self.trial:
             if now - self._since >= self._retry_after:
                 self._go(COURSEWARE if screen else VIDEO, now, trial=True)
                 self.reason = "trying video again"
             return self.video
-        why = self._short(report, now, report.video_bps if self.level == VIDEO else report.screen_bps)
+        why = self._short(report, now, (report.video_bps if self.level == VIDEO else report.screen_bps)
+                          + (report.audio_bps if report.send_side else 0.0))
         if not why:
             self._bad_since = None
             if self.trial and now - self._since >= TRIAL_S:
                 self.trial, self._retry_after, self.reason = False, RETRY_AFTER_S, ""
                 self._remb_from = now + REMB_SETTLE_S
-            elif self.level == COURSEWARE and not self.trial and now - self._since >= self._retry_after:
+            elif self.level == COURSEWARE and not self.trial and now - self._since >= self._retry_after \
+                    and not (report.send_side and report.probe):
                 self._go(VIDEO, now, trial=True)  # courseware is fine: try the camera again
                 self.reason = "trying video again"
             return self.video

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from sfu.adapt.link import (
     LOSS_DOWN,
     REMB_DOWN_RATIO,
+    SEND_SIDE_DOWN_RATIO,
     STALE_S,
     congested,
     fresh,
     remb_short,
 )
 
-__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO",
+__all__ = ["DOWN_HOLD_S", "LOSS_DOWN", "LOSS_DOWN_REPORTS", "LOSS_UP_MAX", "REMB_DOWN_RATIO", "REMB_FIT_RATIO", "SEND_SIDE_COLLAPSE_RATIO", "SEND_SIDE_DOWN_RATIO",
+           "SEND_SIDE_UP_HOLD_S",
            "STALE_S", "TRIAL_JUDGE_FROM_S", "TRIAL_LOSS_FAIL", "TRIAL_LOSS_GRACE_S", "TRIAL_MAX_S",
            "TRIAL_MIN_GROWTH", "TRIAL_REMB_DROP", "TRIAL_S", "UP_AFTER_MAX_S", "UP_AFTER_S", "LayerReport",
            "LayerSelector", "rates_of"]
@@ -66,6 +68,17 @@ TRIAL_LOSS_GRACE_S = 1.0
 # ...or a REMB this far below the highest REMB of the try (the delay-based detector saw overuse: it sets
 # its estimate to 0.85x of what arrives)
 TRIAL_REMB_DROP = 0.85
+# with probing: at least this long on a layer before going up by the estimate
+SEND_SIDE_UP_HOLD_S = 1.0
+# with the send-side estimate (of the whole link), down when it stays below SEND_SIDE_DOWN_RATIO (link.py, 0.85)
+# of what the classroom receives with the layer (the layer plus `LayerReport.others_bps`) for DOWN_HOLD_S.
+# (REMB_DOWN_RATIO = 0.8 of the layer alone, the REMB-era rule, let a layer stay that overfilled the link by up to
+# 6 % with the audio: a 265-310 kbit/s layer plus 50 kbit/s of audio on a 300 kbit/s link, the estimate at
+# 230-260 kbit/s, kept "start" for good.)
+# ...and at once (no DOWN_HOLD_S) when it is below this share: the link collapsed. GoogCC's estimate cannot fall
+# below BETA x what arrives on delay alone, so half the need means what arrives fell too; every second on a layer
+# that overfills the link by 2x fills a school router's queue and drops the switch's keyframe behind it
+SEND_SIDE_COLLAPSE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,11 @@ class LayerReport:
     # measured: the estimate already holds on random loss and falls on congestion loss (its loss bound), so loss
     # alone moves no layer down, and a try is refused or ended only by loss above LOSS_DOWN
     send_side: bool = False
+    # the server probes before an up-switch (sfu/adapt/probe.py): up is by the estimate alone, no timed tries
+    probe: bool = False
+    # what the classroom receives besides this track (audio, courseware): a send-side estimate is of the whole
+    # link, so with it a layer needs its rate plus this (REMB rules, tuned on the video alone, leave it out)
+    others_bps: float = 0.0
 
 
 class LayerSelector:
@@ -93,6 +111,9 @@ class LayerSelector:
         self.fallback = start_layer
         self.changes = 0
         self.failed_trials = 0
+        # the latest move was down on a collapsed estimate (SEND_SIDE_COLLAPSE_RATIO): the layer above is not worth
+        # forwarding until the new one's keyframe (SimulcastConsumer.set_layer's hold)
+        self.collapsed = False
         self._since = now  # when the current layer (or try) began
         self._up_after = UP_AFTER_S
         self._remb_bad_since: float | None = None
@@ -123,6 +144,7 @@ class LayerSelector:
         if layer != self.layer:
             self.changes += 1
         self.layer, self.state, self.reason, self._since = layer, state, reason, now
+        self.collapsed = False
         self._remb_bad_since = None
         self._bad_loss_reports = 0
 
@@ -189,7 +211,12 @@ class LayerSelector:
                       now: float) -> None:
         rate = rates_of(report, self.layer)
         # down: REMB short for DOWN_HOLD_S, or LOSS_DOWN_REPORTS lossy reports in a row
-        short = remb_short(remb, rate)
+        collapsed = False
+        if report.send_side:
+            short = remb is not None and rate > 0 and remb < SEND_SIDE_DOWN_RATIO * (rate + report.others_bps)
+            collapsed = short and remb is not None and remb < SEND_SIDE_COLLAPSE_RATIO * (rate + report.others_bps)
+        else:
+            short = remb_short(remb, rate)
         if short:
             if self._remb_bad_since is None:
                 self._remb_bad_since = now
@@ -197,21 +224,30 @@ class LayerSelector:
             self._remb_bad_since = None
         if new_report and not report.send_side:
             self._bad_loss_reports = self._bad_loss_reports + 1 if congested(report.loss) else 0
-        by_remb = self._remb_bad_since is not None and now - self._remb_bad_since >= DOWN_HOLD_S
+        by_remb = self._remb_bad_since is not None and (collapsed or now - self._remb_bad_since >= DOWN_HOLD_S)
         by_loss = self._bad_loss_reports >= LOSS_DOWN_REPORTS
         below = [i for i in available if i < self.layer]
         if (by_remb or by_loss) and below:
             target = below[-1]  # loss: one layer down
             if by_remb and remb is not None:
-                fitting = [i for i in below if report.rates[i] <= REMB_FIT_RATIO * remb]
+                fitting = [i for i in below if _fits(report, i, remb)]
                 target = min(target, fitting[-1] if fitting else below[0])
-            why = (f"bandwidth {remb // 1000} kbit/s < {int(rate) // 1000} kbit/s" if by_remb and remb is not None
+            why = (f"bandwidth {remb // 1000} kbit/s < {int(_need(report, self.layer)) // 1000} kbit/s"
+                   if by_remb and remb is not None
                    else f"loss {report.loss:.0%}")
             self._go(target, now, why)
+            self.collapsed = collapsed and by_remb
             return
         if short or self._bad_loss_reports:
             return  # trouble building up: no try now
         above = [i for i in available if i > self.layer]
+        if report.send_side and report.probe:
+            # up to the largest layer the estimate carries (REMB_FIT_RATIO of it, and all of it with what the
+            # classroom receives besides), after SEND_SIDE_UP_HOLD_S
+            fitting = [i for i in above if remb is not None and _fits(report, i, remb)]
+            if fitting and now - self._since >= SEND_SIDE_UP_HOLD_S and not congested(report.loss):
+                self._go(fitting[-1], now, f"estimate {remb // 1000} kbit/s carries layer {fitting[-1]}")
+            return
         if not above or now - self._since < self._up_after:
             return
         if fresh(report.loss_at, now) and report.loss > (LOSS_DOWN if report.send_side else LOSS_UP_MAX):
@@ -220,6 +256,19 @@ class LayerSelector:
         self._trial_remb_peak = remb or 0
         self._trial_rembs.clear()
         self._go(above[0], now, f"trying layer {above[0]}", state="trial")
+
+
+def _fits(report: LayerReport, layer: int, estimate: int) -> bool:
+    """Whether the estimate carries `layer`: its rate is at most REMB_FIT_RATIO of it, and with the send-side
+    estimate the layer plus the rest the classroom receives at most all of it (1 / SEND_SIDE_DOWN_RATIO = 1.18x
+    from the down rule). The probe that earns a layer aims at the larger of the two (Subscriber._wanted_bps)."""
+    rate = rates_of(report, layer)
+    return rate <= REMB_FIT_RATIO * estimate and (not report.send_side or rate + report.others_bps <= estimate)
+
+
+def _need(report: LayerReport, layer: int) -> float:
+    """What the classroom's link carries with `layer`: with the send-side estimate the rest it receives too."""
+    return rates_of(report, layer) + (report.others_bps if report.send_side else 0.0)
 
 
 def rates_of(report: LayerReport, layer: int) -> float:

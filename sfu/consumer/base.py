@@ -10,6 +10,7 @@ and closing. Each kind decides how a packet is numbered (`_resend_of`, `_begin_a
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import struct
@@ -40,7 +41,7 @@ from sfu.rtp.header import (
     ExtensionLayout,
     abs_send_time_bytes,
 )
-from sfu.rtp.twcc import TransportSeq
+from sfu.rtp.twcc import WIRE_OVERHEAD, TransportSeq
 from sfu.seams import datagram_sender
 
 log = logging.getLogger("ketang.sfu.rtp")
@@ -55,6 +56,8 @@ NACK_RETRANSMIT_PER_S = 400
 # never less than the floor (a keyframe's worth of repairs); without a recent REMB only the count applies
 RETRANSMIT_REMB_SHARE = 0.25
 RETRANSMIT_MIN_BYTES_PER_S = 6000
+RETRANSMIT_SEND_SIDE_MIN_BYTES_PER_S = 2000  # with the send-side estimate, which knows what the media takes
+UDP_IP_OVERHEAD = WIRE_OVERHEAD - 10  # what a datagram costs the link beyond its bytes (the SRTP tag is in them)
 RETRANSMIT_REMB_STALE_S = 3.0
 # a retransmission of the same packet is not repeated sooner than this (the first may still be in flight)
 NACK_REPEAT_MIN_S = 0.03
@@ -62,6 +65,9 @@ NACK_REPEAT_MIN_S = 0.03
 # the cache by now, and a jump this wide tells receivers to drop their NACK lists and jitter buffers and start at
 # the keyframe (libwebrtc clears its NACK list above 1000 missing packets; aiortc's video buffer holds 512)
 RESUME_SEQ_JUMP = 1024
+# probe padding (sfu/adapt/probe.py): padding-only packets on the RTX stream, as libwebrtc sends them; at most 255
+# bytes of padding each (RFC 3550's one-byte count)
+PADDING_MAX = 255
 _U16 = struct.Struct("!H")
 
 
@@ -116,6 +122,7 @@ class BaseConsumer:
         self._twcc = twcc if extensions.twcc_id else None
         self._first_byte = FIRST_BYTE_WITH_EXT if extensions.block else FIRST_BYTE_NO_EXT
         self._protect: Any = None
+        self._srtp: Any = None  # SRTP protect itself (`_protect` is `bytes` when the pacer protects)
         self._send: Any = None
         self._waiting_keyframe = self.kind == "video"
         self._started = False
@@ -123,6 +130,11 @@ class BaseConsumer:
         self._nack_budget = NACK_RETRANSMIT_PER_S
         self._nack_bytes = float("inf")
         self._last_retransmit: dict[int, float] = {}
+        # the classroom's output pacer (sfu/pacer.py), set by the subscriber before the first packet: audio goes
+        # straight through it, video and retransmissions may wait
+        self.pacer: Any = None
+        self._raw_send: Any = None
+        self.padding_bytes = 0
         # feedback from the subscriber for this sender is routed here
         self._original_rtcp = seams.hook_sender_rtcp(sender, self.handle_rtcp)
 
@@ -165,7 +177,16 @@ class BaseConsumer:
         lean = datagram_sender(self.sender.transport)
         if lean is None:
             return False
-        self._protect, self._send = lean
+        self._srtp, self._raw_send = lean
+        pacer = self.pacer
+        if pacer is None or self.kind == "audio":
+            self._protect = self._srtp
+            self._send = self._raw_send if pacer is None else functools.partial(pacer.send_audio, self._raw_send)
+        else:
+            # paced video: the pacer protects (a packet that waits is numbered again when it leaves, so that the
+            # transport-wide numbers go out in order); `bytes` of bytes is the same object, at C speed
+            self._protect = bytes
+            self._send = functools.partial(pacer.send_video, self._raw_send, self._srtp)
         self._started = True
         if self.kind == "video":
             self._begin_at_keyframe(current)
@@ -240,6 +261,12 @@ class BaseConsumer:
     def _retransmit_bytes_per_s(self, now: float) -> float:
         """What retransmissions may add in the next second: a share of the classroom's own estimate when it
         sends one (repairs must not flood the congested link they repair), else no limit but the count."""
+        pacer = self.pacer
+        if pacer is not None and pacer.estimate_bps:
+            # the send-side estimate (Chromium then sends no REMB): a share of it, and no more than what the media
+            # leaves of it (repairs must not overflow the queue that lost the packets), never below a small floor
+            share = min(RETRANSMIT_REMB_SHARE * pacer.estimate_bps, pacer.estimate_bps - pacer.media_bps)
+            return max(RETRANSMIT_SEND_SIDE_MIN_BYTES_PER_S, share / 8)
         if self.remb_bps is None or self.remb_at is None or now - self.remb_at > RETRANSMIT_REMB_STALE_S:
             return float("inf")
         return max(RETRANSMIT_MIN_BYTES_PER_S, RETRANSMIT_REMB_SHARE * self.remb_bps / 8)
@@ -267,6 +294,28 @@ class BaseConsumer:
             header = self._twcc_header(b1, seq, out_ts, ssrc, len(tail))
         self._send(self._protect(header + tail))
 
+    def send_padding(self, nbytes: int) -> int:
+        """Probe padding: padding-only RTX packets (no payload; the RTX receiver drops them after the transport
+        feedback counted them) of about `nbytes` in all, each with its transport-wide number, straight out (the
+        pacer decided). Returns the bytes sent on the wire (0: this stream cannot pad)."""
+        twcc, send = self._twcc, self._raw_send
+        if twcc is None or send is None or self._srtp is None or self.rtx_payload_type is None or self.closed:
+            return 0
+        ext = self._ext
+        block = ext.tail(abs_send_time_bytes(self.clock.wall()), 0, b"")
+        sent = 0
+        while sent < nbytes:
+            pad = PADDING_MAX
+            header = TWCC_HEADER.pack(self._first_byte | 0x20, self.rtx_payload_type, self._rtx_seq & 0xFFFF, 0,
+                                      self.rtx_ssrc, EXT_PROFILE_ONE_BYTE, ext.twcc_words, ext.twcc_byte,
+                                      twcc.take(TWCC_HEADER.size + len(block) + pad))
+            self._rtx_seq += 1
+            datagram = self._srtp(header + block + bytes(pad - 1) + bytes((pad,)))
+            send(datagram)
+            sent += len(datagram) + UDP_IP_OVERHEAD
+        self.padding_bytes += sent
+        return sent
+
     # -- errors, lifecycle -------------------------------------------------------------------------------------
 
     def on_error(self) -> None:
@@ -292,7 +341,7 @@ class BaseConsumer:
                 "nacks_received": self.nacks_received, "retransmit_capped": self.retransmit_capped,
                 "nack_unanswered": self.nack_unanswered, "keyframe_requests": self.keyframe_requests,
                 "remb_bps": self.remb_bps, "fraction_lost": self.fraction_lost, "rtt_ms": self.rtt_ms(),
-                "paused": self.paused}
+                "paused": self.paused, "padding_bytes": self.padding_bytes}
 
     def rtt_ms(self) -> float | None:
         """Round-trip time to the subscriber, as the stock sender estimates it from receiver reports."""

@@ -26,6 +26,7 @@ from sfu.rtp.header import (
     abs_send_time_bytes,
     ntp_from_unix,
 )
+from sfu.rtp.red import RedEncoder
 from sfu.rtp.seqmap import SeqMap, TsMap
 from sfu.rtp.twcc import TransportSeq
 from sfu.seams import sender_set_report_counters
@@ -44,6 +45,12 @@ class Consumer(BaseConsumer):
             self._seq = SeqMap(resume.next_seq)
             self._ts = TsMap(0)
         super().__init__(producer, sender, payload_type, rtx_payload_type, extensions, resume, clock, twcc)
+        # RED (audio, when the classroom's answer kept it: the subscriber sets `red` and `red_pt`); `red_on` while
+        # its link loses packets
+        self.red: RedEncoder | None = None
+        self.red_pt = 0
+        self.red_on = False
+        self.red_packets = 0
         self._last_ts = 0  # input timestamp of the newest packet sent (retransmissions never move it)
         self._last_seq = -1  # its extended input sequence number
         producer.attach(self)
@@ -89,6 +96,10 @@ class Consumer(BaseConsumer):
 
     def _write(self, packet: Packet, out_seq: int, ast: bytes) -> None:
         layout = self._ext
+        red = self.red
+        if red is not None and self.red_on:
+            self._write_red(red, packet, out_seq, ast)
+            return
         if packet.tail_layout is layout and packet.tail_ast is ast:
             tail = packet.tail  # built by an earlier subscriber in this fan-out
         else:
@@ -104,6 +115,28 @@ class Consumer(BaseConsumer):
         self.packets_out += 1
         self.octets_out += len(packet.payload)
         self.errors = 0
+
+    def _write_red(self, red: RedEncoder, packet: Packet, out_seq: int, ast: bytes) -> None:
+        """Audio as RED (RFC 2198): this packet's payload with the previous one's (sfu/rtp/red.py)."""
+        out_ts = (packet.ts + self._ts.offset) & 0xFFFFFFFF
+        tail = self._ext.tail(ast, packet.audio_level, red.encode(out_ts, packet.payload))
+        b1 = (packet.marker << 7) | self.red_pt
+        if self._twcc is None:
+            header = RTP_HEADER.pack(self._first_byte, b1, out_seq & 0xFFFF, out_ts, self.ssrc)
+        else:
+            header = self._twcc_header(b1, out_seq & 0xFFFF, out_ts, self.ssrc, len(tail))
+        self._send(self._protect(header + tail))
+        self.packets_out += 1
+        self.octets_out += len(packet.payload)
+        self.red_packets += 1
+        self.errors = 0
+
+    def set_red(self, on: bool) -> None:
+        """Send RED (when the classroom accepted it) or plain Opus from the next packet on."""
+        on = on and self.red is not None
+        if on and not self.red_on and self.red is not None:
+            self.red.reset()
+        self.red_on = on
 
     def _begin_at_keyframe(self, current: Packet | None) -> None:
         """Video starts at a keyframe: the cached one when it is recent (replayed now), else a requested one."""

@@ -72,6 +72,7 @@ class SimulcastConsumer(BaseConsumer):
         self.layers: list[Producer] = list(producer.layers or [producer])
         self.current: int | None = None
         self._last_out: tuple[int, int, float] | None = None  # (extended seq, ts, when) of the newest sent
+        self.superseded = 0  # NACKs not answered: a switch down had made their packets useless
         if resume is not None:
             elapsed = max(1, round((self._clock() - resume.at) * producer.clock_rate))
             self.switcher = LayerSwitcher(resume.next_seq, resume.last_ts + elapsed, producer.clock_rate, start_layer)
@@ -200,10 +201,11 @@ class SimulcastConsumer(BaseConsumer):
 
     # -- the layer ---------------------------------------------------------------------------------------------
 
-    def set_layer(self, layer: int) -> None:
-        """Forward `layer` from its next keyframe on (the classroom's selector chose it)."""
+    def set_layer(self, layer: int, hold: bool = False) -> None:
+        """Forward `layer` from its next keyframe on (the classroom's selector chose it). `hold`: going down on a
+        collapsed link, the current layer stops at the end of its frame in progress (LayerSwitcher.holding)."""
         layer = max(0, min(layer, len(self.layers) - 1))
-        if self.switcher.set_target(layer, self._clock()):
+        if self.switcher.set_target(layer, self._clock(), hold):
             self.layers[layer].request_keyframe()
 
     def layer_rates(self) -> list[float]:
@@ -238,6 +240,9 @@ class SimulcastConsumer(BaseConsumer):
         found = self.switcher.lookup(seq16)
         if found is None:
             return None
+        if self.switcher.superseded(found[0]):
+            self.superseded += 1
+            return None
         packet: Packet | None = self.layers[found[0]].cache.get(found[1])  # type: ignore[assignment]
         again = self.switcher.resend(found[0], found[1], packet.ts, packet.payload) if packet is not None else None
         if again is None or packet is None:
@@ -261,4 +266,4 @@ class SimulcastConsumer(BaseConsumer):
 
     def stats(self) -> dict:
         return {**super().stats(), "layer": self.current, "target": self.switcher.target,
-                "switches": self.switcher.switches}
+                "switches": self.switcher.switches, "held": self.switcher.held, "superseded": self.superseded}

@@ -280,3 +280,61 @@ def announce(description: str) -> str:
             address = _announced(line[9:])
             lines[i] = f"c=IN {'IP6' if ':' in address else 'IP4'} {address}"
     return "\r\n".join(lines)
+
+
+# -- RED (RFC 2198) audio redundancy towards the classrooms (sfu/rtp/red.py) ---------------------------------------
+# aiortc has no RED codec; the classroom's offer text gets `red/48000/2` after Opus in each audio m-section (Opus stays
+# the first, preferred codec), with `a=fmtp:<red> <opus>/<opus>` (one redundant Opus block). A browser that can decode
+# it (Chromium) keeps it in its answer (`answered_red`); the server then sends RED to classrooms with loss.
+RED_PREFERRED_PT = 63
+
+
+def offer_red(offer_sdp: str) -> str:
+    """The offer with RED added to every audio m-section that has Opus (unchanged when none has, or no payload
+    type is free)."""
+    session, sections = split_sections(offer_sdp)
+    used = {v.split()[0] for lines in sections for n, v in map(_attr, lines) if n == "rtpmap" and v.split()}
+    used |= {pt for lines in sections for pt in lines[0].split()[3:]}
+    free = [str(p) for p in [RED_PREFERRED_PT, *range(96, 128)] if str(p) not in used]
+    if not free:
+        return offer_sdp
+    red = free[0]
+    eol = "\r\n" if "\r\n" in offer_sdp else "\n"
+    out = list(session)
+    for lines in sections:
+        media = lines[0].split()
+        opus = next((v.split()[0] for n, v in map(_attr, lines)
+                     if n == "rtpmap" and len(v.split()) > 1 and v.split()[1].lower().startswith("opus/")), None)
+        if len(media) < 4 or media[0] != "m=audio" or media[1] == "0" or opus is None \
+                or any(n == "rtpmap" and "red/" in v.lower() for n, v in map(_attr, lines)):
+            out += lines
+            continue
+        kept = [" ".join([*media, red]), *lines[1:]]
+        last = max(i for i, x in enumerate(kept) if _attr(x)[0] in ("rtpmap", "rtcp-fb", "fmtp")
+                   and _attr(x)[1].split(" ", 1)[0] == opus)
+        kept[last + 1:last + 1] = [f"a=rtpmap:{red} red/48000/2", f"a=fmtp:{red} {opus}/{opus}"]
+        out += kept
+    return eol.join(out) + eol
+
+
+def answered_red(answer_sdp: str) -> dict[str, tuple[int, int]]:
+    """mid -> (RED payload type, the Opus payload type it carries) for each audio m-section whose answer kept RED
+    (an `a=fmtp:<red> <opus>/<opus>` whose Opus the answer has)."""
+    _, sections = split_sections(answer_sdp)
+    found: dict[str, tuple[int, int]] = {}
+    for lines in sections:
+        media = lines[0].split()
+        if len(media) < 4 or media[0] != "m=audio" or media[1] == "0":
+            continue
+        attrs = list(map(_attr, lines))
+        mid = next((v for n, v in attrs if n == "mid"), None)
+        rtpmap = {v.split()[0]: v.split()[1].lower() for n, v in attrs if n == "rtpmap" and len(v.split()) > 1}
+        red = next((pt for pt, name in rtpmap.items() if name.startswith("red/48000") and pt in media[3:]), None)
+        fmtp = next((v.split(" ", 1)[1] for n, v in attrs if n == "fmtp" and v.split(" ", 1)[0] == red
+                     and " " in v), "") if red else ""
+        blocks = fmtp.strip().split("/")
+        if mid is None or red is None or not red.isdigit() or len(blocks) < 2 or len(set(blocks)) != 1 \
+                or not blocks[0].isdigit() or not rtpmap.get(blocks[0], "").startswith("opus/"):
+            continue
+        found[mid] = (int(red), int(blocks[0]))
+    return found

@@ -18,7 +18,8 @@ from sfu.adapt.gcc import SendSideEstimator
 from sfu.adapt.ladder import COURSEWARE, VIDEO, LinkReport, VideoLadder
 from sfu.adapt.link import fresh
 from sfu.adapt.overload import RUNG_AUDIO, RUNG_CAMERA_OFF, RUNG_LAYER_Q
-from sfu.adapt.select import LayerReport, LayerSelector
+from sfu.adapt.probe import PROBE_MAX_STEP, ProbeSchedule
+from sfu.adapt.select import REMB_FIT_RATIO, LayerReport, LayerSelector
 from sfu.consumer.base import BaseConsumer, ResumePoint
 from sfu.consumer.simple import Consumer
 from sfu.consumer.simulcast import SimulcastConsumer
@@ -26,20 +27,39 @@ from sfu.peers.publisher import START_LAYER
 from sfu.peers.sdp import (
     SdpError,
     announce,
+    answered_red,
     answered_transport_cc,
     ext_id,
     lesson_codecs,
     make_peer_connection,
+    offer_red,
     offer_transport_cc,
     prefer_lesson_codecs,
     set_description,
 )
+from sfu.pacer import PACE_BELOW_TOP, PACING_FACTOR, PACING_OVER_SENT, Pacer
 from sfu.producer import Producer
 from sfu.rtp.clock import SYSTEM_CLOCK, Clock
 from sfu.rtp.header import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, extension_layout
+from sfu.rtp.red import RedEncoder
 from sfu.rtp.twcc import TransportSeq, split_compound
 
 log = logging.getLogger("ketang.sfu")
+
+# with a send-side estimate, the camera is paused only after its simulcast tracks have been on their lowest layer
+# this long (a cap that hits the top layer first takes it down layer by layer: q -> h -> f before courseware)
+LOWEST_SETTLE_S = 0.5
+# bytes a packet takes on the wire besides its payload (the producers measure payload): the RTP header and its
+# extensions (~24), the SRTP tag and IPv4/UDP (sfu/rtp/twcc.py WIRE_OVERHEAD, 38)
+OTHERS_PACKET_OVERHEAD = 62
+# RED (RFC 2198) audio towards a classroom whose answer kept it: on at this much transport-cc loss, off below the
+# other, held at least RED_HOLD_S
+RED_ON_LOSS = 0.02
+RED_OFF_LOSS = 0.005
+RED_HOLD_S = 10.0
+# ...and only while the estimate carries this multiple of what arrives with the redundancy (loss on a full link
+# is congestion: RED would add to it; there the estimate sits at or below what arrives)
+RED_ROOM = 1.0
 
 
 class PlaceholderTrack(MediaStreamTrack):
@@ -64,6 +84,7 @@ class LinkState:
     loss: float  # 0..1
     loss_at: float | None
     send_side: bool  # from transport-cc feedback (else the classroom's REMB and receiver reports)
+    probe: bool = False  # up-switches wait for the estimate, which probes raise (sfu/adapt/probe.py)
 
 
 @dataclass
@@ -114,6 +135,15 @@ class Subscriber:
         # consumers stamp, and the send-side estimate fed by its feedback (sfu/adapt/gcc.py)
         self.twcc: TransportSeq | None = None
         self.bwe: SendSideEstimator | None = None
+        # its output pacer and prober (sfu/pacer.py, sfu/adapt/probe.py), with transport-cc
+        self.pacer: Pacer | None = None
+        self.probes: ProbeSchedule | None = None
+        self._decreases_seen = 0
+        self._layers_seen: tuple = ()
+        self._lowest_since: float | None = None
+        self._red: dict[str, tuple[int, int]] = {}  # mid -> (RED pt, Opus pt) where the answer kept RED
+        self.red_on = False
+        self._red_since = 0.0
         self._twcc_offer_id = 0
         self._stock_rtcp: seams.DtlsHandlers | None = None
         self._awaiting_answer = False
@@ -218,6 +248,11 @@ class Subscriber:
         else:
             slot.consumer = Consumer(producer, t.sender, pt, rtx, layout, resume=slot.resume, clock=self.clock,
                                      twcc=twcc)
+            red = self._red.get(t.mid or "")
+            if t.kind == "audio" and red is not None and red[1] == pt:
+                slot.consumer.red, slot.consumer.red_pt = RedEncoder(pt), red[0]
+                slot.consumer.set_red(self.red_on)
+        slot.consumer.pacer = self.pacer
         if slot.kind == "video" and not self._flows(producer):
             slot.consumer.pause()
 
@@ -282,17 +317,37 @@ class Subscriber:
         if not self.camera:
             video_bps = screen_bps  # what this classroom receives at the top rung is the courseware alone
         link = self.link(now)
-        report = LinkReport(link.estimate_bps, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
-                            send_side=link.send_side)
         self._choose_layers(now, link)
+        estimate = link.estimate_bps
+        if link.send_side and self.ladder.level == VIDEO and not self._on_lowest_layers(now):
+            estimate = None  # q -> h -> f first: the camera pauses only once its lowest layer does not fit either
+        audio_bps = sum(c.producer.rate_bps for c in self.consumers() if c.kind == "audio" and not c.paused)
+        report = LinkReport(estimate, link.estimate_at, link.loss, video_bps, link.loss_at, screen_bps,
+                            send_side=link.send_side, probe=link.probe, audio_bps=audio_bps)
         was = self.ladder.level
         self.ladder.update(report, now)
         if self.ladder.level != was:
             log.info("classroom %s: %s (%s)", self.participant_id, self.ladder.state, self.ladder.reason)
             self._apply_video()
+        if link.probe:
+            self._pace_and_probe(now, link, report)
+
+    def _on_lowest_layers(self, now: float) -> bool:
+        """Whether every simulcast track flowing to this classroom has been on its lowest layer for
+        LOWEST_SETTLE_S (the switch's keyframe went through the link): only then may the ladder pause the camera
+        on the estimate."""
+        lowest = all(c.current in (None, 0) and c.switcher.target == 0 for c in self.consumers()
+                     if isinstance(c, SimulcastConsumer) and not c.paused)
+        if not lowest:
+            self._lowest_since = None
+            return False
+        if self._lowest_since is None:
+            self._lowest_since = now
+        return now - self._lowest_since >= LOWEST_SETTLE_S
 
     def _choose_layers(self, now: float, link: LinkState) -> None:
         """Simulcast: each track's layer from this classroom's estimate and loss (sfu/adapt/select.py)."""
+        others = self._others_bps()
         for consumer in self.consumers():
             if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
                 continue
@@ -300,12 +355,21 @@ class Subscriber:
             if selector is None:
                 selector = self.selectors[consumer.producer.id] = LayerSelector(now, consumer.switcher.target)
             report = LayerReport(link.estimate_bps, link.estimate_at, link.loss, link.loss_at, consumer.layer_rates(),
-                                 send_side=link.send_side)
+                                 send_side=link.send_side, probe=link.probe, others_bps=others)
             chosen = selector.update(report, now)
             cap = self._layer_cap()
             if cap is not None:
                 chosen = min(chosen, cap)
-            consumer.set_layer(chosen)
+            consumer.set_layer(chosen, hold=selector.collapsed)
+
+    def _others_bps(self) -> float:
+        """What this classroom receives besides the simulcast tracks (audio, courseware) on the wire: with the
+        send-side estimate (of the wire), a layer must fit the link with it. Payload rates plus OTHERS_PACKET_OVERHEAD
+        a packet: Opus's ~25 kbit/s of payload is ~50 on the wire, and counted as 25 a 265-290 kbit/s layer stayed
+        on a 300 kbit/s link for 16 s in one run (its estimate, 253 kbit/s, was short of 0.85 x the need only when
+        the layer's measured rate peaked)."""
+        return sum(c.producer.rate_bps + 8 * OTHERS_PACKET_OVERHEAD * c.producer.packet_rate
+                   for c in self.consumers() if not isinstance(c, SimulcastConsumer) and not c.paused)
 
     def link(self, now: float) -> LinkState:
         """What the server knows of this classroom's downlink now: with transport-cc feedback (fresh within
@@ -320,7 +384,7 @@ class Subscriber:
             estimate = bwe.estimate_bps
             if remb is not None and fresh(remb_at, now):
                 estimate = min(estimate, remb)
-            return LinkState(estimate, bwe.updated_at, bwe.loss, bwe.updated_at, True)
+            return LinkState(estimate, bwe.updated_at, bwe.loss, bwe.updated_at, True, self._can_probe())
         lossiest = max(consumers, key=lambda c: c.fraction_lost) if consumers else None
         return LinkState(remb, remb_at, lossiest.fraction_lost / 256 if lossiest else 0.0,
                          lossiest.report_at if lossiest else None, False)
@@ -329,10 +393,132 @@ class Subscriber:
         """The estimate and loss this classroom's decisions use, and where they come from (for /stats)."""
         link = self.link(now)
         out: dict = {"source": "transport-cc" if link.send_side else ("remb" if link.estimate_bps else "none"),
-                     "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4)}
+                     "estimate_bps": link.estimate_bps, "loss": round(link.loss, 4),
+                     # what the classroom receives besides the simulcast cameras (payload rates, as measured)
+                     "others_bps": round(self._others_bps())}
         if self.bwe is not None and self.twcc is not None:
             out["transport_cc"] = {**self.twcc.stats(), **self.bwe.stats()}
+        if self.pacer is not None:
+            out["pacer"] = self.pacer.stats()
+        if self._red:
+            out["red"] = self.red_on
         return out
+
+    # -- pacing and probing (sfu/pacer.py, sfu/adapt/probe.py) ---------------------------------------------------
+
+    def _padder(self) -> BaseConsumer | None:
+        """The stream that carries probe padding: a started video stream with RTX."""
+        return next((c for c in self.consumers() if c.kind == "video" and c.rtx_payload_type is not None
+                     and c._raw_send is not None and not c.closed), None)  # noqa: SLF001
+
+    def _can_probe(self) -> bool:
+        return self.pacer is not None and self._padder() is not None
+
+    def _pad(self, nbytes: int) -> int:
+        padder = self._padder()
+        return padder.send_padding(nbytes) if padder is not None else 0
+
+    def _wanted_bps(self, report: LinkReport) -> float | None:
+        """What the estimate must reach for the next step up (the ladder's next rung, else the next simulcast
+        layer), with the rest of what this classroom receives (audio, courseware) on top; None: at the top."""
+        assert self.ladder is not None
+        if self.ladder.level != VIDEO:
+            return self.ladder.wanted_bps(report)
+        wanted = None
+        others = self._others_bps()
+        for consumer in self.consumers():
+            if not isinstance(consumer, SimulcastConsumer) or consumer.paused:
+                continue
+            selector = self.selectors.get(consumer.producer.id)
+            if selector is None or (self.pinned_layer is not None and selector.layer >= self.pinned_layer):
+                continue
+            rates = consumer.layer_rates()
+            above = [r for i, r in enumerate(rates) if i > selector.layer and r > 0]
+            if above:
+                need = max(above[0] / REMB_FIT_RATIO, above[0] + others)  # what the selector goes up on
+                wanted = need if wanted is None else max(wanted, need)
+        return wanted
+
+    def _pace_and_probe(self, now: float, link: LinkState, report: LinkReport) -> None:
+        """The pacer's rate from the estimate, and a probe when the next step up needs more than it says."""
+        pacer, bwe, schedule = self.pacer, self.bwe, self.probes
+        if pacer is None or bwe is None or schedule is None or self.ladder is None:
+            return
+        estimate = float(link.estimate_bps or bwe.estimate_bps)
+        prober = pacer.prober
+        seen = (self.ladder.level, *(s.layer for s in self.selectors.values()))
+        if seen != self._layers_seen:
+            # down: a lower rung (a higher level number), or a lower layer on a track seen before
+            was = self._layers_seen
+            down = bool(was) and (seen[0] > was[0] or (len(seen) == len(was)
+                                                      and any(a < b for a, b in zip(seen[1:], was[1:]))))
+            self._layers_seen = seen
+            schedule.changed(now, down=down)
+        probing = prober is not None and prober.state == "probing"
+        top = max((max(c.layer_rates(), default=0.0) for c in self.consumers() if isinstance(c, SimulcastConsumer)),
+                  default=report.video_bps)
+        pacer.estimate_bps = estimate
+        sending = sum(c.layers[c.current].rate_bps if isinstance(c, SimulcastConsumer) and c.current is not None
+                      else c.producer.rate_bps for c in self.consumers() if not c.paused)
+        pacer.media_bps = sending
+        self._choose_red(now, estimate, bwe.acked_bps or sending, bwe.loss)
+        pacer.set_rate(max(PACING_FACTOR * estimate, PACING_OVER_SENT * sending,
+                           1.5 * prober.target_bps if probing and prober else 0.0))
+        active = probing or estimate < PACE_BELOW_TOP * top
+        if pacer.active and not active:
+            pacer.tick()  # what waits goes now
+        pacer.active = active
+        if prober is not None and prober.active:
+            prober.judge(now, bwe.rtt_s)
+            self._probe_done(now)
+            return
+        wanted = self._wanted_bps(report)
+        if wanted is None or estimate >= wanted or not schedule.due(now):
+            return
+        if bwe.signal == "overuse" or bwe.loss > 0.10:
+            return
+        target = min(wanted, PROBE_MAX_STEP * estimate)  # far below: in steps, each one's overshoot small
+        pacer.start_probe(target)
+        pacer.set_rate(max(pacer.rate_bps, 1.5 * target))
+        pacer.active = True
+        log.debug("classroom %s: probing %d kbit/s (estimate %d)", self.participant_id, target // 1000,
+                  estimate // 1000)
+
+    def _choose_red(self, now: float, estimate: float, arriving: float, loss: float) -> None:
+        """RED for this classroom's audio while its link loses packets (RED_ON_LOSS) and the estimate has room for
+        the audio twice (RED_ROOM); off again below RED_OFF_LOSS (after RED_HOLD_S at least), or at once when the
+        room runs out."""
+        audio = [c for c in self.consumers() if isinstance(c, Consumer) and c.red is not None]
+        if not audio:
+            return
+        red_bps = sum(c.producer.rate_bps for c in audio)  # what the redundancy adds: the audio once more
+        # `arriving`: what the classroom acknowledges (on the wire, the redundancy included while it is on)
+        room = estimate >= RED_ROOM * (arriving + (0.0 if self.red_on else red_bps))
+        on = self.red_on
+        if not on and loss >= RED_ON_LOSS and room:
+            on = True
+        elif on and (not room or (now - self._red_since >= RED_HOLD_S and loss < RED_OFF_LOSS)):
+            on = False  # no room: at once (the loss is the link's queue; redundancy would only add to it)
+        if on != self.red_on:
+            self.red_on, self._red_since = on, now
+            log.info("classroom %s: RED audio %s (loss %.1f%%)", self.participant_id, "on" if on else "off",
+                     100 * loss)
+            for consumer in audio:
+                consumer.set_red(on)
+
+    def _probe_done(self, now: float) -> None:
+        """A probe that ended: its result into the estimate (succeeded), or the next one later (failed)."""
+        pacer, bwe, schedule = self.pacer, self.bwe, self.probes
+        prober = pacer.prober if pacer is not None else None
+        if prober is None or bwe is None or schedule is None or prober.active or prober.state == "idle":
+            return
+        if prober.state == "succeeded" and prober.result_bps is not None:
+            bwe.on_probe(prober.result_bps, now)
+            schedule.succeeded(now)
+        else:
+            schedule.failed(now)
+        log.debug("classroom %s: probe %s (%s)", self.participant_id, prober.state, prober.reason)
+        prober.state = "idle"
 
     # -- transport-cc ----------------------------------------------------------------------------------------
 
@@ -346,6 +532,12 @@ class Subscriber:
             return
         self.twcc = TransportSeq(ext_id, self.clock.monotonic)
         self.bwe = SendSideEstimator(self.clock.monotonic())
+        loop = asyncio.get_event_loop()
+        self.pacer = Pacer(self.clock.monotonic, loop.call_later, self.twcc, PACING_FACTOR * self.bwe.estimate_bps)
+        self.pacer.pad = self._pad
+        self.probes = ProbeSchedule(self.clock.monotonic())
+        for consumer in self.consumers():
+            consumer.pacer = self.pacer  # bound before the answer (not started yet: they take it at their start)
         self._stock_rtcp = seams.hook_dtls(dtls, seams.dtls_handlers(dtls)[0], self._on_rtcp)
 
     async def _on_rtcp(self, data: bytes) -> None:
@@ -366,7 +558,14 @@ class Subscriber:
         results = self.twcc.on_feedback(packet)
         if results:
             rtts = [r for r in (seams.sender_rtt(c.sender) for c in self.consumers()) if r is not None]
-            self.bwe.on_feedback(results, self.clock.monotonic(), min(rtts) if rtts else None)
+            now = self.clock.monotonic()
+            self.bwe.on_feedback(results, now, min(rtts) if rtts else None)
+            prober = self.pacer.prober if self.pacer is not None else None
+            decreased = self.bwe.decreases != self._decreases_seen
+            self._decreases_seen = self.bwe.decreases
+            if prober is not None and prober.active:
+                prober.on_feedback(results, now, decreased or self.bwe.signal == "overuse", self.bwe.rtt_s)
+                self._probe_done(now)
 
     def pin_layer(self, layer: int | None) -> None:
         """The classroom's own choice: at most this simulcast layer (0: the smallest), or None: automatic."""
@@ -408,6 +607,7 @@ class Subscriber:
             await self.pc.setLocalDescription(offer)
             sdp, self._twcc_offer_id = offer_transport_cc(announce(self.pc.localDescription.sdp),
                                                           self.twcc.ext_id if self.twcc else self._twcc_offer_id)
+            sdp = offer_red(sdp)
         await self.signals.send_offer(sdp, self.track_map())
 
     async def accept_answer(self, sdp: str) -> None:
@@ -416,6 +616,7 @@ class Subscriber:
         await set_description(self.pc, sdp, "answer", max_sections=len(self.pc.getTransceivers()))
         self._awaiting_answer = False
         self._start_twcc(answered_transport_cc(sdp))
+        self._red = answered_red(sdp)
         for slot in self.slots:
             try:
                 lesson_codecs(slot.transceiver)  # the classroom must accept the lesson codec
@@ -437,6 +638,8 @@ class Subscriber:
         for slot in self.slots:
             if slot.consumer is not None:
                 slot.consumer.close()
+        if self.pacer is not None:
+            self.pacer.close()
         if self._stock_rtcp is not None and self.slots and self.slots[0].transceiver.sender.transport is not None:
             seams.unhook_dtls(self.slots[0].transceiver.sender.transport, self._stock_rtcp)
             self._stock_rtcp = None

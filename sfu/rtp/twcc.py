@@ -184,6 +184,14 @@ class TransportSeq:
         self.packets_sent += 1
         return seq
 
+    def forget(self, seq: int) -> None:
+        """The packet numbered `seq` was never sent (the pacer dropped it): its feedback counts nothing (a drop
+        in the server is not the link's loss)."""
+        i = seq & _MASK
+        if self._seq[i] == seq:
+            self._seq[i] = -1
+            self.packets_sent -= 1
+
     def _unwrap_reference(self, reference: int) -> int:
         last = self._reference
         if last is None:

@@ -89,6 +89,11 @@ class LayerSwitcher:
         self._frame_open = False  # the newest packet sent did not end its frame
         self._last_ts = 0  # output timestamp of the newest packet sent
         self._frame_arrival = 0.0  # arrival of the first packet of the newest frame sent
+        # while waiting for a lower layer's key frame, forward nothing more of the current layer once its frame in
+        # progress has ended (``set_target(..., hold=True)``: the link collapsed, and every packet of the larger
+        # layer would only fill the queue the key frame must pass through); the picture stands still meanwhile
+        self.holding = False
+        self.held = 0  # packets of the current layer not forwarded while holding
         self.switches = 0
         self.cut_frames = 0  # switches made before the old layer's frame ended (its end was lost)
         self.forwarded = 0
@@ -106,16 +111,22 @@ class LayerSwitcher:
 
     # -- control ---------------------------------------------------------------------------------------------
 
-    def set_target(self, layer: int, now: float) -> bool:
-        """Switch to ``layer`` at its next key frame; True when the caller should ask the teacher for one."""
+    def set_target(self, layer: int, now: float, hold: bool = False) -> bool:
+        """Switch to ``layer`` at its next key frame; True when the caller should ask the teacher for one.
+        ``hold``: going down, stop forwarding the current layer at the end of its frame in progress (`holding`)."""
+        current = self.current
         if layer == self.target and (self.waiting is None or self.waiting == layer):
+            if hold and self.waiting is not None and current is not None and layer < current:
+                self.holding = True
             return False
         self.target = layer
         self._pending.clear()
-        if layer == self.current:
+        self.holding = False
+        if layer == current:
             self.waiting = None
             self.steady = self._open
             return False
+        self.holding = hold and current is not None and layer < current
         self.waiting = layer
         self.steady = None
         self._asked_at = now
@@ -154,6 +165,11 @@ class LayerSwitcher:
                     self._switch_pending(out, cut=False)
                 return out
             # before the target's key frame start: dropped below, unless a late packet of an old segment
+        elif self.holding and self.waiting is not None:
+            seg = self._open
+            if seg is not None and layer == seg.layer and ext_seq > seg.last_in and not self._frame_open:
+                self.held += 1
+                return out  # the current layer's next frame: not sent (no hole: the next segment follows on)
         self._forward(layer, ext_seq, ts, marker, payload, now, out)
         if self._pending and (not self._frame_open or now - self._pending_since > PENDING_MAX_S):
             self._switch_pending(out, cut=self._frame_open)
@@ -244,6 +260,7 @@ class LayerSwitcher:
             del self._segments[0]
         self._open = seg
         self.waiting = None
+        self.holding = False
         self.steady = seg
         self._frame_arrival = first_at
         for ext_seq, ts, marker, payload, at in pending:
@@ -273,6 +290,16 @@ class LayerSwitcher:
         if ext_in is None or ext_in < found.first_in or ext_in > found.last_in:
             return None
         return found.layer, ext_in
+
+    def superseded(self, layer: int) -> bool:
+        """Whether a NACKed packet of ``layer`` (``lookup``) is not worth resending: a switch down has made it
+        useless. While holding, the current layer's frames stop anyway (its link collapsed: the retransmissions
+        would only delay the lower layer's key frame); after a switch down, the classroom decodes from the new
+        layer's key frame on, so a packet of a larger layer than the one forwarded now is never shown."""
+        seg = self._open
+        if seg is None:
+            return False
+        return self.holding or layer > seg.layer
 
     def resend(self, layer: int, ext_seq: int, ts: int, payload: bytes) -> tuple[int, bytes] | None:
         """(output timestamp, rewritten payload) for a retransmission of a packet ``lookup`` named."""

@@ -43,6 +43,8 @@ class Sim:
     rate_of: Callable[[float], float] | None = None  # what to send for an estimate (default: the estimate)
     t: float = 0.0
     trace: list[tuple[float, int]] = field(default_factory=list)  # (time, estimate) after each feedback
+    # also sees every feedback's results after the estimator (a prober under test)
+    on_feedback: Callable[[list[Result], float], None] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -96,6 +98,8 @@ class Sim:
             while self._pending_feedback and self._pending_feedback[0][0] <= now:
                 _, report = self._pending_feedback.pop(0)
                 self.estimator.on_feedback(report, now, rtt_s=2 * self.link.delay_s)
+                if self.on_feedback is not None:
+                    self.on_feedback(report, now)
                 self.trace.append((now, self.estimator.estimate_bps))
             self.t = round(now + step, 6)
 

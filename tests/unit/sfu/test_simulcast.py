@@ -1327,3 +1327,44 @@ async def test_chromium_keeps_three_encodings_with_the_munged_answer_and_sends_e
         for p in pcs:
             await p.close()
         await context.close()
+
+
+def test_a_down_switch_with_hold_stops_the_current_layer_at_its_frames_end_until_the_key_frame(simulcast) -> None:
+    # the link collapsed at frame 25 (layer 2 -> 1, held; frame 24 had ended): nothing more of layer 2
+    # goes out, and layer 1 follows from its key frame (40) on, its numbers continuing the last ones sent
+    sw = LayerSwitcher(first_seq_out=500, first_ts_out=7777, clock_rate=VIDEO_CLOCK, target=0)
+    out: list[Out] = []
+    frame = -1
+    for p in simulcast:
+        if p.frame != frame:
+            frame = p.frame
+            if frame == 5:
+                sw.set_target(2, p.at)
+            elif frame == 25:
+                assert sw.set_target(1, p.at, hold=True) and sw.holding
+        out += sw.push(p.layer, p.ext_seq, p.ts, p.marker, p.keyframe, p.payload, p.at)
+        if sw.holding:
+            assert sw.superseded(2)  # while holding, the current layer's NACKs are not answered either
+    assert not sw.holding and sw.held > 0 and sw.switches == 2
+    # a NACK of layer 2's last packets: not resent now that layer 1 is forwarded (its key frame replaced them);
+    # one of layer 1's own packets is
+    layer2_last = next(o for o in reversed(out) if o.layer == 2)
+    assert sw.lookup(layer2_last.seq & 0xFFFF) == (2, layer2_last.ext_seq) and sw.superseded(2)
+    assert not sw.superseded(out[-1].layer) and not sw.superseded(0)
+    assert [o.seq for o in out] == list(range(500, 500 + len(out)))  # no hole for the classroom to NACK
+    by_key = {(p.layer, p.ext_seq): p for p in simulcast}
+    frames = [(by_key[(f[0].layer, f[0].ext_seq)].frame, f[0].layer) for f in _frames_out(out)]
+    assert frames == [(n, 0) for n in range(23)] + [(n, 2) for n in range(22, 25)] + [(n, 1) for n in range(40, 60)]
+    for f in _frames_out(out):  # whole frames only
+        assert [o.marker for o in f] == [0] * (len(f) - 1) + [1]
+
+
+def test_without_hold_or_going_up_the_current_layer_flows_until_the_switch(simulcast) -> None:
+    sw = LayerSwitcher(first_seq_out=500, first_ts_out=7777, clock_rate=VIDEO_CLOCK, target=0)
+    assert sw.set_target(0, 0.0, hold=True) is False and not sw.holding  # nothing to go down from
+    _, out, _ = run_switcher(simulcast)
+    assert [(f[0].layer) for f in _frames_out(out)].count(2) > 0
+    sw2 = LayerSwitcher(first_seq_out=500, first_ts_out=7777, clock_rate=VIDEO_CLOCK, target=0)
+    for p in simulcast[:40]:
+        sw2.push(p.layer, p.ext_seq, p.ts, p.marker, p.keyframe, p.payload, p.at)
+    assert sw2.current == 0 and sw2.set_target(2, 1.0, hold=True) and not sw2.holding  # up: never held
