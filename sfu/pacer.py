@@ -122,7 +122,9 @@ class Pacer:
                 prober.on_sent(size, now)
             return
         twcc = self._twcc
-        self._queue.append((send, protect, packet, (twcc.seq - 1) & 0xFFFF if twcc is not None else -1))
+        # (the packet's own number, read from it: not assumed to be the last one taken)
+        self._queue.append((send, protect, packet, _TWCC_SEQ.unpack_from(packet, TWCC_SEQ_AT)[0]
+                            if twcc is not None and len(packet) >= TWCC_SEQ_AT + 2 else -1))
         self.queued += 1
         self.queued_bytes += size
         limit = max(QUEUE_MIN_BYTES, QUEUE_MAX_S * self.rate_bps / 8)

@@ -157,7 +157,7 @@ class TransportSeq:
     with their send time and size in a ring of RING, matched with the classroom's feedback (`on_feedback`)."""
 
     __slots__ = ("ext_id", "seq", "_clock", "_sent_at", "_size", "_seq", "_reference", "feedback_packets",
-                 "feedback_refused", "packets_sent", "packets_acked", "packets_lost")
+                 "feedback_refused", "packets_sent", "packets_acked", "packets_lost", "packets_late")
 
     def __init__(self, ext_id: int, clock: Callable[[], float], start: int = 0) -> None:
         self.ext_id = ext_id
@@ -172,6 +172,7 @@ class TransportSeq:
         self.packets_sent = 0
         self.packets_acked = 0
         self.packets_lost = 0
+        self.packets_late = 0  # reported lost, then received after all (reordered): not lost in the end
 
     def take(self, size: int) -> int:
         """Hot path: the number for a packet of `size` bytes (RTP header and payload) sent now."""
@@ -222,6 +223,9 @@ class TransportSeq:
             arrival += delta * DELTA_UNIT_S
             i = seq & _MASK
             if slots[i] == seq or slots[i] == seq | _REPORTED_LOST:
+                if slots[i] != seq:  # a loss reported before: it came late, it was not lost
+                    self.packets_late += 1
+                    self.packets_lost -= 1
                 slots[i] = -1
                 out.append(PacketResult(seq, sent_at[i], arrival, size[i]))
         self.packets_acked += len(out)
@@ -240,5 +244,6 @@ class TransportSeq:
 
     def stats(self) -> dict:
         return {"ext_id": self.ext_id, "packets_sent": self.packets_sent, "packets_acked": self.packets_acked,
-                "packets_lost": self.packets_lost, "feedback_packets": self.feedback_packets,
+                "packets_lost": self.packets_lost, "packets_late": self.packets_late,
+                "feedback_packets": self.feedback_packets,
                 "feedback_refused": self.feedback_refused}

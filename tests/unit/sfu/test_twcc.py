@@ -242,3 +242,17 @@ def test_the_extension_block_with_a_transport_wide_number() -> None:
     packet = RTP_HEADER.pack(0x90, 96, 7, 1234, 99) + plain.tail(ast, 127, b"payload")
     hdr = parse_header(packet)
     assert hdr is not None and find_extension(packet, hdr, 5) is None and find_extension(packet, hdr, 3) == ast
+
+
+
+def test_a_number_reported_lost_then_received_is_late_not_lost() -> None:
+    """Chromium reports a number that arrives after its feedback went out again in a later one, as received: it was
+    reordered, not lost — the loss count goes back down and the late count up."""
+    seqs = TransportSeq(5, FakeClock())
+    for _ in range(3):
+        seqs.take(1000)
+    # 0 and 2 received, 1 not (a 1-bit vector: 1 0 1, the rest past the count)
+    seqs.on_feedback(feedback(0, 3, [vector1([1, 0, 1] + [0] * 11)], bytes([4, 8])))
+    assert (seqs.packets_acked, seqs.packets_lost, seqs.packets_late) == (2, 1, 0)
+    seqs.on_feedback(feedback(1, 1, [run_length(1, 1)], bytes([4]), reference=1, fb_count=1))
+    assert (seqs.packets_acked, seqs.packets_lost, seqs.packets_late) == (3, 0, 1)
