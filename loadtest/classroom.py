@@ -6,7 +6,6 @@ subscriber (`CountingReceiver`: real ICE, DTLS, SRTP, receiver reports and NACKs
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +16,8 @@ import aiohttp
 from loadtest.media import Clip
 from loadtest.publisher import MediaPublisher
 from loadtest.receiver import CountingReceiver, ReceiveOptions
-from loadtest.wsclient import ProtocolError, WsClient
+from loadtest.wsclient import ProtocolError, WsClient, join_lesson
 
-RETRY_CODE = "overloaded"  # a join refused with this is tried again (docs/protocol.md)
-# the page's schedule, roughly (client_web/protocol.js RECONNECT_DELAYS_MS): hundreds of refused classrooms must
-# not come back all at once, every second
-JOIN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
-JOIN_RETRY_JITTER = 0.25
 
 
 def classroom_id(index: int) -> str:
@@ -81,18 +75,8 @@ class SyntheticClassroom:
         self.started_at = time.monotonic()
         try:
             await self.ws.connect()
-            deadline = self.started_at + timeout_s
-            while True:
-                reply = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, timeout_s)
-                # a server short of CPU refuses new classrooms for a while: try again, as the page does
-                if reply.get("type") != "error" or reply.get("code") != RETRY_CODE \
-                        or time.monotonic() + JOIN_RETRY_S[0] > deadline:
-                    break
-                self.join_retries += 1
-                await self.ws.close()  # (a socket must join within the server's join timeout: a fresh one)
-                delay = JOIN_RETRY_S[min(self.join_retries, len(JOIN_RETRY_S)) - 1]
-                await asyncio.sleep(delay * random.uniform(1 - JOIN_RETRY_JITTER, 1 + JOIN_RETRY_JITTER))
-                await self.ws.connect()
+            # a server short of CPU refuses new classrooms for a while: tried again, as the page does
+            reply, self.join_retries = await join_lesson(self.ws, self.token, self.lesson, timeout_s)
             if reply.get("type") == "error":
                 raise ProtocolError(f"{reply.get('code')}: {reply.get('message')}")
             await asyncio.wait_for(self.receiver.connected.wait(), timeout_s)

@@ -18,7 +18,7 @@ import aiohttp
 from loadtest.media import Clip, SimulcastLayer
 from loadtest.publisher import MediaPublisher
 from loadtest.receiver import CountingReceiver
-from loadtest.wsclient import WsClient
+from loadtest.wsclient import ProtocolError, WsClient, join_lesson
 
 WALL_INDEX = -1  # the wall's receiver seeds its (unused) loss emulation apart from the classrooms'
 
@@ -52,7 +52,10 @@ class SyntheticTeacher:
 
     async def publish(self) -> None:
         await self.ws.connect()
-        joined = await self.ws.request({"type": "join", "token": self.token, "lesson": self.lesson}, 30.0, check=True)
+        # (a node short of CPU refuses new lessons for a while too: tried again, as the teacher page does)
+        joined, _ = await join_lesson(self.ws, self.token, self.lesson, 60.0)
+        if joined.get("type") == "error":
+            raise ProtocolError(f"{joined.get('code')}: {joined.get('message')}")
         self.participant_id = joined["participant"]["id"]
         await self.publisher.publish()
 

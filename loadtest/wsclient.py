@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,30 @@ CLOSE_REJOIN = 4006  # after a `rejoin` message: the server drains (docs/protoco
 def ws_url_of(base: str) -> str:
     """The websocket URL of the server whose base URL (http[s]://host:port) a `lesson_elsewhere` or `rejoin` names."""
     return base.rstrip("/").replace("http", "ws", 1) + "/ws"
+
+
+RETRY_CODE = "overloaded"  # a join refused with this is tried again (docs/protocol.md)
+# the page's schedule, roughly (client_web/protocol.js RECONNECT_DELAYS_MS): hundreds of refused participants must
+# not come back all at once, every second
+JOIN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+JOIN_RETRY_JITTER = 0.25
+
+
+async def join_lesson(ws: WsClient, token: str, lesson: str, timeout_s: float) -> tuple[dict[str, Any], int]:
+    """`join` (the socket connected), tried again on a fresh socket while the server refuses it as `overloaded`
+    and time is left: the reply (`joined`, or the last error) and how many refusals came before it."""
+    deadline = time.monotonic() + timeout_s
+    retries = 0
+    while True:
+        reply = await ws.request({"type": "join", "token": token, "lesson": lesson}, timeout_s)
+        if reply.get("type") != "error" or reply.get("code") != RETRY_CODE \
+                or time.monotonic() + JOIN_RETRY_S[0] > deadline:
+            return reply, retries
+        retries += 1
+        await ws.close()  # (a socket must join within the server's join timeout: a fresh one)
+        delay = JOIN_RETRY_S[min(retries, len(JOIN_RETRY_S)) - 1]
+        await asyncio.sleep(delay * random.uniform(1 - JOIN_RETRY_JITTER, 1 + JOIN_RETRY_JITTER))
+        await ws.connect()
 
 
 class ProtocolError(RuntimeError):
