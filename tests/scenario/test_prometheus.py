@@ -138,6 +138,16 @@ class Prometheus:
             await asyncio.sleep(0.5)
         return best
 
+    async def wait_scraped(self, expr: str, timeout_s: float = 30.0) -> None:
+        """Wait until the instant query `expr` returns a series, whatever its value (Prometheus has its first sample:
+        a count that moves after it is seen by `increase`, one already moved at the first scrape is not)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (await self.api("query", query=expr))["data"]["result"]:
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"prometheus has no sample of {expr}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -204,6 +214,9 @@ async def test_every_dashboard_query_runs_on_prometheus_and_a_lesson_feeds_its_p
         peers += [teacher, clean, lossy]
         await clean.wait_frames(10, timeout_s=30)
         await lossy.wait_frames(5, timeout_s=30)
+        # the refusal after Prometheus has the counters at 0 (a busy CI machine once scraped them first at 1)
+        await prom.wait_scraped(f'ketang_token_refusals_total{{job="{JOB}", reason="token_invalid"}}')
+        await prom.wait_scraped(f'ketang_websocket_errors_total{{job="{JOB}", code="token_invalid"}}')
         await _refused_join(server)
         # the lesson goes on until Prometheus has seen NACKs answered by RTX and a few scrapes after
         nacks = await prom.wait_value(f'sum(ketang_sfu_retransmissions_total{{job="{JOB}"}})', timeout_s=40)
